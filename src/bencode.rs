@@ -1,0 +1,357 @@
+//! Bencode (BEP 3) decoding into borrowed values, and encoding.
+//!
+//! Hand-written rather than serde_bencode because the info-hash is the SHA1 of the exact bytes
+//! of the `info` dictionary as they appear in the file: every decoded dictionary keeps the raw
+//! span it was parsed from. Input is hostile: nesting depth is bounded, integers are checked,
+//! and every error says where it happened.
+
+use thiserror::Error;
+
+/// Deeper nesting than this is refused: real torrents, tracker replies and KRPC need < 10.
+const MAX_DEPTH: usize = 64;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum BencodeError {
+    #[error("bencode ends early at byte {0}")]
+    Eof(usize),
+    #[error("bencode: unexpected byte {byte:#04x} at {pos}")]
+    Unexpected { byte: u8, pos: usize },
+    #[error("bencode: bad integer at byte {0}")]
+    BadInt(usize),
+    #[error("bencode: dictionary keys unsorted or repeated at byte {0}")]
+    KeyOrder(usize),
+    #[error("bencode nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("bencode: {0} bytes of trailing data")]
+    Trailing(usize),
+}
+
+/// A decoded value borrowing from the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value<'a> {
+    Int(i64),
+    Bytes(&'a [u8]),
+    List(Vec<Value<'a>>),
+    Dict(Dict<'a>),
+}
+
+/// A dictionary with its entries in input order and the raw bytes it was decoded from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dict<'a> {
+    pub raw: &'a [u8],
+    entries: Vec<(&'a [u8], Value<'a>)>,
+}
+
+impl<'a> Dict<'a> {
+    pub fn get(&self, key: &str) -> Option<&Value<'a>> {
+        self.entries
+            .iter()
+            .find(|(k, _)| *k == key.as_bytes())
+            .map(|(_, v)| v)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], &Value<'a>)> {
+        self.entries.iter().map(|(k, v)| (*k, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl<'a> Value<'a> {
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    pub fn as_bytes(&self) -> Option<&'a [u8]> {
+        match self {
+            Value::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The value as UTF-8 text, `None` when it is not a string or not valid UTF-8.
+    pub fn as_str(&self) -> Option<&'a str> {
+        std::str::from_utf8(self.as_bytes()?).ok()
+    }
+
+    pub fn as_list(&self) -> Option<&[Value<'a>]> {
+        match self {
+            Value::List(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    pub fn as_dict(&self) -> Option<&Dict<'a>> {
+        match self {
+            Value::Dict(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Shorthand for `as_dict()?.get(key)`.
+    pub fn get(&self, key: &str) -> Option<&Value<'a>> {
+        self.as_dict()?.get(key)
+    }
+}
+
+/// Decodes exactly one value; trailing bytes are an error.
+pub fn decode(input: &[u8]) -> Result<Value<'_>, BencodeError> {
+    let (value, used) = decode_prefix(input)?;
+    if used != input.len() {
+        return Err(BencodeError::Trailing(input.len() - used));
+    }
+    Ok(value)
+}
+
+/// Decodes one value from the start of `input`; returns it and the bytes it used
+/// (BEP 9 metadata messages put raw data after a bencoded header).
+pub fn decode_prefix(input: &[u8]) -> Result<(Value<'_>, usize), BencodeError> {
+    let mut d = Decoder { input, pos: 0 };
+    let v = d.value(0)?;
+    Ok((v, d.pos))
+}
+
+struct Decoder<'a> {
+    input: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Decoder<'a> {
+    fn peek(&self) -> Result<u8, BencodeError> {
+        self.input
+            .get(self.pos)
+            .copied()
+            .ok_or(BencodeError::Eof(self.pos))
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Value<'a>, BencodeError> {
+        if depth > MAX_DEPTH {
+            return Err(BencodeError::TooDeep);
+        }
+        match self.peek()? {
+            b'i' => {
+                self.pos += 1;
+                let n = self.int_until(b'e')?;
+                Ok(Value::Int(n))
+            }
+            b'0'..=b'9' => Ok(Value::Bytes(self.bytes()?)),
+            b'l' => {
+                self.pos += 1;
+                let mut items = Vec::new();
+                while self.peek()? != b'e' {
+                    items.push(self.value(depth + 1)?);
+                }
+                self.pos += 1;
+                Ok(Value::List(items))
+            }
+            b'd' => {
+                let start = self.pos;
+                self.pos += 1;
+                let mut entries: Vec<(&'a [u8], Value<'a>)> = Vec::new();
+                while self.peek()? != b'e' {
+                    let key_pos = self.pos;
+                    let key = self.bytes()?;
+                    if entries.last().is_some_and(|(prev, _)| *prev >= key) {
+                        return Err(BencodeError::KeyOrder(key_pos));
+                    }
+                    let v = self.value(depth + 1)?;
+                    entries.push((key, v));
+                }
+                self.pos += 1;
+                Ok(Value::Dict(Dict {
+                    raw: &self.input[start..self.pos],
+                    entries,
+                }))
+            }
+            byte => Err(BencodeError::Unexpected {
+                byte,
+                pos: self.pos,
+            }),
+        }
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], BencodeError> {
+        let at = self.pos;
+        // int_until refuses a negative length, so the conversion only fails on 32-bit overflow.
+        let len = usize::try_from(self.int_until(b':')?).map_err(|_| BencodeError::BadInt(at))?;
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|&e| e <= self.input.len())
+            .ok_or(BencodeError::Eof(self.input.len()))?;
+        let s = &self.input[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    /// Parses a canonical decimal integer terminated by `end` (no leading zeros, no `-0`).
+    fn int_until(&mut self, end: u8) -> Result<i64, BencodeError> {
+        let start = self.pos;
+        let rest = &self.input[start..];
+        let len = rest
+            .iter()
+            .position(|&b| b == end)
+            .ok_or(BencodeError::Eof(self.input.len()))?;
+        let digits = &rest[..len];
+        let (neg, body) = match digits {
+            [b'-', body @ ..] => (true, body),
+            _ => (false, digits),
+        };
+        let canonical = !body.is_empty()
+            && body.iter().all(u8::is_ascii_digit)
+            && (body == b"0" || body[0] != b'0')
+            && !(neg && body == b"0")
+            && !(neg && end == b':');
+        if !canonical {
+            return Err(BencodeError::BadInt(start));
+        }
+        let text = std::str::from_utf8(digits).map_err(|_| BencodeError::BadInt(start))?;
+        let n = text
+            .parse::<i64>()
+            .map_err(|_| BencodeError::BadInt(start))?;
+        self.pos = start + len + 1;
+        Ok(n)
+    }
+}
+
+/// Builds bencoded output. Callers write dictionary keys in sorted order, as BEP 3 requires.
+#[derive(Debug, Default)]
+pub struct Encoder {
+    buf: Vec<u8>,
+}
+
+impl Encoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn int(&mut self, n: i64) -> &mut Self {
+        self.buf.push(b'i');
+        self.buf.extend_from_slice(n.to_string().as_bytes());
+        self.buf.push(b'e');
+        self
+    }
+
+    pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(b.len().to_string().as_bytes());
+        self.buf.push(b':');
+        self.buf.extend_from_slice(b);
+        self
+    }
+
+    pub fn str(&mut self, s: &str) -> &mut Self {
+        self.bytes(s.as_bytes())
+    }
+
+    /// Appends already-encoded bytes (e.g. a raw `info` dictionary).
+    pub fn raw(&mut self, b: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(b);
+        self
+    }
+
+    pub fn begin_list(&mut self) -> &mut Self {
+        self.buf.push(b'l');
+        self
+    }
+
+    pub fn begin_dict(&mut self) -> &mut Self {
+        self.buf.push(b'd');
+        self
+    }
+
+    pub fn end(&mut self) -> &mut Self {
+        self.buf.push(b'e');
+        self
+    }
+
+    pub fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_nested_values_and_keeps_dict_span() {
+        let input = b"d4:infod6:lengthi5ee4:listl3:abci-7eee";
+        let v = decode(input).unwrap();
+        let info = v.get("info").unwrap().as_dict().unwrap();
+        assert_eq!(info.raw, b"d6:lengthi5ee");
+        assert_eq!(info.get("length").unwrap().as_int(), Some(5));
+        let list = v.get("list").unwrap().as_list().unwrap();
+        assert_eq!(list[0].as_str(), Some("abc"));
+        assert_eq!(list[1].as_int(), Some(-7));
+    }
+
+    #[test]
+    fn rejects_malformed_input() {
+        let cases: &[(&[u8], BencodeError)] = &[
+            (b"", BencodeError::Eof(0)),
+            (b"i01e", BencodeError::BadInt(1)),
+            (b"i-0e", BencodeError::BadInt(1)),
+            (b"ie", BencodeError::BadInt(1)),
+            (b"i12", BencodeError::Eof(3)),
+            (b"5:abc", BencodeError::Eof(5)),
+            (b"-1:a", BencodeError::Unexpected { byte: b'-', pos: 0 }),
+            (b"d1:bi1e1:ai2ee", BencodeError::KeyOrder(7)),
+            (b"d1:ai1e1:ai2ee", BencodeError::KeyOrder(7)),
+            (b"i1ei2e", BencodeError::Trailing(3)),
+            (b"x", BencodeError::Unexpected { byte: b'x', pos: 0 }),
+            (b"i99999999999999999999e", BencodeError::BadInt(1)),
+            (b"99999999999999999999999:a", BencodeError::BadInt(0)),
+        ];
+        for (input, err) in cases {
+            assert_eq!(
+                decode(input).as_ref().err(),
+                Some(err),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_deep_nesting_without_overflowing_the_stack() {
+        let mut input = vec![b'l'; 100_000];
+        input.extend(vec![b'e'; 100_000]);
+        assert_eq!(decode(&input), Err(BencodeError::TooDeep));
+    }
+
+    #[test]
+    fn prefix_decoding_reports_used_bytes() {
+        let (v, used) = decode_prefix(b"d1:ai1eeRAW").unwrap();
+        assert_eq!(v.get("a").unwrap().as_int(), Some(1));
+        assert_eq!(used, 8);
+    }
+
+    #[test]
+    fn encoder_output_decodes_back() {
+        let out = Encoder::new()
+            .begin_dict()
+            .str("a")
+            .int(-3)
+            .str("b")
+            .begin_list()
+            .bytes(b"\x00\xff")
+            .end()
+            .end()
+            .finish();
+        assert_eq!(out, b"d1:ai-3e1:bl2:\x00\xffee");
+        let v = decode(&out).unwrap();
+        assert_eq!(
+            v.get("b").unwrap().as_list().unwrap()[0].as_bytes(),
+            Some(&b"\x00\xff"[..])
+        );
+    }
+}

@@ -1,0 +1,7 @@
+pub mod bencode;
+pub mod bitfield;
+pub mod picker;
+pub mod piece;
+pub mod store;
+pub mod units;
+pub mod wire;

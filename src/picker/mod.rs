@@ -1,0 +1,456 @@
+//! The piece picker: which block to ask which peer for next. A synchronous state machine with no
+//! I/O and no clock; the session feeds it peer events and asks it what to request.
+//!
+//! # Piece states
+//! Every piece is in exactly one [`PieceState`] at a time; the states never overlap:
+//! - **Have**: verified and held in the store. Never picked. Leaves only by `piece_evicted`
+//!   (to Missing).
+//! - **Verifying**: every block received, the hash is running. Never picked; leaves by
+//!   `piece_verified` (to Have) or `piece_failed` (to Missing, every block to fetch again).
+//! - **Partial** (in flight): at least one block requested or received, not all received. Each
+//!   block is free, requested (by 1 to 3 peers) or received. The last block arriving makes it
+//!   Verifying; its requests all released with nothing received make it Missing again, so Partial
+//!   always means progress.
+//! - **Missing**: nothing requested, nothing received. The first block picked or received makes
+//!   it Partial. Whether it is wanted is not a state: reader windows and background fetching
+//!   decide that at pick time.
+//!
+//! Alongside: every requested block is listed in the in-flight set of each peer it was asked of,
+//! and nowhere else; the `have`/`needed`/`missing` bitsets mirror the states exactly (kept in
+//! `set_state`, the only place a state changes). `model_tests` checks all of this after every
+//! step of a random walk.
+//!
+//! # Order
+//! One comparator, `OrderKey` in `order.rs` (the prose is beside it): pieces a reader waits on
+//! first, then readahead pieces by distance into their reader's window, then background pieces:
+//! started before fresh, rarest first, lowest index last. Endgame duplicates only urgent blocks.
+
+#[cfg(test)]
+mod model_tests;
+mod order;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::bitfield::Bitfield;
+use crate::piece::{Geometry, PieceIndex};
+
+use order::Deadline;
+pub use order::ReaderWant;
+
+/// A connected peer, numbered by the session; opaque here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+/// An open file reader, numbered by the session; opaque here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReaderId(pub u64);
+
+/// A block of a piece by number; `Geometry::block` gives its `(begin, len)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Block {
+    pub piece: PieceIndex,
+    pub block: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PieceState {
+    Missing,
+    Partial,
+    Verifying,
+    Have,
+}
+
+/// What `block_received` decided about an arriving block.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Received {
+    /// False: a duplicate or a block we cannot use; drop the data.
+    pub new: bool,
+    /// All blocks are in: hash the piece, then call `piece_verified` or `piece_failed`.
+    pub piece_complete: bool,
+    /// Other peers that had this block requested too (endgame): send them `cancel`.
+    pub cancel: Vec<(PeerId, Block)>,
+}
+
+/// At most this many peers are asked for one block at once (endgame on urgent pieces).
+const MAX_REQUESTERS: usize = 3;
+
+#[derive(Debug)]
+enum Slot {
+    Free,
+    /// Never empty: the last requester leaving makes the slot `Free`.
+    Requested(Vec<PeerId>),
+    Received,
+}
+
+/// Block progress of a Partial piece.
+#[derive(Debug)]
+struct Partial {
+    blocks: Vec<Slot>,
+    free: u32,
+    received: u32,
+}
+
+impl Partial {
+    fn new(blocks: u32) -> Self {
+        Self {
+            blocks: (0..blocks).map(|_| Slot::Free).collect(),
+            free: blocks,
+            received: 0,
+        }
+    }
+
+    /// Nothing requested, nothing received: the piece is really Missing.
+    fn untouched(&self) -> bool {
+        self.received == 0 && self.free as usize == self.blocks.len()
+    }
+}
+
+pub struct Picker {
+    geometry: Geometry,
+    state: Vec<PieceState>,
+    /// Block progress of exactly the Partial pieces; ordered so ties resolve by index.
+    partial: BTreeMap<PieceIndex, Partial>,
+    have: Bitfield,
+    /// Missing or Partial: what a peer can still give us (`is_interesting`).
+    needed: Words,
+    /// Missing only: candidates when starting a new piece.
+    missing: Words,
+    /// How many connected peers have each piece.
+    availability: Vec<u32>,
+    /// Blocks each peer has been asked for and not yet delivered.
+    in_flight: HashMap<PeerId, BTreeSet<Block>>,
+    readers: HashMap<ReaderId, ReaderWant>,
+    /// The soonest deadline of each reader-wanted piece, over all readers.
+    deadlines: HashMap<PieceIndex, Deadline>,
+    /// `deadlines` sorted by (deadline, index): the reader part of the pick order.
+    deadline_order: Vec<(Deadline, PieceIndex)>,
+    background: bool,
+    /// Pieces that failed their check, fetched again from one peer only ("parole"), so the
+    /// next verdict names a single sender; the peer is set by the first pick.
+    exclusive: HashMap<PieceIndex, Option<PeerId>>,
+}
+
+impl Picker {
+    /// Every piece starts Missing; background fetching starts enabled.
+    pub fn new(geometry: Geometry) -> Self {
+        let n = geometry.piece_count();
+        Self {
+            state: vec![PieceState::Missing; n as usize],
+            partial: BTreeMap::new(),
+            have: Bitfield::new(n),
+            needed: Words::full(n),
+            missing: Words::full(n),
+            availability: vec![0; n as usize],
+            in_flight: HashMap::new(),
+            readers: HashMap::new(),
+            deadlines: HashMap::new(),
+            deadline_order: Vec::new(),
+            background: true,
+            exclusive: HashMap::new(),
+            geometry,
+        }
+    }
+
+    pub fn geometry(&self) -> &Geometry {
+        &self.geometry
+    }
+
+    // ---- availability -------------------------------------------------------------------------
+
+    /// A peer's `bitfield` message; call once per peer, before any of its `have`s.
+    pub fn peer_bitfield(&mut self, peer: PeerId, has: &Bitfield) {
+        self.in_flight.entry(peer).or_default();
+        for i in has.iter_ones() {
+            if let Some(a) = self.availability.get_mut(i as usize) {
+                *a += 1;
+            }
+        }
+    }
+
+    /// A peer's `have`; call only when the bit is newly set in that peer's bitfield.
+    pub fn peer_have(&mut self, peer: PeerId, p: PieceIndex) {
+        self.in_flight.entry(peer).or_default();
+        self.availability[p.as_usize()] += 1;
+    }
+
+    /// The peer disconnected: `has` is its last bitfield. Its requests are released for others.
+    pub fn peer_gone(&mut self, peer: PeerId, has: &Bitfield) {
+        self.peer_choked(peer);
+        self.in_flight.remove(&peer);
+        for i in has.iter_ones() {
+            if let Some(a) = self.availability.get_mut(i as usize) {
+                *a = a.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The peer choked us: BEP 3 voids its pending requests, so others may take them.
+    pub fn peer_choked(&mut self, peer: PeerId) {
+        let Some(set) = self.in_flight.get_mut(&peer) else {
+            return;
+        };
+        for b in std::mem::take(set) {
+            self.release_slot(peer, b);
+        }
+    }
+
+    /// A request timed out or was rejected: the block may be requested again, from anyone.
+    pub fn request_failed(&mut self, peer: PeerId, b: Block) {
+        if self.in_flight.get_mut(&peer).is_some_and(|s| s.remove(&b)) {
+            self.release_slot(peer, b);
+        }
+    }
+
+    // ---- blocks and pieces --------------------------------------------------------------------
+
+    /// A block arrived from `peer`. A block we still lack is accepted even if `peer` was not
+    /// asked (a late answer to a timed-out request is still data).
+    pub fn block_received(&mut self, peer: PeerId, b: Block) -> Received {
+        if let Some(set) = self.in_flight.get_mut(&peer) {
+            set.remove(&b);
+        }
+        let count = self.geometry.block_count(b.piece);
+        if b.block >= count {
+            return Received::default();
+        }
+        match self.state[b.piece.as_usize()] {
+            PieceState::Have | PieceState::Verifying => return Received::default(),
+            PieceState::Missing => {
+                self.partial.insert(b.piece, Partial::new(count));
+                self.set_state(b.piece, PieceState::Partial);
+            }
+            PieceState::Partial => {}
+        }
+        let Some(part) = self.partial.get_mut(&b.piece) else {
+            return Received::default();
+        };
+        let slot = &mut part.blocks[b.block as usize];
+        let mut cancel = Vec::new();
+        match std::mem::replace(slot, Slot::Received) {
+            Slot::Received => return Received::default(),
+            Slot::Free => part.free -= 1,
+            Slot::Requested(peers) => {
+                for other in peers.into_iter().filter(|&q| q != peer) {
+                    if let Some(set) = self.in_flight.get_mut(&other) {
+                        set.remove(&b);
+                    }
+                    cancel.push((other, b));
+                }
+            }
+        }
+        part.received += 1;
+        let piece_complete = part.received == count;
+        if piece_complete {
+            self.partial.remove(&b.piece);
+            self.set_state(b.piece, PieceState::Verifying);
+        }
+        Received {
+            new: true,
+            piece_complete,
+            cancel,
+        }
+    }
+
+    /// The piece hashed correctly and is in the store. Normally from Verifying; from Missing or
+    /// Partial (data obtained another way) any requests for it are dropped.
+    pub fn piece_verified(&mut self, p: PieceIndex) {
+        self.exclusive.remove(&p);
+        if self.state[p.as_usize()] == PieceState::Partial {
+            self.drop_partial(p);
+        }
+        self.set_state(p, PieceState::Have);
+    }
+
+    /// The hash did not match: every block is fetched again.
+    pub fn piece_failed(&mut self, p: PieceIndex) {
+        match self.state[p.as_usize()] {
+            PieceState::Verifying => {}
+            PieceState::Partial => self.drop_partial(p),
+            PieceState::Have | PieceState::Missing => {
+                tracing::debug!(piece = %p, "piece_failed for a piece not being verified");
+                return;
+            }
+        }
+        tracing::debug!(piece = %p, "piece failed its hash, fetching again");
+        self.exclusive.remove(&p);
+        self.set_state(p, PieceState::Missing);
+    }
+
+    /// Fetches `p` (after a failed check) from a single peer until its next verdict, so that a
+    /// second failure has one sender to blame. No endgame duplicates for it meanwhile.
+    pub fn set_exclusive(&mut self, p: PieceIndex) {
+        self.exclusive.insert(p, None);
+    }
+
+    /// Whether `peer` may take blocks of `p`; claims an unowned (or abandoned) exclusive piece.
+    fn claim(&mut self, p: PieceIndex, peer: PeerId) -> bool {
+        let Some(owner) = self.exclusive.get(&p).copied() else {
+            return true;
+        };
+        let abandoned = |o: PeerId| {
+            let range = Block { piece: p, block: 0 }..=Block { piece: p, block: u32::MAX };
+            self.in_flight.get(&o).is_none_or(|s| s.range(range).next().is_none())
+        };
+        match owner {
+            Some(o) if o == peer => true,
+            Some(o) if !abandoned(o) => false,
+            _ => {
+                self.exclusive.insert(p, Some(peer));
+                true
+            }
+        }
+    }
+
+    /// The store dropped the piece: it is Missing again, fetched when wanted.
+    pub fn piece_evicted(&mut self, p: PieceIndex) {
+        if self.state[p.as_usize()] == PieceState::Have {
+            self.set_state(p, PieceState::Missing);
+        }
+    }
+
+    // ---- queries ------------------------------------------------------------------------------
+
+    pub fn piece_state(&self, p: PieceIndex) -> PieceState {
+        self.state[p.as_usize()]
+    }
+
+    pub fn have(&self, p: PieceIndex) -> bool {
+        self.have.get(p.get())
+    }
+
+    pub fn have_bitfield(&self) -> &Bitfield {
+        &self.have
+    }
+
+    /// Pieces not Have (Verifying ones included): zero when the whole torrent is held.
+    pub fn missing_count(&self) -> u32 {
+        self.geometry.piece_count() - self.have.count_ones()
+    }
+
+    pub fn availability(&self, p: PieceIndex) -> u32 {
+        self.availability[p.as_usize()]
+    }
+
+    pub fn in_flight(&self, peer: PeerId) -> usize {
+        self.in_flight.get(&peer).map_or(0, BTreeSet::len)
+    }
+
+    /// The blocks requested from `peer` and not yet delivered, in (piece, block) order.
+    pub fn blocks_requested(&self, peer: PeerId) -> impl Iterator<Item = Block> + '_ {
+        self.in_flight.get(&peer).into_iter().flatten().copied()
+    }
+
+    /// Whether the peer has a piece we neither have nor are verifying; O(pieces / 64).
+    pub fn is_interesting(&self, peer_has: &Bitfield) -> bool {
+        (0..self.needed.0.len()).any(|w| bitfield_word(peer_has, w) & self.needed.0[w] != 0)
+    }
+
+    // ---- internals ----------------------------------------------------------------------------
+
+    /// The one place a piece changes state; keeps the mirror bitsets exact.
+    fn set_state(&mut self, p: PieceIndex, s: PieceState) {
+        self.state[p.as_usize()] = s;
+        let i = p.get();
+        self.missing.put(i, s == PieceState::Missing);
+        self.needed
+            .put(i, matches!(s, PieceState::Missing | PieceState::Partial));
+        if s == PieceState::Have {
+            self.have.set(i);
+        } else {
+            self.have.clear(i);
+        }
+    }
+
+    /// Removes `peer` from the requesters of `b` (its in-flight entry is already gone); a piece
+    /// left with nothing requested or received goes back to Missing.
+    fn release_slot(&mut self, peer: PeerId, b: Block) {
+        let Some(part) = self.partial.get_mut(&b.piece) else {
+            return;
+        };
+        let Some(slot) = part.blocks.get_mut(b.block as usize) else {
+            return;
+        };
+        if let Slot::Requested(peers) = slot {
+            peers.retain(|&q| q != peer);
+            if peers.is_empty() {
+                *slot = Slot::Free;
+                part.free += 1;
+            }
+        }
+        if part.untouched() {
+            self.partial.remove(&b.piece);
+            self.set_state(b.piece, PieceState::Missing);
+        }
+    }
+
+    /// Forgets a Partial piece's progress and its requests (the caller sets the new state).
+    fn drop_partial(&mut self, p: PieceIndex) {
+        let Some(part) = self.partial.remove(&p) else {
+            return;
+        };
+        for (i, slot) in part.blocks.into_iter().enumerate() {
+            if let Slot::Requested(peers) = slot {
+                let b = Block {
+                    piece: p,
+                    block: i as u32,
+                };
+                for q in peers {
+                    if let Some(set) = self.in_flight.get_mut(&q) {
+                        set.remove(&b);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A piece set as big-endian `u64` words: the same bit order as a wire [`Bitfield`]'s bytes, so
+/// it combines with a peer's bitfield 64 pieces at a time.
+#[derive(Debug)]
+struct Words(Vec<u64>);
+
+impl Words {
+    fn full(len: u32) -> Self {
+        let mut w = vec![u64::MAX; (len as usize).div_ceil(64)];
+        let spare = w.len() * 64 - len as usize;
+        if let Some(last) = w.last_mut()
+            && spare > 0
+        {
+            *last &= !((1u64 << spare) - 1);
+        }
+        Self(w)
+    }
+
+    fn put(&mut self, i: u32, on: bool) {
+        let mask = 1u64 << (63 - i % 64);
+        let w = &mut self.0[(i / 64) as usize];
+        if on {
+            *w |= mask;
+        } else {
+            *w &= !mask;
+        }
+    }
+
+    /// Indices of the set bits of `word` number `w`, ascending.
+    fn ones(w: usize, mut word: u64) -> impl Iterator<Item = u32> {
+        std::iter::from_fn(move || {
+            let lz = word.leading_zeros();
+            (lz < 64).then(|| {
+                word &= !(1u64 << (63 - lz));
+                (w * 64) as u32 + lz
+            })
+        })
+    }
+}
+
+/// Word `w` of a bitfield in [`Words`] layout; bytes past its end read as zero.
+fn bitfield_word(bf: &Bitfield, w: usize) -> u64 {
+    let bytes = bf.as_bytes();
+    let start = (w * 8).min(bytes.len());
+    let end = (start + 8).min(bytes.len());
+    let mut buf = [0u8; 8];
+    buf[..end - start].copy_from_slice(&bytes[start..end]);
+    u64::from_be_bytes(buf)
+}

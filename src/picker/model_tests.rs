@@ -1,0 +1,166 @@
+//! A random walk over picker events: after every step the invariants in the module doc hold, and
+//! `pick` returns exactly what sorting every candidate piece by `order_key` would.
+
+use std::collections::BTreeSet;
+
+use super::order::{Deadline, OrderKey, Priority};
+use super::tests::{bits, idx, pairs, picker, want};
+use super::*;
+
+/// A reference picker: sort every candidate piece by `order_key`, expand to blocks.
+fn reference(p: &Picker, peer: PeerId, has: &Bitfield, max: usize) -> Vec<(u32, u32)> {
+    let mut keys: Vec<OrderKey> = p
+        .geometry()
+        .pieces()
+        .filter(|&i| has.get(i.get()))
+        .filter(|&i| matches!(p.piece_state(i), PieceState::Missing | PieceState::Partial))
+        .map(|i| p.order_key(i))
+        .filter(|k| p.background || matches!(k.priority, Priority::Reader(_)))
+        .collect();
+    keys.sort();
+    let urgent = |k: &OrderKey| matches!(k.priority, Priority::Reader(Deadline::Urgent(_)));
+    let free_blocks = |k: &OrderKey| -> Vec<(u32, u32)> {
+        let n = p.geometry().block_count(k.piece);
+        (0..n)
+            .filter(|&b| match p.partial.get(&k.piece) {
+                None => true,
+                Some(part) => matches!(part.blocks[b as usize], Slot::Free),
+            })
+            .map(|b| (k.piece.get(), b))
+            .collect()
+    };
+    let mut out: Vec<(u32, u32)> = keys
+        .iter()
+        .filter(|k| urgent(k))
+        .flat_map(free_blocks)
+        .collect();
+    for k in keys.iter().filter(|k| urgent(k)) {
+        if let Some(part) = p.partial.get(&k.piece) {
+            for (b, slot) in part.blocks.iter().enumerate() {
+                if let Slot::Requested(q) = slot
+                    && q.len() < MAX_REQUESTERS
+                    && !q.contains(&peer)
+                {
+                    out.push((k.piece.get(), b as u32));
+                }
+            }
+        }
+    }
+    out.extend(keys.iter().filter(|k| !urgent(k)).flat_map(free_blocks));
+    out.truncate(max);
+    out
+}
+
+/// The invariants written at the top of the module, checked from the raw state.
+fn check_invariants(p: &Picker) {
+    for i in p.geometry().pieces() {
+        let s = p.piece_state(i);
+        assert_eq!(
+            p.partial.contains_key(&i),
+            s == PieceState::Partial,
+            "piece {i}"
+        );
+        assert_eq!(p.have(i), s == PieceState::Have, "piece {i}");
+        let needed = matches!(s, PieceState::Missing | PieceState::Partial);
+        let one = bits(p.geometry().piece_count(), &[i.get()]);
+        assert_eq!(p.is_interesting(&one), needed, "piece {i}");
+    }
+    let mut requested = BTreeSet::new();
+    for (&piece, part) in &p.partial {
+        assert!(!part.untouched(), "partial piece {piece} has no progress");
+        assert!(part.received < p.geometry().block_count(piece));
+        let free = part
+            .blocks
+            .iter()
+            .filter(|s| matches!(s, Slot::Free))
+            .count();
+        assert_eq!(part.free as usize, free);
+        for (b, slot) in part.blocks.iter().enumerate() {
+            if let Slot::Requested(peers) = slot {
+                assert!(!peers.is_empty() && peers.len() <= MAX_REQUESTERS);
+                for &q in peers {
+                    assert!(requested.insert((q, piece, b as u32)), "{q:?} asked twice");
+                }
+            }
+        }
+    }
+    let listed: BTreeSet<_> = p
+        .in_flight
+        .iter()
+        .flat_map(|(&q, set)| set.iter().map(move |b| (q, b.piece, b.block)))
+        .collect();
+    assert_eq!(listed, requested);
+}
+
+#[test]
+fn pick_follows_the_comparator_in_random_states() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = move |n: u32| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % u64::from(n)) as u32
+    };
+    for _ in 0..300 {
+        let n = 1 + rand(150);
+        let mut p = picker(n, 1 + rand(3));
+        let peers: Vec<PeerId> = (0..5).map(PeerId).collect();
+        let mut has: Vec<Bitfield> = Vec::new();
+        for &q in &peers {
+            let ones: Vec<u32> = (0..n).filter(|_| rand(3) > 0).collect();
+            let b = bits(n, &ones);
+            p.peer_bitfield(q, &b);
+            has.push(b);
+        }
+        for step in 0..40 {
+            let who = rand(5) as usize;
+            match rand(10) {
+                0 => p.set_reader(ReaderId(u64::from(rand(2))), {
+                    let s = rand(n);
+                    let u = s + rand(3);
+                    want(s..u, u..u + rand(6))
+                }),
+                1 => p.set_background(rand(3) > 0),
+                2 => {
+                    let first = p.blocks_requested(peers[who]).next();
+                    if let Some(b) = first {
+                        if rand(2) == 0 {
+                            p.request_failed(peers[who], b);
+                        } else if p.block_received(peers[who], b).piece_complete {
+                            if rand(4) == 0 {
+                                p.piece_failed(b.piece);
+                            } else {
+                                p.piece_verified(b.piece);
+                            }
+                        }
+                    }
+                }
+                3 => p.peer_choked(peers[who]),
+                4 => {
+                    p.peer_gone(peers[who], &has[who]);
+                    p.peer_bitfield(peers[who], &has[who]);
+                }
+                5 => {
+                    let piece = idx(&p, rand(n));
+                    let block = rand(p.geometry().block_count(piece) + 1);
+                    if p.block_received(peers[who], Block { piece, block })
+                        .piece_complete
+                    {
+                        p.piece_verified(piece);
+                    }
+                }
+                6 => {
+                    let piece = idx(&p, rand(n));
+                    p.piece_evicted(piece);
+                }
+                _ => {
+                    let max = 1 + rand(6) as usize;
+                    let want = reference(&p, peers[who], &has[who], max);
+                    let got = p.pick(peers[who], &has[who], max);
+                    assert_eq!(pairs(&got), want, "step {step}");
+                }
+            }
+            check_invariants(&p);
+        }
+    }
+}

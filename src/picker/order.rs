@@ -1,0 +1,271 @@
+//! The pick order: reader deadlines, then background rarest-first, and `pick` itself.
+
+use std::collections::BinaryHeap;
+use std::ops::Range;
+
+use super::bitfield_word;
+use super::{Block, MAX_REQUESTERS, Partial, PeerId, Picker, PieceState, ReaderId, Slot, Words};
+use crate::bitfield::Bitfield;
+use crate::piece::{BLOCK_SIZE, PieceIndex};
+
+/// What one open-file reader needs, as piece index ranges.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReaderWant {
+    /// Pieces a blocked read waits on now.
+    pub urgent: Range<u32>,
+    /// The window after the read position, nearest first.
+    pub readahead: Range<u32>,
+}
+
+/// How soon a reader needs a piece, as a distance from its position; smaller is sooner, and
+/// every urgent piece is sooner than any readahead piece.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Deadline {
+    Urgent(u32),
+    Readahead(u32),
+}
+
+impl Deadline {
+    fn is_urgent(self) -> bool {
+        matches!(self, Deadline::Urgent(_))
+    }
+}
+
+/// Why a piece is fetched; variants in order of precedence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Priority {
+    Reader(Deadline),
+    /// `fresh` is false for a started (Partial) piece, so started pieces sort first.
+    Background {
+        fresh: bool,
+        availability: u32,
+    },
+}
+
+/// THE pick order: pieces are fetched in ascending `OrderKey`.
+///
+/// 1. Urgent pieces (a read is blocked on them), by distance from their reader's position, over
+///    all readers at once.
+/// 2. Readahead pieces by their rank (offset) in their reader's window: rank 0 of every reader
+///    before rank 1 of any; equal ranks by index. A reader's deadline is the only thing that
+///    counts here: a started piece gets no head start over a nearer one.
+/// 3. Background pieces, only while background fetching is on: started pieces first (finish what
+///    was begun, so partial data becomes a verified piece instead of spreading thin), then the
+///    rarest in the swarm (fetch what could vanish when its few holders leave), then the lowest
+///    index.
+///
+/// Within a piece the lowest unrequested block goes first, and one peer's blocks come from one
+/// piece while it has free ones. Endgame: once every urgent piece a peer has is fully requested,
+/// blocks in flight from other peers are asked of this peer too (at most [`MAX_REQUESTERS`] per
+/// block, never twice of one peer), before any readahead. Other pieces never get duplicates: only
+/// a blocked read is worth the wasted bandwidth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct OrderKey {
+    pub(super) priority: Priority,
+    pub(super) piece: PieceIndex,
+}
+
+impl Picker {
+    /// The key of a piece in the current state. Meaningless for Have/Verifying pieces.
+    pub(super) fn order_key(&self, p: PieceIndex) -> OrderKey {
+        let priority = match self.deadlines.get(&p) {
+            Some(&d) => Priority::Reader(d),
+            None => Priority::Background {
+                fresh: self.state[p.as_usize()] == PieceState::Missing,
+                availability: self.availability[p.as_usize()],
+            },
+        };
+        OrderKey { priority, piece: p }
+    }
+
+    // ---- readers ------------------------------------------------------------------------------
+
+    /// Replaces what `reader` wants. Its old window stops counting at once; pieces of it already
+    /// started are kept and finished as background work, never thrown away.
+    pub fn set_reader(&mut self, reader: ReaderId, want: ReaderWant) {
+        self.readers.insert(reader, want);
+        self.rebuild_deadlines();
+    }
+
+    pub fn remove_reader(&mut self, reader: ReaderId) {
+        if self.readers.remove(&reader).is_some() {
+            self.rebuild_deadlines();
+        }
+    }
+
+    /// Off: only reader-wanted pieces are picked (the session turns it off when the store is full,
+    /// so background fetching never evicts what a reader will want).
+    pub fn set_background(&mut self, enabled: bool) {
+        self.background = enabled;
+    }
+
+    /// In some reader's urgent or readahead range: the store protects these from eviction.
+    pub fn is_wanted_by_reader(&self, p: PieceIndex) -> bool {
+        self.deadlines.contains_key(&p)
+    }
+
+    /// Some reader's urgent piece is not Have yet (missing, in flight or verifying).
+    pub fn urgent_pending(&self) -> bool {
+        self.deadline_order
+            .iter()
+            .take_while(|(d, _)| d.is_urgent())
+            .any(|&(_, p)| self.state[p.as_usize()] != PieceState::Have)
+    }
+
+    /// O(total window length); runs only when a reader's want changes.
+    fn rebuild_deadlines(&mut self) {
+        self.deadlines.clear();
+        let n = self.geometry.piece_count();
+        let clip = |r: &Range<u32>| r.start..r.end.min(n);
+        for want in self.readers.values() {
+            let urgent = clip(&want.urgent).map(|i| (i, Deadline::Urgent(i - want.urgent.start)));
+            let ahead =
+                clip(&want.readahead).map(|i| (i, Deadline::Readahead(i - want.readahead.start)));
+            for (i, d) in urgent.chain(ahead) {
+                let Some(p) = self.geometry.piece(i) else {
+                    continue;
+                };
+                self.deadlines
+                    .entry(p)
+                    .and_modify(|old| *old = (*old).min(d))
+                    .or_insert(d);
+            }
+        }
+        self.deadline_order = self.deadlines.iter().map(|(&p, &d)| (d, p)).collect();
+        self.deadline_order.sort_unstable();
+    }
+
+    // ---- picking ------------------------------------------------------------------------------
+
+    /// Up to `max_blocks` blocks to request from `peer` now; they count as requested from `peer`
+    /// until received, failed, choked or gone. Order: urgent reader pieces (then endgame
+    /// duplicates of their blocks), readahead by rank, then (if enabled) background: started
+    /// pieces, rarest, lowest index. The full rule is at `OrderKey`.
+    ///
+    /// Cost: the reader windows, the started pieces, and one O(pieces / 64 + candidates) scan of
+    /// the missing pieces the peer has, only when new pieces must be started.
+    pub fn pick(&mut self, peer: PeerId, peer_has: &Bitfield, max_blocks: usize) -> Vec<Block> {
+        let mut out = Vec::new();
+        if max_blocks == 0 {
+            return out;
+        }
+        // Taken out while `take_*` mutate self; always put back below.
+        let order = std::mem::take(&mut self.deadline_order);
+        let urgent = order.partition_point(|(d, _)| d.is_urgent());
+        let has = |p: PieceIndex| peer_has.get(p.get());
+        for &(_, p) in order[..urgent].iter().filter(|(_, p)| has(*p)) {
+            self.take_free(p, peer, &mut out, max_blocks);
+        }
+        for &(_, p) in order[..urgent].iter().filter(|(_, p)| has(*p)) {
+            self.take_duplicates(p, peer, &mut out, max_blocks);
+        }
+        for &(_, p) in order[urgent..].iter().filter(|(_, p)| has(*p)) {
+            self.take_free(p, peer, &mut out, max_blocks);
+        }
+        self.deadline_order = order;
+        if !self.background || out.len() >= max_blocks {
+            return out;
+        }
+
+        // Any reader piece this peer has is fully requested by now, so what remains is background.
+        let mut started: Vec<OrderKey> = self
+            .partial
+            .iter()
+            .filter(|(p, part)| part.free > 0 && has(**p))
+            .map(|(&p, _)| self.order_key(p))
+            .collect();
+        started.sort_unstable();
+        for key in started {
+            self.take_free(key.piece, peer, &mut out, max_blocks);
+        }
+        if out.len() < max_blocks {
+            for key in self.best_missing(peer_has, max_blocks - out.len()) {
+                self.take_free(key.piece, peer, &mut out, max_blocks);
+            }
+        }
+        out
+    }
+
+    /// The Missing pieces `peer_has` holds, enough of them (best first) to fill `blocks` blocks.
+    fn best_missing(&self, peer_has: &Bitfield, blocks: usize) -> Vec<OrderKey> {
+        let full_piece = self.geometry.piece_length().div_ceil(BLOCK_SIZE) as usize;
+        // Every piece but the last is full, so this many pieces always cover `blocks`.
+        let k = blocks.min(blocks.div_ceil(full_piece) + 1);
+        let mut best = BinaryHeap::with_capacity(k + 1);
+        for (w, &missing) in self.missing.0.iter().enumerate() {
+            for i in Words::ones(w, missing & bitfield_word(peer_has, w)) {
+                let Some(p) = self.geometry.piece(i) else {
+                    continue;
+                };
+                best.push(self.order_key(p));
+                if best.len() > k {
+                    best.pop();
+                }
+            }
+        }
+        best.into_sorted_vec()
+    }
+
+    /// Requests the free blocks of `p`, lowest first, from `peer`; starts `p` if Missing.
+    fn take_free(&mut self, p: PieceIndex, peer: PeerId, out: &mut Vec<Block>, max: usize) {
+        if out.len() >= max || !self.claim(p, peer) {
+            return;
+        }
+        match self.state[p.as_usize()] {
+            PieceState::Have | PieceState::Verifying => return,
+            PieceState::Missing => {
+                let count = self.geometry.block_count(p);
+                self.partial.insert(p, Partial::new(count));
+                self.set_state(p, PieceState::Partial);
+            }
+            PieceState::Partial => {}
+        }
+        let Some(part) = self.partial.get_mut(&p) else {
+            return;
+        };
+        let in_flight = self.in_flight.entry(peer).or_default();
+        for (i, slot) in part.blocks.iter_mut().enumerate() {
+            if part.free == 0 || out.len() >= max {
+                break;
+            }
+            if let Slot::Free = slot {
+                *slot = Slot::Requested(vec![peer]);
+                part.free -= 1;
+                let b = Block {
+                    piece: p,
+                    block: i as u32,
+                };
+                in_flight.insert(b);
+                out.push(b);
+            }
+        }
+    }
+
+    /// Endgame on an urgent piece: asks `peer` too for blocks in flight from other peers.
+    fn take_duplicates(&mut self, p: PieceIndex, peer: PeerId, out: &mut Vec<Block>, max: usize) {
+        if self.exclusive.contains_key(&p) {
+            return;
+        }
+        let Some(part) = self.partial.get_mut(&p) else {
+            return;
+        };
+        let in_flight = self.in_flight.entry(peer).or_default();
+        for (i, slot) in part.blocks.iter_mut().enumerate() {
+            if out.len() >= max {
+                break;
+            }
+            if let Slot::Requested(peers) = slot
+                && peers.len() < MAX_REQUESTERS
+                && !peers.contains(&peer)
+            {
+                peers.push(peer);
+                let b = Block {
+                    piece: p,
+                    block: i as u32,
+                };
+                in_flight.insert(b);
+                out.push(b);
+            }
+        }
+    }
+}

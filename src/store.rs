@@ -1,0 +1,313 @@
+//! Verified pieces in memory, least-recently-used first out, within a byte budget.
+//!
+//! Pieces are [`Bytes`]: a reply copying from a piece holds its own reference, so eviction only
+//! drops the store's handle and never frees bytes under a reader. What may be evicted is the
+//! caller's call (`protected`: typically "some reader wants it"); the store only counts bytes.
+
+use bytes::Bytes;
+use lru::LruCache;
+
+use crate::piece::PieceIndex;
+
+/// What `insert` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Insert {
+    /// False: the piece did not fit without evicting protected pieces and nobody waits on it,
+    /// so it was dropped.
+    pub stored: bool,
+    /// Pieces evicted to make room, least recently used first: tell the picker.
+    pub evicted: Vec<PieceIndex>,
+}
+
+pub struct Store {
+    /// Unbounded by count; the byte budget is enforced here, in `insert`.
+    pieces: LruCache<PieceIndex, Bytes>,
+    used: u64,
+    budget: u64,
+}
+
+impl Store {
+    pub fn new(budget_bytes: u64) -> Self {
+        Self {
+            pieces: LruCache::unbounded(),
+            used: 0,
+            budget: budget_bytes,
+        }
+    }
+
+    /// The piece, marked as just used.
+    pub fn get(&mut self, p: PieceIndex) -> Option<Bytes> {
+        self.pieces.get(&p).cloned()
+    }
+
+    /// The piece, without touching its recency (uploads should not keep pieces alive).
+    pub fn peek(&self, p: PieceIndex) -> Option<Bytes> {
+        self.pieces.peek(&p).cloned()
+    }
+
+    pub fn contains(&self, p: PieceIndex) -> bool {
+        self.pieces.contains(&p)
+    }
+
+    /// Stores a verified piece, evicting least-recently-used pieces that are not `protected`
+    /// until it fits the budget.
+    ///
+    /// When it cannot fit without evicting protected pieces: with `must_keep` (a read waits on
+    /// it) every unprotected piece goes and it is stored over budget anyway, since a read must
+    /// never livelock; the overshoot is bounded by what readers protect, and later inserts evict
+    /// back under budget. Without `must_keep` nothing is evicted and the piece is not stored:
+    /// background data never pushes out a reader's window.
+    ///
+    /// A piece already stored is only marked used (verified data for one index is always the
+    /// same bytes).
+    pub fn insert(
+        &mut self,
+        p: PieceIndex,
+        data: Bytes,
+        must_keep: bool,
+        protected: impl Fn(PieceIndex) -> bool,
+    ) -> Insert {
+        if self.pieces.get(&p).is_some() {
+            return Insert {
+                stored: true,
+                evicted: Vec::new(),
+            };
+        }
+        let len = data.len() as u64;
+        let excess = (self.used + len).saturating_sub(self.budget);
+        // Victims in eviction order, found before evicting anything so a refusal changes nothing.
+        let mut victims = Vec::new();
+        let mut freed = 0u64;
+        for (&q, bytes) in self.pieces.iter().rev() {
+            if freed >= excess {
+                break;
+            }
+            if !protected(q) {
+                victims.push(q);
+                freed += bytes.len() as u64;
+            }
+        }
+        if freed < excess && !must_keep {
+            return Insert::default();
+        }
+        for &q in &victims {
+            if let Some(bytes) = self.pieces.pop(&q) {
+                self.used -= bytes.len() as u64;
+            }
+        }
+        if self.used + len > self.budget {
+            tracing::debug!(
+                piece = %p,
+                used = self.used + len,
+                budget = self.budget,
+                "store over budget to keep a piece a reader waits on"
+            );
+        }
+        self.used += len;
+        self.pieces.put(p, data);
+        Insert {
+            stored: true,
+            evicted: victims,
+        }
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        self.used
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    pub fn len(&self) -> usize {
+        self.pieces.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// Whether `bytes` more fit without evicting anything (`used + bytes <= budget`). The session
+    /// turns background fetching off while this is false for a piece.
+    pub fn has_room_for(&self, bytes: u64) -> bool {
+        self.used.saturating_add(bytes) <= self.budget
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::piece::Geometry;
+
+    const PIECE: u64 = 100;
+
+    fn idx(i: u32) -> PieceIndex {
+        Geometry::new(PIECE as u32, 100 * PIECE)
+            .unwrap()
+            .piece(i)
+            .unwrap()
+    }
+
+    fn data(i: u32) -> Bytes {
+        Bytes::from(vec![i as u8; PIECE as usize])
+    }
+
+    fn none(_: PieceIndex) -> bool {
+        false
+    }
+
+    fn stored(s: &Store) -> Vec<u32> {
+        let mut v: Vec<u32> = (0..100).filter(|&i| s.contains(idx(i))).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// A store holding pieces `0..n`, inserted in order (0 least recently used).
+    fn filled(budget: u64, n: u32) -> Store {
+        let mut s = Store::new(budget);
+        for i in 0..n {
+            assert!(s.insert(idx(i), data(i), false, none).stored);
+        }
+        s
+    }
+
+    #[test]
+    fn evicts_least_recently_used_to_fit_the_budget() {
+        let mut s = filled(3 * PIECE, 3);
+        assert!(!s.has_room_for(PIECE));
+        let r = s.insert(idx(3), data(3), false, none);
+        assert_eq!(
+            r,
+            Insert {
+                stored: true,
+                evicted: vec![idx(0)]
+            }
+        );
+        assert_eq!(stored(&s), vec![1, 2, 3]);
+        assert_eq!(s.used_bytes(), 3 * PIECE);
+        assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn evicts_several_small_pieces_for_one_big_one() {
+        let mut s = filled(3 * PIECE, 3);
+        let big = Bytes::from(vec![9u8; 2 * PIECE as usize]);
+        let r = s.insert(idx(9), big, false, none);
+        assert_eq!(r.evicted, vec![idx(0), idx(1)]);
+        assert_eq!(s.used_bytes(), 3 * PIECE);
+    }
+
+    #[test]
+    fn get_refreshes_recency_and_peek_does_not() {
+        let mut s = filled(3 * PIECE, 3);
+        assert_eq!(s.get(idx(0)), Some(data(0)));
+        assert_eq!(s.peek(idx(1)), Some(data(1)));
+        let r = s.insert(idx(3), data(3), false, none);
+        assert_eq!(r.evicted, vec![idx(1)]);
+    }
+
+    #[test]
+    fn protected_pieces_survive_eviction() {
+        let mut s = filled(3 * PIECE, 3);
+        let r = s.insert(idx(3), data(3), false, |p| p == idx(0) || p == idx(1));
+        assert_eq!(r.evicted, vec![idx(2)]);
+        assert_eq!(stored(&s), vec![0, 1, 3]);
+    }
+
+    #[test]
+    fn background_insert_refused_rather_than_evict_protected() {
+        let mut s = filled(2 * PIECE, 2);
+        let r = s.insert(idx(5), data(5), false, |p| p == idx(1));
+        // Evicting 0 alone would fit, so that happens.
+        assert!(r.stored);
+        let r = s.insert(idx(6), data(6), false, |p| p == idx(1) || p == idx(5));
+        assert_eq!(r, Insert::default());
+        assert_eq!(stored(&s), vec![1, 5], "a refusal evicts nothing");
+        assert!(s.get(idx(6)).is_none());
+    }
+
+    #[test]
+    fn refusal_evicts_nothing_even_when_some_space_was_evictable() {
+        let mut s = filled(3 * PIECE, 3);
+        let big = Bytes::from(vec![9u8; 3 * PIECE as usize]);
+        let r = s.insert(idx(9), big, false, |p| p == idx(2));
+        assert_eq!(r, Insert::default());
+        assert_eq!(stored(&s), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn must_keep_goes_over_budget_then_later_inserts_shrink_back() {
+        let mut s = filled(2 * PIECE, 2);
+        let reader = |p: PieceIndex| p == idx(0) || p == idx(1);
+        let r = s.insert(idx(2), data(2), true, reader);
+        assert_eq!(
+            r,
+            Insert {
+                stored: true,
+                evicted: vec![]
+            }
+        );
+        assert_eq!(s.used_bytes(), 3 * PIECE);
+        assert!(!s.has_room_for(0));
+        // The reader moved on: the next insert evicts back to the budget.
+        let r = s.insert(idx(3), data(3), false, none);
+        assert_eq!(r.evicted, vec![idx(0), idx(1)]);
+        assert_eq!(s.used_bytes(), 2 * PIECE);
+        assert_eq!(stored(&s), vec![2, 3]);
+    }
+
+    #[test]
+    fn must_keep_evicts_what_it_can_before_overshooting() {
+        let mut s = filled(2 * PIECE, 2);
+        let r = s.insert(idx(2), data(2), true, |p| p == idx(1));
+        assert_eq!(r.evicted, vec![idx(0)]);
+        assert_eq!(s.used_bytes(), 2 * PIECE);
+    }
+
+    #[test]
+    fn budget_smaller_than_one_piece_still_serves_must_keep() {
+        let mut s = Store::new(PIECE / 2);
+        assert!(!s.insert(idx(0), data(0), false, none).stored);
+        assert!(s.is_empty());
+        assert!(s.insert(idx(0), data(0), true, none).stored);
+        assert_eq!(s.get(idx(0)), Some(data(0)));
+        let r = s.insert(idx(1), data(1), true, none);
+        assert_eq!(r.evicted, vec![idx(0)]);
+        assert_eq!(stored(&s), vec![1]);
+    }
+
+    #[test]
+    fn held_piece_stays_valid_after_eviction() {
+        let mut s = filled(PIECE, 1);
+        let held = s.get(idx(0)).unwrap();
+        let r = s.insert(idx(1), data(1), false, none);
+        assert_eq!(r.evicted, vec![idx(0)]);
+        assert!(!s.contains(idx(0)));
+        assert_eq!(held, data(0));
+    }
+
+    #[test]
+    fn inserting_a_stored_piece_again_only_touches_it() {
+        let mut s = filled(2 * PIECE, 2);
+        let r = s.insert(idx(0), data(0), false, none);
+        assert_eq!(
+            r,
+            Insert {
+                stored: true,
+                evicted: vec![]
+            }
+        );
+        assert_eq!(s.used_bytes(), 2 * PIECE);
+        let r = s.insert(idx(2), data(2), false, none);
+        assert_eq!(r.evicted, vec![idx(1)]);
+    }
+
+    #[test]
+    fn has_room_for_counts_only_free_budget() {
+        let s = filled(3 * PIECE, 2);
+        assert_eq!(s.budget(), 3 * PIECE);
+        assert!(s.has_room_for(PIECE));
+        assert!(!s.has_room_for(PIECE + 1));
+        assert!(!s.has_room_for(u64::MAX));
+    }
+}

@@ -1,0 +1,39 @@
+//! The peer wire protocol (BEP 3 messages, BEP 10 extension framing).
+//!
+//! Two layers, kept apart so the bytes can be tested without sockets:
+//! - [`message`]: pure encode/decode of the handshake and of one length-prefixed message. No I/O.
+//! - [`conn`]: the tokio side: a cancel-safe [`MessageReader`] (the session polls it inside
+//!   `tokio::select!`), a batching [`MessageWriter`], and the handshake exchange.
+//!
+//! The protocol knows nothing of the engine: piece indices are raw `u32` here, exactly as a peer
+//! sent them, and the session checks them against the torrent's `Geometry`. Likewise the
+//! `Bitfield` payload and the bencoded BEP 10 payloads are handed up as bytes for the layers that
+//! know their meaning.
+
+pub mod conn;
+pub mod message;
+
+pub use conn::{MessageReader, MessageWriter, read_handshake, write_handshake};
+pub use message::{BlockRef, Handshake, Message, PROTOCOL};
+
+/// What went wrong while reading or writing peer messages. Any of these ends the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("peer connection i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed the connection between two frames (or before sending a handshake).
+    #[error("peer closed the connection")]
+    Closed,
+    /// The peer closed the connection in the middle of a frame or handshake.
+    #[error("peer closed the connection inside a message")]
+    Truncated,
+    /// The length prefix announced a frame bigger than the caller allows.
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    FrameTooLarge { len: u32, max: u32 },
+    /// A message whose frame length (id byte included) does not fit its id.
+    #[error("message id {id} with a frame of {len} bytes")]
+    BadLength { id: u8, len: u32 },
+    /// The handshake does not start with `\x13BitTorrent protocol`.
+    #[error("handshake is not the BitTorrent protocol")]
+    BadHandshake,
+}
