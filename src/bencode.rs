@@ -18,8 +18,8 @@ pub enum BencodeError {
     Unexpected { byte: u8, pos: usize },
     #[error("bencode: bad integer at byte {0}")]
     BadInt(usize),
-    #[error("bencode: dictionary keys unsorted or repeated at byte {0}")]
-    KeyOrder(usize),
+    #[error("bencode: dictionary key repeated at byte {0}")]
+    DuplicateKey(usize),
     #[error("bencode nested deeper than {MAX_DEPTH} levels")]
     TooDeep,
     #[error("bencode: {0} bytes of trailing data")]
@@ -157,14 +157,22 @@ impl<'a> Decoder<'a> {
                 let start = self.pos;
                 self.pos += 1;
                 let mut entries: Vec<(&'a [u8], Value<'a>)> = Vec::new();
+                // BEP 3 wants sorted keys, but old tools wrote unsorted ones and libtorrent reads
+                // them; the info-hash is over the raw bytes either way. Repeated keys are refused:
+                // two readers could disagree on which one counts.
+                let mut sorted = true;
                 while self.peek()? != b'e' {
-                    let key_pos = self.pos;
                     let key = self.bytes()?;
-                    if entries.last().is_some_and(|(prev, _)| *prev >= key) {
-                        return Err(BencodeError::KeyOrder(key_pos));
-                    }
+                    sorted &= entries.last().is_none_or(|(prev, _)| *prev < key);
                     let v = self.value(depth + 1)?;
                     entries.push((key, v));
+                }
+                if !sorted {
+                    let mut keys: Vec<&[u8]> = entries.iter().map(|(k, _)| *k).collect();
+                    keys.sort_unstable();
+                    if keys.windows(2).any(|w| w[0] == w[1]) {
+                        return Err(BencodeError::DuplicateKey(start));
+                    }
                 }
                 self.pos += 1;
                 Ok(Value::Dict(Dict {
@@ -304,8 +312,8 @@ mod tests {
             (b"i12", BencodeError::Eof(3)),
             (b"5:abc", BencodeError::Eof(5)),
             (b"-1:a", BencodeError::Unexpected { byte: b'-', pos: 0 }),
-            (b"d1:bi1e1:ai2ee", BencodeError::KeyOrder(7)),
-            (b"d1:ai1e1:ai2ee", BencodeError::KeyOrder(7)),
+            (b"d1:ai1e1:ai2ee", BencodeError::DuplicateKey(0)),
+            (b"d1:bi1e1:ai2e1:bi3ee", BencodeError::DuplicateKey(0)),
             (b"i1ei2e", BencodeError::Trailing(3)),
             (b"x", BencodeError::Unexpected { byte: b'x', pos: 0 }),
             (b"i99999999999999999999e", BencodeError::BadInt(1)),
@@ -319,6 +327,13 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    #[test]
+    fn accepts_unsorted_keys_as_old_tools_wrote_them() {
+        let v = decode(b"d1:bi1e1:ai2ee").unwrap();
+        assert_eq!(v.get("a").unwrap().as_int(), Some(2));
+        assert_eq!(v.get("b").unwrap().as_int(), Some(1));
     }
 
     #[test]

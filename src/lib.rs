@@ -1,5 +1,6 @@
 pub mod bencode;
 pub mod bitfield;
+pub mod metainfo;
 pub mod picker;
 pub mod piece;
 pub mod store;
