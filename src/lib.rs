@@ -3,6 +3,8 @@ pub mod bitfield;
 pub mod metainfo;
 pub mod picker;
 pub mod piece;
+pub mod session;
 pub mod store;
+pub mod tracker;
 pub mod units;
 pub mod wire;

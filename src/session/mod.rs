@@ -1,0 +1,351 @@
+//! The engine: one torrent's tokio tasks and the state they share.
+//!
+//! Tasks (all end when `shutdown` flips to true):
+//! - the listener accepts incoming peer connections;
+//! - the connector turns addresses from discovery (trackers) into outgoing connections,
+//!   up to `max_peers`;
+//! - one task per peer reads its messages and asks the picker for blocks; a writer task per peer
+//!   sends what the session queues for it;
+//! - a blocking-pool job hashes each completed piece before anyone sees a byte of it;
+//! - the announcer (see `tracker::announcer`) reports to trackers and feeds the connector.
+//!
+//! Readers (`read`) never talk to peers: they state what they want in the picker, poke the peers
+//! to refill their request queues, and wait on `verified` until the store holds every piece they
+//! need.
+//!
+//! Locking: one `std::sync::Mutex<State>`, held for short synchronous steps and never across an
+//! `.await` (mini-redis style). Hashing and copying piece data happen outside it.
+
+mod peer;
+mod pieces;
+mod read;
+mod swarm;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+
+use crate::bitfield::Bitfield;
+use crate::metainfo::Torrent;
+use crate::picker::{PeerId, Picker, ReaderId};
+use crate::piece::Geometry;
+use crate::store::Store;
+use crate::tracker::announcer::{self, AnnounceParams, Progress, TrackerStatus};
+
+pub use read::ReadError;
+
+/// How the session runs; the CLI fills it from its flags.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on for incoming peers; port 0 picks a free one.
+    pub listen: SocketAddr,
+    pub max_peers: usize,
+    /// Byte budget of the in-memory piece store.
+    pub cache_bytes: u64,
+    /// Extra peers to connect to at start (besides trackers).
+    pub peers: Vec<SocketAddr>,
+    /// Pieces fetched ahead of a sequential reader at first; the window grows from there.
+    pub readahead_bytes: u64,
+    /// Largest readahead window a sequential reader grows to.
+    pub max_readahead_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 6881)),
+            max_peers: 80,
+            cache_bytes: 256 * 1024 * 1024,
+            peers: Vec::new(),
+            readahead_bytes: 4 * 1024 * 1024,
+            max_readahead_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum SessionError {
+    #[error("port {port} is already in use (choose another with --port)")]
+    PortInUse { port: u16 },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What the status line and `btfs status` show.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub peers: usize,
+    pub known_peers: usize,
+    pub downloaded: u64,
+    pub uploaded: u64,
+    pub verified_pieces: u32,
+    pub total_pieces: u32,
+    pub cache_used: u64,
+    pub cache_budget: u64,
+    pub hash_failures: u64,
+    pub banned: usize,
+    pub trackers: Vec<TrackerStatus>,
+}
+
+/// A handle to a running session; cheap to clone.
+#[derive(Clone)]
+pub struct Session {
+    shared: Arc<Shared>,
+}
+
+/// Messages the session sends to one peer task.
+#[derive(Debug)]
+pub(crate) enum PeerCmd {
+    /// Priorities changed or blocks were released: ask the picker for more.
+    Refill,
+    /// We verified a piece: tell the peer (`have`).
+    Have(u32),
+    /// Another peer delivered this block first (endgame): cancel our request.
+    Cancel(crate::picker::Block),
+    /// The peer sent bad data or we are shutting down: close the connection.
+    Disconnect,
+}
+
+pub(crate) struct Shared {
+    torrent: Arc<Torrent>,
+    geometry: Geometry,
+    config: Config,
+    peer_id: [u8; 20],
+    listen_port: u16,
+    /// Only ever locked briefly from synchronous code: never held across an `.await`.
+    state: Mutex<State>,
+    /// Bumped after every change of the store (a piece verified or evicted); readers wait on it.
+    verified: watch::Sender<u64>,
+    shutdown: watch::Sender<bool>,
+    downloaded: AtomicU64,
+    uploaded: AtomicU64,
+    hash_failures: AtomicU64,
+    /// Peers we currently let download from us.
+    unchoked: AtomicUsize,
+    trackers: Arc<Mutex<Vec<TrackerStatus>>>,
+    /// Addresses learned from discovery, consumed by the connector.
+    discovered: mpsc::Sender<Vec<SocketAddr>>,
+    /// The tracker task, awaited (briefly) at shutdown so `stopped` reaches the trackers.
+    announcer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+pub(crate) struct State {
+    picker: Picker,
+    store: Store,
+    peers: HashMap<PeerId, PeerEntry>,
+    /// Pieces being assembled from blocks, by piece index.
+    assembly: HashMap<u32, pieces::Assembly>,
+    /// Block hashes from peers whose piece failed its check, to find the liar when the piece
+    /// later verifies (libtorrent's "smart ban").
+    suspects: pieces::Suspects,
+    banned: HashSet<IpAddr>,
+    /// Every address discovery has told us about.
+    known: HashSet<SocketAddr>,
+    readers: HashMap<u64, read::Reader>,
+    next_peer: u64,
+    next_reader: u64,
+}
+
+pub(crate) struct PeerEntry {
+    addr: SocketAddr,
+    cmd: mpsc::UnboundedSender<PeerCmd>,
+}
+
+impl Session {
+    /// Binds the listen port and starts the session's tasks; returns once it can serve reads.
+    pub async fn start(torrent: Arc<Torrent>, config: Config) -> Result<Session, SessionError> {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::AddrInUse => SessionError::PortInUse {
+                    port: config.listen.port(),
+                },
+                _ => SessionError::Listen {
+                    addr: config.listen,
+                    source,
+                },
+            })?;
+        let listen_port = listener
+            .local_addr()
+            .map_err(|source| SessionError::Listen {
+                addr: config.listen,
+                source,
+            })?
+            .port();
+        let geometry = torrent.info.geometry.clone();
+        let (discovered, discovered_rx) = mpsc::channel(64);
+        let shared = Arc::new(Shared {
+            peer_id: make_peer_id(),
+            listen_port,
+            state: Mutex::new(State {
+                picker: Picker::new(geometry.clone()),
+                store: Store::new(config.cache_bytes),
+                peers: HashMap::new(),
+                assembly: HashMap::new(),
+                suspects: pieces::Suspects::default(),
+                banned: HashSet::new(),
+                known: HashSet::new(),
+                readers: HashMap::new(),
+                next_peer: 0,
+                next_reader: 0,
+            }),
+            torrent,
+            geometry,
+            verified: watch::channel(0).0,
+            shutdown: watch::channel(false).0,
+            downloaded: AtomicU64::new(0),
+            uploaded: AtomicU64::new(0),
+            hash_failures: AtomicU64::new(0),
+            unchoked: AtomicUsize::new(0),
+            trackers: Arc::new(Mutex::new(Vec::new())),
+            discovered,
+            announcer: Mutex::new(None),
+            config,
+        });
+        tokio::spawn(swarm::listen(shared.clone(), listener));
+        tokio::spawn(swarm::connect_loop(shared.clone(), discovered_rx));
+        if !shared.config.peers.is_empty() {
+            let _ = shared.discovered.try_send(shared.config.peers.clone());
+        }
+        let session = Session { shared };
+        session.spawn_announcer();
+        Ok(session)
+    }
+
+    fn spawn_announcer(&self) {
+        let s = &self.shared;
+        let tiers = s.torrent.trackers.clone();
+        if tiers.is_empty() {
+            return;
+        }
+        let params = AnnounceParams {
+            info_hash: s.torrent.info_hash.0,
+            peer_id: s.peer_id,
+            port: s.listen_port,
+            key: rand::random(),
+            num_want: 80,
+        };
+        let weak = Arc::downgrade(s);
+        let total = s.geometry.total_length();
+        let progress = Arc::new(move || match weak.upgrade() {
+            Some(s) => Progress {
+                uploaded: s.uploaded.load(Ordering::Relaxed),
+                downloaded: s.downloaded.load(Ordering::Relaxed),
+                left: total.saturating_sub(s.lock().verified_bytes(&s.geometry)),
+            },
+            None => Progress {
+                uploaded: 0,
+                downloaded: 0,
+                left: total,
+            },
+        });
+        let handle = announcer::spawn(
+            tiers,
+            params,
+            progress,
+            s.discovered.clone(),
+            s.shutdown.subscribe(),
+            s.trackers.clone(),
+        );
+        *s.announcer.lock().expect("announcer lock") = Some(handle);
+    }
+
+    pub fn torrent(&self) -> &Arc<Torrent> {
+        &self.shared.torrent
+    }
+
+    pub fn listen_port(&self) -> u16 {
+        self.shared.listen_port
+    }
+
+    pub fn stats(&self) -> Stats {
+        let s = &self.shared;
+        let st = s.lock();
+        Stats {
+            peers: st.peers.len(),
+            known_peers: st.known.len(),
+            downloaded: s.downloaded.load(Ordering::Relaxed),
+            uploaded: s.uploaded.load(Ordering::Relaxed),
+            verified_pieces: st.picker.have_bitfield().count_ones(),
+            total_pieces: s.geometry.piece_count(),
+            cache_used: st.store.used_bytes(),
+            cache_budget: st.store.budget(),
+            hash_failures: s.hash_failures.load(Ordering::Relaxed),
+            banned: st.banned.len(),
+            trackers: s.trackers.lock().map(|t| t.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Fails every waiting read at once and starts closing connections; call before unmounting
+    /// so that no FUSE request is left waiting on the network.
+    pub fn stop(&self) {
+        let s = &self.shared;
+        s.shutdown.send_replace(true);
+        let st = s.lock();
+        for p in st.peers.values() {
+            let _ = p.cmd.send(PeerCmd::Disconnect);
+        }
+    }
+
+    /// `stop`, then tells trackers we stopped, bounded by a short timeout so an unreachable
+    /// tracker cannot hold up the exit.
+    pub async fn shutdown(&self) {
+        self.stop();
+        let s = &self.shared;
+        let handle = s.announcer.lock().expect("announcer lock").take();
+        if let Some(h) = handle {
+            let _ = tokio::time::timeout(Duration::from_millis(1500), h).await;
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock already aborted a task; the state is still usable for
+        // shutting down, so recover instead of cascading panics into every FUSE reply.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks every peer to top up its request queue (priorities changed or blocks were freed).
+    pub(crate) fn refill_all(st: &State) {
+        for p in st.peers.values() {
+            let _ = p.cmd.send(PeerCmd::Refill);
+        }
+    }
+}
+
+impl State {
+    fn verified_bytes(&self, g: &Geometry) -> u64 {
+        self.picker
+            .have_bitfield()
+            .iter_ones()
+            .filter_map(|i| g.piece(i))
+            .map(|p| u64::from(g.piece_len(p)))
+            .sum()
+    }
+}
+
+fn make_peer_id() -> [u8; 20] {
+    // Azureus-style client id (BEP 20), then random characters.
+    let mut id = *b"-BF0001-000000000000";
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    for b in &mut id[8..] {
+        *b = ALPHABET[rand::random_range(0..ALPHABET.len())];
+    }
+    id
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Session>();
+    let _ = (ReaderId(0), Bitfield::new(0));
+}

@@ -1,0 +1,448 @@
+//! One connected peer: handshake, then a loop that reads its messages, keeps our requests to it
+//! topped up from the picker, answers its requests from the store, and frees its requests for
+//! other peers when it stalls.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::pieces::{self, Assembly};
+use super::{PeerCmd, PeerEntry, Shared};
+use crate::bitfield::Bitfield;
+use crate::picker::{Block, PeerId};
+use crate::piece::BLOCK_SIZE;
+use crate::wire::{
+    BlockRef, Handshake, Message, MessageReader, MessageWriter, WireError, read_handshake,
+    write_handshake,
+};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer that sends nothing for this long while we wait on requests has stalled: its
+/// requests go back to the picker for other peers.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
+/// A connection with no traffic at all for this long is dead (BEP 3 keep-alives are 2 min).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(90);
+/// Bounds on requests in flight to one peer. The target follows the peer's rate: about one
+/// second of its data, so a read's urgent request never waits behind much background work,
+/// while a fast peer still has enough queued to fill the link.
+const MIN_QUEUE: usize = 8;
+const MAX_QUEUE: usize = 400;
+/// Requests a peer may have queued with us before further ones are dropped.
+const MAX_PEER_REQUESTS: usize = 250;
+/// Peers we upload to at once (the full choking algorithm is a later step).
+const UPLOAD_SLOTS: usize = 8;
+
+/// Why a connection ended; logged at debug level, never shown as an error to the user.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PeerError {
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    #[error("peer is for another torrent")]
+    WrongTorrent,
+    #[error("connected to ourselves")]
+    SelfConnection,
+    #[error("peer is banned")]
+    Banned,
+    #[error("too many peers")]
+    Full,
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    #[error("stalled")]
+    Idle,
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("session is shutting down")]
+    Shutdown,
+}
+
+/// Runs a connection to the end. `outgoing`: we dialled, so we speak first.
+pub(crate) async fn run(shared: Arc<Shared>, mut stream: TcpStream, addr: SocketAddr, outgoing: bool) -> Result<(), PeerError> {
+    let ours = Handshake::new(shared.torrent.info_hash.0, shared.peer_id);
+    let theirs = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        if outgoing {
+            write_handshake(&mut stream, &ours).await?;
+        }
+        let theirs = read_handshake(&mut stream).await?;
+        if theirs.info_hash != ours.info_hash {
+            return Err(PeerError::WrongTorrent);
+        }
+        if !outgoing {
+            write_handshake(&mut stream, &ours).await?;
+        }
+        Ok(theirs)
+    })
+    .await
+    .map_err(|_| PeerError::HandshakeTimeout)??;
+    if theirs.peer_id == shared.peer_id {
+        return Err(PeerError::SelfConnection);
+    }
+    let _ = stream.set_nodelay(true);
+
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (id, have) = {
+        let mut st = shared.lock();
+        if st.banned.contains(&addr.ip()) {
+            return Err(PeerError::Banned);
+        }
+        if st.peers.len() >= shared.config.max_peers {
+            return Err(PeerError::Full);
+        }
+        st.next_peer += 1;
+        let id = PeerId(st.next_peer);
+        st.peers.insert(id, PeerEntry { addr, cmd: cmd_tx });
+        (id, st.picker.have_bitfield().clone())
+    };
+    tracing::debug!(%addr, outgoing, "peer connected");
+    let mut peer = Peer::new(shared.clone(), id, addr);
+    let result = peer.run(stream, cmd_rx, have).await;
+    peer.leave();
+    tracing::debug!(%addr, ?result, "peer disconnected");
+    result
+}
+
+struct Peer {
+    shared: Arc<Shared>,
+    id: PeerId,
+    addr: SocketAddr,
+    has: Bitfield,
+    /// The peer chokes us: our requests are void until it unchokes.
+    choked: bool,
+    interested: bool,
+    /// We let it download from us.
+    unchoked_it: bool,
+    peer_interested: bool,
+    /// Our requests in flight to it, with when we sent them.
+    requests: HashMap<Block, Instant>,
+    last_piece: Instant,
+    last_recv: Instant,
+    /// Bytes of block data received since the last tick, and a smoothed rate (bytes/s).
+    recv_tick: u64,
+    rate: f64,
+    /// A peer that let requests time out gets one request at a time until it delivers again.
+    snubbed: bool,
+    out: mpsc::UnboundedSender<Message>,
+    out_rx: Option<mpsc::UnboundedReceiver<Message>>,
+    served: usize,
+}
+
+impl Peer {
+    fn new(shared: Arc<Shared>, id: PeerId, addr: SocketAddr) -> Self {
+        let n = shared.geometry.piece_count();
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        Self {
+            shared,
+            id,
+            addr,
+            has: Bitfield::new(n),
+            choked: true,
+            interested: false,
+            unchoked_it: false,
+            peer_interested: false,
+            requests: HashMap::new(),
+            last_piece: now,
+            last_recv: now,
+            recv_tick: 0,
+            rate: 0.0,
+            snubbed: false,
+            out,
+            out_rx: Some(out_rx),
+            served: 0,
+        }
+    }
+
+    async fn run(
+        &mut self,
+        stream: TcpStream,
+        mut cmds: mpsc::UnboundedReceiver<PeerCmd>,
+        have: Bitfield,
+    ) -> Result<(), PeerError> {
+        let (rd, wr) = stream.into_split();
+        // A frame is at most a block plus its header, or our bitfield, whichever is larger.
+        let max_frame = (BLOCK_SIZE + 13).max(have.as_bytes().len() as u32 + 1) + 1024;
+        let mut reader = MessageReader::new(rd, max_frame);
+        let out_rx = self.out_rx.take().expect("run once");
+        let mut writer = tokio::spawn(write_loop(MessageWriter::new(wr), out_rx));
+        if have.count_ones() > 0 {
+            self.send(Message::Bitfield(have.as_bytes().to_vec().into()));
+        }
+        let mut shutdown = self.shared.shutdown.subscribe();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_keepalive = Instant::now();
+        loop {
+            tokio::select! {
+                msg = reader.next() => {
+                    let msg = msg?;
+                    self.last_recv = Instant::now();
+                    self.on_message(msg)?;
+                }
+                cmd = cmds.recv() => match cmd {
+                    Some(PeerCmd::Refill) => self.refill(),
+                    Some(PeerCmd::Have(i)) => {
+                        self.send(Message::Have(i));
+                        self.update_interest();
+                    }
+                    Some(PeerCmd::Cancel(b)) => {
+                        if self.requests.remove(&b).is_some() {
+                            self.send(Message::Cancel(self.block_ref(b)));
+                        }
+                    }
+                    Some(PeerCmd::Disconnect) | None => return Err(PeerError::Shutdown),
+                },
+                _ = tick.tick() => {
+                    self.on_tick()?;
+                    if last_keepalive.elapsed() >= KEEPALIVE_EVERY {
+                        last_keepalive = Instant::now();
+                        self.send(Message::KeepAlive);
+                    }
+                }
+                res = &mut writer => {
+                    return match res {
+                        Ok(Err(e)) => Err(e.into()),
+                        _ => Err(PeerError::Protocol("writer ended")),
+                    };
+                }
+                _ = shutdown.changed() => return Err(PeerError::Shutdown),
+            }
+        }
+    }
+
+    fn send(&self, msg: Message) {
+        let _ = self.out.send(msg);
+    }
+
+    fn block_ref(&self, b: Block) -> BlockRef {
+        let (begin, length) = self.shared.geometry.block(b.piece, b.block);
+        BlockRef {
+            index: b.piece.get(),
+            begin,
+            length,
+        }
+    }
+
+    fn on_message(&mut self, msg: Message) -> Result<(), PeerError> {
+        let g = &self.shared.geometry;
+        match msg {
+            Message::KeepAlive | Message::Port(_) | Message::Extended { .. } | Message::Unknown { .. } => {}
+            Message::Choke => {
+                self.choked = true;
+                self.release_requests();
+            }
+            Message::Unchoke => {
+                self.choked = false;
+                self.refill();
+            }
+            Message::Interested => {
+                self.peer_interested = true;
+                self.consider_unchoke();
+            }
+            Message::NotInterested => self.peer_interested = false,
+            Message::Have(i) => {
+                let p = g.piece(i).ok_or(PeerError::Protocol("have: piece out of range"))?;
+                if self.has.set(i) {
+                    self.shared.lock().picker.peer_have(self.id, p);
+                    self.update_interest();
+                }
+            }
+            Message::Bitfield(bytes) => {
+                let bf = Bitfield::from_bytes(&bytes, g.piece_count())
+                    .map_err(|_| PeerError::Protocol("bad bitfield"))?;
+                let mut st = self.shared.lock();
+                st.picker.peer_gone(self.id, &self.has);
+                st.picker.peer_bitfield(self.id, &bf);
+                drop(st);
+                self.has = bf;
+                self.update_interest();
+            }
+            Message::Request(r) => self.on_request(r)?,
+            Message::Cancel(_) => {} // requests are answered at once; nothing queued to cancel
+            Message::Piece { index, begin, data } => self.on_piece(index, begin, data)?,
+        }
+        Ok(())
+    }
+
+    fn on_piece(&mut self, index: u32, begin: u32, data: bytes::Bytes) -> Result<(), PeerError> {
+        let g = &self.shared.geometry;
+        let p = g.piece(index).ok_or(PeerError::Protocol("piece: index out of range"))?;
+        let b = g
+            .block_index(p, begin, data.len() as u32)
+            .ok_or(PeerError::Protocol("piece: not a block we use"))?;
+        let block = Block { piece: p, block: b };
+        let asked = self.requests.remove(&block).is_some();
+        self.shared.downloaded.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.recv_tick += data.len() as u64;
+        if asked {
+            self.last_piece = Instant::now();
+            self.snubbed = false;
+        }
+        let complete = {
+            let mut st = self.shared.lock();
+            let r = st.picker.block_received(self.id, block);
+            for (other, blk) in &r.cancel {
+                if let Some(e) = st.peers.get(other) {
+                    let _ = e.cmd.send(PeerCmd::Cancel(*blk));
+                }
+            }
+            if !r.new {
+                None
+            } else {
+                let asm = st
+                    .assembly
+                    .entry(index)
+                    .or_insert_with(|| Assembly::new(g.piece_len(p), g.block_count(p)));
+                asm.put(b, begin, &data, self.addr.ip());
+                if r.piece_complete { st.assembly.remove(&index) } else { None }
+            }
+        };
+        if let Some(asm) = complete {
+            pieces::verify(self.shared.clone(), p, asm);
+        }
+        self.refill();
+        Ok(())
+    }
+
+    fn on_request(&mut self, r: BlockRef) -> Result<(), PeerError> {
+        let g = &self.shared.geometry;
+        let p = g.piece(r.index).ok_or(PeerError::Protocol("request: index out of range"))?;
+        if r.length == 0 || r.length > 128 * 1024 || u64::from(r.begin) + u64::from(r.length) > u64::from(g.piece_len(p)) {
+            return Err(PeerError::Protocol("request: block out of range"));
+        }
+        if !self.unchoked_it || self.served >= MAX_PEER_REQUESTS {
+            return Ok(());
+        }
+        let data = self.shared.lock().store.peek(p);
+        if let Some(data) = data {
+            let start = r.begin as usize;
+            let chunk = data.slice(start..start + r.length as usize);
+            self.shared.uploaded.fetch_add(u64::from(r.length), Ordering::Relaxed);
+            self.send(Message::Piece {
+                index: r.index,
+                begin: r.begin,
+                data: chunk,
+            });
+        }
+        Ok(())
+    }
+
+    fn consider_unchoke(&mut self) {
+        if self.unchoked_it || !self.peer_interested {
+            return;
+        }
+        let slots_used = self.shared.unchoked.load(Ordering::Relaxed);
+        if slots_used < UPLOAD_SLOTS {
+            self.shared.unchoked.fetch_add(1, Ordering::Relaxed);
+            self.unchoked_it = true;
+            self.send(Message::Unchoke);
+        }
+    }
+
+    fn update_interest(&mut self) {
+        let want = self.shared.lock().picker.is_interesting(&self.has);
+        if want != self.interested {
+            self.interested = want;
+            self.send(if want { Message::Interested } else { Message::NotInterested });
+        }
+        if want && !self.choked {
+            self.refill();
+        }
+    }
+
+    /// Tops up requests in flight to about one second of this peer's data.
+    fn refill(&mut self) {
+        if self.choked || !self.interested {
+            return;
+        }
+        let target = if self.snubbed {
+            1
+        } else {
+            ((self.rate / f64::from(BLOCK_SIZE)) as usize).clamp(MIN_QUEUE, MAX_QUEUE)
+        };
+        if self.requests.len() >= target {
+            return;
+        }
+        let blocks = {
+            let mut st = self.shared.lock();
+            st.picker.pick(self.id, &self.has, target - self.requests.len())
+        };
+        if blocks.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for b in blocks {
+            self.requests.insert(b, now);
+            self.send(Message::Request(self.block_ref(b)));
+        }
+    }
+
+    fn on_tick(&mut self) -> Result<(), PeerError> {
+        self.rate = 0.6 * self.rate + 0.4 * self.recv_tick as f64;
+        self.recv_tick = 0;
+        if self.last_recv.elapsed() >= IDLE_TIMEOUT {
+            return Err(PeerError::Idle);
+        }
+        if !self.requests.is_empty() && self.last_piece.elapsed() >= REQUEST_TIMEOUT {
+            let oldest = self.requests.values().min().copied().unwrap_or_else(Instant::now);
+            if oldest.elapsed() >= REQUEST_TIMEOUT {
+                tracing::debug!(addr = %self.addr, n = self.requests.len(), "requests timed out; freeing them for other peers");
+                self.snubbed = true;
+                self.release_requests();
+                let st = self.shared.lock();
+                Shared::refill_all(&st);
+                drop(st);
+                self.refill();
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives every request in flight back to the picker (choked, stalled or leaving).
+    fn release_requests(&mut self) {
+        if self.requests.is_empty() {
+            return;
+        }
+        let mut st = self.shared.lock();
+        for (b, _) in self.requests.drain() {
+            st.picker.request_failed(self.id, b);
+        }
+        Shared::refill_all(&st);
+    }
+
+    fn leave(&mut self) {
+        if self.unchoked_it {
+            self.shared.unchoked.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.requests.clear();
+        let mut st = self.shared.lock();
+        st.picker.peer_gone(self.id, &self.has);
+        st.peers.remove(&self.id);
+        Shared::refill_all(&st);
+    }
+}
+
+/// Sends queued messages, batching what is ready into one write.
+async fn write_loop(
+    mut w: MessageWriter<OwnedWriteHalf>,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+) -> Result<(), WireError> {
+    let mut batch = Vec::new();
+    while let Some(m) = rx.recv().await {
+        batch.push(m);
+        while batch.len() < 64 {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        w.send_many(&batch).await?;
+        batch.clear();
+    }
+    Ok(())
+}

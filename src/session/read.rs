@@ -1,0 +1,189 @@
+//! Reads: one reader per open file handle, with its own position and readahead window.
+//!
+//! A read states what it needs in the picker (its pieces as urgent, under a picker reader of its
+//! own so parallel reads of one handle never overwrite each other), pokes the peers, and waits
+//! until the store holds all of them. The handle's reader carries the readahead window: it grows
+//! while reads are sequential and snaps back on a seek, and the old window stops mattering at
+//! once because `set_reader` replaces it.
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use thiserror::Error;
+
+use super::{Session, Shared, State};
+use crate::picker::{ReaderId, ReaderWant};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ReadError {
+    #[error("the mount is shutting down")]
+    Shutdown,
+    #[error("no such file in the torrent")]
+    NoSuchFile,
+}
+
+pub(crate) struct Reader {
+    picker_id: ReaderId,
+    /// Torrent offset right after the previous read: a read starting there is sequential.
+    next: u64,
+    window: u64,
+    readahead: Range<u32>,
+}
+
+impl Session {
+    /// A new reader for `file`; each open file handle gets its own.
+    pub fn open_reader(&self, file: usize) -> u64 {
+        let mut st = self.shared.lock();
+        st.next_reader += 1;
+        let handle = st.next_reader;
+        let start = self
+            .shared
+            .torrent
+            .info
+            .files
+            .get(file)
+            .map_or(0, |f| f.offset);
+        st.readers.insert(
+            handle,
+            Reader {
+                picker_id: ReaderId(handle),
+                next: start,
+                window: self.shared.config.readahead_bytes,
+                readahead: 0..0,
+            },
+        );
+        handle
+    }
+
+    pub fn close_reader(&self, handle: u64) {
+        let mut st = self.shared.lock();
+        if let Some(r) = st.readers.remove(&handle) {
+            st.picker.remove_reader(r.picker_id);
+        }
+    }
+
+    /// `len` bytes of `file` from `offset` (fewer only at the end of the file), once every piece
+    /// they span is downloaded and verified.
+    pub async fn read(&self, handle: u64, file: usize, offset: u64, len: u32) -> Result<Bytes, ReadError> {
+        let s = &self.shared;
+        let f = s.torrent.info.files.get(file).ok_or(ReadError::NoSuchFile)?;
+        if offset >= f.length || len == 0 {
+            return Ok(Bytes::new());
+        }
+        let len = u64::from(len).min(f.length - offset);
+        let start = f.offset + offset;
+        let pieces = s.geometry.pieces_in(start, len);
+        let file_end = f.offset + f.length;
+
+        let mut verified = s.verified.subscribe();
+        let mut shutdown = s.shutdown.subscribe();
+        let urgent = {
+            let mut st = s.lock();
+            move_window(s, &mut st, handle, start, len, file_end);
+            st.next_reader += 1;
+            ReaderId(u64::MAX - st.next_reader)
+        };
+        // Drops the read's urgent want on every exit, including cancellation.
+        let _guard = UrgentGuard { shared: s, id: urgent };
+        let mut asked = false;
+        loop {
+            verified.borrow_and_update();
+            if *shutdown.borrow_and_update() {
+                return Err(ReadError::Shutdown);
+            }
+            let held = {
+                let mut st = s.lock();
+                let held: Option<Vec<_>> = pieces
+                    .clone()
+                    .map(|i| {
+                        let p = s.geometry.piece(i)?;
+                        st.store.get(p)
+                    })
+                    .collect();
+                if held.is_none() && !asked {
+                    asked = true;
+                    st.picker.set_reader(
+                        urgent,
+                        ReaderWant {
+                            urgent: pieces.clone(),
+                            readahead: 0..0,
+                        },
+                    );
+                    Shared::refill_all(&st);
+                }
+                held
+            };
+            if let Some(held) = held {
+                return Ok(copy_out(s, &held, pieces.start, start, len));
+            }
+            tokio::select! {
+                _ = verified.changed() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
+
+/// Grows the window on a sequential read, resets it on a seek, and tells the picker (and the
+/// peers) only when the window's pieces changed.
+fn move_window(s: &Shared, st: &mut State, handle: u64, start: u64, len: u64, file_end: u64) {
+    let cfg = &s.config;
+    let Some(r) = st.readers.get_mut(&handle) else {
+        return;
+    };
+    if start == r.next || (start > r.next.saturating_sub(len) && start <= r.next + len) {
+        r.window = (r.window * 2).min(cfg.max_readahead_bytes);
+    } else {
+        r.window = cfg.readahead_bytes;
+    }
+    r.next = start + len;
+    let ahead_end = (start + len).saturating_add(r.window).min(file_end);
+    let first = s.geometry.pieces_in(start, len).end;
+    let window = s.geometry.pieces_in(start + len, ahead_end.saturating_sub(start + len));
+    let readahead = first.min(window.end)..window.end;
+    if readahead != r.readahead {
+        r.readahead = readahead.clone();
+        let id = r.picker_id;
+        st.picker.set_reader(
+            id,
+            ReaderWant {
+                urgent: 0..0,
+                readahead,
+            },
+        );
+        Shared::refill_all(st);
+    }
+}
+
+/// The requested bytes out of the pieces that hold them; a read inside one piece shares the
+/// piece's buffer instead of copying it.
+fn copy_out(s: &Shared, held: &[Bytes], first_piece: u32, start: u64, len: u64) -> Bytes {
+    let pl = u64::from(s.geometry.piece_length());
+    if let [only] = held {
+        let from = (start - u64::from(first_piece) * pl) as usize;
+        return only.slice(from..from + len as usize);
+    }
+    let mut out = BytesMut::with_capacity(len as usize);
+    let mut pos = start;
+    let end = start + len;
+    for (i, data) in held.iter().enumerate() {
+        let piece_start = (u64::from(first_piece) + i as u64) * pl;
+        let from = (pos - piece_start) as usize;
+        let to = ((end - piece_start) as usize).min(data.len());
+        out.extend_from_slice(&data[from..to]);
+        pos = piece_start + to as u64;
+    }
+    debug_assert_eq!(out.len() as u64, len);
+    out.freeze()
+}
+
+struct UrgentGuard<'a> {
+    shared: &'a Shared,
+    id: ReaderId,
+}
+
+impl Drop for UrgentGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.lock().picker.remove_reader(self.id);
+    }
+}

@@ -1,0 +1,120 @@
+//! Connections: accepting incoming peers, and dialling the addresses discovery finds, up to
+//! `max_peers`, with a backoff for addresses that fail.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{Shared, peer};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts at an address before it is forgotten until discovery names it again.
+const MAX_FAILURES: u32 = 5;
+
+pub(crate) async fn listen(shared: Arc<Shared>, listener: TcpListener) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    if shared.lock().banned.contains(&addr.ip()) {
+                        continue;
+                    }
+                    tokio::spawn(peer::run(shared.clone(), stream, addr, false));
+                }
+                Err(e) => {
+                    tracing::warn!("accepting a peer failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+struct Candidate {
+    failures: u32,
+    next_try: Instant,
+}
+
+/// Dials new addresses while there is room for more peers.
+pub(crate) async fn connect_loop(shared: Arc<Shared>, mut discovered: mpsc::Receiver<Vec<SocketAddr>>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(SocketAddr, bool)>();
+    let mut candidates: HashMap<SocketAddr, Candidate> = HashMap::new();
+    let mut queue: VecDeque<SocketAddr> = VecDeque::new();
+    let mut active: HashSet<SocketAddr> = HashSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            addrs = discovered.recv() => {
+                let Some(addrs) = addrs else { return };
+                let mut st = shared.lock();
+                for a in addrs {
+                    st.known.insert(a);
+                    if !active.contains(&a) && !candidates.contains_key(&a) {
+                        candidates.insert(a, Candidate { failures: 0, next_try: Instant::now() });
+                        queue.push_back(a);
+                    }
+                }
+            }
+            done = done_rx.recv() => {
+                let Some((addr, connected)) = done else { continue };
+                active.remove(&addr);
+                if let Some(c) = candidates.get_mut(&addr) {
+                    c.failures = if connected { 1 } else { c.failures + 1 };
+                    if c.failures > MAX_FAILURES {
+                        candidates.remove(&addr);
+                    } else {
+                        c.next_try = Instant::now() + Duration::from_secs(5 << c.failures.min(6));
+                        queue.push_back(addr);
+                    }
+                }
+            }
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        // Dial what is due, while there is room.
+        let (room, banned) = {
+            let st = shared.lock();
+            let room = shared.config.max_peers.saturating_sub(st.peers.len().max(active.len()));
+            (room, st.banned.clone())
+        };
+        let now = Instant::now();
+        let mut budget = room;
+        for _ in 0..queue.len() {
+            if budget == 0 {
+                break;
+            }
+            let Some(addr) = queue.pop_front() else { break };
+            let Some(c) = candidates.get(&addr) else { continue };
+            if banned.contains(&addr.ip()) {
+                candidates.remove(&addr);
+                continue;
+            }
+            if c.next_try > now || active.contains(&addr) {
+                queue.push_back(addr);
+                continue;
+            }
+            budget -= 1;
+            active.insert(addr);
+            let shared = shared.clone();
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                let connected = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                    Ok(Ok(stream)) => {
+                        let result = peer::run(shared, stream, addr, true).await;
+                        !matches!(result, Err(peer::PeerError::SelfConnection) | Err(peer::PeerError::Banned))
+                    }
+                    _ => false,
+                };
+                let _ = done.send((addr, connected));
+            });
+        }
+    }
+}
