@@ -1,6 +1,8 @@
 pub mod bencode;
 pub mod bitfield;
+pub mod fs;
 pub mod metainfo;
+pub mod mount;
 pub mod picker;
 pub mod piece;
 pub mod session;

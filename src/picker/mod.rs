@@ -290,8 +290,13 @@ impl Picker {
             return true;
         };
         let abandoned = |o: PeerId| {
-            let range = Block { piece: p, block: 0 }..=Block { piece: p, block: u32::MAX };
-            self.in_flight.get(&o).is_none_or(|s| s.range(range).next().is_none())
+            let range = Block { piece: p, block: 0 }..=Block {
+                piece: p,
+                block: u32::MAX,
+            };
+            self.in_flight
+                .get(&o)
+                .is_none_or(|s| s.range(range).next().is_none())
         };
         match owner {
             Some(o) if o == peer => true,

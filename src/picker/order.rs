@@ -104,6 +104,11 @@ impl Picker {
         self.deadlines.contains_key(&p)
     }
 
+    /// A blocked read waits on this piece (the store may go over budget to keep it).
+    pub fn is_urgent(&self, p: PieceIndex) -> bool {
+        self.deadlines.get(&p).is_some_and(|d| d.is_urgent())
+    }
+
     /// Some reader's urgent piece is not Have yet (missing, in flight or verifying).
     pub fn urgent_pending(&self) -> bool {
         self.deadline_order

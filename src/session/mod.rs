@@ -150,6 +150,8 @@ pub(crate) struct State {
     /// Every address discovery has told us about.
     known: HashSet<SocketAddr>,
     readers: HashMap<u64, read::Reader>,
+    /// Set by the first read; until then nothing is downloaded.
+    reading_started: bool,
     next_peer: u64,
     next_reader: u64,
 }
@@ -181,12 +183,14 @@ impl Session {
             })?
             .port();
         let geometry = torrent.info.geometry.clone();
+        let mut picker = Picker::new(geometry.clone());
+        picker.set_background(false);
         let (discovered, discovered_rx) = mpsc::channel(64);
         let shared = Arc::new(Shared {
             peer_id: make_peer_id(),
             listen_port,
             state: Mutex::new(State {
-                picker: Picker::new(geometry.clone()),
+                picker,
                 store: Store::new(config.cache_bytes),
                 peers: HashMap::new(),
                 assembly: HashMap::new(),
@@ -194,6 +198,7 @@ impl Session {
                 banned: HashSet::new(),
                 known: HashSet::new(),
                 readers: HashMap::new(),
+                reading_started: false,
                 next_peer: 0,
                 next_reader: 0,
             }),

@@ -64,7 +64,12 @@ pub(crate) enum PeerError {
 }
 
 /// Runs a connection to the end. `outgoing`: we dialled, so we speak first.
-pub(crate) async fn run(shared: Arc<Shared>, mut stream: TcpStream, addr: SocketAddr, outgoing: bool) -> Result<(), PeerError> {
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    outgoing: bool,
+) -> Result<(), PeerError> {
     let ours = Handshake::new(shared.torrent.info_hash.0, shared.peer_id);
     let theirs = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         if outgoing {
@@ -231,7 +236,10 @@ impl Peer {
     fn on_message(&mut self, msg: Message) -> Result<(), PeerError> {
         let g = &self.shared.geometry;
         match msg {
-            Message::KeepAlive | Message::Port(_) | Message::Extended { .. } | Message::Unknown { .. } => {}
+            Message::KeepAlive
+            | Message::Port(_)
+            | Message::Extended { .. }
+            | Message::Unknown { .. } => {}
             Message::Choke => {
                 self.choked = true;
                 self.release_requests();
@@ -246,7 +254,9 @@ impl Peer {
             }
             Message::NotInterested => self.peer_interested = false,
             Message::Have(i) => {
-                let p = g.piece(i).ok_or(PeerError::Protocol("have: piece out of range"))?;
+                let p = g
+                    .piece(i)
+                    .ok_or(PeerError::Protocol("have: piece out of range"))?;
                 if self.has.set(i) {
                     self.shared.lock().picker.peer_have(self.id, p);
                     self.update_interest();
@@ -271,13 +281,17 @@ impl Peer {
 
     fn on_piece(&mut self, index: u32, begin: u32, data: bytes::Bytes) -> Result<(), PeerError> {
         let g = &self.shared.geometry;
-        let p = g.piece(index).ok_or(PeerError::Protocol("piece: index out of range"))?;
+        let p = g
+            .piece(index)
+            .ok_or(PeerError::Protocol("piece: index out of range"))?;
         let b = g
             .block_index(p, begin, data.len() as u32)
             .ok_or(PeerError::Protocol("piece: not a block we use"))?;
         let block = Block { piece: p, block: b };
         let asked = self.requests.remove(&block).is_some();
-        self.shared.downloaded.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.shared
+            .downloaded
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         self.recv_tick += data.len() as u64;
         if asked {
             self.last_piece = Instant::now();
@@ -299,7 +313,11 @@ impl Peer {
                     .entry(index)
                     .or_insert_with(|| Assembly::new(g.piece_len(p), g.block_count(p)));
                 asm.put(b, begin, &data, self.addr.ip());
-                if r.piece_complete { st.assembly.remove(&index) } else { None }
+                if r.piece_complete {
+                    st.assembly.remove(&index)
+                } else {
+                    None
+                }
             }
         };
         if let Some(asm) = complete {
@@ -311,8 +329,13 @@ impl Peer {
 
     fn on_request(&mut self, r: BlockRef) -> Result<(), PeerError> {
         let g = &self.shared.geometry;
-        let p = g.piece(r.index).ok_or(PeerError::Protocol("request: index out of range"))?;
-        if r.length == 0 || r.length > 128 * 1024 || u64::from(r.begin) + u64::from(r.length) > u64::from(g.piece_len(p)) {
+        let p = g
+            .piece(r.index)
+            .ok_or(PeerError::Protocol("request: index out of range"))?;
+        if r.length == 0
+            || r.length > 128 * 1024
+            || u64::from(r.begin) + u64::from(r.length) > u64::from(g.piece_len(p))
+        {
             return Err(PeerError::Protocol("request: block out of range"));
         }
         if !self.unchoked_it || self.served >= MAX_PEER_REQUESTS {
@@ -322,7 +345,9 @@ impl Peer {
         if let Some(data) = data {
             let start = r.begin as usize;
             let chunk = data.slice(start..start + r.length as usize);
-            self.shared.uploaded.fetch_add(u64::from(r.length), Ordering::Relaxed);
+            self.shared
+                .uploaded
+                .fetch_add(u64::from(r.length), Ordering::Relaxed);
             self.send(Message::Piece {
                 index: r.index,
                 begin: r.begin,
@@ -348,7 +373,11 @@ impl Peer {
         let want = self.shared.lock().picker.is_interesting(&self.has);
         if want != self.interested {
             self.interested = want;
-            self.send(if want { Message::Interested } else { Message::NotInterested });
+            self.send(if want {
+                Message::Interested
+            } else {
+                Message::NotInterested
+            });
         }
         if want && !self.choked {
             self.refill();
@@ -370,7 +399,8 @@ impl Peer {
         }
         let blocks = {
             let mut st = self.shared.lock();
-            st.picker.pick(self.id, &self.has, target - self.requests.len())
+            st.picker
+                .pick(self.id, &self.has, target - self.requests.len())
         };
         if blocks.is_empty() {
             return;
@@ -389,7 +419,12 @@ impl Peer {
             return Err(PeerError::Idle);
         }
         if !self.requests.is_empty() && self.last_piece.elapsed() >= REQUEST_TIMEOUT {
-            let oldest = self.requests.values().min().copied().unwrap_or_else(Instant::now);
+            let oldest = self
+                .requests
+                .values()
+                .min()
+                .copied()
+                .unwrap_or_else(Instant::now);
             if oldest.elapsed() >= REQUEST_TIMEOUT {
                 tracing::debug!(addr = %self.addr, n = self.requests.len(), "requests timed out; freeing them for other peers");
                 self.snubbed = true;

@@ -103,7 +103,7 @@ pub(crate) fn verify(shared: Arc<Shared>, piece: PieceIndex, asm: Assembly) {
 fn accept(shared: &Shared, st: &mut State, piece: PieceIndex, data: Vec<u8>) {
     let liars = st.suspects.liars(piece, &data);
     let State { picker, store, .. } = st;
-    let must_keep = picker.is_wanted_by_reader(piece);
+    let must_keep = picker.is_urgent(piece);
     let inserted = store.insert(piece, bytes::Bytes::from(data), must_keep, |q| {
         picker.is_wanted_by_reader(q)
     });
@@ -146,11 +146,12 @@ fn reject(shared: &Shared, st: &mut State, piece: PieceIndex, asm: Assembly) {
     }
 }
 
-/// Background (rarest-first) fetching runs only while the store has room, so it never churns
-/// the cache or evicts what readers will want.
+/// Background (rarest-first) fetching starts with the first read (browsing the tree downloads
+/// nothing) and runs only while the store has room, so it never churns the cache or evicts what
+/// readers will want.
 pub(crate) fn update_background(shared: &Shared, st: &mut State) {
     let room = u64::from(shared.geometry.piece_length()) * (st.assembly.len() as u64 + 2);
-    let enabled = st.store.has_room_for(room);
+    let enabled = st.reading_started && st.store.has_room_for(room);
     st.picker.set_background(enabled);
 }
 

@@ -64,9 +64,20 @@ impl Session {
 
     /// `len` bytes of `file` from `offset` (fewer only at the end of the file), once every piece
     /// they span is downloaded and verified.
-    pub async fn read(&self, handle: u64, file: usize, offset: u64, len: u32) -> Result<Bytes, ReadError> {
+    pub async fn read(
+        &self,
+        handle: u64,
+        file: usize,
+        offset: u64,
+        len: u32,
+    ) -> Result<Bytes, ReadError> {
         let s = &self.shared;
-        let f = s.torrent.info.files.get(file).ok_or(ReadError::NoSuchFile)?;
+        let f = s
+            .torrent
+            .info
+            .files
+            .get(file)
+            .ok_or(ReadError::NoSuchFile)?;
         if offset >= f.length || len == 0 {
             return Ok(Bytes::new());
         }
@@ -79,12 +90,19 @@ impl Session {
         let mut shutdown = s.shutdown.subscribe();
         let urgent = {
             let mut st = s.lock();
+            if !st.reading_started {
+                st.reading_started = true;
+                super::pieces::update_background(s, &mut st);
+            }
             move_window(s, &mut st, handle, start, len, file_end);
             st.next_reader += 1;
             ReaderId(u64::MAX - st.next_reader)
         };
         // Drops the read's urgent want on every exit, including cancellation.
-        let _guard = UrgentGuard { shared: s, id: urgent };
+        let _guard = UrgentGuard {
+            shared: s,
+            id: urgent,
+        };
         let mut asked = false;
         loop {
             verified.borrow_and_update();
@@ -128,18 +146,24 @@ impl Session {
 /// peers) only when the window's pieces changed.
 fn move_window(s: &Shared, st: &mut State, handle: u64, start: u64, len: u64, file_end: u64) {
     let cfg = &s.config;
+    // Readahead beyond half the cache would evict itself before it is read.
+    let max = cfg.max_readahead_bytes.min(cfg.cache_bytes / 2);
     let Some(r) = st.readers.get_mut(&handle) else {
         return;
     };
-    if start == r.next || (start > r.next.saturating_sub(len) && start <= r.next + len) {
-        r.window = (r.window * 2).min(cfg.max_readahead_bytes);
+    // Kernel readahead sends a few reads at once, slightly out of order: near the last
+    // position still counts as sequential.
+    if start.abs_diff(r.next) <= len.max(256 * 1024) {
+        r.window = (r.window * 2).min(max);
     } else {
-        r.window = cfg.readahead_bytes;
+        r.window = cfg.readahead_bytes.min(max);
     }
     r.next = start + len;
     let ahead_end = (start + len).saturating_add(r.window).min(file_end);
     let first = s.geometry.pieces_in(start, len).end;
-    let window = s.geometry.pieces_in(start + len, ahead_end.saturating_sub(start + len));
+    let window = s
+        .geometry
+        .pieces_in(start + len, ahead_end.saturating_sub(start + len));
     let readahead = first.min(window.end)..window.end;
     if readahead != r.readahead {
         r.readahead = readahead.clone();

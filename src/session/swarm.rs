@@ -43,7 +43,10 @@ struct Candidate {
 }
 
 /// Dials new addresses while there is room for more peers.
-pub(crate) async fn connect_loop(shared: Arc<Shared>, mut discovered: mpsc::Receiver<Vec<SocketAddr>>) {
+pub(crate) async fn connect_loop(
+    shared: Arc<Shared>,
+    mut discovered: mpsc::Receiver<Vec<SocketAddr>>,
+) {
     let mut shutdown = shared.shutdown.subscribe();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(SocketAddr, bool)>();
     let mut candidates: HashMap<SocketAddr, Candidate> = HashMap::new();
@@ -82,7 +85,10 @@ pub(crate) async fn connect_loop(shared: Arc<Shared>, mut discovered: mpsc::Rece
         // Dial what is due, while there is room.
         let (room, banned) = {
             let st = shared.lock();
-            let room = shared.config.max_peers.saturating_sub(st.peers.len().max(active.len()));
+            let room = shared
+                .config
+                .max_peers
+                .saturating_sub(st.peers.len().max(active.len()));
             (room, st.banned.clone())
         };
         let now = Instant::now();
@@ -92,7 +98,9 @@ pub(crate) async fn connect_loop(shared: Arc<Shared>, mut discovered: mpsc::Rece
                 break;
             }
             let Some(addr) = queue.pop_front() else { break };
-            let Some(c) = candidates.get(&addr) else { continue };
+            let Some(c) = candidates.get(&addr) else {
+                continue;
+            };
             if banned.contains(&addr.ip()) {
                 candidates.remove(&addr);
                 continue;
@@ -106,13 +114,17 @@ pub(crate) async fn connect_loop(shared: Arc<Shared>, mut discovered: mpsc::Rece
             let shared = shared.clone();
             let done = done_tx.clone();
             tokio::spawn(async move {
-                let connected = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-                    Ok(Ok(stream)) => {
-                        let result = peer::run(shared, stream, addr, true).await;
-                        !matches!(result, Err(peer::PeerError::SelfConnection) | Err(peer::PeerError::Banned))
-                    }
-                    _ => false,
-                };
+                let connected =
+                    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                        Ok(Ok(stream)) => {
+                            let result = peer::run(shared, stream, addr, true).await;
+                            !matches!(
+                                result,
+                                Err(peer::PeerError::SelfConnection) | Err(peer::PeerError::Banned)
+                            )
+                        }
+                        _ => false,
+                    };
                 let _ = done.send((addr, connected));
             });
         }

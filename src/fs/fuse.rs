@@ -1,0 +1,302 @@
+//! The fuser adapter: each callback asks the inode table (or the backend) through a helper
+//! returning `Result<_, Errno>` and replies exactly once.
+//!
+//! Nothing here blocks a FUSE thread on data: `read` hands its `ReplyData` to a task on the
+//! tokio runtime, so lookups, getattr and reads of cached data keep flowing while a read waits
+//! for the swarm. The tree never changes while mounted, hence the long TTLs and `KEEP_CACHE`.
+
+use std::ffi::OsStr;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
+};
+use tokio::runtime::Handle;
+
+use super::Backend;
+use super::inode::{self, InodeTable, LookupError, NodeKind, Ownership};
+
+/// How long the kernel may cache names and attributes: the tree is fixed while mounted.
+const TTL: Duration = Duration::from_secs(3600);
+/// The one extended attribute, on the root only.
+pub(super) const STATUS_XATTR: &str = "user.btfs.status";
+/// Block size reported by statfs (`df` multiplies the block count by it).
+const STATFS_BLOCK: u32 = 4096;
+/// Background requests (readahead) the kernel may have in flight at once; reads can wait on
+/// the network, so allow more than the kernel's default of 12.
+const MAX_BACKGROUND: u16 = 64;
+
+pub(super) struct FuseFs<B> {
+    backend: Arc<B>,
+    table: InodeTable,
+    owner: Ownership,
+    rt: Handle,
+}
+
+impl<B: Backend> FuseFs<B> {
+    pub(super) fn new(backend: Arc<B>, table: InodeTable, owner: Ownership, rt: Handle) -> Self {
+        FuseFs {
+            backend,
+            table,
+            owner,
+            rt,
+        }
+    }
+
+    fn attr(&self, ino: INodeNo) -> Result<FileAttr, Errno> {
+        self.table.attr(ino, &self.owner).ok_or(Errno::ENOENT)
+    }
+
+    fn lookup_attr(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr, Errno> {
+        // Every name in the table is UTF-8, so a name that is not cannot be there.
+        let name = name.to_str().ok_or(Errno::ENOENT)?;
+        let ino = self.table.lookup(parent, name).map_err(|e| match e {
+            LookupError::NotDir => Errno::ENOTDIR,
+            LookupError::NoParent | LookupError::NotFound => Errno::ENOENT,
+        })?;
+        self.attr(ino)
+    }
+
+    /// File id and length of a file inode.
+    fn file(&self, ino: INodeNo) -> Result<(usize, u64), Errno> {
+        match self.table.kind(ino) {
+            Some(NodeKind::File { id, length }) => Ok((id, length)),
+            Some(NodeKind::Dir) => Err(Errno::EISDIR),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    fn open_file(&self, ino: INodeNo, flags: OpenFlags) -> Result<u64, Errno> {
+        let (id, _) = self.file(ino)?;
+        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            return Err(Errno::EROFS);
+        }
+        Ok(self.backend.open(id))
+    }
+
+    fn open_dir(&self, ino: INodeNo) -> Result<(), Errno> {
+        match self.table.kind(ino) {
+            Some(NodeKind::Dir) => Ok(()),
+            Some(NodeKind::File { .. }) => Err(Errno::ENOTDIR),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    fn check_access(&self, ino: INodeNo, mask: AccessFlags) -> Result<(), Errno> {
+        self.table.kind(ino).ok_or(Errno::ENOENT)?;
+        if mask.contains(AccessFlags::W_OK) {
+            return Err(Errno::EROFS);
+        }
+        Ok(())
+    }
+
+    fn xattr_value(&self, ino: INodeNo, name: &OsStr) -> Result<Vec<u8>, Errno> {
+        self.table.kind(ino).ok_or(Errno::ENOENT)?;
+        if ino == inode::ROOT && name == STATUS_XATTR {
+            Ok(self.backend.status().into_bytes())
+        } else {
+            Err(Errno::NO_XATTR)
+        }
+    }
+
+    fn xattr_names(&self, ino: INodeNo) -> Result<Vec<u8>, Errno> {
+        self.table.kind(ino).ok_or(Errno::ENOENT)?;
+        let mut names = Vec::new();
+        if ino == inode::ROOT {
+            names.extend_from_slice(STATUS_XATTR.as_bytes());
+            names.push(0);
+        }
+        Ok(names)
+    }
+}
+
+/// The xattr size-probe protocol: size 0 asks for the length, a short buffer is `ERANGE`.
+fn reply_xattr(value: Result<Vec<u8>, Errno>, size: u32, reply: ReplyXattr) {
+    match value {
+        Err(e) => reply.error(e),
+        Ok(value) => match u32::try_from(value.len()) {
+            Err(_) => reply.error(Errno::E2BIG),
+            Ok(len) if size == 0 => reply.size(len),
+            Ok(len) if len > size => reply.error(Errno::ERANGE),
+            Ok(_) => reply.data(&value),
+        },
+    }
+}
+
+impl<B: Backend> Filesystem for FuseFs<B> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // The kernel offers its bdi readahead (128 KiB) and only lets us lower it; take all
+        // of it here and raise the bdi through sysfs after mounting.
+        if let Err(max) = config.set_max_readahead(u32::MAX) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.lookup_attr(parent, name) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.attr(ino) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.open_file(ino, flags) {
+            // Verified data never changes, so the page cache may outlive this open.
+            Ok(handle) => reply.opened(FileHandle(handle), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let (id, length) = match self.file(ino) {
+            Ok(file) => file,
+            Err(e) => return reply.error(e),
+        };
+        if offset >= length || size == 0 {
+            return reply.data(&[]);
+        }
+        let len = u32::try_from(length - offset).map_or(size, |rest| rest.min(size));
+        let read = self.backend.read(fh.0, id, offset, len);
+        // If the runtime is gone the task is dropped with the reply, which fuser answers EIO.
+        self.rt.spawn(async move {
+            match read.await {
+                Ok(data) => reply.data(&data[..data.len().min(len as usize)]),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.backend.release(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.open_dir(ino) {
+            // The listing never changes: let the kernel cache it across opens.
+            Ok(()) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(entries) = self.table.readdir(ino, offset) else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        for entry in entries {
+            if reply.add(entry.ino, entry.next_offset, entry.kind, entry.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(entries) = self.table.readdir(ino, offset) else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        for entry in entries {
+            let Some(attr) = self.table.attr(entry.ino, &self.owner) else {
+                continue;
+            };
+            let full = reply.add(
+                entry.ino,
+                entry.next_offset,
+                entry.name,
+                &TTL,
+                &attr,
+                Generation(0),
+            );
+            if full {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let blocks = self.table.total_size().div_ceil(u64::from(STATFS_BLOCK));
+        let files = self.table.len() as u64;
+        reply.statfs(blocks, 0, 0, files, 0, STATFS_BLOCK, 255, STATFS_BLOCK);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(self.xattr_value(ino, name), size, reply);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_xattr(self.xattr_names(ino), size, reply);
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.check_access(ino, mask) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The `btfs` command: clap -> runtime -> library. No logic lives here.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use btfs::metainfo::Torrent;
+use btfs::mount::{self, MountConfig};
+use btfs::session;
+use btfs::units::{format_bytes, parse_size};
+
+#[derive(Parser)]
+#[command(
+    name = "btfs",
+    version,
+    about = "Mount a torrent read-only and stream its files from the swarm"
+)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mount a .torrent file at a directory; its files appear at once and download as they are read.
+    Mount(MountArgs),
+    /// Print what a .torrent file holds: name, info-hash, sizes, trackers and files.
+    Info {
+        /// The .torrent file.
+        torrent: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct MountArgs {
+    /// The .torrent file.
+    torrent: PathBuf,
+    /// An existing, empty directory to mount at.
+    mountpoint: PathBuf,
+    /// TCP port for incoming peers (0: any free port).
+    #[arg(long, default_value_t = 6881)]
+    port: u16,
+    /// Address to listen on for incoming peers.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// Most peers connected at once.
+    #[arg(long, default_value_t = 80)]
+    max_peers: usize,
+    /// Memory for verified pieces (e.g. 256M, 1G).
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    cache_size: u64,
+    /// Largest readahead window a sequential reader grows to (e.g. 64M).
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    max_readahead: u64,
+    /// Connect to this peer as well as those trackers find (repeatable).
+    #[arg(long = "peer", value_name = "IP:PORT")]
+    peers: Vec<SocketAddr>,
+    /// Let other users read the mount (needs user_allow_other in /etc/fuse.conf for non-root).
+    #[arg(long)]
+    allow_other: bool,
+    /// Detach once the mount is ready and keep serving in the background.
+    #[arg(long)]
+    daemon: bool,
+    /// No live status line.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("btfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Info { torrent } => {
+            init_logging(cli.verbose);
+            let t = Torrent::from_file(&torrent)?;
+            print!("{}", t.summary());
+            Ok(())
+        }
+        Command::Mount(args) => {
+            let torrent = Torrent::from_file(&args.torrent)?;
+            mount::check_mountpoint(&args.mountpoint)?;
+            let config = MountConfig {
+                mountpoint: args.mountpoint,
+                allow_other: args.allow_other,
+                status_line: !args.quiet && !args.daemon,
+                session: session::Config {
+                    listen: SocketAddr::new(args.bind, args.port),
+                    max_peers: args.max_peers,
+                    cache_bytes: args.cache_size,
+                    peers: args.peers,
+                    max_readahead_bytes: args.max_readahead,
+                    ..session::Config::default()
+                },
+            };
+            // Forking must happen before the runtime starts threads.
+            let ready = if args.daemon {
+                Some(mount::daemonize().context("cannot detach into the background")?)
+            } else {
+                None
+            };
+            init_logging(cli.verbose);
+            tracing::debug!(
+                "mounting {} ({}) at {}",
+                torrent.info.name,
+                format_bytes(torrent.info.total_length()),
+                config.mountpoint.display()
+            );
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("btfs")
+                .build()
+                .context("cannot start the async runtime")?;
+            let result = runtime.block_on(mount::run(torrent, config, ready));
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            result.map_err(Into::into)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "btfs=info",
+        1 => "btfs=debug",
+        _ => "btfs=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,287 @@
+//! `btfs mount`: a session and a FUSE mount glued together, run until a signal or an external
+//! unmount, then taken down in the order that never leaves a reader hanging: fail pending reads,
+//! unmount, tell the trackers.
+
+use std::io::{IsTerminal, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::fs::{self, Backend, FileSpec, FsError, InodeTable, MountOptions};
+use crate::metainfo::Torrent;
+use crate::session::{self, ReadError, Session, SessionError, Stats};
+use crate::units::format_bytes;
+
+#[derive(Debug, Error)]
+pub enum MountError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("the torrent's file tree cannot be mounted: {0}")]
+    Tree(#[from] fs::TableError),
+    #[error("cannot listen for signals: {0}")]
+    Signals(std::io::Error),
+}
+
+pub struct MountConfig {
+    pub mountpoint: PathBuf,
+    pub allow_other: bool,
+    /// Draw the one-line live status on stderr (when it is a terminal).
+    pub status_line: bool,
+    pub session: session::Config,
+}
+
+/// Checks the mountpoint before any network work, so a typo fails at once.
+pub fn check_mountpoint(path: &Path) -> Result<(), FsError> {
+    fs::preflight(path).map(|_| ())
+}
+
+/// Serves FUSE reads from the session: file ids of the table map to torrent file indices
+/// (padding files are hidden, so the two numberings differ).
+struct SessionBackend {
+    session: Session,
+    files: Vec<usize>,
+}
+
+impl Backend for SessionBackend {
+    fn open(&self, file: usize) -> u64 {
+        self.session.open_reader(self.files[file])
+    }
+
+    fn release(&self, handle: u64) {
+        self.session.close_reader(handle);
+    }
+
+    fn read(
+        &self,
+        handle: u64,
+        file: usize,
+        offset: u64,
+        len: u32,
+    ) -> impl std::future::Future<Output = Result<bytes::Bytes, fuser::Errno>> + Send + 'static
+    {
+        let session = self.session.clone();
+        let file = self.files[file];
+        async move {
+            session
+                .read(handle, file, offset, len)
+                .await
+                .map_err(|e| match e {
+                    ReadError::Shutdown => fuser::Errno::EIO,
+                    ReadError::NoSuchFile => fuser::Errno::ENOENT,
+                })
+        }
+    }
+
+    fn status(&self) -> String {
+        status_report(&self.session)
+    }
+}
+
+/// Mounts, then serves until Ctrl-C, SIGTERM or an external `fusermount3 -u`.
+pub async fn run(
+    torrent: Torrent,
+    config: MountConfig,
+    ready: Option<Daemon>,
+) -> Result<(), MountError> {
+    let (specs, files): (Vec<FileSpec>, Vec<usize>) = torrent
+        .info
+        .files
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !f.padding)
+        .map(|(i, f)| {
+            (
+                FileSpec {
+                    path: f.path.clone(),
+                    length: f.length,
+                },
+                i,
+            )
+        })
+        .unzip();
+    let table = InodeTable::new(&specs)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(MountError::Signals)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(MountError::Signals)?;
+
+    let name = torrent.info.name.clone();
+    let time = torrent
+        .creation_date
+        .and_then(|d| u64::try_from(d).ok())
+        .map(|d| std::time::UNIX_EPOCH + Duration::from_secs(d));
+    let session = Session::start(Arc::new(torrent), config.session).await?;
+    let mut opts = MountOptions::new(format!("btfs:{name}"));
+    opts.allow_other = config.allow_other;
+    if let Some(t) = time {
+        opts.owner.time = t;
+    }
+    let backend = Arc::new(SessionBackend {
+        session: session.clone(),
+        files,
+    });
+    let rt = tokio::runtime::Handle::current();
+    let mountpoint = config.mountpoint.clone();
+    let mounted =
+        tokio::task::spawn_blocking(move || fs::mount(backend, table, &mountpoint, opts, rt))
+            .await
+            .expect("mount task panicked");
+    let mounted = match mounted {
+        Ok(m) => m,
+        Err(e) => {
+            session.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    tracing::info!(
+        port = session.listen_port(),
+        "ready: {}",
+        config.mountpoint.display()
+    );
+    if let Some(d) = ready {
+        d.ready();
+    }
+
+    let mut ended = mounted.ended();
+    let status = config.status_line && std::io::stderr().is_terminal();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = session.stats();
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = ended.wait_for(|e| *e) => {
+                tracing::info!("unmounted from outside");
+                break;
+            }
+            _ = tick.tick() => {
+                if status {
+                    let now = session.stats();
+                    draw_status(&now, &last);
+                    last = now;
+                }
+            }
+        }
+    }
+    if status {
+        eprint!("\r\x1b[K");
+    }
+    // Blocked reads fail first, so no open file keeps the mount busy; then unmount; then the
+    // trackers hear `stopped` (bounded wait).
+    session.stop();
+    let unmounted = tokio::task::spawn_blocking(move || mounted.unmount())
+        .await
+        .expect("unmount task panicked");
+    session.shutdown().await;
+    unmounted?;
+    Ok(())
+}
+
+/// The `user.btfs.status` attribute of the mount root: one `key: value` per line, readable by
+/// people (`getfattr -n user.btfs.status /mnt/x`) and by scripts.
+pub fn status_report(session: &Session) -> String {
+    let s = session.stats();
+    let t = session.torrent();
+    let mut out = format!(
+        "name: {}\ninfo_hash: {}\npeers: {}\nknown_peers: {}\ndownloaded_bytes: {}\n\
+         uploaded_bytes: {}\nverified_pieces: {}\ntotal_pieces: {}\ncache_used_bytes: {}\n\
+         cache_budget_bytes: {}\nhash_failures: {}\nbanned_peers: {}\n",
+        t.info.name,
+        t.info_hash,
+        s.peers,
+        s.known_peers,
+        s.downloaded,
+        s.uploaded,
+        s.verified_pieces,
+        s.total_pieces,
+        s.cache_used,
+        s.cache_budget,
+        s.hash_failures,
+        s.banned,
+    );
+    for tr in &s.trackers {
+        let last = match &tr.last {
+            None => "not yet".to_string(),
+            Some(Ok(n)) => format!("ok, {n} peers"),
+            Some(Err(e)) => format!("error: {e}"),
+        };
+        out.push_str(&format!("tracker: {} ({last})\n", tr.url));
+    }
+    out
+}
+
+/// `peers 3/5 | down 12.3 MiB/s up 0 B/s | 120/1024 pieces | cache 30.0 MiB/256.0 MiB`
+fn draw_status(now: &Stats, last: &Stats) {
+    let down = now.downloaded.saturating_sub(last.downloaded);
+    let up = now.uploaded.saturating_sub(last.uploaded);
+    let line = format!(
+        "peers {}/{} | down {}/s up {}/s | {}/{} pieces | cache {}/{}",
+        now.peers,
+        now.known_peers,
+        format_bytes(down),
+        format_bytes(up),
+        now.verified_pieces,
+        now.total_pieces,
+        format_bytes(now.cache_used),
+        format_bytes(now.cache_budget),
+    );
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "\r\x1b[K{line}");
+    let _ = err.flush();
+}
+
+/// The child's end of `--daemon`: tells the waiting parent that the mount is ready.
+pub struct Daemon {
+    pipe: OwnedFd,
+}
+
+impl Daemon {
+    /// The mount is up: the parent exits 0 and we stop writing to the terminal.
+    fn ready(self) {
+        let mut f = std::fs::File::from(self.pipe);
+        let _ = f.write_all(b"ok");
+        drop(f);
+        if let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
+            for fd in 0..3 {
+                // SAFETY: dup2 onto the standard descriptors; `null` stays open until after.
+                unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            }
+        }
+    }
+}
+
+/// Forks; the parent waits until the child says the mount is ready (exit 0) or the child dies
+/// first (exit 1: the child printed why). Must run before any thread exists.
+pub fn daemonize() -> std::io::Result<Daemon> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills two descriptors we then own.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptors were just created and are owned here only.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: no other thread exists yet (called before the runtime starts).
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => {
+            drop(rd);
+            // SAFETY: setsid has no memory effects.
+            unsafe { libc::setsid() };
+            Ok(Daemon { pipe: wr })
+        }
+        _ => {
+            drop(wr);
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::fs::File::from(rd), &mut buf);
+            std::process::exit(if buf == b"ok" { 0 } else { 1 });
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Test harness: a real BitTorrent swarm on loopback and real FUSE mounts.
+//!
+//! `Swarm` runs libtorrent seeders (`scripts/swarm.py`, an independent implementation)
+//! and Debian's opentracker, each seeder on its own address 127.0.x.1 because clients
+//! keep one connection per IP. `Mount` runs a FUSE filesystem binary and waits for the
+//! kernel to list its mount. Both own every process they start and end them by PID in
+//! `Drop`, so a failing test still cleans up; they panic with the processes' logs when
+//! something never becomes ready, which is the test failing, never skipping.
+//!
+//! Needs `scripts/setup.sh` (python3-libtorrent, opentracker, fuse3) and root (opentracker
+//! chroots; mounts). Std only plus `tempfile`, so it compiles without the btfs library.
+//! Overrides: `BTFS_TEST_PYTHON` (default /usr/bin/python3, Debian's, which has the
+//! libtorrent module), `BTFS_SWARM_PY` (default `$CARGO_MANIFEST_DIR/scripts/swarm.py`).
+// Each test binary uses a different part of the harness.
+#![allow(dead_code)]
+
+mod mount;
+mod swarm;
+
+#[allow(unused_imports)]
+pub use mount::{Mount, is_fuse_mount};
+#[allow(unused_imports)]
+pub use swarm::{Layout, LeechOutcome, Swarm, SwarmOptions, Tracker};
+
+use std::ffi::OsString;
+use std::fs;
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// How long a process gets between SIGTERM and SIGKILL.
+const GRACE: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(50);
+
+// ------------------------------------------------------------------ processes
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+const SIGTERM: i32 = 15;
+
+/// Sends SIGTERM to one PID; never a name, never a group.
+fn sigterm(child: &Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) with a PID we spawned and have not reaped yet (the Child is
+        // still un-waited), so the PID cannot have been reused by another process.
+        unsafe { kill(pid, SIGTERM) };
+    }
+}
+
+/// Waits for `child` until `deadline`; true once it has exited (and is reaped).
+fn wait_until(child: &mut Child, deadline: Instant) -> bool {
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return true,
+            Ok(None) if Instant::now() >= deadline => return false,
+            Ok(None) => sleep(POLL),
+        }
+    }
+}
+
+/// SIGTERM all, wait out one shared grace period, SIGKILL the rest, reap everyone.
+fn terminate_all(children: &mut [&mut Child]) {
+    for c in children.iter_mut() {
+        if matches!(c.try_wait(), Ok(None)) {
+            sigterm(c);
+        }
+    }
+    let deadline = Instant::now() + GRACE;
+    for c in children.iter_mut() {
+        if !wait_until(c, deadline) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A child process with its stderr in a log file.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
+        let err = fs::File::create(&log).unwrap_or_else(|e| panic!("create {log:?}: {e}"));
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
+        Proc {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn log_text(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        format!(
+            "--- {} (pid {}) {:?}\n{}",
+            self.name,
+            self.child.id(),
+            self.log,
+            text
+        )
+    }
+}
+
+/// Runs a command to completion; panics with its stderr unless it succeeds. Returns stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Hex SHA-1 of a file, by the ordinary `sha1sum` tool.
+pub fn sha1_file(path: &Path) -> String {
+    let out = run(Command::new("sha1sum").arg("--").arg(path));
+    // sha1sum marks a line with `\` when the name needed escaping.
+    let hash = out.split_whitespace().next().unwrap_or_default();
+    hash.trim_start_matches('\\').to_string()
+}
+
+fn python() -> OsString {
+    std::env::var_os("BTFS_TEST_PYTHON").unwrap_or_else(|| "/usr/bin/python3".into())
+}
+
+fn swarm_py() -> PathBuf {
+    std::env::var_os("BTFS_SWARM_PY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/swarm.py"))
+}
+
+/// `python swarm.py <args>` as a Command.
+fn swarm_cmd() -> Command {
+    let mut c = Command::new(python());
+    c.arg(swarm_py());
+    c
+}
+
+/// A port free for both TCP and UDP on `ip` right now (the kernel picks it).
+pub fn free_port(ip: Ipv4Addr) -> u16 {
+    for _ in 0..100 {
+        let tcp = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}:0: {e}"));
+        let port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
+        if port != 0 && UdpSocket::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both TCP and UDP on {ip}");
+}

@@ -1,0 +1,186 @@
+//! `Mount`: a FUSE filesystem process and its mountpoint, both gone on drop.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::{POLL, terminate_all, wait_until};
+
+/// Mounting a torrent needs no download, only the metadata; generous for slow CI.
+const MOUNT_DEADLINE: Duration = Duration::from_secs(60);
+/// After unmount a client may still say goodbye to its trackers (libtorrent waits up to
+/// its `stop_tracker_timeout`, 5 s by default, per tracker tier).
+const EXIT_AFTER_UNMOUNT: Duration = Duration::from_secs(30);
+
+/// A FUSE filesystem process and its mountpoint, unmounted and removed on drop.
+pub struct Mount {
+    child: Child,
+    mnt: PathBuf,
+    stderr_path: PathBuf,
+    dir: TempDir,
+}
+
+impl Mount {
+    /// `btfs mount <torrent> <mnt> <extra_args...>`, waiting until it is mounted.
+    pub fn new(btfs: &Path, torrent: &Path, extra_args: &[&str]) -> Mount {
+        Mount::with_args(btfs, |mnt, _scratch| {
+            let mut args: Vec<OsString> = vec!["mount".into(), torrent.into(), mnt.into()];
+            args.extend(extra_args.iter().map(OsString::from));
+            args
+        })
+    }
+
+    /// Runs `program` with the arguments `args(mountpoint, scratch_dir)` makes (the
+    /// scratch dir is for the program's own data) and waits until the mountpoint is a
+    /// FUSE mount. Panics with the program's stderr if it exits first or never mounts.
+    pub fn with_args(program: &Path, args: impl FnOnce(&Path, &Path) -> Vec<OsString>) -> Mount {
+        let dir = tempfile::Builder::new()
+            .prefix("btfs-mount-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let root = dir
+            .path()
+            .canonicalize()
+            .unwrap_or_else(|e| panic!("canonicalize: {e}"));
+        let mnt = root.join("mnt");
+        let scratch = root.join("scratch");
+        for d in [&mnt, &scratch] {
+            fs::create_dir(d).unwrap_or_else(|e| panic!("mkdir {d:?}: {e}"));
+        }
+        let stderr_path = root.join("stderr.log");
+        let err = fs::File::create(&stderr_path).unwrap_or_else(|e| panic!("create log: {e}"));
+        let args = args(&mnt, &scratch);
+        let child = Command::new(program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program:?} {args:?}: {e}"));
+        // From here on a panic drops the Mount, which ends the process.
+        let mut m = Mount {
+            child,
+            mnt,
+            stderr_path,
+            dir,
+        };
+        let deadline = Instant::now() + MOUNT_DEADLINE;
+        while !is_fuse_mount(&m.mnt) {
+            if let Ok(Some(status)) = m.child.try_wait() {
+                panic!(
+                    "{program:?} {args:?} exited ({status}) before mounting:\n{}",
+                    m.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{program:?} {args:?} did not mount within {MOUNT_DEADLINE:?}:\n{}",
+                m.stderr()
+            );
+            sleep(POLL);
+        }
+        m
+    }
+
+    /// The mountpoint.
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the filesystem process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Still mounted (per /proc/self/mountinfo)?
+    pub fn is_mounted(&self) -> bool {
+        is_fuse_mount(&self.mnt)
+    }
+
+    /// Unmounts the way a user does (`fusermount3 -u`) and returns the process's exit
+    /// status, or None if it has not exited within `EXIT_AFTER_UNMOUNT` (drop then kills
+    /// it and unmounts lazily).
+    pub fn unmount(mut self) -> Option<ExitStatus> {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mnt)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + EXIT_AFTER_UNMOUNT;
+        if wait_until(&mut self.child, deadline) {
+            self.child.try_wait().ok().flatten()
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        terminate_all(&mut [&mut self.child]);
+        if is_fuse_mount(&self.mnt) {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.mnt)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        // `dir` is removed when the fields drop.
+    }
+}
+
+/// Is `path` a mountpoint of a FUSE filesystem (fstype `fuse` or `fuse.*`)?
+pub fn is_fuse_mount(path: &Path) -> bool {
+    // Bytes, not str: a mountpoint need not be UTF-8.
+    let Ok(info) = fs::read("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.as_os_str().as_encoded_bytes();
+    info.split(|&b| b == b'\n').any(|line| {
+        // "id parent major:minor root mountpoint options... - fstype source super-options"
+        let Some(dash) = line.windows(3).position(|w| w == b" - ") else {
+            return false;
+        };
+        let mount_point = line[..dash]
+            .split(|&b| b == b' ')
+            .nth(4)
+            .map(unescape_mountinfo);
+        let fstype = line[dash + 3..].split(|&b| b == b' ').next().unwrap_or(b"");
+        mount_point.as_deref() == Some(want) && (fstype == b"fuse" || fstype.starts_with(b"fuse."))
+    })
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo` octal.
+fn unescape_mountinfo(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            let oct = &b[i + 1..i + 4];
+            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
+                let v = (oct[0] - b'0') as u32 * 64
+                    + (oct[1] - b'0') as u32 * 8
+                    + (oct[2] - b'0') as u32;
+                out.push(v as u8);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}

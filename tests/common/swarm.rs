@@ -1,0 +1,521 @@
+//! `Swarm`: opentracker plus libtorrent seeders on loopback, all ended by PID on drop.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::{POLL, Proc, free_port, run, swarm_cmd, terminate_all};
+
+/// Seeders hash their data before they are ready; generous so slow CI still passes.
+const READY_DEADLINE: Duration = Duration::from_secs(180);
+/// Tries at a process whose free port another test may have taken in the meantime.
+const PORT_TRIES: usize = 3;
+
+/// What the data looks like (see `swarm.py make-data`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// One file of `size` bytes.
+    Single,
+    /// A folder of awkward sizes: 0 and 1 byte, exactly a block, a block plus one,
+    /// a nested subfolder, names with spaces and unicode; its last file has `size` bytes.
+    Multi,
+    /// 1,000 small files in 100 nested folders.
+    Many,
+}
+
+/// One announce URL in the torrent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tracker {
+    Http,
+    Udp,
+    /// HTTP on a loopback port nobody listens on (connection refused).
+    DeadHttp,
+    /// UDP on a loopback port the swarm holds and never reads (no answer).
+    DeadUdp,
+}
+
+#[derive(Clone, Debug)]
+pub struct SwarmOptions {
+    pub layout: Layout,
+    /// Single: the file; Multi: the last file; Many: ignored.
+    pub size: u64,
+    pub piece_length: u32,
+    /// Seeders in all, the corrupt ones included.
+    pub seeders: usize,
+    /// The last `corrupt_seeders` seeders send a wrong byte in every 16 KiB block.
+    pub corrupt_seeders: usize,
+    /// Announce URLs in the torrent, in order; empty for a torrent without trackers.
+    pub trackers: Vec<Tracker>,
+    /// All trackers in one tier instead of one tier each.
+    pub one_tier: bool,
+    /// Bytes per second per seeder.
+    pub upload_limit: Option<u64>,
+    /// Seed of the pseudo-random content.
+    pub data_seed: u64,
+    /// Skip the seeders' startup hash check (faster start on big data).
+    pub seed_mode: bool,
+}
+
+impl Default for SwarmOptions {
+    fn default() -> Self {
+        SwarmOptions {
+            layout: Layout::Single,
+            size: (1 << 20) + 17,
+            piece_length: 32 * 1024,
+            seeders: 1,
+            corrupt_seeders: 0,
+            trackers: vec![Tracker::Http],
+            one_tier: false,
+            upload_limit: None,
+            data_seed: 1,
+            seed_mode: false,
+        }
+    }
+}
+
+/// A running swarm: opentracker on 127.0.0.1 plus seeders on 127.0.x.1 (x = 1..=N).
+pub struct Swarm {
+    opts: SwarmOptions,
+    tracker: Option<Proc>,
+    seeders: Vec<(SocketAddr, Option<Proc>)>,
+    torrent: PathBuf,
+    data_path: PathBuf,
+    info_hash: String,
+    http_port: u16,
+    udp_port: u16,
+    tracker_urls: Vec<String>,
+    /// Sockets behind the `DeadUdp` URLs.
+    silent_udp: Vec<UdpSocket>,
+    // Last, so it is removed after the processes are gone.
+    dir: TempDir,
+}
+
+/// What `swarm.py leech` reported.
+#[derive(Debug)]
+pub struct LeechOutcome {
+    pub status: ExitStatus,
+    pub complete: bool,
+    pub hash_failures: u64,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Swarm {
+    /// Makes data and torrent, starts tracker and seeders, and returns once every seeder
+    /// is a seed and (if the torrent has a live tracker) the tracker counts them all.
+    pub fn start(opts: SwarmOptions) -> Swarm {
+        assert!(
+            opts.corrupt_seeders <= opts.seeders,
+            "more corrupt seeders than seeders"
+        );
+        assert!(opts.seeders <= 254, "one 127.0.x.1 address per seeder");
+        let dir = tempfile::Builder::new()
+            .prefix("btfs-swarm-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let data_parent = dir.path().join("data");
+        let layout = match opts.layout {
+            Layout::Single => "single",
+            Layout::Multi => "multi",
+            Layout::Many => "many",
+        };
+        let made = run(swarm_cmd()
+            .arg("make-data")
+            .arg(&data_parent)
+            .args(["--layout", layout])
+            .args(["--seed", &opts.data_seed.to_string()])
+            .args(["--size", &opts.size.to_string()]));
+        let data_path = PathBuf::from(made.trim());
+
+        let mut swarm = Swarm {
+            opts,
+            tracker: None,
+            seeders: Vec::new(),
+            torrent: dir.path().join("test.torrent"),
+            data_path,
+            info_hash: String::new(),
+            http_port: 0,
+            udp_port: 0,
+            tracker_urls: Vec::new(),
+            silent_udp: Vec::new(),
+            dir,
+        };
+        // From here on a panic drops `swarm`, which ends whatever was started.
+        swarm.start_tracker();
+        for i in 1..=swarm.opts.seeders {
+            let seeder = swarm.spawn_seeder(i);
+            swarm.seeders.push(seeder);
+        }
+        swarm.wait_seeders_ready();
+        if swarm.has_live_tracker() {
+            swarm.wait_tracker_counts(swarm.opts.seeders);
+        }
+        swarm
+    }
+
+    /// Writes the torrent naming the tracker's ports, then starts the tracker; on a port
+    /// taken meanwhile, again with new ports (the info-hash does not depend on them).
+    fn start_tracker(&mut self) {
+        for attempt in 1..=PORT_TRIES {
+            self.http_port = free_port(Ipv4Addr::LOCALHOST);
+            self.udp_port = free_port(Ipv4Addr::LOCALHOST);
+            self.make_torrent();
+            let mut cmd = swarm_cmd();
+            cmd.arg("tracker")
+                .arg("--dir")
+                .arg(self.dir.path().join("tracker"))
+                .args(["--http-port", &self.http_port.to_string()])
+                .args(["--udp-port", &self.udp_port.to_string()])
+                .args(["--whitelist", &self.info_hash]);
+            let log = self.dir.path().join("tracker.log");
+            let mut p = Proc::spawn("opentracker", &mut cmd, log);
+            let deadline = Instant::now() + READY_DEADLINE;
+            loop {
+                if TcpStream::connect(("127.0.0.1", self.http_port)).is_ok() {
+                    self.tracker = Some(p);
+                    return;
+                }
+                if p.exited().is_some() || Instant::now() >= deadline {
+                    let text = p.log_text();
+                    terminate_all(&mut [&mut p.child]);
+                    assert!(attempt < PORT_TRIES, "opentracker never listened:\n{text}");
+                    break;
+                }
+                sleep(POLL);
+            }
+        }
+    }
+
+    fn make_torrent(&mut self) {
+        let (http, udp) = (self.http_port, self.udp_port);
+        self.silent_udp.clear();
+        let trackers = self.opts.trackers.clone();
+        self.tracker_urls = (trackers.iter())
+            .map(|t| match t {
+                Tracker::Http => format!("http://127.0.0.1:{http}/announce"),
+                Tracker::Udp => format!("udp://127.0.0.1:{udp}/announce"),
+                Tracker::DeadHttp => {
+                    format!(
+                        "http://127.0.0.1:{}/announce",
+                        free_port(Ipv4Addr::LOCALHOST)
+                    )
+                }
+                Tracker::DeadUdp => {
+                    // Held open and never read: silent for as long as the swarm lives.
+                    let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+                        .unwrap_or_else(|e| panic!("bind udp: {e}"));
+                    let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
+                    self.silent_udp.push(sock);
+                    format!("udp://127.0.0.1:{port}/announce")
+                }
+            })
+            .collect();
+        let mut mk = swarm_cmd();
+        mk.arg("make-torrent")
+            .arg(&self.data_path)
+            .arg(&self.torrent)
+            .args(["--piece-length", &self.opts.piece_length.to_string()]);
+        for url in &self.tracker_urls {
+            mk.args(["--tracker", url]);
+        }
+        if self.opts.one_tier {
+            mk.arg("--one-tier");
+        }
+        self.info_hash = run(&mut mk).trim().to_string();
+        assert_eq!(
+            self.info_hash.len(),
+            40,
+            "make-torrent printed {:?}",
+            self.info_hash
+        );
+    }
+
+    /// Starts seeder `i` (1-based) on 127.0.i.1.
+    fn spawn_seeder(&self, i: usize) -> (SocketAddr, Option<Proc>) {
+        let ip = Ipv4Addr::new(127, 0, i as u8, 1);
+        let corrupt = i > self.opts.seeders - self.opts.corrupt_seeders;
+        let ready = self.dir.path().join(format!("seeder{i}.ready"));
+        let log = self.dir.path().join(format!("seeder{i}.log"));
+        let port = free_port(ip);
+        let mut cmd = swarm_cmd();
+        cmd.arg("seed")
+            .arg(&self.torrent)
+            .arg(self.data_parent())
+            .args(["--bind", &ip.to_string()])
+            .args(["--port", &port.to_string()])
+            .arg("--ready-file")
+            .arg(&ready);
+        if corrupt {
+            cmd.arg("--corrupt")
+                .arg("--work-dir")
+                .arg(self.dir.path().join(format!("seeder{i}-corrupt")));
+        }
+        if let Some(limit) = self.opts.upload_limit {
+            cmd.args(["--upload-limit", &limit.to_string()]);
+        }
+        if self.opts.seed_mode {
+            cmd.arg("--seed-mode");
+        }
+        if !self.has_live_tracker() {
+            cmd.arg("--no-wait-announce");
+        }
+        let name = format!("seeder{i}{}", if corrupt { " (corrupt)" } else { "" });
+        let p = Proc::spawn(&name, &mut cmd, log);
+        (SocketAddr::from((ip, port)), Some(p))
+    }
+
+    fn wait_seeders_ready(&mut self) {
+        let deadline = Instant::now() + READY_DEADLINE;
+        for idx in 0..self.seeders.len() {
+            let ready = self.dir.path().join(format!("seeder{}.ready", idx + 1));
+            let mut tries = 1;
+            loop {
+                if ready.exists() {
+                    break;
+                }
+                let exited = match &mut self.seeders[idx].1 {
+                    Some(p) => p.exited().is_some(),
+                    None => true,
+                };
+                if exited && tries < PORT_TRIES {
+                    // Most likely its port was taken between free_port and its bind.
+                    tries += 1;
+                    self.seeders[idx] = self.spawn_seeder(idx + 1);
+                    continue;
+                }
+                assert!(
+                    !exited && Instant::now() < deadline,
+                    "seeder {} never became ready:\n{}",
+                    idx + 1,
+                    self.logs()
+                );
+                sleep(POLL);
+            }
+        }
+    }
+
+    fn has_live_tracker(&self) -> bool {
+        self.opts
+            .trackers
+            .iter()
+            .any(|t| matches!(t, Tracker::Http | Tracker::Udp))
+    }
+
+    /// Scrapes the tracker (HTTP) until it counts `n` seeds; panics after the deadline.
+    pub fn wait_tracker_counts(&self, n: usize) {
+        let deadline = Instant::now() + READY_DEADLINE;
+        let mut last = None;
+        while Instant::now() < deadline {
+            last = self.scrape_complete();
+            if last == Some(n as u64) {
+                return;
+            }
+            sleep(Duration::from_millis(100));
+        }
+        panic!("tracker counts {last:?} seeds, want {n}:\n{}", self.logs());
+    }
+
+    /// The tracker's `complete` count for our torrent, from an HTTP scrape.
+    pub fn scrape_complete(&self) -> Option<u64> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let req = format!(
+            "GET /scrape?info_hash={} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n",
+            percent_encode_hex(&self.info_hash)
+        );
+        s.write_all(req.as_bytes()).ok()?;
+        let mut body = Vec::new();
+        s.read_to_end(&mut body).ok()?;
+        let key = b"8:completei";
+        let at = body.windows(key.len()).position(|w| w == key)? + key.len();
+        let digits: String = body[at..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .map(|&b| b as char)
+            .collect();
+        digits.parse().ok()
+    }
+
+    /// The .torrent file.
+    pub fn torrent(&self) -> &Path {
+        &self.torrent
+    }
+
+    /// The original content (the file for Single, the folder otherwise) to compare against.
+    pub fn data_path(&self) -> &Path {
+        &self.data_path
+    }
+
+    /// The folder holding `data_path`: torrent paths are relative to it.
+    pub fn data_parent(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Every file in the torrent as (path relative to `data_parent`, length), sorted.
+    pub fn files(&self) -> Vec<(PathBuf, u64)> {
+        let parent = self.data_parent();
+        let mut out = Vec::new();
+        let mut stack = vec![self.data_path.clone()];
+        while let Some(p) = stack.pop() {
+            let meta = fs::metadata(&p).unwrap_or_else(|e| panic!("stat {p:?}: {e}"));
+            if meta.is_dir() {
+                for entry in fs::read_dir(&p).unwrap_or_else(|e| panic!("read {p:?}: {e}")) {
+                    stack.push(entry.unwrap_or_else(|e| panic!("read {p:?}: {e}")).path());
+                }
+            } else {
+                let rel = p.strip_prefix(&parent).unwrap_or(&p).to_path_buf();
+                out.push((rel, meta.len()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The v1 info-hash, lowercase hex.
+    pub fn info_hash(&self) -> &str {
+        &self.info_hash
+    }
+
+    /// The announce URLs in the torrent, in order.
+    pub fn tracker_urls(&self) -> &[String] {
+        &self.tracker_urls
+    }
+
+    /// The live tracker's HTTP announce URL (served whether or not the torrent names it).
+    pub fn http_tracker_url(&self) -> String {
+        format!("http://127.0.0.1:{}/announce", self.http_port)
+    }
+
+    /// The live tracker's UDP announce URL.
+    pub fn udp_tracker_url(&self) -> String {
+        format!("udp://127.0.0.1:{}/announce", self.udp_port)
+    }
+
+    /// Every seeder's listen address, seeder 1 first (stopped ones included).
+    pub fn seeders(&self) -> Vec<SocketAddr> {
+        self.seeders.iter().map(|(a, _)| *a).collect()
+    }
+
+    pub fn honest_seeders(&self) -> Vec<SocketAddr> {
+        let honest = self.opts.seeders - self.opts.corrupt_seeders;
+        self.seeders()[..honest].to_vec()
+    }
+
+    pub fn corrupt_seeders(&self) -> Vec<SocketAddr> {
+        let honest = self.opts.seeders - self.opts.corrupt_seeders;
+        self.seeders()[honest..].to_vec()
+    }
+
+    /// The swarm's temp dir, removed on drop; a place for a test's own files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn options(&self) -> &SwarmOptions {
+        &self.opts
+    }
+
+    /// Stops seeder `i` (1-based) and waits for it to exit (it announces "stopped").
+    pub fn stop_seeder(&mut self, i: usize) {
+        let seeder = i.checked_sub(1).and_then(|idx| self.seeders.get_mut(idx));
+        if let Some(mut p) = seeder.and_then(|s| s.1.take()) {
+            terminate_all(&mut [&mut p.child]);
+        }
+    }
+
+    /// Every process's log, for a failing test to print.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in self
+            .tracker
+            .iter()
+            .chain(self.seeders.iter().filter_map(|s| s.1.as_ref()))
+        {
+            out.push_str(&p.log_text());
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Downloads the torrent with libtorrent from `peers` only, bound to `bind`, into a
+    /// temp folder removed on return (libtorrent checked every piece against the torrent,
+    /// so `complete` means correct data). `stop_after_hash_fails` > 0 ends it early.
+    pub fn leech(
+        &self,
+        bind: Ipv4Addr,
+        peers: &[SocketAddr],
+        timeout: Duration,
+        stop_after_hash_fails: u32,
+    ) -> LeechOutcome {
+        let out = tempfile::Builder::new()
+            .prefix("leech-")
+            .tempdir_in(self.dir.path())
+            .unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut cmd = swarm_cmd();
+        cmd.arg("leech")
+            .arg(&self.torrent)
+            .arg(out.path())
+            .args(["--bind", &bind.to_string()])
+            .args(["--timeout", &timeout.as_secs_f64().to_string()])
+            .args([
+                "--stop-after-hash-fails",
+                &stop_after_hash_fails.to_string(),
+            ]);
+        for p in peers {
+            cmd.args(["--peer", &p.to_string()]);
+        }
+        let o = cmd
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        LeechOutcome {
+            status: o.status,
+            complete: stdout.contains("\"complete\": true"),
+            hash_failures: json_u64(&stdout, "hash_failures").unwrap_or(0),
+            stdout,
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        let mut children: Vec<&mut Child> = Vec::new();
+        for (_, p) in self.seeders.iter_mut() {
+            if let Some(p) = p {
+                children.push(&mut p.child);
+            }
+        }
+        if let Some(t) = &mut self.tracker {
+            children.push(&mut t.child);
+        }
+        terminate_all(&mut children);
+        // `dir` (a TempDir) is removed when the fields drop, after this.
+    }
+}
+
+fn percent_encode_hex(hex: &str) -> String {
+    hex.as_bytes()
+        .chunks(2)
+        .map(|p| format!("%{}", String::from_utf8_lossy(p)))
+        .collect()
+}
+
+/// Reads `"key": 123` from swarm.py's one-line JSON summary.
+fn json_u64(json: &str, key: &str) -> Option<u64> {
+    let pat = format!("\"{key}\": ");
+    let at = json.find(&pat)? + pat.len();
+    json[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
+}

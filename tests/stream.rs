@@ -1,0 +1,318 @@
+//! End to end: the real `btfs` binary mounts torrents served by libtorrent seeders behind
+//! opentracker on loopback, and ordinary tools read the mount.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Layout, Mount, Swarm, SwarmOptions, Tracker, run, sha1_file};
+
+fn btfs() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_btfs"))
+}
+
+/// Our flags for every test mount: any free port, loopback only, no status line.
+const ARGS: &[&str] = &["--port", "0", "--bind", "127.0.0.1", "-q"];
+
+fn mount(swarm: &Swarm, extra: &[&str]) -> Mount {
+    let mut args: Vec<&str> = ARGS.to_vec();
+    args.extend_from_slice(extra);
+    Mount::new(btfs(), swarm.torrent(), &args)
+}
+
+/// The mount's `user.btfs.status` attribute, read with the ordinary `getfattr` tool.
+fn status(m: &Mount) -> HashMap<String, String> {
+    let out = run(Command::new("getfattr")
+        .args(["--only-values", "-n", "user.btfs.status"])
+        .arg(m.path()));
+    out.lines()
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn stat_u64(m: &Mount, key: &str) -> u64 {
+    let s = status(m);
+    s.get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("status has no {key}: {s:?}"))
+}
+
+/// Where a swarm file appears under the mount: torrent paths (relative to the swarm's data
+/// folder) keep a multi-file torrent's top folder, as Debian's btfs shows them.
+fn mounted(m: &Mount, _swarm: &Swarm, rel: &Path) -> PathBuf {
+    m.path().join(rel)
+}
+
+fn source(swarm: &Swarm, rel: &Path) -> PathBuf {
+    swarm.data_parent().join(rel)
+}
+
+fn assert_all_files_match(m: &Mount, swarm: &Swarm) {
+    let files = swarm.files();
+    assert!(!files.is_empty());
+    for (rel, len) in files {
+        let src = source(swarm, &rel);
+        let dst = mounted(m, swarm, &rel);
+        let meta =
+            fs::metadata(&dst).unwrap_or_else(|e| panic!("stat {dst:?}: {e}\n{}", m.stderr()));
+        assert_eq!(meta.len(), len, "size of {dst:?}");
+        assert_eq!(
+            sha1_file(&dst),
+            sha1_file(&src),
+            "content of {dst:?}\n{}",
+            m.stderr()
+        );
+    }
+}
+
+fn multi(trackers: Vec<Tracker>, seeders: usize) -> SwarmOptions {
+    SwarmOptions {
+        layout: Layout::Multi,
+        size: 3 * 1024 * 1024 + 12345,
+        piece_length: 64 * 1024,
+        seeders,
+        trackers,
+        ..SwarmOptions::default()
+    }
+}
+
+#[test]
+fn every_file_matches_its_source_over_an_http_tracker() {
+    let swarm = Swarm::start(multi(vec![Tracker::Http], 3));
+    let m = mount(&swarm, &[]);
+    assert_all_files_match(&m, &swarm);
+    assert!(stat_u64(&m, "verified_pieces") > 0);
+    assert!(
+        m.unmount().is_some_and(|s| s.success()),
+        "btfs exits cleanly after fusermount3 -u"
+    );
+}
+
+#[test]
+fn every_file_matches_its_source_over_a_udp_tracker() {
+    let swarm = Swarm::start(multi(vec![Tracker::Udp], 3));
+    let m = mount(&swarm, &[]);
+    assert_all_files_match(&m, &swarm);
+    // (Seeders drop us once we hold every piece, so count what the tracker gave, not who stays.)
+    let s = status(&m);
+    let tracker = &s["tracker"];
+    assert!(
+        tracker.starts_with("udp://") && tracker.contains("(ok, "),
+        "{s:?}"
+    );
+    assert!(
+        stat_u64(&m, "known_peers") >= 3,
+        "the three seeders came from UDP: {s:?}"
+    );
+}
+
+#[test]
+fn a_dead_tracker_in_its_own_tier_does_not_stop_the_live_one() {
+    let swarm = Swarm::start(multi(
+        vec![Tracker::DeadUdp, Tracker::DeadHttp, Tracker::Http],
+        2,
+    ));
+    let m = mount(&swarm, &[]);
+    assert_all_files_match(&m, &swarm);
+}
+
+#[test]
+fn reads_at_random_offsets_across_file_and_piece_boundaries_are_exact() {
+    let swarm = Swarm::start(multi(vec![Tracker::Http], 3));
+    let m = mount(&swarm, &["--cache-size", "1M"]);
+    let files = swarm.files();
+    let mut rng = 0x2545f4914f6cdd1du64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let piece = 64 * 1024u64;
+    for (rel, len) in files.iter().filter(|(_, l)| *l > 0) {
+        let src = source(&swarm, rel);
+        let dst = mounted(&m, &swarm, rel);
+        // Offsets on and around piece edges, the file's end, and random ones.
+        let mut offsets = vec![0, len.saturating_sub(1), len / 2];
+        for k in 1..4 {
+            offsets.push((k * piece).saturating_sub(1).min(len - 1));
+        }
+        for _ in 0..6 {
+            offsets.push(next() % len);
+        }
+        for off in offsets {
+            let want_len = (next() % (3 * piece)).max(1);
+            let want = read_at(&src, off, want_len);
+            // dd is the ordinary tool a user would reach for.
+            let out = Command::new("dd")
+                .arg(format!("if={}", dst.display()))
+                .args(["iflag=skip_bytes,count_bytes", "bs=64K", "status=none"])
+                .arg(format!("skip={off}"))
+                .arg(format!("count={want_len}"))
+                .stderr(Stdio::piped())
+                .output()
+                .expect("dd");
+            assert!(
+                out.status.success(),
+                "dd failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.stdout == want,
+                "{rel:?} at {off}+{want_len}: bytes differ\n{}",
+                m.stderr()
+            );
+        }
+    }
+    // A read that starts in one file and continues past its end gets only that file's bytes.
+    let (rel, len) = files.iter().find(|(_, l)| *l > 10).expect("a file");
+    let mut f = fs::File::open(mounted(&m, &swarm, rel)).expect("open");
+    f.seek(SeekFrom::Start(len - 5)).expect("seek");
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).expect("read to end");
+    assert_eq!(tail, read_at(&source(&swarm, rel), len - 5, 5));
+}
+
+fn read_at(path: &Path, off: u64, len: u64) -> Vec<u8> {
+    let mut f = fs::File::open(path).expect("open source");
+    f.seek(SeekFrom::Start(off)).expect("seek source");
+    let mut buf = Vec::new();
+    f.take(len).read_to_end(&mut buf).expect("read source");
+    buf
+}
+
+#[test]
+fn two_files_read_at_once_both_complete() {
+    let mut opts = multi(vec![Tracker::Http], 3);
+    opts.size = 8 * 1024 * 1024;
+    // Slow seeders, so that the two reads overlap for a while.
+    opts.upload_limit = Some(2 * 1024 * 1024);
+    let swarm = Swarm::start(opts);
+    let m = mount(&swarm, &[]);
+    let mut files = swarm.files();
+    files.sort_by_key(|(_, l)| std::cmp::Reverse(*l));
+    let picked: Vec<_> = files.into_iter().take(2).collect();
+    let handles: Vec<_> = picked
+        .iter()
+        .map(|(rel, _)| {
+            let dst = mounted(&m, &swarm, rel);
+            std::thread::spawn(move || sha1_file(&dst))
+        })
+        .collect();
+    for ((rel, _), h) in picked.iter().zip(handles) {
+        let got = h.join().expect("reader thread");
+        assert_eq!(got, sha1_file(&source(&swarm, rel)), "{rel:?}");
+    }
+}
+
+#[test]
+fn listing_a_thousand_files_downloads_nothing() {
+    let swarm = Swarm::start(SwarmOptions {
+        layout: Layout::Many,
+        piece_length: 16 * 1024,
+        ..SwarmOptions::default()
+    });
+    let m = mount(&swarm, &[]);
+    let listing = run(Command::new("ls").arg("-lR").arg(m.path()));
+    let find = run(Command::new("find").arg(m.path()).args(["-type", "f"]));
+    assert_eq!(find.lines().count(), swarm.files().len());
+    // Every size in the listing is right.
+    for (rel, len) in swarm.files().iter().take(50) {
+        let meta = fs::metadata(mounted(&m, &swarm, rel)).expect("stat");
+        assert_eq!(meta.len(), *len);
+    }
+    assert!(listing.lines().count() > 1000);
+    assert_eq!(
+        stat_u64(&m, "downloaded_bytes"),
+        0,
+        "ls -lR must not download"
+    );
+    assert_eq!(stat_u64(&m, "verified_pieces"), 0);
+}
+
+#[test]
+fn a_lying_seeder_never_makes_a_read_return_wrong_bytes() {
+    let mut opts = multi(vec![Tracker::Http], 3);
+    opts.corrupt_seeders = 1;
+    let swarm = Swarm::start(opts);
+    let bad = swarm.corrupt_seeders()[0].to_string();
+    // Connect to the liar directly too, so that it certainly serves us something.
+    let m = mount(&swarm, &["--peer", &bad]);
+    assert_all_files_match(&m, &swarm);
+    let s = status(&m);
+    let failures: u64 = s["hash_failures"].parse().expect("hash_failures");
+    let banned: u64 = s["banned_peers"].parse().expect("banned_peers");
+    assert!(
+        failures >= 1,
+        "the corrupt seeder sent something: {s:?}\n{}",
+        m.stderr()
+    );
+    assert_eq!(
+        banned,
+        1,
+        "exactly the liar is banned: {s:?}\n{}",
+        m.stderr()
+    );
+}
+
+#[test]
+fn sigterm_while_a_read_is_blocked_unmounts_and_fails_the_read() {
+    // A torrent nobody seeds: every read blocks.
+    let mut swarm = Swarm::start(multi(vec![Tracker::Http], 1));
+    swarm.stop_seeder(0);
+    let m = mount(&swarm, &[]);
+    let (rel, _) = swarm
+        .files()
+        .into_iter()
+        .max_by_key(|(_, l)| *l)
+        .expect("a file");
+    let dst = mounted(&m, &swarm, &rel);
+    let mut cat = Command::new("cat")
+        .arg(&dst)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cat");
+    // Metadata still answers while the read waits.
+    assert!(fs::metadata(&dst).is_ok());
+    assert!(
+        cat.try_wait().expect("cat status").is_none(),
+        "the read is blocked"
+    );
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: kill(2) on the PID of the btfs child this test owns (not yet reaped).
+    unsafe { kill(m.pid() as i32, 15) };
+    // A hang detector, not a timing assertion: the test fails instead of hanging forever.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = cat.try_wait().expect("cat status") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cat still blocked after SIGTERM\n{}",
+            m.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        !status.success(),
+        "the blocked read fails instead of returning wrong data"
+    );
+    while m.is_mounted() {
+        assert!(
+            Instant::now() < deadline,
+            "still mounted after SIGTERM\n{}",
+            m.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
