@@ -1,3 +1,32 @@
+//! btfs: mount a torrent read-only and stream its files from the swarm.
+//!
+//! # Modules, top to bottom (each depends only on those below it)
+//! - [`mount`]: `btfs mount` glue: a [`session::Session`] behind a [`fs`] mount, signals,
+//!   the live status line, `--daemon`, and the order of shutdown.
+//! - [`fs`]: the FUSE filesystem: a pure inode table and a thin fuser adapter. Knows files and a
+//!   `Backend` that turns `(file, offset, len)` into verified bytes; nothing of peers.
+//! - [`session`]: the tokio engine of one torrent: peer connections, discovery, verification,
+//!   and `read(handle, file, offset, len)`.
+//! - [`picker`]: synchronous, I/O-free: which block to ask which peer for next.
+//! - [`store`]: verified pieces in memory, LRU by bytes.
+//! - [`tracker`]: HTTP and UDP announces, and the announcer task.
+//! - [`wire`]: peer messages (pure encode/decode) and their tokio framing.
+//! - [`metainfo`]: `.torrent` files to [`metainfo::Torrent`]; paths made safe.
+//! - [`piece`], [`bitfield`], [`bencode`], [`units`]: geometry, piece sets, encoding, sizes.
+//!
+//! # Tasks and channels of a mount
+//! ```text
+//! FUSE threads --read--> tokio task --Session::read--> picker wants (urgent + readahead)
+//!                                          ^   waits on `verified` (watch<u64>)
+//! announcer --peer addrs (mpsc)--> connector --dial--> peer task <--PeerCmd (mpsc)-- session
+//! listener --accept-----------------------------------> peer task --Message (mpsc)--> writer
+//! peer task --complete piece--> spawn_blocking SHA1 --> store + picker, `have` to peers,
+//!                                                       `verified` bumped
+//! shutdown (watch<bool>): fails every waiting read, ends every task
+//! ```
+//! One `std::sync::Mutex` guards the session state (picker, store, peers); it is held only
+//! for short synchronous steps, never across an `.await`.
+
 pub mod bencode;
 pub mod bitfield;
 pub mod fs;

@@ -316,3 +316,78 @@ fn sigterm_while_a_read_is_blocked_unmounts_and_fails_the_read() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// PIDs of processes whose command line mentions `needle` (our daemon, found by its mountpoint).
+fn pids_with_arg(needle: &Path) -> Vec<i32> {
+    let needle = needle.as_os_str().as_encoded_bytes();
+    fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == needle))
+        })
+        .collect()
+}
+
+/// Ends what a daemon test started, even when it fails: by PID, then a lazy unmount.
+struct DaemonGuard {
+    mnt: PathBuf,
+}
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        unsafe extern "C" {
+            fn kill(pid: i32, sig: i32) -> i32;
+        }
+        for pid in pids_with_arg(&self.mnt) {
+            // SAFETY: kill(2) on the daemon this test started (found by its unique mountpoint).
+            unsafe { kill(pid, 9) };
+        }
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(&self.mnt)
+            .status();
+    }
+}
+
+#[test]
+fn daemon_detaches_once_mounted_and_exits_on_fusermount_u() {
+    let swarm = Swarm::start(multi(vec![Tracker::Http], 2));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let _guard = DaemonGuard { mnt: mnt.clone() };
+    let out = Command::new(btfs())
+        .arg("mount")
+        .arg(swarm.torrent())
+        .arg(&mnt)
+        .args(ARGS)
+        .arg("--daemon")
+        .output()
+        .expect("run btfs --daemon");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The parent returned only once the mount was ready.
+    assert!(common::is_fuse_mount(&mnt));
+    let daemon = pids_with_arg(&mnt);
+    assert_eq!(daemon.len(), 1, "one background process serves the mount");
+    let (rel, _) = swarm
+        .files()
+        .into_iter()
+        .max_by_key(|(_, l)| *l)
+        .expect("a file");
+    assert_eq!(sha1_file(&mnt.join(&rel)), sha1_file(&source(&swarm, &rel)));
+    run(Command::new("fusermount3").arg("-u").arg(&mnt));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Path::new(&format!("/proc/{}", daemon[0])).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "daemon still running after fusermount3 -u"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,465 @@
+#!/usr/bin/python3
+"""A real BitTorrent swarm on loopback for btfs's integration tests and benchmarks.
+
+libtorrent (an independent implementation) makes the torrents, seeds and leeches;
+Debian's opentracker tracks. Everything binds to 127.0.0.0/8 only. Run it with
+Debian's python (/usr/bin/python3), which has the python3-libtorrent module.
+
+Subcommands:
+  make-data DIR --layout single|multi|many --seed N [--size BYTES] [--name NAME]
+      deterministic content under DIR; prints the path of the file/folder made.
+  make-torrent DATA_PATH OUT.torrent --piece-length BYTES [--tracker URL ...] [--one-tier]
+      v1 torrent of DATA_PATH; prints the info-hash (hex).
+  info-hash FILE.torrent
+      prints libtorrent's v1 info-hash (hex).
+  seed TORRENT DATA_PARENT_DIR --bind 127.0.x.1 --port P [--corrupt] [--upload-limit B/s]
+       [--ready-file F] [--work-dir D] [--seed-mode] [--no-wait-announce]
+      seeds until SIGTERM/SIGINT; writes F once it is a seed and (unless
+      --no-wait-announce, or the torrent has no trackers) a tracker answered.
+  leech TORRENT OUTDIR --bind IP --peer IP:PORT ... [--timeout S] [--stop-after-hash-fails N]
+      downloads from the given peers only; prints a JSON summary on stdout.
+      Exit 0 when complete, 2 on timeout, 3 once N hash failures were seen.
+  tracker --dir D --http-port P --udp-port Q [--whitelist HEX ...] [--whitelist-file F]
+      writes D/whitelist.txt and execs /usr/bin/opentracker (same PID) on 127.0.0.1.
+
+How the lying seeder (--corrupt) lies: it copies the torrent's files into its work dir,
+adds them normally so libtorrent hashes every piece and becomes a seed, and only then
+flips one byte (XOR 0xFF) in every 16 KiB block of the copy, writing in place. libtorrent
+never re-hashes a piece it already verified and reads blocks through mmap of the same
+files, so it keeps advertising every piece and uploads wrong bytes for every block.
+(seed_mode would not do: libtorrent hashes each piece on its first request in seed mode
+and leaves seed mode when one fails.)
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+BLOCK = 16 * 1024
+OPENTRACKER = "/usr/bin/opentracker"
+
+
+def log(msg):
+    sys.stderr.write("[swarm %s %d] %s\n" % (time.strftime("%H:%M:%S"), os.getpid(), msg))
+    sys.stderr.flush()
+
+
+def lt():
+    """Imports libtorrent lazily so `tracker` and `make-data` work without it."""
+    try:
+        import libtorrent
+    except ImportError:
+        sys.exit("swarm.py: libtorrent missing: run it with /usr/bin/python3 "
+                 "(apt-get install python3-libtorrent)")
+    return libtorrent
+
+
+# ---------------------------------------------------------------- make-data
+
+def write_random(path, size, rng):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        left = size
+        while left > 0:
+            n = min(left, 1 << 20)
+            f.write(rng.randbytes(n))
+            left -= n
+
+
+# Sizes chosen to straddle piece and block boundaries for any power-of-two piece length
+# from 16 KiB up: smaller than a block, exactly a block, a block plus one, several pieces.
+MULTI_FILES = [
+    ("a.txt", 1),
+    ("empty.bin", 0),
+    ("small file.bin", 1000),
+    ("exact block.bin", BLOCK),
+    ("block plus one.bin", BLOCK + 1),
+    ("mid.bin", 100_003),
+    ("sub dir/ünïcødé 名前.bin", 333_333),
+    ("sub dir/deeper/tail.bin", 17),
+    ("zz last.bin", None),  # None: --size bytes
+]
+
+
+def make_data(args):
+    rng = random.Random(args.seed)
+    os.makedirs(args.dir, exist_ok=True)
+    if args.layout == "single":
+        root = os.path.join(args.dir, args.name or "single.bin")
+        write_random(root, args.size, rng)
+    elif args.layout == "multi":
+        root = os.path.join(args.dir, args.name or "multi")
+        for rel, size in MULTI_FILES:
+            write_random(os.path.join(root, rel), args.size if size is None else size, rng)
+    else:
+        root = os.path.join(args.dir, args.name or "many")
+        # 1,000 files: 10 folders of 10 folders of 10 files, sizes 0..3000 bytes
+        # (never 0, so every file is in the torrent).
+        for i in range(10):
+            for j in range(10):
+                for k in range(10):
+                    rel = "d%d/e%d/f%d-%d-%d.dat" % (i, j, i, j, k)
+                    write_random(os.path.join(root, rel), rng.randint(1, 3000), rng)
+    print(root)
+
+
+# ------------------------------------------------------------- make-torrent
+
+def make_torrent(args):
+    L = lt()
+    data = os.path.abspath(args.data_path.rstrip("/"))
+    fs = L.file_storage()
+    # Files in sorted path order (not readdir order), so the same data gives the same
+    # info-hash on every machine.
+    if os.path.isfile(data):
+        fs.add_file(os.path.basename(data), os.path.getsize(data))
+    else:
+        found = []
+        for dirpath, _dirs, files in os.walk(data):
+            for name in files:
+                full = os.path.join(dirpath, name)
+                found.append((os.path.relpath(full, os.path.dirname(data)), os.path.getsize(full)))
+        for rel, size in sorted(found):
+            fs.add_file(rel, size)
+    if fs.num_files() == 0:
+        sys.exit("swarm.py: no files under %s" % data)
+    # v1 only: btfs speaks v1, and a hybrid torrent would get BEP 47 pad files.
+    ct = L.create_torrent(fs, args.piece_length, flags=L.create_torrent.v1_only)
+    for i, url in enumerate(args.tracker or []):
+        ct.add_tracker(url, 0 if args.one_tier else i)
+    ct.set_creator("btfs scripts/swarm.py")
+    L.set_piece_hashes(ct, os.path.dirname(data))
+    with open(args.out, "wb") as f:
+        f.write(L.bencode(ct.generate()))
+    print(info_hash_of(args.out))
+
+
+def info_hash_of(path):
+    L = lt()
+    ti = L.torrent_info(path)
+    return str(ti.info_hashes().v1)
+
+
+def info_hash(args):
+    print(info_hash_of(args.torrent))
+
+
+# --------------------------------------------------------------- sessions
+
+def base_settings(bind, port):
+    """Settings for a session on one loopback address, with nothing discovered but
+    what the test hands it."""
+    return {
+        "listen_interfaces": "%s:%d" % (bind, port),
+        "outgoing_interfaces": bind,
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "enable_ip_notifier": False,
+        # btfs speaks TCP only; uTP would only add failed attempts first.
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
+        # Every test peer is on 127.0.0.0/8; several may share an address.
+        "allow_multiple_connections_per_ip": True,
+        # Default True: refuses trackers on loopback whose path is not /announce and
+        # peers on loopback; the whole swarm lives there.
+        "ssrf_mitigation": False,
+        "announce_to_all_trackers": True,
+        "announce_to_all_tiers": True,
+        "stop_tracker_timeout": 1,
+        "unchoke_slots_limit": -1,
+        "alert_mask": 0x7FFFFFFF,
+        "user_agent": "btfs-test-swarm",
+    }
+
+
+def apply_upload_limit(L, ses, limit):
+    """libtorrent exempts peers on local networks (its local peer class) from rate limits;
+    map every address to the global class only, so the limit holds on loopback."""
+    flt = L.ip_filter()
+    flt.add_rule("0.0.0.0", "255.255.255.255", 1 << L.session.global_peer_class_id)
+    ses.set_peer_class_filter(flt)
+    ses.apply_settings({"upload_rate_limit": limit})
+
+
+class Stop:
+    def __init__(self):
+        self.flag = False
+        signal.signal(signal.SIGTERM, self.set)
+        signal.signal(signal.SIGINT, self.set)
+
+    def set(self, signum, _frame):
+        log("signal %d: stopping" % signum)
+        self.flag = True
+
+
+def corrupt_in_place(ti, save_path):
+    """Flips one byte in every 16 KiB block of the torrent's data under save_path."""
+    fs = ti.files()
+    total = ti.total_size()
+    flipped = 0
+    off = 0
+    while off < total:
+        target = min(off + 7, total - 1)  # a byte inside this block
+        for slice_ in ti.map_block(0, target, 1):
+            path = os.path.join(save_path, fs.file_path(slice_.file_index))
+            with open(path, "r+b") as f:
+                f.seek(slice_.offset)
+                b = f.read(1)
+                f.seek(slice_.offset)
+                f.write(bytes([b[0] ^ 0xFF]))
+                flipped += 1
+        off += BLOCK
+    return flipped
+
+
+def copy_payload(ti, src_parent, dst_parent):
+    fs = ti.files()
+    for i in range(fs.num_files()):
+        rel = fs.file_path(i)
+        dst = os.path.join(dst_parent, rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copyfile(os.path.join(src_parent, rel), dst)
+
+
+def seed(args):
+    L = lt()
+    stop = Stop()
+    ti = L.torrent_info(args.torrent)
+    save_path = os.path.abspath(args.data_parent)
+    made_work_dir = None
+    if args.corrupt:
+        if args.work_dir:
+            work = args.work_dir
+            os.makedirs(work, exist_ok=True)
+        else:
+            work = made_work_dir = tempfile.mkdtemp(prefix="swarm-corrupt-")
+        copy_payload(ti, save_path, work)
+        save_path = os.path.abspath(work)
+        log("corrupt seeder: serving a copy in %s" % save_path)
+
+    ses = L.session(base_settings(args.bind, args.port))
+    if args.upload_limit:
+        apply_upload_limit(L, ses, args.upload_limit)
+    atp = L.add_torrent_params()
+    atp.ti = ti
+    atp.save_path = save_path
+    # Not auto-managed: the queue must never pause a test seeder.
+    atp.flags = L.torrent_flags.disable_dht | L.torrent_flags.disable_lsd | L.torrent_flags.disable_pex
+    if args.seed_mode and not args.corrupt:
+        atp.flags |= L.torrent_flags.seed_mode
+    h = ses.add_torrent(atp)
+    has_trackers = len(h.trackers()) > 0
+    log("seeding %s (%s) on %s:%d from %s, trackers=%s" % (
+        ti.name(), ti.info_hashes().v1, args.bind, args.port, save_path,
+        [t["url"] for t in h.trackers()]))
+
+    seeding = False
+    checked = False
+    announced = not has_trackers or args.no_wait_announce
+    ready = False
+    rc = 0
+    while not stop.flag:
+        ses.wait_for_alert(250)
+        for a in ses.pop_alerts():
+            if isinstance(a, L.torrent_checked_alert):
+                checked = True
+            elif isinstance(a, L.tracker_reply_alert):
+                if not announced:
+                    log("tracker reply: %s" % a.message())
+                announced = True
+            elif isinstance(a, (L.tracker_error_alert, L.tracker_warning_alert,
+                                L.listen_failed_alert, L.torrent_error_alert,
+                                L.file_error_alert, L.hash_failed_alert,
+                                L.peer_error_alert, L.peer_ban_alert)):
+                log("%s: %s" % (type(a).__name__, a.message()))
+            elif isinstance(a, L.listen_succeeded_alert):
+                log("listening: %s" % a.message())
+            elif isinstance(a, (L.peer_connect_alert, L.incoming_connection_alert,
+                                L.peer_disconnected_alert)):
+                log("%s: %s" % (type(a).__name__, a.message()))
+            if isinstance(a, (L.listen_failed_alert, L.torrent_error_alert)):
+                rc = 1
+                stop.flag = True
+        st = h.status()
+        if not seeding and st.is_seeding:
+            seeding = True
+            log("is a seed (%d pieces)" % ti.num_pieces())
+            if args.corrupt:
+                n = corrupt_in_place(ti, save_path)
+                log("corrupted %d bytes (one per 16 KiB block) after the check" % n)
+        elif not seeding and checked:
+            log("data check failed: %d/%d pieces on disk" % (st.num_pieces, ti.num_pieces()))
+            rc = 1
+            break
+        if seeding and announced and not ready:
+            ready = True
+            if args.ready_file:
+                tmp = args.ready_file + ".tmp"
+                with open(tmp, "w") as f:
+                    f.write("%s:%d\n" % (args.bind, args.port))
+                os.rename(tmp, args.ready_file)
+            log("ready")
+    del h
+    del ses  # sends "stopped" to the trackers, bounded by stop_tracker_timeout
+    if made_work_dir:
+        shutil.rmtree(made_work_dir, ignore_errors=True)
+    log("exit %d" % rc)
+    return rc
+
+
+def parse_peer(s):
+    host, _, port = s.rpartition(":")
+    return host, int(port)
+
+
+def leech(args):
+    L = lt()
+    stop = Stop()
+    ses = L.session(base_settings(args.bind, 0))
+    atp = L.add_torrent_params()
+    atp.ti = L.torrent_info(args.torrent)
+    atp.save_path = os.path.abspath(args.outdir)
+    atp.flags = (L.torrent_flags.disable_dht | L.torrent_flags.disable_lsd
+                 | L.torrent_flags.disable_pex | L.torrent_flags.paused)
+    h = ses.add_torrent(atp)
+    h.replace_trackers([])  # peers come from --peer only
+    h.resume()
+    for p in args.peer:
+        h.connect_peer(parse_peer(p))
+    log("leeching %s from %s" % (atp.ti.name(), args.peer))
+    deadline = time.monotonic() + args.timeout
+    hash_fails = 0
+    rc = 2
+    last_connect = time.monotonic()
+    while not stop.flag and time.monotonic() < deadline:
+        ses.wait_for_alert(250)
+        for a in ses.pop_alerts():
+            if isinstance(a, L.hash_failed_alert):
+                hash_fails += 1
+                log("hash failed: piece %d" % a.piece_index)
+            elif isinstance(a, (L.peer_error_alert, L.peer_ban_alert, L.peer_connect_alert,
+                                L.peer_disconnected_alert, L.torrent_error_alert,
+                                L.file_error_alert)):
+                log("%s: %s" % (type(a).__name__, a.message()))
+        st = h.status()
+        if st.is_seeding:
+            rc = 0
+            break
+        if args.stop_after_hash_fails and hash_fails >= args.stop_after_hash_fails:
+            rc = 3
+            break
+        if time.monotonic() - last_connect > 5 and st.num_peers == 0:
+            for p in args.peer:  # a peer may have refused us while still starting
+                h.connect_peer(parse_peer(p))
+            last_connect = time.monotonic()
+    st = h.status()
+    print(json.dumps({"complete": bool(st.is_seeding), "hash_failures": hash_fails,
+                      "pieces": st.num_pieces, "total_pieces": atp.ti.num_pieces(),
+                      "bytes_done": st.total_wanted_done}))
+    log("exit %d" % rc)
+    return rc
+
+
+# ------------------------------------------------------------------ tracker
+
+def tracker(args):
+    """Runs Debian's opentracker in the foreground with a whitelist; exec keeps the PID.
+
+    As root, opentracker chroots into -d and then drops root for user nobody (it refuses
+    to run as root), so the folder and the whitelist must be world-readable; the whitelist
+    is named relative to -d, which is the working directory with or without the chroot.
+    Debian's build has WANT_ACCESSLIST_WHITE: unlisted hashes get "not authorized" over
+    HTTP, and UDP announces for them get no answer at all.
+    """
+    d = os.path.abspath(args.dir)
+    os.makedirs(d, exist_ok=True)
+    hashes = [h.lower() for h in (args.whitelist or [])]
+    for path in args.whitelist_file or []:
+        with open(path) as f:
+            hashes += [line.strip().lower() for line in f if line.strip()]
+    for h in hashes:
+        if len(h) != 40 or any(c not in "0123456789abcdef" for c in h):
+            sys.exit("swarm.py tracker: not a hex info-hash: %r" % h)
+    with open(os.path.join(d, "whitelist.txt"), "w") as f:
+        f.write("".join(h + "\n" for h in hashes))
+    os.chmod(d, 0o755)
+    os.chmod(os.path.join(d, "whitelist.txt"), 0o644)
+    argv = [OPENTRACKER, "-i", "127.0.0.1", "-p", str(args.http_port),
+            "-P", str(args.udp_port), "-d", d, "-w", "whitelist.txt"]
+    log("exec %s" % " ".join(argv))
+    sys.stderr.flush()
+    os.execv(OPENTRACKER, argv)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("make-data")
+    s.add_argument("dir")
+    s.add_argument("--layout", choices=["single", "multi", "many"], required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--size", type=int, default=1 << 20,
+                   help="single: the file; multi: its last file")
+    s.add_argument("--name", help="name of the file/folder made in DIR")
+    s.set_defaults(fn=make_data)
+
+    s = sub.add_parser("make-torrent")
+    s.add_argument("data_path")
+    s.add_argument("out")
+    s.add_argument("--piece-length", type=int, required=True)
+    s.add_argument("--tracker", action="append")
+    s.add_argument("--one-tier", "--tier", action="store_true",
+                   help="all trackers in one tier (default: one tier each)")
+    s.set_defaults(fn=make_torrent)
+
+    s = sub.add_parser("info-hash")
+    s.add_argument("torrent")
+    s.set_defaults(fn=info_hash)
+
+    s = sub.add_parser("seed")
+    s.add_argument("torrent")
+    s.add_argument("data_parent")
+    s.add_argument("--bind", required=True)
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--corrupt", action="store_true")
+    s.add_argument("--upload-limit", type=int, default=0, help="bytes per second")
+    s.add_argument("--ready-file")
+    s.add_argument("--work-dir", help="--corrupt: where the corrupted copy lives")
+    s.add_argument("--no-wait-announce", action="store_true",
+                   help="ready once a seed, even before any tracker answered")
+    s.add_argument("--seed-mode", action="store_true",
+                   help="skip the startup check (pieces are hashed on first request)")
+    s.set_defaults(fn=seed)
+
+    s = sub.add_parser("leech")
+    s.add_argument("torrent")
+    s.add_argument("outdir")
+    s.add_argument("--bind", required=True)
+    s.add_argument("--peer", action="append", required=True)
+    s.add_argument("--timeout", type=float, default=120)
+    s.add_argument("--stop-after-hash-fails", type=int, default=0)
+    s.set_defaults(fn=leech)
+
+    s = sub.add_parser("tracker")
+    s.add_argument("--dir", required=True)
+    s.add_argument("--http-port", type=int, required=True)
+    s.add_argument("--udp-port", type=int, required=True)
+    s.add_argument("--whitelist", action="append", help="info-hash hex")
+    s.add_argument("--whitelist-file", action="append")
+    s.set_defaults(fn=tracker)
+
+    args = p.parse_args()
+    sys.exit(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    main()
