@@ -187,11 +187,12 @@ pub fn status_report(session: &Session) -> String {
     let s = session.stats();
     let t = session.torrent();
     let mut out = format!(
-        "name: {}\ninfo_hash: {}\npeers: {}\nknown_peers: {}\ndownloaded_bytes: {}\n\
+        "name: {}\ninfo_hash: {}\nlisten_port: {}\npeers: {}\nknown_peers: {}\ndownloaded_bytes: {}\n\
          uploaded_bytes: {}\nverified_pieces: {}\ntotal_pieces: {}\ncache_used_bytes: {}\n\
          cache_budget_bytes: {}\nhash_failures: {}\nbanned_peers: {}\n",
         t.info.name,
         t.info_hash,
+        session.listen_port(),
         s.peers,
         s.known_peers,
         s.downloaded,

@@ -212,6 +212,23 @@ fn two_files_read_at_once_both_complete() {
 }
 
 #[test]
+fn a_libtorrent_leecher_downloads_the_whole_torrent_from_us_alone() {
+    let swarm = Swarm::start(multi(vec![Tracker::Http], 2));
+    let m = mount(&swarm, &[]);
+    assert_all_files_match(&m, &swarm);
+    let port = stat_u64(&m, "listen_port") as u16;
+    let us = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let leech = swarm.leech([127, 0, 99, 1].into(), &[us], Duration::from_secs(120), 1);
+    assert!(
+        leech.complete,
+        "leecher finished from btfs alone: {leech:?}\n{}",
+        m.stderr()
+    );
+    assert_eq!(leech.hash_failures, 0, "{leech:?}");
+    assert!(stat_u64(&m, "uploaded_bytes") > 0);
+}
+
+#[test]
 fn listing_a_thousand_files_downloads_nothing() {
     let swarm = Swarm::start(SwarmOptions {
         layout: Layout::Many,

@@ -16,10 +16,14 @@
 //! Locking: one `std::sync::Mutex<State>`, held for short synchronous steps and never across an
 //! `.await` (mini-redis style). Hashing and copying piece data happen outside it.
 
+#[cfg(test)]
+mod fake_peer;
 mod peer;
 mod pieces;
 mod read;
 mod swarm;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};

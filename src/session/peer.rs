@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -35,8 +35,9 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(90);
 /// while a fast peer still has enough queued to fill the link.
 const MIN_QUEUE: usize = 8;
 const MAX_QUEUE: usize = 400;
-/// Requests a peer may have queued with us before further ones are dropped.
-const MAX_PEER_REQUESTS: usize = 250;
+/// Block data queued for one peer's socket before its further requests are dropped: a peer
+/// that requests faster than it reads cannot make us buffer without bound.
+const MAX_QUEUED_UPLOAD: usize = 4 * 1024 * 1024;
 /// Peers we upload to at once (the full choking algorithm is a later step).
 const UPLOAD_SLOTS: usize = 8;
 
@@ -85,7 +86,9 @@ pub(crate) async fn run(
         Ok(theirs)
     })
     .await
-    .map_err(|_| PeerError::HandshakeTimeout)??;
+    .map_err(|_| PeerError::HandshakeTimeout)
+    .and_then(|r| r)
+    .inspect_err(|e| tracing::debug!(%addr, outgoing, "handshake failed: {e}"))?;
     if theirs.peer_id == shared.peer_id {
         return Err(PeerError::SelfConnection);
     }
@@ -135,7 +138,8 @@ struct Peer {
     snubbed: bool,
     out: mpsc::UnboundedSender<Message>,
     out_rx: Option<mpsc::UnboundedReceiver<Message>>,
-    served: usize,
+    /// Bytes of `piece` messages queued for the writer and not yet written.
+    queued_upload: Arc<AtomicUsize>,
 }
 
 impl Peer {
@@ -160,7 +164,7 @@ impl Peer {
             snubbed: false,
             out,
             out_rx: Some(out_rx),
-            served: 0,
+            queued_upload: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -175,7 +179,14 @@ impl Peer {
         let max_frame = (BLOCK_SIZE + 13).max(have.as_bytes().len() as u32 + 1) + 1024;
         let mut reader = MessageReader::new(rd, max_frame);
         let out_rx = self.out_rx.take().expect("run once");
-        let mut writer = tokio::spawn(write_loop(MessageWriter::new(wr), out_rx));
+        let mut writer = tokio::spawn(write_loop(
+            MessageWriter::new(wr),
+            out_rx,
+            self.queued_upload.clone(),
+        ));
+        // Dropping a JoinHandle only detaches the task: without this, a writer blocked on a peer
+        // that stopped reading would keep the socket (and the blocks queued for it) after we left.
+        let _stop_writer = AbortOnDrop(writer.abort_handle());
         if have.count_ones() > 0 {
             self.send(Message::Bitfield(have.as_bytes().to_vec().into()));
         }
@@ -186,6 +197,7 @@ impl Peer {
             tokio::select! {
                 msg = reader.next() => {
                     let msg = msg?;
+                    tracing::trace!(addr = %self.addr, ?msg, "received");
                     self.last_recv = Instant::now();
                     self.on_message(msg)?;
                 }
@@ -338,16 +350,18 @@ impl Peer {
         {
             return Err(PeerError::Protocol("request: block out of range"));
         }
-        if !self.unchoked_it || self.served >= MAX_PEER_REQUESTS {
+        if !self.unchoked_it || self.queued_upload.load(Ordering::Relaxed) >= MAX_QUEUED_UPLOAD {
             return Ok(());
         }
         let data = self.shared.lock().store.peek(p);
+        tracing::trace!(addr = %self.addr, ?r, have = data.is_some(), "request");
         if let Some(data) = data {
             let start = r.begin as usize;
             let chunk = data.slice(start..start + r.length as usize);
             self.shared
                 .uploaded
                 .fetch_add(u64::from(r.length), Ordering::Relaxed);
+            self.queued_upload.fetch_add(chunk.len(), Ordering::Relaxed);
             self.send(Message::Piece {
                 index: r.index,
                 begin: r.begin,
@@ -462,10 +476,20 @@ impl Peer {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Sends queued messages, batching what is ready into one write.
 async fn write_loop(
     mut w: MessageWriter<OwnedWriteHalf>,
     mut rx: mpsc::UnboundedReceiver<Message>,
+    queued_upload: Arc<AtomicUsize>,
 ) -> Result<(), WireError> {
     let mut batch = Vec::new();
     while let Some(m) = rx.recv().await {
@@ -477,6 +501,14 @@ async fn write_loop(
             }
         }
         w.send_many(&batch).await?;
+        let sent: usize = batch
+            .iter()
+            .map(|m| match m {
+                Message::Piece { data, .. } => data.len(),
+                _ => 0,
+            })
+            .sum();
+        queued_upload.fetch_sub(sent, Ordering::Relaxed);
         batch.clear();
     }
     Ok(())

@@ -421,10 +421,13 @@ impl Swarm {
         &self.opts
     }
 
-    /// Stops seeder `i` (1-based) and waits for it to exit (it announces "stopped").
-    pub fn stop_seeder(&mut self, i: usize) {
-        let seeder = i.checked_sub(1).and_then(|idx| self.seeders.get_mut(idx));
-        if let Some(mut p) = seeder.and_then(|s| s.1.take()) {
+    /// Stops the seeder at `index` in `seeders()` (0-based) and waits for it to exit; it
+    /// tells the tracker "stopped" on the way out.
+    pub fn stop_seeder(&mut self, index: usize) {
+        let count = self.seeders.len();
+        let seeder = self.seeders.get_mut(index);
+        let seeder = seeder.unwrap_or_else(|| panic!("no seeder {index}: {count} seeders"));
+        if let Some(mut p) = seeder.1.take() {
             terminate_all(&mut [&mut p.child]);
         }
     }

@@ -1,0 +1,299 @@
+//! Scripted fake peers for the session tests: listeners on loopback that speak the real wire
+//! protocol (`crate::wire`) and behave as told, including in ways no real client would.
+//!
+//! The session dials them (they are in `Config::peers`), so it speaks first. Each fake counts
+//! what it saw in a `watch` channel the test waits on. Dropping a [`FakePeer`] aborts its
+//! listener and, through the `JoinSet` the listener owns, every connection it serves.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::bitfield::Bitfield;
+use crate::metainfo::Torrent;
+use crate::wire::{
+    BlockRef, Handshake, Message, MessageReader, MessageWriter, WireError, read_handshake,
+    write_handshake,
+};
+
+/// Only a hang detector: no test expects anything to take this long.
+pub(super) const HANG: Duration = Duration::from_secs(60);
+
+/// A torrent and every byte of its content.
+pub(super) struct Content {
+    pub torrent: Arc<Torrent>,
+    pub data: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Behavior {
+    Honest,
+    /// Every block it sends has every byte flipped.
+    Liar,
+    /// Sends one block of each piece, with one byte flipped. Asked for another block of a piece
+    /// it already sent one of, it chokes and at once unchokes, which voids all its requests: the
+    /// rest of every piece it touches must come from another peer.
+    CorruptOnePerPiece,
+    /// Unchokes, takes requests, never answers one.
+    Staller,
+    Abuse(Abuse),
+}
+
+/// Protocol violations; each connection does its one, then only reads until the session hangs up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Abuse {
+    /// A length prefix of 16 MiB, far above any frame the session allows.
+    HugeFrame,
+    /// A `piece` nobody asked for, 1000 bytes long: no block of the torrent has that length.
+    UnaskedPieceWrongLength,
+    /// `have` for the first index past the last piece.
+    HaveOutOfRange,
+    /// A bitfield one byte longer than the piece count needs.
+    BitfieldWrongLength,
+    /// The first 9 bytes of a `piece` frame, then end of stream.
+    TruncatedThenEof,
+    /// A handshake for another torrent.
+    WrongInfoHash,
+}
+
+/// What a fake saw, over all its connections.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Counters {
+    pub connections: usize,
+    /// Connections on which the session sent `interested`.
+    pub interested: usize,
+    pub requests: usize,
+    pub blocks_sent: usize,
+    /// Blocks sent, by piece index.
+    pub sent_by_piece: std::collections::BTreeMap<u32, usize>,
+    /// Requests naming something that is not a block of the torrent; the session must send none.
+    pub bad_requests: usize,
+    pub chokes: usize,
+    /// Connections the session ended (our read saw end of stream or an error).
+    pub closed: usize,
+}
+
+pub(super) struct FakePeer {
+    pub addr: SocketAddr,
+    counters: watch::Receiver<Counters>,
+    task: JoinHandle<()>,
+}
+
+impl FakePeer {
+    /// Listens on `ip` (any 127.x.y.z; bans are by IP, so liars get their own) on a free port.
+    pub async fn start(ip: Ipv4Addr, content: Arc<Content>, behavior: Behavior) -> FakePeer {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind fake peer");
+        let addr = listener.local_addr().expect("fake peer address");
+        let (tx, counters) = watch::channel(Counters::default());
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            // Shared by all connections: a liar that reconnects does not lie twice per piece.
+            let poisoned = Arc::new(std::sync::Mutex::new(HashSet::new()));
+            while let Ok((stream, _)) = listener.accept().await {
+                while conns.try_join_next().is_some() {}
+                let conn = Conn {
+                    content: content.clone(),
+                    behavior,
+                    counters: tx.clone(),
+                    poisoned: poisoned.clone(),
+                };
+                conns.spawn(conn.serve(stream));
+            }
+        });
+        FakePeer {
+            addr,
+            counters,
+            task,
+        }
+    }
+
+    pub fn ip(&self) -> std::net::IpAddr {
+        self.addr.ip()
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters.borrow().clone()
+    }
+
+    /// Waits until `cond` holds for the counters; panics (naming `what`) if it never does.
+    pub async fn wait_for(&self, what: &str, cond: impl FnMut(&Counters) -> bool) {
+        let mut rx = self.counters.clone();
+        match tokio::time::timeout(HANG, rx.wait_for(cond)).await {
+            Ok(Ok(_)) => {}
+            _ => panic!(
+                "fake peer {} never saw {what}; it saw {:?}",
+                self.addr,
+                self.counters()
+            ),
+        }
+    }
+}
+
+impl Drop for FakePeer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Conn {
+    content: Arc<Content>,
+    behavior: Behavior,
+    counters: watch::Sender<Counters>,
+    poisoned: Arc<std::sync::Mutex<HashSet<u32>>>,
+}
+
+impl Conn {
+    async fn serve(self, stream: TcpStream) {
+        self.counters.send_modify(|c| c.connections += 1);
+        // Every way out of `converse` is the session ending the connection (or a fake's own
+        // write failing because it did).
+        let _ = self.converse(stream).await;
+        self.counters.send_modify(|c| c.closed += 1);
+    }
+
+    async fn converse(&self, mut stream: TcpStream) -> Result<(), WireError> {
+        let torrent = &self.content.torrent;
+        read_handshake(&mut stream).await?;
+        let mut info_hash = torrent.info_hash.0;
+        if self.behavior == Behavior::Abuse(Abuse::WrongInfoHash) {
+            info_hash[0] ^= 0xff;
+        }
+        write_handshake(
+            &mut stream,
+            &Handshake::new(info_hash, *b"-FAKE01-fakefakefake"),
+        )
+        .await?;
+        let (rd, mut wr) = stream.into_split();
+        let mut reader = MessageReader::new(rd, 1 << 20);
+        let n = torrent.info.geometry.piece_count();
+        let opening = [
+            Message::Bitfield(Bytes::copy_from_slice(Bitfield::full(n).as_bytes())),
+            Message::Unchoke,
+        ];
+        if let Behavior::Abuse(abuse) = self.behavior {
+            self.abuse(abuse, &mut wr, &opening, n).await?;
+            loop {
+                reader.next().await?;
+            }
+        }
+        let mut writer = MessageWriter::new(wr);
+        writer.send_many(&opening).await?;
+        let mut interested = false;
+        loop {
+            match reader.next().await? {
+                Message::Interested if !interested => {
+                    interested = true;
+                    self.counters.send_modify(|c| c.interested += 1);
+                }
+                Message::Request(r) => {
+                    self.counters.send_modify(|c| c.requests += 1);
+                    let Some(data) = self.block(r) else {
+                        self.counters.send_modify(|c| c.bad_requests += 1);
+                        continue;
+                    };
+                    match self.behavior {
+                        Behavior::Staller => continue,
+                        Behavior::CorruptOnePerPiece
+                            if !self.poisoned.lock().unwrap().insert(r.index) =>
+                        {
+                            writer
+                                .send_many(&[Message::Choke, Message::Unchoke])
+                                .await?;
+                            self.counters.send_modify(|c| c.chokes += 1);
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    let data = self.tamper(data);
+                    writer
+                        .send(&Message::Piece {
+                            index: r.index,
+                            begin: r.begin,
+                            data,
+                        })
+                        .await?;
+                    self.counters.send_modify(|c| {
+                        c.blocks_sent += 1;
+                        *c.sent_by_piece.entry(r.index).or_default() += 1;
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The true bytes of a requested block, if it is exactly one of the torrent's blocks.
+    fn block(&self, r: BlockRef) -> Option<Bytes> {
+        let g = &self.content.torrent.info.geometry;
+        let p = g.piece(r.index)?;
+        g.block_index(p, r.begin, r.length)?;
+        let start = (g.piece_offset(p) + u64::from(r.begin)) as usize;
+        Some(Bytes::copy_from_slice(
+            &self.content.data[start..start + r.length as usize],
+        ))
+    }
+
+    fn tamper(&self, data: Bytes) -> Bytes {
+        match self.behavior {
+            Behavior::Liar => data.iter().map(|b| !b).collect(),
+            Behavior::CorruptOnePerPiece => {
+                let mut bad = data.to_vec();
+                let mid = bad.len() / 2;
+                bad[mid] ^= 0x01;
+                bad.into()
+            }
+            _ => data,
+        }
+    }
+
+    async fn abuse(
+        &self,
+        abuse: Abuse,
+        wr: &mut OwnedWriteHalf,
+        opening: &[Message],
+        n: u32,
+    ) -> Result<(), WireError> {
+        let mut out = BytesMut::new();
+        if abuse != Abuse::BitfieldWrongLength {
+            for m in opening {
+                m.encode(&mut out);
+            }
+        }
+        match abuse {
+            Abuse::HugeFrame => {
+                out.put_u32(16 << 20);
+                out.put_slice(&[7; 64]);
+            }
+            Abuse::UnaskedPieceWrongLength => Message::Piece {
+                index: 0,
+                begin: 0,
+                data: Bytes::from(vec![0xAB; 1000]),
+            }
+            .encode(&mut out),
+            Abuse::HaveOutOfRange => Message::Have(n).encode(&mut out),
+            Abuse::BitfieldWrongLength => {
+                Message::Bitfield(vec![0xff; n.div_ceil(8) as usize + 1].into()).encode(&mut out)
+            }
+            Abuse::TruncatedThenEof => {
+                // length (9 + a block), id 7, index 0: then nothing more, ever.
+                out.put_u32(9 + 16 * 1024);
+                out.put_u8(7);
+                out.put_u32(0);
+            }
+            Abuse::WrongInfoHash => {}
+        }
+        wr.write_all(&out).await?;
+        if abuse == Abuse::TruncatedThenEof {
+            wr.shutdown().await?;
+        }
+        Ok(())
+    }
+}

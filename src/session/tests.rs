@@ -1,0 +1,497 @@
+//! The engine against scripted fake peers on loopback (`fake_peer`): honest seeders, liars,
+//! stallers and protocol abusers, the cases a real client will not produce on demand. Each test
+//! checks what a user would: the bytes a read returns and the session's `Stats`. Timeouts are
+//! hang detectors only; no test depends on how fast anything is.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use sha1::{Digest, Sha1};
+
+use super::fake_peer::{Abuse, Behavior, Content, FakePeer, HANG};
+use super::{Config, ReadError, Session, Stats};
+use crate::bencode::Encoder;
+use crate::metainfo::Torrent;
+
+const KIB: u64 = 1024;
+const BIG_CACHE: u64 = 64 * 1024 * 1024;
+
+/// A multi-file torrent of deterministic random bytes; file boundaries fall inside pieces.
+fn content(seed: u64, piece_len: u32, files: &[u64]) -> Arc<Content> {
+    let total: u64 = files.iter().sum();
+    let mut data = vec![0u8; total as usize];
+    StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    let pieces: Vec<u8> = data
+        .chunks(piece_len as usize)
+        .flat_map(|c| <[u8; 20]>::from(Sha1::digest(c)))
+        .collect();
+    let mut e = Encoder::new();
+    e.begin_dict()
+        .str("info")
+        .begin_dict()
+        .str("files")
+        .begin_list();
+    for (i, len) in files.iter().enumerate() {
+        e.begin_dict()
+            .str("length")
+            .int(*len as i64)
+            .str("path")
+            .begin_list()
+            .str(&format!("file{i}.bin"))
+            .end()
+            .end();
+    }
+    e.end()
+        .str("name")
+        .str("fake")
+        .str("piece length")
+        .int(i64::from(piece_len))
+        .str("pieces")
+        .bytes(&pieces)
+        .end()
+        .end();
+    let torrent = Torrent::from_bytes(&e.finish()).expect("test torrent parses");
+    Arc::new(Content {
+        torrent: Arc::new(torrent),
+        data,
+    })
+}
+
+/// 32 KiB pieces (2 blocks each), 31 of them; the file boundary is inside piece 9.
+fn two_files() -> Arc<Content> {
+    content(1, 32 * 1024, &[300_000, 700_001])
+}
+
+fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, last)
+}
+
+async fn start(content: &Content, peers: &[&FakePeer], cache_bytes: u64) -> Session {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        peers: peers.iter().map(|p| p.addr).collect(),
+        cache_bytes,
+        ..Config::default()
+    };
+    Session::start(content.torrent.clone(), config)
+        .await
+        .expect("session starts")
+}
+
+async fn within<F: Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(HANG, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still waiting after {HANG:?} (hang)"))
+}
+
+/// Polls the session's stats until `cond` holds.
+async fn eventually(session: &Session, what: &str, cond: impl Fn(&Stats) -> bool) -> Stats {
+    within(what, async {
+        loop {
+            let stats = session.stats();
+            if cond(&stats) {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+/// The bytes a read of `file` at `offset` must return: fewer than `len` only at the file's end.
+fn expected(content: &Content, file: usize, offset: u64, len: u32) -> &[u8] {
+    let f = &content.torrent.info.files[file];
+    let start = (f.offset + offset.min(f.length)) as usize;
+    let end = (f.offset + (offset + u64::from(len)).min(f.length)) as usize;
+    &content.data[start..end]
+}
+
+/// Reads and compares, with a short message on a mismatch instead of two huge dumps.
+async fn check_read(
+    session: &Session,
+    content: &Content,
+    handle: u64,
+    file: usize,
+    offset: u64,
+    len: u32,
+) {
+    let what = format!("read file {file} at {offset}, {len} bytes");
+    let got = within(&what, session.read(handle, file, offset, len))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let want = expected(content, file, offset, len);
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!("{what}: wrong byte at {i} of {}", want.len());
+    }
+}
+
+/// Reads every file from start to end in `chunk`-byte reads.
+async fn read_everything(session: &Session, content: &Content, chunk: u32) {
+    for (file, f) in content.torrent.info.files.iter().enumerate() {
+        let handle = session.open_reader(file);
+        let mut offset = 0;
+        while offset < f.length {
+            check_read(session, content, handle, file, offset, chunk).await;
+            offset += u64::from(chunk);
+        }
+        session.close_reader(handle);
+    }
+}
+
+async fn stop(session: Session) {
+    within("shutdown", session.shutdown()).await;
+    drop(session);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn honest_seeder_serves_exact_bytes_across_pieces_and_files() {
+    let c = two_files();
+    let seeder = FakePeer::start(ip(2), c.clone(), Behavior::Honest).await;
+    let session = start(&c, &[&seeder], BIG_CACHE).await;
+
+    let h0 = session.open_reader(0);
+    let h1 = session.open_reader(1);
+    for (handle, file, offset, len) in [
+        (h0, 0, 0, 1000),
+        (h0, 0, 32_000, 2_000),    // across the piece 0/1 boundary
+        (h0, 0, 100_000, 100_000), // several pieces
+        (h0, 0, 299_000, 4_000),   // past the end of file 0: 1000 bytes
+        (h1, 1, 0, 100),           // same piece as the end of file 0
+        (h1, 1, 123_457, 65_536),
+        (h1, 1, 699_990, 4096), // the short last piece: 11 bytes
+        (h0, 0, 5, 1),
+    ] {
+        check_read(&session, &c, handle, file, offset, len).await;
+    }
+    // Nothing to read at or past the end, or for no bytes; no such file is an error.
+    assert!(session.read(h0, 0, 300_000, 10).await.unwrap().is_empty());
+    assert!(session.read(h1, 1, 0, 0).await.unwrap().is_empty());
+    assert_eq!(session.read(h0, 2, 0, 10).await, Err(ReadError::NoSuchFile));
+
+    // Once reading started, the rest comes in the background (the cache holds it all).
+    let total = c.torrent.info.geometry.piece_count();
+    let stats = eventually(&session, "all pieces verified", |s| {
+        s.verified_pieces == total
+    })
+    .await;
+    assert_eq!(stats.total_pieces, total);
+    assert_eq!(stats.hash_failures, 0);
+    assert_eq!(stats.banned, 0);
+    assert_eq!(stats.peers, 1);
+    assert!(stats.downloaded >= c.data.len() as u64);
+    assert_eq!(stats.cache_used, c.data.len() as u64);
+    read_everything(&session, &c, 40_000).await;
+    assert_eq!(seeder.counters().bad_requests, 0);
+    stop(session).await;
+}
+
+/// Starts an honest seeder and a bad peer, waits until the session is interested in both, so
+/// that the bad one gets its share of requests, and returns them with the session.
+async fn honest_and(c: &Arc<Content>, bad: Behavior, cache: u64) -> (FakePeer, FakePeer, Session) {
+    let honest = FakePeer::start(ip(2), c.clone(), Behavior::Honest).await;
+    let other = FakePeer::start(ip(3), c.clone(), bad).await;
+    let session = start(c, &[&honest, &other], cache).await;
+    honest.wait_for("interested", |n| n.interested >= 1).await;
+    other.wait_for("interested", |n| n.interested >= 1).await;
+    (honest, other, session)
+}
+
+fn banned(session: &Session, ip: IpAddr) -> bool {
+    session.shared.lock().banned.contains(&ip)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn liar_is_banned_and_reads_stay_right() {
+    let c = two_files();
+    let (honest, liar, session) = honest_and(&c, Behavior::Liar, BIG_CACHE).await;
+
+    read_everything(&session, &c, 64 * 1024).await;
+    liar.wait_for("a request", |n| n.blocks_sent >= 1).await;
+    let stats = eventually(&session, "liar banned", |s| s.banned >= 1).await;
+    assert!(banned(&session, liar.ip()), "the liar's IP is banned");
+    assert!(!banned(&session, honest.ip()), "the honest IP is not");
+    assert_eq!(stats.banned, 1);
+    assert!(stats.hash_failures >= 1);
+    liar.wait_for("the session hang up", |n| n.closed >= 1)
+        .await;
+    eventually(&session, "only the honest peer left", |s| s.peers == 1).await;
+    // Re-reads after the ban (from the store) are still right.
+    read_everything(&session, &c, 100_000).await;
+    assert_eq!(
+        honest.counters().bad_requests + liar.counters().bad_requests,
+        0
+    );
+    stop(session).await;
+}
+
+/// The liar sends one corrupt block of each piece it is asked for and refuses the rest (see
+/// `CorruptOnePerPiece`), so every failed piece has two senders and none can be blamed alone:
+/// the piece is fetched again from one peer ("parole"), and when it verifies, the block hashes
+/// kept from the failure name the liar ("smart ban"), the only way it can end up banned here.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_corrupt_block_in_a_shared_piece_is_traced_to_the_liar() {
+    // 64 KiB pieces of 4 blocks; the last piece has 3, so no piece is a single block.
+    let c = content(3, 64 * 1024, &[1_000_000, 90_000]);
+    let (honest, liar, session) = honest_and(&c, Behavior::CorruptOnePerPiece, BIG_CACHE).await;
+
+    read_everything(&session, &c, 128 * 1024).await;
+    liar.wait_for("a block sent", |n| n.blocks_sent >= 1).await;
+    let stats = eventually(&session, "liar banned", |s| s.banned >= 1).await;
+    assert!(banned(&session, liar.ip()));
+    assert!(!banned(&session, honest.ip()));
+    assert!(stats.hash_failures >= 1);
+    liar.wait_for("the session hang up", |n| n.closed >= 1)
+        .await;
+    let sent = liar.counters().sent_by_piece;
+    assert!(
+        sent.values().all(|&n| n == 1),
+        "one block per piece: {sent:?}"
+    );
+    let total = c.torrent.info.geometry.piece_count();
+    eventually(&session, "all pieces verified", |s| {
+        s.verified_pieces == total
+    })
+    .await;
+    read_everything(&session, &c, 50_000).await;
+    stop(session).await;
+}
+
+/// One protocol violation from its own fake, next to an honest seeder.
+async fn abuse_case(abuse: Abuse) {
+    let c = two_files();
+    let honest = FakePeer::start(ip(2), c.clone(), Behavior::Honest).await;
+    let abuser = FakePeer::start(ip(4), c.clone(), Behavior::Abuse(abuse)).await;
+    let session = start(&c, &[&honest, &abuser], BIG_CACHE).await;
+
+    abuser
+        .wait_for("the session hang up", |n| n.closed >= 1)
+        .await;
+    read_everything(&session, &c, 96 * 1024).await;
+    // The abuser may be dialled again later (and dropped again); in between only the honest
+    // peer is connected.
+    let stats = eventually(&session, "only the honest peer connected", |s| s.peers == 1).await;
+    assert_eq!(stats.hash_failures, 0, "{abuse:?}");
+    assert_eq!(stats.banned, 0, "{abuse:?}");
+    assert_eq!(honest.counters().bad_requests, 0);
+    stop(session).await;
+    abuser
+        .wait_for("every connection closed", |n| n.closed == n.connections)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abuse_frame_over_the_limit() {
+    abuse_case(Abuse::HugeFrame).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abuse_unrequested_piece_of_a_wrong_length() {
+    abuse_case(Abuse::UnaskedPieceWrongLength).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abuse_have_past_the_last_piece() {
+    abuse_case(Abuse::HaveOutOfRange).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abuse_bitfield_of_the_wrong_length() {
+    abuse_case(Abuse::BitfieldWrongLength).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abuse_truncated_message_then_eof() {
+    abuse_case(Abuse::TruncatedThenEof).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abuse_handshake_for_another_torrent() {
+    abuse_case(Abuse::WrongInfoHash).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn staller_does_not_hold_up_reads() {
+    let c = two_files();
+    let (honest, staller, session) = honest_and(&c, Behavior::Staller, BIG_CACHE).await;
+
+    let first = {
+        let session = session.clone();
+        let c = c.clone();
+        tokio::spawn(async move {
+            let h = session.open_reader(0);
+            check_read(&session, &c, h, 0, 0, 300_000).await;
+        })
+    };
+    staller.wait_for("a request", |n| n.requests >= 1).await;
+    within("first read", first).await.expect("first read");
+    read_everything(&session, &c, 64 * 1024).await;
+    let stats = session.stats();
+    assert_eq!(stats.hash_failures, 0);
+    assert_eq!(stats.banned, 0);
+    assert_eq!(staller.counters().blocks_sent, 0);
+    assert_eq!(honest.counters().bad_requests, 0);
+    stop(session).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_fails_a_read_waiting_on_a_staller() {
+    let c = two_files();
+    let staller = FakePeer::start(ip(3), c.clone(), Behavior::Staller).await;
+    let session = start(&c, &[&staller], BIG_CACHE).await;
+
+    let pending = {
+        let session = session.clone();
+        tokio::spawn(async move {
+            let h = session.open_reader(1);
+            session.read(h, 1, 50_000, 10_000).await
+        })
+    };
+    staller.wait_for("a request", |n| n.requests >= 1).await;
+    assert!(!pending.is_finished(), "nothing can have answered the read");
+    session.stop();
+    let result = within("the pending read after stop", pending)
+        .await
+        .expect("read task");
+    assert_eq!(result, Err(ReadError::Shutdown));
+    // Reads after stop fail at once too.
+    let h = session.open_reader(0);
+    assert_eq!(
+        within("a read after stop", session.read(h, 0, 0, 10)).await,
+        Err(ReadError::Shutdown)
+    );
+    stop(session.clone()).await;
+    staller
+        .wait_for("the session hang up", |n| n.closed >= 1)
+        .await;
+    eventually(&session, "no peers", |s| s.peers == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tiny_cache_fetches_evicted_pieces_again() {
+    let c = two_files();
+    let piece = 32 * KIB;
+    let seeder = FakePeer::start(ip(2), c.clone(), Behavior::Honest).await;
+    let session = start(&c, &[&seeder], 2 * piece).await;
+
+    // Forward through everything: far more than the cache holds.
+    read_everything(&session, &c, 20_000).await;
+    // Back to the start, then a read spanning three pieces (more than the whole cache), then
+    // jumps between the files.
+    let h0 = session.open_reader(0);
+    let h1 = session.open_reader(1);
+    for (handle, file, offset, len) in [
+        (h0, 0, 0, 20_000),
+        (h0, 0, 100_000, 3 * piece as u32),
+        (h1, 1, 600_000, 50_000),
+        (h0, 0, 10, 70_000),
+        (h1, 1, 0, 5_000),
+        (h0, 0, 299_999, 10),
+        (h1, 1, 300_000, 1),
+        (h0, 0, 0, 1),
+    ] {
+        check_read(&session, &c, handle, file, offset, len).await;
+    }
+    let stats = session.stats();
+    assert!(
+        stats.verified_pieces < stats.total_pieces,
+        "the cache cannot hold everything: {stats:?}"
+    );
+    assert!(
+        stats.downloaded > c.data.len() as u64,
+        "evicted pieces were fetched again: {stats:?}"
+    );
+    assert_eq!(stats.hash_failures, 0);
+    // Piece 0 was read three times, with the whole file read in between: fetched again.
+    assert!(
+        seeder.counters().sent_by_piece[&0] > 2,
+        "{:?}",
+        seeder.counters()
+    );
+    // Readers' windows may hold the store over budget; once they close, a read of one piece
+    // (and its one piece of readahead) brings it back under.
+    session.close_reader(h0);
+    session.close_reader(h1);
+    let h = session.open_reader(1);
+    check_read(&session, &c, h, 1, 500_000, 1).await;
+    let stats = session.stats();
+    assert!(
+        stats.cache_used <= stats.cache_budget,
+        "cache back under budget: {stats:?}"
+    );
+    stop(session).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explore_writer_leak() {
+    use crate::wire::*;
+    use tokio::io::AsyncWriteExt;
+    let c = two_files();
+    let seeder = FakePeer::start(ip(2), c.clone(), Behavior::Honest).await;
+    let session = start(&c, &[&seeder], BIG_CACHE).await;
+    let h = session.open_reader(0);
+    check_read(&session, &c, h, 0, 0, 100).await;
+    let port = session.listen_port();
+    let info_hash = c.torrent.info_hash.0;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let hoarder = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        write_handshake(&mut s, &Handshake::new(info_hash, [9; 20]))
+            .await
+            .unwrap();
+        read_handshake(&mut s).await.unwrap();
+        let (rd, mut wr) = s.into_split();
+        let mut reader = MessageReader::new(rd, 1 << 20);
+        let mut buf = bytes::BytesMut::new();
+        Message::Interested.encode(&mut buf);
+        wr.write_all(&buf).await.unwrap();
+        loop {
+            if reader.next().await.unwrap() == Message::Unchoke {
+                break;
+            }
+        }
+        let mut buf = bytes::BytesMut::new();
+        for _ in 0..4000 {
+            Message::Request(BlockRef {
+                index: 0,
+                begin: 0,
+                length: 16384,
+            })
+            .encode(&mut buf);
+        }
+        wr.write_all(&buf).await.unwrap();
+        let _ = tx.send(());
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop((reader, wr));
+    });
+    rx.await.unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        eprintln!(
+            "EXPLORE uploaded={} peers={}",
+            session.stats().uploaded,
+            session.stats().peers
+        );
+    }
+    let m = tokio::runtime::Handle::current().metrics();
+    eprintln!(
+        "EXPLORE before shutdown alive={} uploaded={}",
+        m.num_alive_tasks(),
+        session.stats().uploaded
+    );
+    session.shutdown().await;
+    drop(session);
+    drop(seeder);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!(
+        "EXPLORE after shutdown alive={} (1 expected: the hoarder)",
+        m.num_alive_tasks()
+    );
+    hoarder.abort();
+}
