@@ -159,6 +159,12 @@ pub async fn run(
                 break;
             }
             _ = tick.tick() => {
+                if !mounted.is_attached() {
+                    // Detached lazily (`fusermount3 -u -z`): pending reads must fail so that
+                    // the files they hold open close and the connection can end.
+                    tracing::info!("detached from outside");
+                    break;
+                }
                 if status {
                     let now = session.stats();
                     draw_status(&now, &last);

@@ -278,9 +278,8 @@ fn a_lying_seeder_never_makes_a_read_return_wrong_bytes() {
     );
 }
 
-#[test]
-fn sigterm_while_a_read_is_blocked_unmounts_and_fails_the_read() {
-    // A torrent nobody seeds: every read blocks.
+/// A mount of a torrent nobody seeds, and a `cat` blocked reading its largest file.
+fn blocked_read() -> (Swarm, Mount, std::process::Child) {
     let mut swarm = Swarm::start(multi(vec![Tracker::Http], 1));
     swarm.stop_seeder(0);
     let m = mount(&swarm, &[]);
@@ -290,24 +289,21 @@ fn sigterm_while_a_read_is_blocked_unmounts_and_fails_the_read() {
         .max_by_key(|(_, l)| *l)
         .expect("a file");
     let dst = mounted(&m, &swarm, &rel);
-    let mut cat = Command::new("cat")
+    let cat = Command::new("cat")
         .arg(&dst)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("cat");
-    // Metadata still answers while the read waits.
+    // Metadata and listings still answer while the read waits.
     assert!(fs::metadata(&dst).is_ok());
-    assert!(
-        cat.try_wait().expect("cat status").is_none(),
-        "the read is blocked"
-    );
-    unsafe extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    // SAFETY: kill(2) on the PID of the btfs child this test owns (not yet reaped).
-    unsafe { kill(m.pid() as i32, 15) };
-    // A hang detector, not a timing assertion: the test fails instead of hanging forever.
+    assert_eq!(fs::read_dir(m.path()).expect("readdir").count(), 1);
+    (swarm, m, cat)
+}
+
+/// Waits for the blocked `cat` to fail and the mount to go. The deadline is a hang detector,
+/// not a timing assertion: the test fails instead of hanging forever.
+fn assert_read_fails_and_mount_goes(m: &Mount, cat: &mut std::process::Child) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(s) = cat.try_wait().expect("cat status") {
@@ -315,7 +311,7 @@ fn sigterm_while_a_read_is_blocked_unmounts_and_fails_the_read() {
         }
         assert!(
             Instant::now() < deadline,
-            "cat still blocked after SIGTERM\n{}",
+            "cat still blocked\n{}",
             m.stderr()
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -325,13 +321,40 @@ fn sigterm_while_a_read_is_blocked_unmounts_and_fails_the_read() {
         "the blocked read fails instead of returning wrong data"
     );
     while m.is_mounted() {
-        assert!(
-            Instant::now() < deadline,
-            "still mounted after SIGTERM\n{}",
-            m.stderr()
-        );
+        assert!(Instant::now() < deadline, "still mounted\n{}", m.stderr());
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn sigterm_while_a_read_is_blocked_unmounts_and_fails_the_read() {
+    let (_swarm, m, mut cat) = blocked_read();
+    assert!(
+        cat.try_wait().expect("cat status").is_none(),
+        "the read is blocked"
+    );
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: kill(2) on the PID of the btfs child this test owns (not yet reaped).
+    unsafe { kill(m.pid() as i32, 15) };
+    assert_read_fails_and_mount_goes(&m, &mut cat);
+}
+
+#[test]
+fn lazy_unmount_while_a_read_is_blocked_ends_btfs() {
+    let (_swarm, m, mut cat) = blocked_read();
+    assert!(
+        cat.try_wait().expect("cat status").is_none(),
+        "the read is blocked"
+    );
+    // A plain unmount is refused while cat holds the file; a lazy one detaches at once.
+    run(Command::new("fusermount3").args(["-u", "-z"]).arg(m.path()));
+    assert_read_fails_and_mount_goes(&m, &mut cat);
+    assert!(
+        m.unmount().is_some_and(|s| s.success()),
+        "btfs exits by itself, cleanly"
+    );
 }
 
 /// PIDs of processes whose command line mentions `needle` (our daemon, found by its mountpoint).

@@ -143,6 +143,21 @@ impl Mounted {
         self.ended.clone()
     }
 
+    /// Still attached at its mountpoint? False once someone detached it lazily
+    /// (`fusermount3 -u -z`): the connection then lives on until every open file closes, so the
+    /// caller should fail pending reads to let those files close.
+    pub fn is_attached(&self) -> bool {
+        let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+            return true;
+        };
+        let want = mountinfo_escape(&self.mountpoint);
+        info.lines().any(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let fstype = fields.iter().skip_while(|f| **f != "-").nth(1);
+            fields.get(4) == Some(&want.as_str()) && fstype.is_some_and(|t| t.starts_with("fuse"))
+        })
+    }
+
     /// Unmounts and waits for the session threads (blocking, normally milliseconds; in async
     /// code use `spawn_blocking`). Make the backend fail pending reads first. A file still
     /// open makes the mount busy: it is then detached lazily and its connection aborted
@@ -200,6 +215,18 @@ impl Mounted {
             tracing::warn!("FUSE session thread panicked");
         }
     }
+}
+
+/// A path as /proc/self/mountinfo writes it: space, tab, newline and backslash in octal.
+fn mountinfo_escape(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            ' ' | '\t' | '\n' | '\\' => out.push_str(&format!("\\{:03o}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn finishes_within<T>(thread: &JoinHandle<T>, limit: Duration) -> bool {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -39,11 +39,16 @@ pub(super) enum Behavior {
     /// Every block it sends has every byte flipped.
     Liar,
     /// Sends one block of each piece, with one byte flipped. Asked for another block of a piece
-    /// it already sent one of, it chokes and at once unchokes, which voids all its requests: the
-    /// rest of every piece it touches must come from another peer.
+    /// it already sent one of, it chokes (voiding all its requests), so the rest of every piece
+    /// it touches must come from another peer. It unchokes when the session announces a verified
+    /// piece (`have`); choking and unchoking at once would let it re-claim a parole piece before
+    /// any other peer could (see `parole_piece_is_not_held_by_a_staller`).
     CorruptOnePerPiece,
     /// Unchokes, takes requests, never answers one.
     Staller,
+    /// A leecher: once the session has piece 0 and unchokes it, asks for that piece's first
+    /// block `n` times and never reads again.
+    Hoarder(usize),
     Abuse(Abuse),
 }
 
@@ -185,10 +190,20 @@ impl Conn {
             }
         }
         let mut writer = MessageWriter::new(wr);
+        if let Behavior::Hoarder(n) = self.behavior {
+            return self.hoard(reader, writer, n).await;
+        }
         writer.send_many(&opening).await?;
         let mut interested = false;
+        let mut choking = false;
         loop {
             match reader.next().await? {
+                Message::Have(_) if choking => {
+                    choking = false;
+                    writer.send(&Message::Unchoke).await?;
+                }
+                // BEP 3: requests that arrive while we choke are void.
+                Message::Request(_) if choking => {}
                 Message::Interested if !interested => {
                     interested = true;
                     self.counters.send_modify(|c| c.interested += 1);
@@ -204,9 +219,8 @@ impl Conn {
                         Behavior::CorruptOnePerPiece
                             if !self.poisoned.lock().unwrap().insert(r.index) =>
                         {
-                            writer
-                                .send_many(&[Message::Choke, Message::Unchoke])
-                                .await?;
+                            choking = true;
+                            writer.send(&Message::Choke).await?;
                             self.counters.send_modify(|c| c.chokes += 1);
                             continue;
                         }
@@ -228,6 +242,35 @@ impl Conn {
                 _ => {}
             }
         }
+    }
+
+    async fn hoard(
+        &self,
+        mut reader: MessageReader<OwnedReadHalf>,
+        mut writer: MessageWriter<OwnedWriteHalf>,
+        n: usize,
+    ) -> Result<(), WireError> {
+        writer.send(&Message::Interested).await?;
+        let (mut unchoked, mut has_0) = (false, false);
+        while !(unchoked && has_0) {
+            match reader.next().await? {
+                Message::Unchoke => unchoked = true,
+                Message::Choke => unchoked = false,
+                Message::Have(0) => has_0 = true,
+                Message::Bitfield(b) => has_0 |= b.first().is_some_and(|b| b & 0x80 != 0),
+                _ => {}
+            }
+        }
+        let block = Message::Request(BlockRef {
+            index: 0,
+            begin: 0,
+            length: 16 * 1024,
+        });
+        writer.send_many(&vec![block; n]).await?;
+        self.counters.send_modify(|c| c.requests += n);
+        // Holds the connection open and reads nothing, ever.
+        std::future::pending::<()>().await;
+        Ok(())
     }
 
     /// The true bytes of a requested block, if it is exactly one of the torrent's blocks.

@@ -137,6 +137,9 @@ pub(crate) struct Shared {
     trackers: Arc<Mutex<Vec<TrackerStatus>>>,
     /// Addresses learned from discovery, consumed by the connector.
     discovered: mpsc::Sender<Vec<SocketAddr>>,
+    /// Wakes the connector to redial known peers now: a read waits and no peer is connected
+    /// (seeds drop a peer that looked like a seed, and our cache may have evicted since).
+    redial: tokio::sync::Notify,
     /// The tracker task, awaited (briefly) at shutdown so `stopped` reaches the trackers.
     announcer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -216,6 +219,7 @@ impl Session {
             unchoked: AtomicUsize::new(0),
             trackers: Arc::new(Mutex::new(Vec::new())),
             discovered,
+            redial: tokio::sync::Notify::new(),
             announcer: Mutex::new(None),
             config,
         });
@@ -343,8 +347,8 @@ impl State {
 }
 
 fn make_peer_id() -> [u8; 20] {
-    // Azureus-style client id (BEP 20), then random characters.
-    let mut id = *b"-BF0001-000000000000";
+    // Azureus-style client id (BEP 20), then random characters. ("BF" is Bitflu's code.)
+    let mut id = *b"-Bf0001-000000000000";
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     for b in &mut id[8..] {
         *b = ALPHABET[rand::random_range(0..ALPHABET.len())];

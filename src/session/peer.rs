@@ -97,6 +97,10 @@ pub(crate) async fn run(
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (id, have) = {
         let mut st = shared.lock();
+        // Checked under the lock `stop` takes to disconnect everyone: no peer slips in after.
+        if *shared.shutdown.borrow() {
+            return Err(PeerError::Shutdown);
+        }
         if st.banned.contains(&addr.ip()) {
             return Err(PeerError::Banned);
         }
@@ -202,7 +206,9 @@ impl Peer {
                     self.on_message(msg)?;
                 }
                 cmd = cmds.recv() => match cmd {
-                    Some(PeerCmd::Refill) => self.refill(),
+                    // Interest first: a piece that failed its check or was evicted is needed
+                    // again, and `refill` asks nothing of a peer we told we are not interested.
+                    Some(PeerCmd::Refill) => self.update_interest(),
                     Some(PeerCmd::Have(i)) => {
                         self.send(Message::Have(i));
                         self.update_interest();

@@ -118,6 +118,9 @@ impl Session {
                         st.store.get(p)
                     })
                     .collect();
+                if held.is_none() && st.peers.is_empty() {
+                    s.redial.notify_one();
+                }
                 if held.is_none() && !asked {
                     asked = true;
                     st.picker.set_reader(

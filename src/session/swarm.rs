@@ -80,6 +80,12 @@ pub(crate) async fn connect_loop(
                 }
             }
             _ = tick.tick() => {}
+            _ = shared.redial.notified() => {
+                let now = Instant::now();
+                for c in candidates.values_mut() {
+                    c.next_try = c.next_try.min(now);
+                }
+            }
             _ = shutdown.changed() => return,
         }
         // Dial what is due, while there is room.
