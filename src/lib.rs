@@ -8,10 +8,13 @@
 //! - [`session`]: the tokio engine of one torrent: peer connections, discovery, verification,
 //!   and `read(handle, file, offset, len)`.
 //! - [`picker`]: synchronous, I/O-free: which block to ask which peer for next.
-//! - [`store`]: verified pieces in memory, LRU by bytes.
+//! - [`choker`]: synchronous: whom we upload to (BEP 3 rechoke, optimistic unchoke).
+//! - [`ratelimit`]: token buckets for download/upload caps, fair across peers.
+//! - [`store`]: verified pieces in memory, LRU by bytes; [`disk_store`]: the same on disk.
+//! - [`metadata`]: assembling (and serving) the info dictionary over BEP 9, for magnets.
 //! - [`tracker`]: HTTP and UDP announces, and the announcer task.
 //! - [`wire`]: peer messages (pure encode/decode) and their tokio framing.
-//! - [`metainfo`]: `.torrent` files to [`metainfo::Torrent`]; paths made safe.
+//! - [`metainfo`]: `.torrent` files and magnet links to [`metainfo::Torrent`]; paths made safe.
 //! - [`piece`], [`bitfield`], [`bencode`], [`units`]: geometry, piece sets, encoding, sizes.
 //!
 //! # Tasks and channels of a mount
@@ -29,11 +32,15 @@
 
 pub mod bencode;
 pub mod bitfield;
+pub mod choker;
+pub mod disk_store;
 pub mod fs;
+pub mod metadata;
 pub mod metainfo;
 pub mod mount;
 pub mod picker;
 pub mod piece;
+pub mod ratelimit;
 pub mod session;
 pub mod store;
 pub mod tracker;

@@ -7,8 +7,9 @@
 //! DHT nodes (BEP 5) and web seeds (BEP 19), the last two kept for later use.
 //!
 //! Everything in a torrent file is hostile input: bad values give a [`MetainfoError`] naming what
-//! failed, file names are made safe in [`paths`], and nothing here panics on any input.
+//! failed, file names are made safe in `paths`, and nothing here panics on any input.
 
+pub mod magnet;
 mod paths;
 mod summary;
 
@@ -136,7 +137,7 @@ impl fmt::Debug for InfoHash {
 /// One file of the torrent, in torrent order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileEntry {
-    /// Safe relative path, every component one level (see [`paths`]). Multi-file torrents start
+    /// Safe relative path, every component one level (see `paths`). Multi-file torrents start
     /// with the torrent's name, as Debian's btfs shows them; a single file is `[name]`.
     pub path: Vec<String>,
     pub length: u64,

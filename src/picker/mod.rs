@@ -371,6 +371,12 @@ impl Picker {
     /// Removes `peer` from the requesters of `b` (its in-flight entry is already gone); a piece
     /// left with nothing requested or received goes back to Missing.
     fn release_slot(&mut self, peer: PeerId, b: Block) {
+        // A parole owner that fails to deliver (timeout, choke, gone) loses the piece's parole:
+        // otherwise a staller could re-claim it forever and nobody else could fetch it. The
+        // smart-ban records still name a liar once the piece verifies.
+        if self.exclusive.get(&b.piece) == Some(&Some(peer)) {
+            self.exclusive.remove(&b.piece);
+        }
         let Some(part) = self.partial.get_mut(&b.piece) else {
             return;
         };

@@ -627,3 +627,18 @@ fn parole_piece_passes_to_another_peer_when_its_owner_leaves() {
     p.peer_gone(A, &has);
     assert_eq!(pairs(&p.pick(B, &has, 2)), vec![(0, 0), (0, 1)]);
 }
+
+#[test]
+fn parole_owner_that_times_out_loses_the_piece() {
+    let mut p = picker(1, 2);
+    let has = all(&p);
+    p.set_exclusive(idx(&p, 0));
+    let taken = p.pick(A, &has, 2);
+    assert_eq!(taken.len(), 2);
+    for b in taken {
+        p.request_failed(A, b);
+    }
+    // B may take it now, even though A asks again first.
+    assert!(!p.pick(A, &has, 1).is_empty());
+    assert_eq!(pairs(&p.pick(B, &has, 2)), vec![(0, 1)]);
+}

@@ -24,34 +24,78 @@ pub enum ReadError {
 
 pub(crate) struct Reader {
     picker_id: ReaderId,
+    /// Media files: the tail fetched at open (players read the index there before the first
+    /// frame), kept wanted until close.
+    tail_id: Option<ReaderId>,
     /// Torrent offset right after the previous read: a read starting there is sequential.
     next: u64,
     window: u64,
     readahead: Range<u32>,
 }
 
+/// How much of a media file's head and tail is fetched as soon as it is opened.
+const MEDIA_PREFETCH: u64 = 2 * 1024 * 1024;
+
+/// Files players open: they read the header, then the index at the end (mp4 `moov`, mkv cues),
+/// then the first frames.
+fn is_media(path: &[String]) -> bool {
+    const EXTENSIONS: &[&str] = &[
+        "mkv", "mp4", "m4v", "avi", "webm", "mov", "wmv", "flv", "ts", "m2ts", "mpg", "mpeg",
+        "ogv", "3gp", "mp3", "flac", "m4a", "ogg", "opus", "wav", "aac",
+    ];
+    path.last()
+        .and_then(|name| name.rsplit_once('.'))
+        .is_some_and(|(_, ext)| EXTENSIONS.iter().any(|e| ext.eq_ignore_ascii_case(e)))
+}
+
 impl Session {
-    /// A new reader for `file`; each open file handle gets its own.
+    /// A new reader for `file`; each open file handle gets its own. Opening a media file
+    /// starts fetching its head and tail at once.
     pub fn open_reader(&self, file: usize) -> u64 {
-        let mut st = self.shared.lock();
+        let s = &self.shared;
+        let mut st = s.lock();
         st.next_reader += 1;
         let handle = st.next_reader;
-        let start = self
-            .shared
-            .torrent
-            .info
-            .files
-            .get(file)
-            .map_or(0, |f| f.offset);
-        st.readers.insert(
-            handle,
-            Reader {
-                picker_id: ReaderId(handle),
-                next: start,
-                window: self.shared.config.readahead_bytes,
-                readahead: 0..0,
-            },
-        );
+        let Some(f) = s.torrent.info.files.get(file) else {
+            return handle;
+        };
+        let mut reader = Reader {
+            picker_id: ReaderId(handle),
+            tail_id: None,
+            next: f.offset,
+            window: s.config.readahead_bytes,
+            readahead: 0..0,
+        };
+        if is_media(&f.path) && f.length > 0 {
+            let g = &s.geometry;
+            let head = g.pieces_in(f.offset, f.length.min(MEDIA_PREFETCH));
+            let tail_len = f.length.min(MEDIA_PREFETCH);
+            let tail = g.pieces_in(f.offset + f.length - tail_len, tail_len);
+            st.next_reader += 1;
+            let tail_id = ReaderId(u64::MAX - st.next_reader);
+            st.picker.set_reader(
+                reader.picker_id,
+                ReaderWant {
+                    urgent: 0..0,
+                    readahead: head.clone(),
+                },
+            );
+            st.picker.set_reader(
+                tail_id,
+                ReaderWant {
+                    urgent: 0..0,
+                    readahead: tail,
+                },
+            );
+            reader.tail_id = Some(tail_id);
+            reader.readahead = head;
+            if !st.reading_started {
+                st.reading_started = true;
+                super::pieces::update_background(s, &mut st);
+            }
+            Shared::refill_all(&st);
+        }
+        st.readers.insert(handle, reader);
         handle
     }
 
@@ -59,6 +103,9 @@ impl Session {
         let mut st = self.shared.lock();
         if let Some(r) = st.readers.remove(&handle) {
             st.picker.remove_reader(r.picker_id);
+            if let Some(t) = r.tail_id {
+                st.picker.remove_reader(t);
+            }
         }
     }
 

@@ -476,3 +476,65 @@ async fn shutdown_leaves_no_task_behind_for_a_peer_that_stopped_reading() {
     .await;
     assert_eq!(hoarder.counters().connections, 1);
 }
+
+/// Once every piece is verified the session tells its peers it is not interested. A piece that
+/// is needed again later (evicted, or failed its check as the last one in flight) must make it
+/// interested again, or nothing is ever asked of anyone and the read waits forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_piece_needed_again_after_the_whole_torrent_was_held_is_fetched() {
+    let c = two_files();
+    let seeder = FakePeer::start(ip(2), c.clone(), Behavior::Honest).await;
+    let session = start(&c, &[&seeder], BIG_CACHE).await;
+    read_everything(&session, &c, 128 * 1024).await;
+    let total = c.torrent.info.geometry.piece_count();
+    eventually(&session, "all pieces verified", |s| {
+        s.verified_pieces == total
+    })
+    .await;
+    let sent = seeder.counters().blocks_sent;
+
+    // Evict everything, as the store does under pressure (`accept`: store, then picker).
+    {
+        let mut st = session.shared.lock();
+        let budget = st.store.budget();
+        st.store = crate::store::Store::new(budget);
+        for p in c.torrent.info.geometry.pieces() {
+            st.picker.piece_evicted(p);
+        }
+    }
+    let h = session.open_reader(1);
+    check_read(&session, &c, h, 1, 400_000, 50_000).await;
+    assert!(seeder.counters().blocks_sent > sent, "fetched again");
+    stop(session).await;
+}
+
+/// Regression: a piece on parole (fetched from one peer after a failed check) once stayed with
+/// a staller for good: when its requests timed out it released them and, in the same step,
+/// claimed the piece again before any other peer could. An owner that fails to deliver now
+/// loses the parole.
+#[tokio::test(flavor = "multi_thread")]
+async fn parole_piece_is_not_held_by_a_staller() {
+    let c = two_files();
+    let (honest, staller, session) = bad_peer_first(&c, Behavior::Staller).await;
+    staller.wait_for("interested", |n| n.interested >= 1).await;
+    // As `reject` leaves a piece whose check failed with blocks from two peers.
+    let p = c.torrent.info.geometry.piece(5).expect("piece 5");
+    session.shared.lock().picker.set_exclusive(p);
+    let read = {
+        let session = session.clone();
+        tokio::spawn(async move {
+            let h = session.open_reader(0);
+            session.read(h, 0, 5 * 32 * 1024, 100).await
+        })
+    };
+    staller.wait_for("a request", |n| n.requests >= 1).await;
+    join(&session, &honest).await;
+    let got = within("the read of the parole piece", read)
+        .await
+        .expect("read task");
+    assert_eq!(
+        got.as_deref().ok(),
+        Some(expected(&c, 0, 5 * 32 * 1024, 100))
+    );
+    stop(session).await;
+}

@@ -11,6 +11,7 @@
 //! know their meaning.
 
 pub mod conn;
+pub mod extension;
 pub mod message;
 
 pub use conn::{MessageReader, MessageWriter, read_handshake, write_handshake};

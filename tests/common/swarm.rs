@@ -60,6 +60,8 @@ pub struct SwarmOptions {
     pub data_seed: u64,
     /// Skip the seeders' startup hash check (faster start on big data).
     pub seed_mode: bool,
+    /// Seed a copy of this file (e.g. a video a test made) instead of generated data.
+    pub data: Option<PathBuf>,
 }
 
 impl Default for SwarmOptions {
@@ -75,6 +77,7 @@ impl Default for SwarmOptions {
             upload_limit: None,
             data_seed: 1,
             seed_mode: false,
+            data: None,
         }
     }
 }
@@ -125,13 +128,26 @@ impl Swarm {
             Layout::Multi => "multi",
             Layout::Many => "many",
         };
-        let made = run(swarm_cmd()
-            .arg("make-data")
-            .arg(&data_parent)
-            .args(["--layout", layout])
-            .args(["--seed", &opts.data_seed.to_string()])
-            .args(["--size", &opts.size.to_string()]));
-        let data_path = PathBuf::from(made.trim());
+        let data_path = match &opts.data {
+            Some(src) => {
+                let name = src
+                    .file_name()
+                    .unwrap_or_else(|| panic!("no file name: {src:?}"));
+                fs::create_dir_all(&data_parent).unwrap_or_else(|e| panic!("mkdir: {e}"));
+                let dst = data_parent.join(name);
+                fs::copy(src, &dst).unwrap_or_else(|e| panic!("copy {src:?}: {e}"));
+                dst
+            }
+            None => {
+                let made = run(swarm_cmd()
+                    .arg("make-data")
+                    .arg(&data_parent)
+                    .args(["--layout", layout])
+                    .args(["--seed", &opts.data_seed.to_string()])
+                    .args(["--size", &opts.size.to_string()]));
+                PathBuf::from(made.trim())
+            }
+        };
 
         let mut swarm = Swarm {
             opts,
