@@ -42,6 +42,7 @@ pub mod picker;
 pub mod piece;
 pub mod ratelimit;
 pub mod session;
+pub mod source;
 pub mod store;
 pub mod tracker;
 pub mod units;

@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use btfs::metainfo::Torrent;
 use btfs::mount::{self, MountConfig};
 use btfs::session;
-use btfs::units::{format_bytes, parse_size};
+use btfs::source::{self, Target};
+use btfs::units::parse_size;
 
 #[derive(Parser)]
 #[command(
@@ -28,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Mount a .torrent file at a directory; its files appear at once and download as they are read.
+    /// Mount a torrent (a .torrent file, an http(s) URL of one, or a magnet link) at a
+    /// directory; its files appear at once and download as they are read.
     Mount(MountArgs),
     /// Print what a .torrent file holds: name, info-hash, sizes, trackers and files.
     Info {
@@ -39,8 +41,8 @@ enum Command {
 
 #[derive(Args)]
 struct MountArgs {
-    /// The .torrent file.
-    torrent: PathBuf,
+    /// A .torrent file, an http(s):// URL of one, or a magnet: link.
+    torrent: String,
     /// An existing, empty directory to mount at.
     mountpoint: PathBuf,
     /// TCP port for incoming peers (0: any free port).
@@ -64,6 +66,12 @@ struct MountArgs {
     /// Let other users read the mount (needs user_allow_other in /etc/fuse.conf for non-root).
     #[arg(long)]
     allow_other: bool,
+    /// Where magnet metadata is kept between mounts [default: ~/.cache/btfs/metadata].
+    #[arg(long, value_name = "DIR")]
+    metadata_cache: Option<PathBuf>,
+    /// Seconds a magnet link may take to yield its metadata.
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    metadata_timeout: u64,
     /// Detach once the mount is ready and keep serving in the background.
     #[arg(long)]
     daemon: bool,
@@ -92,7 +100,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Mount(args) => {
-            let torrent = Torrent::from_file(&args.torrent)?;
+            let target = Target::parse(&args.torrent)?;
+            let preloaded = target.load_local()?;
             mount::check_mountpoint(&args.mountpoint)?;
             let config = MountConfig {
                 mountpoint: args.mountpoint,
@@ -106,6 +115,8 @@ fn run(cli: Cli) -> Result<()> {
                     max_readahead_bytes: args.max_readahead,
                     ..session::Config::default()
                 },
+                metadata_timeout: std::time::Duration::from_secs(args.metadata_timeout),
+                metadata_cache: args.metadata_cache.or_else(source::default_cache_dir),
             };
             // Forking must happen before the runtime starts threads.
             let ready = if args.daemon {
@@ -114,18 +125,12 @@ fn run(cli: Cli) -> Result<()> {
                 None
             };
             init_logging(cli.verbose);
-            tracing::debug!(
-                "mounting {} ({}) at {}",
-                torrent.info.name,
-                format_bytes(torrent.info.total_length()),
-                config.mountpoint.display()
-            );
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("btfs")
                 .build()
                 .context("cannot start the async runtime")?;
-            let result = runtime.block_on(mount::run(torrent, config, ready));
+            let result = runtime.block_on(mount::run(target, preloaded, config, ready));
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
             result.map_err(Into::into)
         }

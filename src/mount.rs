@@ -14,6 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::fs::{self, Backend, FileSpec, FsError, InodeTable, MountOptions};
 use crate::metainfo::Torrent;
 use crate::session::{self, ReadError, Session, SessionError, Stats};
+use crate::source::{self, ResolveOptions, SourceError, Target};
 use crate::units::format_bytes;
 
 #[derive(Debug, Error)]
@@ -26,6 +27,10 @@ pub enum MountError {
     Tree(#[from] fs::TableError),
     #[error("cannot listen for signals: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("interrupted")]
+    Interrupted,
 }
 
 pub struct MountConfig {
@@ -34,6 +39,10 @@ pub struct MountConfig {
     /// Draw the one-line live status on stderr (when it is a terminal).
     pub status_line: bool,
     pub session: session::Config,
+    /// How long a magnet link may take to yield its metadata.
+    pub metadata_timeout: Duration,
+    /// Where magnet metadata is kept between mounts.
+    pub metadata_cache: Option<std::path::PathBuf>,
 }
 
 /// Checks the mountpoint before any network work, so a typo fails at once.
@@ -83,12 +92,36 @@ impl Backend for SessionBackend {
     }
 }
 
-/// Mounts, then serves until Ctrl-C, SIGTERM or an external `fusermount3 -u`.
+/// Mounts, then serves until Ctrl-C, SIGTERM or an external `fusermount3 -u`. `preloaded` is
+/// the torrent when the target was a local file (already read to fail early).
 pub async fn run(
-    torrent: Torrent,
-    config: MountConfig,
+    target: Target,
+    preloaded: Option<Torrent>,
+    mut config: MountConfig,
     ready: Option<Daemon>,
 ) -> Result<(), MountError> {
+    let mut sigint = signal(SignalKind::interrupt()).map_err(MountError::Signals)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(MountError::Signals)?;
+    let listener = session::bind(config.session.listen).await?;
+    let torrent = match preloaded {
+        Some(t) => t,
+        None => {
+            let opts = ResolveOptions {
+                peers: config.session.peers.clone(),
+                listen_port: listener.local_addr().map(|a| a.port()).unwrap_or(0),
+                metadata_timeout: config.metadata_timeout,
+                cache_dir: config.metadata_cache.clone(),
+            };
+            let (_never, interrupt) = tokio::sync::watch::channel(false);
+            let (torrent, peers) = tokio::select! {
+                r = source::resolve(&target, &opts, interrupt) => r?,
+                _ = sigint.recv() => return Err(MountError::Interrupted),
+                _ = sigterm.recv() => return Err(MountError::Interrupted),
+            };
+            config.session.peers.extend(peers);
+            torrent
+        }
+    };
     let (specs, files): (Vec<FileSpec>, Vec<usize>) = torrent
         .info
         .files
@@ -106,15 +139,13 @@ pub async fn run(
         })
         .unzip();
     let table = InodeTable::new(&specs)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(MountError::Signals)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(MountError::Signals)?;
 
     let name = torrent.info.name.clone();
     let time = torrent
         .creation_date
         .and_then(|d| u64::try_from(d).ok())
         .map(|d| std::time::UNIX_EPOCH + Duration::from_secs(d));
-    let session = Session::start(Arc::new(torrent), config.session).await?;
+    let session = Session::start(Arc::new(torrent), config.session, listener).await?;
     let mut opts = MountOptions::new(format!("btfs:{name}"));
     opts.allow_other = config.allow_other;
     if let Some(t) = time {

@@ -18,6 +18,7 @@
 
 #[cfg(test)]
 mod fake_peer;
+pub mod magnet;
 mod peer;
 mod pieces;
 mod read;
@@ -168,20 +169,25 @@ pub(crate) struct PeerEntry {
     cmd: mpsc::UnboundedSender<PeerCmd>,
 }
 
+/// Binds the port peers connect to. Done first, before any metadata fetch, so that trackers
+/// learn the real port and a port in use fails at once.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, SessionError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::AddrInUse => SessionError::PortInUse { port: addr.port() },
+            _ => SessionError::Listen { addr, source },
+        })
+}
+
 impl Session {
-    /// Binds the listen port and starts the session's tasks; returns once it can serve reads.
-    pub async fn start(torrent: Arc<Torrent>, config: Config) -> Result<Session, SessionError> {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| match source.kind() {
-                std::io::ErrorKind::AddrInUse => SessionError::PortInUse {
-                    port: config.listen.port(),
-                },
-                _ => SessionError::Listen {
-                    addr: config.listen,
-                    source,
-                },
-            })?;
+    /// Starts the session's tasks on a listener from [`bind`]; returns at once, ready to serve
+    /// reads.
+    pub async fn start(
+        torrent: Arc<Torrent>,
+        config: Config,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Session, SessionError> {
         let listen_port = listener
             .local_addr()
             .map_err(|source| SessionError::Listen {
@@ -346,7 +352,7 @@ impl State {
     }
 }
 
-fn make_peer_id() -> [u8; 20] {
+pub(crate) fn make_peer_id() -> [u8; 20] {
     // Azureus-style client id (BEP 20), then random characters. ("BF" is Bitflu's code.)
     let mut id = *b"-Bf0001-000000000000";
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";

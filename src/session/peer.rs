@@ -16,8 +16,10 @@ use tokio::time::Instant;
 use super::pieces::{self, Assembly};
 use super::{PeerCmd, PeerEntry, Shared};
 use crate::bitfield::Bitfield;
+use crate::metadata::metadata_piece;
 use crate::picker::{Block, PeerId};
 use crate::piece::BLOCK_SIZE;
+use crate::wire::extension::{ExtendedHandshake, HANDSHAKE_ID, MAX_METADATA_SIZE, MetadataMsg};
 use crate::wire::{
     BlockRef, Handshake, Message, MessageReader, MessageWriter, WireError, read_handshake,
     write_handshake,
@@ -114,6 +116,7 @@ pub(crate) async fn run(
     };
     tracing::debug!(%addr, outgoing, "peer connected");
     let mut peer = Peer::new(shared.clone(), id, addr);
+    peer.extensions = theirs.supports_extensions();
     let result = peer.run(stream, cmd_rx, have).await;
     peer.leave();
     tracing::debug!(%addr, ?result, "peer disconnected");
@@ -144,7 +147,14 @@ struct Peer {
     out_rx: Option<mpsc::UnboundedReceiver<Message>>,
     /// Bytes of `piece` messages queued for the writer and not yet written.
     queued_upload: Arc<AtomicUsize>,
+    /// The peer speaks the extension protocol (BEP 10).
+    extensions: bool,
+    /// The peer's id for `ut_metadata` messages we send it, from its extended handshake.
+    their_ut_metadata: Option<u8>,
 }
+
+/// Our id for `ut_metadata`: what peers use when they ask us for metadata (BEP 9).
+const OUR_UT_METADATA: u8 = 1;
 
 impl Peer {
     fn new(shared: Arc<Shared>, id: PeerId, addr: SocketAddr) -> Self {
@@ -169,6 +179,8 @@ impl Peer {
             out,
             out_rx: Some(out_rx),
             queued_upload: Arc::new(AtomicUsize::new(0)),
+            extensions: false,
+            their_ut_metadata: None,
         }
     }
 
@@ -191,6 +203,9 @@ impl Peer {
         // Dropping a JoinHandle only detaches the task: without this, a writer blocked on a peer
         // that stopped reading would keep the socket (and the blocks queued for it) after we left.
         let _stop_writer = AbortOnDrop(writer.abort_handle());
+        if self.extensions {
+            self.send_extended_handshake();
+        }
         if have.count_ones() > 0 {
             self.send(Message::Bitfield(have.as_bytes().to_vec().into()));
         }
@@ -254,10 +269,8 @@ impl Peer {
     fn on_message(&mut self, msg: Message) -> Result<(), PeerError> {
         let g = &self.shared.geometry;
         match msg {
-            Message::KeepAlive
-            | Message::Port(_)
-            | Message::Extended { .. }
-            | Message::Unknown { .. } => {}
+            Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
+            Message::Extended { id, payload } => self.on_extended(id, &payload),
             Message::Choke => {
                 self.choked = true;
                 self.release_requests();
@@ -295,6 +308,57 @@ impl Peer {
             Message::Piece { index, begin, data } => self.on_piece(index, begin, data)?,
         }
         Ok(())
+    }
+
+    /// Tells the peer we serve metadata (peers that came by magnet need it).
+    fn send_extended_handshake(&self) {
+        let raw = &self.shared.torrent.info.raw;
+        let hs = ExtendedHandshake {
+            ut_metadata: Some(OUR_UT_METADATA),
+            metadata_size: u32::try_from(raw.len())
+                .ok()
+                .filter(|&n| n > 0 && n <= MAX_METADATA_SIZE),
+            client: Some(concat!("btfs ", env!("CARGO_PKG_VERSION")).into()),
+            port: Some(self.shared.listen_port),
+            ..ExtendedHandshake::default()
+        };
+        self.send(Message::Extended {
+            id: HANDSHAKE_ID,
+            payload: hs.encode().into(),
+        });
+    }
+
+    /// Extension messages: the peer's extended handshake, and its `ut_metadata` requests.
+    /// Anything else (or anything malformed) is ignored, as BEP 10 asks.
+    fn on_extended(&mut self, id: u8, payload: &[u8]) {
+        if id == HANDSHAKE_ID {
+            if let Ok(hs) = ExtendedHandshake::decode(payload) {
+                self.their_ut_metadata = hs.ut_metadata;
+            }
+            return;
+        }
+        if id != OUR_UT_METADATA {
+            return;
+        }
+        let (Some(theirs), Ok(MetadataMsg::Request { piece })) =
+            (self.their_ut_metadata, MetadataMsg::decode(payload))
+        else {
+            return;
+        };
+        let raw = &self.shared.torrent.info.raw;
+        let reply = match metadata_piece(raw, piece) {
+            Some(data) => MetadataMsg::Data {
+                piece,
+                total_size: raw.len() as u32,
+                data,
+            }
+            .encode(),
+            None => MetadataMsg::Reject { piece }.encode(),
+        };
+        self.send(Message::Extended {
+            id: theirs,
+            payload: reply.into(),
+        });
     }
 
     fn on_piece(&mut self, index: u32, begin: u32, data: bytes::Bytes) -> Result<(), PeerError> {

@@ -77,7 +77,8 @@ async fn start(content: &Content, peers: &[&FakePeer], cache_bytes: u64) -> Sess
         cache_bytes,
         ..Config::default()
     };
-    Session::start(content.torrent.clone(), config)
+    let listener = super::bind(config.listen).await.expect("bind");
+    Session::start(content.torrent.clone(), config, listener)
         .await
         .expect("session starts")
 }

@@ -1,0 +1,651 @@
+//! KRPC (BEP 5): the bencoded queries, responses and errors of the Mainline DHT. Pure: bytes in,
+//! typed messages out, and back.
+//!
+//! Every datagram is hostile input: anything that does not parse is a [`KrpcError`], never a
+//! panic. Decoding is lenient where BEP 5 readers traditionally are (a `nodes` string with a
+//! trailing partial entry, IPv6 peers in `values`, unknown keys): those are skipped, not refused.
+//! Only IPv4 is spoken (BEP 5 compact formats; no BEP 32 `nodes6`).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use thiserror::Error;
+
+use crate::bencode::{self, BencodeError, Dict, Encoder, Value};
+
+/// A node id or an info-hash: both live in the same 160-bit space.
+pub type NodeId = [u8; 20];
+
+/// Length of one compact node entry: 20-byte id, 4-byte IPv4, 2-byte port.
+pub const COMPACT_NODE_LEN: usize = 26;
+/// Length of one compact peer entry: 4-byte IPv4, 2-byte port.
+pub const COMPACT_PEER_LEN: usize = 6;
+/// Longest transaction id we echo back; ours are 2 bytes, some clients use 4 or 8.
+const MAX_TID_LEN: usize = 16;
+
+/// KRPC error codes (BEP 5).
+pub const ERROR_GENERIC: i64 = 201;
+pub const ERROR_SERVER: i64 = 202;
+pub const ERROR_PROTOCOL: i64 = 203;
+pub const ERROR_METHOD_UNKNOWN: i64 = 204;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum KrpcError {
+    #[error("KRPC packet is not bencode: {0}")]
+    Bencode(#[from] BencodeError),
+    #[error("KRPC packet is not a dictionary")]
+    NotADict,
+    #[error("KRPC packet lacks `{0}`")]
+    Missing(&'static str),
+    #[error("KRPC field `{0}` has the wrong type, length or range")]
+    Invalid(&'static str),
+    #[error("KRPC message type {0:?} is unknown")]
+    UnknownType(Vec<u8>),
+}
+
+/// A node's id and address, as carried in compact node info.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub addr: SocketAddrV4,
+}
+
+/// One KRPC datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Transaction id: chosen by the querier, echoed by the responder.
+    pub tid: Vec<u8>,
+    pub body: Body,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// `read_only` is BEP 43's `ro` flag: the sender answers no queries, so it is not routed to.
+    Query {
+        query: Query,
+        read_only: bool,
+    },
+    Response(Response),
+    Error {
+        code: i64,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    Ping {
+        id: NodeId,
+    },
+    FindNode {
+        id: NodeId,
+        target: NodeId,
+    },
+    GetPeers {
+        id: NodeId,
+        info_hash: NodeId,
+    },
+    /// With `implied_port`, the peer's port is the UDP source port and `port` does not count
+    /// (it is kept as sent, 0 when absent or out of range).
+    AnnouncePeer {
+        id: NodeId,
+        info_hash: NodeId,
+        port: u16,
+        implied_port: bool,
+        token: Vec<u8>,
+    },
+    /// A method we do not serve (BEP 44 `get`, BEP 51 `sample_infohashes`, ...): answered 204.
+    Other {
+        id: NodeId,
+        method: Vec<u8>,
+    },
+}
+
+impl Query {
+    /// The querying node's id.
+    pub fn id(&self) -> NodeId {
+        match self {
+            Query::Ping { id }
+            | Query::FindNode { id, .. }
+            | Query::GetPeers { id, .. }
+            | Query::AnnouncePeer { id, .. }
+            | Query::Other { id, .. } => *id,
+        }
+    }
+
+    fn method(&self) -> &[u8] {
+        match self {
+            Query::Ping { .. } => b"ping",
+            Query::FindNode { .. } => b"find_node",
+            Query::GetPeers { .. } => b"get_peers",
+            Query::AnnouncePeer { .. } => b"announce_peer",
+            Query::Other { method, .. } => method,
+        }
+    }
+}
+
+/// A response. KRPC responses do not name their query, so this is the union of all of them:
+/// `ping`/`announce_peer` fill only `id`, `find_node` adds `nodes`, `get_peers` adds `token`
+/// and `nodes` and/or `values`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Response {
+    pub id: NodeId,
+    pub nodes: Vec<NodeInfo>,
+    pub values: Vec<SocketAddrV4>,
+    pub token: Option<Vec<u8>>,
+}
+
+impl Message {
+    /// Parses one datagram.
+    pub fn decode(packet: &[u8]) -> Result<Message, KrpcError> {
+        let root = bencode::decode(packet)?;
+        let dict = root.as_dict().ok_or(KrpcError::NotADict)?;
+        let tid = bytes(dict, "t")?;
+        if tid.len() > MAX_TID_LEN {
+            return Err(KrpcError::Invalid("t"));
+        }
+        let body = match bytes(dict, "y")? {
+            b"q" => {
+                let method = bytes(dict, "q")?;
+                let args = dict
+                    .get("a")
+                    .ok_or(KrpcError::Missing("a"))?
+                    .as_dict()
+                    .ok_or(KrpcError::Invalid("a"))?;
+                let read_only = matches!(dict.get("ro").and_then(Value::as_int), Some(1));
+                Body::Query {
+                    query: decode_query(method, args)?,
+                    read_only,
+                }
+            }
+            b"r" => {
+                let r = dict
+                    .get("r")
+                    .ok_or(KrpcError::Missing("r"))?
+                    .as_dict()
+                    .ok_or(KrpcError::Invalid("r"))?;
+                Body::Response(decode_response(r)?)
+            }
+            b"e" => {
+                let list = dict
+                    .get("e")
+                    .ok_or(KrpcError::Missing("e"))?
+                    .as_list()
+                    .ok_or(KrpcError::Invalid("e"))?;
+                let code = list
+                    .first()
+                    .and_then(Value::as_int)
+                    .ok_or(KrpcError::Invalid("e"))?;
+                let message = list
+                    .get(1)
+                    .and_then(Value::as_bytes)
+                    .map(|m| String::from_utf8_lossy(m).into_owned())
+                    .unwrap_or_default();
+                Body::Error { code, message }
+            }
+            other => return Err(KrpcError::UnknownType(other.to_vec())),
+        };
+        Ok(Message {
+            tid: tid.to_vec(),
+            body,
+        })
+    }
+
+    /// Encodes with keys in sorted order, as bencode requires.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.begin_dict();
+        match &self.body {
+            Body::Query { query, read_only } => {
+                e.str("a");
+                encode_args(&mut e, query);
+                e.str("q").bytes(query.method());
+                if *read_only {
+                    e.str("ro").int(1);
+                }
+                e.str("t").bytes(&self.tid).str("y").str("q");
+            }
+            Body::Response(r) => {
+                e.str("r");
+                encode_response(&mut e, r);
+                e.str("t").bytes(&self.tid).str("y").str("r");
+            }
+            Body::Error { code, message } => {
+                e.str("e").begin_list().int(*code).str(message).end();
+                e.str("t").bytes(&self.tid).str("y").str("e");
+            }
+        }
+        e.end();
+        e.finish()
+    }
+}
+
+fn decode_query(method: &[u8], a: &Dict<'_>) -> Result<Query, KrpcError> {
+    let id = id20(a, "id")?;
+    Ok(match method {
+        b"ping" => Query::Ping { id },
+        b"find_node" => Query::FindNode {
+            id,
+            target: id20(a, "target")?,
+        },
+        b"get_peers" => Query::GetPeers {
+            id,
+            info_hash: id20(a, "info_hash")?,
+        },
+        b"announce_peer" => {
+            let implied_port = match a.get("implied_port") {
+                None => false,
+                Some(v) => v.as_int().ok_or(KrpcError::Invalid("implied_port"))? != 0,
+            };
+            // With implied_port the port key does not count (libtorrent still sends it).
+            let port = match a.get("port") {
+                None if implied_port => 0,
+                None => return Err(KrpcError::Missing("port")),
+                Some(v) => match v.as_int().and_then(|p| u16::try_from(p).ok()) {
+                    Some(p) if p != 0 || implied_port => p,
+                    _ if implied_port => 0,
+                    _ => return Err(KrpcError::Invalid("port")),
+                },
+            };
+            Query::AnnouncePeer {
+                id,
+                info_hash: id20(a, "info_hash")?,
+                port,
+                implied_port,
+                token: bytes(a, "token")?.to_vec(),
+            }
+        }
+        other => Query::Other {
+            id,
+            method: other.to_vec(),
+        },
+    })
+}
+
+fn decode_response(r: &Dict<'_>) -> Result<Response, KrpcError> {
+    let id = id20(r, "id")?;
+    let nodes = match r.get("nodes") {
+        None => Vec::new(),
+        Some(v) => decode_nodes(v.as_bytes().ok_or(KrpcError::Invalid("nodes"))?),
+    };
+    let values = match r.get("values") {
+        None => Vec::new(),
+        Some(v) => v
+            .as_list()
+            .ok_or(KrpcError::Invalid("values"))?
+            .iter()
+            .filter_map(Value::as_bytes)
+            .filter_map(decode_peer)
+            .collect(),
+    };
+    let token = match r.get("token") {
+        None => None,
+        Some(v) => Some(v.as_bytes().ok_or(KrpcError::Invalid("token"))?.to_vec()),
+    };
+    Ok(Response {
+        id,
+        nodes,
+        values,
+        token,
+    })
+}
+
+fn encode_args(e: &mut Encoder, q: &Query) {
+    e.begin_dict().str("id").bytes(&q.id());
+    match q {
+        Query::Ping { .. } | Query::Other { .. } => {}
+        Query::FindNode { target, .. } => {
+            e.str("target").bytes(target);
+        }
+        Query::GetPeers { info_hash, .. } => {
+            e.str("info_hash").bytes(info_hash);
+        }
+        Query::AnnouncePeer {
+            info_hash,
+            port,
+            implied_port,
+            token,
+            ..
+        } => {
+            if *implied_port {
+                e.str("implied_port").int(1);
+            }
+            e.str("info_hash").bytes(info_hash);
+            e.str("port").int(i64::from(*port));
+            e.str("token").bytes(token);
+        }
+    }
+    e.end();
+}
+
+fn encode_response(e: &mut Encoder, r: &Response) {
+    e.begin_dict().str("id").bytes(&r.id);
+    if !r.nodes.is_empty() {
+        e.str("nodes").bytes(&encode_nodes(&r.nodes));
+    }
+    if let Some(token) = &r.token {
+        e.str("token").bytes(token);
+    }
+    if !r.values.is_empty() {
+        e.str("values").begin_list();
+        for peer in &r.values {
+            e.bytes(&encode_peer(*peer));
+        }
+        e.end();
+    }
+    e.end();
+}
+
+/// Compact node info: 26-byte entries. A trailing partial entry is ignored.
+pub fn decode_nodes(b: &[u8]) -> Vec<NodeInfo> {
+    b.chunks_exact(COMPACT_NODE_LEN)
+        .filter_map(|c| {
+            let (id, peer) = c.split_at(20);
+            Some(NodeInfo {
+                id: id.try_into().ok()?,
+                addr: decode_peer(peer)?,
+            })
+        })
+        .collect()
+}
+
+pub fn encode_nodes(nodes: &[NodeInfo]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(nodes.len() * COMPACT_NODE_LEN);
+    for n in nodes {
+        out.extend_from_slice(&n.id);
+        out.extend_from_slice(&encode_peer(n.addr));
+    }
+    out
+}
+
+/// Compact peer info: 4-byte IPv4 then 2-byte port, big-endian. Other lengths are `None`.
+pub fn decode_peer(b: &[u8]) -> Option<SocketAddrV4> {
+    let b: &[u8; COMPACT_PEER_LEN] = b.try_into().ok()?;
+    Some(SocketAddrV4::new(
+        Ipv4Addr::new(b[0], b[1], b[2], b[3]),
+        u16::from_be_bytes([b[4], b[5]]),
+    ))
+}
+
+pub fn encode_peer(addr: SocketAddrV4) -> [u8; COMPACT_PEER_LEN] {
+    let [a, b, c, d] = addr.ip().octets();
+    let [p, q] = addr.port().to_be_bytes();
+    [a, b, c, d, p, q]
+}
+
+fn bytes<'a>(d: &Dict<'a>, key: &'static str) -> Result<&'a [u8], KrpcError> {
+    d.get(key)
+        .ok_or(KrpcError::Missing(key))?
+        .as_bytes()
+        .ok_or(KrpcError::Invalid(key))
+}
+
+fn id20(d: &Dict<'_>, key: &'static str) -> Result<NodeId, KrpcError> {
+    bytes(d, key)?
+        .try_into()
+        .map_err(|_| KrpcError::Invalid(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID_A: &NodeId = b"abcdefghij0123456789";
+    const ID_M: &NodeId = b"mnopqrstuvwxyz123456";
+
+    fn query(q: Query) -> Message {
+        Message {
+            tid: b"aa".to_vec(),
+            body: Body::Query {
+                query: q,
+                read_only: false,
+            },
+        }
+    }
+
+    fn response(r: Response) -> Message {
+        Message {
+            tid: b"aa".to_vec(),
+            body: Body::Response(r),
+        }
+    }
+
+    /// The example packets of BEP 5, verbatim: each decodes to the message and encodes back.
+    #[test]
+    fn bep5_examples_round_trip() {
+        let cases: Vec<(&[u8], Message)> = vec![
+            (
+                b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe",
+                query(Query::Ping { id: *ID_A }),
+            ),
+            (
+                b"d1:rd2:id20:mnopqrstuvwxyz123456e1:t2:aa1:y1:re",
+                response(Response {
+                    id: *ID_M,
+                    ..Response::default()
+                }),
+            ),
+            (
+                b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz123456e1:q9:find_node1:t2:aa1:y1:qe",
+                query(Query::FindNode {
+                    id: *ID_A,
+                    target: *ID_M,
+                }),
+            ),
+            (
+                b"d1:ad2:id20:abcdefghij01234567899:info_hash20:mnopqrstuvwxyz123456e1:q9:get_peers1:t2:aa1:y1:qe",
+                query(Query::GetPeers {
+                    id: *ID_A,
+                    info_hash: *ID_M,
+                }),
+            ),
+            (
+                b"d1:rd2:id20:abcdefghij01234567895:token8:aoeusnth6:valuesl6:axje.u6:idhtnmee1:t2:aa1:y1:re",
+                response(Response {
+                    id: *ID_A,
+                    token: Some(b"aoeusnth".to_vec()),
+                    values: vec![
+                        "97.120.106.101:11893".parse().unwrap(),
+                        "105.100.104.116:28269".parse().unwrap(),
+                    ],
+                    ..Response::default()
+                }),
+            ),
+            (
+                b"d1:ad2:id20:abcdefghij012345678912:implied_porti1e9:info_hash20:mnopqrstuvwxyz1234564:porti6881e5:token8:aoeusnthe1:q13:announce_peer1:t2:aa1:y1:qe",
+                query(Query::AnnouncePeer {
+                    id: *ID_A,
+                    info_hash: *ID_M,
+                    port: 6881,
+                    implied_port: true,
+                    token: b"aoeusnth".to_vec(),
+                }),
+            ),
+            (
+                b"d1:eli201e23:A Generic Error Ocurrede1:t2:aa1:y1:ee",
+                Message {
+                    tid: b"aa".to_vec(),
+                    body: Body::Error {
+                        code: ERROR_GENERIC,
+                        message: "A Generic Error Ocurred".into(),
+                    },
+                },
+            ),
+        ];
+        for (bytes, msg) in cases {
+            let text = String::from_utf8_lossy(bytes);
+            assert_eq!(Message::decode(bytes).as_ref(), Ok(&msg), "{text}");
+            assert_eq!(msg.encode(), bytes, "{text}");
+        }
+    }
+
+    /// BEP 5's `nodes` example ("def456...") is 9 bytes, not a whole 26-byte entry: the response
+    /// still decodes, with no nodes.
+    #[test]
+    fn bep5_partial_nodes_examples_decode_without_nodes() {
+        let find_node = b"d1:rd2:id20:0123456789abcdefghij5:nodes9:def456...e1:t2:aa1:y1:re";
+        let get_peers =
+            b"d1:rd2:id20:abcdefghij01234567895:nodes9:def456...5:token8:aoeusnthe1:t2:aa1:y1:re";
+        let Body::Response(r) = Message::decode(find_node).unwrap().body else {
+            panic!("not a response");
+        };
+        assert_eq!((&r.id, r.nodes.len()), (b"0123456789abcdefghij", 0));
+        let Body::Response(r) = Message::decode(get_peers).unwrap().body else {
+            panic!("not a response");
+        };
+        assert_eq!(r.token.as_deref(), Some(&b"aoeusnth"[..]));
+        assert!(r.nodes.is_empty());
+    }
+
+    #[test]
+    fn compact_nodes_and_explicit_port_round_trip() {
+        let nodes = vec![
+            NodeInfo {
+                id: [7; 20],
+                addr: "127.0.0.2:6881".parse().unwrap(),
+            },
+            NodeInfo {
+                id: [0xff; 20],
+                addr: "10.1.2.3:65535".parse().unwrap(),
+            },
+        ];
+        let msg = response(Response {
+            id: *ID_A,
+            nodes: nodes.clone(),
+            token: Some(vec![1, 2]),
+            values: vec![],
+        });
+        let bytes = msg.encode();
+        let mut expected = b"d1:rd2:id20:abcdefghij01234567895:nodes52:".to_vec();
+        expected.extend_from_slice(&[7; 20]);
+        expected.extend_from_slice(&[127, 0, 0, 2, 0x1a, 0xe1]);
+        expected.extend_from_slice(&[0xff; 20]);
+        expected.extend_from_slice(&[10, 1, 2, 3, 0xff, 0xff]);
+        expected.extend_from_slice(b"5:token2:\x01\x02e1:t2:aa1:y1:re");
+        assert_eq!(bytes, expected);
+        assert_eq!(Message::decode(&bytes), Ok(msg));
+
+        let announce = query(Query::AnnouncePeer {
+            id: *ID_A,
+            info_hash: *ID_M,
+            port: 6881,
+            implied_port: false,
+            token: b"tok".to_vec(),
+        });
+        let bytes = announce.encode();
+        assert_eq!(
+            bytes,
+            b"d1:ad2:id20:abcdefghij01234567899:info_hash20:mnopqrstuvwxyz1234564:porti6881e5:token3:toke1:q13:announce_peer1:t2:aa1:y1:qe"
+        );
+        assert_eq!(Message::decode(&bytes), Ok(announce));
+    }
+
+    #[test]
+    fn read_only_flag_and_unknown_methods() {
+        let ro = Message {
+            tid: vec![0, 1],
+            body: Body::Query {
+                query: Query::Ping { id: *ID_A },
+                read_only: true,
+            },
+        };
+        let bytes = ro.encode();
+        assert_eq!(
+            bytes,
+            b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping2:roi1e1:t2:\x00\x011:y1:qe"
+        );
+        assert_eq!(Message::decode(&bytes), Ok(ro));
+        let get = b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz123456e1:q3:get1:t2:aa1:y1:qe";
+        assert_eq!(
+            Message::decode(get).unwrap().body,
+            Body::Query {
+                query: Query::Other {
+                    id: *ID_A,
+                    method: b"get".to_vec()
+                },
+                read_only: false
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_packets_are_typed_errors() {
+        let cases: &[(&[u8], KrpcError)] = &[
+            (b"", KrpcError::Bencode(BencodeError::Eof(0))),
+            (b"le", KrpcError::NotADict),
+            (b"d1:y1:qe", KrpcError::Missing("t")),
+            (b"d1:ti1e1:y1:qe", KrpcError::Invalid("t")),
+            (b"d1:t17:aaaaaaaaaaaaaaaaa1:y1:re", KrpcError::Invalid("t")),
+            (b"d1:t2:aa1:y1:xe", KrpcError::UnknownType(b"x".to_vec())),
+            (b"d1:q4:ping1:t2:aa1:y1:qe", KrpcError::Missing("a")),
+            (b"d1:ad2:id3:abce1:q4:ping1:t2:aa1:y1:qe", KrpcError::Invalid("id")),
+            (b"d1:ali1ee1:q4:ping1:t2:aa1:y1:qe", KrpcError::Invalid("a")),
+            (
+                b"d1:ad2:id20:abcdefghij0123456789e1:q9:find_node1:t2:aa1:y1:qe",
+                KrpcError::Missing("target"),
+            ),
+            (
+                b"d1:ad2:id20:abcdefghij01234567899:info_hash20:mnopqrstuvwxyz1234564:porti70000e5:token1:xe1:q13:announce_peer1:t2:aa1:y1:qe",
+                KrpcError::Invalid("port"),
+            ),
+            (
+                b"d1:ad2:id20:abcdefghij01234567899:info_hash20:mnopqrstuvwxyz1234565:token1:xe1:q13:announce_peer1:t2:aa1:y1:qe",
+                KrpcError::Missing("port"),
+            ),
+            (b"d1:rd2:id20:abcdefghij01234567895:nodesi5ee1:t2:aa1:y1:re", KrpcError::Invalid("nodes")),
+            (b"d1:rd2:id20:abcdefghij01234567896:values3:abce1:t2:aa1:y1:re", KrpcError::Invalid("values")),
+            (b"d1:rde1:t2:aa1:y1:re", KrpcError::Missing("id")),
+            (b"d1:e3:bad1:t2:aa1:y1:ee", KrpcError::Invalid("e")),
+            (b"d1:rd2:id20:abcdefghij0123456789e1:t2:aa1:y1:rexx", KrpcError::Bencode(BencodeError::Trailing(2))),
+        ];
+        for (bytes, err) in cases {
+            assert_eq!(
+                Message::decode(bytes).as_ref().err(),
+                Some(err),
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn ipv6_and_odd_peers_in_values_are_skipped() {
+        let mut packet = b"d1:rd2:id20:abcdefghij01234567896:valuesl18:".to_vec();
+        packet.extend_from_slice(&[1; 18]);
+        packet.extend_from_slice(b"6:");
+        packet.extend_from_slice(&[127, 0, 0, 9, 0, 80]);
+        packet.extend_from_slice(b"i5eee1:t2:aa1:y1:re");
+        let Body::Response(r) = Message::decode(&packet).unwrap().body else {
+            panic!("not a response");
+        };
+        assert_eq!(r.values, vec!["127.0.0.9:80".parse().unwrap()]);
+    }
+
+    /// Every truncation and every single-byte corruption of valid packets decodes or fails
+    /// cleanly: no panic.
+    #[test]
+    fn mangled_packets_never_panic() {
+        let good = response(Response {
+            id: [3; 20],
+            nodes: vec![NodeInfo {
+                id: [4; 20],
+                addr: "127.0.0.1:1".parse().unwrap(),
+            }],
+            values: vec!["127.0.0.1:2".parse().unwrap()],
+            token: Some(vec![9; 8]),
+        })
+        .encode();
+        let q = b"d1:ad2:id20:abcdefghij012345678912:implied_porti1e9:info_hash20:mnopqrstuvwxyz1234564:porti6881e5:token8:aoeusnthe1:q13:announce_peer1:t2:aa1:y1:qe";
+        for packet in [&good[..], &q[..]] {
+            for cut in 0..packet.len() {
+                let _ = Message::decode(&packet[..cut]);
+            }
+            for i in 0..packet.len() {
+                for byte in [0u8, b'e', b'd', b'l', b'i', b'0', b'9', b':', 0xff] {
+                    let mut p = packet.to_vec();
+                    p[i] = byte;
+                    let _ = Message::decode(&p);
+                }
+            }
+        }
+    }
+}

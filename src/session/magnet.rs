@@ -1,0 +1,300 @@
+//! Magnet links: before a session can start, the info dictionary is fetched from peers
+//! (`ut_metadata`, BEP 9, over the extension protocol, BEP 10), in 16 KiB pieces from several
+//! peers at once, and trusted only once its SHA1 equals the link's info-hash.
+//!
+//! A short-lived phase of its own: peers come from the link's trackers and `x.pe` addresses
+//! (and the flags' `--peer`s); each gets a small task that speaks just enough of the wire
+//! protocol to ask for metadata. The addresses that answered are handed to the session.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::metadata::{MetadataError, MetadataFetch, Progress};
+use crate::metainfo::Info;
+use crate::metainfo::magnet::Magnet;
+use crate::tracker::announcer::{self, AnnounceParams};
+use crate::wire::extension::{ExtendedHandshake, HANDSHAKE_ID, MetadataMsg};
+use crate::wire::{
+    Handshake, Message, MessageReader, MessageWriter, read_handshake, write_handshake,
+};
+
+/// Our extension id for `ut_metadata` (what peers must use when they send to us).
+const OUR_UT_METADATA: u8 = 1;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A peer that sends nothing this long while we wait on it is dropped; others carry on.
+const PEER_SILENCE: Duration = Duration::from_secs(15);
+/// Enough for a peer's bitfield of a very large torrent, which may come before anything else.
+const MAX_FRAME: u32 = 4 * 1024 * 1024;
+
+#[derive(Debug, Error)]
+pub enum MagnetFetchError {
+    #[error(
+        "no metadata after {secs} s ({tried} peers tried; are the trackers or peers reachable?)"
+    )]
+    Timeout { secs: u64, tried: usize },
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Where the fetch stands, for the progress line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FetchStatus {
+    pub peers_tried: usize,
+    pub peers_answering: usize,
+    pub pieces_have: u32,
+    pub pieces_total: u32,
+}
+
+/// Fetches and verifies the info dictionary of `magnet`. Returns it with the peers that
+/// answered, to seed the session's connections.
+pub async fn fetch_info(
+    magnet: &Magnet,
+    extra_peers: &[SocketAddr],
+    listen_port: u16,
+    timeout: Duration,
+    progress: impl Fn(FetchStatus),
+    mut interrupt: watch::Receiver<bool>,
+) -> Result<(Info, Vec<SocketAddr>), MagnetFetchError> {
+    let peer_id = super::make_peer_id();
+    let fetch = Arc::new(Mutex::new(MetadataFetch::<u64>::new(magnet.info_hash)));
+    let (peers_tx, mut peers_rx) = mpsc::channel::<Vec<SocketAddr>>(64);
+    let (done_tx, mut done_rx) = mpsc::channel::<(Info, SocketAddr)>(1);
+    let answering = Arc::new(Mutex::new(HashSet::<SocketAddr>::new()));
+
+    let (stop_trackers, trackers_stop_rx) = watch::channel(false);
+    if !magnet.trackers.is_empty() {
+        let tiers = magnet.trackers.iter().map(|t| vec![t.clone()]).collect();
+        let params = AnnounceParams {
+            info_hash: magnet.info_hash.0,
+            peer_id,
+            port: listen_port,
+            key: rand::random(),
+            num_want: 80,
+        };
+        // Size unknown yet: report one block left, so trackers count us as a leecher.
+        let left = Arc::new(|| announcer::Progress {
+            uploaded: 0,
+            downloaded: 0,
+            left: 16 * 1024,
+        });
+        let status = Arc::new(Mutex::new(Vec::new()));
+        announcer::spawn(
+            tiers,
+            params,
+            left,
+            peers_tx.clone(),
+            trackers_stop_rx,
+            status,
+        );
+    }
+    let mut initial: Vec<SocketAddr> = magnet.peers.clone();
+    initial.extend_from_slice(extra_peers);
+    if !initial.is_empty() {
+        let _ = peers_tx.send(initial).await;
+    }
+
+    let mut tried: HashSet<SocketAddr> = HashSet::new();
+    let mut tasks = JoinSet::new();
+    let mut next_id = 0u64;
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let result = loop {
+        tokio::select! {
+            Some(addrs) = peers_rx.recv() => {
+                for addr in addrs {
+                    if tried.insert(addr) {
+                        next_id += 1;
+                        let ctx = PeerCtx {
+                            id: next_id,
+                            addr,
+                            info_hash: magnet.info_hash.0,
+                            peer_id,
+                            fetch: fetch.clone(),
+                            done: done_tx.clone(),
+                            answering: answering.clone(),
+                        };
+                        tasks.spawn(async move {
+                            let r = metadata_peer(&ctx).await;
+                            tracing::debug!(addr = %ctx.addr, ?r, "metadata peer done");
+                            ctx.fetch.lock().unwrap_or_else(|e| e.into_inner()).peer_gone(ctx.id);
+                        });
+                    }
+                }
+            }
+            Some((info, _from)) = done_rx.recv() => break Ok(info),
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = tick.tick() => {
+                let (have, total) = fetch.lock().unwrap_or_else(|e| e.into_inner()).progress();
+                progress(FetchStatus {
+                    peers_tried: tried.len(),
+                    peers_answering: answering.lock().map(|a| a.len()).unwrap_or(0),
+                    pieces_have: have,
+                    pieces_total: total,
+                });
+            }
+            _ = &mut deadline => break Err(MagnetFetchError::Timeout { secs: timeout.as_secs(), tried: tried.len() }),
+            _ = interrupt.changed() => break Err(MagnetFetchError::Interrupted),
+        }
+    };
+    tasks.abort_all();
+    stop_trackers.send_replace(true);
+    let info = result?;
+    let peers = answering
+        .lock()
+        .map(|a| a.iter().copied().collect())
+        .unwrap_or_default();
+    Ok((info, peers))
+}
+
+struct PeerCtx {
+    id: u64,
+    addr: SocketAddr,
+    info_hash: [u8; 20],
+    peer_id: [u8; 20],
+    fetch: Arc<Mutex<MetadataFetch<u64>>>,
+    done: mpsc::Sender<(Info, SocketAddr)>,
+    answering: Arc<Mutex<HashSet<SocketAddr>>>,
+}
+
+#[derive(Debug, Error)]
+enum PeerFetchError {
+    #[error("connect failed")]
+    Connect,
+    #[error("wrong torrent or no extension protocol")]
+    Unsuitable,
+    #[error("silent for too long")]
+    Silent,
+    #[error("sent metadata that failed the check")]
+    Blamed,
+    #[error(transparent)]
+    Wire(#[from] crate::wire::WireError),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+}
+
+/// One peer: handshake, extended handshake, then `ut_metadata` requests until the fetch is
+/// complete (or the peer is no use).
+async fn metadata_peer(ctx: &PeerCtx) -> Result<(), PeerFetchError> {
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(ctx.addr))
+        .await
+        .map_err(|_| PeerFetchError::Connect)?
+        .map_err(|_| PeerFetchError::Connect)?;
+    let ours = Handshake::new(ctx.info_hash, ctx.peer_id);
+    let theirs = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        write_handshake(&mut stream, &ours).await?;
+        read_handshake(&mut stream).await
+    })
+    .await
+    .map_err(|_| PeerFetchError::Silent)??;
+    if theirs.info_hash != ctx.info_hash || !theirs.supports_extensions() {
+        return Err(PeerFetchError::Unsuitable);
+    }
+    let (rd, wr) = stream.into_split();
+    let mut reader = MessageReader::new(rd, MAX_FRAME);
+    let mut writer = MessageWriter::new(wr);
+    let hello = ExtendedHandshake {
+        ut_metadata: Some(OUR_UT_METADATA),
+        client: Some(concat!("btfs ", env!("CARGO_PKG_VERSION")).into()),
+        ..ExtendedHandshake::default()
+    };
+    writer
+        .send(&Message::Extended {
+            id: HANDSHAKE_ID,
+            payload: hello.encode().into(),
+        })
+        .await?;
+    let mut their_id: Option<u8> = None;
+    loop {
+        let msg = tokio::time::timeout(PEER_SILENCE, reader.next())
+            .await
+            .map_err(|_| PeerFetchError::Silent)??;
+        let Message::Extended { id, payload } = msg else {
+            continue; // bitfield, have, choke...: not needed for metadata
+        };
+        if id == HANDSHAKE_ID {
+            let Ok(hs) = ExtendedHandshake::decode(&payload) else {
+                return Err(PeerFetchError::Unsuitable);
+            };
+            let (Some(tid), Some(size)) = (hs.ut_metadata, hs.metadata_size) else {
+                return Err(PeerFetchError::Unsuitable);
+            };
+            their_id = Some(tid);
+            ctx.fetch
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_size(ctx.id, size)?;
+            if let Ok(mut a) = ctx.answering.lock() {
+                a.insert(ctx.addr);
+            }
+        } else if id == OUR_UT_METADATA {
+            let Some(tid) = their_id else { continue };
+            match MetadataMsg::decode(&payload) {
+                Ok(MetadataMsg::Data { piece, data, .. }) => {
+                    let progress = ctx
+                        .fetch
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .on_data(ctx.id, piece, data)?;
+                    match progress {
+                        Progress::Complete(info) => {
+                            let _ = ctx.done.send((*info, ctx.addr)).await;
+                            return Ok(());
+                        }
+                        Progress::HashMismatch { blamed } if blamed.contains(&ctx.id) => {
+                            return Err(PeerFetchError::Blamed);
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(MetadataMsg::Reject { piece }) => {
+                    ctx.fetch
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .request_failed(ctx.id, piece);
+                }
+                Ok(MetadataMsg::Request { piece }) => {
+                    // We have nothing to give yet.
+                    let reject = MetadataMsg::Reject { piece }.encode();
+                    writer
+                        .send(&Message::Extended {
+                            id: tid,
+                            payload: reject.into(),
+                        })
+                        .await?;
+                }
+                Err(_) => {}
+            }
+        } else {
+            continue;
+        }
+        // Keep this peer's requests topped up.
+        let Some(tid) = their_id else { continue };
+        let mut wanted = Vec::new();
+        {
+            let mut f = ctx.fetch.lock().unwrap_or_else(|e| e.into_inner());
+            while let Some(piece) = f.next_request(ctx.id) {
+                wanted.push(piece);
+            }
+        }
+        let msgs: Vec<Message> = wanted
+            .into_iter()
+            .map(|piece| Message::Extended {
+                id: tid,
+                payload: MetadataMsg::Request { piece }.encode().into(),
+            })
+            .collect();
+        if !msgs.is_empty() {
+            writer.send_many(&msgs).await?;
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Magnet links against real libtorrent seeders: metadata fetched over BEP 9/10, verified,
+//! kept for the next mount; clear errors for bad links and silent swarms.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Layout, Mount, Swarm, SwarmOptions, Tracker, sha1_file};
+
+fn btfs() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_btfs"))
+}
+
+/// `magnet:?xt=urn:btih:<hash>&dn=<name>&tr=<url>` for the swarm's torrent.
+fn magnet_of(swarm: &Swarm) -> String {
+    let tr: String = swarm
+        .http_tracker_url()
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    format!("magnet:?xt=urn:btih:{}&dn=multi&tr={tr}", swarm.info_hash())
+}
+
+#[test]
+fn a_magnet_link_mounts_streams_and_is_remembered() {
+    let mut swarm = Swarm::start(SwarmOptions {
+        layout: Layout::Multi,
+        size: 2 * 1024 * 1024,
+        piece_length: 64 * 1024,
+        seeders: 3,
+        trackers: vec![Tracker::Http],
+        ..SwarmOptions::default()
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let cache_arg = cache.path().display().to_string();
+    let magnet = magnet_of(&swarm);
+    let args = [
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "-q",
+        "--metadata-cache",
+        &cache_arg,
+    ];
+    {
+        let m = Mount::with_args(btfs(), |mnt, _| {
+            let mut a = vec!["mount".into(), magnet.clone().into(), mnt.into()];
+            a.extend(args.iter().map(Into::into));
+            a.extend(["--metadata-timeout".into(), "120".into()]);
+            a
+        });
+        for (rel, len) in swarm.files() {
+            let dst = m.path().join(&rel);
+            assert_eq!(std::fs::metadata(&dst).expect("stat").len(), len);
+            assert_eq!(
+                sha1_file(&dst),
+                sha1_file(&swarm.data_parent().join(&rel)),
+                "{rel:?}"
+            );
+        }
+        assert!(m.unmount().is_some_and(|s| s.success()));
+    }
+    let kept = cache.path().join(format!("{}.torrent", swarm.info_hash()));
+    assert!(kept.exists(), "metadata kept at {kept:?}");
+
+    // With every seeder gone, only the kept metadata can make the tree appear.
+    for i in 0..3 {
+        swarm.stop_seeder(i);
+    }
+    let m = Mount::with_args(btfs(), |mnt, _| {
+        let mut a = vec!["mount".into(), magnet.clone().into(), mnt.into()];
+        a.extend(args.iter().map(Into::into));
+        a.extend(["--metadata-timeout".into(), "3".into()]);
+        a
+    });
+    let names: Vec<_> = std::fs::read_dir(m.path().join("multi"))
+        .expect("tree")
+        .collect();
+    assert!(!names.is_empty());
+}
+
+#[test]
+fn a_magnet_nobody_answers_fails_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(btfs())
+        .arg("mount")
+        .arg("magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&tr=http%3A%2F%2F127.0.0.1%3A9%2Fannounce")
+        .arg(dir.path())
+        .args(["--port", "0", "--bind", "127.0.0.1", "-q", "--metadata-timeout", "2"])
+        .arg("--metadata-cache")
+        .arg(dir.path().join("cache"))
+        .output()
+        .expect("run btfs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no metadata after 2 s"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_bad_magnet_link_is_one_clear_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(btfs())
+        .args(["mount", "magnet:?xt=urn:btih:nothex"])
+        .arg(dir.path())
+        .output()
+        .expect("run btfs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("btfs: bad magnet link"), "{err}");
+}
+
+/// A process ended by its PID when the test ends, pass or fail.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_torrent_url_is_downloaded_and_mounted() {
+    let swarm = Swarm::start(SwarmOptions {
+        layout: Layout::Multi,
+        seeders: 2,
+        trackers: vec![Tracker::Http],
+        ..SwarmOptions::default()
+    });
+    let port = common::free_port(std::net::Ipv4Addr::LOCALHOST);
+    let dir = swarm.torrent().parent().expect("torrent dir");
+    let _server = Killed(
+        Command::new("/usr/bin/python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("http.server"),
+    );
+    let name = swarm
+        .torrent()
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let url = format!("http://127.0.0.1:{port}/{name}");
+    // The server may need a moment to listen; a refused download is a clean failure, so retry.
+    let m = (0..50)
+        .find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            Some(Mount::new(
+                btfs(),
+                Path::new(&url),
+                &["--port", "0", "--bind", "127.0.0.1", "-q"],
+            ))
+        })
+        .expect("http.server listens");
+    let (rel, _) = swarm
+        .files()
+        .into_iter()
+        .max_by_key(|(_, l)| *l)
+        .expect("a file");
+    assert_eq!(
+        sha1_file(&m.path().join(&rel)),
+        sha1_file(&swarm.data_parent().join(&rel))
+    );
+}
