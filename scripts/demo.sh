@@ -53,7 +53,7 @@ done
 
 echo "== btfs mount"
 mkdir "$work/mnt"
-"$btfs" mount "$work/demo.torrent" "$work/mnt" --port 0 --bind 127.0.0.1 -q 2>"$work/btfs.log" &
+"$btfs" mount "$work/demo.torrent" "$work/mnt" --port 0 --bind 127.0.0.1 -q --no-dht 2>"$work/btfs.log" &
 btfs_pid=$!
 pids+=($btfs_pid)
 for _ in $(seq 600); do grep -qs " $work/mnt " /proc/mounts && break; sleep 0.1; done

@@ -14,11 +14,16 @@ Subcommands:
       prints libtorrent's v1 info-hash (hex).
   seed TORRENT DATA_PARENT_DIR --bind 127.0.x.1 --port P [--corrupt] [--upload-limit B/s]
        [--ready-file F] [--work-dir D] [--seed-mode] [--no-wait-announce]
+       [--dht-node IP:PORT ...]
       seeds until SIGTERM/SIGINT; writes F once it is a seed and (unless
       --no-wait-announce, or the torrent has no trackers) a tracker answered.
+      With --dht-node: also a DHT node (see "DHT mode" below) announcing the torrent.
   leech TORRENT OUTDIR --bind IP --peer IP:PORT ... [--timeout S] [--stop-after-hash-fails N]
+        [--dht-node IP:PORT ...]
       downloads from the given peers only; prints a JSON summary on stdout.
       Exit 0 when complete, 2 on timeout, 3 once N hash failures were seen.
+      With --dht-node (then --peer is optional): also from the peers its DHT lookups find,
+      and the summary gains "peers": every address it connected to.
   tracker --dir D --http-port P --udp-port Q [--whitelist HEX ...] [--whitelist-file F]
       writes D/whitelist.txt and execs /usr/bin/opentracker (same PID) on 127.0.0.1.
 
@@ -29,6 +34,11 @@ never re-hashes a piece it already verified and reads blocks through mmap of the
 files, so it keeps advertising every piece and uploads wrong bytes for every block.
 (seed_mode would not do: libtorrent hashes each piece on its first request in seed mode
 and leaves seed mode when one fails.)
+
+DHT mode (--dht-node, for tests run inside a loopback-only network namespace): the session
+runs a DHT node that knows only the given nodes (never the public routers), with the
+loopback-friendly settings of scripts/dht_nodes.py, and looks the torrent up (announcing
+itself) every DHT_ANNOUNCE_INTERVAL seconds instead of every 15 minutes.
 """
 
 import argparse
@@ -180,6 +190,36 @@ def base_settings(bind, port):
     }
 
 
+# How often (s) a DHT-mode session looks its torrent up and announces it; libtorrent's
+# default is 15 minutes, and its first announce may come before the routing table has a node.
+DHT_ANNOUNCE_INTERVAL = 10
+
+
+def dht_settings():
+    """DHT-mode settings added to base_settings (the reasons are in scripts/dht_nodes.py)."""
+    return {
+        "enable_dht": True,
+        "dht_bootstrap_nodes": "",
+        "dht_restrict_routing_ips": False,
+        "dht_restrict_search_ips": False,
+        "dht_ignore_dark_internet": False,
+        "dht_block_ratelimit": 100000,
+        "dht_upload_rate_limit": 10 * 1000 * 1000,
+        "dht_announce_interval": DHT_ANNOUNCE_INTERVAL,
+    }
+
+
+def dht_session(L, bind, port, nodes):
+    """A session in DHT mode that knows `nodes` (["IP:PORT", ...])."""
+    settings = base_settings(bind, port)
+    settings.update(dht_settings())
+    ses = L.session(settings)
+    for n in nodes:
+        ses.add_dht_node(parse_peer(n))
+    log("DHT on %s:%d, knows %s" % (bind, port, nodes))
+    return ses
+
+
 def apply_upload_limit(L, ses, limit):
     """libtorrent exempts peers on local networks (its local peer class) from rate limits;
     map every address to the global class only, so the limit holds on loopback."""
@@ -245,7 +285,10 @@ def seed(args):
         save_path = os.path.abspath(work)
         log("corrupt seeder: serving a copy in %s" % save_path)
 
-    ses = L.session(base_settings(args.bind, args.port))
+    if args.dht_node:
+        ses = dht_session(L, args.bind, args.port, args.dht_node)
+    else:
+        ses = L.session(base_settings(args.bind, args.port))
     if args.upload_limit:
         apply_upload_limit(L, ses, args.upload_limit)
     atp = L.add_torrent_params()
@@ -255,6 +298,8 @@ def seed(args):
     atp.flags = L.torrent_flags.disable_dht | L.torrent_flags.disable_lsd | L.torrent_flags.disable_pex
     if args.seed_mode and not args.corrupt:
         atp.flags |= L.torrent_flags.seed_mode
+    if args.dht_node:
+        atp.flags &= ~L.torrent_flags.disable_dht
     h = ses.add_torrent(atp)
     has_trackers = len(h.trackers()) > 0
     log("seeding %s (%s) on %s:%d from %s, trackers=%s" % (
@@ -282,6 +327,8 @@ def seed(args):
                 log("%s: %s" % (type(a).__name__, a.message()))
             elif isinstance(a, L.listen_succeeded_alert):
                 log("listening: %s" % a.message())
+            elif args.dht_node and isinstance(a, L.dht_reply_alert):
+                log("DHT: %s" % a.message())
             elif isinstance(a, (L.peer_connect_alert, L.incoming_connection_alert,
                                 L.peer_disconnected_alert)):
                 log("%s: %s" % (type(a).__name__, a.message()))
@@ -320,17 +367,38 @@ def parse_peer(s):
     return host, int(port)
 
 
+def wait_dht_nodes(ses, stop, deadline):
+    """Waits until the session's DHT routing table has a node (or stop/deadline)."""
+    while not stop.flag and time.monotonic() < deadline:
+        if ses.status().dht_nodes > 0:
+            log("DHT routing table: %d nodes" % ses.status().dht_nodes)
+            return
+        ses.wait_for_alert(100)
+        ses.pop_alerts()
+    log("DHT routing table still empty")
+
+
 def leech(args):
     L = lt()
     stop = Stop()
-    ses = L.session(base_settings(args.bind, 0))
+    if not args.peer and not args.dht_node:
+        sys.exit("swarm.py leech: give --peer or --dht-node")
+    if args.dht_node:
+        ses = dht_session(L, args.bind, 0, args.dht_node)
+    else:
+        ses = L.session(base_settings(args.bind, 0))
     atp = L.add_torrent_params()
     atp.ti = L.torrent_info(args.torrent)
     atp.save_path = os.path.abspath(args.outdir)
     atp.flags = (L.torrent_flags.disable_dht | L.torrent_flags.disable_lsd
                  | L.torrent_flags.disable_pex | L.torrent_flags.paused)
+    if args.dht_node:
+        atp.flags &= ~L.torrent_flags.disable_dht
     h = ses.add_torrent(atp)
-    h.replace_trackers([])  # peers come from --peer only
+    h.replace_trackers([])  # peers come from --peer (and the DHT) only
+    if args.dht_node:
+        # A lookup before the routing table has a node finds nothing: start after one.
+        wait_dht_nodes(ses, stop, time.monotonic() + args.timeout)
     h.resume()
     for p in args.peer:
         h.connect_peer(parse_peer(p))
@@ -339,12 +407,18 @@ def leech(args):
     hash_fails = 0
     rc = 2
     last_connect = time.monotonic()
+    connected = set()
     while not stop.flag and time.monotonic() < deadline:
         ses.wait_for_alert(250)
         for a in ses.pop_alerts():
             if isinstance(a, L.hash_failed_alert):
                 hash_fails += 1
                 log("hash failed: piece %d" % a.piece_index)
+            elif args.dht_node and isinstance(a, L.dht_reply_alert):
+                log("DHT: %s" % a.message())
+            elif args.dht_node and isinstance(a, L.peer_connect_alert):
+                connected.add("%s:%d" % (a.endpoint[0], a.endpoint[1]))
+                log("%s: %s" % (type(a).__name__, a.message()))
             elif isinstance(a, (L.peer_error_alert, L.peer_ban_alert, L.peer_connect_alert,
                                 L.peer_disconnected_alert, L.torrent_error_alert,
                                 L.file_error_alert)):
@@ -361,9 +435,12 @@ def leech(args):
                 h.connect_peer(parse_peer(p))
             last_connect = time.monotonic()
     st = h.status()
-    print(json.dumps({"complete": bool(st.is_seeding), "hash_failures": hash_fails,
-                      "pieces": st.num_pieces, "total_pieces": atp.ti.num_pieces(),
-                      "bytes_done": st.total_wanted_done}))
+    summary = {"complete": bool(st.is_seeding), "hash_failures": hash_fails,
+               "pieces": st.num_pieces, "total_pieces": atp.ti.num_pieces(),
+               "bytes_done": st.total_wanted_done}
+    if args.dht_node:
+        summary["peers"] = sorted(connected)
+    print(json.dumps(summary))
     log("exit %d" % rc)
     return rc
 
@@ -438,15 +515,20 @@ def main():
                    help="ready once a seed, even before any tracker answered")
     s.add_argument("--seed-mode", action="store_true",
                    help="skip the startup check (pieces are hashed on first request)")
+    s.add_argument("--dht-node", action="append", default=[],
+                   help="IP:PORT of a DHT node: run a DHT node knowing it, announce there")
     s.set_defaults(fn=seed)
 
     s = sub.add_parser("leech")
     s.add_argument("torrent")
     s.add_argument("outdir")
     s.add_argument("--bind", required=True)
-    s.add_argument("--peer", action="append", required=True)
+    s.add_argument("--peer", action="append", default=[],
+                   help="IP:PORT (required unless --dht-node is given)")
     s.add_argument("--timeout", type=float, default=120)
     s.add_argument("--stop-after-hash-fails", type=int, default=0)
+    s.add_argument("--dht-node", action="append", default=[],
+                   help="IP:PORT of a DHT node: also find peers through the DHT")
     s.set_defaults(fn=leech)
 
     s = sub.add_parser("tracker")

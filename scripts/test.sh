@@ -13,4 +13,13 @@ echo "== cargo clippy"
 cargo clippy --all-targets --release -- -D warnings
 # Release build: the integration tests hash and move hundreds of MiB through the mount.
 echo "== cargo test"
-cargo test --release -- --test-threads=2
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# Unit and integration tests (no doc-tests: the crate has none to run).
+set +e
+cargo test --release --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One total over every test binary, as the last line.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

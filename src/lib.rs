@@ -33,6 +33,7 @@
 pub mod bencode;
 pub mod bitfield;
 pub mod choker;
+pub mod dht;
 pub mod disk_store;
 pub mod fs;
 pub mod metadata;

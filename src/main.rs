@@ -72,6 +72,15 @@ struct MountArgs {
     /// Seconds a magnet link may take to yield its metadata.
     #[arg(long, default_value_t = 120, value_name = "SECS")]
     metadata_timeout: u64,
+    /// Do not use the Mainline DHT (find peers through trackers and --peer only).
+    #[arg(long)]
+    no_dht: bool,
+    /// Bootstrap the DHT from this node instead of the public routers (repeatable).
+    #[arg(long = "dht-bootstrap", value_name = "HOST:PORT")]
+    dht_bootstrap: Vec<String>,
+    /// The DHT routing table kept between mounts [default: ~/.local/state/btfs/dht.state].
+    #[arg(long, value_name = "FILE")]
+    dht_state: Option<PathBuf>,
     /// Detach once the mount is ready and keep serving in the background.
     #[arg(long)]
     daemon: bool,
@@ -117,6 +126,10 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 metadata_timeout: std::time::Duration::from_secs(args.metadata_timeout),
                 metadata_cache: args.metadata_cache.or_else(source::default_cache_dir),
+                dht: (!args.no_dht).then(|| mount::DhtSettings {
+                    bootstrap: args.dht_bootstrap,
+                    state_file: args.dht_state.or_else(mount::default_dht_state),
+                }),
             };
             // Forking must happen before the runtime starts threads.
             let ready = if args.daemon {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::dht::{Dht, DhtConfig, SavedState};
 use crate::fs::{self, Backend, FileSpec, FsError, InodeTable, MountOptions};
 use crate::metainfo::Torrent;
 use crate::session::{self, ReadError, Session, SessionError, Stats};
@@ -31,6 +32,12 @@ pub enum MountError {
     Source(#[from] SourceError),
     #[error("interrupted")]
     Interrupted,
+    #[error(
+        "cannot use UDP port {port} for the DHT: {source} (choose another --port, or --no-dht)"
+    )]
+    DhtPort { port: u16, source: std::io::Error },
+    #[error("cannot start the DHT: {0}")]
+    Dht(String),
 }
 
 pub struct MountConfig {
@@ -43,6 +50,57 @@ pub struct MountConfig {
     pub metadata_timeout: Duration,
     /// Where magnet metadata is kept between mounts.
     pub metadata_cache: Option<std::path::PathBuf>,
+    /// `None`: no DHT (`--no-dht`).
+    pub dht: Option<DhtSettings>,
+}
+
+pub struct DhtSettings {
+    /// `host:port` nodes to bootstrap from; empty: the well-known public routers.
+    pub bootstrap: Vec<String>,
+    /// The routing table saved at the last unmount, loaded at the next mount.
+    pub state_file: Option<std::path::PathBuf>,
+}
+
+/// `$XDG_STATE_HOME/btfs/dht.state`, else `~/.local/state/btfs/dht.state`.
+pub fn default_dht_state() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    Some(base.join("btfs").join("dht.state"))
+}
+
+/// The DHT node on the UDP port with the TCP listener's number (BEP 5), bootstrapped from the
+/// saved table first, then the configured nodes or the public routers.
+async fn start_dht(settings: &DhtSettings, tcp: std::net::SocketAddr) -> Result<Dht, MountError> {
+    let socket = tokio::net::UdpSocket::bind(tcp)
+        .await
+        .map_err(|source| MountError::DhtPort {
+            port: tcp.port(),
+            source,
+        })?;
+    let mut dht_config = DhtConfig::default();
+    if !settings.bootstrap.is_empty() {
+        dht_config.bootstrap = settings.bootstrap.clone();
+    }
+    if let Some(path) = &settings.state_file {
+        match SavedState::load(path) {
+            Ok(saved) => saved.apply(&mut dht_config),
+            Err(e) => tracing::debug!("no saved DHT table: {e}"),
+        }
+    }
+    Dht::bind(socket, dht_config).map_err(|e| MountError::Dht(e.to_string()))
+}
+
+/// A torrent's `nodes` (BEP 5) join the routing table once the torrent is known.
+async fn add_torrent_nodes(dht: &Dht, torrent: &Torrent) {
+    for (host, port) in &torrent.nodes {
+        if let Ok(addrs) = tokio::net::lookup_host((host.as_str(), *port)).await {
+            for a in addrs.filter(|a| a.is_ipv4()) {
+                dht.add_node(a);
+            }
+        }
+    }
 }
 
 /// Checks the mountpoint before any network work, so a typo fails at once.
@@ -103,6 +161,16 @@ pub async fn run(
     let mut sigint = signal(SignalKind::interrupt()).map_err(MountError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(MountError::Signals)?;
     let listener = session::bind(config.session.listen).await?;
+    let tcp_addr = listener
+        .local_addr()
+        .map_err(|source| SessionError::Listen {
+            addr: config.session.listen,
+            source,
+        })?;
+    let dht = match &config.dht {
+        Some(settings) => Some(start_dht(settings, tcp_addr).await?),
+        None => None,
+    };
     let torrent = match preloaded {
         Some(t) => t,
         None => {
@@ -111,6 +179,7 @@ pub async fn run(
                 listen_port: listener.local_addr().map(|a| a.port()).unwrap_or(0),
                 metadata_timeout: config.metadata_timeout,
                 cache_dir: config.metadata_cache.clone(),
+                dht: dht.clone(),
             };
             let (_never, interrupt) = tokio::sync::watch::channel(false);
             let (torrent, peers) = tokio::select! {
@@ -122,6 +191,10 @@ pub async fn run(
             torrent
         }
     };
+    if let Some(d) = &dht {
+        add_torrent_nodes(d, &torrent).await;
+    }
+    config.session.dht = dht.clone();
     let (specs, files): (Vec<FileSpec>, Vec<usize>) = torrent
         .info
         .files
@@ -214,6 +287,15 @@ pub async fn run(
         .await
         .expect("unmount task panicked");
     session.shutdown().await;
+    if let (Some(d), Some(settings)) = (&dht, &config.dht)
+        && let Some(path) = &settings.state_file
+        && let Err(e) = SavedState::of(d).save(path)
+    {
+        tracing::warn!("cannot save the DHT table: {e}");
+    }
+    if let Some(d) = &dht {
+        d.shutdown();
+    }
     unmounted?;
     Ok(())
 }
@@ -226,7 +308,7 @@ pub fn status_report(session: &Session) -> String {
     let mut out = format!(
         "name: {}\ninfo_hash: {}\nlisten_port: {}\npeers: {}\nknown_peers: {}\ndownloaded_bytes: {}\n\
          uploaded_bytes: {}\nverified_pieces: {}\ntotal_pieces: {}\ncache_used_bytes: {}\n\
-         cache_budget_bytes: {}\nhash_failures: {}\nbanned_peers: {}\n",
+         cache_budget_bytes: {}\nhash_failures: {}\nbanned_peers: {}\ndht_nodes: {}\n",
         t.info.name,
         t.info_hash,
         session.listen_port(),
@@ -240,6 +322,7 @@ pub fn status_report(session: &Session) -> String {
         s.cache_budget,
         s.hash_failures,
         s.banned,
+        s.dht_nodes.map_or("off".to_string(), |n| n.to_string()),
     );
     for tr in &s.trackers {
         let last = match &tr.last {
@@ -256,8 +339,11 @@ pub fn status_report(session: &Session) -> String {
 fn draw_status(now: &Stats, last: &Stats) {
     let down = now.downloaded.saturating_sub(last.downloaded);
     let up = now.uploaded.saturating_sub(last.uploaded);
+    let dht = now
+        .dht_nodes
+        .map_or(String::new(), |n| format!(" | DHT: {n} nodes"));
     let line = format!(
-        "peers {}/{} | down {}/s up {}/s | {}/{} pieces | cache {}/{}",
+        "peers {}/{} | down {}/s up {}/s | {}/{} pieces | cache {}/{}{dht}",
         now.peers,
         now.known_peers,
         format_bytes(down),

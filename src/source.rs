@@ -61,6 +61,8 @@ pub struct ResolveOptions {
     pub metadata_timeout: Duration,
     /// Where fetched magnet metadata is kept; `None`: not kept.
     pub cache_dir: Option<PathBuf>,
+    /// Finds the magnet's peers without a tracker.
+    pub dht: Option<crate::dht::Dht>,
 }
 
 /// The torrent behind `target`, plus peers already found (magnets).
@@ -88,6 +90,7 @@ pub async fn resolve(
             let (info, peers) = fetch_info(
                 m,
                 &opts.peers,
+                opts.dht.as_ref(),
                 opts.listen_port,
                 opts.metadata_timeout,
                 |s: FetchStatus| {

@@ -105,6 +105,7 @@ fn a_port_in_use_is_one_clear_line() {
         "127.0.0.1",
         "--port",
         &port,
+        "--no-dht",
     ]);
     assert_clear_error(&out, "in use");
 }

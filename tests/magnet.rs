@@ -46,6 +46,7 @@ fn a_magnet_link_mounts_streams_and_is_remembered() {
         "--bind",
         "127.0.0.1",
         "-q",
+        "--no-dht",
         "--metadata-cache",
         &cache_arg,
     ];
@@ -93,7 +94,7 @@ fn a_magnet_nobody_answers_fails_with_a_clear_error() {
         .arg("mount")
         .arg("magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&tr=http%3A%2F%2F127.0.0.1%3A9%2Fannounce")
         .arg(dir.path())
-        .args(["--port", "0", "--bind", "127.0.0.1", "-q", "--metadata-timeout", "2"])
+        .args(["--port", "0", "--bind", "127.0.0.1", "-q", "--no-dht", "--metadata-timeout", "2"])
         .arg("--metadata-cache")
         .arg(dir.path().join("cache"))
         .output()
@@ -168,7 +169,7 @@ fn a_torrent_url_is_downloaded_and_mounted() {
             Some(Mount::new(
                 btfs(),
                 Path::new(&url),
-                &["--port", "0", "--bind", "127.0.0.1", "-q"],
+                &["--port", "0", "--bind", "127.0.0.1", "-q", "--no-dht"],
             ))
         })
         .expect("http.server listens");

@@ -52,7 +52,7 @@ fn mpv_plays_a_video_from_the_start_and_from_70_percent() {
     let m = Mount::new(
         Path::new(env!("CARGO_BIN_EXE_btfs")),
         swarm.torrent(),
-        &["--port", "0", "--bind", "127.0.0.1", "-q"],
+        &["--port", "0", "--bind", "127.0.0.1", "-q", "--no-dht"],
     );
     let file = m.path().join("test video.mkv");
     let out = mpv(&file, &[]);

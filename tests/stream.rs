@@ -17,7 +17,7 @@ fn btfs() -> &'static Path {
 }
 
 /// Our flags for every test mount: any free port, loopback only, no status line.
-const ARGS: &[&str] = &["--port", "0", "--bind", "127.0.0.1", "-q"];
+const ARGS: &[&str] = &["--port", "0", "--bind", "127.0.0.1", "-q", "--no-dht"];
 
 fn mount(swarm: &Swarm, extra: &[&str]) -> Mount {
     let mut args: Vec<&str> = ARGS.to_vec();

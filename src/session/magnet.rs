@@ -2,8 +2,8 @@
 //! (`ut_metadata`, BEP 9, over the extension protocol, BEP 10), in 16 KiB pieces from several
 //! peers at once, and trusted only once its SHA1 equals the link's info-hash.
 //!
-//! A short-lived phase of its own: peers come from the link's trackers and `x.pe` addresses
-//! (and the flags' `--peer`s); each gets a small task that speaks just enough of the wire
+//! A short-lived phase of its own: peers come from the link's trackers, the DHT and `x.pe`
+//! addresses (and the flags' `--peer`s); each gets a small task that speaks just enough of the wire
 //! protocol to ask for metadata. The addresses that answered are handed to the session.
 
 use std::collections::HashSet;
@@ -59,6 +59,7 @@ pub struct FetchStatus {
 pub async fn fetch_info(
     magnet: &Magnet,
     extra_peers: &[SocketAddr],
+    dht: Option<&crate::dht::Dht>,
     listen_port: u16,
     timeout: Duration,
     progress: impl Fn(FetchStatus),
@@ -94,6 +95,15 @@ pub async fn fetch_info(
             peers_tx.clone(),
             trackers_stop_rx,
             status,
+        );
+    }
+    if let Some(dht) = dht {
+        crate::dht::spawn_announce_loop(
+            dht.clone(),
+            magnet.info_hash.0,
+            Some(listen_port),
+            peers_tx.clone(),
+            stop_trackers.subscribe(),
         );
     }
     let mut initial: Vec<SocketAddr> = magnet.peers.clone();

@@ -58,6 +58,8 @@ pub struct Config {
     pub readahead_bytes: u64,
     /// Largest readahead window a sequential reader grows to.
     pub max_readahead_bytes: u64,
+    /// The DHT node to find peers with and announce to; `None` with `--no-dht`.
+    pub dht: Option<crate::dht::Dht>,
 }
 
 impl Default for Config {
@@ -69,6 +71,7 @@ impl Default for Config {
             peers: Vec::new(),
             readahead_bytes: 4 * 1024 * 1024,
             max_readahead_bytes: 64 * 1024 * 1024,
+            dht: None,
         }
     }
 }
@@ -98,6 +101,8 @@ pub struct Stats {
     pub hash_failures: u64,
     pub banned: usize,
     pub trackers: Vec<TrackerStatus>,
+    /// Good nodes in the DHT routing table; `None` without DHT.
+    pub dht_nodes: Option<usize>,
 }
 
 /// A handle to a running session; cheap to clone.
@@ -236,6 +241,21 @@ impl Session {
         }
         let session = Session { shared };
         session.spawn_announcer();
+        if let Some(dht) = &session.shared.config.dht {
+            let s = &session.shared;
+            let port = (!s.torrent.info.private).then_some(s.listen_port);
+            if s.torrent.info.private {
+                tracing::info!("private torrent: no DHT (BEP 27)");
+            } else {
+                crate::dht::spawn_announce_loop(
+                    dht.clone(),
+                    s.torrent.info_hash.0,
+                    port,
+                    s.discovered.clone(),
+                    s.shutdown.subscribe(),
+                );
+            }
+        }
         Ok(session)
     }
 
@@ -300,6 +320,7 @@ impl Session {
             hash_failures: s.hash_failures.load(Ordering::Relaxed),
             banned: st.banned.len(),
             trackers: s.trackers.lock().map(|t| t.clone()).unwrap_or_default(),
+            dht_nodes: s.config.dht.as_ref().map(|d| d.node_count()),
         }
     }
 
