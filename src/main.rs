@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// Mount a torrent (a .torrent file, an http(s) URL of one, or a magnet link) at a
     /// directory; its files appear at once and download as they are read.
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Print what a .torrent file holds: name, info-hash, sizes, trackers and files.
     Info {
         /// The .torrent file.
@@ -60,6 +60,15 @@ struct MountArgs {
     /// Largest readahead window a sequential reader grows to (e.g. 64M).
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     max_readahead: u64,
+    /// Cap on download, bytes per second (e.g. 2M); unlimited by default.
+    #[arg(long, value_parser = parse_size, value_name = "RATE")]
+    max_download_rate: Option<u64>,
+    /// Cap on upload, bytes per second (e.g. 500K); unlimited by default.
+    #[arg(long, value_parser = parse_size, value_name = "RATE")]
+    max_upload_rate: Option<u64>,
+    /// Never upload to other peers.
+    #[arg(long)]
+    no_upload: bool,
     /// Connect to this peer as well as those trackers find (repeatable).
     #[arg(long = "peer", value_name = "IP:PORT")]
     peers: Vec<SocketAddr>,
@@ -109,6 +118,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Mount(args) => {
+            let args = *args;
             let target = Target::parse(&args.torrent)?;
             let preloaded = target.load_local()?;
             mount::check_mountpoint(&args.mountpoint)?;
@@ -122,6 +132,9 @@ fn run(cli: Cli) -> Result<()> {
                     cache_bytes: args.cache_size,
                     peers: args.peers,
                     max_readahead_bytes: args.max_readahead,
+                    max_download_rate: args.max_download_rate,
+                    max_upload_rate: args.max_upload_rate,
+                    no_upload: args.no_upload,
                     ..session::Config::default()
                 },
                 metadata_timeout: std::time::Duration::from_secs(args.metadata_timeout),

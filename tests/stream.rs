@@ -431,3 +431,41 @@ fn daemon_detaches_once_mounted_and_exits_on_fusermount_u() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_download_cap_is_honoured() {
+    let mut opts = multi(vec![Tracker::Http], 3);
+    opts.size = 2 * 1024 * 1024;
+    let swarm = Swarm::start(opts);
+    let m = mount(&swarm, &["--max-download-rate", "512K"]);
+    let (rel, len) = swarm
+        .files()
+        .into_iter()
+        .max_by_key(|(_, l)| *l)
+        .expect("a file");
+    let start = Instant::now();
+    assert_eq!(
+        sha1_file(&mounted(&m, &swarm, &rel)),
+        sha1_file(&source(&swarm, &rel))
+    );
+    // A lower bound only: the cap allows one burst (a quarter second of rate) up front.
+    let rate = 512.0 * 1024.0;
+    let least = (len as f64 - rate / 4.0) / rate;
+    let took = start.elapsed().as_secs_f64();
+    assert!(
+        took >= least,
+        "{len} bytes at 512 KiB/s took {took:.2} s, less than {least:.2} s"
+    );
+}
+
+#[test]
+fn no_upload_serves_nothing_to_a_leecher() {
+    let swarm = Swarm::start(multi(vec![Tracker::Http], 2));
+    let m = mount(&swarm, &["--no-upload"]);
+    assert_all_files_match(&m, &swarm);
+    let port = stat_u64(&m, "listen_port") as u16;
+    let us = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let leech = swarm.leech([127, 0, 98, 1].into(), &[us], Duration::from_secs(10), 1);
+    assert!(!leech.complete, "{leech:?}");
+    assert_eq!(stat_u64(&m, "uploaded_bytes"), 0);
+}

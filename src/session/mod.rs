@@ -28,7 +28,7 @@ mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -36,9 +36,11 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
 use crate::bitfield::Bitfield;
+use crate::choker::Choker;
 use crate::metainfo::Torrent;
 use crate::picker::{PeerId, Picker, ReaderId};
 use crate::piece::Geometry;
+use crate::ratelimit::RateLimit;
 use crate::store::Store;
 use crate::tracker::announcer::{self, AnnounceParams, Progress, TrackerStatus};
 
@@ -60,7 +62,15 @@ pub struct Config {
     pub max_readahead_bytes: u64,
     /// The DHT node to find peers with and announce to; `None` with `--no-dht`.
     pub dht: Option<crate::dht::Dht>,
+    /// Caps in bytes/s; `None`: unlimited.
+    pub max_download_rate: Option<u64>,
+    pub max_upload_rate: Option<u64>,
+    /// Never upload (`--no-upload`): nobody is unchoked.
+    pub no_upload: bool,
 }
+
+/// Peers we upload to at once (one of them the optimistic unchoke).
+const UPLOAD_SLOTS: usize = 8;
 
 impl Default for Config {
     fn default() -> Self {
@@ -72,6 +82,9 @@ impl Default for Config {
             readahead_bytes: 4 * 1024 * 1024,
             max_readahead_bytes: 64 * 1024 * 1024,
             dht: None,
+            max_download_rate: None,
+            max_upload_rate: None,
+            no_upload: false,
         }
     }
 }
@@ -120,6 +133,8 @@ pub(crate) enum PeerCmd {
     Have(u32),
     /// Another peer delivered this block first (endgame): cancel our request.
     Cancel(crate::picker::Block),
+    /// The choker's decision: let the peer download from us, or not.
+    SetUnchoked(bool),
     /// The peer sent bad data or we are shutting down: close the connection.
     Disconnect,
 }
@@ -138,8 +153,9 @@ pub(crate) struct Shared {
     downloaded: AtomicU64,
     uploaded: AtomicU64,
     hash_failures: AtomicU64,
-    /// Peers we currently let download from us.
-    unchoked: AtomicUsize,
+    /// Caps on block data in and out, shared fairly by all peers.
+    down_limit: RateLimit,
+    up_limit: RateLimit,
     trackers: Arc<Mutex<Vec<TrackerStatus>>>,
     /// Addresses learned from discovery, consumed by the connector.
     discovered: mpsc::Sender<Vec<SocketAddr>>,
@@ -152,6 +168,8 @@ pub(crate) struct Shared {
 
 pub(crate) struct State {
     picker: Picker,
+    /// Whom we upload to; ticked by the rechoke task.
+    choker: Choker,
     store: Store,
     peers: HashMap<PeerId, PeerEntry>,
     /// Pieces being assembled from blocks, by piece index.
@@ -209,6 +227,7 @@ impl Session {
             listen_port,
             state: Mutex::new(State {
                 picker,
+                choker: Choker::new(UPLOAD_SLOTS),
                 store: Store::new(config.cache_bytes),
                 peers: HashMap::new(),
                 assembly: HashMap::new(),
@@ -227,7 +246,8 @@ impl Session {
             downloaded: AtomicU64::new(0),
             uploaded: AtomicU64::new(0),
             hash_failures: AtomicU64::new(0),
-            unchoked: AtomicUsize::new(0),
+            down_limit: RateLimit::new(config.max_download_rate),
+            up_limit: RateLimit::new(config.max_upload_rate),
             trackers: Arc::new(Mutex::new(Vec::new())),
             discovered,
             redial: tokio::sync::Notify::new(),
@@ -236,6 +256,9 @@ impl Session {
         });
         tokio::spawn(swarm::listen(shared.clone(), listener));
         tokio::spawn(swarm::connect_loop(shared.clone(), discovered_rx));
+        if !shared.config.no_upload {
+            tokio::spawn(rechoke(shared.clone()));
+        }
         if !shared.config.peers.is_empty() {
             let _ = shared.discovered.try_send(shared.config.peers.clone());
         }
@@ -343,6 +366,26 @@ impl Session {
         let handle = s.announcer.lock().expect("announcer lock").take();
         if let Some(h) = handle {
             let _ = tokio::time::timeout(Duration::from_millis(1500), h).await;
+        }
+    }
+}
+
+/// Applies the choker's decisions once a second (it re-ranks every 10 s and rotates the
+/// optimistic unchoke every 30 s by itself).
+async fn rechoke(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let mut st = shared.lock();
+        let seed = st.picker.have_bitfield().is_full();
+        for (id, unchoke) in st.choker.tick(std::time::Instant::now(), seed) {
+            if let Some(p) = st.peers.get(&PeerId(id)) {
+                let _ = p.cmd.send(PeerCmd::SetUnchoked(unchoke));
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -40,8 +40,6 @@ const MAX_QUEUE: usize = 400;
 /// Block data queued for one peer's socket before its further requests are dropped: a peer
 /// that requests faster than it reads cannot make us buffer without bound.
 const MAX_QUEUED_UPLOAD: usize = 4 * 1024 * 1024;
-/// Peers we upload to at once (the full choking algorithm is a later step).
-const UPLOAD_SLOTS: usize = 8;
 
 /// Why a connection ended; logged at debug level, never shown as an error to the user.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +145,10 @@ struct Peer {
     out_rx: Option<mpsc::UnboundedReceiver<Message>>,
     /// Bytes of `piece` messages queued for the writer and not yet written.
     queued_upload: Arc<AtomicUsize>,
+    /// Block bytes the writer has sent this peer, and the smoothed upload rate (bytes/s).
+    sent_total: Arc<AtomicU64>,
+    sent_last: u64,
+    up_rate: f64,
     /// The peer speaks the extension protocol (BEP 10).
     extensions: bool,
     /// The peer's id for `ut_metadata` messages we send it, from its extended handshake.
@@ -179,6 +181,9 @@ impl Peer {
             out,
             out_rx: Some(out_rx),
             queued_upload: Arc::new(AtomicUsize::new(0)),
+            sent_total: Arc::new(AtomicU64::new(0)),
+            sent_last: 0,
+            up_rate: 0.0,
             extensions: false,
             their_ut_metadata: None,
         }
@@ -199,6 +204,8 @@ impl Peer {
             MessageWriter::new(wr),
             out_rx,
             self.queued_upload.clone(),
+            self.sent_total.clone(),
+            self.shared.clone(),
         ));
         // Dropping a JoinHandle only detaches the task: without this, a writer blocked on a peer
         // that stopped reading would keep the socket (and the blocks queued for it) after we left.
@@ -218,7 +225,16 @@ impl Peer {
                     let msg = msg?;
                     tracing::trace!(addr = %self.addr, ?msg, "received");
                     self.last_recv = Instant::now();
+                    let block = match &msg {
+                        Message::Piece { data, .. } => data.len(),
+                        _ => 0,
+                    };
                     self.on_message(msg)?;
+                    if block > 0 {
+                        // Reading no further until the cap allows it slows the sender through
+                        // TCP's own flow control.
+                        self.shared.down_limit.acquire(block).await;
+                    }
                 }
                 cmd = cmds.recv() => match cmd {
                     // Interest first: a piece that failed its check or was evicted is needed
@@ -233,6 +249,7 @@ impl Peer {
                             self.send(Message::Cancel(self.block_ref(b)));
                         }
                     }
+                    Some(PeerCmd::SetUnchoked(u)) => self.set_unchoked(u),
                     Some(PeerCmd::Disconnect) | None => return Err(PeerError::Shutdown),
                 },
                 _ = tick.tick() => {
@@ -281,9 +298,12 @@ impl Peer {
             }
             Message::Interested => {
                 self.peer_interested = true;
-                self.consider_unchoke();
+                self.shared.lock().choker.set_interested(self.id.0, true);
             }
-            Message::NotInterested => self.peer_interested = false,
+            Message::NotInterested => {
+                self.peer_interested = false;
+                self.shared.lock().choker.set_interested(self.id.0, false);
+            }
             Message::Have(i) => {
                 let p = g
                     .piece(i)
@@ -441,15 +461,15 @@ impl Peer {
         Ok(())
     }
 
-    fn consider_unchoke(&mut self) {
-        if self.unchoked_it || !self.peer_interested {
-            return;
-        }
-        let slots_used = self.shared.unchoked.load(Ordering::Relaxed);
-        if slots_used < UPLOAD_SLOTS {
-            self.shared.unchoked.fetch_add(1, Ordering::Relaxed);
-            self.unchoked_it = true;
-            self.send(Message::Unchoke);
+    /// Our choke decision for this peer, made by the session's choker.
+    fn set_unchoked(&mut self, unchoke: bool) {
+        if unchoke != self.unchoked_it {
+            self.unchoked_it = unchoke;
+            self.send(if unchoke {
+                Message::Unchoke
+            } else {
+                Message::Choke
+            });
         }
     }
 
@@ -499,6 +519,15 @@ impl Peer {
     fn on_tick(&mut self) -> Result<(), PeerError> {
         self.rate = 0.6 * self.rate + 0.4 * self.recv_tick as f64;
         self.recv_tick = 0;
+        let sent = self.sent_total.load(Ordering::Relaxed);
+        self.up_rate = 0.6 * self.up_rate + 0.4 * sent.saturating_sub(self.sent_last) as f64;
+        self.sent_last = sent;
+        {
+            let mut st = self.shared.lock();
+            st.choker
+                .set_rates(self.id.0, self.rate as u64, self.up_rate as u64);
+            st.choker.set_snubbed(self.id.0, self.snubbed);
+        }
         if self.last_recv.elapsed() >= IDLE_TIMEOUT {
             return Err(PeerError::Idle);
         }
@@ -535,12 +564,10 @@ impl Peer {
     }
 
     fn leave(&mut self) {
-        if self.unchoked_it {
-            self.shared.unchoked.fetch_sub(1, Ordering::Relaxed);
-        }
         self.requests.clear();
         let mut st = self.shared.lock();
         st.picker.peer_gone(self.id, &self.has);
+        st.choker.peer_left(self.id.0);
         st.peers.remove(&self.id);
         Shared::refill_all(&st);
     }
@@ -560,6 +587,8 @@ async fn write_loop(
     mut w: MessageWriter<OwnedWriteHalf>,
     mut rx: mpsc::UnboundedReceiver<Message>,
     queued_upload: Arc<AtomicUsize>,
+    sent_total: Arc<AtomicU64>,
+    shared: Arc<Shared>,
 ) -> Result<(), WireError> {
     let mut batch = Vec::new();
     while let Some(m) = rx.recv().await {
@@ -570,7 +599,6 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        w.send_many(&batch).await?;
         let sent: usize = batch
             .iter()
             .map(|m| match m {
@@ -578,7 +606,12 @@ async fn write_loop(
                 _ => 0,
             })
             .sum();
+        if sent > 0 {
+            shared.up_limit.acquire(sent).await;
+        }
+        w.send_many(&batch).await?;
         queued_upload.fetch_sub(sent, Ordering::Relaxed);
+        sent_total.fetch_add(sent as u64, Ordering::Relaxed);
         batch.clear();
     }
     Ok(())
