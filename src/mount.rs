@@ -324,6 +324,12 @@ pub fn status_report(session: &Session) -> String {
         s.banned,
         s.dht_nodes.map_or("off".to_string(), |n| n.to_string()),
     );
+    for r in &s.readers {
+        out.push_str(&format!(
+            "reader: {} position={} window_start={} window={}\n",
+            r.path, r.position, r.window_start, r.window
+        ));
+    }
     for tr in &s.trackers {
         let last = match &tr.last {
             None => "not yet".to_string(),

@@ -469,3 +469,70 @@ fn no_upload_serves_nothing_to_a_leecher() {
     assert!(!leech.complete, "{leech:?}");
     assert_eq!(stat_u64(&m, "uploaded_bytes"), 0);
 }
+
+/// `(position, window_start)` of the mount's readers of `path`, from the status attribute.
+fn readers_of(m: &Mount, path: &str) -> Vec<(u64, u64)> {
+    let out = run(Command::new("getfattr")
+        .args(["--only-values", "-n", "user.btfs.status"])
+        .arg(m.path()));
+    out.lines()
+        .filter_map(|l| l.strip_prefix("reader: "))
+        .filter(|l| l.starts_with(&format!("{path} ")))
+        .map(|l| {
+            let field = |k: &str| -> u64 {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{k} in {l}"))
+            };
+            (field("position="), field("window_start="))
+        })
+        .collect()
+}
+
+#[test]
+fn after_a_seek_reads_are_right_and_the_readahead_window_moves_with_them() {
+    let swarm = Swarm::start(SwarmOptions {
+        layout: Layout::Single,
+        size: 16 * 1024 * 1024,
+        piece_length: 64 * 1024,
+        seeders: 3,
+        trackers: vec![Tracker::Http],
+        ..SwarmOptions::default()
+    });
+    let m = mount(&swarm, &[]);
+    let (rel, len) = swarm.files().into_iter().next().expect("the file");
+    let name = rel.to_string_lossy().into_owned();
+    let mut f = fs::File::open(mounted(&m, &swarm, &rel)).expect("open");
+    let mut head = vec![0; 1024 * 1024];
+    f.read_exact(&mut head).expect("read head");
+    assert_eq!(head, read_at(&source(&swarm, &rel), 0, head.len() as u64));
+    let seek = len * 7 / 10;
+    let before = readers_of(&m, &name);
+    assert_eq!(before.len(), 1, "one open file, one reader: {before:?}");
+    assert!(
+        before[0].1 < seek,
+        "window still near the start: {before:?}"
+    );
+
+    f.seek(SeekFrom::Start(seek)).expect("seek");
+    let mut buf = vec![0; 256 * 1024];
+    f.read_exact(&mut buf).expect("read after seek");
+    assert_eq!(buf, read_at(&source(&swarm, &rel), seek, buf.len() as u64));
+    let after = readers_of(&m, &name);
+    assert_eq!(after.len(), 1, "{after:?}");
+    let (position, window_start) = after[0];
+    assert!(
+        position > seek,
+        "the reader is past the seek target: {after:?}"
+    );
+    assert!(
+        window_start >= seek,
+        "the window moved to the new position: {after:?}"
+    );
+    drop(f);
+    assert!(
+        readers_of(&m, &name).is_empty(),
+        "closing the file drops its reader"
+    );
+}

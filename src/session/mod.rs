@@ -44,7 +44,7 @@ use crate::ratelimit::RateLimit;
 use crate::store::Store;
 use crate::tracker::announcer::{self, AnnounceParams, Progress, TrackerStatus};
 
-pub use read::ReadError;
+pub use read::{ReadError, ReaderStatus};
 
 /// How the session runs; the CLI fills it from its flags.
 #[derive(Clone, Debug)]
@@ -116,6 +116,8 @@ pub struct Stats {
     pub trackers: Vec<TrackerStatus>,
     /// Good nodes in the DHT routing table; `None` without DHT.
     pub dht_nodes: Option<usize>,
+    /// Each open file's reader, in the order they were opened.
+    pub readers: Vec<ReaderStatus>,
 }
 
 /// A handle to a running session; cheap to clone.
@@ -344,6 +346,7 @@ impl Session {
             banned: st.banned.len(),
             trackers: s.trackers.lock().map(|t| t.clone()).unwrap_or_default(),
             dht_nodes: s.config.dht.as_ref().map(|d| d.node_count()),
+            readers: read::reader_status(s, &st),
         }
     }
 

@@ -23,6 +23,7 @@ pub enum ReadError {
 }
 
 pub(crate) struct Reader {
+    file: usize,
     picker_id: ReaderId,
     /// Media files: the tail fetched at open (players read the index there before the first
     /// frame), kept wanted until close.
@@ -60,6 +61,7 @@ impl Session {
             return handle;
         };
         let mut reader = Reader {
+            file,
             picker_id: ReaderId(handle),
             tail_id: None,
             next: f.offset,
@@ -190,6 +192,43 @@ impl Session {
             }
         }
     }
+}
+
+/// Where one open file's reader stands (status and tests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReaderStatus {
+    /// The file's path in the torrent, `/`-joined.
+    pub path: String,
+    /// Offset in the file right after the last read.
+    pub position: u64,
+    /// Offset in the file where the readahead window starts, and its size in bytes.
+    pub window_start: u64,
+    pub window: u64,
+}
+
+pub(crate) fn reader_status(s: &Shared, st: &State) -> Vec<ReaderStatus> {
+    let mut out: Vec<(u64, ReaderStatus)> = st
+        .readers
+        .iter()
+        .filter_map(|(&h, r)| {
+            let f = s.torrent.info.files.get(r.file)?;
+            let window_start = s
+                .geometry
+                .piece(r.readahead.start)
+                .map_or(r.next, |p| s.geometry.piece_offset(p).max(r.next));
+            Some((
+                h,
+                ReaderStatus {
+                    path: f.path.join("/"),
+                    position: r.next.saturating_sub(f.offset),
+                    window_start: window_start.saturating_sub(f.offset),
+                    window: r.window,
+                },
+            ))
+        })
+        .collect();
+    out.sort_by_key(|(h, _)| *h);
+    out.into_iter().map(|(_, r)| r).collect()
 }
 
 /// Grows the window on a sequential read, resets it on a seek, and tells the picker (and the
