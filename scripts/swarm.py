@@ -50,6 +50,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 
 BLOCK = 16 * 1024
 OPENTRACKER = "/usr/bin/opentracker"
@@ -370,8 +371,13 @@ def parse_peer(s):
 def wait_dht_nodes(ses, stop, deadline):
     """Waits until the session's DHT routing table has a node (or stop/deadline)."""
     while not stop.flag and time.monotonic() < deadline:
-        if ses.status().dht_nodes > 0:
-            log("DHT routing table: %d nodes" % ses.status().dht_nodes)
+        with warnings.catch_warnings():
+            # session.status() is deprecated in 2.0 but is the one call that gives the
+            # routing table size.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            nodes = ses.status().dht_nodes
+        if nodes > 0:
+            log("DHT routing table: %d nodes" % nodes)
             return
         ses.wait_for_alert(100)
         ses.pop_alerts()

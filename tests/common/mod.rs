@@ -15,6 +15,7 @@
 #![allow(dead_code)]
 
 mod mount;
+pub mod netns;
 mod swarm;
 
 #[allow(unused_imports)]
