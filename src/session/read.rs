@@ -91,10 +91,7 @@ impl Session {
             );
             reader.tail_id = Some(tail_id);
             reader.readahead = head;
-            if !st.reading_started {
-                st.reading_started = true;
-                super::pieces::update_background(s, &mut st);
-            }
+            start_reading(s, &mut st);
             Shared::refill_all(&st);
         }
         st.readers.insert(handle, reader);
@@ -139,10 +136,7 @@ impl Session {
         let mut shutdown = s.shutdown.subscribe();
         let urgent = {
             let mut st = s.lock();
-            if !st.reading_started {
-                st.reading_started = true;
-                super::pieces::update_background(s, &mut st);
-            }
+            start_reading(s, &mut st);
             move_window(s, &mut st, handle, start, len, file_end);
             st.next_reader += 1;
             ReaderId(u64::MAX - st.next_reader)
@@ -191,6 +185,15 @@ impl Session {
                 _ = shutdown.changed() => {}
             }
         }
+    }
+}
+
+/// The first read (or a media open) lets background fetching begin; until then a mount only
+/// browsed downloads nothing.
+fn start_reading(s: &Shared, st: &mut State) {
+    if !st.reading_started {
+        st.reading_started = true;
+        super::pieces::update_background(s, st);
     }
 }
 
