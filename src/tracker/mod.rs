@@ -103,6 +103,10 @@ impl Clients {
             .user_agent(concat!("btfs/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(20))
+            // Announces are minutes apart and trackers (opentracker among them) close the
+            // connection after each reply: a pooled connection would be stale, and reusing one
+            // fails with "connection closed before message completed".
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| TrackerError::Request(format!("cannot set up HTTP client: {e}")))?;
         Ok(Self {
