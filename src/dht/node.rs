@@ -112,8 +112,10 @@ pub(crate) struct Inner {
     /// an `.await`, so it cannot deadlock with the tasks.
     state: Mutex<State>,
     shutdown: watch::Sender<bool>,
-    /// Set once the first bootstrap finished: lookups wait for it rather than start empty.
-    bootstrapped: watch::Sender<bool>,
+    /// Set once the table holds a node that answered us, or the first bootstrap ended:
+    /// lookups wait for it rather than start empty, but not for the whole bootstrap, whose
+    /// last queries may wait out a dead node's timeout (a saved table is full of them).
+    ready: watch::Sender<bool>,
 }
 
 impl Inner {
@@ -139,8 +141,8 @@ impl Inner {
             .peers(info_hash, usize::MAX, Instant::now())
     }
 
-    pub(crate) async fn wait_bootstrapped(&self) {
-        let mut rx = self.bootstrapped.subscribe();
+    pub(crate) async fn wait_ready(&self) {
+        let mut rx = self.ready.subscribe();
         let _ = rx.wait_for(|done| *done).await;
     }
 
@@ -326,6 +328,9 @@ fn resolve(
             if let Insert::Cached { ping } = st.table.responded(node, Instant::now()) {
                 to_ping = ping;
             }
+            inner
+                .ready
+                .send_if_modified(|ready| !std::mem::replace(ready, true));
         }
         pending
     };
@@ -400,7 +405,7 @@ async fn maintain(inner: Arc<Inner>, config: DhtConfig) {
     let work = async {
         let seeds = resolve_seeds(&inner, &config).await;
         bootstrap(&inner, &seeds).await;
-        inner.bootstrapped.send_replace(true);
+        inner.ready.send_replace(true);
         let sparse = inner.state().table.sparse_targets(&mut rand::rng());
         for target in sparse {
             lookup::run(&inner, target, None, Vec::new()).await;
@@ -440,7 +445,7 @@ async fn maintain(inner: Arc<Inner>, config: DhtConfig) {
         _ = work => {}
     }
     // A lookup waiting for bootstrap must not wait forever.
-    inner.bootstrapped.send_replace(true);
+    inner.ready.send_replace(true);
 }
 
 /// A handle on the DHT node. Clones share the node; it shuts down on [`Dht::shutdown`] or when
@@ -490,7 +495,7 @@ impl Dht {
                 routers: HashSet::new(),
             }),
             shutdown: watch::channel(false).0,
-            bootstrapped: watch::channel(false).0,
+            ready: watch::channel(false).0,
         });
         tokio::spawn(recv_loop(inner.clone()));
         tokio::spawn(maintain(inner.clone(), config));
@@ -545,7 +550,7 @@ impl Dht {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let work = async {
-                inner.wait_bootstrapped().await;
+                inner.wait_ready().await;
                 let look = lookup::run(&inner, info_hash, Some(&tx), Vec::new()).await;
                 if let Some(port) = announce_port {
                     lookup::announce(&inner, info_hash, port, &look).await;
