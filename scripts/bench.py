@@ -837,6 +837,15 @@ class Bench:
                 "magnet: skipped, not in a loopback-only network namespace (run bench.sh "
                 "as root): DHT nodes would talk to whatever addresses they learn")
             return
+        if not self.args.only or "debian" in self.args.only:
+            self.notes["debian"].append(
+                "magnet: not run: it cannot join a loopback-only DHT. It has no DHT bootstrap "
+                "option (a magnet's dht=HOST:PORT would do), but it listens on 0.0.0.0 (no bind "
+                "option) and libtorrent opens no DHT socket on loopback when it expands 0.0.0.0 "
+                "(tried with libtorrent 2.0 in this namespace: 0 DHT nodes; bound to 127.0.0.1 "
+                "instead, it joins). Outside a private namespace it would reach the internet.")
+        if self.args.only and "ours" not in self.args.only:
+            return
         data = os.path.join(self.work, "dhtdata")
         root = run([PYTHON, SWARM, "make-data", data, "--layout", "multi", "--seed",
                     str(a.seed + 1), "--size", str(a.magnet_size), "--name", "multi"])
@@ -847,7 +856,6 @@ class Bench:
                 files.append((os.path.getsize(full), os.path.relpath(full, data)))
         largest = max(files)[1]
         world = DhtWorld(self.procs, self.work, data, root)
-        self.dht = world
         log("DHT swarm ready: nodes %s, seeders %s; largest file %r"
             % (world.addrs, [s[0] for s in world.seeders], largest))
         magnet = "magnet:?xt=urn:btih:%s&dn=multi" % world.info_hash
@@ -860,15 +868,7 @@ class Bench:
             self.magnet(client, clients, target)
             log("  %s" % {k: fmt_list(v) for k, v in self.results[client].items()
                           if k.startswith("magnet")})
-        if not self.args.only or "debian" in self.args.only:
-            self.notes["debian"].append(
-                "magnet: not run: it cannot join a loopback-only DHT. It has no DHT bootstrap "
-                "option (a magnet's dht=HOST:PORT would do), but it listens on 0.0.0.0 (no bind "
-                "option) and libtorrent opens no DHT socket on loopback when it expands 0.0.0.0 "
-                "(tried with libtorrent 2.0 in this namespace: 0 DHT nodes; bound to 127.0.0.1 "
-                "instead, it joins). Outside a private namespace it would reach the internet.")
         world.stop()
-        self.dht = None
 
     def run(self):
         self.tmpfs_dir = self.args.tmpfs_dir
