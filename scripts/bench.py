@@ -28,7 +28,9 @@ stat()s (Debian's btfs mounts before it has loaded the torrent). Per client and 
              "first video frame after restart shown": the first frame at the start position
              decoded and handed to the video output (after an hr-seek, the first frame at 70%)
   magnet     spawn `btfs mount magnet:...` -> first byte of the torrent's largest file
-             (magnet_meta: spawn -> that file stat()s, i.e. metadata fetched and mounted)
+             (magnet_meta: spawn -> that file stat()s, i.e. metadata fetched and mounted).
+             Runs after the first meet the earlier mounts' dead DHT nodes and peer
+             addresses, as a client does on the public DHT.
   ready      spawn -> mount ready, over every .torrent mount
 Medians over --runs runs; ratio > 1 means ours is better. MB = 10^6 bytes. Targets (issues
 3 and 4): first byte, seek, first frame, magnet first byte at most half Debian's time; cold
