@@ -948,8 +948,10 @@ def report(bench, args):
             if key == "warm_frac":
                 w = median(bench.results[c].get("warm_cat", []))
                 t = median(bench.results[c].get("tmpfs_cat", []))
-                runs[c] = [w / t * 100] if w and t else \
-                    ([None] if bench.results[c].get("warm_cat") else [])
+                if not t:  # no tmpfs reference
+                    runs[c] = []
+                else:
+                    runs[c] = [w / t * 100 if w else None]
             elif key == "rss":
                 runs[c] = [v and v / MiB for v in bench.results[c].get(key, [])]
             else:
