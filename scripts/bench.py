@@ -236,8 +236,8 @@ class Swarm:
 
 
 class DhtWorld:
-    """A tracker-less swarm for magnet links: DHT_NODES libtorrent DHT nodes that know each
-    other (scripts/dht_nodes.py), and seeders in DHT mode that announced the torrent there.
+    """A tracker-less swarm for magnet links: DHT_NODES_COUNT libtorrent DHT nodes that know
+    each other (scripts/dht_nodes.py), and seeders in DHT mode that announced the torrent there.
     Only inside a loopback-only network namespace: a DHT node talks to whatever it learns."""
 
     def __init__(self, procs, work, data, root):
