@@ -1006,15 +1006,16 @@ def report(bench, args):
             human(args.magnet_size), DHT_NODES_COUNT))
     print("btfs benchmark, %d run(s), medians, ours --cache-size %s: %s"
           % (args.runs, args.cache_size, "; ".join(parts)))
-    head = "%-*s | %12s | %12s | %7s | %-14s | %s" % (
+    head = "%-*s | %12s | %12s | %8s | %-14s | %s" % (
         w, "metric", "ours", "debian", "ratio", "target", "verdict")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print("%-*s | %12s | %12s | %7s | %-14s | %s" % (
+        print("%-*s | %12s | %12s | %8s | %-14s | %s" % (
             w, r["label"], num(r["ours"], r["unit"], r["ours_runs"]),
             num(r["debian"], r["unit"], r["debian_runs"]),
-            "-" if r["ratio"] is None else "%.2fx" % r["ratio"],
+            "-" if r["ratio"] is None else
+            ("%.2fx" if r["ratio"] < 100 else "%.0fx") % r["ratio"],
             r["target"] or "", r["verdict"]))
     print("(ratio > 1: ours is better; 'half' targets need ratio >= 2; rss budget %.0f MiB "
           "= cache %s + 64 MiB; first frame: mpv's clock from its start to 'first video "
