@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Compares btfs with Debian's btfs (C++, libtorrent) on the same local swarm: three
-# libtorrent seeders on 127.0.{1,2,3}.1 behind a local opentracker, all on loopback.
-# Every cold measurement runs on a fresh mount; prints a table of medians and ratios
-# (ratio > 1: ours is better). Options go to scripts/bench.py (see --help), e.g.
+# Compares btfs with Debian's btfs (C++, libtorrent) on the same local swarms: three
+# libtorrent seeders on 127.0.{1,2,3}.1 behind a local opentracker (a file, then an mp4 that
+# mpv plays), then a tracker-less DHT swarm for a magnet link, all on loopback.
+# Every cold measurement runs on a fresh mount; prints a table of medians, ratios
+# (ratio > 1: ours is better), targets and PASS/FAIL. Options go to scripts/bench.py
+# (see --help), e.g.
 #   scripts/bench.sh --runs 3 --json /tmp/bench.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
