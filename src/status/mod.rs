@@ -266,12 +266,10 @@ impl Live {
     pub fn report(&self) -> Report {
         let stats = self.session.stats();
         let inner = self.lock();
-        let mut r = Report::new(
-            &self.session,
-            stats,
-            self.mountpoint.clone(),
-            inner.rates.rates(),
-        );
+        let rates = inner
+            .rates
+            .rates_at(Instant::now(), stats.downloaded, stats.uploaded);
+        let mut r = Report::new(&self.session, stats, self.mountpoint.clone(), rates);
         r.warnings = inner.alerts.raised();
         r
     }

@@ -27,11 +27,13 @@ impl RateMeter {
         }
     }
 
-    /// (download, upload) in bytes/s; zero until two samples exist.
-    pub fn rates(&self) -> (u64, u64) {
-        let (Some(first), Some(last)) = (self.samples.front(), self.samples.back()) else {
+    /// (download, upload) in bytes/s from the oldest sample kept up to the totals at `now`
+    /// (not stored: a report between two ticks still counts the bytes since the last one).
+    pub fn rates_at(&self, now: Instant, downloaded: u64, uploaded: u64) -> (u64, u64) {
+        let Some(first) = self.samples.front() else {
             return (0, 0);
         };
+        let last = (now, downloaded, uploaded);
         let secs = last.0.saturating_duration_since(first.0).as_secs_f64();
         if secs <= 0.0 {
             return (0, 0);
@@ -51,19 +53,21 @@ mod tests {
     fn rates_follow_the_last_seconds_only() {
         let t0 = Instant::now();
         let mut m = RateMeter::default();
-        assert_eq!(m.rates(), (0, 0));
+        assert_eq!(m.rates_at(t0, 0, 0), (0, 0));
         m.sample(t0, 0, 0);
-        assert_eq!(m.rates(), (0, 0));
+        assert_eq!(m.rates_at(t0, 0, 0), (0, 0));
+        // Between ticks: half a second after the only sample, 500 bytes came in.
+        assert_eq!(m.rates_at(t0 + S / 2, 500, 0), (1000, 0));
         // 1000 B/s down, 10 B/s up for 10 s.
         for s in 1..=10 {
             m.sample(t0 + s * S, 1000 * s as u64, 10 * s as u64);
         }
-        assert_eq!(m.rates(), (1000, 10));
+        assert_eq!(m.rates_at(t0 + 10 * S, 10_000, 100), (1000, 10));
         // Then nothing moves: after the window the rate is zero again.
         for s in 11..=16 {
             m.sample(t0 + s * S, 10_000, 100);
         }
-        assert_eq!(m.rates(), (0, 0));
+        assert_eq!(m.rates_at(t0 + 16 * S, 10_000, 100), (0, 0));
         assert!(m.samples.len() <= 7, "{:?}", m.samples.len());
     }
 }

@@ -128,6 +128,14 @@ fn socket_path(dir: &Path, mountpoint: &Path) -> PathBuf {
     dir.join(format!("{hex}.sock"))
 }
 
+/// Where the status socket of the mount at `mountpoint` is (whether or not it exists).
+pub fn socket_for(mountpoint: &Path) -> io::Result<PathBuf> {
+    Ok(socket_path(
+        &runtime_dir(),
+        &canonical_mountpoint(mountpoint)?,
+    ))
+}
+
 /// A bound status socket; the file is removed when this is dropped (unmount, or a mount that
 /// failed), so only a killed process leaves one behind.
 pub struct StatusSocket {
