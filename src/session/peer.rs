@@ -538,6 +538,8 @@ impl Peer {
             st.choker
                 .set_rates(self.id.0, self.rate as u64, self.up_rate as u64);
             st.choker.set_snubbed(self.id.0, self.snubbed);
+            let urgent = st.picker.has_urgent(&self.has);
+            st.choker.set_urgent(self.id.0, urgent);
         }
         if self.last_recv.elapsed() >= IDLE_TIMEOUT {
             return Err(PeerError::Idle);
