@@ -189,3 +189,40 @@ fn status_shows_what_the_mount_did_and_goes_away_with_it() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("is not a running btfs mount"), "{err}");
 }
+
+/// A mount whose process was killed leaves its socket behind: `btfs status` says so at once
+/// (no hang), removes it, and fails.
+#[test]
+fn status_of_a_killed_mount_reports_and_removes_its_stale_socket() {
+    let swarm = Swarm::start(SwarmOptions::default());
+    let m = Mount::new(
+        btfs(),
+        swarm.torrent(),
+        &["--port", "0", "--bind", "127.0.0.1", "-q", "--no-dht"],
+    );
+    let socket = btfs::status::socket::socket_for(m.path()).expect("resolve the mountpoint");
+    ok_stdout(&status(&[m.path().as_os_str()]));
+    let pid = i32::try_from(m.pid()).expect("a pid");
+    // SAFETY: kill(2) on the PID of the child the Mount owns and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + PEERS_DEADLINE;
+    // The process is gone once its listening socket refuses connections (while it dies, a
+    // connection may still be accepted by the kernel and closed unanswered).
+    loop {
+        let out = status(&[m.path().as_os_str()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("stale status socket") {
+            assert_eq!(out.status.code(), Some(1), "{err}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no stale socket reported after SIGKILL: {err}"
+        );
+        sleep(Duration::from_millis(50));
+    }
+    assert!(!socket.exists(), "{socket:?} removed");
+    let again = status(&[m.path().as_os_str()]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("is not a running btfs mount"), "{err}");
+}

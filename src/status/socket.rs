@@ -280,6 +280,13 @@ fn ask(socket: &Path, name: &Path) -> Result<Report, StatusError> {
         .map_err(no_answer)?;
     let mut buf = Vec::new();
     stream.read_to_end(&mut buf).map_err(no_answer)?;
+    if buf.is_empty() {
+        // The process is going away (or is not btfs): it closed without a word.
+        return Err(no_answer(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "closed the connection without answering",
+        )));
+    }
     serde_json::from_slice(&buf).map_err(|source| StatusError::Malformed {
         path: name.to_path_buf(),
         socket: socket.to_path_buf(),
