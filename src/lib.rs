@@ -28,6 +28,8 @@
 //! peer task --complete piece--> spawn_blocking SHA1 --> store + picker, `have` to peers,
 //!                                                       `verified` bumped
 //! shutdown (watch<bool>): fails every waiting read, ends every task
+//! announcer, DHT loop (, PEX) --addrs, tagged with their PeerSource--> connector
+//! status socket --accept--> status::Live::report (stats + rates + warnings) --JSON--> `btfs status`
 //! ```
 //! One `std::sync::Mutex` guards the session state (picker, store, peers); it is held only
 //! for short synchronous steps, never across an `.await`.
