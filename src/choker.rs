@@ -11,9 +11,11 @@
 //! - One optimistic unchoke, moved every [`OPTIMISTIC_INTERVAL`] to another choked interested
 //!   peer, so newcomers can prove themselves. Peers we never unchoked get [`NEW_PEER_WEIGHT`]
 //!   times the chance. Snubbed peers may win it: it is their only way back.
-//! - An interested `urgent` peer (one a blocked read waits on) is always unchoked, on top of
-//!   the slots and without waiting for the next re-rank: uploading to it is how we ask it to
-//!   unchoke us. Mark only the peers a read waits on, or the slots stop meaning anything.
+//! - An interested `urgent` peer (it has a piece a blocked read waits on) is unchoked at the
+//!   next tick, without waiting for the re-rank and ahead of the ranking: a tit-for-tat peer
+//!   serves those it is unchoked by, so leaving it interested-but-choked by us would starve the
+//!   read. Urgent peers stay within the slot count: they take slots first (the fastest of them,
+//!   if there are more than slots), and the slowest others are choked to make room.
 //! - A re-rank also happens at the next tick when a slot frees up (an unchoked peer leaves,
 //!   loses interest or snubs us) or a peer becomes interested while slots are free.
 //!
@@ -142,10 +144,11 @@ impl Choker {
             || self
                 .last_rechoke
                 .is_none_or(|t| now.saturating_duration_since(t) >= RECHOKE_INTERVAL);
+        let urgent = self.urgent(we_are_seed);
         let mut want: HashSet<u64> = if due {
             self.last_rechoke = Some(now);
             self.dirty = false;
-            self.rerank(now, we_are_seed)
+            self.rerank(now, we_are_seed, urgent.len())
         } else {
             self.peers
                 .iter()
@@ -153,12 +156,7 @@ impl Choker {
                 .map(|(&id, _)| id)
                 .collect()
         };
-        want.extend(
-            self.peers
-                .iter()
-                .filter(|(_, p)| p.urgent && p.interested)
-                .map(|(&id, _)| id),
-        );
+        self.make_room(&mut want, &urgent, we_are_seed);
 
         let mut changes = Vec::new();
         for (&id, peer) in &mut self.peers {
@@ -173,16 +171,78 @@ impl Choker {
         changes
     }
 
-    /// The set of peers to unchoke (before the urgent overlay); updates the optimistic slot.
-    fn rerank(&mut self, now: Instant, we_are_seed: bool) -> HashSet<u64> {
+    /// Interested urgent peers, fastest first, at most `slots` of them.
+    fn urgent(&self, we_are_seed: bool) -> Vec<u64> {
+        let mut urgent: Vec<(u64, u64)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.urgent && p.interested)
+            .map(|(&id, p)| (id, Self::rate(p, we_are_seed)))
+            .collect();
+        urgent.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        urgent.truncate(self.slots);
+        urgent.into_iter().map(|(id, _)| id).collect()
+    }
+
+    /// Adds the urgent peers to `want` and chokes the slowest others until it fits the slots.
+    fn make_room(&mut self, want: &mut HashSet<u64>, urgent: &[u64], we_are_seed: bool) {
+        want.extend(urgent.iter().copied());
+        if want.len() <= self.slots {
+            return;
+        }
+        let mut others: Vec<(u64, u64)> = want
+            .iter()
+            .filter(|id| !urgent.contains(id))
+            .map(|&id| {
+                (
+                    id,
+                    self.peers
+                        .get(&id)
+                        .map_or(0, |p| Self::rate(p, we_are_seed)),
+                )
+            })
+            .collect();
+        // Slowest first; among equals the optimistic one first (its turn is only a trial),
+        // then the highest id.
+        let optimistic = self.optimistic;
+        others.sort_unstable_by(|a, b| {
+            a.1.cmp(&b.1)
+                .then((Some(b.0) == optimistic).cmp(&(Some(a.0) == optimistic)))
+                .then(b.0.cmp(&a.0))
+        });
+        for (id, _) in others {
+            if want.len() <= self.slots {
+                break;
+            }
+            want.remove(&id);
+            if Some(id) == self.optimistic {
+                self.optimistic = None;
+                self.optimistic_since = None;
+            }
+        }
+    }
+
+    fn rate(p: &Peer, we_are_seed: bool) -> u64 {
+        if we_are_seed {
+            p.upload_rate
+        } else {
+            p.download_rate
+        }
+    }
+
+    /// The set of peers to unchoke besides the `reserved` urgent ones; updates the optimistic
+    /// slot.
+    fn rerank(&mut self, now: Instant, we_are_seed: bool, reserved: usize) -> HashSet<u64> {
         let keep = self.optimistic.filter(|id| {
-            self.peers.get(id).is_some_and(|p| p.interested)
+            self.peers
+                .get(id)
+                .is_some_and(|p| p.interested && !p.urgent)
                 && self
                     .optimistic_since
                     .is_some_and(|t| now.saturating_duration_since(t) < OPTIMISTIC_INTERVAL)
         });
 
-        // Urgent peers are unchoked anyway and do not take regular slots.
+        // Urgent peers are unchoked anyway: they hold `reserved` slots and are not ranked.
         let mut ranked: Vec<(u64, &Peer)> = self
             .peers
             .iter()
@@ -191,13 +251,7 @@ impl Choker {
             })
             .map(|(&id, p)| (id, p))
             .collect();
-        let rate = |p: &Peer| {
-            if we_are_seed {
-                p.upload_rate
-            } else {
-                p.download_rate
-            }
-        };
+        let rate = |p: &Peer| Self::rate(p, we_are_seed);
         ranked.sort_unstable_by(|(ia, a), (ib, b)| {
             rate(b)
                 .cmp(&rate(a))
@@ -206,11 +260,15 @@ impl Choker {
         });
         let mut want: HashSet<u64> = ranked
             .iter()
-            .take(self.slots - 1)
+            .take((self.slots - 1).saturating_sub(reserved))
             .map(|&(id, _)| id)
             .collect();
 
         match keep {
+            _ if reserved >= self.slots => {
+                self.optimistic = None;
+                self.optimistic_since = None;
+            }
             Some(id) => {
                 want.insert(id);
             }
@@ -396,33 +454,99 @@ mod tests {
     }
 
     #[test]
-    fn urgent_peer_stays_unchoked_while_interested() {
-        let mut c = choker(2, 6);
-        swarm(&mut c, &[500, 400, 300, 0]);
-        c.set_urgent(4, true);
+    fn urgent_peer_takes_a_slot_at_once_ahead_of_faster_peers() {
+        let mut c = choker(3, 6);
+        swarm(&mut c, &[500, 400, 300, 200, 0]);
         let t0 = Instant::now();
         c.tick(t0, false);
-        for secs in [0, 10, 20, 30, 60, 90] {
-            c.tick(t0 + secs * S, false);
-            assert!(c.is_unchoked(4), "at {secs} s");
-            assert_ne!(
-                c.optimistic(),
-                Some(4),
-                "urgent peers do not use the optimistic slot"
-            );
-            assert!(c.is_unchoked(1), "urgent peers take no regular slot");
-        }
+        assert!(c.is_unchoked(1) && c.is_unchoked(2));
+        assert!(!c.is_unchoked(5) || c.optimistic() == Some(5));
 
-        // An urgent peer that turns interested is unchoked at the very next tick.
+        // Peer 5 (slowest) has what a blocked read needs: unchoked at the next tick, no
+        // waiting for the re-rank, and someone slower than peer 1 makes room.
         c.set_urgent(5, true);
-        assert_eq!(c.tick(t0 + 91 * S, false), vec![]);
-        c.set_interested(5, true);
-        assert_eq!(c.tick(t0 + 92 * S, false), vec![(5, true)]);
+        let changes = c.tick(t0 + S, false);
+        assert!(c.is_unchoked(5), "{changes:?}");
+        assert!(c.is_unchoked(1), "the fastest keeps its slot");
+        assert_eq!(
+            unchoked(&c).len(),
+            3,
+            "within the slots: {:?}",
+            unchoked(&c)
+        );
+
+        for secs in [10, 20, 30, 40, 60, 90] {
+            c.tick(t0 + secs * S, false);
+            assert!(c.is_unchoked(5), "at {secs} s");
+            assert!(c.is_unchoked(1), "at {secs} s");
+            assert_eq!(unchoked(&c).len(), 3, "at {secs} s: {:?}", unchoked(&c));
+            assert_ne!(c.optimistic(), Some(5), "urgent is not the optimistic slot");
+        }
 
         // No longer needed: it competes like anyone else at the next re-rank.
         c.set_urgent(5, false);
         c.tick(t0 + 100 * S, false);
         assert!(!c.is_unchoked(5) || c.optimistic() == Some(5));
+        assert!(c.is_unchoked(1) && c.is_unchoked(2));
+    }
+
+    #[test]
+    fn more_urgent_peers_than_slots_unchokes_the_fastest_of_them() {
+        let mut c = choker(2, 8);
+        swarm(&mut c, &[10, 40, 30, 20]);
+        for id in 1..=4 {
+            c.set_urgent(id, true);
+        }
+        let t0 = Instant::now();
+        c.tick(t0, false);
+        assert_eq!(unchoked(&c), vec![2, 3]);
+        assert_eq!(c.optimistic(), None, "no slot left for a trial");
+        // Rates change between re-ranks: the urgent set follows at once, still within 2.
+        c.set_rates(1, 100, 0);
+        c.tick(t0 + S, false);
+        assert_eq!(unchoked(&c), vec![1, 2]);
+    }
+
+    #[test]
+    fn an_urgent_peer_is_unchoked_only_once_interested() {
+        let mut c = choker(2, 9);
+        swarm(&mut c, &[500, 400]);
+        let t0 = Instant::now();
+        c.tick(t0, false);
+        c.set_urgent(5, true);
+        assert_eq!(
+            c.tick(t0 + S, false),
+            vec![],
+            "not interested: nothing to unchoke"
+        );
+        c.set_interested(5, true);
+        let changes = c.tick(t0 + 2 * S, false);
+        assert!(changes.contains(&(5, true)), "{changes:?}");
+        assert_eq!(unchoked(&c).len(), 2);
+    }
+
+    /// A tit-for-tat peer serves only peers that unchoke it. Peer 4 holds the piece a read
+    /// waits on and, being choked by us at first, sends nothing; faster peers would keep it out
+    /// of every regular slot. The urgent rule unchokes it at the next tick, it reciprocates,
+    /// and the read is served every second from then on, the slot count never exceeded.
+    #[test]
+    fn reciprocation_keeps_a_tit_for_tat_peer_serving_a_blocked_read() {
+        let mut c = choker(3, 10);
+        swarm(&mut c, &[900, 800, 700, 0]);
+        let t0 = Instant::now();
+        c.tick(t0, false);
+        c.set_urgent(4, true);
+        let mut served = 0;
+        for secs in 1..=120 {
+            // Peer 4 uploads to us while we unchoke it (what it saw last second).
+            let rate = if c.is_unchoked(4) { 600 } else { 0 };
+            c.set_rates(4, rate, 0);
+            c.tick(t0 + secs * S, false);
+            assert!(unchoked(&c).len() <= 3, "at {secs} s: {:?}", unchoked(&c));
+            assert!(c.is_unchoked(4), "starved by our choke at {secs} s");
+            served += u64::from(rate > 0);
+        }
+        assert_eq!(served, 119, "served from the second tick on");
     }
 
     #[test]

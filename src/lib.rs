@@ -3,6 +3,8 @@
 //! # Modules, top to bottom (each depends only on those below it)
 //! - [`mount`]: `btfs mount` glue: a [`session::Session`] behind a [`fs`] mount, signals,
 //!   the live status line, `--daemon`, and the order of shutdown.
+//! - [`status`]: `btfs status`: the mount's report (JSON on a unix socket, text in the
+//!   `user.btfs.status` attribute), transfer rates; [`alerts`]: problems said once.
 //! - [`fs`]: the FUSE filesystem: a pure inode table and a thin fuser adapter. Knows files and a
 //!   `Backend` that turns `(file, offset, len)` into verified bytes; nothing of peers.
 //! - [`session`]: the tokio engine of one torrent: peer connections, discovery, verification,
@@ -26,10 +28,13 @@
 //! peer task --complete piece--> spawn_blocking SHA1 --> store + picker, `have` to peers,
 //!                                                       `verified` bumped
 //! shutdown (watch<bool>): fails every waiting read, ends every task
+//! announcer, DHT loop (, PEX) --addrs, tagged with their PeerSource--> connector
+//! status socket --accept--> status::Live::report (stats + rates + warnings) --JSON--> `btfs status`
 //! ```
 //! One `std::sync::Mutex` guards the session state (picker, store, peers); it is held only
 //! for short synchronous steps, never across an `.await`.
 
+pub mod alerts;
 pub mod bencode;
 pub mod bitfield;
 pub mod choker;
@@ -44,6 +49,7 @@ pub mod piece;
 pub mod ratelimit;
 pub mod session;
 pub mod source;
+pub mod status;
 pub mod store;
 pub mod tracker;
 pub mod units;

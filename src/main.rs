@@ -11,6 +11,7 @@ use btfs::metainfo::Torrent;
 use btfs::mount::{self, MountConfig};
 use btfs::session;
 use btfs::source::{self, Target};
+use btfs::status;
 use btfs::units::parse_size;
 
 #[derive(Parser)]
@@ -32,6 +33,15 @@ enum Command {
     /// Mount a torrent (a .torrent file, an http(s) URL of one, or a magnet link) at a
     /// directory; its files appear at once and download as they are read.
     Mount(Box<MountArgs>),
+    /// Show what running mounts are doing: peers by source, rates, pieces, cache, trackers,
+    /// readers. Without MOUNTPOINT: every mount of this user.
+    Status {
+        /// The mountpoint of a running `btfs mount`.
+        mountpoint: Option<PathBuf>,
+        /// One JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print what a .torrent file holds: name, info-hash, sizes, trackers and files.
     Info {
         /// The .torrent file.
@@ -117,6 +127,7 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", t.summary());
             Ok(())
         }
+        Command::Status { mountpoint, json } => status(mountpoint, json),
         Command::Mount(args) => {
             let args = *args;
             let target = Target::parse(&args.torrent)?;
@@ -161,6 +172,39 @@ fn run(cli: Cli) -> Result<()> {
             result.map_err(Into::into)
         }
     }
+}
+
+/// `btfs status`: one mount in full, or every mount in short. A stale socket is reported
+/// (and removed); no mount at all is an error.
+fn status(mountpoint: Option<PathBuf>, json: bool) -> Result<()> {
+    if let Some(m) = mountpoint {
+        let report = status::socket::query(&m)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.to_text());
+        }
+        return Ok(());
+    }
+    let mut reports = Vec::new();
+    for r in status::socket::query_all()? {
+        match r {
+            Ok(report) => reports.push(report),
+            Err(e) => eprintln!("btfs: {e}"),
+        }
+    }
+    if reports.is_empty() {
+        anyhow::bail!("no btfs mount is running");
+    }
+    if json {
+        let all = serde_json::json!({ "mounts": reports });
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        for r in &reports {
+            print!("{}", r.to_short());
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(verbose: u8) {

@@ -14,9 +14,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::dht::{Dht, DhtConfig, SavedState};
 use crate::fs::{self, Backend, FileSpec, FsError, InodeTable, MountOptions};
 use crate::metainfo::Torrent;
-use crate::session::{self, ReadError, Session, SessionError, Stats};
+use crate::session::{self, ReadError, Session, SessionError};
 use crate::source::{self, ResolveOptions, SourceError, Target};
-use crate::units::format_bytes;
+use crate::status::Live;
+use crate::status::socket::{StatusSocket, canonical_mountpoint};
 
 #[derive(Debug, Error)]
 pub enum MountError {
@@ -113,6 +114,7 @@ pub fn check_mountpoint(path: &Path) -> Result<(), FsError> {
 struct SessionBackend {
     session: Session,
     files: Vec<usize>,
+    live: Arc<Live>,
 }
 
 impl Backend for SessionBackend {
@@ -146,7 +148,7 @@ impl Backend for SessionBackend {
     }
 
     fn status(&self) -> String {
-        status_report(&self.session)
+        self.live.report().to_text()
     }
 }
 
@@ -224,9 +226,24 @@ pub async fn run(
     if let Some(t) = time {
         opts.owner.time = t;
     }
+    // The status socket exists before the mount appears, so whoever sees the mount can ask it.
+    let canonical = canonical_mountpoint(&config.mountpoint).unwrap_or(config.mountpoint.clone());
+    let live = Arc::new(Live::new(session.clone(), canonical.clone()));
+    let (status_stop, status_stopped) = tokio::sync::watch::channel(false);
+    let _status_socket = match StatusSocket::bind(&canonical) {
+        Ok(mut socket) => {
+            socket.serve(live.clone(), status_stopped);
+            Some(socket)
+        }
+        Err(e) => {
+            tracing::warn!("`btfs status` will not see this mount: {e}");
+            None
+        }
+    };
     let backend = Arc::new(SessionBackend {
         session: session.clone(),
         files,
+        live: live.clone(),
     });
     let rt = tokio::runtime::Handle::current();
     let mountpoint = config.mountpoint.clone();
@@ -253,7 +270,6 @@ pub async fn run(
     let mut ended = mounted.ended();
     let status = config.status_line && std::io::stderr().is_terminal();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last = session.stats();
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
@@ -269,10 +285,9 @@ pub async fn run(
                     tracing::info!("detached from outside");
                     break;
                 }
+                live.tick();
                 if status {
-                    let now = session.stats();
-                    draw_status(&now, &last);
-                    last = now;
+                    draw_status(&live.report().summary_line());
                 }
             }
         }
@@ -283,6 +298,7 @@ pub async fn run(
     // Blocked reads fail first, so no open file keeps the mount busy; then unmount; then the
     // trackers hear `stopped` (bounded wait).
     session.stop();
+    status_stop.send_replace(true);
     let unmounted = tokio::task::spawn_blocking(move || mounted.unmount())
         .await
         .expect("unmount task panicked");
@@ -300,65 +316,8 @@ pub async fn run(
     Ok(())
 }
 
-/// The `user.btfs.status` attribute of the mount root: one `key: value` per line, readable by
-/// people (`getfattr -n user.btfs.status /mnt/x`) and by scripts.
-pub fn status_report(session: &Session) -> String {
-    let s = session.stats();
-    let t = session.torrent();
-    let mut out = format!(
-        "name: {}\ninfo_hash: {}\nlisten_port: {}\npeers: {}\nknown_peers: {}\ndownloaded_bytes: {}\n\
-         uploaded_bytes: {}\nverified_pieces: {}\ntotal_pieces: {}\ncache_used_bytes: {}\n\
-         cache_budget_bytes: {}\nhash_failures: {}\nbanned_peers: {}\ndht_nodes: {}\n",
-        t.info.name,
-        t.info_hash,
-        session.listen_port(),
-        s.peers,
-        s.known_peers,
-        s.downloaded,
-        s.uploaded,
-        s.verified_pieces,
-        s.total_pieces,
-        s.cache_used,
-        s.cache_budget,
-        s.hash_failures,
-        s.banned,
-        s.dht_nodes.map_or("off".to_string(), |n| n.to_string()),
-    );
-    for r in &s.readers {
-        out.push_str(&format!(
-            "reader: {} position={} window_start={} window={}\n",
-            r.path, r.position, r.window_start, r.window
-        ));
-    }
-    for tr in &s.trackers {
-        let last = match &tr.last {
-            None => "not yet".to_string(),
-            Some(Ok(n)) => format!("ok, {n} peers"),
-            Some(Err(e)) => format!("error: {e}"),
-        };
-        out.push_str(&format!("tracker: {} ({last})\n", tr.url));
-    }
-    out
-}
-
-/// `peers 3/5 | down 12.3 MiB/s up 0 B/s | 120/1024 pieces | cache 30.0 MiB/256.0 MiB`
-fn draw_status(now: &Stats, last: &Stats) {
-    let down = now.downloaded.saturating_sub(last.downloaded);
-    let up = now.uploaded.saturating_sub(last.uploaded);
-    let dht = now
-        .dht_nodes
-        .map_or(String::new(), |n| format!(" | DHT: {n} nodes"));
-    let line = format!(
-        "peers {}/{} | down {}/s up {}/s | {}/{} pieces | cache {}/{}{dht}",
-        now.peers,
-        now.known_peers,
-        format_bytes(down),
-        format_bytes(up),
-        now.verified_pieces,
-        now.total_pieces,
-        format_bytes(now.cache_used),
-        format_bytes(now.cache_budget),
-    );
+/// The live status line on stderr, redrawn in place.
+fn draw_status(line: &str) {
     let mut err = std::io::stderr().lock();
     let _ = write!(err, "\r\x1b[K{line}");
     let _ = err.flush();

@@ -109,3 +109,49 @@ fn a_port_in_use_is_one_clear_line() {
     ]);
     assert_clear_error(&out, "in use");
 }
+
+/// `btfs status` with a runtime directory of its own, so mounts of other tests stay unseen.
+fn status_in(runtime: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_btfs"))
+        .arg("status")
+        .args(args)
+        .env("XDG_RUNTIME_DIR", runtime)
+        .output()
+        .expect("run btfs status")
+}
+
+#[test]
+fn status_without_any_mount_says_so_and_fails() {
+    let runtime = tempfile::tempdir().expect("tempdir");
+    let out = status_in(runtime.path(), &[]);
+    assert_clear_error(&out, "no btfs mount is running");
+    let out = status_in(runtime.path(), &["--json"]);
+    assert_clear_error(&out, "no btfs mount is running");
+}
+
+#[test]
+fn status_of_a_directory_that_is_no_btfs_mount_is_one_clear_line() {
+    let runtime = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().display().to_string();
+    let out = status_in(runtime.path(), &[&path]);
+    assert_clear_error(&out, "is not a running btfs mount");
+    assert_clear_error(&out, &path);
+}
+
+#[test]
+fn status_removes_the_socket_of_a_killed_mount_and_says_so() {
+    let runtime = tempfile::tempdir().expect("tempdir");
+    let dir = runtime.path().join("btfs");
+    std::fs::create_dir(&dir).expect("mkdir");
+    // A bound and closed listener leaves what a killed mount leaves: a socket nobody accepts on.
+    let stale = dir.join("0123456789abcdef0123.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
+    let out = status_in(runtime.path(), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("stale status socket"), "{err}");
+    assert!(err.contains("no btfs mount is running"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!stale.exists(), "the stale socket is removed");
+}

@@ -117,6 +117,20 @@ impl Picker {
             .any(|&(_, p)| self.state[p.as_usize()] != PieceState::Have)
     }
 
+    /// Whether a peer with `peer_has` holds a piece some blocked read waits on that we still
+    /// have to fetch (the choker unchokes such a peer so it keeps serving us).
+    pub fn has_urgent(&self, peer_has: &Bitfield) -> bool {
+        self.deadline_order
+            .iter()
+            .take_while(|(d, _)| d.is_urgent())
+            .any(|&(_, p)| {
+                matches!(
+                    self.state[p.as_usize()],
+                    PieceState::Missing | PieceState::Partial
+                ) && peer_has.get(p.get())
+            })
+    }
+
     /// O(total window length); runs only when a reader's want changes.
     fn rebuild_deadlines(&mut self) {
         self.deadlines.clear();

@@ -157,6 +157,20 @@ fn urgent_beats_started_and_rarest_pieces() {
 }
 
 #[test]
+fn a_peer_is_urgent_only_for_urgent_pieces_still_to_fetch() {
+    let mut p = picker(6, 1);
+    p.set_reader(R1, want(2..4, 4..6));
+    assert!(p.has_urgent(&bits(6, &[3])));
+    assert!(
+        !p.has_urgent(&bits(6, &[0, 1, 4, 5])),
+        "readahead is not urgent"
+    );
+    complete(&mut p, A, 2);
+    complete(&mut p, A, 3);
+    assert!(!p.has_urgent(&all(&p)), "nothing urgent left to fetch");
+}
+
+#[test]
 fn urgent_range_is_taken_nearest_first() {
     let mut p = picker(10, 1);
     p.set_reader(R1, want(6..9, 9..10));

@@ -2,8 +2,8 @@
 //!
 //! Tasks (all end when `shutdown` flips to true):
 //! - the listener accepts incoming peer connections;
-//! - the connector turns addresses from discovery (trackers) into outgoing connections,
-//!   up to `max_peers`;
+//! - the connector turns addresses from discovery (trackers, DHT, `--peer`; each tagged with
+//!   its [`PeerSource`], see `discovery`) into outgoing connections, up to `max_peers`;
 //! - one task per peer reads its messages and asks the picker for blocks; a writer task per peer
 //!   sends what the session queues for it;
 //! - a blocking-pool job hashes each completed piece before anyone sees a byte of it;
@@ -16,6 +16,7 @@
 //! Locking: one `std::sync::Mutex<State>`, held for short synchronous steps and never across an
 //! `.await` (mini-redis style). Hashing and copying piece data happen outside it.
 
+mod discovery;
 #[cfg(test)]
 mod fake_peer;
 pub mod magnet;
@@ -44,6 +45,7 @@ use crate::ratelimit::RateLimit;
 use crate::store::Store;
 use crate::tracker::announcer::{self, AnnounceParams, Progress, TrackerStatus};
 
+pub use discovery::{PeerSource, SourceCount};
 pub use read::{ReadError, ReaderStatus};
 
 /// How the session runs; the CLI fills it from its flags.
@@ -105,10 +107,15 @@ pub enum SessionError {
 pub struct Stats {
     pub peers: usize,
     pub known_peers: usize,
+    /// Connected and known peers of each source, in [`PeerSource::ALL`] order.
+    pub by_source: Vec<SourceCount>,
     pub downloaded: u64,
     pub uploaded: u64,
     pub verified_pieces: u32,
     pub total_pieces: u32,
+    /// Bytes of the verified pieces, and of the whole torrent.
+    pub verified_bytes: u64,
+    pub total_bytes: u64,
     pub cache_used: u64,
     pub cache_budget: u64,
     pub hash_failures: u64,
@@ -118,6 +125,8 @@ pub struct Stats {
     pub dht_nodes: Option<usize>,
     /// Each open file's reader, in the order they were opened.
     pub readers: Vec<ReaderStatus>,
+    /// How long the oldest read still waiting for its pieces has waited.
+    pub longest_wait: Option<Duration>,
 }
 
 /// A handle to a running session; cheap to clone.
@@ -159,8 +168,8 @@ pub(crate) struct Shared {
     down_limit: RateLimit,
     up_limit: RateLimit,
     trackers: Arc<Mutex<Vec<TrackerStatus>>>,
-    /// Addresses learned from discovery, consumed by the connector.
-    discovered: mpsc::Sender<Vec<SocketAddr>>,
+    /// Addresses learned from discovery, tagged with their source, consumed by the connector.
+    discovered: mpsc::Sender<(PeerSource, Vec<SocketAddr>)>,
     /// Wakes the connector to redial known peers now: a read waits and no peer is connected
     /// (seeds drop a peer that looked like a seed, and our cache may have evicted since).
     redial: tokio::sync::Notify,
@@ -180,9 +189,11 @@ pub(crate) struct State {
     /// later verifies (libtorrent's "smart ban").
     suspects: pieces::Suspects,
     banned: HashSet<IpAddr>,
-    /// Every address discovery has told us about.
-    known: HashSet<SocketAddr>,
+    /// Every address discovery has told us about, with who told us.
+    known: discovery::Known,
     readers: HashMap<u64, read::Reader>,
+    /// Reads waiting for pieces (by their urgent picker id), and since when.
+    waits: HashMap<ReaderId, std::time::Instant>,
     /// Set by the first read; until then nothing is downloaded.
     reading_started: bool,
     next_peer: u64,
@@ -191,6 +202,7 @@ pub(crate) struct State {
 
 pub(crate) struct PeerEntry {
     addr: SocketAddr,
+    source: PeerSource,
     cmd: mpsc::UnboundedSender<PeerCmd>,
 }
 
@@ -235,8 +247,9 @@ impl Session {
                 assembly: HashMap::new(),
                 suspects: pieces::Suspects::default(),
                 banned: HashSet::new(),
-                known: HashSet::new(),
+                known: discovery::Known::default(),
                 readers: HashMap::new(),
+                waits: HashMap::new(),
                 reading_started: false,
                 next_peer: 0,
                 next_reader: 0,
@@ -262,7 +275,9 @@ impl Session {
             tokio::spawn(rechoke(shared.clone()));
         }
         if !shared.config.peers.is_empty() {
-            let _ = shared.discovered.try_send(shared.config.peers.clone());
+            let _ = shared
+                .discovered
+                .try_send((PeerSource::Manual, shared.config.peers.clone()));
         }
         let session = Session { shared };
         session.spawn_announcer();
@@ -276,7 +291,7 @@ impl Session {
                     dht.clone(),
                     s.torrent.info_hash.0,
                     port,
-                    s.discovered.clone(),
+                    discovery::tagged(&s.discovered, PeerSource::Dht),
                     s.shutdown.subscribe(),
                 );
             }
@@ -315,7 +330,7 @@ impl Session {
             tiers,
             params,
             progress,
-            s.discovered.clone(),
+            discovery::tagged(&s.discovered, PeerSource::Tracker),
             s.shutdown.subscribe(),
             s.trackers.clone(),
         );
@@ -330,16 +345,24 @@ impl Session {
         self.shared.listen_port
     }
 
+    /// Whether peers are also looked for in the DHT.
+    pub fn has_dht(&self) -> bool {
+        self.shared.config.dht.is_some() && !self.shared.torrent.info.private
+    }
+
     pub fn stats(&self) -> Stats {
         let s = &self.shared;
         let st = s.lock();
         Stats {
             peers: st.peers.len(),
             known_peers: st.known.len(),
+            by_source: discovery::by_source(&st.known, st.peers.values().map(|p| p.source)),
             downloaded: s.downloaded.load(Ordering::Relaxed),
             uploaded: s.uploaded.load(Ordering::Relaxed),
             verified_pieces: st.picker.have_bitfield().count_ones(),
             total_pieces: s.geometry.piece_count(),
+            verified_bytes: st.verified_bytes(&s.geometry),
+            total_bytes: s.geometry.total_length(),
             cache_used: st.store.used_bytes(),
             cache_budget: st.store.budget(),
             hash_failures: s.hash_failures.load(Ordering::Relaxed),
@@ -347,6 +370,7 @@ impl Session {
             trackers: s.trackers.lock().map(|t| t.clone()).unwrap_or_default(),
             dht_nodes: s.config.dht.as_ref().map(|d| d.node_count()),
             readers: read::reader_status(s, &st),
+            longest_wait: st.waits.values().min().map(|t| t.elapsed()),
         }
     }
 

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::pieces::{self, Assembly};
-use super::{PeerCmd, PeerEntry, Shared};
+use super::{PeerCmd, PeerEntry, PeerSource, Shared};
 use crate::bitfield::Bitfield;
 use crate::metadata::metadata_piece;
 use crate::picker::{Block, PeerId};
@@ -64,13 +64,14 @@ pub(crate) enum PeerError {
     Shutdown,
 }
 
-/// Runs a connection to the end. `outgoing`: we dialled, so we speak first.
+/// Runs a connection to the end. Any source but `Incoming`: we dialled, so we speak first.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     mut stream: TcpStream,
     addr: SocketAddr,
-    outgoing: bool,
+    source: PeerSource,
 ) -> Result<(), PeerError> {
+    let outgoing = source != PeerSource::Incoming;
     let ours = Handshake::new(shared.torrent.info_hash.0, shared.peer_id);
     let theirs = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         if outgoing {
@@ -109,7 +110,17 @@ pub(crate) async fn run(
         }
         st.next_peer += 1;
         let id = PeerId(st.next_peer);
-        st.peers.insert(id, PeerEntry { addr, cmd: cmd_tx });
+        if !outgoing {
+            st.known.insert(addr, source);
+        }
+        st.peers.insert(
+            id,
+            PeerEntry {
+                addr,
+                source,
+                cmd: cmd_tx,
+            },
+        );
         (id, st.picker.have_bitfield().clone())
     };
     tracing::debug!(%addr, outgoing, "peer connected");
@@ -527,6 +538,8 @@ impl Peer {
             st.choker
                 .set_rates(self.id.0, self.rate as u64, self.up_rate as u64);
             st.choker.set_snubbed(self.id.0, self.snubbed);
+            let urgent = st.picker.has_urgent(&self.has);
+            st.choker.set_urgent(self.id.0, urgent);
         }
         if self.last_recv.elapsed() >= IDLE_TIMEOUT {
             return Err(PeerError::Idle);

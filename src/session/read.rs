@@ -166,6 +166,7 @@ impl Session {
                 }
                 if held.is_none() && !asked {
                     asked = true;
+                    st.waits.insert(urgent, std::time::Instant::now());
                     st.picker.set_reader(
                         urgent,
                         ReaderWant {
@@ -300,6 +301,8 @@ struct UrgentGuard<'a> {
 
 impl Drop for UrgentGuard<'_> {
     fn drop(&mut self) {
-        self.shared.lock().picker.remove_reader(self.id);
+        let mut st = self.shared.lock();
+        st.picker.remove_reader(self.id);
+        st.waits.remove(&self.id);
     }
 }

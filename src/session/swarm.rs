@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Shared, peer};
+use super::{PeerSource, Shared, peer};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts at an address before it is forgotten until discovery names it again.
@@ -25,7 +25,7 @@ pub(crate) async fn listen(shared: Arc<Shared>, listener: TcpListener) {
                     if shared.lock().banned.contains(&addr.ip()) {
                         continue;
                     }
-                    tokio::spawn(peer::run(shared.clone(), stream, addr, false));
+                    tokio::spawn(peer::run(shared.clone(), stream, addr, PeerSource::Incoming));
                 }
                 Err(e) => {
                     tracing::warn!("accepting a peer failed: {e}");
@@ -38,6 +38,7 @@ pub(crate) async fn listen(shared: Arc<Shared>, listener: TcpListener) {
 }
 
 struct Candidate {
+    source: PeerSource,
     failures: u32,
     next_try: Instant,
 }
@@ -45,7 +46,7 @@ struct Candidate {
 /// Dials new addresses while there is room for more peers.
 pub(crate) async fn connect_loop(
     shared: Arc<Shared>,
-    mut discovered: mpsc::Receiver<Vec<SocketAddr>>,
+    mut discovered: mpsc::Receiver<(PeerSource, Vec<SocketAddr>)>,
 ) {
     let mut shutdown = shared.shutdown.subscribe();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(SocketAddr, bool)>();
@@ -56,12 +57,13 @@ pub(crate) async fn connect_loop(
     loop {
         tokio::select! {
             addrs = discovered.recv() => {
-                let Some(addrs) = addrs else { return };
+                let Some((source, addrs)) = addrs else { return };
                 let mut st = shared.lock();
                 for a in addrs {
-                    st.known.insert(a);
+                    st.known.insert(a, source);
                     if !active.contains(&a) && !candidates.contains_key(&a) {
-                        candidates.insert(a, Candidate { failures: 0, next_try: Instant::now() });
+                        let next_try = Instant::now();
+                        candidates.insert(a, Candidate { source, failures: 0, next_try });
                         queue.push_back(a);
                     }
                 }
@@ -117,13 +119,14 @@ pub(crate) async fn connect_loop(
             }
             budget -= 1;
             active.insert(addr);
+            let source = c.source;
             let shared = shared.clone();
             let done = done_tx.clone();
             tokio::spawn(async move {
                 let connected =
                     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
                         Ok(Ok(stream)) => {
-                            let result = peer::run(shared, stream, addr, true).await;
+                            let result = peer::run(shared, stream, addr, source).await;
                             !matches!(
                                 result,
                                 Err(peer::PeerError::SelfConnection) | Err(peer::PeerError::Banned)

@@ -13,7 +13,7 @@ use rand::{RngCore, SeedableRng};
 use sha1::{Digest, Sha1};
 
 use super::fake_peer::{Abuse, Behavior, Content, FakePeer, HANG};
-use super::{Config, ReadError, Session, Stats};
+use super::{Config, PeerSource, ReadError, Session, Stats};
 use crate::bencode::Encoder;
 use crate::metainfo::Torrent;
 
@@ -206,7 +206,7 @@ async fn join(session: &Session, peer: &FakePeer) {
     session
         .shared
         .discovered
-        .send(vec![peer.addr])
+        .send((PeerSource::Tracker, vec![peer.addr]))
         .await
         .expect("connector running");
 }

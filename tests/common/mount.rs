@@ -110,6 +110,12 @@ impl Mount {
     /// status, or None if it has not exited within `EXIT_AFTER_UNMOUNT` (drop then kills
     /// it and unmounts lazily).
     pub fn unmount(mut self) -> Option<ExitStatus> {
+        self.unmount_in_place()
+    }
+
+    /// `unmount`, keeping the (now empty) mountpoint directory until drop, so a test can look
+    /// at what is left there.
+    pub fn unmount_in_place(&mut self) -> Option<ExitStatus> {
         let _ = Command::new("fusermount3")
             .arg("-u")
             .arg(&self.mnt)

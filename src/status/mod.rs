@@ -1,0 +1,378 @@
+//! What a running mount reports about itself: one [`Report`], built in the mount process and
+//! shown three ways: as JSON on the mount's status socket (`btfs status --json`), as
+//! `key: value` text (`btfs status MOUNT` and the `user.btfs.status` attribute of the mount
+//! root), and as a two-line summary (`btfs status` with no mountpoint, and the live status
+//! line).
+//!
+//! [`Live`] is the mount's side: it samples the session once a second for the transfer rates
+//! and the said-once warnings ([`crate::alerts`]). [`socket`] serves reports and asks for them.
+
+mod rate;
+pub mod socket;
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::alerts::{Alerts, Condition};
+use crate::session::{Session, SourceCount, Stats};
+use crate::units::format_bytes;
+
+pub use rate::RateMeter;
+pub use socket::StatusError;
+
+/// One mount's state, as `btfs status` shows it. Sizes in bytes, rates in bytes/s.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub name: String,
+    pub info_hash: String,
+    pub mountpoint: PathBuf,
+    pub pid: u32,
+    pub listen_port: u16,
+    /// Connected peers, and every address discovery named.
+    pub peers: usize,
+    pub known_peers: usize,
+    /// The same per source (tracker, dht, pex, incoming, manual).
+    pub peer_sources: Vec<SourceCount>,
+    /// Over the last few seconds ([`rate::WINDOW`]).
+    pub download_rate: u64,
+    pub upload_rate: u64,
+    pub downloaded_bytes: u64,
+    pub uploaded_bytes: u64,
+    pub verified_pieces: u32,
+    pub total_pieces: u32,
+    pub verified_bytes: u64,
+    pub total_bytes: u64,
+    pub cache_used_bytes: u64,
+    pub cache_budget_bytes: u64,
+    pub hash_failures: u64,
+    pub banned_peers: usize,
+    /// Good nodes in the DHT routing table; `None` without DHT.
+    pub dht_nodes: Option<usize>,
+    pub trackers: Vec<TrackerReport>,
+    pub readers: Vec<ReaderReport>,
+    /// Problems raised now, in plain words.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackerReport {
+    pub url: String,
+    pub tier: usize,
+    /// The last announce: `ok`, `error`, or `pending` (none answered yet).
+    pub result: String,
+    /// Peers of the last good answer.
+    pub peers: Option<usize>,
+    pub error: Option<String>,
+}
+
+/// One open file: where its reader is and the window fetched ahead of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReaderReport {
+    pub path: String,
+    pub position: u64,
+    pub window_start: u64,
+    pub window: u64,
+}
+
+impl Report {
+    fn new(session: &Session, s: Stats, mountpoint: PathBuf, rates: (u64, u64)) -> Report {
+        let t = session.torrent();
+        Report {
+            name: t.info.name.clone(),
+            info_hash: t.info_hash.to_string(),
+            mountpoint,
+            pid: std::process::id(),
+            listen_port: session.listen_port(),
+            peers: s.peers,
+            known_peers: s.known_peers,
+            peer_sources: s.by_source,
+            download_rate: rates.0,
+            upload_rate: rates.1,
+            downloaded_bytes: s.downloaded,
+            uploaded_bytes: s.uploaded,
+            verified_pieces: s.verified_pieces,
+            total_pieces: s.total_pieces,
+            verified_bytes: s.verified_bytes,
+            total_bytes: s.total_bytes,
+            cache_used_bytes: s.cache_used,
+            cache_budget_bytes: s.cache_budget,
+            hash_failures: s.hash_failures,
+            banned_peers: s.banned,
+            dht_nodes: s.dht_nodes,
+            trackers: s
+                .trackers
+                .into_iter()
+                .map(|tr| {
+                    let (result, peers, error) = match tr.last {
+                        None => ("pending", None, None),
+                        Some(Ok(n)) => ("ok", Some(n), None),
+                        Some(Err(e)) => ("error", None, Some(e)),
+                    };
+                    TrackerReport {
+                        url: tr.url,
+                        tier: tr.tier,
+                        result: result.to_string(),
+                        peers,
+                        error,
+                    }
+                })
+                .collect(),
+            readers: s
+                .readers
+                .into_iter()
+                .map(|r| ReaderReport {
+                    path: r.path,
+                    position: r.position,
+                    window_start: r.window_start,
+                    window: r.window,
+                })
+                .collect(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// One `key: value` per line: readable by people and by `grep`/`cut`. Keys repeat for lists
+    /// (`reader:`, `tracker:`, `warning:`).
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let mut line = |k: &str, v: &dyn std::fmt::Display| out.push_str(&format!("{k}: {v}\n"));
+        line("name", &self.name);
+        line("info_hash", &self.info_hash);
+        line("mountpoint", &self.mountpoint.display());
+        line("pid", &self.pid);
+        line("listen_port", &self.listen_port);
+        line("peers", &self.peers);
+        line("known_peers", &self.known_peers);
+        for c in &self.peer_sources {
+            let v = format!("{} connected, {} known", c.connected, c.known);
+            line(&format!("peers_{}", c.source.name()), &v);
+        }
+        line(
+            "download_rate",
+            &format!("{}/s", format_bytes(self.download_rate)),
+        );
+        line(
+            "upload_rate",
+            &format!("{}/s", format_bytes(self.upload_rate)),
+        );
+        line("downloaded_bytes", &self.downloaded_bytes);
+        line("uploaded_bytes", &self.uploaded_bytes);
+        line("verified_pieces", &self.verified_pieces);
+        line("total_pieces", &self.total_pieces);
+        line("verified_bytes", &self.verified_bytes);
+        line("total_bytes", &self.total_bytes);
+        line("cache_used_bytes", &self.cache_used_bytes);
+        line("cache_budget_bytes", &self.cache_budget_bytes);
+        line("hash_failures", &self.hash_failures);
+        line("banned_peers", &self.banned_peers);
+        let dht = self.dht_nodes.map_or("off".to_string(), |n| n.to_string());
+        line("dht_nodes", &dht);
+        for r in &self.readers {
+            let v = format!(
+                "{} position={} window_start={} window={}",
+                r.path, r.position, r.window_start, r.window
+            );
+            line("reader", &v);
+        }
+        for tr in &self.trackers {
+            let last = match (tr.result.as_str(), tr.peers, &tr.error) {
+                ("ok", Some(n), _) => format!("ok, {n} peers"),
+                ("error", _, Some(e)) => format!("error: {e}"),
+                _ => "not yet".to_string(),
+            };
+            line("tracker", &format!("{} ({last})", tr.url));
+        }
+        for w in &self.warnings {
+            line("warning", w);
+        }
+        out
+    }
+
+    /// `peers 3/5 | down 12.3 MiB/s up 0 B/s | 120/1024 pieces | cache 30.0 MiB/256.0 MiB`
+    pub fn summary_line(&self) -> String {
+        let dht = self
+            .dht_nodes
+            .map_or(String::new(), |n| format!(" | DHT: {n} nodes"));
+        format!(
+            "peers {}/{} | down {}/s up {}/s | {}/{} pieces | cache {}/{}{dht}",
+            self.peers,
+            self.known_peers,
+            format_bytes(self.download_rate),
+            format_bytes(self.upload_rate),
+            self.verified_pieces,
+            self.total_pieces,
+            format_bytes(self.cache_used_bytes),
+            format_bytes(self.cache_budget_bytes),
+        )
+    }
+
+    /// A short block for the list of every mount: where, what, the summary, the warnings.
+    pub fn to_short(&self) -> String {
+        let mut out = format!(
+            "{}: {} ({}, pid {})\n  {}\n",
+            self.mountpoint.display(),
+            self.name,
+            self.info_hash,
+            self.pid,
+            self.summary_line()
+        );
+        for w in &self.warnings {
+            out.push_str(&format!("  warning: {w}\n"));
+        }
+        out
+    }
+}
+
+/// The mount process's view of its session for reports: rates and warnings need a memory of
+/// the last seconds, which [`Live::tick`] keeps.
+pub struct Live {
+    session: Session,
+    mountpoint: PathBuf,
+    /// Locked briefly by the tick and by report builders; never across an `.await`.
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    rates: RateMeter,
+    alerts: Alerts,
+}
+
+impl Live {
+    pub fn new(session: Session, mountpoint: PathBuf) -> Live {
+        Live {
+            session,
+            mountpoint,
+            inner: Mutex::new(Inner {
+                rates: RateMeter::default(),
+                alerts: Alerts::default(),
+            }),
+        }
+    }
+
+    /// Once a second: sample the transfer totals and say (once) what went wrong.
+    pub fn tick(&self) {
+        let s = self.session.stats();
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.rates.sample(now, s.downloaded, s.uploaded);
+        for (condition, problem) in problems(&s, self.session.has_dht()) {
+            inner.alerts.observe(now, condition, problem);
+        }
+    }
+
+    pub fn report(&self) -> Report {
+        let stats = self.session.stats();
+        let inner = self.lock();
+        let rates = inner
+            .rates
+            .rates_at(Instant::now(), stats.downloaded, stats.uploaded);
+        let mut r = Report::new(&self.session, stats, self.mountpoint.clone(), rates);
+        r.warnings = inner.alerts.raised();
+        r
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How long a read may wait for its data before the user hears of it.
+const READ_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Each condition, with the sentence to say if it holds now.
+fn problems(s: &Stats, dht: bool) -> Vec<(Condition, Option<String>)> {
+    let all_failing =
+        !s.trackers.is_empty() && s.trackers.iter().all(|t| matches!(t.last, Some(Err(_))));
+    let trackers = all_failing.then(|| {
+        let last = s
+            .trackers
+            .iter()
+            .filter_map(|t| match &t.last {
+                Some(Err(e)) => Some(format!("{}: {e}", t.url)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let rest = if dht {
+            "peers come from the DHT only"
+        } else {
+            "no other way to find peers but --peer"
+        };
+        format!("every tracker fails ({last}); {rest}")
+    });
+    let no_peers = (s.peers == 0).then(|| {
+        let waiting = if s.longest_wait.is_some() {
+            "; a read is waiting"
+        } else {
+            ""
+        };
+        format!(
+            "no peer connected for a minute ({} addresses known){waiting}",
+            s.known_peers
+        )
+    });
+    let stalled = s.longest_wait.filter(|w| *w >= READ_STALL).map(|w| {
+        format!(
+            "a read has waited {} s for its data ({} peers connected, none has sent it)",
+            w.as_secs(),
+            s.peers
+        )
+    });
+    vec![
+        (Condition::TrackersFailing, trackers),
+        (Condition::NoPeers, no_peers),
+        (Condition::ReadStalled, stalled),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::announcer::TrackerStatus;
+
+    fn tracker(last: Option<Result<usize, String>>) -> TrackerStatus {
+        TrackerStatus {
+            url: "http://t/announce".into(),
+            tier: 0,
+            last,
+            next_announce: None,
+        }
+    }
+
+    fn holds(s: &Stats, c: Condition) -> bool {
+        problems(s, false)
+            .into_iter()
+            .any(|(k, p)| k == c && p.is_some())
+    }
+
+    #[test]
+    fn trackers_fail_only_when_every_one_has_failed() {
+        let mut s = Stats {
+            peers: 1,
+            ..Stats::default()
+        };
+        assert!(!holds(&s, Condition::TrackersFailing), "no trackers at all");
+        s.trackers = vec![tracker(Some(Err("refused".into()))), tracker(None)];
+        assert!(!holds(&s, Condition::TrackersFailing), "one not tried yet");
+        s.trackers[1] = tracker(Some(Err("timed out".into())));
+        assert!(holds(&s, Condition::TrackersFailing));
+        s.trackers[0] = tracker(Some(Ok(3)));
+        assert!(!holds(&s, Condition::TrackersFailing));
+    }
+
+    #[test]
+    fn no_peers_and_a_stalled_read_are_separate_conditions() {
+        let mut s = Stats::default();
+        assert!(holds(&s, Condition::NoPeers));
+        assert!(!holds(&s, Condition::ReadStalled));
+        s.peers = 2;
+        s.longest_wait = Some(std::time::Duration::from_secs(59));
+        assert!(!holds(&s, Condition::NoPeers));
+        assert!(!holds(&s, Condition::ReadStalled));
+        s.longest_wait = Some(READ_STALL);
+        assert!(holds(&s, Condition::ReadStalled));
+    }
+}
