@@ -20,6 +20,7 @@
 mod fake_peer;
 pub mod magnet;
 mod peer;
+mod pex;
 mod pieces;
 mod read;
 mod swarm;
@@ -192,6 +193,13 @@ pub(crate) struct State {
 pub(crate) struct PeerEntry {
     addr: SocketAddr,
     cmd: mpsc::UnboundedSender<PeerCmd>,
+    /// We dialled it (so `addr` is where it listens).
+    outgoing: bool,
+    /// Where it accepts connections: `addr` if outgoing, else the port its extended handshake
+    /// named; what PEX tells other peers.
+    listen: Option<SocketAddr>,
+    /// It has every piece.
+    seed: bool,
 }
 
 /// Binds the port peers connect to. Done first, before any metadata fetch, so that trackers
@@ -398,6 +406,12 @@ impl Shared {
         // A panic while holding the lock already aborted a task; the state is still usable for
         // shutting down, so recover instead of cascading panics into every FUSE reply.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Addresses a peer named in a PEX message (already filtered by `pex`) join discovery.
+    /// Dropped if the connector is behind: PEX repeats itself, trackers and the DHT too.
+    pub(crate) fn discover_from_pex(&self, addrs: Vec<SocketAddr>) {
+        let _ = self.discovered.try_send(addrs);
     }
 
     /// Asks every peer to top up its request queue (priorities changed or blocks were freed).
