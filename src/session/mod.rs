@@ -2,8 +2,8 @@
 //!
 //! Tasks (all end when `shutdown` flips to true):
 //! - the listener accepts incoming peer connections;
-//! - the connector turns addresses from discovery (trackers) into outgoing connections,
-//!   up to `max_peers`;
+//! - the connector turns addresses from discovery (trackers, DHT, peers' PEX messages) into
+//!   outgoing connections, up to `max_peers`;
 //! - one task per peer reads its messages and asks the picker for blocks; a writer task per peer
 //!   sends what the session queues for it;
 //! - a blocking-pool job hashes each completed piece before anyone sees a byte of it;
