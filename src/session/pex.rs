@@ -108,14 +108,17 @@ pub(crate) struct Sender {
 }
 
 impl Sender {
+    /// A message may go out at `now` (if anything changed).
+    pub fn due(&self, now: Instant) -> bool {
+        self.last
+            .is_none_or(|last| now.saturating_duration_since(last) >= SEND_INTERVAL)
+    }
+
     /// The message due at `now` given the peers we are `connected` to (listen address and
     /// flags, the recipient excluded), or `None`: nothing changed, or the last message was
     /// less than [`SEND_INTERVAL`] ago. A peer whose flags changed is added again.
     pub fn poll(&mut self, now: Instant, connected: &HashMap<SocketAddr, PexFlags>) -> Option<Pex> {
-        if self
-            .last
-            .is_some_and(|last| now.saturating_duration_since(last) < SEND_INTERVAL)
-        {
+        if !self.due(now) {
             return None;
         }
         let mut added: Vec<(SocketAddr, PexFlags)> = connected
@@ -225,6 +228,10 @@ impl PeerPex {
     /// The payload of the PEX message due to peer `me` now, with the id to send it under.
     pub fn tick(&mut self, shared: &Shared, me: PeerId, to: SocketAddr) -> Option<(u8, Vec<u8>)> {
         let theirs = self.theirs?;
+        let now = Instant::now();
+        if !self.sender.due(now) {
+            return None;
+        }
         let connected: HashMap<SocketAddr, PexFlags> = {
             let st = shared.lock();
             (st.peers.iter())
@@ -233,7 +240,7 @@ impl PeerPex {
                 .filter(|(a, _)| *a != to)
                 .collect()
         };
-        let pex = self.sender.poll(Instant::now(), &connected)?;
+        let pex = self.sender.poll(now, &connected)?;
         tracing::debug!(
             %to,
             added = pex.added.len(),
