@@ -14,16 +14,23 @@ Subcommands:
       prints libtorrent's v1 info-hash (hex).
   seed TORRENT DATA_PARENT_DIR --bind 127.0.x.1 --port P [--corrupt] [--upload-limit B/s]
        [--ready-file F] [--work-dir D] [--seed-mode] [--no-wait-announce]
-       [--dht-node IP:PORT ...]
+       [--dht-node IP:PORT ...] [--keep-redundant]
       seeds until SIGTERM/SIGINT; writes F once it is a seed and (unless
       --no-wait-announce, or the torrent has no trackers) a tracker answered.
       With --dht-node: also a DHT node (see "DHT mode" below) announcing the torrent.
+      With --keep-redundant: keeps connections to peers that want nothing (pex-hub).
   leech TORRENT OUTDIR --bind IP --peer IP:PORT ... [--timeout S] [--stop-after-hash-fails N]
-        [--dht-node IP:PORT ...]
+        [--dht-node IP:PORT ...] [--pex]
       downloads from the given peers only; prints a JSON summary on stdout.
       Exit 0 when complete, 2 on timeout, 3 once N hash failures were seen.
       With --dht-node (then --peer is optional): also from the peers its DHT lookups find,
       and the summary gains "peers": every address it connected to.
+      With --pex: also from the peers they name in PEX messages (BEP 11); the summary
+      gains "peers".
+  pex-hub TORRENT --bind IP --port P --peer IP:PORT ... [--ready-file F]
+      a peer that has no data and downloads nothing (every file priority 0), connects to
+      the given peers and keeps those connections, and does PEX: whoever connects to it
+      learns its peers. Writes F once connected to all of them; runs until SIGTERM.
   tracker --dir D --http-port P --udp-port Q [--whitelist HEX ...] [--whitelist-file F]
       writes D/whitelist.txt and execs /usr/bin/opentracker (same PID) on 127.0.0.1.
 
@@ -292,6 +299,9 @@ def seed(args):
         ses = L.session(base_settings(args.bind, args.port))
     if args.upload_limit:
         apply_upload_limit(L, ses, args.upload_limit)
+    if args.keep_redundant:
+        # By default a seed drops an upload-only peer ("upload to upload connection").
+        ses.apply_settings({"close_redundant_connections": False})
     atp = L.add_torrent_params()
     atp.ti = ti
     atp.save_path = save_path
@@ -400,8 +410,10 @@ def leech(args):
                  | L.torrent_flags.disable_pex | L.torrent_flags.paused)
     if args.dht_node:
         atp.flags &= ~L.torrent_flags.disable_dht
+    if args.pex:
+        atp.flags &= ~L.torrent_flags.disable_pex
     h = ses.add_torrent(atp)
-    h.replace_trackers([])  # peers come from --peer (and the DHT) only
+    h.replace_trackers([])  # peers come from --peer (and the DHT, and PEX) only
     if args.dht_node:
         # A lookup before the routing table has a node finds nothing: start after one.
         wait_dht_nodes(ses, stop, time.monotonic() + args.timeout)
@@ -422,7 +434,7 @@ def leech(args):
                 log("hash failed: piece %d" % a.piece_index)
             elif args.dht_node and isinstance(a, L.dht_reply_alert):
                 log("DHT: %s" % a.message())
-            elif args.dht_node and isinstance(a, L.peer_connect_alert):
+            elif (args.dht_node or args.pex) and isinstance(a, L.peer_connect_alert):
                 connected.add("%s:%d" % (a.endpoint[0], a.endpoint[1]))
                 log("%s: %s" % (type(a).__name__, a.message()))
             elif isinstance(a, (L.peer_error_alert, L.peer_ban_alert, L.peer_connect_alert,
@@ -444,9 +456,64 @@ def leech(args):
     summary = {"complete": bool(st.is_seeding), "hash_failures": hash_fails,
                "pieces": st.num_pieces, "total_pieces": atp.ti.num_pieces(),
                "bytes_done": st.total_wanted_done}
-    if args.dht_node:
+    if args.dht_node or args.pex:
         summary["peers"] = sorted(connected)
     print(json.dumps(summary))
+    log("exit %d" % rc)
+    return rc
+
+
+def pex_hub(args):
+    L = lt()
+    stop = Stop()
+    settings = base_settings(args.bind, args.port)
+    # A peer that wants nothing is "finished": by default it drops seeds as redundant. It
+    # still tells them it is upload-only, so its seeds need `seed --keep-redundant`.
+    settings["close_redundant_connections"] = False
+    ses = L.session(settings)
+    ti = L.torrent_info(args.torrent)
+    atp = L.add_torrent_params()
+    atp.ti = ti
+    atp.save_path = tempfile.mkdtemp(prefix="swarm-pex-hub-")
+    atp.file_priorities = [0] * ti.num_files()
+    atp.flags = L.torrent_flags.disable_dht | L.torrent_flags.disable_lsd
+    h = ses.add_torrent(atp)
+    h.replace_trackers([])
+    want = set(args.peer)
+    log("PEX hub for %s on %s:%d, peers %s" % (ti.name(), args.bind, args.port, sorted(want)))
+    ready = False
+    last_connect = 0.0
+    rc = 0
+    while not stop.flag:
+        ses.wait_for_alert(250)
+        for a in ses.pop_alerts():
+            if isinstance(a, (L.peer_connect_alert, L.incoming_connection_alert,
+                              L.peer_disconnected_alert, L.peer_error_alert,
+                              L.listen_failed_alert, L.listen_succeeded_alert,
+                              L.torrent_error_alert)):
+                log("%s: %s" % (type(a).__name__, a.message()))
+            if isinstance(a, L.listen_failed_alert):
+                rc = 1
+                stop.flag = True
+        busy = L.peer_info.connecting | L.peer_info.handshake
+        connected = {"%s:%d" % p.ip for p in h.get_peer_info() if not p.flags & busy}
+        if not want <= connected and time.monotonic() - last_connect > 2:
+            for p in want - connected:
+                h.connect_peer(parse_peer(p))
+            last_connect = time.monotonic()
+        if not ready and want <= connected:
+            ready = True
+            if args.ready_file:
+                tmp = args.ready_file + ".tmp"
+                with open(tmp, "w") as f:
+                    f.write("%s:%d\n" % (args.bind, args.port))
+                os.rename(tmp, args.ready_file)
+            log("ready: connected to %s" % sorted(want))
+    st = h.status()
+    log("downloaded %d bytes" % st.total_payload_download)
+    del h
+    del ses
+    shutil.rmtree(atp.save_path, ignore_errors=True)
     log("exit %d" % rc)
     return rc
 
@@ -523,6 +590,8 @@ def main():
                    help="skip the startup check (pieces are hashed on first request)")
     s.add_argument("--dht-node", action="append", default=[],
                    help="IP:PORT of a DHT node: run a DHT node knowing it, announce there")
+    s.add_argument("--keep-redundant", action="store_true",
+                   help="keep connections to upload-only peers (a pex-hub)")
     s.set_defaults(fn=seed)
 
     s = sub.add_parser("leech")
@@ -535,7 +604,17 @@ def main():
     s.add_argument("--stop-after-hash-fails", type=int, default=0)
     s.add_argument("--dht-node", action="append", default=[],
                    help="IP:PORT of a DHT node: also find peers through the DHT")
+    s.add_argument("--pex", action="store_true",
+                   help="also connect to peers named in PEX messages")
     s.set_defaults(fn=leech)
+
+    s = sub.add_parser("pex-hub")
+    s.add_argument("torrent")
+    s.add_argument("--bind", required=True)
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--peer", action="append", required=True, help="IP:PORT")
+    s.add_argument("--ready-file")
+    s.set_defaults(fn=pex_hub)
 
     s = sub.add_parser("tracker")
     s.add_argument("--dir", required=True)

@@ -24,6 +24,7 @@
 //! FUSE threads --read--> tokio task --Session::read--> picker wants (urgent + readahead)
 //!                                          ^   waits on `verified` (watch<u64>)
 //! announcer --peer addrs (mpsc)--> connector --dial--> peer task <--PeerCmd (mpsc)-- session
+//! peer task --addrs from PEX messages (the same mpsc)--> connector
 //! listener --accept-----------------------------------> peer task --Message (mpsc)--> writer
 //! peer task --complete piece--> spawn_blocking SHA1 --> store + picker, `have` to peers,
 //!                                                       `verified` bumped

@@ -19,6 +19,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::bitfield::Bitfield;
 use crate::metainfo::Torrent;
+use crate::wire::extension::{ExtendedHandshake, MetadataMsg, Pex, PexFlags};
 use crate::wire::{
     BlockRef, Handshake, Message, MessageReader, MessageWriter, WireError, read_handshake,
     write_handshake,
@@ -49,6 +50,9 @@ pub(super) enum Behavior {
     /// A leecher: once the session has piece 0 and unchokes it, asks for that piece's first
     /// block `n` times and never reads again.
     Hoarder(usize),
+    /// Sends `n` PEX messages of 50 new addresses each (127.1.x.y, nobody listening), then
+    /// asks for metadata piece 0: the answer means the session has handled every PEX message.
+    PexFlood(usize),
     Abuse(Abuse),
 }
 
@@ -84,6 +88,10 @@ pub(super) struct Counters {
     pub chokes: usize,
     /// Connections the session ended (our read saw end of stream or an error).
     pub closed: usize,
+    /// Extended handshakes from the session that offered `ut_pex`.
+    pub pex_offered: usize,
+    /// `ut_metadata` answers the session sent.
+    pub metadata_replies: usize,
 }
 
 pub(super) struct FakePeer {
@@ -193,6 +201,9 @@ impl Conn {
         if let Behavior::Hoarder(n) = self.behavior {
             return self.hoard(reader, writer, n).await;
         }
+        if let Behavior::PexFlood(n) = self.behavior {
+            return self.pex_flood(reader, writer, n).await;
+        }
         writer.send_many(&opening).await?;
         let mut interested = false;
         let mut choking = false;
@@ -271,6 +282,71 @@ impl Conn {
         // Holds the connection open and reads nothing, ever.
         std::future::pending::<()>().await;
         Ok(())
+    }
+
+    async fn pex_flood(
+        &self,
+        mut reader: MessageReader<OwnedReadHalf>,
+        mut writer: MessageWriter<OwnedWriteHalf>,
+        n: usize,
+    ) -> Result<(), WireError> {
+        const OUR_METADATA: u8 = 3;
+        let ours = ExtendedHandshake {
+            ut_metadata: Some(OUR_METADATA),
+            ut_pex: Some(4),
+            ..ExtendedHandshake::default()
+        };
+        writer
+            .send(&Message::Extended {
+                id: 0,
+                payload: ours.encode().into(),
+            })
+            .await?;
+        let theirs = loop {
+            if let Message::Extended { id: 0, payload } = reader.next().await?
+                && let Ok(hs) = ExtendedHandshake::decode(&payload)
+            {
+                break hs;
+            }
+        };
+        if theirs.ut_pex.is_some() {
+            self.counters.send_modify(|c| c.pex_offered += 1);
+        }
+        // Sent under the id a public torrent's session uses, whether it offered PEX or not.
+        let pex_id = theirs.ut_pex.unwrap_or(2);
+        let mut flood = Vec::new();
+        for m in 0..n {
+            let added = (0..50)
+                .map(|i| {
+                    let a = SocketAddr::from(([127, 1, m as u8, i as u8 + 1], 9));
+                    (a, PexFlags::REACHABLE)
+                })
+                .collect();
+            let pex = Pex {
+                added,
+                dropped: Vec::new(),
+            };
+            flood.push(Message::Extended {
+                id: pex_id,
+                payload: pex.encode().into(),
+            });
+        }
+        writer.send_many(&flood).await?;
+        let metadata = theirs.ut_metadata.expect("the session serves metadata");
+        writer
+            .send(&Message::Extended {
+                id: metadata,
+                payload: MetadataMsg::Request { piece: 0 }.encode().into(),
+            })
+            .await?;
+        loop {
+            if let Message::Extended {
+                id: OUR_METADATA, ..
+            } = reader.next().await?
+            {
+                self.counters.send_modify(|c| c.metadata_replies += 1);
+            }
+        }
     }
 
     /// The true bytes of a requested block, if it is exactly one of the torrent's blocks.

@@ -2,8 +2,9 @@
 //!
 //! Tasks (all end when `shutdown` flips to true):
 //! - the listener accepts incoming peer connections;
-//! - the connector turns addresses from discovery (trackers, DHT, `--peer`; each tagged with
-//!   its [`PeerSource`], see `discovery`) into outgoing connections, up to `max_peers`;
+//! - the connector turns addresses from discovery (trackers, DHT, `--peer`, peers' PEX
+//!   messages; each tagged with its [`PeerSource`], see `discovery`) into outgoing
+//!   connections, up to `max_peers`;
 //! - one task per peer reads its messages and asks the picker for blocks; a writer task per peer
 //!   sends what the session queues for it;
 //! - a blocking-pool job hashes each completed piece before anyone sees a byte of it;
@@ -21,6 +22,7 @@ mod discovery;
 mod fake_peer;
 pub mod magnet;
 mod peer;
+mod pex;
 mod pieces;
 mod read;
 mod swarm;
@@ -204,6 +206,11 @@ pub(crate) struct PeerEntry {
     addr: SocketAddr,
     source: PeerSource,
     cmd: mpsc::UnboundedSender<PeerCmd>,
+    /// Where it accepts connections: `addr` if outgoing, else the port its extended handshake
+    /// named; what PEX tells other peers.
+    listen: Option<SocketAddr>,
+    /// It has every piece.
+    seed: bool,
 }
 
 /// Binds the port peers connect to. Done first, before any metadata fetch, so that trackers
@@ -422,6 +429,12 @@ impl Shared {
         // A panic while holding the lock already aborted a task; the state is still usable for
         // shutting down, so recover instead of cascading panics into every FUSE reply.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Addresses a peer named in a PEX message (already filtered by `pex`) join discovery.
+    /// Dropped if the connector is behind: PEX repeats itself, trackers and the DHT too.
+    pub(crate) fn discover_from_pex(&self, addrs: Vec<SocketAddr>) {
+        let _ = self.discovered.try_send((PeerSource::Pex, addrs));
     }
 
     /// Asks every peer to top up its request queue (priorities changed or blocks were freed).

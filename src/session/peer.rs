@@ -13,6 +13,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::pex::{OUR_UT_PEX, PeerPex};
 use super::pieces::{self, Assembly};
 use super::{PeerCmd, PeerEntry, PeerSource, Shared};
 use crate::bitfield::Bitfield;
@@ -113,19 +114,20 @@ pub(crate) async fn run(
         if !outgoing {
             st.known.insert(addr, source);
         }
-        st.peers.insert(
-            id,
-            PeerEntry {
-                addr,
-                source,
-                cmd: cmd_tx,
-            },
-        );
+        let entry = PeerEntry {
+            addr,
+            source,
+            cmd: cmd_tx,
+            listen: outgoing.then_some(addr),
+            seed: false,
+        };
+        st.peers.insert(id, entry);
         (id, st.picker.have_bitfield().clone())
     };
     tracing::debug!(%addr, outgoing, "peer connected");
     let mut peer = Peer::new(shared.clone(), id, addr);
     peer.extensions = theirs.supports_extensions();
+    peer.outgoing = outgoing;
     let result = peer.run(stream, cmd_rx, have).await;
     peer.leave();
     tracing::debug!(%addr, ?result, "peer disconnected");
@@ -164,6 +166,9 @@ struct Peer {
     extensions: bool,
     /// The peer's id for `ut_metadata` messages we send it, from its extended handshake.
     their_ut_metadata: Option<u8>,
+    outgoing: bool,
+    /// Peer exchange; `None` for private torrents (BEP 27).
+    pex: Option<PeerPex>,
 }
 
 /// Our id for `ut_metadata`: what peers use when they ask us for metadata (BEP 9).
@@ -175,7 +180,6 @@ impl Peer {
         let (out, out_rx) = mpsc::unbounded_channel();
         let now = Instant::now();
         Self {
-            shared,
             id,
             addr,
             has: Bitfield::new(n),
@@ -197,6 +201,9 @@ impl Peer {
             up_rate: 0.0,
             extensions: false,
             their_ut_metadata: None,
+            outgoing: false,
+            pex: (!shared.torrent.info.private).then(PeerPex::new),
+            shared,
         }
     }
 
@@ -320,7 +327,12 @@ impl Peer {
                     .piece(i)
                     .ok_or(PeerError::Protocol("have: piece out of range"))?;
                 if self.has.set(i) {
-                    self.shared.lock().picker.peer_have(self.id, p);
+                    let mut st = self.shared.lock();
+                    st.picker.peer_have(self.id, p);
+                    if self.has.is_full() {
+                        mark_seed(&mut st, self.id);
+                    }
+                    drop(st);
                     self.update_interest();
                 }
             }
@@ -330,6 +342,9 @@ impl Peer {
                 let mut st = self.shared.lock();
                 st.picker.peer_gone(self.id, &self.has);
                 st.picker.peer_bitfield(self.id, &bf);
+                if bf.is_full() {
+                    mark_seed(&mut st, self.id);
+                }
                 drop(st);
                 self.has = bf;
                 self.update_interest();
@@ -341,11 +356,13 @@ impl Peer {
         Ok(())
     }
 
-    /// Tells the peer we serve metadata (peers that came by magnet need it).
+    /// Tells the peer we serve metadata (peers that came by magnet need it) and, for public
+    /// torrents, that we speak PEX.
     fn send_extended_handshake(&self) {
         let raw = &self.shared.torrent.info.raw;
         let hs = ExtendedHandshake {
             ut_metadata: Some(OUR_UT_METADATA),
+            ut_pex: self.pex.is_some().then_some(OUR_UT_PEX),
             metadata_size: u32::try_from(raw.len())
                 .ok()
                 .filter(|&n| n > 0 && n <= MAX_METADATA_SIZE),
@@ -359,12 +376,28 @@ impl Peer {
         });
     }
 
-    /// Extension messages: the peer's extended handshake, and its `ut_metadata` requests.
+    /// Extension messages: the peer's extended handshake, its `ut_metadata` requests and its
+    /// PEX messages.
     /// Anything else (or anything malformed) is ignored, as BEP 10 asks.
     fn on_extended(&mut self, id: u8, payload: &[u8]) {
         if id == HANDSHAKE_ID {
             if let Ok(hs) = ExtendedHandshake::decode(payload) {
                 self.their_ut_metadata = hs.ut_metadata;
+                if let Some(pex) = &mut self.pex {
+                    pex.on_handshake(hs.ut_pex, hs.yourip);
+                }
+                if let (false, Some(port)) = (self.outgoing, hs.port) {
+                    let listen = SocketAddr::new(self.addr.ip(), port);
+                    if let Some(e) = self.shared.lock().peers.get_mut(&self.id) {
+                        e.listen = Some(listen);
+                    }
+                }
+            }
+            return;
+        }
+        if id == OUR_UT_PEX {
+            if let Some(pex) = &mut self.pex {
+                pex.on_message(&self.shared, self.addr, payload);
             }
             return;
         }
@@ -528,6 +561,14 @@ impl Peer {
     }
 
     fn on_tick(&mut self) -> Result<(), PeerError> {
+        if let Some(pex) = &mut self.pex
+            && let Some((id, payload)) = pex.tick(&self.shared, self.id, self.addr)
+        {
+            self.send(Message::Extended {
+                id,
+                payload: payload.into(),
+            });
+        }
         self.rate = 0.6 * self.rate + 0.4 * self.recv_tick as f64;
         self.recv_tick = 0;
         let sent = self.sent_total.load(Ordering::Relaxed);
@@ -583,6 +624,12 @@ impl Peer {
         st.choker.peer_left(self.id.0);
         st.peers.remove(&self.id);
         Shared::refill_all(&st);
+    }
+}
+
+fn mark_seed(st: &mut super::State, id: PeerId) {
+    if let Some(e) = st.peers.get_mut(&id) {
+        e.seed = true;
     }
 }
 

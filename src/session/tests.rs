@@ -22,6 +22,11 @@ const BIG_CACHE: u64 = 64 * 1024 * 1024;
 
 /// A multi-file torrent of deterministic random bytes; file boundaries fall inside pieces.
 fn content(seed: u64, piece_len: u32, files: &[u64]) -> Arc<Content> {
+    content_with(seed, piece_len, files, false)
+}
+
+/// `content`, optionally private (BEP 27).
+fn content_with(seed: u64, piece_len: u32, files: &[u64], private: bool) -> Arc<Content> {
     let total: u64 = files.iter().sum();
     let mut data = vec![0u8; total as usize];
     StdRng::seed_from_u64(seed).fill_bytes(&mut data);
@@ -51,9 +56,11 @@ fn content(seed: u64, piece_len: u32, files: &[u64]) -> Arc<Content> {
         .str("piece length")
         .int(i64::from(piece_len))
         .str("pieces")
-        .bytes(&pieces)
-        .end()
-        .end();
+        .bytes(&pieces);
+    if private {
+        e.str("private").int(1);
+    }
+    e.end().end();
     let torrent = Torrent::from_bytes(&e.finish()).expect("test torrent parses");
     Arc::new(Content {
         torrent: Arc::new(torrent),
@@ -538,4 +545,48 @@ async fn parole_piece_is_not_held_by_a_staller() {
         Some(expected(&c, 0, 5 * 32 * 1024, 100))
     );
     stop(session).await;
+}
+
+/// A peer sending 40 PEX messages of 50 new addresses each at once: the session takes no more
+/// than one peer's budget (a burst of 100, then 50 a minute); a private torrent takes none and
+/// does not offer PEX.
+async fn pex_flood_case(private: bool) -> (usize, usize, Duration) {
+    let c = content_with(5, 32 * 1024, &[100_000], private);
+    let flooder = FakePeer::start(ip(60), c.clone(), Behavior::PexFlood(40)).await;
+    let started = std::time::Instant::now();
+    let session = start(&c, &[&flooder], BIG_CACHE).await;
+    flooder
+        .wait_for("the metadata answer after the flood", |c| {
+            c.metadata_replies > 0
+        })
+        .await;
+    let took = started.elapsed();
+    // Every PEX message was handled; discovery is a channel away: wait for the burst (public)
+    // or the configured peer (private) to reach the known set.
+    let least = if private { 1 } else { 101 };
+    let known = eventually(&session, "known peers", |s| s.known_peers >= least)
+        .await
+        .known_peers;
+    let offered = flooder.counters().pex_offered;
+    stop(session).await;
+    (known, offered, took)
+}
+
+#[tokio::test]
+async fn a_pex_flood_adds_a_bounded_number_of_peers() {
+    let (known, offered, took) = pex_flood_case(false).await;
+    assert_eq!(offered, 1, "a public torrent offers ut_pex");
+    // The flooder itself, the burst, and what the bucket refilled meanwhile.
+    let refill = (took.as_secs_f64() / 60.0 * 50.0).ceil() as usize + 1;
+    assert!(
+        (101..=1 + 100 + refill).contains(&known),
+        "{known} known peers after 2000 addresses in {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_private_torrent_neither_offers_nor_takes_pex() {
+    let (known, offered, _) = pex_flood_case(true).await;
+    assert_eq!(offered, 0);
+    assert_eq!(known, 1, "only the configured peer");
 }

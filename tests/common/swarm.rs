@@ -62,6 +62,8 @@ pub struct SwarmOptions {
     pub seed_mode: bool,
     /// Seed a copy of this file (e.g. a video a test made) instead of generated data.
     pub data: Option<PathBuf>,
+    /// Seeders keep connections to peers that want nothing (see `start_pex_hub`).
+    pub keep_redundant: bool,
 }
 
 impl Default for SwarmOptions {
@@ -78,6 +80,7 @@ impl Default for SwarmOptions {
             data_seed: 1,
             seed_mode: false,
             data: None,
+            keep_redundant: false,
         }
     }
 }
@@ -95,6 +98,8 @@ pub struct Swarm {
     tracker_urls: Vec<String>,
     /// Sockets behind the `DeadUdp` URLs.
     silent_udp: Vec<UdpSocket>,
+    /// Other libtorrent peers a test started (`start_pex_hub`).
+    others: Vec<Proc>,
     // Last, so it is removed after the processes are gone.
     dir: TempDir,
 }
@@ -160,6 +165,7 @@ impl Swarm {
             udp_port: 0,
             tracker_urls: Vec::new(),
             silent_udp: Vec::new(),
+            others: Vec::new(),
             dir,
         };
         // From here on a panic drops `swarm`, which ends whatever was started.
@@ -277,6 +283,9 @@ impl Swarm {
         }
         if self.opts.seed_mode {
             cmd.arg("--seed-mode");
+        }
+        if self.opts.keep_redundant {
+            cmd.arg("--keep-redundant");
         }
         if !self.has_live_tracker() {
             cmd.arg("--no-wait-announce");
@@ -451,15 +460,48 @@ impl Swarm {
     /// Every process's log, for a failing test to print.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for p in self
-            .tracker
-            .iter()
+        for p in (self.tracker.iter())
             .chain(self.seeders.iter().filter_map(|s| s.1.as_ref()))
+            .chain(self.others.iter())
         {
             out.push_str(&p.log_text());
             out.push('\n');
         }
         out
+    }
+
+    /// Starts a libtorrent peer on `ip` that has no data, downloads nothing, keeps its
+    /// connections to `peers` and does PEX (`swarm.py pex-hub`); returns its address once it
+    /// is connected to all of them. Ended with the swarm. Seeders among `peers` need
+    /// `keep_redundant`, or they drop the hub at once as upload-only.
+    pub fn start_pex_hub(&mut self, ip: Ipv4Addr, peers: &[SocketAddr]) -> SocketAddr {
+        let n = self.others.len();
+        let ready = self.dir.path().join(format!("pex-hub{n}.ready"));
+        let log = self.dir.path().join(format!("pex-hub{n}.log"));
+        let port = free_port(ip);
+        let mut cmd = swarm_cmd();
+        cmd.arg("pex-hub")
+            .arg(&self.torrent)
+            .args(["--bind", &ip.to_string()])
+            .args(["--port", &port.to_string()])
+            .arg("--ready-file")
+            .arg(&ready);
+        for p in peers {
+            cmd.args(["--peer", &p.to_string()]);
+        }
+        self.others
+            .push(Proc::spawn(&format!("pex-hub{n}"), &mut cmd, log));
+        let deadline = Instant::now() + READY_DEADLINE;
+        while !ready.exists() {
+            let exited = self.others[n].exited().is_some();
+            assert!(
+                !exited && Instant::now() < deadline,
+                "PEX hub never connected to {peers:?}:\n{}",
+                self.logs()
+            );
+            sleep(POLL);
+        }
+        SocketAddr::from((ip, port))
     }
 
     /// Downloads the torrent with libtorrent from `peers` only, bound to `bind`, into a
@@ -471,6 +513,28 @@ impl Swarm {
         peers: &[SocketAddr],
         timeout: Duration,
         stop_after_hash_fails: u32,
+    ) -> LeechOutcome {
+        self.leech_with(bind, peers, timeout, stop_after_hash_fails, &[])
+    }
+
+    /// `leech` that also takes the peers named in PEX messages; `peers` in the outcome's
+    /// stdout lists every address it connected to.
+    pub fn leech_pex(
+        &self,
+        bind: Ipv4Addr,
+        peers: &[SocketAddr],
+        timeout: Duration,
+    ) -> LeechOutcome {
+        self.leech_with(bind, peers, timeout, 0, &["--pex"])
+    }
+
+    fn leech_with(
+        &self,
+        bind: Ipv4Addr,
+        peers: &[SocketAddr],
+        timeout: Duration,
+        stop_after_hash_fails: u32,
+        extra: &[&str],
     ) -> LeechOutcome {
         let out = tempfile::Builder::new()
             .prefix("leech-")
@@ -489,6 +553,7 @@ impl Swarm {
         for p in peers {
             cmd.args(["--peer", &p.to_string()]);
         }
+        cmd.args(extra);
         let o = cmd
             .stdin(Stdio::null())
             .output()
@@ -514,6 +579,9 @@ impl Drop for Swarm {
         }
         if let Some(t) = &mut self.tracker {
             children.push(&mut t.child);
+        }
+        for p in &mut self.others {
+            children.push(&mut p.child);
         }
         terminate_all(&mut children);
         // `dir` (a TempDir) is removed when the fields drop, after this.
