@@ -13,8 +13,22 @@ use tokio::time::Instant;
 use super::{Shared, peer};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Attempts at an address before it is forgotten until discovery names it again.
+/// Attempts at an address before it is forgotten until discovery names it again...
 const MAX_FAILURES: u32 = 5;
+/// ...unless a read waits and no peer is connected ("starving"): then every known address is
+/// tried again and again, the pause between tries doubling up to this, so that seeders coming
+/// back at their old addresses are found without a tracker's help.
+const STARVING_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The pause before the next try at an address that failed `failures` times in a row.
+fn retry_delay(failures: u32, starving: bool) -> Duration {
+    let d = Duration::from_secs(5 << failures.min(6));
+    if starving {
+        d.min(STARVING_RETRY_MAX)
+    } else {
+        d
+    }
+}
 
 pub(crate) async fn listen(shared: Arc<Shared>, listener: TcpListener) {
     let mut shutdown = shared.shutdown.subscribe();
@@ -35,6 +49,12 @@ pub(crate) async fn listen(shared: Arc<Shared>, listener: TcpListener) {
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// A read waits on a piece and no peer is connected to fetch it from.
+fn starving(shared: &Shared) -> bool {
+    let st = shared.lock();
+    st.peers.is_empty() && st.picker.urgent_pending()
 }
 
 struct Candidate {
@@ -69,17 +89,34 @@ pub(crate) async fn connect_loop(
             done = done_rx.recv() => {
                 let Some((addr, connected)) = done else { continue };
                 active.remove(&addr);
+                let starving = starving(&shared);
                 if let Some(c) = candidates.get_mut(&addr) {
-                    c.failures = if connected { 1 } else { c.failures + 1 };
-                    if c.failures > MAX_FAILURES {
+                    c.failures = if connected { 1 } else { c.failures.saturating_add(1) };
+                    if c.failures > MAX_FAILURES && !starving {
                         candidates.remove(&addr);
                     } else {
-                        c.next_try = Instant::now() + Duration::from_secs(5 << c.failures.min(6));
+                        c.next_try = Instant::now() + retry_delay(c.failures, starving);
                         queue.push_back(addr);
                     }
                 }
             }
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                if starving(&shared) {
+                    // Addresses given up on come back, and none waits longer than the cap.
+                    let known: Vec<SocketAddr> = shared.lock().known.iter().copied().collect();
+                    let now = Instant::now();
+                    for a in known {
+                        if active.contains(&a) {
+                            continue;
+                        }
+                        let c = candidates.entry(a).or_insert_with(|| {
+                            queue.push_back(a);
+                            Candidate { failures: 0, next_try: now }
+                        });
+                        c.next_try = c.next_try.min(now + STARVING_RETRY_MAX);
+                    }
+                }
+            }
             _ = shared.redial.notified() => {
                 let now = Instant::now();
                 for c in candidates.values_mut() {
