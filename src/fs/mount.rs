@@ -305,9 +305,10 @@ pub fn preflight(mountpoint: &Path) -> Result<PathBuf, FsError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(FsError::MountpointMissing(mountpoint.to_owned()));
         }
-        // A dead FUSE mount answers "transport endpoint is not connected".
+        // A dead FUSE mount answers "transport endpoint is not connected". It is left for the
+        // user to clear: it may be another program's, and unmounting is their call.
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            return Err(FsError::MountpointBusy(mountpoint.to_owned()));
+            return Err(FsError::MountpointDead(mountpoint.to_owned()));
         }
         Err(e) => return Err(unreadable(e)),
     };
