@@ -321,6 +321,11 @@ pub fn preflight(mountpoint: &Path) -> Result<PathBuf, FsError> {
         None => return Err(FsError::MountpointBusy(canonical)),
     };
     if parent_dev != meta.dev() {
+        // The kernel may answer a stat of a dead FUSE mount from its cache; listing it asks
+        // the (gone) filesystem.
+        if std::fs::read_dir(&canonical).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN)) {
+            return Err(FsError::MountpointDead(canonical));
+        }
         return Err(FsError::MountpointBusy(canonical));
     }
     if !Path::new("/dev/fuse").exists() {
