@@ -352,7 +352,9 @@ async fn staller_does_not_hold_up_reads() {
     let stats = session.stats();
     assert_eq!(stats.hash_failures, 0);
     assert_eq!(stats.banned, 0);
-    assert_eq!(stats.peers, 2, "a staller is slow, not banned");
+    // Slow, not banned (it is dropped only after stalling again and again; see
+    // `a_peer_stalling_mid_piece_is_dropped_and_its_pieces_finished_by_others`).
+    assert!(!banned(&session, staller.ip()));
     assert_eq!(staller.counters().blocks_sent, 0);
     assert_eq!(honest.counters().bad_requests, 0);
     stop(session).await;
