@@ -100,6 +100,10 @@ struct MountArgs {
     /// The DHT routing table kept between mounts [default: ~/.local/state/btfs/dht.state].
     #[arg(long, value_name = "FILE")]
     dht_state: Option<PathBuf>,
+    /// Fail a read with "Input/output error" once it waited this long with no data arriving
+    /// from any peer; by default a read waits (players prefer waiting).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    read_timeout: Option<u64>,
     /// Detach once the mount is ready and keep serving in the background.
     #[arg(long)]
     daemon: bool,
@@ -154,6 +158,7 @@ fn run(cli: Cli) -> Result<()> {
                     bootstrap: args.dht_bootstrap,
                     state_file: args.dht_state.or_else(mount::default_dht_state),
                 }),
+                read_timeout: args.read_timeout.map(std::time::Duration::from_secs),
             };
             // Forking must happen before the runtime starts threads.
             let ready = if args.daemon {

@@ -53,6 +53,8 @@ pub struct MountConfig {
     pub metadata_cache: Option<std::path::PathBuf>,
     /// `None`: no DHT (`--no-dht`).
     pub dht: Option<DhtSettings>,
+    /// `--read-timeout`: a read fails with EIO after this long without data; `None` waits.
+    pub read_timeout: Option<Duration>,
 }
 
 pub struct DhtSettings {
@@ -115,6 +117,8 @@ struct SessionBackend {
     session: Session,
     files: Vec<usize>,
     live: Arc<Live>,
+    /// `--read-timeout`: fail a read with EIO once no data arrived for this long.
+    read_timeout: Option<Duration>,
 }
 
 impl Backend for SessionBackend {
@@ -136,19 +140,49 @@ impl Backend for SessionBackend {
     {
         let session = self.session.clone();
         let file = self.files[file];
+        let timeout = self.read_timeout;
         async move {
-            session
-                .read(handle, file, offset, len)
-                .await
-                .map_err(|e| match e {
-                    ReadError::Shutdown => fuser::Errno::EIO,
-                    ReadError::NoSuchFile => fuser::Errno::ENOENT,
-                })
+            let read = session.read(handle, file, offset, len);
+            let result = match timeout {
+                None => read.await,
+                Some(limit) => tokio::select! {
+                    r = read => r,
+                    () = no_progress_for(&session, limit) => {
+                        tracing::warn!(
+                            "a read waited {}s with no data arriving: failing it (--read-timeout)",
+                            limit.as_secs()
+                        );
+                        return Err(fuser::Errno::EIO);
+                    }
+                },
+            };
+            result.map_err(|e| match e {
+                ReadError::Shutdown => fuser::Errno::EIO,
+                ReadError::NoSuchFile => fuser::Errno::ENOENT,
+            })
         }
     }
 
     fn status(&self) -> String {
         self.live.report().to_text()
+    }
+}
+
+/// Resolves once the session has received no data at all for `limit`: a read waiting then
+/// cannot progress (a slow swarm still counts as progress, however long a piece takes).
+async fn no_progress_for(session: &Session, limit: Duration) {
+    let step = (limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut last = session.downloaded_bytes();
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(step).await;
+        let now = session.downloaded_bytes();
+        if now != last {
+            last = now;
+            since = tokio::time::Instant::now();
+        } else if since.elapsed() >= limit {
+            return;
+        }
     }
 }
 
@@ -244,6 +278,7 @@ pub async fn run(
         session: session.clone(),
         files,
         live: live.clone(),
+        read_timeout: config.read_timeout,
     });
     let rt = tokio::runtime::Handle::current();
     let mountpoint = config.mountpoint.clone();

@@ -115,6 +115,55 @@ impl<B: Backend> FuseFs<B> {
     }
 }
 
+/// How often a waiting read checks that the process that asked for it is still there.
+const REQUESTER_CHECK: Duration = Duration::from_secs(1);
+
+/// Resolves once the thread that sent a read is gone or being killed.
+///
+/// fuser 0.18 answers `FUSE_INTERRUPT` itself with `ENOSYS` (the kernel then sends no more),
+/// so a filesystem never hears that a reader was interrupted. Readers blocked on the page
+/// cache wait killably, so SIGKILL (or any signal whose default action kills) ends them at
+/// once; but the kernel's readahead request, which holds the open file, stays with us, and the
+/// file's RELEASE comes only once it is answered. Without this check a killed player would
+/// leave its reader (and its wanted pieces) behind until the data arrived. A thread killed in a
+/// synchronous read waits in the kernel for our answer; it shows SIGKILL pending meanwhile.
+async fn requester_gone(pid: u32) {
+    if pid == 0 {
+        // Outside our PID namespace: nothing to check.
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(REQUESTER_CHECK).await;
+        if !alive(pid) {
+            return;
+        }
+    }
+}
+
+/// The thread exists, is not a zombie, and has no SIGKILL pending.
+fn alive(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+    for line in status.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match key {
+            "State" if value.starts_with('Z') || value.starts_with('X') => return false,
+            "SigPnd" | "ShdPnd"
+                if u64::from_str_radix(value, 16).is_ok_and(|m| m & SIGKILL_BIT != 0) =>
+            {
+                return false;
+            }
+            _ => {}
+        }
+    }
+    true
+}
+
 /// The xattr size-probe protocol: size 0 asks for the length, a short buffer is `ERANGE`.
 fn reply_xattr(value: Result<Vec<u8>, Errno>, size: u32, reply: ReplyXattr) {
     match value {
@@ -172,7 +221,7 @@ impl<B: Backend> Filesystem for FuseFs<B> {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -190,9 +239,17 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         }
         let len = u32::try_from(length - offset).map_or(size, |rest| rest.min(size));
         let read = self.backend.read(fh.0, id, offset, len);
+        let requester = req.pid();
         // If the runtime is gone the task is dropped with the reply, which fuser answers EIO.
         self.rt.spawn(async move {
-            match read.await {
+            let result = tokio::select! {
+                r = read => r,
+                () = requester_gone(requester) => {
+                    tracing::debug!(pid = requester, "reader gone; dropping its read");
+                    Err(Errno::EINTR)
+                }
+            };
+            match result {
                 Ok(data) => reply.data(&data[..data.len().min(len as usize)]),
                 Err(e) => reply.error(e),
             }

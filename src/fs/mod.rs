@@ -50,6 +50,10 @@ pub enum FsError {
     MountpointNotDir(PathBuf),
     #[error("mountpoint {0} is already mounted (if stale, run `fusermount3 -u {0}`)")]
     MountpointBusy(PathBuf),
+    #[error(
+        "mountpoint {0} is a dead FUSE mount (the process serving it is gone): run `fusermount3 -u {0}`, then mount again"
+    )]
+    MountpointDead(PathBuf),
     #[error("cannot inspect mountpoint {path}: {source}")]
     MountpointUnreadable { path: PathBuf, source: io::Error },
     #[error("/dev/fuse is missing: load the fuse module (`modprobe fuse`) or pass the device in")]

@@ -305,9 +305,10 @@ pub fn preflight(mountpoint: &Path) -> Result<PathBuf, FsError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(FsError::MountpointMissing(mountpoint.to_owned()));
         }
-        // A dead FUSE mount answers "transport endpoint is not connected".
+        // A dead FUSE mount answers "transport endpoint is not connected". It is left for the
+        // user to clear: it may be another program's, and unmounting is their call.
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            return Err(FsError::MountpointBusy(mountpoint.to_owned()));
+            return Err(FsError::MountpointDead(mountpoint.to_owned()));
         }
         Err(e) => return Err(unreadable(e)),
     };
@@ -320,6 +321,11 @@ pub fn preflight(mountpoint: &Path) -> Result<PathBuf, FsError> {
         None => return Err(FsError::MountpointBusy(canonical)),
     };
     if parent_dev != meta.dev() {
+        // The kernel may answer a stat of a dead FUSE mount from its cache; listing it asks
+        // the (gone) filesystem.
+        if std::fs::read_dir(&canonical).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN)) {
+            return Err(FsError::MountpointDead(canonical));
+        }
         return Err(FsError::MountpointBusy(canonical));
     }
     if !Path::new("/dev/fuse").exists() {

@@ -71,8 +71,25 @@ impl Known {
         new
     }
 
+    /// Forgets an address (it turned out to be our own).
+    pub(crate) fn remove(&mut self, addr: &SocketAddr) {
+        self.0.remove(addr);
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// Addresses worth dialling, each with the first source that named it: an incoming
+    /// peer's address alone is its outgoing port, where nobody listens.
+    pub(crate) fn dialable(&self) -> impl Iterator<Item = (SocketAddr, PeerSource)> + '_ {
+        self.0.iter().filter_map(|(&addr, &bits)| {
+            PeerSource::ALL
+                .into_iter()
+                .filter(|&s| s != PeerSource::Incoming)
+                .find(|s| bits & s.bit() != 0)
+                .map(|s| (addr, s))
+        })
     }
 
     fn count(&self, source: PeerSource) -> usize {

@@ -47,6 +47,11 @@ pub(super) enum Behavior {
     CorruptOnePerPiece,
     /// Unchokes, takes requests, never answers one.
     Staller,
+    /// Answers the first block asked of each piece (true data), then never another: every
+    /// piece it is asked for stalls half done.
+    StallMidPiece,
+    /// After the handshake sends a keep-alive every 100 ms and nothing else, ever.
+    KeepAliveOnly,
     /// A leecher: once the session has piece 0 and unchokes it, asks for that piece's first
     /// block `n` times and never reads again.
     Hoarder(usize),
@@ -71,6 +76,12 @@ pub(super) enum Abuse {
     TruncatedThenEof,
     /// A handshake for another torrent.
     WrongInfoHash,
+    /// Four `piece`s nobody asked for, each exactly a block of the torrent (garbage data).
+    UnaskedBlocks,
+    /// 1,000,000 `have`s after a full bitfield, cycling through the pieces.
+    HaveFlood,
+    /// A full bitfield, a `have`, then a second, empty bitfield taking every piece back.
+    BitfieldContradicted,
 }
 
 /// What a fake saw, over all its connections.
@@ -185,6 +196,13 @@ impl Conn {
         )
         .await?;
         let (rd, mut wr) = stream.into_split();
+        if self.behavior == Behavior::KeepAliveOnly {
+            let mut writer = MessageWriter::new(wr);
+            loop {
+                writer.send(&Message::KeepAlive).await?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         let mut reader = MessageReader::new(rd, 1 << 20);
         let n = torrent.info.geometry.piece_count();
         let opening = [
@@ -227,6 +245,11 @@ impl Conn {
                     };
                     match self.behavior {
                         Behavior::Staller => continue,
+                        Behavior::StallMidPiece
+                            if !self.poisoned.lock().unwrap().insert(r.index) =>
+                        {
+                            continue;
+                        }
                         Behavior::CorruptOnePerPiece
                             if !self.poisoned.lock().unwrap().insert(r.index) =>
                         {
@@ -408,6 +431,25 @@ impl Conn {
                 out.put_u32(0);
             }
             Abuse::WrongInfoHash => {}
+            Abuse::UnaskedBlocks => {
+                for (index, begin) in [(0, 0), (0, 16 * 1024), (1, 0), (2, 0)] {
+                    Message::Piece {
+                        index,
+                        begin,
+                        data: Bytes::from(vec![0xAB; 16 * 1024]),
+                    }
+                    .encode(&mut out);
+                }
+            }
+            Abuse::HaveFlood => {
+                for i in 0..1_000_000u32 {
+                    Message::Have(i % n).encode(&mut out);
+                }
+            }
+            Abuse::BitfieldContradicted => {
+                Message::Have(0).encode(&mut out);
+                Message::Bitfield(vec![0; n.div_ceil(8) as usize].into()).encode(&mut out);
+            }
         }
         wr.write_all(&out).await?;
         if abuse == Abuse::TruncatedThenEof {

@@ -48,6 +48,7 @@ use crate::store::Store;
 use crate::tracker::announcer::{self, AnnounceParams, Progress, TrackerStatus};
 
 pub use discovery::{PeerSource, SourceCount};
+pub use peer::PeerTimeouts;
 pub use read::{ReadError, ReaderStatus};
 
 /// How the session runs; the CLI fills it from its flags.
@@ -71,6 +72,8 @@ pub struct Config {
     pub max_upload_rate: Option<u64>,
     /// Never upload (`--no-upload`): nobody is unchoked.
     pub no_upload: bool,
+    /// When a peer counts as stalled or useless.
+    pub peer_timeouts: PeerTimeouts,
 }
 
 /// Peers we upload to at once (one of them the optimistic unchoke).
@@ -89,6 +92,7 @@ impl Default for Config {
             max_download_rate: None,
             max_upload_rate: None,
             no_upload: false,
+            peer_timeouts: PeerTimeouts::default(),
         }
     }
 }
@@ -175,6 +179,9 @@ pub(crate) struct Shared {
     /// Wakes the connector to redial known peers now: a read waits and no peer is connected
     /// (seeds drop a peer that looked like a seed, and our cache may have evicted since).
     redial: tokio::sync::Notify,
+    /// Bytes held by the read buffers of all peer connections: bounded per connection by the
+    /// largest frame we accept, whatever a peer sends.
+    read_buffers: Arc<std::sync::atomic::AtomicUsize>,
     /// The tracker task, awaited (briefly) at shutdown so `stopped` reaches the trackers.
     announcer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -273,6 +280,7 @@ impl Session {
             trackers: Arc::new(Mutex::new(Vec::new())),
             discovered,
             redial: tokio::sync::Notify::new(),
+            read_buffers: Default::default(),
             announcer: Mutex::new(None),
             config,
         });
@@ -379,6 +387,11 @@ impl Session {
             readers: read::reader_status(s, &st),
             longest_wait: st.waits.values().min().map(|t| t.elapsed()),
         }
+    }
+
+    /// Bytes of block data received so far (cheap; for watching progress).
+    pub fn downloaded_bytes(&self) -> u64 {
+        self.shared.downloaded.load(Ordering::Relaxed)
     }
 
     /// Fails every waiting read at once and starts closing connections; call before unmounting

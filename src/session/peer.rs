@@ -26,13 +26,46 @@ use crate::wire::{
     write_handshake,
 };
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A peer that sends nothing for this long while we wait on requests has stalled: its
-/// requests go back to the picker for other peers.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
-/// A connection with no traffic at all for this long is dead (BEP 3 keep-alives are 2 min).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a peer may keep us waiting before it counts as stalled or dead. The session's
+/// config carries them (tests shorten them; no test waits out the defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerTimeouts {
+    /// From accepting (or dialling) to a complete handshake: a connection that never
+    /// handshakes holds a socket and a task, and nothing else, for this long.
+    pub handshake: Duration,
+    /// A peer that sends no block for this long while we wait on requests has stalled: its
+    /// requests go back to the picker for other peers.
+    pub request: Duration,
+    /// Stalls before the peer is dropped, unless it delivered `BLOCKS_PER_STALL` blocks for
+    /// each of them.
+    pub stalls: u32,
+    /// No message but keep-alives for this long from a peer that never said what it has, or
+    /// that keeps us choked while we want its pieces: it is useless to us, and its slot is
+    /// better given to another.
+    pub idle: Duration,
+}
+
+impl Default for PeerTimeouts {
+    fn default() -> Self {
+        Self {
+            handshake: Duration::from_secs(10),
+            request: Duration::from_secs(8),
+            stalls: 3,
+            idle: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Blocks a peer must deliver per stall to be kept once it stalled `PeerTimeouts::stalls`
+/// times.
+const BLOCKS_PER_STALL: u64 = 16;
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(90);
+/// Blocks a peer may send that we never asked for, beyond those we asked for and then
+/// cancelled or gave up on (which may still arrive): more is a peer pushing data on us.
+const UNASKED_TOLERANCE: u32 = 2;
+/// `have`s for pieces the peer already announced, beyond one per piece of the torrent: more is
+/// a flood.
+const REDUNDANT_HAVE_SLACK: u32 = 1000;
 /// Bounds on requests in flight to one peer. The target follows the peer's rate: about one
 /// second of its data, so a read's urgent request never waits behind much background work,
 /// while a fast peer still has enough queued to fill the link.
@@ -57,8 +90,10 @@ pub(crate) enum PeerError {
     Full,
     #[error("protocol violation: {0}")]
     Protocol(&'static str),
-    #[error("stalled")]
+    #[error("sent nothing but keep-alives for too long")]
     Idle,
+    #[error("let its requests time out again and again")]
+    Stalled,
     #[error(transparent)]
     Wire(#[from] WireError),
     #[error("session is shutting down")]
@@ -74,7 +109,7 @@ pub(crate) async fn run(
 ) -> Result<(), PeerError> {
     let outgoing = source != PeerSource::Incoming;
     let ours = Handshake::new(shared.torrent.info_hash.0, shared.peer_id);
-    let theirs = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+    let theirs = tokio::time::timeout(shared.config.peer_timeouts.handshake, async {
         if outgoing {
             write_handshake(&mut stream, &ours).await?;
         }
@@ -148,7 +183,22 @@ struct Peer {
     /// Our requests in flight to it, with when we sent them.
     requests: HashMap<Block, Instant>,
     last_piece: Instant,
-    last_recv: Instant,
+    /// When we sent the most recently sent request the peer has answered.
+    newest_answered: Option<Instant>,
+    /// The last message that was not a keep-alive.
+    last_useful: Instant,
+    /// Times its requests timed out, and blocks it delivered that we asked for.
+    stalls: u32,
+    delivered: u64,
+    /// Blocks we asked for and then cancelled or gave up on: they may still arrive.
+    late_allowed: u32,
+    /// Blocks that arrived unasked beyond `late_allowed`; their data is dropped.
+    unasked: u32,
+    /// `have`s naming a piece the peer had already announced.
+    redundant_haves: u32,
+    /// Some message that states pieces (`bitfield`, `have`, `piece`) came: a `bitfield` now
+    /// would break BEP 3 (it may only be the first).
+    announced: bool,
     /// Bytes of block data received since the last tick, and a smoothed rate (bytes/s).
     recv_tick: u64,
     rate: f64,
@@ -189,7 +239,14 @@ impl Peer {
             peer_interested: false,
             requests: HashMap::new(),
             last_piece: now,
-            last_recv: now,
+            newest_answered: None,
+            last_useful: now,
+            stalls: 0,
+            delivered: 0,
+            late_allowed: 0,
+            unasked: 0,
+            redundant_haves: 0,
+            announced: false,
             recv_tick: 0,
             rate: 0.0,
             snubbed: false,
@@ -216,7 +273,8 @@ impl Peer {
         let (rd, wr) = stream.into_split();
         // A frame is at most a block plus its header, or our bitfield, whichever is larger.
         let max_frame = (BLOCK_SIZE + 13).max(have.as_bytes().len() as u32 + 1) + 1024;
-        let mut reader = MessageReader::new(rd, max_frame);
+        let mut reader =
+            MessageReader::new(rd, max_frame).with_gauge(self.shared.read_buffers.clone());
         let out_rx = self.out_rx.take().expect("run once");
         let mut writer = tokio::spawn(write_loop(
             MessageWriter::new(wr),
@@ -242,7 +300,9 @@ impl Peer {
                 msg = reader.next() => {
                     let msg = msg?;
                     tracing::trace!(addr = %self.addr, ?msg, "received");
-                    self.last_recv = Instant::now();
+                    if !matches!(msg, Message::KeepAlive) {
+                        self.last_useful = Instant::now();
+                    }
                     let block = match &msg {
                         Message::Piece { data, .. } => data.len(),
                         _ => 0,
@@ -264,6 +324,7 @@ impl Peer {
                     }
                     Some(PeerCmd::Cancel(b)) => {
                         if self.requests.remove(&b).is_some() {
+                            self.late_allowed += 1;
                             self.send(Message::Cancel(self.block_ref(b)));
                         }
                     }
@@ -326,6 +387,7 @@ impl Peer {
                 let p = g
                     .piece(i)
                     .ok_or(PeerError::Protocol("have: piece out of range"))?;
+                self.announced = true;
                 if self.has.set(i) {
                     let mut st = self.shared.lock();
                     st.picker.peer_have(self.id, p);
@@ -334,9 +396,19 @@ impl Peer {
                     }
                     drop(st);
                     self.update_interest();
+                } else {
+                    self.redundant_haves += 1;
+                    if self.redundant_haves > g.piece_count().saturating_add(REDUNDANT_HAVE_SLACK) {
+                        return Err(PeerError::Protocol(
+                            "a flood of haves for pieces it announced",
+                        ));
+                    }
                 }
             }
             Message::Bitfield(bytes) => {
+                if std::mem::replace(&mut self.announced, true) {
+                    return Err(PeerError::Protocol("bitfield after the first message"));
+                }
                 let bf = Bitfield::from_bytes(&bytes, g.piece_count())
                     .map_err(|_| PeerError::Protocol("bad bitfield"))?;
                 let mut st = self.shared.lock();
@@ -434,7 +506,22 @@ impl Peer {
             .block_index(p, begin, data.len() as u32)
             .ok_or(PeerError::Protocol("piece: not a block we use"))?;
         let block = Block { piece: p, block: b };
-        let asked = self.requests.remove(&block).is_some();
+        self.announced = true;
+        let sent_at = self.requests.remove(&block);
+        let asked = sent_at.is_some();
+        self.newest_answered = self.newest_answered.max(sent_at);
+        if !asked {
+            if self.late_allowed == 0 {
+                // Not a late answer to anything: the data is not taken, and a peer that keeps
+                // pushing it is gone.
+                self.unasked += 1;
+                if self.unasked > UNASKED_TOLERANCE {
+                    return Err(PeerError::Protocol("blocks we never asked for"));
+                }
+                return Ok(());
+            }
+            self.late_allowed -= 1;
+        }
         self.shared
             .downloaded
             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -442,6 +529,7 @@ impl Peer {
         if asked {
             self.last_piece = Instant::now();
             self.snubbed = false;
+            self.delivered += 1;
         }
         let complete = {
             let mut st = self.shared.lock();
@@ -582,18 +670,28 @@ impl Peer {
             let urgent = st.picker.has_urgent(&self.has);
             st.choker.set_urgent(self.id.0, urgent);
         }
-        if self.last_recv.elapsed() >= IDLE_TIMEOUT {
+        let limits = self.shared.config.peer_timeouts;
+        // Idle only counts against a peer that never said what it has, or that has what we want
+        // and keeps us choked: a seed we want nothing from may stay quiet.
+        let useless = !self.announced || (self.interested && self.choked);
+        if useless && self.last_useful.elapsed() >= limits.idle {
             return Err(PeerError::Idle);
         }
-        if !self.requests.is_empty() && self.last_piece.elapsed() >= REQUEST_TIMEOUT {
-            let oldest = self
-                .requests
-                .values()
-                .min()
-                .copied()
-                .unwrap_or_else(Instant::now);
-            if oldest.elapsed() >= REQUEST_TIMEOUT {
+        if let Some(&oldest) = self.requests.values().min() {
+            // Stalled: nothing came for a while, or a request sent later was answered while
+            // this one, old by now, was skipped (peers answer in order).
+            let silent = self.last_piece.elapsed() >= limits.request;
+            let skipped = self.newest_answered.is_some_and(|t| t > oldest);
+            if oldest.elapsed() >= limits.request && (silent || skipped) {
                 tracing::debug!(addr = %self.addr, n = self.requests.len(), "requests timed out; freeing them for other peers");
+                self.stalls += 1;
+                // A slow peer that mostly delivers is kept; one that stalls about as often as
+                // it delivers (e.g. a block of each piece, then nothing) is not.
+                if self.stalls >= limits.stalls
+                    && self.delivered < u64::from(self.stalls) * BLOCKS_PER_STALL
+                {
+                    return Err(PeerError::Stalled);
+                }
                 self.snubbed = true;
                 self.release_requests();
                 let st = self.shared.lock();
@@ -610,6 +708,10 @@ impl Peer {
         if self.requests.is_empty() {
             return;
         }
+        self.late_allowed = self
+            .late_allowed
+            .saturating_add(self.requests.len() as u32)
+            .min(2 * MAX_QUEUE as u32);
         let mut st = self.shared.lock();
         for (b, _) in self.requests.drain() {
             st.picker.request_failed(self.id, b);

@@ -13,8 +13,22 @@ use tokio::time::Instant;
 use super::{PeerSource, Shared, peer};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Attempts at an address before it is forgotten until discovery names it again.
+/// Attempts at an address before it is forgotten until discovery names it again...
 const MAX_FAILURES: u32 = 5;
+/// ...unless a read waits and no peer is connected ("starving"): then every known address is
+/// tried again and again, the pause between tries doubling up to this, so that seeders coming
+/// back at their old addresses are found without a tracker's help.
+const STARVING_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The pause before the next try at an address that failed `failures` times in a row.
+fn retry_delay(failures: u32, starving: bool) -> Duration {
+    let d = Duration::from_secs(5 << failures.min(6));
+    if starving {
+        d.min(STARVING_RETRY_MAX)
+    } else {
+        d
+    }
+}
 
 pub(crate) async fn listen(shared: Arc<Shared>, listener: TcpListener) {
     let mut shutdown = shared.shutdown.subscribe();
@@ -37,6 +51,22 @@ pub(crate) async fn listen(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
+/// A read waits on a piece and no peer is connected to fetch it from.
+fn starving(shared: &Shared) -> bool {
+    let st = shared.lock();
+    st.peers.is_empty() && st.picker.urgent_pending()
+}
+
+/// How a dial ended, for the connector's bookkeeping.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dialled {
+    /// A peer session ran (and has ended).
+    Connected,
+    Failed,
+    /// The address was our own listener.
+    Myself,
+}
+
 struct Candidate {
     source: PeerSource,
     failures: u32,
@@ -49,7 +79,9 @@ pub(crate) async fn connect_loop(
     mut discovered: mpsc::Receiver<(PeerSource, Vec<SocketAddr>)>,
 ) {
     let mut shutdown = shared.shutdown.subscribe();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(SocketAddr, bool)>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(SocketAddr, Dialled)>();
+    // Our own listen address, as trackers hand it back to us: never dialled again.
+    let mut ourselves: HashSet<SocketAddr> = HashSet::new();
     let mut candidates: HashMap<SocketAddr, Candidate> = HashMap::new();
     let mut queue: VecDeque<SocketAddr> = VecDeque::new();
     let mut active: HashSet<SocketAddr> = HashSet::new();
@@ -59,7 +91,7 @@ pub(crate) async fn connect_loop(
             addrs = discovered.recv() => {
                 let Some((source, addrs)) = addrs else { return };
                 let mut st = shared.lock();
-                for a in addrs {
+                for a in addrs.into_iter().filter(|a| !ourselves.contains(a)) {
                     st.known.insert(a, source);
                     if !active.contains(&a) && !candidates.contains_key(&a) {
                         let next_try = Instant::now();
@@ -69,19 +101,44 @@ pub(crate) async fn connect_loop(
                 }
             }
             done = done_rx.recv() => {
-                let Some((addr, connected)) = done else { continue };
+                let Some((addr, dialled)) = done else { continue };
                 active.remove(&addr);
+                if dialled == Dialled::Myself {
+                    ourselves.insert(addr);
+                    candidates.remove(&addr);
+                    shared.lock().known.remove(&addr);
+                    continue;
+                }
+                let connected = dialled == Dialled::Connected;
+                let starving = starving(&shared);
                 if let Some(c) = candidates.get_mut(&addr) {
-                    c.failures = if connected { 1 } else { c.failures + 1 };
-                    if c.failures > MAX_FAILURES {
+                    c.failures = if connected { 1 } else { c.failures.saturating_add(1) };
+                    if c.failures > MAX_FAILURES && !starving {
                         candidates.remove(&addr);
                     } else {
-                        c.next_try = Instant::now() + Duration::from_secs(5 << c.failures.min(6));
+                        c.next_try = Instant::now() + retry_delay(c.failures, starving);
                         queue.push_back(addr);
                     }
                 }
             }
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                if starving(&shared) {
+                    // Addresses given up on come back, and none waits longer than the cap.
+                    let known: Vec<(SocketAddr, PeerSource)> =
+                        shared.lock().known.dialable().collect();
+                    let now = Instant::now();
+                    for (a, source) in known {
+                        if active.contains(&a) {
+                            continue;
+                        }
+                        let c = candidates.entry(a).or_insert_with(|| {
+                            queue.push_back(a);
+                            Candidate { source, failures: 0, next_try: now }
+                        });
+                        c.next_try = c.next_try.min(now + STARVING_RETRY_MAX);
+                    }
+                }
+            }
             _ = shared.redial.notified() => {
                 let now = Instant::now();
                 for c in candidates.values_mut() {
@@ -123,18 +180,16 @@ pub(crate) async fn connect_loop(
             let shared = shared.clone();
             let done = done_tx.clone();
             tokio::spawn(async move {
-                let connected =
+                let dialled =
                     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-                        Ok(Ok(stream)) => {
-                            let result = peer::run(shared, stream, addr, source).await;
-                            !matches!(
-                                result,
-                                Err(peer::PeerError::SelfConnection) | Err(peer::PeerError::Banned)
-                            )
-                        }
-                        _ => false,
+                        Ok(Ok(stream)) => match peer::run(shared, stream, addr, source).await {
+                            Err(peer::PeerError::SelfConnection) => Dialled::Myself,
+                            Err(peer::PeerError::Banned) => Dialled::Failed,
+                            _ => Dialled::Connected,
+                        },
+                        _ => Dialled::Failed,
                     };
-                let _ = done.send((addr, connected));
+                let _ = done.send((addr, dialled));
             });
         }
     }

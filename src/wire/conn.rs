@@ -4,6 +4,9 @@
 //! [`MessageReader`]: it reads exactly 68 bytes, so a first message sent in the same packet
 //! stays in the stream for the reader.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -57,6 +60,32 @@ pub struct MessageReader<R> {
     inner: R,
     buf: BytesMut,
     max_frame: u32,
+    /// Shared count of read-buffer bytes held, by every reader given it (see `with_gauge`).
+    gauge: Option<Gauge>,
+}
+
+/// This reader's share of a shared byte count; taken out again when dropped.
+#[derive(Debug)]
+struct Gauge {
+    total: Arc<AtomicUsize>,
+    counted: usize,
+}
+
+impl Gauge {
+    fn set(&mut self, now: usize) {
+        if now >= self.counted {
+            self.total.fetch_add(now - self.counted, Ordering::Relaxed);
+        } else {
+            self.total.fetch_sub(self.counted - now, Ordering::Relaxed);
+        }
+        self.counted = now;
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        self.set(0);
+    }
 }
 
 impl<R: AsyncRead + Unpin> MessageReader<R> {
@@ -68,6 +97,22 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             inner,
             buf: BytesMut::with_capacity(READ_CHUNK),
             max_frame,
+            gauge: None,
+        }
+    }
+
+    /// Keeps `gauge` up to date with the capacity of this reader's buffer (added to it, and
+    /// taken out again on drop), so that a session can tell what its connections hold.
+    pub fn with_gauge(mut self, total: Arc<AtomicUsize>) -> Self {
+        self.gauge = Some(Gauge { total, counted: 0 });
+        self.update_gauge();
+        self
+    }
+
+    fn update_gauge(&mut self) {
+        let now = self.buf.capacity();
+        if let Some(g) = &mut self.gauge {
+            g.set(now);
         }
     }
 
@@ -87,6 +132,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                     if self.buf.len() >= whole {
                         self.buf.advance(4);
                         let frame = self.buf.split_to(len as usize).freeze();
+                        self.update_gauge();
                         let msg = Message::decode(frame)?;
                         if let Message::Unknown { id, payload } = &msg {
                             tracing::trace!(id, len = payload.len(), "unknown peer message");
@@ -99,6 +145,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             };
             // The only await point: `read_buf` is cancel-safe and everything read is in `buf`.
             self.buf.reserve(missing.max(READ_CHUNK));
+            self.update_gauge();
             if self.inner.read_buf(&mut self.buf).await? == 0 {
                 return Err(if self.buf.is_empty() {
                     WireError::Closed

@@ -106,6 +106,43 @@ impl Mount {
         is_fuse_mount(&self.mnt)
     }
 
+    /// Kills the process with SIGKILL and reaps it: the mount is left dead behind it.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The process, for a test to signal or wait on.
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Runs `program args` (its own mountpoint already in `args`) in place of the process
+    /// that died, waiting until the mountpoint is a FUSE mount again. The old process must be
+    /// gone (`kill_hard`).
+    pub fn restart(&mut self, program: &Path, args: &[OsString]) {
+        assert!(
+            matches!(self.child.try_wait(), Ok(Some(_))),
+            "the old process still runs"
+        );
+        let err = fs::File::create(&self.stderr_path).unwrap_or_else(|e| panic!("log: {e}"));
+        self.child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program:?} {args:?}: {e}"));
+        let deadline = Instant::now() + MOUNT_DEADLINE;
+        while !(is_fuse_mount(&self.mnt) && fs::metadata(&self.mnt).is_ok()) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{program:?} {args:?} exited ({status}):\n{}", self.stderr());
+            }
+            assert!(Instant::now() < deadline, "no mount:\n{}", self.stderr());
+            sleep(POLL);
+        }
+    }
+
     /// Unmounts the way a user does (`fusermount3 -u`) and returns the process's exit
     /// status, or None if it has not exited within `EXIT_AFTER_UNMOUNT` (drop then kills
     /// it and unmounts lazily).

@@ -261,10 +261,16 @@ impl Swarm {
     /// Starts seeder `i` (1-based) on 127.0.i.1.
     fn spawn_seeder(&self, i: usize) -> (SocketAddr, Option<Proc>) {
         let ip = Ipv4Addr::new(127, 0, i as u8, 1);
+        self.spawn_seeder_at(i, free_port(ip))
+    }
+
+    /// Starts seeder `i` (1-based) on 127.0.i.1:`port`.
+    fn spawn_seeder_at(&self, i: usize, port: u16) -> (SocketAddr, Option<Proc>) {
+        let ip = Ipv4Addr::new(127, 0, i as u8, 1);
         let corrupt = i > self.opts.seeders - self.opts.corrupt_seeders;
         let ready = self.dir.path().join(format!("seeder{i}.ready"));
+        let _ = fs::remove_file(&ready);
         let log = self.dir.path().join(format!("seeder{i}.log"));
-        let port = free_port(ip);
         let mut cmd = swarm_cmd();
         cmd.arg("seed")
             .arg(&self.torrent)
@@ -455,6 +461,60 @@ impl Swarm {
         if let Some(mut p) = seeder.1.take() {
             terminate_all(&mut [&mut p.child]);
         }
+    }
+
+    /// Starts the seeder at `index` (stopped by `stop_seeder`) again at the same address and
+    /// waits until it is a seed (and, with a live tracker, announced).
+    pub fn restart_seeder(&mut self, index: usize) {
+        let addr = self.seeders[index].0;
+        assert!(self.seeders[index].1.is_none(), "seeder {index} is running");
+        self.seeders[index] = self.spawn_seeder_at(index + 1, addr.port());
+        let ready = self.dir.path().join(format!("seeder{}.ready", index + 1));
+        let deadline = Instant::now() + READY_DEADLINE;
+        while !ready.exists() {
+            let exited = self.seeders[index]
+                .1
+                .as_mut()
+                .is_none_or(|p| p.exited().is_some());
+            assert!(
+                !exited && Instant::now() < deadline,
+                "seeder {} did not come back at {addr}:\n{}",
+                index + 1,
+                self.logs()
+            );
+            sleep(POLL);
+        }
+    }
+
+    /// Stops the tracker (both its ports then refuse or ignore announces).
+    pub fn stop_tracker(&mut self) {
+        if let Some(mut p) = self.tracker.take() {
+            terminate_all(&mut [&mut p.child]);
+        }
+    }
+
+    /// Starts the tracker again on the same ports (it knows no peers until they announce).
+    pub fn restart_tracker(&mut self) {
+        assert!(self.tracker.is_none(), "the tracker is running");
+        let mut cmd = swarm_cmd();
+        cmd.arg("tracker")
+            .arg("--dir")
+            .arg(self.dir.path().join("tracker"))
+            .args(["--http-port", &self.http_port.to_string()])
+            .args(["--udp-port", &self.udp_port.to_string()])
+            .args(["--whitelist", &self.info_hash]);
+        let log = self.dir.path().join("tracker2.log");
+        let mut p = Proc::spawn("opentracker (again)", &mut cmd, log);
+        let deadline = Instant::now() + READY_DEADLINE;
+        while TcpStream::connect(("127.0.0.1", self.http_port)).is_err() {
+            if p.exited().is_some() || Instant::now() >= deadline {
+                let text = p.log_text();
+                terminate_all(&mut [&mut p.child]);
+                panic!("opentracker did not come back:\n{text}");
+            }
+            sleep(POLL);
+        }
+        self.tracker = Some(p);
     }
 
     /// Every process's log, for a failing test to print.
