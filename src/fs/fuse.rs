@@ -5,9 +5,10 @@
 //! tokio runtime, so lookups, getattr and reads of cached data keep flowing while a read waits
 //! for the swarm. The tree never changes while mounted, hence the long TTLs and `KEEP_CACHE`.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fuser::{
@@ -36,7 +37,15 @@ pub(super) struct FuseFs<B> {
     table: InodeTable,
     owner: Ownership,
     rt: Handle,
+    /// The status text each process's size probe (`getxattr` with size 0) was answered with:
+    /// its read that follows gets the same text, so a report that grew in between (a reader
+    /// opened, a counter gained a digit) is not an `ERANGE`. Held only for a map operation.
+    status_probes: Mutex<HashMap<u32, Vec<u8>>>,
 }
+
+/// Probes remembered at most; past that the map starts over (a probe never followed by a
+/// read would otherwise stay forever).
+const MAX_STATUS_PROBES: usize = 64;
 
 impl<B: Backend> FuseFs<B> {
     pub(super) fn new(backend: Arc<B>, table: InodeTable, owner: Ownership, rt: Handle) -> Self {
@@ -45,6 +54,7 @@ impl<B: Backend> FuseFs<B> {
             table,
             owner,
             rt,
+            status_probes: Mutex::default(),
         }
     }
 
@@ -95,12 +105,29 @@ impl<B: Backend> FuseFs<B> {
         Ok(())
     }
 
-    fn xattr_value(&self, ino: INodeNo, name: &OsStr) -> Result<Vec<u8>, Errno> {
+    fn xattr_value(
+        &self,
+        ino: INodeNo,
+        name: &OsStr,
+        pid: u32,
+        size: u32,
+    ) -> Result<Vec<u8>, Errno> {
         self.table.kind(ino).ok_or(Errno::ENOENT)?;
-        if ino == inode::ROOT && name == STATUS_XATTR {
-            Ok(self.backend.status().into_bytes())
+        if ino != inode::ROOT || name != STATUS_XATTR {
+            return Err(Errno::NO_XATTR);
+        }
+        let mut probes = self.status_probes.lock().unwrap_or_else(|e| e.into_inner());
+        if size == 0 {
+            let status = self.backend.status().into_bytes();
+            if probes.len() >= MAX_STATUS_PROBES {
+                probes.clear();
+            }
+            probes.insert(pid, status.clone());
+            Ok(status)
         } else {
-            Err(Errno::NO_XATTR)
+            let probed = probes.remove(&pid);
+            drop(probes);
+            Ok(probed.unwrap_or_else(|| self.backend.status().into_bytes()))
         }
     }
 
@@ -347,8 +374,8 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         reply.statfs(blocks, 0, 0, files, 0, STATFS_BLOCK, 255, STATFS_BLOCK);
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(self.xattr_value(ino, name), size, reply);
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(self.xattr_value(ino, name, req.pid(), size), size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
