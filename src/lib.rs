@@ -10,7 +10,8 @@
 //! - [`picker`]: synchronous, I/O-free: which block to ask which peer for next.
 //! - [`choker`]: synchronous: whom we upload to (BEP 3 rechoke, optimistic unchoke).
 //! - [`ratelimit`]: token buckets for download/upload caps, fair across peers.
-//! - [`store`]: verified pieces in memory, LRU by bytes; [`disk_store`]: the same on disk.
+//! - [`store`]: verified pieces in memory, LRU by bytes; [`disk_store`]: the same on disk
+//!   (`--cache-dir`), written behind the memory store and re-verified on every load.
 //! - [`metadata`]: assembling (and serving) the info dictionary over BEP 9, for magnets.
 //! - [`tracker`]: HTTP and UDP announces, and the announcer task.
 //! - [`wire`]: peer messages (pure encode/decode) and their tokio framing.

@@ -324,6 +324,13 @@ pub fn status_report(session: &Session) -> String {
         s.banned,
         s.dht_nodes.map_or("off".to_string(), |n| n.to_string()),
     );
+    if let Some(d) = &s.disk {
+        out.push_str(&format!(
+            "disk_cache_used_bytes: {}\ndisk_cache_budget_bytes: {}\ndisk_cache_errors: {}\n\
+             disk_cache_bad_pieces: {}\n",
+            d.used, d.budget, d.errors, d.bad_pieces
+        ));
+    }
     for r in &s.readers {
         out.push_str(&format!(
             "reader: {} position={} window_start={} window={}\n",

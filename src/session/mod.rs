@@ -16,6 +16,9 @@
 //! Locking: one `std::sync::Mutex<State>`, held for short synchronous steps and never across an
 //! `.await` (mini-redis style). Hashing and copying piece data happen outside it.
 
+mod disk;
+#[cfg(test)]
+mod disk_tests;
 #[cfg(test)]
 mod fake_peer;
 pub mod magnet;
@@ -44,6 +47,7 @@ use crate::ratelimit::RateLimit;
 use crate::store::Store;
 use crate::tracker::announcer::{self, AnnounceParams, Progress, TrackerStatus};
 
+pub use disk::{DiskCacheConfig, DiskStats};
 pub use read::{ReadError, ReaderStatus};
 
 /// How the session runs; the CLI fills it from its flags.
@@ -67,6 +71,8 @@ pub struct Config {
     pub max_upload_rate: Option<u64>,
     /// Never upload (`--no-upload`): nobody is unchoked.
     pub no_upload: bool,
+    /// Keep verified pieces on disk too (`--cache-dir`); `None`: nothing touches the disk.
+    pub disk_cache: Option<DiskCacheConfig>,
 }
 
 /// Peers we upload to at once (one of them the optimistic unchoke).
@@ -85,6 +91,7 @@ impl Default for Config {
             max_download_rate: None,
             max_upload_rate: None,
             no_upload: false,
+            disk_cache: None,
         }
     }
 }
@@ -98,6 +105,8 @@ pub enum SessionError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    DiskCache(#[from] crate::disk_store::DiskStoreError),
 }
 
 /// What the status line and `btfs status` show.
@@ -111,6 +120,8 @@ pub struct Stats {
     pub total_pieces: u32,
     pub cache_used: u64,
     pub cache_budget: u64,
+    /// The disk cache; `None` without `--cache-dir`.
+    pub disk: Option<DiskStats>,
     pub hash_failures: u64,
     pub banned: usize,
     pub trackers: Vec<TrackerStatus>,
@@ -159,6 +170,8 @@ pub(crate) struct Shared {
     down_limit: RateLimit,
     up_limit: RateLimit,
     trackers: Arc<Mutex<Vec<TrackerStatus>>>,
+    /// The disk cache, if `--cache-dir` was given.
+    disk: Option<disk::Disk>,
     /// Addresses learned from discovery, consumed by the connector.
     discovered: mpsc::Sender<Vec<SocketAddr>>,
     /// Wakes the connector to redial known peers now: a read waits and no peer is connected
@@ -173,6 +186,8 @@ pub(crate) struct State {
     /// Whom we upload to; ticked by the rechoke task.
     choker: Choker,
     store: Store,
+    /// Which pieces the disk cache holds (empty without one).
+    disk: disk::Index,
     peers: HashMap<PeerId, PeerEntry>,
     /// Pieces being assembled from blocks, by piece index.
     assembly: HashMap<u32, pieces::Assembly>,
@@ -223,6 +238,18 @@ impl Session {
         let geometry = torrent.info.geometry.clone();
         let mut picker = Picker::new(geometry.clone());
         picker.set_background(false);
+        let (disk, on_disk) = match &config.disk_cache {
+            Some(c) => match disk::Disk::open(c, torrent.info_hash.0, &geometry).await? {
+                Some((d, pieces)) => (Some(d), pieces),
+                None => (None, Vec::new()),
+            },
+            None => (None, Vec::new()),
+        };
+        let mut disk_index = disk::Index::default();
+        for &p in &on_disk {
+            picker.piece_verified(p);
+            disk_index.insert(p);
+        }
         let (discovered, discovered_rx) = mpsc::channel(64);
         let shared = Arc::new(Shared {
             peer_id: make_peer_id(),
@@ -231,6 +258,7 @@ impl Session {
                 picker,
                 choker: Choker::new(UPLOAD_SLOTS),
                 store: Store::new(config.cache_bytes),
+                disk: disk_index,
                 peers: HashMap::new(),
                 assembly: HashMap::new(),
                 suspects: pieces::Suspects::default(),
@@ -251,11 +279,13 @@ impl Session {
             down_limit: RateLimit::new(config.max_download_rate),
             up_limit: RateLimit::new(config.max_upload_rate),
             trackers: Arc::new(Mutex::new(Vec::new())),
+            disk,
             discovered,
             redial: tokio::sync::Notify::new(),
             announcer: Mutex::new(None),
             config,
         });
+        disk::spawn_writer(&shared);
         tokio::spawn(swarm::listen(shared.clone(), listener));
         tokio::spawn(swarm::connect_loop(shared.clone(), discovered_rx));
         if !shared.config.no_upload {
@@ -342,6 +372,7 @@ impl Session {
             total_pieces: s.geometry.piece_count(),
             cache_used: st.store.used_bytes(),
             cache_budget: st.store.budget(),
+            disk: s.disk.as_ref().map(disk::Disk::stats),
             hash_failures: s.hash_failures.load(Ordering::Relaxed),
             banned: st.banned.len(),
             trackers: s.trackers.lock().map(|t| t.clone()).unwrap_or_default(),
@@ -361,15 +392,19 @@ impl Session {
         }
     }
 
-    /// `stop`, then tells trackers we stopped, bounded by a short timeout so an unreachable
-    /// tracker cannot hold up the exit.
+    /// `stop`, then tells trackers we stopped and finishes queued disk-cache writes, each
+    /// bounded by a timeout so an unreachable tracker or a slow disk cannot hold up the exit.
     pub async fn shutdown(&self) {
         self.stop();
         let s = &self.shared;
         let handle = s.announcer.lock().expect("announcer lock").take();
-        if let Some(h) = handle {
-            let _ = tokio::time::timeout(Duration::from_millis(1500), h).await;
-        }
+        let announced = async {
+            if let Some(h) = handle {
+                let _ = tokio::time::timeout(Duration::from_millis(1500), h).await;
+            }
+        };
+        // Queued disk writes finish meanwhile, so the next mount finds them.
+        tokio::join!(announced, disk::drain(s));
     }
 }
 

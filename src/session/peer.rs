@@ -443,20 +443,35 @@ impl Peer {
         if !self.unchoked_it || self.queued_upload.load(Ordering::Relaxed) >= MAX_QUEUED_UPLOAD {
             return Ok(());
         }
-        let data = self.shared.lock().store.peek(p);
-        tracing::trace!(addr = %self.addr, ?r, have = data.is_some(), "request");
-        if let Some(data) = data {
-            let start = r.begin as usize;
-            let chunk = data.slice(start..start + r.length as usize);
-            self.shared
-                .uploaded
-                .fetch_add(u64::from(r.length), Ordering::Relaxed);
-            self.queued_upload.fetch_add(chunk.len(), Ordering::Relaxed);
-            self.send(Message::Piece {
-                index: r.index,
-                begin: r.begin,
-                data: chunk,
-            });
+        let (data, on_disk) = {
+            let st = self.shared.lock();
+            (st.store.peek(p), st.disk.holds(p))
+        };
+        tracing::trace!(addr = %self.addr, ?r, have = data.is_some(), on_disk, "request");
+        let upload = Upload {
+            shared: self.shared.clone(),
+            out: self.out.clone(),
+            queued: self.queued_upload.clone(),
+        };
+        match data {
+            Some(data) => upload.send(r, &data),
+            None if on_disk => {
+                // Counted as queued while the disk is read, so a flood of requests for disk
+                // pieces is bounded like any other.
+                upload
+                    .queued
+                    .fetch_add(r.length as usize, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let data = super::disk::load(&upload.shared, p).await;
+                    upload
+                        .queued
+                        .fetch_sub(r.length as usize, Ordering::Relaxed);
+                    if let Some(data) = data {
+                        upload.send(r, &data);
+                    }
+                });
+            }
+            None => {}
         }
         Ok(())
     }
@@ -570,6 +585,30 @@ impl Peer {
         st.choker.peer_left(self.id.0);
         st.peers.remove(&self.id);
         Shared::refill_all(&st);
+    }
+}
+
+/// What answering a request needs, apart from the peer task (a disk load answers later).
+struct Upload {
+    shared: Arc<Shared>,
+    out: mpsc::UnboundedSender<Message>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Upload {
+    /// Queues the requested block of `piece` (verified data) for the writer.
+    fn send(&self, r: BlockRef, piece: &bytes::Bytes) {
+        let start = r.begin as usize;
+        let chunk = piece.slice(start..start + r.length as usize);
+        self.shared
+            .uploaded
+            .fetch_add(u64::from(r.length), Ordering::Relaxed);
+        self.queued.fetch_add(chunk.len(), Ordering::Relaxed);
+        let _ = self.out.send(Message::Piece {
+            index: r.index,
+            begin: r.begin,
+            data: chunk,
+        });
     }
 }
 

@@ -7,6 +7,7 @@
 //! once because `set_reader` replaces it.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
@@ -161,9 +162,6 @@ impl Session {
                         st.store.get(p)
                     })
                     .collect();
-                if held.is_none() && st.peers.is_empty() {
-                    s.redial.notify_one();
-                }
                 if held.is_none() && !asked {
                     asked = true;
                     st.picker.set_reader(
@@ -174,6 +172,14 @@ impl Session {
                         },
                     );
                     Shared::refill_all(&st);
+                }
+                // After the urgent want, so loaded pieces are kept even in a full store.
+                if held.is_none() {
+                    let wanted = pieces.clone().filter_map(|i| s.geometry.piece(i));
+                    let all_on_disk = super::disk::start_loads(s, &mut st, wanted);
+                    if !all_on_disk && st.peers.is_empty() {
+                        s.redial.notify_one();
+                    }
                 }
                 held
             };
@@ -236,7 +242,7 @@ pub(crate) fn reader_status(s: &Shared, st: &State) -> Vec<ReaderStatus> {
 
 /// Grows the window on a sequential read, resets it on a seek, and tells the picker (and the
 /// peers) only when the window's pieces changed.
-fn move_window(s: &Shared, st: &mut State, handle: u64, start: u64, len: u64, file_end: u64) {
+fn move_window(s: &Arc<Shared>, st: &mut State, handle: u64, start: u64, len: u64, file_end: u64) {
     let cfg = &s.config;
     // Readahead beyond half the cache would evict itself before it is read.
     let max = cfg.max_readahead_bytes.min(cfg.cache_bytes / 2);
@@ -264,10 +270,13 @@ fn move_window(s: &Shared, st: &mut State, handle: u64, start: u64, len: u64, fi
             id,
             ReaderWant {
                 urgent: 0..0,
-                readahead,
+                readahead: readahead.clone(),
             },
         );
         Shared::refill_all(st);
+        // The window's pieces on disk come into memory ahead of the reader, as peers' would.
+        let ahead = readahead.filter_map(|i| s.geometry.piece(i));
+        super::disk::start_loads(s, st, ahead);
     }
 }
 

@@ -18,10 +18,10 @@ use crate::bencode::Encoder;
 use crate::metainfo::Torrent;
 
 const KIB: u64 = 1024;
-const BIG_CACHE: u64 = 64 * 1024 * 1024;
+pub(super) const BIG_CACHE: u64 = 64 * 1024 * 1024;
 
 /// A multi-file torrent of deterministic random bytes; file boundaries fall inside pieces.
-fn content(seed: u64, piece_len: u32, files: &[u64]) -> Arc<Content> {
+pub(super) fn content(seed: u64, piece_len: u32, files: &[u64]) -> Arc<Content> {
     let total: u64 = files.iter().sum();
     let mut data = vec![0u8; total as usize];
     StdRng::seed_from_u64(seed).fill_bytes(&mut data);
@@ -62,11 +62,11 @@ fn content(seed: u64, piece_len: u32, files: &[u64]) -> Arc<Content> {
 }
 
 /// 32 KiB pieces (2 blocks each), 31 of them; the file boundary is inside piece 9.
-fn two_files() -> Arc<Content> {
+pub(super) fn two_files() -> Arc<Content> {
     content(1, 32 * 1024, &[300_000, 700_001])
 }
 
-fn ip(last: u8) -> Ipv4Addr {
+pub(super) fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)
 }
 
@@ -83,14 +83,18 @@ async fn start(content: &Content, peers: &[&FakePeer], cache_bytes: u64) -> Sess
         .expect("session starts")
 }
 
-async fn within<F: Future>(what: &str, f: F) -> F::Output {
+pub(super) async fn within<F: Future>(what: &str, f: F) -> F::Output {
     tokio::time::timeout(HANG, f)
         .await
         .unwrap_or_else(|_| panic!("{what}: still waiting after {HANG:?} (hang)"))
 }
 
 /// Polls the session's stats until `cond` holds.
-async fn eventually(session: &Session, what: &str, cond: impl Fn(&Stats) -> bool) -> Stats {
+pub(super) async fn eventually(
+    session: &Session,
+    what: &str,
+    cond: impl Fn(&Stats) -> bool,
+) -> Stats {
     within(what, async {
         loop {
             let stats = session.stats();
@@ -104,7 +108,7 @@ async fn eventually(session: &Session, what: &str, cond: impl Fn(&Stats) -> bool
 }
 
 /// The bytes a read of `file` at `offset` must return: fewer than `len` only at the file's end.
-fn expected(content: &Content, file: usize, offset: u64, len: u32) -> &[u8] {
+pub(super) fn expected(content: &Content, file: usize, offset: u64, len: u32) -> &[u8] {
     let f = &content.torrent.info.files[file];
     let start = (f.offset + offset.min(f.length)) as usize;
     let end = (f.offset + (offset + u64::from(len)).min(f.length)) as usize;
@@ -112,7 +116,7 @@ fn expected(content: &Content, file: usize, offset: u64, len: u32) -> &[u8] {
 }
 
 /// Reads and compares, with a short message on a mismatch instead of two huge dumps.
-async fn check_read(
+pub(super) async fn check_read(
     session: &Session,
     content: &Content,
     handle: u64,
@@ -132,7 +136,7 @@ async fn check_read(
 }
 
 /// Reads every file from start to end in `chunk`-byte reads.
-async fn read_everything(session: &Session, content: &Content, chunk: u32) {
+pub(super) async fn read_everything(session: &Session, content: &Content, chunk: u32) {
     for (file, f) in content.torrent.info.files.iter().enumerate() {
         let handle = session.open_reader(file);
         let mut offset = 0;
@@ -144,7 +148,7 @@ async fn read_everything(session: &Session, content: &Content, chunk: u32) {
     }
 }
 
-async fn stop(session: Session) {
+pub(super) async fn stop(session: Session) {
     within("shutdown", session.shutdown()).await;
     drop(session);
 }
