@@ -64,7 +64,8 @@ struct MountArgs {
     /// Disk space for --cache-dir per torrent, least recently used pieces go first (e.g. 4G).
     #[arg(long, default_value = "4G", value_parser = parse_size, requires = "cache_dir")]
     disk_cache_size: u64,
-    /// Largest readahead window a sequential reader grows to (e.g. 64M).
+    /// Largest readahead window a sequential reader grows to (e.g. 64M); the window covers
+    /// about 20 s of the rate the reader consumes.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     max_readahead: u64,
     /// Cap on download, bytes per second (e.g. 2M); unlimited by default.

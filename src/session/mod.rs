@@ -28,6 +28,9 @@ mod read;
 mod swarm;
 #[cfg(test)]
 mod tests;
+mod window;
+#[cfg(test)]
+mod window_tests;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -60,7 +63,8 @@ pub struct Config {
     pub cache_bytes: u64,
     /// Extra peers to connect to at start (besides trackers).
     pub peers: Vec<SocketAddr>,
-    /// Pieces fetched ahead of a sequential reader at first; the window grows from there.
+    /// Pieces fetched ahead of a sequential reader at first, and at least; the window grows
+    /// with the reader's consumption rate (about 20 s of it).
     pub readahead_bytes: u64,
     /// Largest readahead window a sequential reader grows to.
     pub max_readahead_bytes: u64,
