@@ -46,6 +46,8 @@ pub(super) enum Behavior {
     CorruptOnePerPiece,
     /// Unchokes, takes requests, never answers one.
     Staller,
+    /// Answers every request, right, but only after waiting this long (one at a time).
+    Slow(std::time::Duration),
     /// A leecher: once the session has piece 0 and unchokes it, asks for that piece's first
     /// block `n` times and never reads again.
     Hoarder(usize),
@@ -216,6 +218,7 @@ impl Conn {
                     };
                     match self.behavior {
                         Behavior::Staller => continue,
+                        Behavior::Slow(delay) => tokio::time::sleep(delay).await,
                         Behavior::CorruptOnePerPiece
                             if !self.poisoned.lock().unwrap().insert(r.index) =>
                         {

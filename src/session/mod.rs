@@ -21,6 +21,8 @@ mod disk;
 mod disk_tests;
 #[cfg(test)]
 mod fake_peer;
+#[cfg(test)]
+mod late_tests;
 pub mod magnet;
 mod peer;
 mod pieces;
@@ -127,6 +129,8 @@ pub struct Stats {
     /// The disk cache; `None` without `--cache-dir`.
     pub disk: Option<DiskStats>,
     pub hash_failures: u64,
+    /// Blocks a read waited on that were asked of a second peer because the first was late.
+    pub rerequests: u64,
     pub banned: usize,
     pub trackers: Vec<TrackerStatus>,
     /// Good nodes in the DHT routing table; `None` without DHT.
@@ -378,6 +382,7 @@ impl Session {
             cache_budget: st.store.budget(),
             disk: s.disk.as_ref().map(disk::Disk::stats),
             hash_failures: s.hash_failures.load(Ordering::Relaxed),
+            rerequests: st.picker.rerequests(),
             banned: st.banned.len(),
             trackers: s.trackers.lock().map(|t| t.clone()).unwrap_or_default(),
             dht_nodes: s.config.dht.as_ref().map(|d| d.node_count()),

@@ -32,6 +32,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
 /// A connection with no traffic at all for this long is dead (BEP 3 keep-alives are 2 min).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(90);
+/// A request is late (and, if a read waits on it, asked of one more peer) once it is this many
+/// times older than the peer's average block time, and at least `LATE_MIN` old; before the
+/// peer's first block, once it is `LATE_UNKNOWN` old.
+const LATE_FACTOR: u32 = 4;
+const LATE_MIN: Duration = Duration::from_secs(1);
+const LATE_UNKNOWN: Duration = Duration::from_secs(2);
 /// Bounds on requests in flight to one peer. The target follows the peer's rate: about one
 /// second of its data, so a read's urgent request never waits behind much background work,
 /// while a fast peer still has enough queued to fill the link.
@@ -134,6 +140,11 @@ struct Peer {
     peer_interested: bool,
     /// Our requests in flight to it, with when we sent them.
     requests: HashMap<Block, Instant>,
+    /// Smoothed time from our request to its block, over the blocks it delivered.
+    avg_block: Option<Duration>,
+    /// Requests the picker took as late, with when they were sent: each request is reported
+    /// once (a block asked again later is a new request).
+    reported_late: HashMap<Block, Instant>,
     last_piece: Instant,
     last_recv: Instant,
     /// Bytes of block data received since the last tick, and a smoothed rate (bytes/s).
@@ -173,6 +184,8 @@ impl Peer {
             unchoked_it: false,
             peer_interested: false,
             requests: HashMap::new(),
+            avg_block: None,
+            reported_late: HashMap::new(),
             last_piece: now,
             last_recv: now,
             recv_tick: 0,
@@ -390,7 +403,15 @@ impl Peer {
             .block_index(p, begin, data.len() as u32)
             .ok_or(PeerError::Protocol("piece: not a block we use"))?;
         let block = Block { piece: p, block: b };
-        let asked = self.requests.remove(&block).is_some();
+        let sent = self.requests.remove(&block);
+        let asked = sent.is_some();
+        if let Some(sent) = sent {
+            let took = sent.elapsed();
+            self.avg_block = Some(match self.avg_block {
+                None => took,
+                Some(avg) => avg.mul_f64(0.75) + took.mul_f64(0.25),
+            });
+        }
         self.shared
             .downloaded
             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -546,6 +567,7 @@ impl Peer {
         if self.last_recv.elapsed() >= IDLE_TIMEOUT {
             return Err(PeerError::Idle);
         }
+        self.report_late();
         if !self.requests.is_empty() && self.last_piece.elapsed() >= REQUEST_TIMEOUT {
             let oldest = self
                 .requests
@@ -564,6 +586,38 @@ impl Peer {
             }
         }
         Ok(())
+    }
+
+    /// Tells the picker of requests this peer is late with, so that a read waiting on one gets
+    /// it from another peer too (the first copy wins, the other request is cancelled).
+    fn report_late(&mut self) {
+        self.reported_late
+            .retain(|b, sent| self.requests.get(b) == Some(sent));
+        let threshold = self
+            .avg_block
+            .map_or(LATE_UNKNOWN, |avg| (avg * LATE_FACTOR).max(LATE_MIN));
+        let late: Vec<(Block, Instant)> = self
+            .requests
+            .iter()
+            .filter(|(b, sent)| sent.elapsed() >= threshold && !self.reported_late.contains_key(b))
+            .map(|(b, sent)| (*b, *sent))
+            .collect();
+        if late.is_empty() {
+            return;
+        }
+        let mut st = self.shared.lock();
+        let mut marked = 0;
+        for (b, sent) in late {
+            // A block no read waits on yet is checked again next time: it may become urgent.
+            if st.picker.mark_late(b) {
+                self.reported_late.insert(b, sent);
+                marked += 1;
+            }
+        }
+        if marked > 0 {
+            tracing::debug!(addr = %self.addr, marked, avg = ?self.avg_block, "late with blocks a read waits on; asking other peers too");
+            Shared::refill_all(&st);
+        }
     }
 
     /// Gives every request in flight back to the picker (choked, stalled or leaving).

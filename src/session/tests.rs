@@ -70,7 +70,7 @@ pub(super) fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)
 }
 
-async fn start(content: &Content, peers: &[&FakePeer], cache_bytes: u64) -> Session {
+pub(super) async fn start(content: &Content, peers: &[&FakePeer], cache_bytes: u64) -> Session {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         peers: peers.iter().map(|p| p.addr).collect(),
@@ -206,7 +206,7 @@ async fn bad_peer_first(c: &Arc<Content>, bad: Behavior) -> (FakePeer, FakePeer,
 }
 
 /// Hands `peer`'s address to the session, as a tracker would.
-async fn join(session: &Session, peer: &FakePeer) {
+pub(super) async fn join(session: &Session, peer: &FakePeer) {
     session
         .shared
         .discovered
