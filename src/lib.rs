@@ -26,6 +26,8 @@
 //! listener --accept-----------------------------------> peer task --Message (mpsc)--> writer
 //! peer task --complete piece--> spawn_blocking SHA1 --> store + picker, `have` to peers,
 //!                                                       `verified` bumped
+//!                                   --queue (mpsc)--> disk writer --spawn_blocking--> DiskStore
+//! read/upload missing from memory --spawn_blocking load + SHA1--> store (or refetch if bad)
 //! shutdown (watch<bool>): fails every waiting read, ends every task
 //! ```
 //! One `std::sync::Mutex` guards the session state (picker, store, peers); it is held only

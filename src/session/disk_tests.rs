@@ -125,3 +125,24 @@ async fn a_cache_dir_that_vanishes_costs_only_the_caching() {
     within("second pass", read_everything(&session, &c, 64_000)).await;
     stop(session).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_piece_only_on_disk_is_uploaded_to_a_peer() {
+    let c = two_files();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let seeder = FakePeer::start(ip(2), c.clone(), Behavior::Honest).await;
+    fill_cache(&c, &seeder, tmp.path()).await;
+    drop(seeder);
+
+    // Memory is empty: the leecher's request for piece 0 is answered from disk.
+    let leecher = FakePeer::start(ip(3), c.clone(), Behavior::Hoarder(1)).await;
+    let session = start_cached(&c, &[&leecher], tmp.path()).await;
+    assert_eq!(session.stats().cache_used, 0);
+    leecher
+        .wait_for("its request sent", |n| n.requests >= 1)
+        .await;
+    let stats = eventually(&session, "a block uploaded", |s| s.uploaded >= 16 * 1024).await;
+    assert_eq!(stats.downloaded, 0);
+    assert_eq!(stats.disk.map(|d| d.bad_pieces), Some(0));
+    stop(session).await;
+}

@@ -7,7 +7,8 @@
 //! - one task per peer reads its messages and asks the picker for blocks; a writer task per peer
 //!   sends what the session queues for it;
 //! - a blocking-pool job hashes each completed piece before anyone sees a byte of it;
-//! - the announcer (see `tracker::announcer`) reports to trackers and feeds the connector.
+//! - the announcer (see `tracker::announcer`) reports to trackers and feeds the connector;
+//! - with `--cache-dir`, a writer task puts verified pieces on disk (see `disk`).
 //!
 //! Readers (`read`) never talk to peers: they state what they want in the picker, poke the peers
 //! to refill their request queues, and wait on `verified` until the store holds every piece they
