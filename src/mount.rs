@@ -331,6 +331,7 @@ pub fn status_report(session: &Session) -> String {
             d.used, d.budget, d.errors, d.bad_pieces
         ));
     }
+    out.push_str(&format!("rerequested_blocks: {}\n", s.rerequests));
     for r in &s.readers {
         out.push_str(&format!(
             "reader: {} position={} window_start={} window={}\n",

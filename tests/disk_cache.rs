@@ -128,6 +128,10 @@ fn a_remount_with_the_swarm_gone_reads_everything_from_disk() {
     assert_eq!(s["downloaded_bytes"], "0", "{s:?}");
     assert_eq!(s["disk_cache_bad_pieces"], "0", "{s:?}");
     assert_eq!(s["disk_cache_errors"], "0", "{s:?}");
+    assert_eq!(
+        s["rerequested_blocks"], "0",
+        "nothing was asked of anyone: {s:?}"
+    );
     assert!(stat_u64(&m, "disk_cache_used_bytes") > 0);
     assert!(m.unmount().is_some_and(|s| s.success()));
 }
