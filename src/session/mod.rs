@@ -34,6 +34,7 @@ mod tests;
 mod window;
 #[cfg(test)]
 mod window_tests;
+mod writer;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};

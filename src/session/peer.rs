@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::pieces::{self, Assembly};
+use super::writer::{AbortOnDrop, Upload, write_loop};
 use super::{PeerCmd, PeerEntry, Shared};
 use crate::bitfield::Bitfield;
 use crate::metadata::metadata_piece;
@@ -640,72 +640,4 @@ impl Peer {
         st.peers.remove(&self.id);
         Shared::refill_all(&st);
     }
-}
-
-/// What answering a request needs, apart from the peer task (a disk load answers later).
-struct Upload {
-    shared: Arc<Shared>,
-    out: mpsc::UnboundedSender<Message>,
-    queued: Arc<AtomicUsize>,
-}
-
-impl Upload {
-    /// Queues the requested block of `piece` (verified data) for the writer.
-    fn send(&self, r: BlockRef, piece: &bytes::Bytes) {
-        let start = r.begin as usize;
-        let chunk = piece.slice(start..start + r.length as usize);
-        self.shared
-            .uploaded
-            .fetch_add(u64::from(r.length), Ordering::Relaxed);
-        self.queued.fetch_add(chunk.len(), Ordering::Relaxed);
-        let _ = self.out.send(Message::Piece {
-            index: r.index,
-            begin: r.begin,
-            data: chunk,
-        });
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Sends queued messages, batching what is ready into one write.
-async fn write_loop(
-    mut w: MessageWriter<OwnedWriteHalf>,
-    mut rx: mpsc::UnboundedReceiver<Message>,
-    queued_upload: Arc<AtomicUsize>,
-    sent_total: Arc<AtomicU64>,
-    shared: Arc<Shared>,
-) -> Result<(), WireError> {
-    let mut batch = Vec::new();
-    while let Some(m) = rx.recv().await {
-        batch.push(m);
-        while batch.len() < 64 {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
-        }
-        let sent: usize = batch
-            .iter()
-            .map(|m| match m {
-                Message::Piece { data, .. } => data.len(),
-                _ => 0,
-            })
-            .sum();
-        if sent > 0 {
-            shared.up_limit.acquire(sent).await;
-        }
-        w.send_many(&batch).await?;
-        queued_upload.fetch_sub(sent, Ordering::Relaxed);
-        sent_total.fetch_add(sent as u64, Ordering::Relaxed);
-        batch.clear();
-    }
-    Ok(())
 }
