@@ -17,13 +17,16 @@ pub enum Condition {
     NoPeers,
     /// A read has waited a long time for its data.
     ReadStalled,
+    /// The disk cache cannot write (full, or its directory is gone).
+    DiskFailing,
 }
 
 impl Condition {
-    const ALL: [Condition; 3] = [
+    const ALL: [Condition; 4] = [
         Condition::TrackersFailing,
         Condition::NoPeers,
         Condition::ReadStalled,
+        Condition::DiskFailing,
     ];
 
     /// How long the condition must hold before it is said: a moment without peers between two
@@ -34,6 +37,7 @@ impl Condition {
             Condition::NoPeers => Duration::from_secs(60),
             // The caller passes the wait already measured.
             Condition::ReadStalled => Duration::ZERO,
+            Condition::DiskFailing => Duration::ZERO,
         }
     }
 
@@ -43,6 +47,7 @@ impl Condition {
             Condition::TrackersFailing => "a tracker answers again",
             Condition::NoPeers => "peers are connected again",
             Condition::ReadStalled => "reads get their data again",
+            Condition::DiskFailing => "the disk cache writes again",
         }
     }
 }

@@ -29,6 +29,8 @@ use std::time::{Duration, SystemTime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskStoreError {
+    #[error("cannot use {} as the disk cache: {reason}", path.display())]
+    Unusable { path: PathBuf, reason: String },
     #[error("cannot create cache directory {}: {source}", path.display())]
     Create { path: PathBuf, source: io::Error },
     #[error("disk cache I/O failed on {}: {source}", path.display())]
@@ -290,6 +292,27 @@ impl DiskStore {
     }
 }
 
+/// Checks, before any network work, that `dir` is (or can be made) a directory we can write
+/// in, so a bad `--cache-dir` fails the mount at once with one clear line.
+pub fn check_dir(dir: &Path) -> Result<()> {
+    let unusable = |reason: String| DiskStoreError::Unusable {
+        path: dir.to_owned(),
+        reason,
+    };
+    match fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => return Err(unusable("not a directory".into())),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(|e| unusable(format!("cannot create it: {e}")))?;
+        }
+        Err(e) => return Err(unusable(e.to_string())),
+    }
+    let probe = dir.join(format!(".btfs-probe-{}.tmp", std::process::id()));
+    File::create(&probe)
+        .and_then(|_| fs::remove_file(&probe))
+        .map_err(|e| unusable(format!("cannot write in it: {e}")))
+}
+
 fn file_name(piece: u32, len: u32) -> String {
     format!("{piece}-{len}.piece")
 }
@@ -481,6 +504,23 @@ mod tests {
         assert_eq!(store.get(2).expect("get"), None);
         assert!(store.pieces().is_empty());
         assert_eq!(store.used_bytes(), 0);
+    }
+
+    #[test]
+    fn check_dir_accepts_a_new_or_empty_dir_and_refuses_a_file() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let fresh = tmp.path().join("a/b");
+        check_dir(&fresh).expect("created");
+        assert!(fresh.is_dir());
+        assert_eq!(
+            fs::read_dir(&fresh).expect("read_dir").count(),
+            0,
+            "no probe left"
+        );
+        let file = tmp.path().join("a-file");
+        fs::write(&file, b"x").expect("write");
+        let err = check_dir(&file).expect_err("a file is not a directory");
+        assert!(err.to_string().contains("not a directory"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! - [`picker`]: synchronous, I/O-free: which block to ask which peer for next.
 //! - [`choker`]: synchronous: whom we upload to (BEP 3 rechoke, optimistic unchoke).
 //! - [`ratelimit`]: token buckets for download/upload caps, fair across peers.
-//! - [`store`]: verified pieces in memory, LRU by bytes; [`disk_store`]: the same on disk.
+//! - [`store`]: verified pieces in memory, LRU by bytes; [`disk_store`]: the same on disk
+//!   (`--cache-dir`), written behind the memory store and re-verified on every load.
 //! - [`metadata`]: assembling (and serving) the info dictionary over BEP 9, for magnets.
 //! - [`tracker`]: HTTP and UDP announces, and the announcer task.
 //! - [`wire`]: peer messages (pure encode/decode) and their tokio framing.
@@ -28,6 +29,8 @@
 //! listener --accept-----------------------------------> peer task --Message (mpsc)--> writer
 //! peer task --complete piece--> spawn_blocking SHA1 --> store + picker, `have` to peers,
 //!                                                       `verified` bumped
+//!                                   --queue (mpsc)--> disk writer --spawn_blocking--> DiskStore
+//! read/upload missing from memory --spawn_blocking load + SHA1--> store (or refetch if bad)
 //! shutdown (watch<bool>): fails every waiting read, ends every task
 //! announcer, DHT loop (, PEX) --addrs, tagged with their PeerSource--> connector
 //! status socket --accept--> status::Live::report (stats + rates + warnings) --JSON--> `btfs status`

@@ -67,7 +67,15 @@ struct MountArgs {
     /// Memory for verified pieces (e.g. 256M, 1G).
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     cache_size: u64,
-    /// Largest readahead window a sequential reader grows to (e.g. 64M).
+    /// Also keep verified pieces on disk here (a subdirectory per torrent), so a remount or a
+    /// second viewing need not download them again. Off by default.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Disk space for --cache-dir per torrent, least recently used pieces go first (e.g. 4G).
+    #[arg(long, default_value = "4G", value_parser = parse_size, requires = "cache_dir")]
+    disk_cache_size: u64,
+    /// Largest readahead window a sequential reader grows to (e.g. 64M); the window covers
+    /// about 20 s of the rate the reader consumes.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     max_readahead: u64,
     /// Cap on download, bytes per second (e.g. 2M); unlimited by default.
@@ -137,6 +145,9 @@ fn run(cli: Cli) -> Result<()> {
             let target = Target::parse(&args.torrent)?;
             let preloaded = target.load_local()?;
             mount::check_mountpoint(&args.mountpoint)?;
+            if let Some(dir) = &args.cache_dir {
+                btfs::disk_store::check_dir(dir)?;
+            }
             let config = MountConfig {
                 mountpoint: args.mountpoint,
                 allow_other: args.allow_other,
@@ -150,6 +161,10 @@ fn run(cli: Cli) -> Result<()> {
                     max_download_rate: args.max_download_rate,
                     max_upload_rate: args.max_upload_rate,
                     no_upload: args.no_upload,
+                    disk_cache: args.cache_dir.map(|dir| session::DiskCacheConfig {
+                        dir,
+                        budget: args.disk_cache_size,
+                    }),
                     ..session::Config::default()
                 },
                 metadata_timeout: std::time::Duration::from_secs(args.metadata_timeout),

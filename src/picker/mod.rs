@@ -23,7 +23,8 @@
 //! # Order
 //! One comparator, `OrderKey` in `order.rs` (the prose is beside it): pieces a reader waits on
 //! first, then readahead pieces by distance into their reader's window, then background pieces:
-//! started before fresh, rarest first, lowest index last. Endgame duplicates only urgent blocks.
+//! started before fresh, rarest first, lowest index last. Endgame duplicates only urgent blocks
+//! their peer is late with (`mark_late`).
 
 #[cfg(test)]
 mod model_tests;
@@ -31,7 +32,7 @@ mod order;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::bitfield::Bitfield;
 use crate::piece::{Geometry, PieceIndex};
@@ -130,6 +131,11 @@ pub struct Picker {
     /// Pieces that failed their check, fetched again from one peer only ("parole"), so the
     /// next verdict names a single sender; the peer is set by the first pick.
     exclusive: HashMap<PieceIndex, Option<PeerId>>,
+    /// Requested blocks of urgent pieces that their peer is late with (`mark_late`): only
+    /// these are asked of a second peer (endgame).
+    late: HashSet<Block>,
+    /// Blocks asked of another peer because the first was late.
+    rerequests: u64,
 }
 
 impl Picker {
@@ -149,6 +155,8 @@ impl Picker {
             deadline_order: Vec::new(),
             background: true,
             exclusive: HashMap::new(),
+            late: HashSet::new(),
+            rerequests: 0,
             geometry,
         }
     }
@@ -211,6 +219,7 @@ impl Picker {
         if let Some(set) = self.in_flight.get_mut(&peer) {
             set.remove(&b);
         }
+        self.late.remove(&b);
         let count = self.geometry.block_count(b.piece);
         if b.block >= count {
             return Received::default();
@@ -315,6 +324,24 @@ impl Picker {
         }
     }
 
+    /// The peer asked for `b` is late with it (much later than its own average): if a read
+    /// waits on the piece, `pick` asks one more peer for it; the first copy to arrive wins and
+    /// the other requests are cancelled (`Received::cancel`). Returns whether it was newly
+    /// marked (false for a block not requested or not urgent).
+    pub fn mark_late(&mut self, b: Block) -> bool {
+        let requested = self
+            .partial
+            .get(&b.piece)
+            .and_then(|part| part.blocks.get(b.block as usize))
+            .is_some_and(|slot| matches!(slot, Slot::Requested(_)));
+        requested && self.is_urgent(b.piece) && self.late.insert(b)
+    }
+
+    /// Blocks asked of a second peer because the first was late, since the start.
+    pub fn rerequests(&self) -> u64 {
+        self.rerequests
+    }
+
     // ---- queries ------------------------------------------------------------------------------
 
     pub fn piece_state(&self, p: PieceIndex) -> PieceState {
@@ -388,6 +415,7 @@ impl Picker {
             if peers.is_empty() {
                 *slot = Slot::Free;
                 part.free += 1;
+                self.late.remove(&b);
             }
         }
         if part.untouched() {
@@ -407,6 +435,7 @@ impl Picker {
                     piece: p,
                     block: i as u32,
                 };
+                self.late.remove(&b);
                 for q in peers {
                     if let Some(set) = self.in_flight.get_mut(&q) {
                         set.remove(&b);

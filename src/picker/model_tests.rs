@@ -37,9 +37,14 @@ fn reference(p: &Picker, peer: PeerId, has: &Bitfield, max: usize) -> Vec<(u32, 
     for k in keys.iter().filter(|k| urgent(k)) {
         if let Some(part) = p.partial.get(&k.piece) {
             for (b, slot) in part.blocks.iter().enumerate() {
+                let late = p.late.contains(&Block {
+                    piece: k.piece,
+                    block: b as u32,
+                });
                 if let Slot::Requested(q) = slot
                     && q.len() < MAX_REQUESTERS
                     && !q.contains(&peer)
+                    && late
                 {
                     out.push((k.piece.get(), b as u32));
                 }
@@ -53,6 +58,16 @@ fn reference(p: &Picker, peer: PeerId, has: &Bitfield, max: usize) -> Vec<(u32, 
 
 /// The invariants written at the top of the module, checked from the raw state.
 fn check_invariants(p: &Picker) {
+    for b in &p.late {
+        let slot = p
+            .partial
+            .get(&b.piece)
+            .map(|part| &part.blocks[b.block as usize]);
+        assert!(
+            matches!(slot, Some(Slot::Requested(_))),
+            "a late block is a requested one: {b:?}"
+        );
+    }
     for i in p.geometry().pieces() {
         let s = p.piece_state(i);
         assert_eq!(
@@ -135,7 +150,13 @@ fn pick_follows_the_comparator_in_random_states() {
                         }
                     }
                 }
-                3 => p.peer_choked(peers[who]),
+                3 if rand(2) == 0 => p.peer_choked(peers[who]),
+                3 => {
+                    let requested: Vec<Block> = p.blocks_requested(peers[who]).collect();
+                    for b in requested {
+                        p.mark_late(b);
+                    }
+                }
                 4 => {
                     p.peer_gone(peers[who], &has[who]);
                     p.peer_bitfield(peers[who], &has[who]);

@@ -56,9 +56,10 @@ pub(super) enum Priority {
 ///
 /// Within a piece the lowest unrequested block goes first, and one peer's blocks come from one
 /// piece while it has free ones. Endgame: once every urgent piece a peer has is fully requested,
-/// blocks in flight from other peers are asked of this peer too (at most [`MAX_REQUESTERS`] per
-/// block, never twice of one peer), before any readahead. Other pieces never get duplicates: only
-/// a blocked read is worth the wasted bandwidth.
+/// blocks that another peer is late with (`mark_late`) are asked of this peer too (one more peer
+/// per mark, at most [`MAX_REQUESTERS`] per block, never twice of one peer), before any
+/// readahead. Other pieces never get duplicates: only a blocked read is worth the wasted
+/// bandwidth, and only when its block is late.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct OrderKey {
     pub(super) priority: Priority,
@@ -260,7 +261,8 @@ impl Picker {
         }
     }
 
-    /// Endgame on an urgent piece: asks `peer` too for blocks in flight from other peers.
+    /// Endgame on an urgent piece: asks `peer` too for blocks in flight from other peers that
+    /// are late with them (`mark_late`); one more peer per lateness mark.
     fn take_duplicates(&mut self, p: PieceIndex, peer: PeerId, out: &mut Vec<Block>, max: usize) {
         if self.exclusive.contains_key(&p) {
             return;
@@ -273,15 +275,17 @@ impl Picker {
             if out.len() >= max {
                 break;
             }
+            let b = Block {
+                piece: p,
+                block: i as u32,
+            };
             if let Slot::Requested(peers) = slot
                 && peers.len() < MAX_REQUESTERS
                 && !peers.contains(&peer)
+                && self.late.remove(&b)
             {
                 peers.push(peer);
-                let b = Block {
-                    piece: p,
-                    block: i as u32,
-                };
+                self.rerequests += 1;
                 in_flight.insert(b);
                 out.push(b);
             }

@@ -288,8 +288,15 @@ fn endgame_duplicates_urgent_blocks_from_other_peers() {
     p.set_reader(R1, want(0..1, 1..2));
     p.set_background(false);
     assert_eq!(pairs(&p.pick(A, &all(&p), 2)), vec![(0, 0), (0, 1)]);
-    // For B, duplicates of the urgent blocks come before readahead's free blocks.
-    assert_eq!(pairs(&p.pick(B, &all(&p), 3)), vec![(0, 0), (0, 1), (1, 0)]);
+    // Nothing is duplicated while A is not late.
+    assert_eq!(pairs(&p.pick(C, &all(&p), 1)), vec![(1, 0)]);
+    assert!(p.mark_late(blk(&p, 0, 0)) && p.mark_late(blk(&p, 0, 1)));
+    assert!(!p.mark_late(blk(&p, 0, 1)), "marked once");
+    // For B, duplicates of the late urgent blocks come before readahead's free blocks.
+    assert_eq!(pairs(&p.pick(B, &all(&p), 3)), vec![(0, 0), (0, 1), (1, 1)]);
+    assert_eq!(p.rerequests(), 2);
+    // One more peer per mark.
+    assert!(p.pick(D, &all(&p), 3).is_empty());
 }
 
 #[test]
@@ -298,6 +305,10 @@ fn endgame_never_duplicates_readahead_or_background_blocks() {
     p.set_reader(R1, want(0..0, 0..1));
     p.pick(A, &all(&p), 8);
     assert_eq!(p.in_flight(A), 8);
+    assert!(
+        !p.mark_late(blk(&p, 0, 0)),
+        "a readahead block is never late"
+    );
     assert!(p.pick(B, &all(&p), 8).is_empty());
 }
 
@@ -311,8 +322,12 @@ fn endgame_at_most_three_peers_per_block_never_one_peer_twice() {
         p.pick(A, &all(&p), 4).is_empty(),
         "never twice from one peer"
     );
+    p.mark_late(blk(&p, 0, 0));
+    assert!(p.pick(A, &all(&p), 4).is_empty(), "not from the late peer");
     assert_eq!(pairs(&p.pick(B, &all(&p), 4)), vec![(0, 0)]);
+    p.mark_late(blk(&p, 0, 0));
     assert_eq!(pairs(&p.pick(C, &all(&p), 4)), vec![(0, 0)]);
+    p.mark_late(blk(&p, 0, 0));
     assert!(
         p.pick(D, &all(&p), 4).is_empty(),
         "a fourth peer is not asked"
@@ -324,6 +339,7 @@ fn endgame_waits_for_free_urgent_blocks_to_be_taken() {
     let mut p = picker(2, 1);
     p.set_reader(R1, want(0..2, 2..2));
     p.pick(A, &bits(2, &[0]), 1);
+    p.mark_late(blk(&p, 0, 0));
     // B has both: piece 1's free block first, then the duplicate of piece 0.
     assert_eq!(pairs(&p.pick(B, &all(&p), 4)), vec![(1, 0), (0, 0)]);
 }
@@ -333,7 +349,10 @@ fn arrival_of_duplicated_block_cancels_the_other_requests() {
     let mut p = picker(1, 2);
     p.set_reader(R1, want(0..1, 1..1));
     p.pick(A, &all(&p), 2);
+    p.mark_late(blk(&p, 0, 0));
+    p.mark_late(blk(&p, 0, 1));
     p.pick(B, &all(&p), 2);
+    p.mark_late(blk(&p, 0, 0));
     p.pick(C, &all(&p), 1);
     let r = p.block_received(B, blk(&p, 0, 0));
     assert!(r.new);
@@ -388,6 +407,7 @@ fn choke_releases_only_that_peers_share_of_a_duplicate() {
     let mut p = picker(1, 1);
     p.set_reader(R1, want(0..1, 1..1));
     p.pick(A, &all(&p), 1);
+    p.mark_late(blk(&p, 0, 0));
     p.pick(B, &all(&p), 1);
     p.peer_choked(A);
     assert_eq!(state(&p, 0), PieceState::Partial);
@@ -533,6 +553,7 @@ fn never_picks_had_or_verifying_pieces() {
     p.block_received(A, blk(&p, 1, 0));
     assert_eq!(state(&p, 1), PieceState::Verifying);
     assert_eq!(pieces(&p.pick(B, &all(&p), 10)), vec![2]);
+    assert!(!p.mark_late(blk(&p, 1, 0)), "nothing requested");
     assert!(
         p.pick(C, &all(&p), 10).is_empty(),
         "no endgame on verifying pieces"
@@ -626,6 +647,7 @@ fn failed_piece_is_refetched_from_one_peer_only() {
     p.set_exclusive(idx(&p, 0));
     // A claims it with one request; B gets none of its blocks, not even endgame duplicates.
     assert_eq!(pairs(&p.pick(A, &has, 1)), vec![(0, 0)]);
+    p.mark_late(blk(&p, 0, 0));
     assert!(pieces(&p.pick(B, &has, 8)).iter().all(|&i| i != 0));
     // A takes the rest.
     assert_eq!(pairs(&p.pick(A, &has, 8)), vec![(0, 1), (0, 2), (0, 3)]);

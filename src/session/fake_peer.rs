@@ -52,6 +52,8 @@ pub(super) enum Behavior {
     StallMidPiece,
     /// After the handshake sends a keep-alive every 100 ms and nothing else, ever.
     KeepAliveOnly,
+    /// Answers every request, right, but only after waiting this long (one at a time).
+    Slow(std::time::Duration),
     /// A leecher: once the session has piece 0 and unchokes it, asks for that piece's first
     /// block `n` times and never reads again.
     Hoarder(usize),
@@ -250,6 +252,7 @@ impl Conn {
                         {
                             continue;
                         }
+                        Behavior::Slow(delay) => tokio::time::sleep(delay).await,
                         Behavior::CorruptOnePerPiece
                             if !self.poisoned.lock().unwrap().insert(r.index) =>
                         {

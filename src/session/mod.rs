@@ -8,7 +8,8 @@
 //! - one task per peer reads its messages and asks the picker for blocks; a writer task per peer
 //!   sends what the session queues for it;
 //! - a blocking-pool job hashes each completed piece before anyone sees a byte of it;
-//! - the announcer (see `tracker::announcer`) reports to trackers and feeds the connector.
+//! - the announcer (see `tracker::announcer`) reports to trackers and feeds the connector;
+//! - with `--cache-dir`, a writer task puts verified pieces on disk (see `disk`).
 //!
 //! Readers (`read`) never talk to peers: they state what they want in the picker, poke the peers
 //! to refill their request queues, and wait on `verified` until the store holds every piece they
@@ -18,8 +19,13 @@
 //! `.await` (mini-redis style). Hashing and copying piece data happen outside it.
 
 mod discovery;
+mod disk;
+#[cfg(test)]
+mod disk_tests;
 #[cfg(test)]
 mod fake_peer;
+#[cfg(test)]
+mod late_tests;
 pub mod magnet;
 mod peer;
 mod pex;
@@ -28,6 +34,10 @@ mod read;
 mod swarm;
 #[cfg(test)]
 mod tests;
+mod window;
+#[cfg(test)]
+mod window_tests;
+mod writer;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -48,6 +58,7 @@ use crate::store::Store;
 use crate::tracker::announcer::{self, AnnounceParams, Progress, TrackerStatus};
 
 pub use discovery::{PeerSource, SourceCount};
+pub use disk::{DiskCacheConfig, DiskStats};
 pub use peer::PeerTimeouts;
 pub use read::{ReadError, ReaderStatus};
 
@@ -61,7 +72,8 @@ pub struct Config {
     pub cache_bytes: u64,
     /// Extra peers to connect to at start (besides trackers).
     pub peers: Vec<SocketAddr>,
-    /// Pieces fetched ahead of a sequential reader at first; the window grows from there.
+    /// Pieces fetched ahead of a sequential reader at first, and at least; the window grows
+    /// with the reader's consumption rate (about 20 s of it).
     pub readahead_bytes: u64,
     /// Largest readahead window a sequential reader grows to.
     pub max_readahead_bytes: u64,
@@ -74,6 +86,8 @@ pub struct Config {
     pub no_upload: bool,
     /// When a peer counts as stalled or useless.
     pub peer_timeouts: PeerTimeouts,
+    /// Keep verified pieces on disk too (`--cache-dir`); `None`: nothing touches the disk.
+    pub disk_cache: Option<DiskCacheConfig>,
 }
 
 /// Peers we upload to at once (one of them the optimistic unchoke).
@@ -93,6 +107,7 @@ impl Default for Config {
             max_upload_rate: None,
             no_upload: false,
             peer_timeouts: PeerTimeouts::default(),
+            disk_cache: None,
         }
     }
 }
@@ -106,6 +121,8 @@ pub enum SessionError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    DiskCache(#[from] crate::disk_store::DiskStoreError),
 }
 
 /// What the status line and `btfs status` show.
@@ -124,7 +141,11 @@ pub struct Stats {
     pub total_bytes: u64,
     pub cache_used: u64,
     pub cache_budget: u64,
+    /// The disk cache; `None` without `--cache-dir`.
+    pub disk: Option<DiskStats>,
     pub hash_failures: u64,
+    /// Blocks a read waited on that were asked of a second peer because the first was late.
+    pub rerequests: u64,
     pub banned: usize,
     pub trackers: Vec<TrackerStatus>,
     /// Good nodes in the DHT routing table; `None` without DHT.
@@ -133,6 +154,8 @@ pub struct Stats {
     pub readers: Vec<ReaderStatus>,
     /// How long the oldest read still waiting for its pieces has waited.
     pub longest_wait: Option<Duration>,
+    /// Why the disk cache cannot write now (disk full, directory gone), if it cannot.
+    pub disk_failing: Option<String>,
 }
 
 /// A handle to a running session; cheap to clone.
@@ -174,6 +197,8 @@ pub(crate) struct Shared {
     down_limit: RateLimit,
     up_limit: RateLimit,
     trackers: Arc<Mutex<Vec<TrackerStatus>>>,
+    /// The disk cache, if `--cache-dir` was given.
+    disk: Option<disk::Disk>,
     /// Addresses learned from discovery, tagged with their source, consumed by the connector.
     discovered: mpsc::Sender<(PeerSource, Vec<SocketAddr>)>,
     /// Wakes the connector to redial known peers now: a read waits and no peer is connected
@@ -191,6 +216,8 @@ pub(crate) struct State {
     /// Whom we upload to; ticked by the rechoke task.
     choker: Choker,
     store: Store,
+    /// Which pieces the disk cache holds (empty without one).
+    disk: disk::Index,
     peers: HashMap<PeerId, PeerEntry>,
     /// Pieces being assembled from blocks, by piece index.
     assembly: HashMap<u32, pieces::Assembly>,
@@ -249,6 +276,18 @@ impl Session {
         let geometry = torrent.info.geometry.clone();
         let mut picker = Picker::new(geometry.clone());
         picker.set_background(false);
+        let (disk, on_disk) = match &config.disk_cache {
+            Some(c) => match disk::Disk::open(c, torrent.info_hash.0, &geometry).await? {
+                Some((d, pieces)) => (Some(d), pieces),
+                None => (None, Vec::new()),
+            },
+            None => (None, Vec::new()),
+        };
+        let mut disk_index = disk::Index::default();
+        for &p in &on_disk {
+            picker.piece_verified(p);
+            disk_index.insert(p);
+        }
         let (discovered, discovered_rx) = mpsc::channel(64);
         let shared = Arc::new(Shared {
             peer_id: make_peer_id(),
@@ -257,6 +296,7 @@ impl Session {
                 picker,
                 choker: Choker::new(UPLOAD_SLOTS),
                 store: Store::new(config.cache_bytes),
+                disk: disk_index,
                 peers: HashMap::new(),
                 assembly: HashMap::new(),
                 suspects: pieces::Suspects::default(),
@@ -278,12 +318,14 @@ impl Session {
             down_limit: RateLimit::new(config.max_download_rate),
             up_limit: RateLimit::new(config.max_upload_rate),
             trackers: Arc::new(Mutex::new(Vec::new())),
+            disk,
             discovered,
             redial: tokio::sync::Notify::new(),
             read_buffers: Default::default(),
             announcer: Mutex::new(None),
             config,
         });
+        disk::spawn_writer(&shared);
         tokio::spawn(swarm::listen(shared.clone(), listener));
         tokio::spawn(swarm::connect_loop(shared.clone(), discovered_rx));
         if !shared.config.no_upload {
@@ -380,12 +422,15 @@ impl Session {
             total_bytes: s.geometry.total_length(),
             cache_used: st.store.used_bytes(),
             cache_budget: st.store.budget(),
+            disk: s.disk.as_ref().map(disk::Disk::stats),
             hash_failures: s.hash_failures.load(Ordering::Relaxed),
+            rerequests: st.picker.rerequests(),
             banned: st.banned.len(),
             trackers: s.trackers.lock().map(|t| t.clone()).unwrap_or_default(),
             dht_nodes: s.config.dht.as_ref().map(|d| d.node_count()),
             readers: read::reader_status(s, &st),
             longest_wait: st.waits.values().min().map(|t| t.elapsed()),
+            disk_failing: s.disk.as_ref().and_then(disk::Disk::failing),
         }
     }
 
@@ -405,15 +450,19 @@ impl Session {
         }
     }
 
-    /// `stop`, then tells trackers we stopped, bounded by a short timeout so an unreachable
-    /// tracker cannot hold up the exit.
+    /// `stop`, then tells trackers we stopped and finishes queued disk-cache writes, each
+    /// bounded by a timeout so an unreachable tracker or a slow disk cannot hold up the exit.
     pub async fn shutdown(&self) {
         self.stop();
         let s = &self.shared;
         let handle = s.announcer.lock().expect("announcer lock").take();
-        if let Some(h) = handle {
-            let _ = tokio::time::timeout(Duration::from_millis(1500), h).await;
-        }
+        let announced = async {
+            if let Some(h) = handle {
+                let _ = tokio::time::timeout(Duration::from_millis(1500), h).await;
+            }
+        };
+        // Queued disk writes finish meanwhile, so the next mount finds them.
+        tokio::join!(announced, disk::drain(s));
     }
 }
 

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::pex::{OUR_UT_PEX, PeerPex};
 use super::pieces::{self, Assembly};
+use super::writer::{AbortOnDrop, Upload, write_loop};
 use super::{PeerCmd, PeerEntry, PeerSource, Shared};
 use crate::bitfield::Bitfield;
 use crate::metadata::metadata_piece;
@@ -66,6 +66,12 @@ const UNASKED_TOLERANCE: u32 = 2;
 /// `have`s for pieces the peer already announced, beyond one per piece of the torrent: more is
 /// a flood.
 const REDUNDANT_HAVE_SLACK: u32 = 1000;
+/// A request is late (and, if a read waits on it, asked of one more peer) once it is this many
+/// times older than the peer's average block time, and at least `LATE_MIN` old; before the
+/// peer's first block, once it is `LATE_UNKNOWN` old.
+const LATE_FACTOR: u32 = 4;
+const LATE_MIN: Duration = Duration::from_secs(1);
+const LATE_UNKNOWN: Duration = Duration::from_secs(2);
 /// Bounds on requests in flight to one peer. The target follows the peer's rate: about one
 /// second of its data, so a read's urgent request never waits behind much background work,
 /// while a fast peer still has enough queued to fill the link.
@@ -182,6 +188,11 @@ struct Peer {
     peer_interested: bool,
     /// Our requests in flight to it, with when we sent them.
     requests: HashMap<Block, Instant>,
+    /// Smoothed time from our request to its block, over the blocks it delivered.
+    avg_block: Option<Duration>,
+    /// Requests the picker took as late, with when they were sent: each request is reported
+    /// once (a block asked again later is a new request).
+    reported_late: HashMap<Block, Instant>,
     last_piece: Instant,
     /// When we sent the most recently sent request the peer has answered.
     newest_answered: Option<Instant>,
@@ -238,6 +249,8 @@ impl Peer {
             unchoked_it: false,
             peer_interested: false,
             requests: HashMap::new(),
+            avg_block: None,
+            reported_late: HashMap::new(),
             last_piece: now,
             newest_answered: None,
             last_useful: now,
@@ -510,6 +523,13 @@ impl Peer {
         let sent_at = self.requests.remove(&block);
         let asked = sent_at.is_some();
         self.newest_answered = self.newest_answered.max(sent_at);
+        if let Some(sent) = sent_at {
+            let took = sent.elapsed();
+            self.avg_block = Some(match self.avg_block {
+                None => took,
+                Some(avg) => avg.mul_f64(0.75) + took.mul_f64(0.25),
+            });
+        }
         if !asked {
             if self.late_allowed == 0 {
                 // Not a late answer to anything: the data is not taken, and a peer that keeps
@@ -575,20 +595,35 @@ impl Peer {
         if !self.unchoked_it || self.queued_upload.load(Ordering::Relaxed) >= MAX_QUEUED_UPLOAD {
             return Ok(());
         }
-        let data = self.shared.lock().store.peek(p);
-        tracing::trace!(addr = %self.addr, ?r, have = data.is_some(), "request");
-        if let Some(data) = data {
-            let start = r.begin as usize;
-            let chunk = data.slice(start..start + r.length as usize);
-            self.shared
-                .uploaded
-                .fetch_add(u64::from(r.length), Ordering::Relaxed);
-            self.queued_upload.fetch_add(chunk.len(), Ordering::Relaxed);
-            self.send(Message::Piece {
-                index: r.index,
-                begin: r.begin,
-                data: chunk,
-            });
+        let (data, on_disk) = {
+            let st = self.shared.lock();
+            (st.store.peek(p), st.disk.holds(p))
+        };
+        tracing::trace!(addr = %self.addr, ?r, have = data.is_some(), on_disk, "request");
+        let upload = Upload {
+            shared: self.shared.clone(),
+            out: self.out.clone(),
+            queued: self.queued_upload.clone(),
+        };
+        match data {
+            Some(data) => upload.send(r, &data),
+            None if on_disk => {
+                // Counted as queued while the disk is read, so a flood of requests for disk
+                // pieces is bounded like any other.
+                upload
+                    .queued
+                    .fetch_add(r.length as usize, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let data = super::disk::load(&upload.shared, p).await;
+                    upload
+                        .queued
+                        .fetch_sub(r.length as usize, Ordering::Relaxed);
+                    if let Some(data) = data {
+                        upload.send(r, &data);
+                    }
+                });
+            }
+            None => {}
         }
         Ok(())
     }
@@ -677,6 +712,7 @@ impl Peer {
         if useless && self.last_useful.elapsed() >= limits.idle {
             return Err(PeerError::Idle);
         }
+        self.report_late();
         if let Some(&oldest) = self.requests.values().min() {
             // Stalled: nothing came for a while, or a request sent later was answered while
             // this one, old by now, was skipped (peers answer in order).
@@ -701,6 +737,38 @@ impl Peer {
             }
         }
         Ok(())
+    }
+
+    /// Tells the picker of requests this peer is late with, so that a read waiting on one gets
+    /// it from another peer too (the first copy wins, the other request is cancelled).
+    fn report_late(&mut self) {
+        self.reported_late
+            .retain(|b, sent| self.requests.get(b) == Some(sent));
+        let threshold = self
+            .avg_block
+            .map_or(LATE_UNKNOWN, |avg| (avg * LATE_FACTOR).max(LATE_MIN));
+        let late: Vec<(Block, Instant)> = self
+            .requests
+            .iter()
+            .filter(|(b, sent)| sent.elapsed() >= threshold && !self.reported_late.contains_key(b))
+            .map(|(b, sent)| (*b, *sent))
+            .collect();
+        if late.is_empty() {
+            return;
+        }
+        let mut st = self.shared.lock();
+        let mut marked = 0;
+        for (b, sent) in late {
+            // A block no read waits on yet is checked again next time: it may become urgent.
+            if st.picker.mark_late(b) {
+                self.reported_late.insert(b, sent);
+                marked += 1;
+            }
+        }
+        if marked > 0 {
+            tracing::debug!(addr = %self.addr, marked, avg = ?self.avg_block, "late with blocks a read waits on; asking other peers too");
+            Shared::refill_all(&st);
+        }
     }
 
     /// Gives every request in flight back to the picker (choked, stalled or leaving).
@@ -733,48 +801,4 @@ fn mark_seed(st: &mut super::State, id: PeerId) {
     if let Some(e) = st.peers.get_mut(&id) {
         e.seed = true;
     }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Sends queued messages, batching what is ready into one write.
-async fn write_loop(
-    mut w: MessageWriter<OwnedWriteHalf>,
-    mut rx: mpsc::UnboundedReceiver<Message>,
-    queued_upload: Arc<AtomicUsize>,
-    sent_total: Arc<AtomicU64>,
-    shared: Arc<Shared>,
-) -> Result<(), WireError> {
-    let mut batch = Vec::new();
-    while let Some(m) = rx.recv().await {
-        batch.push(m);
-        while batch.len() < 64 {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
-        }
-        let sent: usize = batch
-            .iter()
-            .map(|m| match m {
-                Message::Piece { data, .. } => data.len(),
-                _ => 0,
-            })
-            .sum();
-        if sent > 0 {
-            shared.up_limit.acquire(sent).await;
-        }
-        w.send_many(&batch).await?;
-        queued_upload.fetch_sub(sent, Ordering::Relaxed);
-        sent_total.fetch_add(sent as u64, Ordering::Relaxed);
-        batch.clear();
-    }
-    Ok(())
 }

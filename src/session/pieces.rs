@@ -102,29 +102,41 @@ pub(crate) fn verify(shared: Arc<Shared>, piece: PieceIndex, asm: Assembly) {
 
 fn accept(shared: &Shared, st: &mut State, piece: PieceIndex, data: Vec<u8>) {
     let liars = st.suspects.liars(piece, &data);
-    let State { picker, store, .. } = st;
-    let must_keep = picker.is_urgent(piece);
-    let inserted = store.insert(piece, bytes::Bytes::from(data), must_keep, |q| {
-        picker.is_wanted_by_reader(q)
-    });
-    picker.piece_verified(piece);
-    for gone in &inserted.evicted {
-        picker.piece_evicted(*gone);
-    }
-    if inserted.stored {
+    let data = bytes::Bytes::from(data);
+    let must_keep = st.picker.is_urgent(piece);
+    st.picker.piece_verified(piece);
+    let stored = keep_in_memory(st, piece, data.clone(), must_keep);
+    if stored {
         for p in st.peers.values() {
             let _ = p.cmd.send(PeerCmd::Have(piece.get()));
         }
     } else {
         // Background data with no room left: dropping it is cheaper than evicting a reader's
-        // window; the picker may fetch it again when someone reads it.
-        st.picker.piece_evicted(piece);
+        // window; the picker may fetch it again when someone reads it (or the disk has it).
+        super::disk::gone_from_memory(st, piece);
     }
+    super::disk::save(shared, st, piece, &data);
     update_background(shared, st);
     for ip in liars {
         tracing::warn!(%ip, %piece, "peer sent a corrupt block (found after the piece verified); banning it");
         ban(st, ip);
     }
+}
+
+/// Puts a verified piece in the memory store (see `Store::insert` for `must_keep`); what that
+/// evicts goes back to Missing unless the disk holds it. Returns whether it was stored.
+pub(crate) fn keep_in_memory(
+    st: &mut State,
+    piece: PieceIndex,
+    data: bytes::Bytes,
+    must_keep: bool,
+) -> bool {
+    let State { picker, store, .. } = st;
+    let inserted = store.insert(piece, data, must_keep, |q| picker.is_wanted_by_reader(q));
+    for gone in inserted.evicted {
+        super::disk::gone_from_memory(st, gone);
+    }
+    inserted.stored
 }
 
 fn reject(shared: &Shared, st: &mut State, piece: PieceIndex, asm: Assembly) {

@@ -2,15 +2,17 @@
 //!
 //! A read states what it needs in the picker (its pieces as urgent, under a picker reader of its
 //! own so parallel reads of one handle never overwrite each other), pokes the peers, and waits
-//! until the store holds all of them. The handle's reader carries the readahead window: it grows
-//! while reads are sequential and snaps back on a seek, and the old window stops mattering at
-//! once because `set_reader` replaces it.
+//! until the store holds all of them. The handle's reader carries the readahead window: it follows
+//! the reader's consumption rate while reads are sequential (`window.rs`) and snaps back on a
+//! seek, and the old window stops mattering at once because `set_reader` replaces it.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
+use super::window::Pace;
 use super::{Session, Shared, State};
 use crate::picker::{ReaderId, ReaderWant};
 
@@ -31,6 +33,8 @@ pub(crate) struct Reader {
     /// Torrent offset right after the previous read: a read starting there is sequential.
     next: u64,
     window: u64,
+    /// Recent sequential reads: the window follows their rate.
+    pace: Pace,
     readahead: Range<u32>,
 }
 
@@ -66,6 +70,7 @@ impl Session {
             tail_id: None,
             next: f.offset,
             window: s.config.readahead_bytes,
+            pace: Pace::default(),
             readahead: 0..0,
         };
         if is_media(&f.path) && f.length > 0 {
@@ -161,9 +166,6 @@ impl Session {
                         st.store.get(p)
                     })
                     .collect();
-                if held.is_none() && st.peers.is_empty() {
-                    s.redial.notify_one();
-                }
                 if held.is_none() && !asked {
                     asked = true;
                     st.waits.insert(urgent, std::time::Instant::now());
@@ -175,6 +177,14 @@ impl Session {
                         },
                     );
                     Shared::refill_all(&st);
+                }
+                // After the urgent want, so loaded pieces are kept even in a full store.
+                if held.is_none() {
+                    let wanted = pieces.clone().filter_map(|i| s.geometry.piece(i));
+                    let all_on_disk = super::disk::start_loads(s, &mut st, wanted);
+                    if !all_on_disk && st.peers.is_empty() {
+                        s.redial.notify_one();
+                    }
                 }
                 held
             };
@@ -235,9 +245,10 @@ pub(crate) fn reader_status(s: &Shared, st: &State) -> Vec<ReaderStatus> {
     out.into_iter().map(|(_, r)| r).collect()
 }
 
-/// Grows the window on a sequential read, resets it on a seek, and tells the picker (and the
-/// peers) only when the window's pieces changed.
-fn move_window(s: &Shared, st: &mut State, handle: u64, start: u64, len: u64, file_end: u64) {
+/// Sizes the window from the reader's consumption rate on a sequential read (see `window`),
+/// resets it on a seek, and tells the picker (and the peers) only when the window's pieces
+/// changed: the old window's pieces stop counting at once.
+fn move_window(s: &Arc<Shared>, st: &mut State, handle: u64, start: u64, len: u64, file_end: u64) {
     let cfg = &s.config;
     // Readahead beyond half the cache would evict itself before it is read.
     let max = cfg.max_readahead_bytes.min(cfg.cache_bytes / 2);
@@ -246,11 +257,12 @@ fn move_window(s: &Shared, st: &mut State, handle: u64, start: u64, len: u64, fi
     };
     // Kernel readahead sends a few reads at once, slightly out of order: near the last
     // position still counts as sequential.
-    if start.abs_diff(r.next) <= len.max(256 * 1024) {
-        r.window = (r.window * 2).min(max);
-    } else {
-        r.window = cfg.readahead_bytes.min(max);
+    let now = tokio::time::Instant::now();
+    if start.abs_diff(r.next) > len.max(256 * 1024) {
+        r.pace.reset();
     }
+    r.pace.record(now, len);
+    r.window = r.pace.window(now, cfg.readahead_bytes, max);
     r.next = start + len;
     let ahead_end = (start + len).saturating_add(r.window).min(file_end);
     let first = s.geometry.pieces_in(start, len).end;
@@ -265,10 +277,13 @@ fn move_window(s: &Shared, st: &mut State, handle: u64, start: u64, len: u64, fi
             id,
             ReaderWant {
                 urgent: 0..0,
-                readahead,
+                readahead: readahead.clone(),
             },
         );
         Shared::refill_all(st);
+        // The window's pieces on disk come into memory ahead of the reader, as peers' would.
+        let ahead = readahead.filter_map(|i| s.geometry.piece(i));
+        super::disk::start_loads(s, st, ahead);
     }
 }
 

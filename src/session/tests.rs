@@ -18,10 +18,10 @@ use crate::bencode::Encoder;
 use crate::metainfo::Torrent;
 
 const KIB: u64 = 1024;
-const BIG_CACHE: u64 = 64 * 1024 * 1024;
+pub(super) const BIG_CACHE: u64 = 64 * 1024 * 1024;
 
 /// A multi-file torrent of deterministic random bytes; file boundaries fall inside pieces.
-fn content(seed: u64, piece_len: u32, files: &[u64]) -> Arc<Content> {
+pub(super) fn content(seed: u64, piece_len: u32, files: &[u64]) -> Arc<Content> {
     content_with(seed, piece_len, files, false)
 }
 
@@ -69,15 +69,15 @@ fn content_with(seed: u64, piece_len: u32, files: &[u64], private: bool) -> Arc<
 }
 
 /// 32 KiB pieces (2 blocks each), 31 of them; the file boundary is inside piece 9.
-fn two_files() -> Arc<Content> {
+pub(super) fn two_files() -> Arc<Content> {
     content(1, 32 * 1024, &[300_000, 700_001])
 }
 
-fn ip(last: u8) -> Ipv4Addr {
+pub(super) fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)
 }
 
-async fn start(content: &Content, peers: &[&FakePeer], cache_bytes: u64) -> Session {
+pub(super) async fn start(content: &Content, peers: &[&FakePeer], cache_bytes: u64) -> Session {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         peers: peers.iter().map(|p| p.addr).collect(),
@@ -90,14 +90,18 @@ async fn start(content: &Content, peers: &[&FakePeer], cache_bytes: u64) -> Sess
         .expect("session starts")
 }
 
-async fn within<F: Future>(what: &str, f: F) -> F::Output {
+pub(super) async fn within<F: Future>(what: &str, f: F) -> F::Output {
     tokio::time::timeout(HANG, f)
         .await
         .unwrap_or_else(|_| panic!("{what}: still waiting after {HANG:?} (hang)"))
 }
 
 /// Polls the session's stats until `cond` holds.
-async fn eventually(session: &Session, what: &str, cond: impl Fn(&Stats) -> bool) -> Stats {
+pub(super) async fn eventually(
+    session: &Session,
+    what: &str,
+    cond: impl Fn(&Stats) -> bool,
+) -> Stats {
     within(what, async {
         loop {
             let stats = session.stats();
@@ -111,7 +115,7 @@ async fn eventually(session: &Session, what: &str, cond: impl Fn(&Stats) -> bool
 }
 
 /// The bytes a read of `file` at `offset` must return: fewer than `len` only at the file's end.
-fn expected(content: &Content, file: usize, offset: u64, len: u32) -> &[u8] {
+pub(super) fn expected(content: &Content, file: usize, offset: u64, len: u32) -> &[u8] {
     let f = &content.torrent.info.files[file];
     let start = (f.offset + offset.min(f.length)) as usize;
     let end = (f.offset + (offset + u64::from(len)).min(f.length)) as usize;
@@ -119,7 +123,7 @@ fn expected(content: &Content, file: usize, offset: u64, len: u32) -> &[u8] {
 }
 
 /// Reads and compares, with a short message on a mismatch instead of two huge dumps.
-async fn check_read(
+pub(super) async fn check_read(
     session: &Session,
     content: &Content,
     handle: u64,
@@ -139,7 +143,7 @@ async fn check_read(
 }
 
 /// Reads every file from start to end in `chunk`-byte reads.
-async fn read_everything(session: &Session, content: &Content, chunk: u32) {
+pub(super) async fn read_everything(session: &Session, content: &Content, chunk: u32) {
     for (file, f) in content.torrent.info.files.iter().enumerate() {
         let handle = session.open_reader(file);
         let mut offset = 0;
@@ -151,7 +155,7 @@ async fn read_everything(session: &Session, content: &Content, chunk: u32) {
     }
 }
 
-async fn stop(session: Session) {
+pub(super) async fn stop(session: Session) {
     within("shutdown", session.shutdown()).await;
     drop(session);
 }
@@ -209,7 +213,7 @@ async fn bad_peer_first(c: &Arc<Content>, bad: Behavior) -> (FakePeer, FakePeer,
 }
 
 /// Hands `peer`'s address to the session, as a tracker would.
-async fn join(session: &Session, peer: &FakePeer) {
+pub(super) async fn join(session: &Session, peer: &FakePeer) {
     session
         .shared
         .discovered

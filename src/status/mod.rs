@@ -17,7 +17,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::{Alerts, Condition};
-use crate::session::{Session, SourceCount, Stats};
+use crate::session::{DiskStats, Session, SourceCount, Stats};
 use crate::units::format_bytes;
 
 pub use rate::RateMeter;
@@ -51,6 +51,10 @@ pub struct Report {
     pub banned_peers: usize,
     /// Good nodes in the DHT routing table; `None` without DHT.
     pub dht_nodes: Option<usize>,
+    /// The disk cache (`--cache-dir`); `None` without one.
+    pub disk_cache: Option<DiskStats>,
+    /// Blocks a read waited on that were asked of a second peer because the first was late.
+    pub rerequested_blocks: u64,
     pub trackers: Vec<TrackerReport>,
     pub readers: Vec<ReaderReport>,
     /// Problems raised now, in plain words.
@@ -102,6 +106,8 @@ impl Report {
             hash_failures: s.hash_failures,
             banned_peers: s.banned,
             dht_nodes: s.dht_nodes,
+            disk_cache: s.disk,
+            rerequested_blocks: s.rerequests,
             trackers: s
                 .trackers
                 .into_iter()
@@ -170,6 +176,13 @@ impl Report {
         line("banned_peers", &self.banned_peers);
         let dht = self.dht_nodes.map_or("off".to_string(), |n| n.to_string());
         line("dht_nodes", &dht);
+        if let Some(d) = &self.disk_cache {
+            line("disk_cache_used_bytes", &d.used);
+            line("disk_cache_budget_bytes", &d.budget);
+            line("disk_cache_errors", &d.errors);
+            line("disk_cache_bad_pieces", &d.bad_pieces);
+        }
+        line("rerequested_blocks", &self.rerequested_blocks);
         for r in &self.readers {
             let v = format!(
                 "{} position={} window_start={} window={}",
@@ -196,8 +209,15 @@ impl Report {
         let dht = self
             .dht_nodes
             .map_or(String::new(), |n| format!(" | DHT: {n} nodes"));
+        let disk = self.disk_cache.map_or(String::new(), |d| {
+            format!(
+                " | disk {}/{}",
+                format_bytes(d.used),
+                format_bytes(d.budget)
+            )
+        });
         format!(
-            "peers {}/{} | down {}/s up {}/s | {}/{} pieces | cache {}/{}{dht}",
+            "peers {}/{} | down {}/s up {}/s | {}/{} pieces | cache {}/{}{disk}{dht}",
             self.peers,
             self.known_peers,
             format_bytes(self.download_rate),
@@ -321,10 +341,15 @@ fn problems(s: &Stats, dht: bool) -> Vec<(Condition, Option<String>)> {
             s.peers
         )
     });
+    let disk = s
+        .disk_failing
+        .as_ref()
+        .map(|e| format!("the disk cache cannot write ({e}); new pieces stay in memory only"));
     vec![
         (Condition::TrackersFailing, trackers),
         (Condition::NoPeers, no_peers),
         (Condition::ReadStalled, stalled),
+        (Condition::DiskFailing, disk),
     ]
 }
 
@@ -374,5 +399,20 @@ mod tests {
         assert!(!holds(&s, Condition::ReadStalled));
         s.longest_wait = Some(READ_STALL);
         assert!(holds(&s, Condition::ReadStalled));
+    }
+
+    #[test]
+    fn a_failing_disk_cache_holds_until_a_write_succeeds() {
+        let mut s = Stats::default();
+        assert!(!holds(&s, Condition::DiskFailing));
+        s.disk_failing = Some("No space left on device".into());
+        let said = problems(&s, false)
+            .into_iter()
+            .find_map(|(k, p)| (k == Condition::DiskFailing).then_some(p))
+            .flatten()
+            .expect("said");
+        assert!(said.contains("No space left on device"), "{said}");
+        s.disk_failing = None;
+        assert!(!holds(&s, Condition::DiskFailing));
     }
 }
