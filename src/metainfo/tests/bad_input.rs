@@ -229,7 +229,7 @@ fn malformed_torrents_give_errors_naming_what_failed() {
 }
 
 /// Checks what every successfully parsed torrent promises its users.
-fn assert_invariants(t: &Torrent) {
+pub(super) fn assert_invariants(t: &Torrent) {
     let info = &t.info;
     let mut offset = 0;
     for f in &info.files {
