@@ -509,7 +509,14 @@ fn url_with_scheme(v: &Value<'_>, schemes: &[&str]) -> Option<String> {
     let url = v.as_str()?.trim();
     schemes
         .iter()
-        .any(|s| url.len() > s.len() && url[..s.len()].eq_ignore_ascii_case(s))
+        // `get`, not indexing: the URL is untrusted text and may have a multi-byte character
+        // where the scheme would end.
+        .any(|s| {
+            url.len() > s.len()
+                && url
+                    .get(..s.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(s))
+        })
         .then(|| url.to_owned())
 }
 

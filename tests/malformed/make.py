@@ -5,7 +5,8 @@
     make.py DIR big     cases too large to commit (written by the test into a temp dir)
 
 expected.tsv: `file<TAB>text the one stderr line must contain`. Files in DIR/sanitized/ are
-hostile but usable: they must mount with safe names. Standard library only.
+hostile but usable: they must mount with safe names. Inputs found by fuzzing (fuzz_crash_*) are
+kept as found, not written here. Standard library only.
 """
 import hashlib
 import os

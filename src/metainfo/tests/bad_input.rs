@@ -297,3 +297,18 @@ fn random_mutations_never_panic() {
     // checks beyond the bencode decoder (about 8% parse with this seed).
     assert!(parsed > 100, "only {parsed} mutations parsed");
 }
+
+#[test]
+fn a_multibyte_character_where_the_scheme_ends_is_not_a_tracker() {
+    // Found by fuzzing: slicing the URL at the scheme's length split a character and panicked.
+    let bytes = torrent(
+        &single_info(1),
+        &[
+            ("announce", s("http:\u{fd13}7.0.0.1:1/announce")),
+            ("url-list", s("https\u{e9}//x")),
+        ],
+    );
+    let t = Torrent::from_bytes(&bytes).unwrap();
+    assert!(t.trackers.is_empty());
+    assert!(t.url_list.is_empty());
+}
