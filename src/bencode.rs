@@ -10,6 +10,12 @@ use thiserror::Error;
 /// Deeper nesting than this is refused: real torrents, tracker replies and KRPC need < 10.
 const MAX_DEPTH: usize = 64;
 
+/// More values than this in one input are refused. A decoded value takes ~50 bytes for the 2 of
+/// its smallest encoding (`0:`), so without a cap a 64 MB torrent file of empty strings would
+/// need over 1.5 GB. libtorrent's `max_decode_tokens` is 3,000,000 too; a torrent of 100,000
+/// files needs about 600,000.
+pub const MAX_VALUES: usize = 3_000_000;
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BencodeError {
     #[error("bencode ends early at byte {0}")]
@@ -24,6 +30,8 @@ pub enum BencodeError {
     TooDeep,
     #[error("bencode: {0} bytes of trailing data")]
     Trailing(usize),
+    #[error("bencode holds more than {MAX_VALUES} values")]
+    TooManyValues,
 }
 
 /// A decoded value borrowing from the input.
@@ -115,7 +123,11 @@ pub fn decode(input: &[u8]) -> Result<Value<'_>, BencodeError> {
 /// Decodes one value from the start of `input`; returns it and the bytes it used
 /// (BEP 9 metadata messages put raw data after a bencoded header).
 pub fn decode_prefix(input: &[u8]) -> Result<(Value<'_>, usize), BencodeError> {
-    let mut d = Decoder { input, pos: 0 };
+    let mut d = Decoder {
+        input,
+        pos: 0,
+        values: 0,
+    };
     let v = d.value(0)?;
     Ok((v, d.pos))
 }
@@ -123,6 +135,8 @@ pub fn decode_prefix(input: &[u8]) -> Result<(Value<'_>, usize), BencodeError> {
 struct Decoder<'a> {
     input: &'a [u8],
     pos: usize,
+    /// Values decoded so far, against [`MAX_VALUES`].
+    values: usize,
 }
 
 impl<'a> Decoder<'a> {
@@ -136,6 +150,10 @@ impl<'a> Decoder<'a> {
     fn value(&mut self, depth: usize) -> Result<Value<'a>, BencodeError> {
         if depth > MAX_DEPTH {
             return Err(BencodeError::TooDeep);
+        }
+        self.values += 1;
+        if self.values > MAX_VALUES {
+            return Err(BencodeError::TooManyValues);
         }
         match self.peek()? {
             b'i' => {
@@ -287,6 +305,9 @@ impl Encoder {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -341,6 +362,13 @@ mod tests {
         let mut input = vec![b'l'; 100_000];
         input.extend(vec![b'e'; 100_000]);
         assert_eq!(decode(&input), Err(BencodeError::TooDeep));
+    }
+
+    #[test]
+    fn refuses_more_values_than_the_cap() {
+        let list = |n: usize| [&b"l"[..], &b"0:".repeat(n), b"e"].concat();
+        assert!(decode(&list(MAX_VALUES - 1)).is_ok());
+        assert_eq!(decode(&list(MAX_VALUES)), Err(BencodeError::TooManyValues));
     }
 
     #[test]

@@ -125,10 +125,28 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("btfs: {e:#}");
+            eprintln!("btfs: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line. Our error messages already include their source's text
+/// (so a log line alone is complete); a cause repeated by its parent is left out. Line breaks
+/// from untrusted text (a file name, a peer's message) are escaped to keep it one line.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', "\\n").replace('\r', "\\r")
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -229,9 +229,6 @@ impl Info {
                 files
             }
         };
-        if changed > 0 {
-            tracing::warn!(torrent = %name, changed, "renamed unsafe file name components");
-        }
         paths::check_collisions(&files)?;
 
         let total = files
@@ -265,6 +262,10 @@ impl Info {
             .and_then(Value::as_int)
             .is_some_and(|p| p != 0);
 
+        // Only once the torrent is accepted: a refused one gets its error as the one line.
+        if changed > 0 {
+            tracing::warn!(torrent = %name, changed, "renamed unsafe file name components");
+        }
         Ok(Info {
             name,
             geometry,
@@ -390,17 +391,26 @@ impl Torrent {
             .and_then(Value::as_dict)
             .ok_or(MetainfoError::NoInfo)?
             .raw;
-        let info = Info::from_bytes(raw_info)?;
         // Everything outside `info` is advisory: a malformed optional key is skipped, not fatal.
+        let trackers = trackers(dict);
+        let nodes = nodes(dict);
+        let url_list = url_list(dict);
+        let comment = text(dict, "comment", "torrent").ok();
+        let created_by = text(dict, "created by", "torrent").ok();
+        let creation_date = dict.get("creation date").and_then(Value::as_int);
+        // The decoded tree of a 100,000-file torrent takes tens of MB; free it before `info` is
+        // decoded a second time from its raw bytes.
+        drop(root);
+        let info = Info::from_bytes(raw_info)?;
         Ok(Torrent {
             info_hash: info.info_hash(),
             info,
-            trackers: trackers(dict),
-            nodes: nodes(dict),
-            url_list: url_list(dict),
-            comment: text(dict, "comment", "torrent").ok(),
-            created_by: text(dict, "created by", "torrent").ok(),
-            creation_date: dict.get("creation date").and_then(Value::as_int),
+            trackers,
+            nodes,
+            url_list,
+            comment,
+            created_by,
+            creation_date,
         })
     }
 
@@ -499,7 +509,14 @@ fn url_with_scheme(v: &Value<'_>, schemes: &[&str]) -> Option<String> {
     let url = v.as_str()?.trim();
     schemes
         .iter()
-        .any(|s| url.len() > s.len() && url[..s.len()].eq_ignore_ascii_case(s))
+        // `get`, not indexing: the URL is untrusted text and may have a multi-byte character
+        // where the scheme would end.
+        .any(|s| {
+            url.len() > s.len()
+                && url
+                    .get(..s.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(s))
+        })
         .then(|| url.to_owned())
 }
 

@@ -4,6 +4,7 @@ use super::*;
 use crate::bencode::Encoder;
 
 mod bad_input;
+mod props;
 
 /// A bencode value to build fixtures from; the map keeps keys in the order BEP 3 requires.
 #[derive(Clone, Debug)]

@@ -13,6 +13,8 @@
 pub mod conn;
 pub mod extension;
 pub mod message;
+#[cfg(test)]
+mod props;
 
 pub use conn::{MessageReader, MessageWriter, read_handshake, write_handshake};
 pub use message::{BlockRef, Handshake, Message, PROTOCOL};

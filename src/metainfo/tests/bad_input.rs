@@ -229,7 +229,7 @@ fn malformed_torrents_give_errors_naming_what_failed() {
 }
 
 /// Checks what every successfully parsed torrent promises its users.
-fn assert_invariants(t: &Torrent) {
+pub(super) fn assert_invariants(t: &Torrent) {
     let info = &t.info;
     let mut offset = 0;
     for f in &info.files {
@@ -296,4 +296,19 @@ fn random_mutations_never_panic() {
     // Mutations of the piece hashes and of names still parse: the loop reaches the parser's
     // checks beyond the bencode decoder (about 8% parse with this seed).
     assert!(parsed > 100, "only {parsed} mutations parsed");
+}
+
+#[test]
+fn a_multibyte_character_where_the_scheme_ends_is_not_a_tracker() {
+    // Found by fuzzing: slicing the URL at the scheme's length split a character and panicked.
+    let bytes = torrent(
+        &single_info(1),
+        &[
+            ("announce", s("http:\u{fd13}7.0.0.1:1/announce")),
+            ("url-list", s("https\u{e9}//x")),
+        ],
+    );
+    let t = Torrent::from_bytes(&bytes).unwrap();
+    assert!(t.trackers.is_empty());
+    assert!(t.url_list.is_empty());
 }
