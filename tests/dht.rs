@@ -324,17 +324,6 @@ impl World {
     }
 }
 
-/// The mount's `user.btfs.status` attribute, read with the ordinary `getfattr` tool.
-fn status(m: &Mount) -> HashMap<String, String> {
-    let out = run(Command::new("getfattr")
-        .args(["--only-values", "-n", "user.btfs.status"])
-        .arg(m.path()));
-    out.lines()
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 fn status_u64(s: &HashMap<String, String>, key: &str) -> u64 {
     s.get(key)
         .and_then(|v| v.parse().ok())
@@ -350,7 +339,7 @@ fn a_torrent_without_trackers_streams_through_the_dht() {
         let torrent = world.torrent.to_str().expect("utf-8 path").to_string();
         let m = world.mount(&torrent, &[]);
         world.assert_files_match(&m);
-        let s = status(&m);
+        let s = m.status();
         assert!(
             status_u64(&s, "dht_nodes") >= 1,
             "{s:?}\n{}",
@@ -391,7 +380,7 @@ fn a_libtorrent_leecher_finds_us_through_the_dht_and_downloads_from_us() {
             let torrent = world.torrent.to_str().expect("utf-8 path").to_string();
             let m = world.mount(&torrent, &[]);
             world.assert_files_match(&m);
-            let s = status(&m);
+            let s = m.status();
             assert_eq!(
                 status_u64(&s, "verified_pieces"),
                 status_u64(&s, "total_pieces"),
@@ -444,7 +433,7 @@ fn a_libtorrent_leecher_finds_us_through_the_dht_and_downloads_from_us() {
                     "{rel:?}"
                 );
             }
-            let uploaded = status_u64(&status(&m), "uploaded_bytes");
+            let uploaded = status_u64(&m.status(), "uploaded_bytes");
             assert!(
                 uploaded >= world.total_size(),
                 "uploaded {uploaded} of {} bytes\n{report}",

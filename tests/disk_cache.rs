@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Layout, Mount, Swarm, SwarmOptions, Tracker, run, sha1_file};
+use common::{Layout, Mount, Swarm, SwarmOptions, Tracker, sha1_file};
 
 fn btfs() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_btfs"))
@@ -33,23 +32,6 @@ fn mount(swarm: &Swarm, cache_dir: &Path) -> Mount {
         "64M",
     ];
     Mount::new(btfs(), swarm.torrent(), &args)
-}
-
-fn status(m: &Mount) -> HashMap<String, String> {
-    let out = run(Command::new("getfattr")
-        .args(["--only-values", "-n", "user.btfs.status"])
-        .arg(m.path()));
-    out.lines()
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn stat_u64(m: &Mount, key: &str) -> u64 {
-    let s = status(m);
-    s.get(key)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("status has no {key}: {s:?}\n{}", m.stderr()))
 }
 
 fn assert_all_files_match(m: &Mount, swarm: &Swarm) {
@@ -101,8 +83,8 @@ fn piece_files(cache_dir: &Path) -> Vec<PathBuf> {
 fn first_viewing(swarm: &Swarm, cache_dir: &Path) {
     let m = mount(swarm, cache_dir);
     assert_all_files_match(&m, swarm);
-    assert!(stat_u64(&m, "downloaded_bytes") > 0);
-    assert_eq!(stat_u64(&m, "disk_cache_budget_bytes"), 64 * 1024 * 1024);
+    assert!(m.status_u64("downloaded_bytes") > 0);
+    assert_eq!(m.status_u64("disk_cache_budget_bytes"), 64 * 1024 * 1024);
     let stderr = m.stderr();
     assert!(
         m.unmount().is_some_and(|s| s.success()),
@@ -124,7 +106,7 @@ fn a_remount_with_the_swarm_gone_reads_everything_from_disk() {
 
     let m = mount(&swarm, cache.path());
     assert_all_files_match(&m, &swarm);
-    let s = status(&m);
+    let s = m.status();
     assert_eq!(s["downloaded_bytes"], "0", "{s:?}");
     assert_eq!(s["disk_cache_bad_pieces"], "0", "{s:?}");
     assert_eq!(s["disk_cache_errors"], "0", "{s:?}");
@@ -132,7 +114,7 @@ fn a_remount_with_the_swarm_gone_reads_everything_from_disk() {
         s["rerequested_blocks"], "0",
         "nothing was asked of anyone: {s:?}"
     );
-    assert!(stat_u64(&m, "disk_cache_used_bytes") > 0);
+    assert!(m.status_u64("disk_cache_used_bytes") > 0);
     assert!(m.unmount().is_some_and(|s| s.success()));
 }
 
@@ -152,10 +134,10 @@ fn a_cache_file_corrupted_between_mounts_is_never_served() {
 
     let m = mount(&swarm, cache.path());
     assert_all_files_match(&m, &swarm);
-    let s = status(&m);
+    let s = m.status();
     assert_eq!(s["disk_cache_bad_pieces"], "1", "{s:?}\n{}", m.stderr());
     assert!(
-        stat_u64(&m, "downloaded_bytes") >= 64 * 1024,
+        m.status_u64("downloaded_bytes") >= 64 * 1024,
         "the piece came from the seeder: {s:?}"
     );
     assert!(m.unmount().is_some_and(|s| s.success()));

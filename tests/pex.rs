@@ -3,14 +3,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Layout, Mount, Swarm, SwarmOptions, run, sha1_file};
+use common::{Layout, Mount, Swarm, SwarmOptions, sha1_file};
 
 /// Hang detectors only: libtorrent may wait up to a minute before its first PEX message.
 const LEECH_DEADLINE: Duration = Duration::from_secs(240);
@@ -51,24 +49,6 @@ fn mount(swarm: &Swarm, peer: SocketAddr, extra: &[&str]) -> Mount {
     Mount::new(btfs(), swarm.torrent(), &args)
 }
 
-/// The mount's `user.btfs.status` attribute, read with `getfattr`.
-fn status(m: &Mount) -> HashMap<String, String> {
-    let out = run(Command::new("getfattr")
-        .args(["--only-values", "-n", "user.btfs.status"])
-        .arg(m.path()));
-    out.lines()
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn stat_u64(m: &Mount, key: &str) -> u64 {
-    let s = status(m);
-    s.get(key)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("status has no {key}: {s:?}"))
-}
-
 /// btfs is connected to seeder S and uploads nothing; a libtorrent leecher whose only peer is
 /// btfs still downloads everything: it can only have found S in our PEX message.
 #[test]
@@ -84,7 +64,7 @@ fn a_leecher_finds_our_seeder_through_our_pex() {
         bytes,
         std::fs::read(swarm.data_parent().join(first)).unwrap()
     );
-    let us = SocketAddr::from(([127, 0, 0, 1], stat_u64(&m, "listen_port") as u16));
+    let us = SocketAddr::from(([127, 0, 0, 1], m.status_u64("listen_port") as u16));
     let leech = swarm.leech_pex([127, 0, 97, 1].into(), &[us], LEECH_DEADLINE);
     assert!(
         leech.complete,
@@ -98,7 +78,7 @@ fn a_leecher_finds_our_seeder_through_our_pex() {
         "leecher connected to the seeder: {}",
         leech.stdout
     );
-    assert_eq!(stat_u64(&m, "uploaded_bytes"), 0, "we uploaded nothing");
+    assert_eq!(m.status_u64("uploaded_bytes"), 0, "we uploaded nothing");
 }
 
 /// btfs's only peer is a libtorrent peer with no data that downloads nothing but is connected
@@ -138,5 +118,5 @@ fn we_find_a_seeder_through_a_libtorrent_peers_pex() {
             "content of {rel:?}"
         );
     }
-    assert!(stat_u64(&m, "known_peers") >= 2, "{:?}", status(&m));
+    assert!(m.status_u64("known_peers") >= 2, "{:?}", m.status());
 }

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -23,24 +22,6 @@ fn mount(swarm: &Swarm, extra: &[&str]) -> Mount {
     let mut args: Vec<&str> = ARGS.to_vec();
     args.extend_from_slice(extra);
     Mount::new(btfs(), swarm.torrent(), &args)
-}
-
-/// The mount's `user.btfs.status` attribute, read with the ordinary `getfattr` tool.
-fn status(m: &Mount) -> HashMap<String, String> {
-    let out = run(Command::new("getfattr")
-        .args(["--only-values", "-n", "user.btfs.status"])
-        .arg(m.path()));
-    out.lines()
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn stat_u64(m: &Mount, key: &str) -> u64 {
-    let s = status(m);
-    s.get(key)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("status has no {key}: {s:?}"))
 }
 
 /// Where a swarm file appears under the mount: torrent paths (relative to the swarm's data
@@ -87,7 +68,7 @@ fn every_file_matches_its_source_over_an_http_tracker() {
     let swarm = Swarm::start(multi(vec![Tracker::Http], 3));
     let m = mount(&swarm, &[]);
     assert_all_files_match(&m, &swarm);
-    assert!(stat_u64(&m, "verified_pieces") > 0);
+    assert!(m.status_u64("verified_pieces") > 0);
     assert!(
         m.unmount().is_some_and(|s| s.success()),
         "btfs exits cleanly after fusermount3 -u"
@@ -100,14 +81,14 @@ fn every_file_matches_its_source_over_a_udp_tracker() {
     let m = mount(&swarm, &[]);
     assert_all_files_match(&m, &swarm);
     // (Seeders drop us once we hold every piece, so count what the tracker gave, not who stays.)
-    let s = status(&m);
+    let s = m.status();
     let tracker = &s["tracker"];
     assert!(
         tracker.starts_with("udp://") && tracker.contains("(ok, "),
         "{s:?}"
     );
     assert!(
-        stat_u64(&m, "known_peers") >= 3,
+        m.status_u64("known_peers") >= 3,
         "the three seeders came from UDP: {s:?}"
     );
 }
@@ -216,7 +197,7 @@ fn a_libtorrent_leecher_downloads_the_whole_torrent_from_us_alone() {
     let swarm = Swarm::start(multi(vec![Tracker::Http], 2));
     let m = mount(&swarm, &[]);
     assert_all_files_match(&m, &swarm);
-    let port = stat_u64(&m, "listen_port") as u16;
+    let port = m.status_u64("listen_port") as u16;
     let us = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let leech = swarm.leech([127, 0, 99, 1].into(), &[us], Duration::from_secs(120), 1);
     assert!(
@@ -225,7 +206,7 @@ fn a_libtorrent_leecher_downloads_the_whole_torrent_from_us_alone() {
         m.stderr()
     );
     assert_eq!(leech.hash_failures, 0, "{leech:?}");
-    assert!(stat_u64(&m, "uploaded_bytes") > 0);
+    assert!(m.status_u64("uploaded_bytes") > 0);
 }
 
 #[test]
@@ -246,11 +227,11 @@ fn listing_a_thousand_files_downloads_nothing() {
     }
     assert!(listing.lines().count() > 1000);
     assert_eq!(
-        stat_u64(&m, "downloaded_bytes"),
+        m.status_u64("downloaded_bytes"),
         0,
         "ls -lR must not download"
     );
-    assert_eq!(stat_u64(&m, "verified_pieces"), 0);
+    assert_eq!(m.status_u64("verified_pieces"), 0);
 }
 
 #[test]
@@ -262,7 +243,7 @@ fn a_lying_seeder_never_makes_a_read_return_wrong_bytes() {
     // Connect to the liar directly too, so that it certainly serves us something.
     let m = mount(&swarm, &["--peer", &bad]);
     assert_all_files_match(&m, &swarm);
-    let s = status(&m);
+    let s = m.status();
     let failures: u64 = s["hash_failures"].parse().expect("hash_failures");
     let banned: u64 = s["banned_peers"].parse().expect("banned_peers");
     assert!(
@@ -465,11 +446,11 @@ fn no_upload_serves_nothing_to_a_leecher() {
     let swarm = Swarm::start(multi(vec![Tracker::Http], 2));
     let m = mount(&swarm, &["--no-upload"]);
     assert_all_files_match(&m, &swarm);
-    let port = stat_u64(&m, "listen_port") as u16;
+    let port = m.status_u64("listen_port") as u16;
     let us = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let leech = swarm.leech([127, 0, 98, 1].into(), &[us], Duration::from_secs(10), 1);
     assert!(!leech.complete, "{leech:?}");
-    assert_eq!(stat_u64(&m, "uploaded_bytes"), 0);
+    assert_eq!(m.status_u64("uploaded_bytes"), 0);
 }
 
 /// `(position, window_start)` of the mount's readers of `path`, from the status attribute.

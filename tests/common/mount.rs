@@ -1,5 +1,6 @@
 //! `Mount`: a FUSE filesystem process and its mountpoint, both gone on drop.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -101,6 +102,28 @@ impl Mount {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// The mount's `user.btfs.status` attribute, read with the ordinary `getfattr` tool, as
+    /// `key: value` pairs (a key that repeats keeps its last value).
+    pub fn status(&self) -> HashMap<String, String> {
+        let out = super::run(
+            Command::new("getfattr")
+                .args(["--only-values", "-n", "user.btfs.status"])
+                .arg(&self.mnt),
+        );
+        out.lines()
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// One number of [`Mount::status`]; panics (with our stderr) if it is missing.
+    pub fn status_u64(&self, key: &str) -> u64 {
+        let s = self.status();
+        s.get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("status has no number {key}: {s:?}\n{}", self.stderr()))
+    }
+
     /// Still mounted (per /proc/self/mountinfo)?
     pub fn is_mounted(&self) -> bool {
         is_fuse_mount(&self.mnt)
@@ -164,6 +187,15 @@ impl Mount {
         if wait_until(&mut self.child, deadline) {
             self.child.try_wait().ok().flatten()
         } else {
+            // Printed with the failing test's output: where the process is stuck.
+            eprintln!(
+                "pid {} has not exited {EXIT_AFTER_UNMOUNT:?} after `fusermount3 -u` (still \
+                 mounted: {}); its threads wait in:\n{}\nits stderr:\n{}",
+                self.pid(),
+                self.is_mounted(),
+                thread_waits(self.pid()),
+                self.stderr()
+            );
             None
         }
     }
@@ -224,6 +256,23 @@ fn unescape_mountinfo(b: &[u8]) -> Vec<u8> {
         }
         out.push(b[i]);
         i += 1;
+    }
+    out
+}
+
+/// `name: wchan` of every thread of `pid` (from /proc), to tell where a process hangs.
+fn thread_waits(pid: u32) -> String {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "(gone)".into();
+    };
+    let mut out = String::new();
+    for t in tasks.flatten() {
+        let read = |f: &str| fs::read_to_string(t.path().join(f)).unwrap_or_default();
+        out.push_str(&format!(
+            "  {}: {}\n",
+            read("comm").trim(),
+            read("wchan").trim()
+        ));
     }
     out
 }

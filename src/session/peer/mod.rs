@@ -12,53 +12,22 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::pex::{OUR_UT_PEX, PeerPex};
+mod extended;
+mod health;
+
+use super::pex::PeerPex;
 use super::pieces::{self, Assembly};
 use super::writer::{AbortOnDrop, Upload, write_loop};
 use super::{PeerCmd, PeerEntry, PeerSource, Shared};
 use crate::bitfield::Bitfield;
-use crate::metadata::metadata_piece;
 use crate::picker::{Block, PeerId};
 use crate::piece::BLOCK_SIZE;
-use crate::wire::extension::{ExtendedHandshake, HANDSHAKE_ID, MAX_METADATA_SIZE, MetadataMsg};
 use crate::wire::{
     BlockRef, Handshake, Message, MessageReader, MessageWriter, WireError, read_handshake,
     write_handshake,
 };
+pub use health::PeerTimeouts;
 
-/// How long a peer may keep us waiting before it counts as stalled or dead. The session's
-/// config carries them (tests shorten them; no test waits out the defaults).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PeerTimeouts {
-    /// From accepting (or dialling) to a complete handshake: a connection that never
-    /// handshakes holds a socket and a task, and nothing else, for this long.
-    pub handshake: Duration,
-    /// A peer that sends no block for this long while we wait on requests has stalled: its
-    /// requests go back to the picker for other peers.
-    pub request: Duration,
-    /// Stalls before the peer is dropped, unless it delivered `BLOCKS_PER_STALL` blocks for
-    /// each of them.
-    pub stalls: u32,
-    /// No message but keep-alives for this long from a peer that never said what it has, or
-    /// that keeps us choked while we want its pieces: it is useless to us, and its slot is
-    /// better given to another.
-    pub idle: Duration,
-}
-
-impl Default for PeerTimeouts {
-    fn default() -> Self {
-        Self {
-            handshake: Duration::from_secs(10),
-            request: Duration::from_secs(8),
-            stalls: 3,
-            idle: Duration::from_secs(300),
-        }
-    }
-}
-
-/// Blocks a peer must deliver per stall to be kept once it stalled `PeerTimeouts::stalls`
-/// times.
-const BLOCKS_PER_STALL: u64 = 16;
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(90);
 /// Blocks a peer may send that we never asked for, beyond those we asked for and then
 /// cancelled or gave up on (which may still arrive): more is a peer pushing data on us.
@@ -66,12 +35,6 @@ const UNASKED_TOLERANCE: u32 = 2;
 /// `have`s for pieces the peer already announced, beyond one per piece of the torrent: more is
 /// a flood.
 const REDUNDANT_HAVE_SLACK: u32 = 1000;
-/// A request is late (and, if a read waits on it, asked of one more peer) once it is this many
-/// times older than the peer's average block time, and at least `LATE_MIN` old; before the
-/// peer's first block, once it is `LATE_UNKNOWN` old.
-const LATE_FACTOR: u32 = 4;
-const LATE_MIN: Duration = Duration::from_secs(1);
-const LATE_UNKNOWN: Duration = Duration::from_secs(2);
 /// Bounds on requests in flight to one peer. The target follows the peer's rate: about one
 /// second of its data, so a read's urgent request never waits behind much background work,
 /// while a fast peer still has enough queued to fill the link.
@@ -231,9 +194,6 @@ struct Peer {
     /// Peer exchange; `None` for private torrents (BEP 27).
     pex: Option<PeerPex>,
 }
-
-/// Our id for `ut_metadata`: what peers use when they ask us for metadata (BEP 9).
-const OUR_UT_METADATA: u8 = 1;
 
 impl Peer {
     fn new(shared: Arc<Shared>, id: PeerId, addr: SocketAddr) -> Self {
@@ -441,75 +401,6 @@ impl Peer {
         Ok(())
     }
 
-    /// Tells the peer we serve metadata (peers that came by magnet need it) and, for public
-    /// torrents, that we speak PEX.
-    fn send_extended_handshake(&self) {
-        let raw = &self.shared.torrent.info.raw;
-        let hs = ExtendedHandshake {
-            ut_metadata: Some(OUR_UT_METADATA),
-            ut_pex: self.pex.is_some().then_some(OUR_UT_PEX),
-            metadata_size: u32::try_from(raw.len())
-                .ok()
-                .filter(|&n| n > 0 && n <= MAX_METADATA_SIZE),
-            client: Some(concat!("btfs ", env!("CARGO_PKG_VERSION")).into()),
-            port: Some(self.shared.listen_port),
-            ..ExtendedHandshake::default()
-        };
-        self.send(Message::Extended {
-            id: HANDSHAKE_ID,
-            payload: hs.encode().into(),
-        });
-    }
-
-    /// Extension messages: the peer's extended handshake, its `ut_metadata` requests and its
-    /// PEX messages.
-    /// Anything else (or anything malformed) is ignored, as BEP 10 asks.
-    fn on_extended(&mut self, id: u8, payload: &[u8]) {
-        if id == HANDSHAKE_ID {
-            if let Ok(hs) = ExtendedHandshake::decode(payload) {
-                self.their_ut_metadata = hs.ut_metadata;
-                if let Some(pex) = &mut self.pex {
-                    pex.on_handshake(hs.ut_pex, hs.yourip);
-                }
-                if let (false, Some(port)) = (self.outgoing, hs.port) {
-                    let listen = SocketAddr::new(self.addr.ip(), port);
-                    if let Some(e) = self.shared.lock().peers.get_mut(&self.id) {
-                        e.listen = Some(listen);
-                    }
-                }
-            }
-            return;
-        }
-        if id == OUR_UT_PEX {
-            if let Some(pex) = &mut self.pex {
-                pex.on_message(&self.shared, self.addr, payload);
-            }
-            return;
-        }
-        if id != OUR_UT_METADATA {
-            return;
-        }
-        let (Some(theirs), Ok(MetadataMsg::Request { piece })) =
-            (self.their_ut_metadata, MetadataMsg::decode(payload))
-        else {
-            return;
-        };
-        let raw = &self.shared.torrent.info.raw;
-        let reply = match metadata_piece(raw, piece) {
-            Some(data) => MetadataMsg::Data {
-                piece,
-                total_size: raw.len() as u32,
-                data,
-            }
-            .encode(),
-            None => MetadataMsg::Reject { piece }.encode(),
-        };
-        self.send(Message::Extended {
-            id: theirs,
-            payload: reply.into(),
-        });
-    }
-
     fn on_piece(&mut self, index: u32, begin: u32, data: bytes::Bytes) -> Result<(), PeerError> {
         let g = &self.shared.geometry;
         let p = g
@@ -705,70 +596,7 @@ impl Peer {
             let urgent = st.picker.has_urgent(&self.has);
             st.choker.set_urgent(self.id.0, urgent);
         }
-        let limits = self.shared.config.peer_timeouts;
-        // Idle only counts against a peer that never said what it has, or that has what we want
-        // and keeps us choked: a seed we want nothing from may stay quiet.
-        let useless = !self.announced || (self.interested && self.choked);
-        if useless && self.last_useful.elapsed() >= limits.idle {
-            return Err(PeerError::Idle);
-        }
-        self.report_late();
-        if let Some(&oldest) = self.requests.values().min() {
-            // Stalled: nothing came for a while, or a request sent later was answered while
-            // this one, old by now, was skipped (peers answer in order).
-            let silent = self.last_piece.elapsed() >= limits.request;
-            let skipped = self.newest_answered.is_some_and(|t| t > oldest);
-            if oldest.elapsed() >= limits.request && (silent || skipped) {
-                tracing::debug!(addr = %self.addr, n = self.requests.len(), "requests timed out; freeing them for other peers");
-                self.stalls += 1;
-                // A slow peer that mostly delivers is kept; one that stalls about as often as
-                // it delivers (e.g. a block of each piece, then nothing) is not.
-                if self.stalls >= limits.stalls
-                    && self.delivered < u64::from(self.stalls) * BLOCKS_PER_STALL
-                {
-                    return Err(PeerError::Stalled);
-                }
-                self.snubbed = true;
-                self.release_requests();
-                let st = self.shared.lock();
-                Shared::refill_all(&st);
-                drop(st);
-                self.refill();
-            }
-        }
-        Ok(())
-    }
-
-    /// Tells the picker of requests this peer is late with, so that a read waiting on one gets
-    /// it from another peer too (the first copy wins, the other request is cancelled).
-    fn report_late(&mut self) {
-        self.reported_late
-            .retain(|b, sent| self.requests.get(b) == Some(sent));
-        let threshold = self
-            .avg_block
-            .map_or(LATE_UNKNOWN, |avg| (avg * LATE_FACTOR).max(LATE_MIN));
-        let late: Vec<(Block, Instant)> = self
-            .requests
-            .iter()
-            .filter(|(b, sent)| sent.elapsed() >= threshold && !self.reported_late.contains_key(b))
-            .map(|(b, sent)| (*b, *sent))
-            .collect();
-        if late.is_empty() {
-            return;
-        }
-        let mut st = self.shared.lock();
-        let mut marked = 0;
-        for (b, sent) in late {
-            // A block no read waits on yet is checked again next time: it may become urgent.
-            if st.picker.mark_late(b) {
-                self.reported_late.insert(b, sent);
-                marked += 1;
-            }
-        }
-        if marked > 0 {
-            tracing::debug!(addr = %self.addr, marked, avg = ?self.avg_block, "late with blocks a read waits on; asking other peers too");
-            Shared::refill_all(&st);
-        }
+        self.check_health()
     }
 
     /// Gives every request in flight back to the picker (choked, stalled or leaving).

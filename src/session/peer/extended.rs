@@ -1,0 +1,85 @@
+//! The extension protocol (BEP 10) on one connection: our extended handshake, and the
+//! peer's handshake, `ut_metadata` requests (BEP 9: we serve the info dictionary to peers that
+//! came by magnet) and PEX messages (BEP 11).
+
+use std::net::SocketAddr;
+
+use super::Peer;
+use crate::metadata::metadata_piece;
+use crate::session::pex::OUR_UT_PEX;
+use crate::wire::Message;
+use crate::wire::extension::{ExtendedHandshake, HANDSHAKE_ID, MAX_METADATA_SIZE, MetadataMsg};
+
+/// Our id for `ut_metadata`: what peers use when they ask us for metadata (BEP 9).
+const OUR_UT_METADATA: u8 = 1;
+
+impl Peer {
+    /// Tells the peer we serve metadata (peers that came by magnet need it) and, for public
+    /// torrents, that we speak PEX.
+    pub(super) fn send_extended_handshake(&self) {
+        let raw = &self.shared.torrent.info.raw;
+        let hs = ExtendedHandshake {
+            ut_metadata: Some(OUR_UT_METADATA),
+            ut_pex: self.pex.is_some().then_some(OUR_UT_PEX),
+            metadata_size: u32::try_from(raw.len())
+                .ok()
+                .filter(|&n| n > 0 && n <= MAX_METADATA_SIZE),
+            client: Some(concat!("btfs ", env!("CARGO_PKG_VERSION")).into()),
+            port: Some(self.shared.listen_port),
+            ..ExtendedHandshake::default()
+        };
+        self.send(Message::Extended {
+            id: HANDSHAKE_ID,
+            payload: hs.encode().into(),
+        });
+    }
+
+    /// Extension messages: the peer's extended handshake, its `ut_metadata` requests and its
+    /// PEX messages.
+    /// Anything else (or anything malformed) is ignored, as BEP 10 asks.
+    pub(super) fn on_extended(&mut self, id: u8, payload: &[u8]) {
+        if id == HANDSHAKE_ID {
+            if let Ok(hs) = ExtendedHandshake::decode(payload) {
+                self.their_ut_metadata = hs.ut_metadata;
+                if let Some(pex) = &mut self.pex {
+                    pex.on_handshake(hs.ut_pex, hs.yourip);
+                }
+                if let (false, Some(port)) = (self.outgoing, hs.port) {
+                    let listen = SocketAddr::new(self.addr.ip(), port);
+                    if let Some(e) = self.shared.lock().peers.get_mut(&self.id) {
+                        e.listen = Some(listen);
+                    }
+                }
+            }
+            return;
+        }
+        if id == OUR_UT_PEX {
+            if let Some(pex) = &mut self.pex {
+                pex.on_message(&self.shared, self.addr, payload);
+            }
+            return;
+        }
+        if id != OUR_UT_METADATA {
+            return;
+        }
+        let (Some(theirs), Ok(MetadataMsg::Request { piece })) =
+            (self.their_ut_metadata, MetadataMsg::decode(payload))
+        else {
+            return;
+        };
+        let raw = &self.shared.torrent.info.raw;
+        let reply = match metadata_piece(raw, piece) {
+            Some(data) => MetadataMsg::Data {
+                piece,
+                total_size: raw.len() as u32,
+                data,
+            }
+            .encode(),
+            None => MetadataMsg::Reject { piece }.encode(),
+        };
+        self.send(Message::Extended {
+            id: theirs,
+            payload: reply.into(),
+        });
+    }
+}
