@@ -69,6 +69,10 @@ fn every_file_matches_its_source_over_an_http_tracker() {
     let m = mount(&swarm, &[]);
     assert_all_files_match(&m, &swarm);
     assert!(m.status_u64("verified_pieces") > 0);
+    // Our log went to a file: plain text, no terminal colour codes.
+    let log = m.stderr();
+    assert!(log.contains("ready: "), "{log}");
+    assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
     assert!(
         m.unmount().is_some_and(|s| s.success()),
         "btfs exits cleanly after fusermount3 -u"
