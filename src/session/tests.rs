@@ -792,3 +792,31 @@ async fn two_hundred_trickling_connections_stay_bounded_and_reads_go_on() {
     stop(session).await;
     tricklers.abort_all();
 }
+
+/// Trackers hand us our own address among the others: dialled once, it is recognised by its
+/// peer id and forgotten, not counted as a known peer nor redialled.
+#[tokio::test(flavor = "multi_thread")]
+async fn our_own_address_is_forgotten_after_one_dial() {
+    let c = two_files();
+    let honest = FakePeer::start(ip(2), c.clone(), Behavior::Honest).await;
+    let listener = super::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("bind");
+    let ourselves = listener.local_addr().expect("local addr");
+    let config = Config {
+        listen: ourselves,
+        peers: vec![honest.addr, ourselves],
+        cache_bytes: BIG_CACHE,
+        ..Config::default()
+    };
+    let session = Session::start(c.torrent.clone(), config, listener)
+        .await
+        .expect("session starts");
+    let s = eventually(&session, "our address forgotten", |s| {
+        s.peers == 1 && s.known_peers == 1
+    })
+    .await;
+    assert_eq!(s.banned, 0);
+    read_everything(&session, &c, 64 * 1024).await;
+    stop(session).await;
+}
