@@ -71,7 +71,10 @@ pub(super) enum Behavior {
 
 impl Behavior {
     fn fast(self) -> bool {
-        matches!(self, Behavior::FastRejecter | Behavior::FastLeecher)
+        matches!(
+            self,
+            Behavior::FastRejecter | Behavior::FastLeecher | Behavior::Abuse(Abuse::RejectFlood)
+        )
     }
 }
 
@@ -96,6 +99,10 @@ pub(super) enum Abuse {
     HaveFlood,
     /// A full bitfield, a `have`, then a second, empty bitfield taking every piece back.
     BitfieldContradicted,
+    /// Speaks Fast, then sends 10,000 `reject_request`s for the first block of piece 0.
+    RejectFlood,
+    /// Does not speak Fast, yet sends a `reject_request` (BEP 6: a reason to disconnect).
+    FastUnnegotiated,
 }
 
 /// What a fake saw, over all its connections.
@@ -514,6 +521,21 @@ impl Conn {
             Abuse::HaveFlood => {
                 for i in 0..1_000_000u32 {
                     Message::Have(i % n).encode(&mut out);
+                }
+            }
+            Abuse::RejectFlood | Abuse::FastUnnegotiated => {
+                let r = Message::RejectRequest(BlockRef {
+                    index: 0,
+                    begin: 0,
+                    length: 16 * 1024,
+                });
+                let times = if abuse == Abuse::RejectFlood {
+                    10_000
+                } else {
+                    1
+                };
+                for _ in 0..times {
+                    r.encode(&mut out);
                 }
             }
             Abuse::BitfieldContradicted => {

@@ -2,8 +2,8 @@
 //! block back to the picker and the read still gets the right bytes; a leecher asking for what
 //! we do not hold (or while choked) is told so at once.
 
-use super::fake_peer::{Behavior, FakePeer};
-use super::tests::{BIG_CACHE, ip, read_everything, start, stop, two_files};
+use super::fake_peer::{Abuse, Behavior, FakePeer};
+use super::tests::{BIG_CACHE, abuse_case, ip, read_everything, start, stop, two_files};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rejected_requests_are_asked_again_and_reads_stay_right() {
@@ -53,4 +53,14 @@ async fn a_fast_leecher_gets_rejects_for_a_piece_we_do_not_hold() {
     );
     assert_eq!(seen.closed, 0, "{seen:?}");
     stop(session).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abuse_a_flood_of_rejects_for_requests_never_made() {
+    abuse_case(Abuse::RejectFlood).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abuse_a_reject_without_negotiating_fast() {
+    abuse_case(Abuse::FastUnnegotiated).await;
 }
