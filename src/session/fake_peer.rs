@@ -63,6 +63,10 @@ pub(super) enum Behavior {
     /// Speaks Fast (BEP 6; the other fakes do not): `have_all`, unchoke, and the first request
     /// for the first block of each piece is rejected (later ones are served).
     FastRejecter,
+    /// Speaks Fast like `FastRejecter`, but the first request for each piece makes it choke and
+    /// reject that request and every one that arrives while it chokes, as BEP 6 asks of a
+    /// choking peer; it unchokes when the session announces a verified piece.
+    FastChoker,
     /// A Fast leecher: `have_none`, interested, asks for the last piece's first block at once
     /// (choked) and again once unchoked, and counts the session's rejects.
     FastLeecher,
@@ -73,7 +77,10 @@ impl Behavior {
     fn fast(self) -> bool {
         matches!(
             self,
-            Behavior::FastRejecter | Behavior::FastLeecher | Behavior::Abuse(Abuse::RejectFlood)
+            Behavior::FastRejecter
+                | Behavior::FastChoker
+                | Behavior::FastLeecher
+                | Behavior::Abuse(Abuse::RejectFlood)
         )
     }
 }
@@ -233,7 +240,7 @@ impl Conn {
         let mut reader = MessageReader::new(rd, 1 << 20);
         let n = torrent.info.geometry.piece_count();
         let opening = [
-            if self.behavior == Behavior::FastRejecter {
+            if self.behavior.fast() {
                 Message::HaveAll
             } else {
                 Message::Bitfield(Bytes::copy_from_slice(Bitfield::full(n).as_bytes()))
@@ -265,7 +272,11 @@ impl Conn {
                     choking = false;
                     writer.send(&Message::Unchoke).await?;
                 }
-                // BEP 3: requests that arrive while we choke are void.
+                // BEP 3: requests that arrive while we choke are void; BEP 6 rejects them.
+                Message::Request(r) if choking && self.behavior.fast() => {
+                    writer.send(&Message::RejectRequest(r)).await?;
+                    self.counters.send_modify(|c| c.rejects_sent += 1);
+                }
                 Message::Request(_) if choking => {}
                 Message::Interested if !interested => {
                     interested = true;
@@ -285,6 +296,17 @@ impl Conn {
                             continue;
                         }
                         Behavior::Slow(delay) => tokio::time::sleep(delay).await,
+                        Behavior::FastChoker if self.poisoned.lock().unwrap().insert(r.index) => {
+                            choking = true;
+                            writer
+                                .send_many(&[Message::Choke, Message::RejectRequest(r)])
+                                .await?;
+                            self.counters.send_modify(|c| {
+                                c.chokes += 1;
+                                c.rejects_sent += 1;
+                            });
+                            continue;
+                        }
                         Behavior::FastRejecter if r.begin == 0 => {
                             if self.poisoned.lock().unwrap().insert(r.index) {
                                 writer.send(&Message::RejectRequest(r)).await?;

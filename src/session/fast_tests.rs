@@ -36,6 +36,29 @@ async fn rejected_blocks_go_to_another_peer() {
     stop(session).await;
 }
 
+/// A choke voids our requests (we give them back to the picker at once); the rejects that
+/// follow for them are what BEP 6 asks of the peer, not an offence.
+#[tokio::test(flavor = "multi_thread")]
+async fn rejects_after_a_choke_are_no_offence() {
+    let c = two_files();
+    let choker = FakePeer::start(ip(2), c.clone(), Behavior::FastChoker).await;
+    let honest = FakePeer::start(ip(3), c.clone(), Behavior::Honest).await;
+    let session = start(&c, &[&choker, &honest], BIG_CACHE).await;
+    read_everything(&session, &c, 50_000).await;
+    let seen = choker.counters();
+    assert!(seen.chokes > 0, "{seen:?}");
+    assert!(
+        seen.rejects_sent > seen.chokes,
+        "rejects for requests sent before the choke: {seen:?}"
+    );
+    assert_eq!(
+        seen.closed, 0,
+        "the session kept the choking peer: {seen:?}"
+    );
+    assert_eq!(session.stats().hash_failures, 0);
+    stop(session).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fast_leecher_gets_rejects_for_a_piece_we_do_not_hold() {
     let c = two_files();

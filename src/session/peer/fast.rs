@@ -7,15 +7,16 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{MAX_QUEUE, Peer, PeerError};
+use super::{Peer, PeerError};
 use crate::bitfield::Bitfield;
 use crate::picker::Block;
 use crate::session::Shared;
 use crate::wire::{BlockRef, Message};
 
-/// `reject_request`s for blocks we never asked for, beyond those we cancelled or gave up on
-/// (each of which the peer may reject): harmless one by one, a flood is a broken peer.
-const UNASKED_REJECT_TOLERANCE: u32 = 2 * MAX_QUEUE as u32;
+/// `reject_request`s for blocks we never asked for, beyond those we cancelled, released on a
+/// choke or gave up on (each of which the peer may reject instead of answering): harmless one
+/// by one, many are a broken peer.
+const UNASKED_REJECT_TOLERANCE: u32 = 16;
 /// How long pieces a peer rejected are not asked of it again: it may have dropped them (a
 /// streaming client's cache), or be busy; either way others are asked first, and it again later.
 const REJECT_BACKOFF: Duration = Duration::from_secs(2);
