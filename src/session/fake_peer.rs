@@ -60,7 +60,29 @@ pub(super) enum Behavior {
     /// Sends `n` PEX messages of 50 new addresses each (127.1.x.y, nobody listening), then
     /// asks for metadata piece 0: the answer means the session has handled every PEX message.
     PexFlood(usize),
+    /// Speaks Fast (BEP 6; the other fakes do not): `have_all`, unchoke, and the first request
+    /// for the first block of each piece is rejected (later ones are served).
+    FastRejecter,
+    /// Speaks Fast like `FastRejecter`, but the first request for each piece makes it choke and
+    /// reject that request and every one that arrives while it chokes, as BEP 6 asks of a
+    /// choking peer; it unchokes when the session announces a verified piece.
+    FastChoker,
+    /// A Fast leecher: `have_none`, interested, asks for the last piece's first block at once
+    /// (choked) and again once unchoked, and counts the session's rejects.
+    FastLeecher,
     Abuse(Abuse),
+}
+
+impl Behavior {
+    fn fast(self) -> bool {
+        matches!(
+            self,
+            Behavior::FastRejecter
+                | Behavior::FastChoker
+                | Behavior::FastLeecher
+                | Behavior::Abuse(Abuse::RejectFlood)
+        )
+    }
 }
 
 /// Protocol violations; each connection does its one, then only reads until the session hangs up.
@@ -84,6 +106,10 @@ pub(super) enum Abuse {
     HaveFlood,
     /// A full bitfield, a `have`, then a second, empty bitfield taking every piece back.
     BitfieldContradicted,
+    /// Speaks Fast, then sends 10,000 `reject_request`s for the first block of piece 0.
+    RejectFlood,
+    /// Does not speak Fast, yet sends a `reject_request` (BEP 6: a reason to disconnect).
+    FastUnnegotiated,
 }
 
 /// What a fake saw, over all its connections.
@@ -105,6 +131,12 @@ pub(super) struct Counters {
     pub pex_offered: usize,
     /// `ut_metadata` answers the session sent.
     pub metadata_replies: usize,
+    /// `reject_request`s sent, and requests for a block this fake had rejected before.
+    pub rejects_sent: usize,
+    pub rerequested: usize,
+    /// `reject_request`s the session sent, and whether its first message was `have_none`.
+    pub rejects_received: usize,
+    pub saw_have_none: bool,
 }
 
 pub(super) struct FakePeer {
@@ -192,11 +224,11 @@ impl Conn {
         if self.behavior == Behavior::Abuse(Abuse::WrongInfoHash) {
             info_hash[0] ^= 0xff;
         }
-        write_handshake(
-            &mut stream,
-            &Handshake::new(info_hash, *b"-FAKE01-fakefakefake"),
-        )
-        .await?;
+        let mut ours = Handshake::new(info_hash, *b"-FAKE01-fakefakefake");
+        if !self.behavior.fast() {
+            ours.reserved[7] &= !0x04;
+        }
+        write_handshake(&mut stream, &ours).await?;
         let (rd, mut wr) = stream.into_split();
         if self.behavior == Behavior::KeepAliveOnly {
             let mut writer = MessageWriter::new(wr);
@@ -208,7 +240,11 @@ impl Conn {
         let mut reader = MessageReader::new(rd, 1 << 20);
         let n = torrent.info.geometry.piece_count();
         let opening = [
-            Message::Bitfield(Bytes::copy_from_slice(Bitfield::full(n).as_bytes())),
+            if self.behavior.fast() {
+                Message::HaveAll
+            } else {
+                Message::Bitfield(Bytes::copy_from_slice(Bitfield::full(n).as_bytes()))
+            },
             Message::Unchoke,
         ];
         if let Behavior::Abuse(abuse) = self.behavior {
@@ -224,6 +260,9 @@ impl Conn {
         if let Behavior::PexFlood(n) = self.behavior {
             return self.pex_flood(reader, writer, n).await;
         }
+        if self.behavior == Behavior::FastLeecher {
+            return self.fast_leech(reader, writer, n).await;
+        }
         writer.send_many(&opening).await?;
         let mut interested = false;
         let mut choking = false;
@@ -233,7 +272,11 @@ impl Conn {
                     choking = false;
                     writer.send(&Message::Unchoke).await?;
                 }
-                // BEP 3: requests that arrive while we choke are void.
+                // BEP 3: requests that arrive while we choke are void; BEP 6 rejects them.
+                Message::Request(r) if choking && self.behavior.fast() => {
+                    writer.send(&Message::RejectRequest(r)).await?;
+                    self.counters.send_modify(|c| c.rejects_sent += 1);
+                }
                 Message::Request(_) if choking => {}
                 Message::Interested if !interested => {
                     interested = true;
@@ -253,6 +296,25 @@ impl Conn {
                             continue;
                         }
                         Behavior::Slow(delay) => tokio::time::sleep(delay).await,
+                        Behavior::FastChoker if self.poisoned.lock().unwrap().insert(r.index) => {
+                            choking = true;
+                            writer
+                                .send_many(&[Message::Choke, Message::RejectRequest(r)])
+                                .await?;
+                            self.counters.send_modify(|c| {
+                                c.chokes += 1;
+                                c.rejects_sent += 1;
+                            });
+                            continue;
+                        }
+                        Behavior::FastRejecter if r.begin == 0 => {
+                            if self.poisoned.lock().unwrap().insert(r.index) {
+                                writer.send(&Message::RejectRequest(r)).await?;
+                                self.counters.send_modify(|c| c.rejects_sent += 1);
+                                continue;
+                            }
+                            self.counters.send_modify(|c| c.rerequested += 1);
+                        }
                         Behavior::CorruptOnePerPiece
                             if !self.poisoned.lock().unwrap().insert(r.index) =>
                         {
@@ -308,6 +370,40 @@ impl Conn {
         // Holds the connection open and reads nothing, ever.
         std::future::pending::<()>().await;
         Ok(())
+    }
+
+    async fn fast_leech(
+        &self,
+        mut reader: MessageReader<OwnedReadHalf>,
+        mut writer: MessageWriter<OwnedWriteHalf>,
+        n: u32,
+    ) -> Result<(), WireError> {
+        let g = &self.content.torrent.info.geometry;
+        let last = Message::Request(BlockRef {
+            index: n - 1,
+            begin: 0,
+            length: g.block(g.piece(n - 1).expect("last piece"), 0).1,
+        });
+        writer
+            .send_many(&[Message::HaveNone, Message::Interested, last.clone()])
+            .await?;
+        let mut first = true;
+        loop {
+            let msg = reader.next().await?;
+            // Its extended handshake may come first; then its statement of what it has.
+            if first && !matches!(msg, Message::Extended { .. }) {
+                first = false;
+                let none = msg == Message::HaveNone;
+                self.counters.send_modify(|c| c.saw_have_none = none);
+            }
+            match msg {
+                Message::Unchoke => writer.send(&last).await?,
+                Message::RejectRequest(r) if r.index == n - 1 => {
+                    self.counters.send_modify(|c| c.rejects_received += 1);
+                }
+                _ => {}
+            }
+        }
     }
 
     async fn pex_flood(
@@ -447,6 +543,21 @@ impl Conn {
             Abuse::HaveFlood => {
                 for i in 0..1_000_000u32 {
                     Message::Have(i % n).encode(&mut out);
+                }
+            }
+            Abuse::RejectFlood | Abuse::FastUnnegotiated => {
+                let r = Message::RejectRequest(BlockRef {
+                    index: 0,
+                    begin: 0,
+                    length: 16 * 1024,
+                });
+                let times = if abuse == Abuse::RejectFlood {
+                    10_000
+                } else {
+                    1
+                };
+                for _ in 0..times {
+                    r.encode(&mut out);
                 }
             }
             Abuse::BitfieldContradicted => {

@@ -25,6 +25,8 @@ mod disk_tests;
 #[cfg(test)]
 mod fake_peer;
 #[cfg(test)]
+mod fast_tests;
+#[cfg(test)]
 mod late_tests;
 pub mod magnet;
 mod peer;

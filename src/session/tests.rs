@@ -298,7 +298,7 @@ async fn one_corrupt_block_in_a_shared_piece_is_traced_to_the_liar() {
 }
 
 /// One protocol violation from its own fake, next to an honest seeder.
-async fn abuse_case(abuse: Abuse) {
+pub(super) async fn abuse_case(abuse: Abuse) {
     let c = two_files();
     let honest = FakePeer::start(ip(2), c.clone(), Behavior::Honest).await;
     let abuser = FakePeer::start(ip(4), c.clone(), Behavior::Abuse(abuse)).await;

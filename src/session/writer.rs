@@ -16,6 +16,8 @@ pub(super) struct Upload {
     pub(super) shared: Arc<Shared>,
     pub(super) out: mpsc::UnboundedSender<Message>,
     pub(super) queued: Arc<AtomicUsize>,
+    /// The peer speaks the Fast extension (BEP 6): what we cannot serve is rejected.
+    pub(super) fast: bool,
 }
 
 impl Upload {
@@ -32,6 +34,13 @@ impl Upload {
             begin: r.begin,
             data: chunk,
         });
+    }
+
+    /// A request we cannot serve after all (the disk load failed): a Fast peer is told.
+    pub(super) fn reject(&self, r: BlockRef) {
+        if self.fast {
+            let _ = self.out.send(Message::RejectRequest(r));
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! Pure encode/decode of the handshake and of peer messages (BEP 3, BEP 10 framing).
+//! Pure encode/decode of peer messages (BEP 3, BEP 6 Fast, BEP 10 framing); the handshake is
+//! in [`super::handshake`].
 //!
 //! A message on the wire is `<u32 length, big endian><u8 id><payload>`; length 0 is a keep-alive.
 //! [`Message::decode`] takes the frame body (everything after the length prefix) as [`Bytes`], so
@@ -9,9 +10,7 @@ use std::fmt;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::WireError;
-
-/// The protocol string every BitTorrent handshake starts with (after its length byte, 19).
-pub const PROTOCOL: &[u8; 19] = b"BitTorrent protocol";
+pub use super::handshake::{Handshake, PROTOCOL};
 
 const CHOKE: u8 = 0;
 const UNCHOKE: u8 = 1;
@@ -23,70 +22,15 @@ const REQUEST: u8 = 6;
 const PIECE: u8 = 7;
 const CANCEL: u8 = 8;
 const PORT: u8 = 9;
+const SUGGEST: u8 = 0x0d;
+const HAVE_ALL: u8 = 0x0e;
+const HAVE_NONE: u8 = 0x0f;
+const REJECT_REQUEST: u8 = 0x10;
+const ALLOWED_FAST: u8 = 0x11;
 const EXTENDED: u8 = 20;
 
 /// Frame length of a `Piece` message without its data: id, index, begin.
 const PIECE_HEADER: u32 = 9;
-
-/// The 68-byte greeting each side sends first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Handshake {
-    pub reserved: [u8; 8],
-    pub info_hash: [u8; 20],
-    pub peer_id: [u8; 20],
-}
-
-impl Handshake {
-    pub const LEN: usize = 68;
-
-    /// A handshake advertising the extension protocol (BEP 10), which we need for magnet links.
-    pub fn new(info_hash: [u8; 20], peer_id: [u8; 20]) -> Self {
-        let mut reserved = [0; 8];
-        reserved[5] |= 0x10;
-        Self {
-            reserved,
-            info_hash,
-            peer_id,
-        }
-    }
-
-    /// Whether the peer speaks BEP 10 (so `Extended` messages may be sent to it).
-    pub fn supports_extensions(&self) -> bool {
-        self.reserved[5] & 0x10 != 0
-    }
-
-    /// Whether the peer runs a DHT node (BEP 5), so its `Port` message is worth reading.
-    pub fn supports_dht(&self) -> bool {
-        self.reserved[7] & 0x01 != 0
-    }
-
-    pub fn encode(&self) -> [u8; Self::LEN] {
-        let mut out = [0; Self::LEN];
-        out[0] = PROTOCOL.len() as u8;
-        out[1..20].copy_from_slice(PROTOCOL);
-        out[20..28].copy_from_slice(&self.reserved);
-        out[28..48].copy_from_slice(&self.info_hash);
-        out[48..68].copy_from_slice(&self.peer_id);
-        out
-    }
-
-    /// Fails with [`WireError::BadHandshake`] unless the bytes start with `\x13BitTorrent
-    /// protocol`. The info-hash is not checked here: only the session knows which it expects.
-    pub fn decode(buf: &[u8; Self::LEN]) -> Result<Self, WireError> {
-        if usize::from(buf[0]) != PROTOCOL.len() || &buf[1..20] != PROTOCOL {
-            return Err(WireError::BadHandshake);
-        }
-        let mut h = Self {
-            reserved: [0; 8],
-            info_hash: [0; 20],
-            peer_id: [0; 20],
-        };
-        h.reserved.copy_from_slice(&buf[20..28]);
-        h.info_hash.copy_from_slice(&buf[28..48]);
-        h.peer_id.copy_from_slice(&buf[48..68]);
-        Ok(h)
-    }
-}
 
 /// One block of a piece, as named in `Request` and `Cancel`. Raw and unchecked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -98,8 +42,7 @@ pub struct BlockRef {
 
 /// A peer message. Indices, offsets and payloads are exactly what the peer sent.
 ///
-/// Ids we do not implement (e.g. the fast extension, 0x0d-0x11, which we never advertise) decode
-/// to [`Message::Unknown`] rather than an error: peers do send them, and clients ignore them.
+/// Ids we do not implement decode to [`Message::Unknown`] rather than an error: peers do send them, and clients ignore them.
 /// The session decides whether an unknown id is worth dropping the peer for.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Message {
@@ -120,6 +63,16 @@ pub enum Message {
     Cancel(BlockRef),
     /// The peer's DHT port (BEP 5).
     Port(u16),
+    /// BEP 6: the peer suggests we download this piece.
+    Suggest(u32),
+    /// BEP 6: the peer has every piece (in place of a full bitfield).
+    HaveAll,
+    /// BEP 6: the peer has no piece (in place of an empty bitfield).
+    HaveNone,
+    /// BEP 6: the peer will not serve this request of ours.
+    RejectRequest(BlockRef),
+    /// BEP 6: the peer would serve this piece even while it chokes us.
+    AllowedFast(u32),
     /// BEP 10: `id` 0 is the extension handshake, others are the ids we assigned in ours.
     Extended {
         id: u8,
@@ -147,6 +100,11 @@ impl Message {
             Message::Piece { .. } => PIECE,
             Message::Cancel(_) => CANCEL,
             Message::Port(_) => PORT,
+            Message::Suggest(_) => SUGGEST,
+            Message::HaveAll => HAVE_ALL,
+            Message::HaveNone => HAVE_NONE,
+            Message::RejectRequest(_) => REJECT_REQUEST,
+            Message::AllowedFast(_) => ALLOWED_FAST,
             Message::Extended { .. } => EXTENDED,
             Message::Unknown { id, .. } => *id,
         })
@@ -161,10 +119,15 @@ impl Message {
     fn body_len(&self) -> usize {
         match self {
             Message::KeepAlive => 0,
-            Message::Choke | Message::Unchoke | Message::Interested | Message::NotInterested => 1,
-            Message::Have(_) => 5,
+            Message::Choke
+            | Message::Unchoke
+            | Message::Interested
+            | Message::NotInterested
+            | Message::HaveAll
+            | Message::HaveNone => 1,
+            Message::Have(_) | Message::Suggest(_) | Message::AllowedFast(_) => 5,
             Message::Bitfield(bits) => 1 + bits.len(),
-            Message::Request(_) | Message::Cancel(_) => 13,
+            Message::Request(_) | Message::Cancel(_) | Message::RejectRequest(_) => 13,
             Message::Piece { data, .. } => PIECE_HEADER as usize + data.len(),
             Message::Port(_) => 3,
             Message::Extended { payload, .. } => 2 + payload.len(),
@@ -187,10 +150,14 @@ impl Message {
             | Message::Choke
             | Message::Unchoke
             | Message::Interested
-            | Message::NotInterested => {}
-            Message::Have(index) => dst.put_u32(*index),
+            | Message::NotInterested
+            | Message::HaveAll
+            | Message::HaveNone => {}
+            Message::Have(index) | Message::Suggest(index) | Message::AllowedFast(index) => {
+                dst.put_u32(*index)
+            }
             Message::Bitfield(bits) => dst.put_slice(bits),
-            Message::Request(b) | Message::Cancel(b) => {
+            Message::Request(b) | Message::Cancel(b) | Message::RejectRequest(b) => {
                 dst.put_u32(b.index);
                 dst.put_u32(b.begin);
                 dst.put_u32(b.length);
@@ -254,11 +221,16 @@ impl Message {
                 data: frame,
             },
             PORT if exact(3) => Message::Port(frame.get_u16()),
+            SUGGEST if exact(5) => Message::Suggest(frame.get_u32()),
+            HAVE_ALL if exact(1) => Message::HaveAll,
+            HAVE_NONE if exact(1) => Message::HaveNone,
+            REJECT_REQUEST if exact(13) => Message::RejectRequest(block_ref(&mut frame)),
+            ALLOWED_FAST if exact(5) => Message::AllowedFast(frame.get_u32()),
             EXTENDED if len >= 2 => Message::Extended {
                 id: frame.get_u8(),
                 payload: frame,
             },
-            CHOKE..=PORT | EXTENDED => return bad,
+            CHOKE..=PORT | SUGGEST..=ALLOWED_FAST | EXTENDED => return bad,
             _ => Message::Unknown { id, payload: frame },
         };
         Ok(msg)
@@ -294,6 +266,11 @@ impl fmt::Debug for Message {
                 .finish(),
             Message::Cancel(b) => f.debug_tuple("Cancel").field(b).finish(),
             Message::Port(port) => f.debug_tuple("Port").field(port).finish(),
+            Message::Suggest(index) => f.debug_tuple("Suggest").field(index).finish(),
+            Message::HaveAll => f.write_str("HaveAll"),
+            Message::HaveNone => f.write_str("HaveNone"),
+            Message::RejectRequest(b) => f.debug_tuple("RejectRequest").field(b).finish(),
+            Message::AllowedFast(index) => f.debug_tuple("AllowedFast").field(index).finish(),
             Message::Extended { id, payload } => f
                 .debug_struct("Extended")
                 .field("id", id)
@@ -331,7 +308,7 @@ pub(crate) mod tests {
             begin: rng.random(),
             length: rng.random(),
         };
-        match rng.random_range(0..13) {
+        match rng.random_range(0..18) {
             0 => Message::KeepAlive,
             1 => Message::Choke,
             2 => Message::Unchoke,
@@ -351,11 +328,16 @@ pub(crate) mod tests {
                 id: rng.random(),
                 payload: bytes(rng),
             },
+            12 => Message::Suggest(rng.random()),
+            13 => Message::HaveAll,
+            14 => Message::HaveNone,
+            15 => Message::RejectRequest(block(rng)),
+            16 => Message::AllowedFast(rng.random()),
             _ => {
                 // Any id outside the ones we implement.
                 let id = loop {
                     let id: u8 = rng.random();
-                    if id > PORT && id != EXTENDED {
+                    if (PORT + 1..SUGGEST).contains(&id) || (id > ALLOWED_FAST && id != EXTENDED) {
                         break id;
                     }
                 };
@@ -448,22 +430,40 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn fast_messages_match_bep6_bytes() {
+        check(Message::Suggest(7), &[0, 0, 0, 5, 0x0d, 0, 0, 0, 7]);
+        check(Message::HaveAll, &[0, 0, 0, 1, 0x0e]);
+        check(Message::HaveNone, &[0, 0, 0, 1, 0x0f]);
+        check(
+            Message::RejectRequest(BlockRef {
+                index: 1,
+                begin: 0x4000,
+                length: 0x4000,
+            }),
+            &[0, 0, 0, 13, 0x10, 0, 0, 0, 1, 0, 0, 0x40, 0, 0, 0, 0x40, 0],
+        );
+        check(
+            Message::AllowedFast(0x0102_0304),
+            &[0, 0, 0, 5, 0x11, 1, 2, 3, 4],
+        );
+    }
+
+    #[test]
     fn unknown_ids_decode_to_unknown() {
-        // Fast extension "suggest piece 7" (0x0d), which we never negotiate.
+        // 0x0a (an old, unused id) with a payload, and 0x15 with none.
         check(
             Message::Unknown {
-                id: 0x0d,
+                id: 0x0a,
                 payload: Bytes::from_static(&[0, 0, 0, 7]),
             },
-            &[0, 0, 0, 5, 0x0d, 0, 0, 0, 7],
+            &[0, 0, 0, 5, 0x0a, 0, 0, 0, 7],
         );
-        // "Have all" (0x0e) has no payload.
         check(
             Message::Unknown {
-                id: 0x0e,
+                id: 0x15,
                 payload: Bytes::new(),
             },
-            &[0, 0, 0, 1, 0x0e],
+            &[0, 0, 0, 1, 0x15],
         );
     }
 
@@ -502,6 +502,11 @@ pub(crate) mod tests {
             (PIECE, &[1, 5, 8]),
             (PORT, &[1, 2, 4]),
             (EXTENDED, &[1]),
+            (SUGGEST, &[1, 4, 6]),
+            (HAVE_ALL, &[2, 5]),
+            (HAVE_NONE, &[2]),
+            (REJECT_REQUEST, &[1, 12, 14]),
+            (ALLOWED_FAST, &[1, 4, 9]),
         ];
         for &(id, lens) in cases {
             for &len in lens {
@@ -517,47 +522,6 @@ pub(crate) mod tests {
                     other => panic!("id {id} len {len}: {other:?}"),
                 }
             }
-        }
-    }
-
-    #[test]
-    fn handshake_matches_bep3_bytes() {
-        let h = Handshake::new([0xaa; 20], *b"-BT0001-abcdefghijkl");
-        let wire = h.encode();
-        assert_eq!(wire[0], 19);
-        assert_eq!(&wire[1..20], b"BitTorrent protocol");
-        assert_eq!(wire[20..28], [0, 0, 0, 0, 0, 0x10, 0, 0]);
-        assert_eq!(wire[28..48], [0xaa; 20]);
-        assert_eq!(&wire[48..68], b"-BT0001-abcdefghijkl");
-        let back = Handshake::decode(&wire).unwrap();
-        assert_eq!(back, h);
-        assert!(back.supports_extensions());
-        assert!(!back.supports_dht());
-    }
-
-    #[test]
-    fn handshake_reserved_bits_are_read() {
-        let mut h = Handshake::new([1; 20], [2; 20]);
-        h.reserved = [0, 0, 0, 0, 0, 0, 0, 0x01];
-        let back = Handshake::decode(&h.encode()).unwrap();
-        assert!(!back.supports_extensions());
-        assert!(back.supports_dht());
-    }
-
-    #[test]
-    fn handshake_with_other_protocol_is_rejected() {
-        let good = Handshake::new([1; 20], [2; 20]).encode();
-        let mut short = good;
-        short[0] = 18;
-        let mut other = good;
-        other[1] = b'b';
-        let mut http = [0u8; 68];
-        http[..16].copy_from_slice(b"GET / HTTP/1.1\r\n");
-        for bad in [short, other, http] {
-            assert!(matches!(
-                Handshake::decode(&bad),
-                Err(WireError::BadHandshake)
-            ));
         }
     }
 

@@ -1,7 +1,8 @@
-//! The peer wire protocol (BEP 3 messages, BEP 10 extension framing).
+//! The peer wire protocol (BEP 3 messages, BEP 6 Fast, BEP 10 extension framing).
 //!
 //! Two layers, kept apart so the bytes can be tested without sockets:
-//! - [`message`]: pure encode/decode of the handshake and of one length-prefixed message. No I/O.
+//! - [`handshake`] and [`message`]: pure encode/decode of the handshake and of one
+//!   length-prefixed message. No I/O.
 //! - [`conn`]: the tokio side: a cancel-safe [`MessageReader`] (the session polls it inside
 //!   `tokio::select!`), a batching [`MessageWriter`], and the handshake exchange.
 //!
@@ -12,6 +13,7 @@
 
 pub mod conn;
 pub mod extension;
+pub mod handshake;
 pub mod message;
 #[cfg(test)]
 mod props;

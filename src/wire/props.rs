@@ -42,8 +42,13 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         any::<u16>().prop_map(Message::Port),
         (any::<u8>(), payload()).prop_map(|(id, payload)| Message::Extended { id, payload }),
-        // Ids we do not implement: 10..=19 and 21..=255.
-        (prop_oneof![10u8..20, 21u8..=255], payload())
+        any::<u32>().prop_map(Message::Suggest),
+        Just(Message::HaveAll),
+        Just(Message::HaveNone),
+        block().prop_map(Message::RejectRequest),
+        any::<u32>().prop_map(Message::AllowedFast),
+        // Ids we do not implement: 10..=12, 18..=19 and 21..=255.
+        (prop_oneof![10u8..13, 18u8..20, 21u8..=255], payload())
             .prop_map(|(id, payload)| Message::Unknown { id, payload }),
     ]
 }

@@ -13,11 +13,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 mod extended;
+mod fast;
 mod health;
+mod upload;
 
 use super::pex::PeerPex;
 use super::pieces::{self, Assembly};
-use super::writer::{AbortOnDrop, Upload, write_loop};
+use super::writer::{AbortOnDrop, write_loop};
 use super::{PeerCmd, PeerEntry, PeerSource, Shared};
 use crate::bitfield::Bitfield;
 use crate::picker::{Block, PeerId};
@@ -40,9 +42,6 @@ const REDUNDANT_HAVE_SLACK: u32 = 1000;
 /// while a fast peer still has enough queued to fill the link.
 const MIN_QUEUE: usize = 8;
 const MAX_QUEUE: usize = 400;
-/// Block data queued for one peer's socket before its further requests are dropped: a peer
-/// that requests faster than it reads cannot make us buffer without bound.
-const MAX_QUEUED_UPLOAD: usize = 4 * 1024 * 1024;
 
 /// Why a connection ended; logged at debug level, never shown as an error to the user.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +130,7 @@ pub(crate) async fn run(
     tracing::debug!(%addr, outgoing, "peer connected");
     let mut peer = Peer::new(shared.clone(), id, addr);
     peer.extensions = theirs.supports_extensions();
+    peer.fast = ours.supports_fast() && theirs.supports_fast();
     peer.outgoing = outgoing;
     let result = peer.run(stream, cmd_rx, have).await;
     peer.leave();
@@ -188,6 +188,14 @@ struct Peer {
     up_rate: f64,
     /// The peer speaks the extension protocol (BEP 10).
     extensions: bool,
+    /// Both sides speak the Fast extension (BEP 6): requests are rejected, not ignored.
+    fast: bool,
+    /// Pieces the peer rejected a request for while it had us unchoked, and when the first of
+    /// them was: not asked of it again until `REJECT_BACKOFF` passed (it may have dropped them).
+    rejected: Vec<u32>,
+    rejected_since: Option<Instant>,
+    /// `reject_request`s for blocks we never asked for (nor cancelled or gave up on).
+    unasked_rejects: u32,
     /// The peer's id for `ut_metadata` messages we send it, from its extended handshake.
     their_ut_metadata: Option<u8>,
     outgoing: bool,
@@ -230,6 +238,10 @@ impl Peer {
             sent_last: 0,
             up_rate: 0.0,
             extensions: false,
+            fast: false,
+            rejected: Vec::new(),
+            rejected_since: None,
+            unasked_rejects: 0,
             their_ut_metadata: None,
             outgoing: false,
             pex: (!shared.torrent.info.private).then(PeerPex::new),
@@ -262,8 +274,8 @@ impl Peer {
         if self.extensions {
             self.send_extended_handshake();
         }
-        if have.count_ones() > 0 {
-            self.send(Message::Bitfield(have.as_bytes().to_vec().into()));
+        if let Some(first) = self.first_statement(&have) {
+            self.send(first);
         }
         let mut shutdown = self.shared.shutdown.subscribe();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -339,6 +351,11 @@ impl Peer {
         let g = &self.shared.geometry;
         match msg {
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
+            Message::Suggest(_)
+            | Message::HaveAll
+            | Message::HaveNone
+            | Message::RejectRequest(_)
+            | Message::AllowedFast(_) => self.on_fast(msg)?,
             Message::Extended { id, payload } => self.on_extended(id, &payload),
             Message::Choke => {
                 self.choked = true;
@@ -379,20 +396,9 @@ impl Peer {
                 }
             }
             Message::Bitfield(bytes) => {
-                if std::mem::replace(&mut self.announced, true) {
-                    return Err(PeerError::Protocol("bitfield after the first message"));
-                }
                 let bf = Bitfield::from_bytes(&bytes, g.piece_count())
                     .map_err(|_| PeerError::Protocol("bad bitfield"))?;
-                let mut st = self.shared.lock();
-                st.picker.peer_gone(self.id, &self.has);
-                st.picker.peer_bitfield(self.id, &bf);
-                if bf.is_full() {
-                    mark_seed(&mut st, self.id);
-                }
-                drop(st);
-                self.has = bf;
-                self.update_interest();
+                self.on_bitfield(bf)?;
             }
             Message::Request(r) => self.on_request(r)?,
             Message::Cancel(_) => {} // requests are answered at once; nothing queued to cancel
@@ -472,63 +478,22 @@ impl Peer {
         Ok(())
     }
 
-    fn on_request(&mut self, r: BlockRef) -> Result<(), PeerError> {
-        let g = &self.shared.geometry;
-        let p = g
-            .piece(r.index)
-            .ok_or(PeerError::Protocol("request: index out of range"))?;
-        if r.length == 0
-            || r.length > 128 * 1024
-            || u64::from(r.begin) + u64::from(r.length) > u64::from(g.piece_len(p))
-        {
-            return Err(PeerError::Protocol("request: block out of range"));
+    /// The peer's first statement of what it has: a `bitfield`, or (Fast) `have_all` /
+    /// `have_none`. BEP 3 allows it only as the first message.
+    fn on_bitfield(&mut self, bf: Bitfield) -> Result<(), PeerError> {
+        if std::mem::replace(&mut self.announced, true) {
+            return Err(PeerError::Protocol("bitfield after the first message"));
         }
-        if !self.unchoked_it || self.queued_upload.load(Ordering::Relaxed) >= MAX_QUEUED_UPLOAD {
-            return Ok(());
+        let mut st = self.shared.lock();
+        st.picker.peer_gone(self.id, &self.has);
+        st.picker.peer_bitfield(self.id, &bf);
+        if bf.is_full() {
+            mark_seed(&mut st, self.id);
         }
-        let (data, on_disk) = {
-            let st = self.shared.lock();
-            (st.store.peek(p), st.disk.holds(p))
-        };
-        tracing::trace!(addr = %self.addr, ?r, have = data.is_some(), on_disk, "request");
-        let upload = Upload {
-            shared: self.shared.clone(),
-            out: self.out.clone(),
-            queued: self.queued_upload.clone(),
-        };
-        match data {
-            Some(data) => upload.send(r, &data),
-            None if on_disk => {
-                // Counted as queued while the disk is read, so a flood of requests for disk
-                // pieces is bounded like any other.
-                upload
-                    .queued
-                    .fetch_add(r.length as usize, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let data = super::disk::load(&upload.shared, p).await;
-                    upload
-                        .queued
-                        .fetch_sub(r.length as usize, Ordering::Relaxed);
-                    if let Some(data) = data {
-                        upload.send(r, &data);
-                    }
-                });
-            }
-            None => {}
-        }
+        drop(st);
+        self.has = bf;
+        self.update_interest();
         Ok(())
-    }
-
-    /// Our choke decision for this peer, made by the session's choker.
-    fn set_unchoked(&mut self, unchoke: bool) {
-        if unchoke != self.unchoked_it {
-            self.unchoked_it = unchoke;
-            self.send(if unchoke {
-                Message::Unchoke
-            } else {
-                Message::Choke
-            });
-        }
     }
 
     fn update_interest(&mut self) {
@@ -559,10 +524,11 @@ impl Peer {
         if self.requests.len() >= target {
             return;
         }
+        let pickable = self.pickable();
         let blocks = {
             let mut st = self.shared.lock();
             st.picker
-                .pick(self.id, &self.has, target - self.requests.len())
+                .pick(self.id, &pickable, target - self.requests.len())
         };
         if blocks.is_empty() {
             return;
@@ -575,6 +541,7 @@ impl Peer {
     }
 
     fn on_tick(&mut self) -> Result<(), PeerError> {
+        self.end_reject_backoff();
         if let Some(pex) = &mut self.pex
             && let Some((id, payload)) = pex.tick(&self.shared, self.id, self.addr)
         {
