@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Layout, Mount, Swarm, SwarmOptions, Tracker, sha1_file};
+use common::{Layout, Mount, Swarm, SwarmOptions, Tracker, assert_all_files_match};
 
 fn btfs() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_btfs"))
@@ -32,24 +32,6 @@ fn mount(swarm: &Swarm, cache_dir: &Path) -> Mount {
         "64M",
     ];
     Mount::new(btfs(), swarm.torrent(), &args)
-}
-
-fn assert_all_files_match(m: &Mount, swarm: &Swarm) {
-    let files = swarm.files();
-    assert!(!files.is_empty());
-    for (rel, len) in files {
-        let src = swarm.data_parent().join(&rel);
-        let dst = m.path().join(&rel);
-        let meta =
-            fs::metadata(&dst).unwrap_or_else(|e| panic!("stat {dst:?}: {e}\n{}", m.stderr()));
-        assert_eq!(meta.len(), len, "size of {dst:?}");
-        assert_eq!(
-            sha1_file(&dst),
-            sha1_file(&src),
-            "content of {dst:?}\n{}",
-            m.stderr()
-        );
-    }
 }
 
 fn swarm(seeders: usize) -> Swarm {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Layout, Mount, Swarm, SwarmOptions, Tracker, run, sha1_file};
+use common::{Layout, Mount, Swarm, SwarmOptions, Tracker, assert_all_files_match, run, sha1_file};
 
 fn btfs() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_btfs"))
@@ -32,24 +32,6 @@ fn mounted(m: &Mount, _swarm: &Swarm, rel: &Path) -> PathBuf {
 
 fn source(swarm: &Swarm, rel: &Path) -> PathBuf {
     swarm.data_parent().join(rel)
-}
-
-fn assert_all_files_match(m: &Mount, swarm: &Swarm) {
-    let files = swarm.files();
-    assert!(!files.is_empty());
-    for (rel, len) in files {
-        let src = source(swarm, &rel);
-        let dst = mounted(m, swarm, &rel);
-        let meta =
-            fs::metadata(&dst).unwrap_or_else(|e| panic!("stat {dst:?}: {e}\n{}", m.stderr()));
-        assert_eq!(meta.len(), len, "size of {dst:?}");
-        assert_eq!(
-            sha1_file(&dst),
-            sha1_file(&src),
-            "content of {dst:?}\n{}",
-            m.stderr()
-        );
-    }
 }
 
 fn multi(trackers: Vec<Tracker>, seeders: usize) -> SwarmOptions {

@@ -169,3 +169,23 @@ pub fn free_port(ip: Ipv4Addr) -> u16 {
     }
     panic!("no port free for both TCP and UDP on {ip}");
 }
+
+/// Every file of the swarm's torrent, read through the mount with `sha1sum`'s equal, matches
+/// its source in size and content.
+pub fn assert_all_files_match(m: &Mount, swarm: &Swarm) {
+    let files = swarm.files();
+    assert!(!files.is_empty());
+    for (rel, len) in files {
+        let src = swarm.data_parent().join(&rel);
+        let dst = m.path().join(&rel);
+        let meta =
+            fs::metadata(&dst).unwrap_or_else(|e| panic!("stat {dst:?}: {e}\n{}", m.stderr()));
+        assert_eq!(meta.len(), len, "size of {dst:?}");
+        assert_eq!(
+            sha1_file(&dst),
+            sha1_file(&src),
+            "content of {dst:?}\n{}",
+            m.stderr()
+        );
+    }
+}
