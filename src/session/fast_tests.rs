@@ -3,7 +3,10 @@
 //! we do not hold (or while choked) is told so at once.
 
 use super::fake_peer::{Abuse, Behavior, FakePeer};
-use super::tests::{BIG_CACHE, abuse_case, ip, read_everything, start, stop, two_files};
+use super::tests::{
+    BIG_CACHE, abuse_case, ip, join, read_everything, spawn_read_everything, start, stop,
+    two_files, within,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rejected_requests_are_asked_again_and_reads_stay_right() {
@@ -28,8 +31,14 @@ async fn rejected_blocks_go_to_another_peer() {
     let c = two_files();
     let rejecter = FakePeer::start(ip(2), c.clone(), Behavior::FastRejecter).await;
     let honest = FakePeer::start(ip(3), c.clone(), Behavior::Honest).await;
-    let session = start(&c, &[&rejecter, &honest], BIG_CACHE).await;
-    read_everything(&session, &c, 50_000).await;
+    // The rejecter first, alone, so that it is asked (and rejects) before the honest peer
+    // could serve everything; then the honest one joins.
+    let session = start(&c, &[&rejecter], BIG_CACHE).await;
+    let reads = spawn_read_everything(&session, &c, 50_000);
+    rejecter.wait_for("a reject", |s| s.rejects_sent > 0).await;
+    join(&session, &honest).await;
+    within("reads", reads).await.expect("reads");
+    read_everything(&session, &c, 100_000).await;
     let seen = rejecter.counters();
     assert!(seen.rejects_sent > 0, "{seen:?}");
     assert_eq!(session.stats().hash_failures, 0);
@@ -43,8 +52,18 @@ async fn rejects_after_a_choke_are_no_offence() {
     let c = two_files();
     let choker = FakePeer::start(ip(2), c.clone(), Behavior::FastChoker).await;
     let honest = FakePeer::start(ip(3), c.clone(), Behavior::Honest).await;
-    let session = start(&c, &[&choker, &honest], BIG_CACHE).await;
-    read_everything(&session, &c, 50_000).await;
+    // The choker alone first: it chokes us and rejects what we had asked; it unchokes only
+    // once we announce a piece, which the honest peer, joining then, makes possible.
+    let session = start(&c, &[&choker], BIG_CACHE).await;
+    let reads = spawn_read_everything(&session, &c, 50_000);
+    choker
+        .wait_for("a choke and its rejects", |s| {
+            s.chokes > 0 && s.rejects_sent > s.chokes
+        })
+        .await;
+    join(&session, &honest).await;
+    within("reads", reads).await.expect("reads");
+    read_everything(&session, &c, 100_000).await;
     let seen = choker.counters();
     assert!(seen.chokes > 0, "{seen:?}");
     assert!(

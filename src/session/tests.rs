@@ -223,7 +223,7 @@ pub(super) async fn join(session: &Session, peer: &FakePeer) {
 }
 
 /// Reads every file in a task of its own.
-fn spawn_read_everything(
+pub(super) fn spawn_read_everything(
     session: &Session,
     c: &Arc<Content>,
     chunk: u32,
