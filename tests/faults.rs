@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::{Layout, Mount, Swarm, SwarmOptions, Tracker, run, sha1_file};
+use common::{Mount, Swarm, SwarmOptions, Tracker, run, sha1_file};
 
 fn btfs() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_btfs"))
@@ -79,17 +79,6 @@ fn eventually(m: &Mount, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn options(trackers: Vec<Tracker>, seeders: usize) -> SwarmOptions {
-    SwarmOptions {
-        layout: Layout::Multi,
-        size: 3 * 1024 * 1024 + 12345,
-        piece_length: 64 * 1024,
-        seeders,
-        trackers,
-        ..SwarmOptions::default()
-    }
-}
-
 /// The largest file of the swarm: (path under the mount, path of the original).
 fn largest(swarm: &Swarm, m: &Mount) -> (PathBuf, PathBuf) {
     let (rel, _) = swarm
@@ -149,7 +138,7 @@ fn spawn_sha1(path: &Path) -> Reaped {
 
 #[test]
 fn all_seeders_killed_mid_read_the_read_waits_and_completes_when_they_return() {
-    let mut opts = options(vec![Tracker::Http], 2);
+    let mut opts = SwarmOptions::multi(vec![Tracker::Http], 2);
     // Slow enough that the read is still going when the seeders are stopped.
     opts.upload_limit = Some(256 * 1024);
     let mut swarm = Swarm::start(opts);
@@ -190,7 +179,7 @@ fn all_seeders_killed_mid_read_the_read_waits_and_completes_when_they_return() {
 
 #[test]
 fn tracker_down_at_start_the_peer_flag_works_and_the_tracker_is_retried() {
-    let mut swarm = Swarm::start(options(vec![Tracker::Http], 2));
+    let mut swarm = Swarm::start(SwarmOptions::multi(vec![Tracker::Http], 2));
     swarm.stop_tracker();
     // Seeder 2 is found only through the tracker; it leaves now and comes back later.
     swarm.stop_seeder(1);
@@ -213,7 +202,7 @@ fn tracker_down_at_start_the_peer_flag_works_and_the_tracker_is_retried() {
 
 #[test]
 fn read_timeout_fails_a_read_that_cannot_progress_and_the_mount_stays_usable() {
-    let mut swarm = Swarm::start(options(vec![], 1));
+    let mut swarm = Swarm::start(SwarmOptions::multi(vec![], 1));
     let seeder = swarm.seeders()[0].to_string();
     swarm.stop_seeder(0);
     let m = mount(&swarm, &["--peer", &seeder, "--read-timeout", "4"]);
@@ -275,7 +264,7 @@ fn reader_lines(m: &Mount) -> usize {
 /// file's release, and keeps serving everyone else.
 #[test]
 fn readers_killed_mid_read_leave_nothing_behind_and_the_mount_serves_others() {
-    let mut swarm = Swarm::start(options(vec![], 1));
+    let mut swarm = Swarm::start(SwarmOptions::multi(vec![], 1));
     let seeder = swarm.seeders()[0].to_string();
     swarm.stop_seeder(0);
     let m = mount(&swarm, &["--peer", &seeder]);
@@ -373,7 +362,7 @@ impl Drop for Stallers {
 
 /// A mount of a torrent nobody seeds, 50 stalling peers connected and 8 `cat`s blocked.
 fn loaded_mount() -> (Swarm, Stallers, Mount, Vec<Reaped>, u16) {
-    let mut swarm = Swarm::start(options(vec![], 1));
+    let mut swarm = Swarm::start(SwarmOptions::multi(vec![], 1));
     swarm.stop_seeder(0);
     let stallers = Stallers::start(50, swarm.info_hash());
     let mut args: Vec<String> = ARGS.iter().map(|s| s.to_string()).collect();
@@ -441,7 +430,7 @@ fn fusermount_with_readers_blocked_and_peers_connected_tears_everything_down() {
 
 #[test]
 fn a_killed_btfs_leaves_a_dead_mount_that_fusermount_clears_and_a_clear_message() {
-    let swarm = Swarm::start(options(vec![Tracker::Http], 1));
+    let swarm = Swarm::start(SwarmOptions::multi(vec![Tracker::Http], 1));
     let mut m = mount(&swarm, &[]);
     m.kill_hard();
     // What `ls` says (a stat may still be answered from the kernel's cache).

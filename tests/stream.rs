@@ -34,20 +34,9 @@ fn source(swarm: &Swarm, rel: &Path) -> PathBuf {
     swarm.data_parent().join(rel)
 }
 
-fn multi(trackers: Vec<Tracker>, seeders: usize) -> SwarmOptions {
-    SwarmOptions {
-        layout: Layout::Multi,
-        size: 3 * 1024 * 1024 + 12345,
-        piece_length: 64 * 1024,
-        seeders,
-        trackers,
-        ..SwarmOptions::default()
-    }
-}
-
 #[test]
 fn every_file_matches_its_source_over_an_http_tracker() {
-    let swarm = Swarm::start(multi(vec![Tracker::Http], 3));
+    let swarm = Swarm::start(SwarmOptions::multi(vec![Tracker::Http], 3));
     let m = mount(&swarm, &[]);
     assert_all_files_match(&m, &swarm);
     assert!(m.status_u64("verified_pieces") > 0);
@@ -63,7 +52,7 @@ fn every_file_matches_its_source_over_an_http_tracker() {
 
 #[test]
 fn every_file_matches_its_source_over_a_udp_tracker() {
-    let swarm = Swarm::start(multi(vec![Tracker::Udp], 3));
+    let swarm = Swarm::start(SwarmOptions::multi(vec![Tracker::Udp], 3));
     let m = mount(&swarm, &[]);
     assert_all_files_match(&m, &swarm);
     // (Seeders drop us once we hold every piece, so count what the tracker gave, not who stays.)
@@ -81,7 +70,7 @@ fn every_file_matches_its_source_over_a_udp_tracker() {
 
 #[test]
 fn a_dead_tracker_in_its_own_tier_does_not_stop_the_live_one() {
-    let swarm = Swarm::start(multi(
+    let swarm = Swarm::start(SwarmOptions::multi(
         vec![Tracker::DeadUdp, Tracker::DeadHttp, Tracker::Http],
         2,
     ));
@@ -91,7 +80,7 @@ fn a_dead_tracker_in_its_own_tier_does_not_stop_the_live_one() {
 
 #[test]
 fn reads_at_random_offsets_across_file_and_piece_boundaries_are_exact() {
-    let swarm = Swarm::start(multi(vec![Tracker::Http], 3));
+    let swarm = Swarm::start(SwarmOptions::multi(vec![Tracker::Http], 3));
     let m = mount(&swarm, &["--cache-size", "1M"]);
     let files = swarm.files();
     let mut rng = 0x2545f4914f6cdd1du64;
@@ -156,7 +145,7 @@ fn read_at(path: &Path, off: u64, len: u64) -> Vec<u8> {
 
 #[test]
 fn two_files_read_at_once_both_complete() {
-    let mut opts = multi(vec![Tracker::Http], 3);
+    let mut opts = SwarmOptions::multi(vec![Tracker::Http], 3);
     opts.size = 8 * 1024 * 1024;
     // Slow seeders, so that the two reads overlap for a while.
     opts.upload_limit = Some(2 * 1024 * 1024);
@@ -180,7 +169,7 @@ fn two_files_read_at_once_both_complete() {
 
 #[test]
 fn a_libtorrent_leecher_downloads_the_whole_torrent_from_us_alone() {
-    let swarm = Swarm::start(multi(vec![Tracker::Http], 2));
+    let swarm = Swarm::start(SwarmOptions::multi(vec![Tracker::Http], 2));
     let m = mount(&swarm, &[]);
     assert_all_files_match(&m, &swarm);
     let port = m.status_u64("listen_port") as u16;
@@ -222,7 +211,7 @@ fn listing_a_thousand_files_downloads_nothing() {
 
 #[test]
 fn a_lying_seeder_never_makes_a_read_return_wrong_bytes() {
-    let mut opts = multi(vec![Tracker::Http], 3);
+    let mut opts = SwarmOptions::multi(vec![Tracker::Http], 3);
     opts.corrupt_seeders = 1;
     let swarm = Swarm::start(opts);
     let bad = swarm.corrupt_seeders()[0].to_string();
@@ -247,7 +236,7 @@ fn a_lying_seeder_never_makes_a_read_return_wrong_bytes() {
 
 /// A mount of a torrent nobody seeds, and a `cat` blocked reading its largest file.
 fn blocked_read() -> (Swarm, Mount, std::process::Child) {
-    let mut swarm = Swarm::start(multi(vec![Tracker::Http], 1));
+    let mut swarm = Swarm::start(SwarmOptions::multi(vec![Tracker::Http], 1));
     swarm.stop_seeder(0);
     let m = mount(&swarm, &[]);
     let (rel, _) = swarm
@@ -360,7 +349,7 @@ impl Drop for DaemonGuard {
 
 #[test]
 fn daemon_detaches_once_mounted_and_exits_on_fusermount_u() {
-    let swarm = Swarm::start(multi(vec![Tracker::Http], 2));
+    let swarm = Swarm::start(SwarmOptions::multi(vec![Tracker::Http], 2));
     let dir = tempfile::tempdir().expect("tempdir");
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).expect("mkdir");
@@ -401,7 +390,7 @@ fn daemon_detaches_once_mounted_and_exits_on_fusermount_u() {
 
 #[test]
 fn a_download_cap_is_honoured() {
-    let mut opts = multi(vec![Tracker::Http], 3);
+    let mut opts = SwarmOptions::multi(vec![Tracker::Http], 3);
     opts.size = 2 * 1024 * 1024;
     let swarm = Swarm::start(opts);
     let m = mount(&swarm, &["--max-download-rate", "512K"]);
@@ -429,7 +418,7 @@ fn a_download_cap_is_honoured() {
 
 #[test]
 fn no_upload_serves_nothing_to_a_leecher() {
-    let swarm = Swarm::start(multi(vec![Tracker::Http], 2));
+    let swarm = Swarm::start(SwarmOptions::multi(vec![Tracker::Http], 2));
     let m = mount(&swarm, &["--no-upload"]);
     assert_all_files_match(&m, &swarm);
     let port = m.status_u64("listen_port") as u16;

@@ -66,6 +66,20 @@ pub struct SwarmOptions {
     pub keep_redundant: bool,
 }
 
+impl SwarmOptions {
+    /// A multi-file torrent of about 3 MiB in 64 KiB pieces (file edges inside pieces).
+    pub fn multi(trackers: Vec<Tracker>, seeders: usize) -> SwarmOptions {
+        SwarmOptions {
+            layout: Layout::Multi,
+            size: 3 * 1024 * 1024 + 12345,
+            piece_length: 64 * 1024,
+            seeders,
+            trackers,
+            ..SwarmOptions::default()
+        }
+    }
+}
+
 impl Default for SwarmOptions {
     fn default() -> Self {
         SwarmOptions {
@@ -188,13 +202,7 @@ impl Swarm {
             self.http_port = free_port(Ipv4Addr::LOCALHOST);
             self.udp_port = free_port(Ipv4Addr::LOCALHOST);
             self.make_torrent();
-            let mut cmd = swarm_cmd();
-            cmd.arg("tracker")
-                .arg("--dir")
-                .arg(self.dir.path().join("tracker"))
-                .args(["--http-port", &self.http_port.to_string()])
-                .args(["--udp-port", &self.udp_port.to_string()])
-                .args(["--whitelist", &self.info_hash]);
+            let mut cmd = self.tracker_cmd();
             let log = self.dir.path().join("tracker.log");
             let mut p = Proc::spawn("opentracker", &mut cmd, log);
             let deadline = Instant::now() + READY_DEADLINE;
@@ -493,9 +501,8 @@ impl Swarm {
         }
     }
 
-    /// Starts the tracker again on the same ports (it knows no peers until they announce).
-    pub fn restart_tracker(&mut self) {
-        assert!(self.tracker.is_none(), "the tracker is running");
+    /// opentracker on this swarm's ports, serving only its torrent (Debian's whitelist).
+    fn tracker_cmd(&self) -> std::process::Command {
         let mut cmd = swarm_cmd();
         cmd.arg("tracker")
             .arg("--dir")
@@ -503,6 +510,13 @@ impl Swarm {
             .args(["--http-port", &self.http_port.to_string()])
             .args(["--udp-port", &self.udp_port.to_string()])
             .args(["--whitelist", &self.info_hash]);
+        cmd
+    }
+
+    /// Starts the tracker again on the same ports (it knows no peers until they announce).
+    pub fn restart_tracker(&mut self) {
+        assert!(self.tracker.is_none(), "the tracker is running");
+        let mut cmd = self.tracker_cmd();
         let log = self.dir.path().join("tracker2.log");
         let mut p = Proc::spawn("opentracker (again)", &mut cmd, log);
         let deadline = Instant::now() + READY_DEADLINE;
