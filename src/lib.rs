@@ -38,22 +38,18 @@
 //! One `std::sync::Mutex` guards the session state (picker, store, peers); it is held only
 //! for short synchronous steps, never across an `.await`.
 
-pub mod alerts;
+pub mod app;
 pub mod bencode;
 pub mod bitfield;
 pub mod choker;
 pub mod dht;
-pub mod disk_store;
 pub mod fs;
-pub mod metadata;
+pub mod magnet;
 pub mod metainfo;
-pub mod mount;
 pub mod picker;
 pub mod piece;
 pub mod ratelimit;
 pub mod session;
-pub mod source;
-pub mod status;
 pub mod store;
 pub mod tracker;
 pub mod units;

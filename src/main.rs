@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use btfs::app::mount::{self, MountConfig};
+use btfs::app::source::{self, Target};
+use btfs::app::status;
 use btfs::metainfo::Torrent;
-use btfs::mount::{self, MountConfig};
 use btfs::session;
-use btfs::source::{self, Target};
-use btfs::status;
 use btfs::units::parse_size;
 
 #[derive(Parser)]
@@ -164,7 +164,7 @@ fn run(cli: Cli) -> Result<()> {
             let preloaded = target.load_local()?;
             mount::check_mountpoint(&args.mountpoint)?;
             if let Some(dir) = &args.cache_dir {
-                btfs::disk_store::check_dir(dir)?;
+                btfs::store::disk::check_dir(dir)?;
             }
             let config = MountConfig {
                 mountpoint: args.mountpoint,

@@ -80,7 +80,7 @@ fn status_shows_what_the_mount_did_and_goes_away_with_it() {
             "1M",
         ],
     );
-    let socket = btfs::status::socket::socket_for(m.path()).expect("resolve the mountpoint");
+    let socket = btfs::app::status::socket::socket_for(m.path()).expect("resolve the mountpoint");
     assert!(socket.exists(), "{socket:?} while mounted");
 
     let rel = PathBuf::from("multi/sub dir/ünïcødé 名前.bin");
@@ -200,7 +200,7 @@ fn status_of_a_killed_mount_reports_and_removes_its_stale_socket() {
         swarm.torrent(),
         &["--port", "0", "--bind", "127.0.0.1", "-q", "--no-dht"],
     );
-    let socket = btfs::status::socket::socket_for(m.path()).expect("resolve the mountpoint");
+    let socket = btfs::app::status::socket::socket_for(m.path()).expect("resolve the mountpoint");
     ok_stdout(&status(&[m.path().as_os_str()]));
     let pid = i32::try_from(m.pid()).expect("a pid");
     // SAFETY: kill(2) on the PID of the child the Mount owns and has not reaped.

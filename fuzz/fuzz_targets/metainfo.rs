@@ -2,7 +2,7 @@
 #![no_main]
 
 use btfs::bencode;
-use btfs::metainfo::magnet::Magnet;
+use btfs::magnet::link::Magnet;
 use btfs::metainfo::{Info, Torrent};
 use libfuzzer_sys::fuzz_target;
 

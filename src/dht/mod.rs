@@ -38,8 +38,6 @@
 //! Only IPv4 is spoken; ids and info-hashes are `[u8; 20]` ([`NodeId`]).
 
 pub mod krpc;
-#[cfg(test)]
-mod krpc_props;
 mod lookup;
 mod node;
 pub mod routing;

@@ -13,12 +13,12 @@ use std::path::PathBuf;
 
 mod fuse;
 pub mod inode;
-mod mount;
+mod kernel;
 #[cfg(test)]
-mod mount_tests;
+mod tests;
 
 pub use inode::{FileSpec, InodeTable, Ownership, TableError};
-pub use mount::{MountOptions, Mounted, mount, preflight};
+pub use kernel::{MountOptions, Mounted, mount, preflight};
 
 /// Where file data comes from. Called from FUSE threads: `open`, `release` and `status` must
 /// return quickly; anything slow belongs in the future `read` returns.

@@ -26,8 +26,6 @@
 //! started before fresh, rarest first, lowest index last. Endgame duplicates only urgent blocks
 //! their peer is late with (`mark_late`).
 
-#[cfg(test)]
-mod model_tests;
 mod order;
 #[cfg(test)]
 mod tests;

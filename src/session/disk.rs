@@ -27,8 +27,8 @@ use sha1::{Digest, Sha1};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{PeerCmd, Shared, State};
-use crate::disk_store::{DiskStore, DiskStoreError};
 use crate::piece::{Geometry, PieceIndex};
+use crate::store::disk::{DiskStore, DiskStoreError};
 
 /// Verified pieces waiting to be written, in bytes; more are dropped (not cached) meanwhile.
 const MAX_QUEUED: u64 = 64 * 1024 * 1024;
@@ -370,7 +370,7 @@ async fn run_load(shared: Arc<Shared>, p: PieceIndex) {
         Loaded::Good(data) => {
             let data = Bytes::from(data);
             let must_keep = st.picker.is_urgent(p);
-            super::pieces::keep_in_memory(&mut st, p, data.clone(), must_keep);
+            super::verify::keep_in_memory(&mut st, p, data.clone(), must_keep);
             Some(data)
         }
         Loaded::Bad => {

@@ -18,28 +18,15 @@
 //! Locking: one `std::sync::Mutex<State>`, held for short synchronous steps and never across an
 //! `.await` (mini-redis style). Hashing and copying piece data happen outside it.
 
+mod connect;
 mod discovery;
 mod disk;
-#[cfg(test)]
-mod disk_tests;
-#[cfg(test)]
-mod fake_peer;
-#[cfg(test)]
-mod fast_tests;
-#[cfg(test)]
-mod late_tests;
-pub mod magnet;
 mod peer;
-mod pex;
-mod pieces;
 mod read;
-mod swarm;
 #[cfg(test)]
 mod tests;
+mod verify;
 mod window;
-#[cfg(test)]
-mod window_tests;
-mod writer;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -124,7 +111,7 @@ pub enum SessionError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    DiskCache(#[from] crate::disk_store::DiskStoreError),
+    DiskCache(#[from] crate::store::disk::DiskStoreError),
 }
 
 /// What the status line and `btfs status` show.
@@ -222,10 +209,10 @@ pub(crate) struct State {
     disk: disk::Index,
     peers: HashMap<PeerId, PeerEntry>,
     /// Pieces being assembled from blocks, by piece index.
-    assembly: HashMap<u32, pieces::Assembly>,
+    assembly: HashMap<u32, verify::Assembly>,
     /// Block hashes from peers whose piece failed its check, to find the liar when the piece
     /// later verifies (libtorrent's "smart ban").
-    suspects: pieces::Suspects,
+    suspects: verify::Suspects,
     banned: HashSet<IpAddr>,
     /// Every address discovery has told us about, with who told us.
     known: discovery::Known,
@@ -292,7 +279,7 @@ impl Session {
         }
         let (discovered, discovered_rx) = mpsc::channel(64);
         let shared = Arc::new(Shared {
-            peer_id: make_peer_id(),
+            peer_id: crate::wire::new_peer_id(),
             listen_port,
             state: Mutex::new(State {
                 picker,
@@ -301,7 +288,7 @@ impl Session {
                 disk: disk_index,
                 peers: HashMap::new(),
                 assembly: HashMap::new(),
-                suspects: pieces::Suspects::default(),
+                suspects: verify::Suspects::default(),
                 banned: HashSet::new(),
                 known: discovery::Known::default(),
                 readers: HashMap::new(),
@@ -328,8 +315,8 @@ impl Session {
             config,
         });
         disk::spawn_writer(&shared);
-        tokio::spawn(swarm::listen(shared.clone(), listener));
-        tokio::spawn(swarm::connect_loop(shared.clone(), discovered_rx));
+        tokio::spawn(connect::listen(shared.clone(), listener));
+        tokio::spawn(connect::connect_loop(shared.clone(), discovered_rx));
         if !shared.config.no_upload {
             tokio::spawn(rechoke(shared.clone()));
         }
@@ -518,16 +505,6 @@ impl State {
             .map(|p| u64::from(g.piece_len(p)))
             .sum()
     }
-}
-
-pub(crate) fn make_peer_id() -> [u8; 20] {
-    // Azureus-style client id (BEP 20), then random characters. ("BF" is Bitflu's code.)
-    let mut id = *b"-Bf0001-000000000000";
-    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    for b in &mut id[8..] {
-        *b = ALPHABET[rand::random_range(0..ALPHABET.len())];
-    }
-    id
 }
 
 #[allow(dead_code)]

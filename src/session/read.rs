@@ -204,7 +204,7 @@ impl Session {
 fn start_reading(s: &Shared, st: &mut State) {
     if !st.reading_started {
         st.reading_started = true;
-        super::pieces::update_background(s, st);
+        super::verify::update_background(s, st);
     }
 }
 

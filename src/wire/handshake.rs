@@ -73,6 +73,17 @@ impl Handshake {
     }
 }
 
+/// A fresh peer id for this client.
+pub fn new_peer_id() -> [u8; 20] {
+    // Azureus-style client id (BEP 20), then random characters. ("BF" is Bitflu's code.)
+    let mut id = *b"-Bf0001-000000000000";
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    for b in &mut id[8..] {
+        *b = ALPHABET[rand::random_range(0..ALPHABET.len())];
+    }
+    id
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

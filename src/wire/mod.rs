@@ -16,9 +16,10 @@ pub mod extension;
 pub mod handshake;
 pub mod message;
 #[cfg(test)]
-mod props;
+mod tests;
 
 pub use conn::{MessageReader, MessageWriter, read_handshake, write_handshake};
+pub use handshake::new_peer_id;
 pub use message::{BlockRef, Handshake, Message, PROTOCOL};
 
 /// What went wrong while reading or writing peer messages. Any of these ends the connection.

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 
 use super::bad_input::assert_invariants;
 use super::*;
-use crate::metainfo::magnet::Magnet;
+use crate::magnet::link::Magnet;
 
 /// Path components, hostile ones included; a per-file prefix keeps paths distinct.
 fn component() -> impl Strategy<Value = String> {

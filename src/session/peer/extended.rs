@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 
 use super::Peer;
-use crate::metadata::metadata_piece;
-use crate::session::pex::OUR_UT_PEX;
+use super::pex::OUR_UT_PEX;
+use crate::magnet::metadata::metadata_piece;
 use crate::wire::Message;
 use crate::wire::extension::{ExtendedHandshake, HANDSHAKE_ID, MAX_METADATA_SIZE, MetadataMsg};
 

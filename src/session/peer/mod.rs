@@ -15,11 +15,11 @@ use tokio::time::Instant;
 mod extended;
 mod fast;
 mod health;
+pub(super) mod pex;
 mod upload;
+mod writer;
 
-use super::pex::PeerPex;
-use super::pieces::{self, Assembly};
-use super::writer::{AbortOnDrop, write_loop};
+use super::verify::{self, Assembly};
 use super::{PeerCmd, PeerEntry, PeerSource, Shared};
 use crate::bitfield::Bitfield;
 use crate::picker::{Block, PeerId};
@@ -29,6 +29,8 @@ use crate::wire::{
     write_handshake,
 };
 pub use health::PeerTimeouts;
+use pex::PeerPex;
+use writer::{AbortOnDrop, write_loop};
 
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(90);
 /// Blocks a peer may send that we never asked for, beyond those we asked for and then
@@ -472,7 +474,7 @@ impl Peer {
             }
         };
         if let Some(asm) = complete {
-            pieces::verify(self.shared.clone(), p, asm);
+            verify::verify(self.shared.clone(), p, asm);
         }
         self.refill();
         Ok(())

@@ -4,8 +4,8 @@
 
 use std::sync::atomic::Ordering;
 
+use super::writer::Upload;
 use super::{Peer, PeerError};
-use crate::session::writer::Upload;
 use crate::wire::{BlockRef, Message};
 
 /// Block data queued for one peer's socket before its further requests are refused: a peer

@@ -3,6 +3,8 @@
 //! loopback-only network namespace (see [`in_loopback_netns`]): a DHT node talks to whatever
 //! addresses it hears of, and loopback must be all there is.
 
+mod props;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;

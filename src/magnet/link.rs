@@ -1,7 +1,7 @@
 //! Magnet links (BEP 9): `magnet:?xt=urn:btih:<hash>&dn=<name>&tr=<tracker>&x.pe=<peer>&ws=<url>`.
 //!
 //! A magnet link carries only the info-hash and hints for finding peers; the info dictionary
-//! itself comes from peers afterwards (see `crate::metadata`). The link is user input pasted from
+//! itself comes from peers afterwards (see `crate::magnet::metadata`). The link is user input pasted from
 //! anywhere, so parsing is lenient where a hint is unusable (an unknown tracker scheme, a peer
 //! given by host name, a bad `%` escape are skipped or kept literally, as browsers do) and strict
 //! only about the info-hash, without which nothing can start.
@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 
 use thiserror::Error;
 
-use super::InfoHash;
+use crate::metainfo::InfoHash;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum MagnetError {

@@ -315,7 +315,7 @@ mod tests {
 
     /// The raw info dictionary of a libtorrent-made torrent (one metadata piece).
     fn fixture_info() -> Vec<u8> {
-        let torrent = include_bytes!("../tests/fixtures/lt_multi_v1.torrent");
+        let torrent = include_bytes!("../../tests/fixtures/lt_multi_v1.torrent");
         let root = bencode::decode(torrent).unwrap();
         root.get("info").unwrap().as_dict().unwrap().raw.to_vec()
     }

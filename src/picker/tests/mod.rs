@@ -1,5 +1,7 @@
 //! Behaviour tests, one per rule; `model_tests` checks the whole order against the comparator.
 
+mod model;
+
 use std::ops::Range;
 
 use super::*;

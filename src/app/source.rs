@@ -11,9 +11,9 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 use crate::bencode::Encoder;
-use crate::metainfo::magnet::{Magnet, MagnetError};
+use crate::magnet::fetch::{FetchStatus, MagnetFetchError, fetch_info};
+use crate::magnet::link::{Magnet, MagnetError};
 use crate::metainfo::{InfoHash, MAX_TORRENT_FILE_BYTES, MetainfoError, Torrent};
-use crate::session::magnet::{FetchStatus, MagnetFetchError, fetch_info};
 
 #[derive(Debug, Error)]
 pub enum SourceError {

@@ -5,7 +5,7 @@
 //! line).
 //!
 //! [`Live`] is the mount's side: it samples the session once a second for the transfer rates
-//! and the said-once warnings ([`crate::alerts`]). [`socket`] serves reports and asks for them.
+//! and the said-once warnings ([`crate::app::alerts`]). [`socket`] serves reports and asks for them.
 
 mod rate;
 pub mod socket;
@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::alerts::{Alerts, Condition};
+use crate::app::alerts::{Alerts, Condition};
 use crate::session::{DiskStats, Session, SourceCount, Stats};
 use crate::units::format_bytes;
 

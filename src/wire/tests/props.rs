@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 
-use super::extension::{
+use crate::wire::extension::{
     ExtendedHandshake, MAX_METADATA_SIZE, MetadataMsg, Pex, PexFlags, metadata_piece_count,
     metadata_piece_len,
 };
-use super::message::{BlockRef, Handshake, Message};
+use crate::wire::message::{BlockRef, Handshake, Message};
 
 fn payload() -> impl Strategy<Value = Bytes> {
     prop::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from)

@@ -11,13 +11,13 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::app::source::{self, ResolveOptions, SourceError, Target};
+use crate::app::status::Live;
+use crate::app::status::socket::{StatusSocket, canonical_mountpoint};
 use crate::dht::{Dht, DhtConfig, SavedState};
 use crate::fs::{self, Backend, FileSpec, FsError, InodeTable, MountOptions};
 use crate::metainfo::Torrent;
 use crate::session::{self, ReadError, Session, SessionError};
-use crate::source::{self, ResolveOptions, SourceError, Target};
-use crate::status::Live;
-use crate::status::socket::{StatusSocket, canonical_mountpoint};
 
 #[derive(Debug, Error)]
 pub enum MountError {

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use super::order::{Deadline, OrderKey, Priority};
-use super::tests::{bits, idx, pairs, picker, want};
-use super::*;
+use super::{bits, idx, pairs, picker, want};
+use crate::picker::order::{Deadline, OrderKey, Priority};
+use crate::picker::*;
 
 /// A reference picker: sort every candidate piece by `order_key`, expand to blocks.
 fn reference(p: &Picker, peer: PeerId, has: &Bitfield, max: usize) -> Vec<(u32, u32)> {

@@ -16,9 +16,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::metadata::{MetadataError, MetadataFetch, Progress};
+use crate::magnet::link::Magnet;
+use crate::magnet::metadata::{MetadataError, MetadataFetch, Progress};
 use crate::metainfo::Info;
-use crate::metainfo::magnet::Magnet;
 use crate::tracker::announcer::{self, AnnounceParams};
 use crate::wire::extension::{ExtendedHandshake, HANDSHAKE_ID, MetadataMsg};
 use crate::wire::{
@@ -65,7 +65,7 @@ pub async fn fetch_info(
     progress: impl Fn(FetchStatus),
     mut interrupt: watch::Receiver<bool>,
 ) -> Result<(Info, Vec<SocketAddr>), MagnetFetchError> {
-    let peer_id = super::make_peer_id();
+    let peer_id = crate::wire::new_peer_id();
     let fetch = Arc::new(Mutex::new(MetadataFetch::<u64>::new(magnet.info_hash)));
     let (peers_tx, mut peers_rx) = mpsc::channel::<Vec<SocketAddr>>(64);
     let (done_tx, mut done_rx) = mpsc::channel::<(Info, SocketAddr)>(1);

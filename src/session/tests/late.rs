@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::fake_peer::{Behavior, FakePeer};
-use super::tests::{BIG_CACHE, check_read, eventually, ip, join, start, stop, two_files, within};
+use super::{BIG_CACHE, check_read, eventually, ip, join, start, stop, two_files, within};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_block_late_at_a_slow_peer_is_also_asked_of_a_fast_one() {

@@ -3,7 +3,7 @@
 //! we do not hold (or while choked) is told so at once.
 
 use super::fake_peer::{Abuse, Behavior, FakePeer};
-use super::tests::{
+use super::{
     BIG_CACHE, abuse_case, ip, join, read_everything, spawn_read_everything, start, stop,
     two_files, within,
 };

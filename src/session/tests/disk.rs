@@ -6,10 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::fake_peer::{Behavior, Content, FakePeer};
-use super::tests::{
-    BIG_CACHE, check_read, eventually, ip, read_everything, stop, two_files, within,
-};
-use super::{Config, DiskCacheConfig, Session};
+use super::{BIG_CACHE, check_read, eventually, ip, read_everything, stop, two_files, within};
+use crate::session::{Config, DiskCacheConfig, Session};
 
 async fn start_cached(content: &Content, peers: &[&FakePeer], dir: &Path) -> Session {
     let config = Config {
@@ -22,7 +20,7 @@ async fn start_cached(content: &Content, peers: &[&FakePeer], dir: &Path) -> Ses
         }),
         ..Config::default()
     };
-    let listener = super::bind(config.listen).await.expect("bind");
+    let listener = crate::session::bind(config.listen).await.expect("bind");
     Session::start(content.torrent.clone(), config, listener)
         .await
         .expect("session starts")

@@ -3,6 +3,12 @@
 //! checks what a user would: the bytes a read returns and the session's `Stats`. Timeouts are
 //! hang detectors only; no test depends on how fast anything is.
 
+mod disk;
+mod fake_peer;
+mod fast;
+mod late;
+mod window;
+
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -12,16 +18,16 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use sha1::{Digest, Sha1};
 
-use super::fake_peer::{Abuse, Behavior, Content, FakePeer, HANG};
 use super::{Config, PeerSource, ReadError, Session, Stats};
 use crate::bencode::Encoder;
 use crate::metainfo::Torrent;
+use fake_peer::{Abuse, Behavior, Content, FakePeer, HANG};
 
 const KIB: u64 = 1024;
-pub(super) const BIG_CACHE: u64 = 64 * 1024 * 1024;
+const BIG_CACHE: u64 = 64 * 1024 * 1024;
 
 /// A multi-file torrent of deterministic random bytes; file boundaries fall inside pieces.
-pub(super) fn content(seed: u64, piece_len: u32, files: &[u64]) -> Arc<Content> {
+fn content(seed: u64, piece_len: u32, files: &[u64]) -> Arc<Content> {
     content_with(seed, piece_len, files, false)
 }
 
@@ -69,15 +75,15 @@ fn content_with(seed: u64, piece_len: u32, files: &[u64], private: bool) -> Arc<
 }
 
 /// 32 KiB pieces (2 blocks each), 31 of them; the file boundary is inside piece 9.
-pub(super) fn two_files() -> Arc<Content> {
+fn two_files() -> Arc<Content> {
     content(1, 32 * 1024, &[300_000, 700_001])
 }
 
-pub(super) fn ip(last: u8) -> Ipv4Addr {
+fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)
 }
 
-pub(super) async fn start(content: &Content, peers: &[&FakePeer], cache_bytes: u64) -> Session {
+async fn start(content: &Content, peers: &[&FakePeer], cache_bytes: u64) -> Session {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         peers: peers.iter().map(|p| p.addr).collect(),
@@ -90,18 +96,14 @@ pub(super) async fn start(content: &Content, peers: &[&FakePeer], cache_bytes: u
         .expect("session starts")
 }
 
-pub(super) async fn within<F: Future>(what: &str, f: F) -> F::Output {
+async fn within<F: Future>(what: &str, f: F) -> F::Output {
     tokio::time::timeout(HANG, f)
         .await
         .unwrap_or_else(|_| panic!("{what}: still waiting after {HANG:?} (hang)"))
 }
 
 /// Polls the session's stats until `cond` holds.
-pub(super) async fn eventually(
-    session: &Session,
-    what: &str,
-    cond: impl Fn(&Stats) -> bool,
-) -> Stats {
+async fn eventually(session: &Session, what: &str, cond: impl Fn(&Stats) -> bool) -> Stats {
     within(what, async {
         loop {
             let stats = session.stats();
@@ -115,7 +117,7 @@ pub(super) async fn eventually(
 }
 
 /// The bytes a read of `file` at `offset` must return: fewer than `len` only at the file's end.
-pub(super) fn expected(content: &Content, file: usize, offset: u64, len: u32) -> &[u8] {
+fn expected(content: &Content, file: usize, offset: u64, len: u32) -> &[u8] {
     let f = &content.torrent.info.files[file];
     let start = (f.offset + offset.min(f.length)) as usize;
     let end = (f.offset + (offset + u64::from(len)).min(f.length)) as usize;
@@ -123,7 +125,7 @@ pub(super) fn expected(content: &Content, file: usize, offset: u64, len: u32) ->
 }
 
 /// Reads and compares, with a short message on a mismatch instead of two huge dumps.
-pub(super) async fn check_read(
+async fn check_read(
     session: &Session,
     content: &Content,
     handle: u64,
@@ -143,7 +145,7 @@ pub(super) async fn check_read(
 }
 
 /// Reads every file from start to end in `chunk`-byte reads.
-pub(super) async fn read_everything(session: &Session, content: &Content, chunk: u32) {
+async fn read_everything(session: &Session, content: &Content, chunk: u32) {
     for (file, f) in content.torrent.info.files.iter().enumerate() {
         let handle = session.open_reader(file);
         let mut offset = 0;
@@ -155,7 +157,7 @@ pub(super) async fn read_everything(session: &Session, content: &Content, chunk:
     }
 }
 
-pub(super) async fn stop(session: Session) {
+async fn stop(session: Session) {
     within("shutdown", session.shutdown()).await;
     drop(session);
 }
@@ -213,7 +215,7 @@ async fn bad_peer_first(c: &Arc<Content>, bad: Behavior) -> (FakePeer, FakePeer,
 }
 
 /// Hands `peer`'s address to the session, as a tracker would.
-pub(super) async fn join(session: &Session, peer: &FakePeer) {
+async fn join(session: &Session, peer: &FakePeer) {
     session
         .shared
         .discovered
@@ -223,7 +225,7 @@ pub(super) async fn join(session: &Session, peer: &FakePeer) {
 }
 
 /// Reads every file in a task of its own.
-pub(super) fn spawn_read_everything(
+fn spawn_read_everything(
     session: &Session,
     c: &Arc<Content>,
     chunk: u32,
@@ -298,7 +300,7 @@ async fn one_corrupt_block_in_a_shared_piece_is_traced_to_the_liar() {
 }
 
 /// One protocol violation from its own fake, next to an honest seeder.
-pub(super) async fn abuse_case(abuse: Abuse) {
+async fn abuse_case(abuse: Abuse) {
     let c = two_files();
     let honest = FakePeer::start(ip(2), c.clone(), Behavior::Honest).await;
     let abuser = FakePeer::start(ip(4), c.clone(), Behavior::Abuse(abuse)).await;

@@ -331,7 +331,7 @@ fn utf8_variants_are_preferred_and_bad_bytes_converted() {
 
 #[test]
 fn v2_only_fixture_is_refused() {
-    let bytes = include_bytes!("../../tests/fixtures/lt_multi_v2only.torrent");
+    let bytes = include_bytes!("../../../tests/fixtures/lt_multi_v2only.torrent");
     assert!(matches!(
         Torrent::from_bytes(bytes),
         Err(MetainfoError::V2Only)
@@ -345,22 +345,22 @@ fn parses_like_libtorrent() {
     let fixtures: [(&str, &[u8]); 4] = [
         (
             "lt_single_v1.torrent",
-            include_bytes!("../../tests/fixtures/lt_single_v1.torrent"),
+            include_bytes!("../../../tests/fixtures/lt_single_v1.torrent"),
         ),
         (
             "lt_multi_v1.torrent",
-            include_bytes!("../../tests/fixtures/lt_multi_v1.torrent"),
+            include_bytes!("../../../tests/fixtures/lt_multi_v1.torrent"),
         ),
         (
             "lt_multi_hybrid.torrent",
-            include_bytes!("../../tests/fixtures/lt_multi_hybrid.torrent"),
+            include_bytes!("../../../tests/fixtures/lt_multi_hybrid.torrent"),
         ),
         (
             "mktorrent_multi.torrent",
-            include_bytes!("../../tests/fixtures/mktorrent_multi.torrent"),
+            include_bytes!("../../../tests/fixtures/mktorrent_multi.torrent"),
         ),
     ];
-    let expected = include_str!("../../tests/fixtures/expected.txt");
+    let expected = include_str!("../../../tests/fixtures/expected.txt");
     // Blocks of lines, each starting with "torrent <name>".
     let mut blocks: Vec<(&str, Vec<String>)> = Vec::new();
     for line in expected.lines().filter(|l| !l.starts_with('#')) {

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use super::tests::{check_read, content};
-use super::{Config, Session};
+use super::{check_read, content};
+use crate::session::{Config, Session};
 
 const KIB: u64 = 1024;
 const PIECE: u32 = 32 * 1024;
@@ -19,7 +19,7 @@ async fn the_window_follows_the_reading_rate_and_a_seek_resets_it() {
         max_readahead_bytes: 4 * 1024 * KIB,
         ..Config::default()
     };
-    let listener = super::bind(config.listen).await.expect("bind");
+    let listener = crate::session::bind(config.listen).await.expect("bind");
     let session = Session::start(c.torrent.clone(), config, listener)
         .await
         .expect("session starts");
@@ -33,7 +33,9 @@ async fn the_window_follows_the_reading_rate_and_a_seek_resets_it() {
             let data =
                 bytes::Bytes::copy_from_slice(&c.data[start..start + g.piece_len(p) as usize]);
             st.picker.piece_verified(p);
-            assert!(super::pieces::keep_in_memory(&mut st, p, data, false));
+            assert!(crate::session::verify::keep_in_memory(
+                &mut st, p, data, false
+            ));
         }
     }
     let window = || session.stats().readers[0].window;
@@ -74,7 +76,7 @@ async fn the_window_follows_the_reading_rate_and_a_seek_resets_it() {
         let old_piece = g.piece((old_window / u64::from(PIECE)) as u32 + 1).unwrap();
         (
             st.picker.is_wanted_by_reader(old_piece),
-            super::read::reader_status(&session.shared, &st),
+            crate::session::read::reader_status(&session.shared, &st),
         )
     };
     assert!(

@@ -5,7 +5,7 @@ use std::net::SocketAddrV4;
 
 use proptest::prelude::*;
 
-use super::krpc::{Body, Message, NodeId, NodeInfo, Query, Response};
+use crate::dht::krpc::{Body, Message, NodeId, NodeInfo, Query, Response};
 
 fn peer() -> impl Strategy<Value = SocketAddrV4> {
     any::<([u8; 4], u16)>().prop_map(|(ip, port)| SocketAddrV4::new(ip.into(), port))

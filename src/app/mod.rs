@@ -1,0 +1,8 @@
+//! The commands, above the engine: `btfs mount` ([`mount`]), `btfs status` ([`status`]), where a
+//! torrent comes from ([`source`]: a file, a URL, a magnet link) and the problems said once to
+//! the user ([`alerts`]).
+
+pub mod alerts;
+pub mod mount;
+pub mod source;
+pub mod status;

@@ -1,0 +1,3 @@
+//! Property tests of the codecs; unit cases sit beside each codec.
+
+mod props;
