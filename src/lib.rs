@@ -51,6 +51,7 @@ pub mod piece;
 pub mod ratelimit;
 pub mod session;
 pub mod store;
+pub mod sync;
 pub mod tracker;
 pub mod units;
 pub mod wire;
