@@ -17,7 +17,7 @@ use crate::app::status::socket::{StatusSocket, canonical_mountpoint};
 use crate::dht::{Dht, DhtConfig, SavedState};
 use crate::fs::{self, Backend, FileSpec, FsError, InodeTable, MountOptions};
 use crate::metainfo::Torrent;
-use crate::session::{self, ReadError, Session, SessionError};
+use crate::session::{self, Host, ReadError, ReadHandle, Session, SessionError};
 
 #[derive(Debug, Error)]
 pub enum MountError {
@@ -123,11 +123,11 @@ struct SessionBackend {
 
 impl Backend for SessionBackend {
     fn open(&self, file: usize) -> u64 {
-        self.session.open_reader(self.files[file])
+        self.session.open_reader(self.files[file]).as_raw()
     }
 
     fn release(&self, handle: u64) {
-        self.session.close_reader(handle);
+        self.session.close_reader(ReadHandle::from_raw(handle));
     }
 
     fn read(
@@ -142,7 +142,7 @@ impl Backend for SessionBackend {
         let file = self.files[file];
         let timeout = self.read_timeout;
         async move {
-            let read = session.read(handle, file, offset, len);
+            let read = session.read(ReadHandle::from_raw(handle), file, offset, len);
             let result = match timeout {
                 None => read.await,
                 Some(limit) => tokio::select! {
@@ -196,13 +196,12 @@ pub async fn run(
 ) -> Result<(), MountError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(MountError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(MountError::Signals)?;
-    let listener = session::bind(config.session.listen).await?;
-    let tcp_addr = listener
-        .local_addr()
-        .map_err(|source| SessionError::Listen {
-            addr: config.session.listen,
-            source,
-        })?;
+    let host = Host::bind(
+        config.session.listen,
+        config.session.peer_timeouts.handshake,
+    )
+    .await?;
+    let tcp_addr = std::net::SocketAddr::new(config.session.listen.ip(), host.port());
     let dht = match &config.dht {
         Some(settings) => Some(start_dht(settings, tcp_addr).await?),
         None => None,
@@ -212,7 +211,7 @@ pub async fn run(
         None => {
             let opts = ResolveOptions {
                 peers: config.session.peers.clone(),
-                listen_port: listener.local_addr().map(|a| a.port()).unwrap_or(0),
+                listen_port: host.port(),
                 metadata_timeout: config.metadata_timeout,
                 cache_dir: config.metadata_cache.clone(),
                 dht: dht.clone(),
@@ -254,7 +253,7 @@ pub async fn run(
         .creation_date
         .and_then(|d| u64::try_from(d).ok())
         .map(|d| std::time::UNIX_EPOCH + Duration::from_secs(d));
-    let session = Session::start(Arc::new(torrent), config.session, listener).await?;
+    let session = Session::start(Arc::new(torrent), config.session, &host).await?;
     let mut opts = MountOptions::new(format!("btfs:{name}"));
     opts.allow_other = config.allow_other;
     if let Some(t) = time {

@@ -315,6 +315,16 @@ impl Picker {
         }
     }
 
+    /// The piece verified but could not be kept anywhere (no room for data no reader waits
+    /// on): Missing again, fetched when wanted. Its data was good, so a parole ends.
+    pub fn piece_not_kept(&mut self, p: PieceIndex) {
+        self.exclusive.remove(&p);
+        if self.state[p.as_usize()] == PieceState::Partial {
+            self.drop_partial(p);
+        }
+        self.set_state(p, PieceState::Missing);
+    }
+
     /// The store dropped the piece: it is Missing again, fetched when wanted.
     pub fn piece_evicted(&mut self, p: PieceIndex) {
         if self.state[p.as_usize()] == PieceState::Have {

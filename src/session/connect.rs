@@ -1,15 +1,16 @@
-//! Connections: accepting incoming peers, and dialling the addresses discovery finds, up to
-//! `max_peers`, with a backoff for addresses that fail.
+//! Connections: taking the incoming peers the host routes here, and dialling the addresses
+//! discovery finds, up to `max_peers`, with a backoff for addresses that fail.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::host::Incoming;
 use super::{PeerSource, Shared, peer};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,22 +31,18 @@ fn retry_delay(failures: u32, starving: bool) -> Duration {
     }
 }
 
-pub(crate) async fn listen(shared: Arc<Shared>, listener: TcpListener) {
+/// Takes the connections the host routed to this torrent.
+pub(crate) async fn accept_incoming(shared: Arc<Shared>, mut incoming: mpsc::Receiver<Incoming>) {
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, addr)) => {
-                    if shared.lock().banned.contains(&addr.ip()) {
-                        continue;
-                    }
-                    tokio::spawn(peer::run(shared.clone(), stream, addr, PeerSource::Incoming));
+            next = incoming.recv() => {
+                let Some(conn) = next else { return };
+                if shared.lock().peers.is_banned(conn.addr.ip()) {
+                    continue;
                 }
-                Err(e) => {
-                    tracing::warn!("accepting a peer failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
+                tokio::spawn(peer::accept(shared.clone(), conn));
+            }
             _ = shutdown.changed() => return,
         }
     }
@@ -53,8 +50,7 @@ pub(crate) async fn listen(shared: Arc<Shared>, listener: TcpListener) {
 
 /// A read waits on a piece and no peer is connected to fetch it from.
 fn starving(shared: &Shared) -> bool {
-    let st = shared.lock();
-    st.peers.is_empty() && st.picker.urgent_pending()
+    shared.lock().starving()
 }
 
 /// How a dial ended, for the connector's bookkeeping.
@@ -92,7 +88,7 @@ pub(crate) async fn connect_loop(
                 let Some((source, addrs)) = addrs else { return };
                 let mut st = shared.lock();
                 for a in addrs.into_iter().filter(|a| !ourselves.contains(a)) {
-                    st.known.insert(a, source);
+                    st.peers.known.insert(a, source);
                     if !active.contains(&a) && !candidates.contains_key(&a) {
                         let next_try = Instant::now();
                         candidates.insert(a, Candidate { source, failures: 0, next_try });
@@ -106,7 +102,7 @@ pub(crate) async fn connect_loop(
                 if dialled == Dialled::Myself {
                     ourselves.insert(addr);
                     candidates.remove(&addr);
-                    shared.lock().known.remove(&addr);
+                    shared.lock().peers.known.remove(&addr);
                     continue;
                 }
                 let connected = dialled == Dialled::Connected;
@@ -125,7 +121,7 @@ pub(crate) async fn connect_loop(
                 if starving(&shared) {
                     // Addresses given up on come back, and none waits longer than the cap.
                     let known: Vec<(SocketAddr, PeerSource)> =
-                        shared.lock().known.dialable().collect();
+                        shared.lock().peers.known.dialable().collect();
                     let now = Instant::now();
                     for (a, source) in known {
                         if active.contains(&a) {
@@ -154,7 +150,7 @@ pub(crate) async fn connect_loop(
                 .config
                 .max_peers
                 .saturating_sub(st.peers.len().max(active.len()));
-            (room, st.banned.clone())
+            (room, st.peers.banned().clone())
         };
         let now = Instant::now();
         let mut budget = room;
@@ -182,7 +178,7 @@ pub(crate) async fn connect_loop(
             tokio::spawn(async move {
                 let dialled =
                     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-                        Ok(Ok(stream)) => match peer::run(shared, stream, addr, source).await {
+                        Ok(Ok(stream)) => match peer::dial(shared, stream, addr, source).await {
                             Err(peer::PeerError::SelfConnection) => Dialled::Myself,
                             Err(peer::PeerError::Banned) => Dialled::Failed,
                             _ => Dialled::Connected,

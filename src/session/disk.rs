@@ -1,21 +1,18 @@
-//! The optional disk cache (`--cache-dir`): verified pieces written behind the memory store, so
-//! a remount or a second viewing reads them from disk instead of the swarm.
+//! The disk tier's tasks (`--cache-dir`): verified pieces written behind the memory store, and
+//! pieces loaded back (and checked again) for reads and uploads that miss memory. Which pieces
+//! the disk holds is [`Residency`](super::residency)'s to know; this file does the I/O.
 //!
-//! How it fits the rest of the session:
-//! - A piece on disk counts as Have in the picker (never fetched, in our bitfield and `have`s)
-//!   even when the memory store no longer holds it; it goes back to Missing only once it is in
-//!   neither. `State::disk` mirrors which pieces the disk holds, so async code never touches
-//!   the [`DiskStore`] itself.
-//! - Writes: `save` queues a verified piece; one writer task puts them, one at a time, on the
-//!   blocking pool. Past [`MAX_QUEUED`] bytes a piece is not written (the disk is slower than
-//!   the swarm). Errors are logged and the mount goes on from memory.
-//! - Reads and uploads that miss memory call `start_loads`/`load`: the file is read on the
-//!   blocking pool and its SHA1 checked on EVERY load (the disk is not trusted: another
-//!   process or a fault may have changed it), then it goes into the memory store. A piece that
-//!   fails is deleted and becomes Missing, so peers are asked for it; its bytes are never served.
-//! - Shutdown closes the queue and waits (bounded) for the writer to drain it.
+//! - Writes: [`Disk::save`] queues a verified piece; one writer task puts them, one at a time,
+//!   on the blocking pool. Past [`MAX_QUEUED`] bytes a piece is not written (the disk is slower
+//!   than the swarm). Errors are logged and the mount goes on from memory.
+//! - Loads: the file is read on the blocking pool and its SHA1 checked on EVERY load (the disk
+//!   is not trusted: another process or a fault may have changed it), then it goes into memory.
+//!   A piece that fails is deleted and no longer held, so peers are asked for it; its bytes are
+//!   never served.
+//! - Shutdown: the writer stops taking new pieces, writes what was queued and says it is done;
+//!   [`Disk::drain`] waits for that, bounded.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,11 +21,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sha1::{Digest, Sha1};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{PeerCmd, Shared, State};
+use super::Shared;
 use crate::piece::{Geometry, PieceIndex};
-use crate::store::disk::{DiskStore, DiskStoreError};
+use crate::store::{DiskStore, DiskStoreError};
+use crate::sync::lock;
 
 /// Verified pieces waiting to be written, in bytes; more are dropped (not cached) meanwhile.
 const MAX_QUEUED: u64 = 64 * 1024 * 1024;
@@ -42,43 +40,6 @@ pub struct DiskCacheConfig {
     pub budget: u64,
 }
 
-/// The disk side, owned by `Shared`.
-pub(crate) struct Disk {
-    /// Locked only on the blocking pool (its methods do file I/O).
-    store: Arc<Mutex<DiskStore>>,
-    /// Taken (closed) at shutdown.
-    queue: Mutex<Option<mpsc::UnboundedSender<(PieceIndex, Bytes)>>>,
-    queued: AtomicU64,
-    used: AtomicU64,
-    budget: u64,
-    /// Failed writes or reads, and pieces that failed their check on load.
-    errors: AtomicU64,
-    bad_pieces: AtomicU64,
-    /// The last write's error, until a write succeeds again: what the user is told, once
-    /// (`alerts`), while the disk is full or unwritable.
-    failing: Mutex<Option<String>>,
-    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    rx: Mutex<Option<mpsc::UnboundedReceiver<(PieceIndex, Bytes)>>>,
-}
-
-/// What the session state knows of the disk: which pieces it holds, which are being loaded.
-#[derive(Default)]
-pub(crate) struct Index {
-    held: HashSet<u32>,
-    /// Loads running, with who waits for each (uploads); reads wait on `verified` instead.
-    loading: std::collections::HashMap<u32, Vec<oneshot::Sender<Option<Bytes>>>>,
-}
-
-impl Index {
-    pub(crate) fn holds(&self, p: PieceIndex) -> bool {
-        self.held.contains(&p.get())
-    }
-
-    pub(crate) fn insert(&mut self, p: PieceIndex) {
-        self.held.insert(p.get());
-    }
-}
-
 /// Disk-store numbers for `Stats`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiskStats {
@@ -89,60 +50,123 @@ pub struct DiskStats {
     pub bad_pieces: u64,
 }
 
-impl Disk {
-    /// Opens the torrent's cache directory (on the blocking pool) and returns the pieces it
-    /// holds that fit this torrent; `None` (with a warning) when the budget holds no piece.
-    pub(crate) async fn open(
-        config: &DiskCacheConfig,
-        info_hash: [u8; 20],
-        geometry: &Geometry,
-    ) -> Result<Option<(Disk, Vec<PieceIndex>)>, DiskStoreError> {
-        let piece_length = geometry.piece_length();
-        if config.budget < u64::from(piece_length) {
-            tracing::warn!(
-                budget = config.budget,
-                piece_length,
-                "the disk cache is smaller than one piece; not using it"
-            );
-            return Ok(None);
-        }
-        let (dir, budget) = (config.dir.clone(), config.budget);
-        let mut store = tokio::task::spawn_blocking(move || {
-            DiskStore::open(&dir, info_hash, piece_length, budget)
-        })
-        .await
-        .expect("disk cache open panicked")?;
-        let mut pieces = Vec::new();
-        for i in store.pieces() {
-            match geometry.piece(i) {
-                Some(p) => pieces.push(p),
-                // Not this torrent's piece (its name says so): never a real hit.
-                None => {
-                    let _ = store.remove(i);
-                }
+/// A disk cache just opened: the store and the pieces it holds that fit this torrent.
+pub(crate) struct Opened {
+    store: DiskStore,
+    pub(crate) pieces: Vec<PieceIndex>,
+}
+
+/// The disk side of a session, owned by `Shared`.
+pub(crate) struct Disk {
+    /// Locked only on the blocking pool (its methods do file I/O), never under the state lock.
+    store: Arc<Mutex<DiskStore>>,
+    queue: mpsc::UnboundedSender<(PieceIndex, Bytes)>,
+    queued: AtomicU64,
+    used: AtomicU64,
+    budget: u64,
+    /// Failed writes or reads, and pieces that failed their check on load.
+    errors: AtomicU64,
+    bad_pieces: AtomicU64,
+    /// The last write's error, until a write succeeds again: what the user is told, once
+    /// (`alerts`), while the disk is full or unwritable.
+    failing: watch::Sender<Option<String>>,
+    /// Flips to true when the writer has written what was queued at shutdown.
+    written: watch::Receiver<bool>,
+}
+
+/// Loads in flight, with who waits for each (uploads; reads wait on `verified` instead).
+/// Part of the session state.
+#[derive(Default)]
+pub(crate) struct Loads {
+    running: HashMap<PieceIndex, Vec<oneshot::Sender<Option<Bytes>>>>,
+}
+
+impl Loads {
+    /// Marks `p` as loading; true if a load must be started for it.
+    fn begin(&mut self, p: PieceIndex, waiter: Option<oneshot::Sender<Option<Bytes>>>) -> bool {
+        match self.running.entry(p) {
+            Entry::Occupied(mut e) => {
+                e.get_mut().extend(waiter);
+                false
+            }
+            Entry::Vacant(e) => {
+                e.insert(waiter.into_iter().collect());
+                true
             }
         }
-        tracing::info!(
-            dir = %store.dir().display(),
-            pieces = pieces.len(),
-            used = store.used_bytes(),
-            budget,
-            "disk cache opened"
+    }
+
+    fn finish(&mut self, p: PieceIndex) -> Vec<oneshot::Sender<Option<Bytes>>> {
+        self.running.remove(&p).unwrap_or_default()
+    }
+}
+
+/// Opens the torrent's cache directory (on the blocking pool) and finds the pieces it holds
+/// that fit this torrent; `None` (with a warning) when the budget holds no piece.
+pub(crate) async fn open(
+    config: &DiskCacheConfig,
+    info_hash: [u8; 20],
+    geometry: &Geometry,
+) -> Result<Option<Opened>, DiskStoreError> {
+    let piece_length = geometry.piece_length();
+    if config.budget < u64::from(piece_length) {
+        tracing::warn!(
+            budget = config.budget,
+            piece_length,
+            "the disk cache is smaller than one piece; not using it"
         );
-        let (tx, rx) = mpsc::unbounded_channel();
-        let disk = Disk {
-            used: AtomicU64::new(store.used_bytes()),
-            store: Arc::new(Mutex::new(store)),
-            queue: Mutex::new(Some(tx)),
+        return Ok(None);
+    }
+    let (dir, budget) = (config.dir.clone(), config.budget);
+    let mut store =
+        tokio::task::spawn_blocking(move || DiskStore::open(&dir, info_hash, piece_length, budget))
+            .await
+            .expect("disk cache open panicked")?;
+    let mut pieces = Vec::new();
+    for i in store.pieces() {
+        match geometry.piece(i) {
+            Some(p) => pieces.push(p),
+            // Not this torrent's piece (its name says so): never a real hit.
+            None => {
+                let _ = store.remove(i);
+            }
+        }
+    }
+    tracing::info!(
+        dir = %store.dir().display(),
+        pieces = pieces.len(),
+        used = store.used_bytes(),
+        budget,
+        "disk cache opened"
+    );
+    Ok(Some(Opened { store, pieces }))
+}
+
+impl Disk {
+    /// Starts the writer task for an opened cache. `shared` is the session being built: the
+    /// writer reaches it only after a write, by then it exists.
+    pub(crate) fn start(
+        opened: Opened,
+        shared: Weak<Shared>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Disk {
+        let budget = opened.store.budget();
+        let used = opened.store.used_bytes();
+        let store = Arc::new(Mutex::new(opened.store));
+        let (queue, rx) = mpsc::unbounded_channel();
+        let (written_tx, written) = watch::channel(false);
+        tokio::spawn(write_loop(shared, store.clone(), rx, shutdown, written_tx));
+        Disk {
+            store,
+            queue,
             queued: AtomicU64::new(0),
+            used: AtomicU64::new(used),
             budget,
             errors: AtomicU64::new(0),
             bad_pieces: AtomicU64::new(0),
-            failing: Mutex::new(None),
-            writer: Mutex::new(None),
-            rx: Mutex::new(Some(rx)),
-        };
-        Ok(Some((disk, pieces)))
+            failing: watch::channel(None).0,
+            written,
+        }
     }
 
     pub(crate) fn stats(&self) -> DiskStats {
@@ -156,10 +180,28 @@ impl Disk {
 
     /// Why writes fail now, if they do (`None` once one succeeds again).
     pub(crate) fn failing(&self) -> Option<String> {
-        self.failing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.failing.borrow().clone()
+    }
+
+    /// Queues a just-verified piece the disk does not hold yet.
+    pub(crate) fn save(&self, p: PieceIndex, data: Bytes) {
+        let len = data.len() as u64;
+        if self.queued.load(Ordering::Relaxed) + len > MAX_QUEUED {
+            tracing::debug!(piece = %p, "disk cache writes behind; piece not cached");
+            return;
+        }
+        if self.queue.send((p, data)).is_ok() {
+            self.queued.fetch_add(len, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits (bounded) until what was queued before shutdown is on disk.
+    pub(crate) async fn drain(&self) {
+        let mut written = self.written.clone();
+        let done = written.wait_for(|&w| w);
+        if tokio::time::timeout(DRAIN_TIMEOUT, done).await.is_err() {
+            tracing::warn!("disk cache: writes still pending at exit were dropped");
+        }
     }
 
     /// Counted and logged at debug level; a failing write is said to the user once, by the
@@ -168,133 +210,100 @@ impl Disk {
         self.errors.fetch_add(1, Ordering::Relaxed);
         tracing::debug!("disk cache: {what} failed: {e}");
     }
-
-    fn write_done(&self, result: Option<&DiskStoreError>) {
-        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = result.map(|e| e.to_string());
-    }
 }
 
-/// Starts the writer task; called once, after `Shared` exists.
-pub(crate) fn spawn_writer(shared: &Arc<Shared>) {
-    let Some(disk) = &shared.disk else { return };
-    let Some(rx) = disk.rx.lock().expect("disk rx lock").take() else {
-        return;
-    };
-    let handle = tokio::spawn(write_loop(Arc::downgrade(shared), disk.store.clone(), rx));
-    *disk.writer.lock().expect("disk writer lock") = Some(handle);
-}
-
-/// Closes the write queue and waits (bounded) until what was queued is on disk.
-pub(crate) async fn drain(shared: &Shared) {
-    let Some(disk) = &shared.disk else { return };
-    disk.queue.lock().expect("disk queue lock").take();
-    let handle = disk.writer.lock().expect("disk writer lock").take();
-    if let Some(h) = handle
-        && tokio::time::timeout(DRAIN_TIMEOUT, h).await.is_err()
-    {
-        tracing::warn!("disk cache: writes still pending at exit were dropped");
-    }
-}
-
-/// Queues a just-verified piece for the disk (no-op without a disk cache, or if it is there).
-pub(crate) fn save(shared: &Shared, st: &State, p: PieceIndex, data: &Bytes) {
-    let Some(disk) = &shared.disk else { return };
-    if st.disk.holds(p) {
-        return;
-    }
-    let len = data.len() as u64;
-    if disk.queued.load(Ordering::Relaxed) + len > MAX_QUEUED {
-        tracing::debug!(piece = %p, "disk cache writes behind; piece not cached");
-        return;
-    }
-    let queue = disk.queue.lock().expect("disk queue lock");
-    if let Some(tx) = queue.as_ref()
-        && tx.send((p, data.clone())).is_ok()
-    {
-        disk.queued.fetch_add(len, Ordering::Relaxed);
-    }
-}
-
+/// Writes queued pieces one at a time. At shutdown it takes no new pieces, writes those
+/// already queued, and says so on `written`.
 async fn write_loop(
     shared: Weak<Shared>,
     store: Arc<Mutex<DiskStore>>,
     mut rx: mpsc::UnboundedReceiver<(PieceIndex, Bytes)>,
+    mut shutdown: watch::Receiver<bool>,
+    written: watch::Sender<bool>,
 ) {
-    while let Some((p, data)) = rx.recv().await {
-        let len = data.len() as u64;
-        let store = store.clone();
-        let put = tokio::task::spawn_blocking(move || {
-            let mut ds = store.lock().unwrap_or_else(|e| e.into_inner());
-            let r = ds.put(p.get(), &data);
-            (r, ds.used_bytes())
-        })
-        .await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let Some(disk) = &shared.disk else { return };
-        disk.queued.fetch_sub(len, Ordering::Relaxed);
-        let Ok((result, used)) = put else { return };
-        disk.used.store(used, Ordering::Relaxed);
-        disk.write_done(result.as_ref().err());
-        match result {
-            Ok(evicted) => {
-                let mut st = shared.lock();
-                st.disk.held.insert(p.get());
-                for gone in evicted {
-                    st.disk.held.remove(&gone);
-                    if let Some(q) = shared.geometry.piece(gone) {
-                        gone_from_disk(&mut st, q);
-                    }
-                }
-                // Dropped from memory while it waited here: it is held again.
-                if !st.picker.have(p)
-                    && st.picker.piece_state(p) == crate::picker::PieceState::Missing
-                {
-                    st.picker.piece_verified(p);
-                    for peer in st.peers.values() {
-                        let _ = peer.cmd.send(PeerCmd::Have(p.get()));
-                    }
+    let mut closing = false;
+    loop {
+        if !closing && *shutdown.borrow_and_update() {
+            closing = true;
+        }
+        let next = if closing {
+            rx.close();
+            rx.recv().await
+        } else {
+            tokio::select! {
+                next = rx.recv() => next,
+                changed = shutdown.changed() => {
+                    // The session is gone without a shutdown: write what is queued all the same.
+                    closing |= changed.is_err();
+                    continue;
                 }
             }
-            Err(e) => disk.error(&format!("writing piece {p}"), &e),
+        };
+        let Some((p, data)) = next else { break };
+        if !write_one(&shared, &store, p, data).await {
+            break;
         }
     }
+    written.send_replace(true);
 }
 
-/// The disk no longer holds `p`: Missing unless memory still does.
-fn gone_from_disk(st: &mut State, p: PieceIndex) {
-    st.disk.held.remove(&p.get());
-    if !st.store.contains(p) {
-        st.picker.piece_evicted(p);
+/// Writes one piece and applies the outcome; false once the session is gone.
+async fn write_one(
+    shared: &Weak<Shared>,
+    store: &Arc<Mutex<DiskStore>>,
+    p: PieceIndex,
+    data: Bytes,
+) -> bool {
+    let len = data.len() as u64;
+    let store = store.clone();
+    let put = tokio::task::spawn_blocking(move || {
+        let mut ds = lock(&store);
+        let r = ds.put(p.get(), &data);
+        (r, ds.used_bytes())
+    })
+    .await;
+    let Some(shared) = shared.upgrade() else {
+        return false;
+    };
+    let Some(disk) = &shared.disk else {
+        return false;
+    };
+    disk.queued.fetch_sub(len, Ordering::Relaxed);
+    let Ok((result, used)) = put else {
+        return false;
+    };
+    disk.used.store(used, Ordering::Relaxed);
+    disk.failing
+        .send_replace(result.as_ref().err().map(|e| e.to_string()));
+    match result {
+        Ok(evicted) => {
+            let evicted: Vec<PieceIndex> = (evicted.into_iter())
+                .filter_map(|i| shared.geometry.piece(i))
+                .collect();
+            shared.lock().disk_written(p, &evicted);
+        }
+        Err(e) => disk.error(&format!("writing piece {p}"), &e),
     }
-}
-
-/// The memory store dropped `p` (evicted or refused): Missing unless the disk holds it.
-pub(crate) fn gone_from_memory(st: &mut State, p: PieceIndex) {
-    if !st.disk.holds(p) {
-        st.picker.piece_evicted(p);
-    }
+    true
 }
 
 /// For a read: starts loading each of `pieces` that memory lacks and the disk holds. Returns
 /// whether every piece memory lacks is on disk (so the swarm is not needed for this read).
 pub(crate) fn start_loads(
     shared: &Arc<Shared>,
-    st: &mut State,
+    st: &mut super::State,
     pieces: impl Iterator<Item = PieceIndex>,
 ) -> bool {
     let mut all = true;
     for p in pieces {
-        if st.store.contains(p) {
+        if st.residency.in_memory(p) {
             continue;
         }
-        if !st.disk.holds(p) {
+        if !st.residency.on_disk(p) {
             all = false;
             continue;
         }
-        if let Entry::Vacant(e) = st.disk.loading.entry(p.get()) {
-            e.insert(Vec::new());
+        if st.loads.begin(p, None) {
             tokio::spawn(run_load(shared.clone(), p));
         }
     }
@@ -306,19 +315,15 @@ pub(crate) fn start_loads(
 pub(crate) async fn load(shared: &Arc<Shared>, p: PieceIndex) -> Option<Bytes> {
     let rx = {
         let mut st = shared.lock();
-        if let Some(data) = st.store.peek(p) {
+        if let Some(data) = st.residency.peek(p) {
             return Some(data);
         }
-        if !st.disk.holds(p) {
+        if !st.residency.on_disk(p) {
             return None;
         }
         let (tx, rx) = oneshot::channel();
-        match st.disk.loading.entry(p.get()) {
-            Entry::Occupied(mut e) => e.get_mut().push(tx),
-            Entry::Vacant(e) => {
-                e.insert(vec![tx]);
-                tokio::spawn(run_load(shared.clone(), p));
-            }
+        if st.loads.begin(p, Some(tx)) {
+            tokio::spawn(run_load(shared.clone(), p));
         }
         rx
     };
@@ -339,7 +344,7 @@ async fn run_load(shared: Arc<Shared>, p: PieceIndex) {
     let expected = shared.torrent.info.piece_hashes[p.as_usize()];
     let len = shared.geometry.piece_len(p) as usize;
     let loaded = tokio::task::spawn_blocking(move || {
-        let got = store.lock().unwrap_or_else(|e| e.into_inner()).get(p.get());
+        let got = lock(&store).get(p.get());
         let outcome = match got {
             Ok(Some(data)) => {
                 // Hashed outside the lock so writes go on meanwhile.
@@ -347,15 +352,14 @@ async fn run_load(shared: Arc<Shared>, p: PieceIndex) {
                 if ok {
                     Loaded::Good(data)
                 } else {
-                    let mut ds = store.lock().unwrap_or_else(|e| e.into_inner());
-                    let _ = ds.remove(p.get());
+                    let _ = lock(&store).remove(p.get());
                     Loaded::Bad
                 }
             }
             Ok(None) => Loaded::Gone,
             Err(e) => Loaded::Failed(e),
         };
-        let used = store.lock().unwrap_or_else(|e| e.into_inner()).used_bytes();
+        let used = lock(&store).used_bytes();
         (outcome, used)
     })
     .await;
@@ -364,15 +368,8 @@ async fn run_load(shared: Arc<Shared>, p: PieceIndex) {
         Err(_) => (Loaded::Gone, disk.used.load(Ordering::Relaxed)),
     };
     disk.used.store(used, Ordering::Relaxed);
-    let mut st = shared.lock();
-    let waiters = st.disk.loading.remove(&p.get()).unwrap_or_default();
     let data = match outcome {
-        Loaded::Good(data) => {
-            let data = Bytes::from(data);
-            let must_keep = st.picker.is_urgent(p);
-            super::verify::keep_in_memory(&mut st, p, data.clone(), must_keep);
-            Some(data)
-        }
+        Loaded::Good(data) => Some(Bytes::from(data)),
         Loaded::Bad => {
             disk.bad_pieces.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(piece = %p, "piece in the disk cache failed its SHA1 check; deleted, fetching it from peers");
@@ -384,11 +381,16 @@ async fn run_load(shared: Arc<Shared>, p: PieceIndex) {
             None
         }
     };
-    if data.is_none() {
-        gone_from_disk(&mut st, p);
-        Shared::refill_all(&st);
-        if st.peers.is_empty() {
-            shared.redial.notify_one();
+    let mut st = shared.lock();
+    let waiters = st.loads.finish(p);
+    match &data {
+        Some(data) => st.loaded_from_disk(p, data.clone()),
+        None => {
+            st.disk_lost(p);
+            st.peers.refill_all();
+            if st.peers.is_empty() {
+                shared.redial.notify_one();
+            }
         }
     }
     drop(st);

@@ -1,60 +1,69 @@
-//! The engine: one torrent's tokio tasks and the state they share.
+//! The engine of one torrent: its tokio tasks and the state they share.
 //!
 //! Tasks (all end when `shutdown` flips to true):
-//! - the listener accepts incoming peer connections;
+//! - the incoming task takes connections the [`Host`] routed to this torrent (`connect.rs`);
 //! - the connector turns addresses from discovery (trackers, DHT, `--peer`, peers' PEX
 //!   messages; each tagged with its [`PeerSource`], see `discovery`) into outgoing
-//!   connections, up to `max_peers`;
+//!   connections, up to `max_peers` (`connect.rs`);
 //! - one task per peer reads its messages and asks the picker for blocks; a writer task per peer
-//!   sends what the session queues for it;
-//! - a blocking-pool job hashes each completed piece before anyone sees a byte of it;
+//!   sends what the session queues for it (`peer/`);
+//! - a blocking-pool job hashes each completed piece before anyone sees a byte of it
+//!   (`verify.rs`);
 //! - the announcer (see `tracker::announcer`) reports to trackers and feeds the connector;
-//! - with `--cache-dir`, a writer task puts verified pieces on disk (see `disk`).
+//! - the rechoke task applies the choker's decisions once a second;
+//! - with `--cache-dir`, a writer task puts verified pieces on disk (`disk.rs`).
 //!
-//! Readers (`read`) never talk to peers: they state what they want in the picker, poke the peers
-//! to refill their request queues, and wait on `verified` until the store holds every piece they
-//! need.
+//! Readers (`read.rs`) never talk to peers: they state what they want in the picker, poke the
+//! peers to refill their request queues, and wait on `verified` until memory holds every piece
+//! they need.
 //!
-//! Locking: one `std::sync::Mutex<State>`, held for short synchronous steps and never across an
-//! `.await` (mini-redis style). Hashing and copying piece data happen outside it.
+//! The boundary: a session owns one torrent's peers, pieces and readers. What a process shares
+//! between torrents comes from outside: the [`Host`] (listening port, peer id) and the DHT node
+//! (`Config::dht`).
+//!
+//! State and locking: see `shared.rs` (the lock order) and `state.rs` (who owns what).
 
 mod connect;
 mod discovery;
 mod disk;
+mod host;
 mod peer;
+mod peers;
 mod read;
+mod readers;
+mod residency;
+mod shared;
+mod state;
 #[cfg(test)]
 mod tests;
 mod verify;
 mod window;
 
-use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
-use crate::bitfield::Bitfield;
-use crate::choker::Choker;
 use crate::metainfo::Torrent;
-use crate::picker::{PeerId, Picker, ReaderId};
-use crate::piece::Geometry;
 use crate::ratelimit::RateLimit;
-use crate::store::Store;
 use crate::tracker::announcer::{self, AnnounceParams, Progress, TrackerStatus};
+use shared::Shared;
+use state::State;
 
 pub use discovery::{PeerSource, SourceCount};
 pub use disk::{DiskCacheConfig, DiskStats};
+pub use host::Host;
 pub use peer::PeerTimeouts;
-pub use read::{ReadError, ReaderStatus};
+pub use read::ReadError;
+pub use readers::{ReadHandle, ReaderStatus};
 
 /// How the session runs; the CLI fills it from its flags.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Address to listen on for incoming peers; port 0 picks a free one.
+    /// Address to listen on for incoming peers; port 0 picks a free one. The [`Host`] binds it.
     pub listen: SocketAddr,
     pub max_peers: usize,
     /// Byte budget of the in-memory piece store.
@@ -78,9 +87,6 @@ pub struct Config {
     /// Keep verified pieces on disk too (`--cache-dir`); `None`: nothing touches the disk.
     pub disk_cache: Option<DiskCacheConfig>,
 }
-
-/// Peers we upload to at once (one of them the optimistic unchoke).
-const UPLOAD_SLOTS: usize = 8;
 
 impl Default for Config {
     fn default() -> Self {
@@ -111,7 +117,7 @@ pub enum SessionError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    DiskCache(#[from] crate::store::disk::DiskStoreError),
+    DiskCache(#[from] crate::store::DiskStoreError),
 }
 
 /// What the status line and `btfs status` show.
@@ -151,171 +157,54 @@ pub struct Stats {
 #[derive(Clone)]
 pub struct Session {
     shared: Arc<Shared>,
-}
-
-/// Messages the session sends to one peer task.
-#[derive(Debug)]
-pub(crate) enum PeerCmd {
-    /// Priorities changed or blocks were released: ask the picker for more.
-    Refill,
-    /// We verified a piece: tell the peer (`have`).
-    Have(u32),
-    /// Another peer delivered this block first (endgame): cancel our request.
-    Cancel(crate::picker::Block),
-    /// The choker's decision: let the peer download from us, or not.
-    SetUnchoked(bool),
-    /// The peer sent bad data or we are shutting down: close the connection.
-    Disconnect,
-}
-
-pub(crate) struct Shared {
-    torrent: Arc<Torrent>,
-    geometry: Geometry,
-    config: Config,
-    peer_id: [u8; 20],
-    listen_port: u16,
-    /// Only ever locked briefly from synchronous code: never held across an `.await`.
-    state: Mutex<State>,
-    /// Bumped after every change of the store (a piece verified or evicted); readers wait on it.
-    verified: watch::Sender<u64>,
-    shutdown: watch::Sender<bool>,
-    downloaded: AtomicU64,
-    uploaded: AtomicU64,
-    hash_failures: AtomicU64,
-    /// Caps on block data in and out, shared fairly by all peers.
-    down_limit: RateLimit,
-    up_limit: RateLimit,
-    trackers: Arc<Mutex<Vec<TrackerStatus>>>,
-    /// The disk cache, if `--cache-dir` was given.
-    disk: Option<disk::Disk>,
-    /// Addresses learned from discovery, tagged with their source, consumed by the connector.
-    discovered: mpsc::Sender<(PeerSource, Vec<SocketAddr>)>,
-    /// Wakes the connector to redial known peers now: a read waits and no peer is connected
-    /// (seeds drop a peer that looked like a seed, and our cache may have evicted since).
-    redial: tokio::sync::Notify,
-    /// Bytes held by the read buffers of all peer connections: bounded per connection by the
-    /// largest frame we accept, whatever a peer sends.
-    read_buffers: Arc<std::sync::atomic::AtomicUsize>,
-    /// The tracker task, awaited (briefly) at shutdown so `stopped` reaches the trackers.
-    announcer: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-pub(crate) struct State {
-    picker: Picker,
-    /// Whom we upload to; ticked by the rechoke task.
-    choker: Choker,
-    store: Store,
-    /// Which pieces the disk cache holds (empty without one).
-    disk: disk::Index,
-    peers: HashMap<PeerId, PeerEntry>,
-    /// Pieces being assembled from blocks, by piece index.
-    assembly: HashMap<u32, verify::Assembly>,
-    /// Block hashes from peers whose piece failed its check, to find the liar when the piece
-    /// later verifies (libtorrent's "smart ban").
-    suspects: verify::Suspects,
-    banned: HashSet<IpAddr>,
-    /// Every address discovery has told us about, with who told us.
-    known: discovery::Known,
-    readers: HashMap<u64, read::Reader>,
-    /// Reads waiting for pieces (by their urgent picker id), and since when.
-    waits: HashMap<ReaderId, std::time::Instant>,
-    /// Set by the first read; until then nothing is downloaded.
-    reading_started: bool,
-    next_peer: u64,
-    next_reader: u64,
-}
-
-pub(crate) struct PeerEntry {
-    addr: SocketAddr,
-    source: PeerSource,
-    cmd: mpsc::UnboundedSender<PeerCmd>,
-    /// Where it accepts connections: `addr` if outgoing, else the port its extended handshake
-    /// named; what PEX tells other peers.
-    listen: Option<SocketAddr>,
-    /// It has every piece.
-    seed: bool,
-}
-
-/// Binds the port peers connect to. Done first, before any metadata fetch, so that trackers
-/// learn the real port and a port in use fails at once.
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, SessionError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| match source.kind() {
-            std::io::ErrorKind::AddrInUse => SessionError::PortInUse { port: addr.port() },
-            _ => SessionError::Listen { addr, source },
-        })
+    /// Keeps the listening port open while the session runs.
+    _host: Host,
 }
 
 impl Session {
-    /// Starts the session's tasks on a listener from [`bind`]; returns at once, ready to serve
-    /// reads.
+    /// Starts the session's tasks, taking incoming peers for this torrent from `host`; returns
+    /// at once, ready to serve reads.
     pub async fn start(
         torrent: Arc<Torrent>,
         config: Config,
-        listener: tokio::net::TcpListener,
+        host: &Host,
     ) -> Result<Session, SessionError> {
-        let listen_port = listener
-            .local_addr()
-            .map_err(|source| SessionError::Listen {
-                addr: config.listen,
-                source,
-            })?
-            .port();
         let geometry = torrent.info.geometry.clone();
-        let mut picker = Picker::new(geometry.clone());
-        picker.set_background(false);
-        let (disk, on_disk) = match &config.disk_cache {
-            Some(c) => match disk::Disk::open(c, torrent.info_hash.0, &geometry).await? {
-                Some((d, pieces)) => (Some(d), pieces),
-                None => (None, Vec::new()),
-            },
-            None => (None, Vec::new()),
+        let opened = match &config.disk_cache {
+            Some(c) => disk::open(c, torrent.info_hash.0, &geometry).await?,
+            None => None,
         };
-        let mut disk_index = disk::Index::default();
-        for &p in &on_disk {
-            picker.piece_verified(p);
-            disk_index.insert(p);
+        let mut state = State::new(geometry.clone(), config.cache_bytes);
+        if let Some(o) = &opened {
+            state.found_on_disk(o.pieces.iter().copied());
         }
+        let incoming = host.register(torrent.info_hash.0);
         let (discovered, discovered_rx) = mpsc::channel(64);
-        let shared = Arc::new(Shared {
-            peer_id: crate::wire::new_peer_id(),
-            listen_port,
-            state: Mutex::new(State {
-                picker,
-                choker: Choker::new(UPLOAD_SLOTS),
-                store: Store::new(config.cache_bytes),
-                disk: disk_index,
-                peers: HashMap::new(),
-                assembly: HashMap::new(),
-                suspects: verify::Suspects::default(),
-                banned: HashSet::new(),
-                known: discovery::Known::default(),
-                readers: HashMap::new(),
-                waits: HashMap::new(),
-                reading_started: false,
-                next_peer: 0,
-                next_reader: 0,
-            }),
+        let (shutdown, _) = watch::channel(false);
+        let trackers = Arc::new(Mutex::new(Vec::new()));
+        let (announced_tx, announced_stop) = watch::channel(true);
+        let shared = Arc::new_cyclic(|weak| Shared {
+            peer_id: host.peer_id(),
+            listen_port: host.port(),
+            state: Mutex::new(state),
+            disk: opened.map(|o| disk::Disk::start(o, weak.clone(), shutdown.subscribe())),
             torrent,
             geometry,
             verified: watch::channel(0).0,
-            shutdown: watch::channel(false).0,
+            shutdown,
             downloaded: AtomicU64::new(0),
             uploaded: AtomicU64::new(0),
             hash_failures: AtomicU64::new(0),
             down_limit: RateLimit::new(config.max_download_rate),
             up_limit: RateLimit::new(config.max_upload_rate),
-            trackers: Arc::new(Mutex::new(Vec::new())),
-            disk,
+            trackers,
+            announced_stop,
             discovered,
             redial: tokio::sync::Notify::new(),
             read_buffers: Default::default(),
-            announcer: Mutex::new(None),
             config,
         });
-        disk::spawn_writer(&shared);
-        tokio::spawn(connect::listen(shared.clone(), listener));
+        tokio::spawn(connect::accept_incoming(shared.clone(), incoming));
         tokio::spawn(connect::connect_loop(shared.clone(), discovered_rx));
         if !shared.config.no_upload {
             tokio::spawn(rechoke(shared.clone()));
@@ -325,62 +214,24 @@ impl Session {
                 .discovered
                 .try_send((PeerSource::Manual, shared.config.peers.clone()));
         }
-        let session = Session { shared };
-        session.spawn_announcer();
-        if let Some(dht) = &session.shared.config.dht {
-            let s = &session.shared;
-            let port = (!s.torrent.info.private).then_some(s.listen_port);
-            if s.torrent.info.private {
+        spawn_announcer(&shared, announced_tx);
+        if let Some(dht) = &shared.config.dht {
+            if shared.torrent.info.private {
                 tracing::info!("private torrent: no DHT (BEP 27)");
             } else {
                 crate::dht::spawn_announce_loop(
                     dht.clone(),
-                    s.torrent.info_hash.0,
-                    port,
-                    discovery::tagged(&s.discovered, PeerSource::Dht),
-                    s.shutdown.subscribe(),
+                    shared.torrent.info_hash.0,
+                    Some(shared.listen_port),
+                    discovery::tagged(&shared.discovered, PeerSource::Dht),
+                    shared.shutdown.subscribe(),
                 );
             }
         }
-        Ok(session)
-    }
-
-    fn spawn_announcer(&self) {
-        let s = &self.shared;
-        let tiers = s.torrent.trackers.clone();
-        if tiers.is_empty() {
-            return;
-        }
-        let params = AnnounceParams {
-            info_hash: s.torrent.info_hash.0,
-            peer_id: s.peer_id,
-            port: s.listen_port,
-            key: rand::random(),
-            num_want: 80,
-        };
-        let weak = Arc::downgrade(s);
-        let total = s.geometry.total_length();
-        let progress = Arc::new(move || match weak.upgrade() {
-            Some(s) => Progress {
-                uploaded: s.uploaded.load(Ordering::Relaxed),
-                downloaded: s.downloaded.load(Ordering::Relaxed),
-                left: total.saturating_sub(s.lock().verified_bytes(&s.geometry)),
-            },
-            None => Progress {
-                uploaded: 0,
-                downloaded: 0,
-                left: total,
-            },
-        });
-        let handle = announcer::spawn(
-            tiers,
-            params,
-            progress,
-            discovery::tagged(&s.discovered, PeerSource::Tracker),
-            s.shutdown.subscribe(),
-            s.trackers.clone(),
-        );
-        *s.announcer.lock().expect("announcer lock") = Some(handle);
+        Ok(Session {
+            shared,
+            _host: host.clone(),
+        })
     }
 
     pub fn torrent(&self) -> &Arc<Torrent> {
@@ -398,27 +249,30 @@ impl Session {
 
     pub fn stats(&self) -> Stats {
         let s = &self.shared;
+        // Taken before the state lock: nothing else is locked while it is held.
+        let trackers = crate::sync::lock(&s.trackers).clone();
+        let dht_nodes = s.config.dht.as_ref().map(|d| d.node_count());
         let st = s.lock();
         Stats {
             peers: st.peers.len(),
-            known_peers: st.known.len(),
-            by_source: discovery::by_source(&st.known, st.peers.values().map(|p| p.source)),
+            known_peers: st.peers.known.len(),
+            by_source: st.peers.by_source(),
             downloaded: s.downloaded.load(Ordering::Relaxed),
             uploaded: s.uploaded.load(Ordering::Relaxed),
             verified_pieces: st.picker.have_bitfield().count_ones(),
             total_pieces: s.geometry.piece_count(),
-            verified_bytes: st.verified_bytes(&s.geometry),
+            verified_bytes: st.verified_bytes(),
             total_bytes: s.geometry.total_length(),
-            cache_used: st.store.used_bytes(),
-            cache_budget: st.store.budget(),
+            cache_used: st.residency.memory_used(),
+            cache_budget: st.residency.memory_budget(),
             disk: s.disk.as_ref().map(disk::Disk::stats),
             hash_failures: s.hash_failures.load(Ordering::Relaxed),
             rerequests: st.picker.rerequests(),
-            banned: st.banned.len(),
-            trackers: s.trackers.lock().map(|t| t.clone()).unwrap_or_default(),
-            dht_nodes: s.config.dht.as_ref().map(|d| d.node_count()),
-            readers: read::reader_status(s, &st),
-            longest_wait: st.waits.values().min().map(|t| t.elapsed()),
+            banned: st.peers.banned().len(),
+            trackers,
+            dht_nodes,
+            readers: st.readers.status(&s.torrent.info.files, &s.geometry),
+            longest_wait: st.readers.longest_wait(),
             disk_failing: s.disk.as_ref().and_then(disk::Disk::failing),
         }
     }
@@ -433,10 +287,8 @@ impl Session {
     pub fn stop(&self) {
         let s = &self.shared;
         s.shutdown.send_replace(true);
-        let st = s.lock();
-        for p in st.peers.values() {
-            let _ = p.cmd.send(PeerCmd::Disconnect);
-        }
+        // Under the lock peers are admitted with: none slips in after this.
+        s.lock().peers.broadcast(|| peers::PeerCmd::Disconnect);
     }
 
     /// `stop`, then tells trackers we stopped and finishes queued disk-cache writes, each
@@ -444,15 +296,62 @@ impl Session {
     pub async fn shutdown(&self) {
         self.stop();
         let s = &self.shared;
-        let handle = s.announcer.lock().expect("announcer lock").take();
+        let mut announced = s.announced_stop.clone();
         let announced = async {
-            if let Some(h) = handle {
-                let _ = tokio::time::timeout(Duration::from_millis(1500), h).await;
+            let done = announced.wait_for(|&d| d);
+            let _ = tokio::time::timeout(Duration::from_millis(1500), done).await;
+        };
+        let drained = async {
+            if let Some(d) = &s.disk {
+                d.drain().await;
             }
         };
         // Queued disk writes finish meanwhile, so the next mount finds them.
-        tokio::join!(announced, disk::drain(s));
+        tokio::join!(announced, drained);
     }
+}
+
+/// Starts the tracker announcer; `done` flips to true when it has said `stopped` (it starts
+/// true: without trackers there is nothing to wait for).
+fn spawn_announcer(s: &Arc<Shared>, done: watch::Sender<bool>) {
+    let tiers = s.torrent.trackers.clone();
+    if tiers.is_empty() {
+        return;
+    }
+    done.send_replace(false);
+    let params = AnnounceParams {
+        info_hash: s.torrent.info_hash.0,
+        peer_id: s.peer_id,
+        port: s.listen_port,
+        key: rand::random(),
+        num_want: 80,
+    };
+    let weak = Arc::downgrade(s);
+    let total = s.geometry.total_length();
+    let progress = Arc::new(move || match weak.upgrade() {
+        Some(s) => Progress {
+            uploaded: s.uploaded.load(Ordering::Relaxed),
+            downloaded: s.downloaded.load(Ordering::Relaxed),
+            left: total.saturating_sub(s.lock().verified_bytes()),
+        },
+        None => Progress {
+            uploaded: 0,
+            downloaded: 0,
+            left: total,
+        },
+    });
+    let handle = announcer::spawn(
+        tiers,
+        params,
+        progress,
+        discovery::tagged(&s.discovered, PeerSource::Tracker),
+        s.shutdown.subscribe(),
+        s.trackers.clone(),
+    );
+    tokio::spawn(async move {
+        let _ = handle.await;
+        done.send_replace(true);
+    });
 }
 
 /// Applies the choker's decisions once a second (it re-ranks every 10 s and rotates the
@@ -468,48 +367,10 @@ async fn rechoke(shared: Arc<Shared>) {
         let mut st = shared.lock();
         let seed = st.picker.have_bitfield().is_full();
         for (id, unchoke) in st.choker.tick(std::time::Instant::now(), seed) {
-            if let Some(p) = st.peers.get(&PeerId(id)) {
-                let _ = p.cmd.send(PeerCmd::SetUnchoked(unchoke));
-            }
+            st.peers.send(
+                crate::picker::PeerId(id),
+                peers::PeerCmd::SetUnchoked(unchoke),
+            );
         }
     }
-}
-
-impl Shared {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock already aborted a task; the state is still usable for
-        // shutting down, so recover instead of cascading panics into every FUSE reply.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Addresses a peer named in a PEX message (already filtered by `pex`) join discovery.
-    /// Dropped if the connector is behind: PEX repeats itself, trackers and the DHT too.
-    pub(crate) fn discover_from_pex(&self, addrs: Vec<SocketAddr>) {
-        let _ = self.discovered.try_send((PeerSource::Pex, addrs));
-    }
-
-    /// Asks every peer to top up its request queue (priorities changed or blocks were freed).
-    pub(crate) fn refill_all(st: &State) {
-        for p in st.peers.values() {
-            let _ = p.cmd.send(PeerCmd::Refill);
-        }
-    }
-}
-
-impl State {
-    fn verified_bytes(&self, g: &Geometry) -> u64 {
-        self.picker
-            .have_bitfield()
-            .iter_ones()
-            .filter_map(|i| g.piece(i))
-            .map(|p| u64::from(g.piece_len(p)))
-            .sum()
-    }
-}
-
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn is<T: Send + Sync>() {}
-    is::<Session>();
-    let _ = (ReaderId(0), Bitfield::new(0));
 }

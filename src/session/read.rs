@@ -1,19 +1,18 @@
-//! Reads: one reader per open file handle, with its own position and readahead window.
+//! Reads: what an open file handle's read does, from stating its wants to copying bytes out.
 //!
-//! A read states what it needs in the picker (its pieces as urgent, under a picker reader of its
-//! own so parallel reads of one handle never overwrite each other), pokes the peers, and waits
-//! until the store holds all of them. The handle's reader carries the readahead window: it follows
-//! the reader's consumption rate while reads are sequential (`window.rs`) and snaps back on a
+//! A read states what it needs in the picker (its pieces as urgent, under a want of its own so
+//! parallel reads of one handle never overwrite each other), pokes the peers, and waits until
+//! memory holds all of them. The handle's reader (`readers.rs`) carries the readahead window:
+//! it follows the reader's consumption rate while reads are sequential and snaps back on a
 //! seek, and the old window stops mattering at once because `set_reader` replaces it.
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
-use super::window::Pace;
-use super::{Session, Shared, State};
+use super::readers::{ReadHandle, Reader};
+use super::{Session, Shared, State, disk};
 use crate::picker::{ReaderId, ReaderWant};
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -22,20 +21,6 @@ pub enum ReadError {
     Shutdown,
     #[error("no such file in the torrent")]
     NoSuchFile,
-}
-
-pub(crate) struct Reader {
-    file: usize,
-    picker_id: ReaderId,
-    /// Media files: the tail fetched at open (players read the index there before the first
-    /// frame), kept wanted until close.
-    tail_id: Option<ReaderId>,
-    /// Torrent offset right after the previous read: a read starting there is sequential.
-    next: u64,
-    window: u64,
-    /// Recent sequential reads: the window follows their rate.
-    pace: Pace,
-    readahead: Range<u32>,
 }
 
 /// How much of a media file's head and tail is fetched as soon as it is opened.
@@ -56,32 +41,23 @@ fn is_media(path: &[String]) -> bool {
 impl Session {
     /// A new reader for `file`; each open file handle gets its own. Opening a media file
     /// starts fetching its head and tail at once.
-    pub fn open_reader(&self, file: usize) -> u64 {
+    pub fn open_reader(&self, file: usize) -> ReadHandle {
         let s = &self.shared;
         let mut st = s.lock();
-        st.next_reader += 1;
-        let handle = st.next_reader;
+        let handle = st.readers.new_handle();
         let Some(f) = s.torrent.info.files.get(file) else {
             return handle;
         };
-        let mut reader = Reader {
-            file,
-            picker_id: ReaderId(handle),
-            tail_id: None,
-            next: f.offset,
-            window: s.config.readahead_bytes,
-            pace: Pace::default(),
-            readahead: 0..0,
-        };
+        let window_id = st.readers.want_id();
+        let mut reader = Reader::new(file, window_id, f.offset, s.config.readahead_bytes);
         if is_media(&f.path) && f.length > 0 {
             let g = &s.geometry;
             let head = g.pieces_in(f.offset, f.length.min(MEDIA_PREFETCH));
             let tail_len = f.length.min(MEDIA_PREFETCH);
             let tail = g.pieces_in(f.offset + f.length - tail_len, tail_len);
-            st.next_reader += 1;
-            let tail_id = ReaderId(u64::MAX - st.next_reader);
+            let tail_id = st.readers.want_id();
             st.picker.set_reader(
-                reader.picker_id,
+                window_id,
                 ReaderWant {
                     urgent: 0..0,
                     readahead: head.clone(),
@@ -96,17 +72,17 @@ impl Session {
             );
             reader.tail_id = Some(tail_id);
             reader.readahead = head;
-            start_reading(s, &mut st);
-            Shared::refill_all(&st);
+            st.start_reading();
+            st.peers.refill_all();
         }
         st.readers.insert(handle, reader);
         handle
     }
 
-    pub fn close_reader(&self, handle: u64) {
+    pub fn close_reader(&self, handle: ReadHandle) {
         let mut st = self.shared.lock();
-        if let Some(r) = st.readers.remove(&handle) {
-            st.picker.remove_reader(r.picker_id);
+        if let Some(r) = st.readers.remove(handle) {
+            st.picker.remove_reader(r.window_id);
             if let Some(t) = r.tail_id {
                 st.picker.remove_reader(t);
             }
@@ -117,7 +93,7 @@ impl Session {
     /// they span is downloaded and verified.
     pub async fn read(
         &self,
-        handle: u64,
+        handle: ReadHandle,
         file: usize,
         offset: u64,
         len: u32,
@@ -141,10 +117,9 @@ impl Session {
         let mut shutdown = s.shutdown.subscribe();
         let urgent = {
             let mut st = s.lock();
-            start_reading(s, &mut st);
+            st.start_reading();
             move_window(s, &mut st, handle, start, len, file_end);
-            st.next_reader += 1;
-            ReaderId(u64::MAX - st.next_reader)
+            st.readers.want_id()
         };
         // Drops the read's urgent want on every exit, including cancellation.
         let _guard = UrgentGuard {
@@ -163,12 +138,12 @@ impl Session {
                     .clone()
                     .map(|i| {
                         let p = s.geometry.piece(i)?;
-                        st.store.get(p)
+                        st.residency.get(p)
                     })
                     .collect();
                 if held.is_none() && !asked {
                     asked = true;
-                    st.waits.insert(urgent, std::time::Instant::now());
+                    st.readers.wait_started(urgent);
                     st.picker.set_reader(
                         urgent,
                         ReaderWant {
@@ -176,12 +151,12 @@ impl Session {
                             readahead: 0..0,
                         },
                     );
-                    Shared::refill_all(&st);
+                    st.peers.refill_all();
                 }
                 // After the urgent want, so loaded pieces are kept even in a full store.
                 if held.is_none() {
                     let wanted = pieces.clone().filter_map(|i| s.geometry.piece(i));
-                    let all_on_disk = super::disk::start_loads(s, &mut st, wanted);
+                    let all_on_disk = disk::start_loads(s, &mut st, wanted);
                     if !all_on_disk && st.peers.is_empty() {
                         s.redial.notify_one();
                     }
@@ -199,92 +174,46 @@ impl Session {
     }
 }
 
-/// The first read (or a media open) lets background fetching begin; until then a mount only
-/// browsed downloads nothing.
-fn start_reading(s: &Shared, st: &mut State) {
-    if !st.reading_started {
-        st.reading_started = true;
-        super::verify::update_background(s, st);
-    }
-}
-
-/// Where one open file's reader stands (status and tests).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReaderStatus {
-    /// The file's path in the torrent, `/`-joined.
-    pub path: String,
-    /// Offset in the file right after the last read.
-    pub position: u64,
-    /// Offset in the file where the readahead window starts, and its size in bytes.
-    pub window_start: u64,
-    pub window: u64,
-}
-
-pub(crate) fn reader_status(s: &Shared, st: &State) -> Vec<ReaderStatus> {
-    let mut out: Vec<(u64, ReaderStatus)> = st
-        .readers
-        .iter()
-        .filter_map(|(&h, r)| {
-            let f = s.torrent.info.files.get(r.file)?;
-            let window_start = s
-                .geometry
-                .piece(r.readahead.start)
-                .map_or(r.next, |p| s.geometry.piece_offset(p).max(r.next));
-            Some((
-                h,
-                ReaderStatus {
-                    path: f.path.join("/"),
-                    position: r.next.saturating_sub(f.offset),
-                    window_start: window_start.saturating_sub(f.offset),
-                    window: r.window,
-                },
-            ))
-        })
-        .collect();
-    out.sort_by_key(|(h, _)| *h);
-    out.into_iter().map(|(_, r)| r).collect()
-}
-
-/// Sizes the window from the reader's consumption rate on a sequential read (see `window`),
-/// resets it on a seek, and tells the picker (and the peers) only when the window's pieces
-/// changed: the old window's pieces stop counting at once.
-fn move_window(s: &Arc<Shared>, st: &mut State, handle: u64, start: u64, len: u64, file_end: u64) {
+/// Moves the handle's window for a read of `len` bytes at `start`, and tells the picker (and
+/// the peers) only when the window's pieces changed: the old window's pieces stop counting at
+/// once, and the new window's pieces on disk come into memory ahead of the reader.
+fn move_window(
+    s: &Arc<Shared>,
+    st: &mut State,
+    handle: ReadHandle,
+    start: u64,
+    len: u64,
+    file_end: u64,
+) {
     let cfg = &s.config;
     // Readahead beyond half the cache would evict itself before it is read.
     let max = cfg.max_readahead_bytes.min(cfg.cache_bytes / 2);
-    let Some(r) = st.readers.get_mut(&handle) else {
+    let Some(r) = st.readers.get_mut(handle) else {
         return;
     };
-    // Kernel readahead sends a few reads at once, slightly out of order: near the last
-    // position still counts as sequential.
     let now = tokio::time::Instant::now();
-    if start.abs_diff(r.next) > len.max(256 * 1024) {
-        r.pace.reset();
-    }
-    r.pace.record(now, len);
-    r.window = r.pace.window(now, cfg.readahead_bytes, max);
-    r.next = start + len;
-    let ahead_end = (start + len).saturating_add(r.window).min(file_end);
-    let first = s.geometry.pieces_in(start, len).end;
-    let window = s
-        .geometry
-        .pieces_in(start + len, ahead_end.saturating_sub(start + len));
-    let readahead = first.min(window.end)..window.end;
-    if readahead != r.readahead {
-        r.readahead = readahead.clone();
-        let id = r.picker_id;
-        st.picker.set_reader(
-            id,
-            ReaderWant {
-                urgent: 0..0,
-                readahead: readahead.clone(),
-            },
-        );
-        Shared::refill_all(st);
-        // The window's pieces on disk come into memory ahead of the reader, as peers' would.
-        let ahead = readahead.filter_map(|i| s.geometry.piece(i));
-        super::disk::start_loads(s, st, ahead);
-    }
+    let moved = r.advance(
+        &s.geometry,
+        now,
+        start..start + len,
+        file_end,
+        cfg.readahead_bytes,
+        max,
+    );
+    let Some(readahead) = moved else {
+        return;
+    };
+    let id = r.window_id;
+    st.picker.set_reader(
+        id,
+        ReaderWant {
+            urgent: 0..0,
+            readahead: readahead.clone(),
+        },
+    );
+    st.peers.refill_all();
+    let ahead = readahead.filter_map(|i| s.geometry.piece(i));
+    disk::start_loads(s, st, ahead);
 }
 
 /// The requested bytes out of the pieces that hold them; a read inside one piece shares the
@@ -318,6 +247,6 @@ impl Drop for UrgentGuard<'_> {
     fn drop(&mut self) {
         let mut st = self.shared.lock();
         st.picker.remove_reader(self.id);
-        st.waits.remove(&self.id);
+        st.readers.wait_ended(self.id);
     }
 }

@@ -119,6 +119,11 @@ impl Store {
         self.budget
     }
 
+    /// The pieces held, most recently used first.
+    pub fn pieces(&self) -> impl Iterator<Item = PieceIndex> + '_ {
+        self.pieces.iter().map(|(p, _)| *p)
+    }
+
     pub fn len(&self) -> usize {
         self.pieces.len()
     }

@@ -531,6 +531,22 @@ fn piece_evicted_is_fetched_again() {
 }
 
 #[test]
+fn a_verified_piece_not_kept_is_missing_and_off_parole() {
+    let mut p = picker(2, 1);
+    let b = p.pick(A, &all(&p), 1)[0];
+    assert!(p.block_received(A, b).piece_complete);
+    p.piece_failed(b.piece);
+    p.set_exclusive(b.piece);
+    let b = p.pick(B, &all(&p), 1)[0];
+    assert!(p.block_received(B, b).piece_complete);
+    p.piece_not_kept(b.piece);
+    assert_eq!(state(&p, 0), PieceState::Missing);
+    assert!(!p.have(idx(&p, 0)));
+    // Off parole: any peer may fetch it, not only the one that sent it last.
+    assert_eq!(pieces(&p.pick(C, &all(&p), 1)), vec![0]);
+}
+
+#[test]
 fn piece_evicted_ignores_pieces_not_had() {
     let mut p = picker(1, 2);
     p.block_received(A, blk(&p, 0, 0));

@@ -142,10 +142,10 @@ fn pick_follows_the_comparator_in_random_states() {
                         if rand(2) == 0 {
                             p.request_failed(peers[who], b);
                         } else if p.block_received(peers[who], b).piece_complete {
-                            if rand(4) == 0 {
-                                p.piece_failed(b.piece);
-                            } else {
-                                p.piece_verified(b.piece);
+                            match rand(5) {
+                                0 => p.piece_failed(b.piece),
+                                1 => p.piece_not_kept(b.piece),
+                                _ => p.piece_verified(b.piece),
                             }
                         }
                     }

@@ -5,13 +5,36 @@
 use std::net::SocketAddr;
 
 use super::Peer;
-use super::pex::OUR_UT_PEX;
+use super::pex::{OUR_UT_PEX, PeerPex};
 use crate::magnet::metadata::metadata_piece;
 use crate::wire::Message;
 use crate::wire::extension::{ExtendedHandshake, HANDSHAKE_ID, MAX_METADATA_SIZE, MetadataMsg};
 
 /// Our id for `ut_metadata`: what peers use when they ask us for metadata (BEP 9).
 const OUR_UT_METADATA: u8 = 1;
+
+/// What the two handshakes said about extensions, and the extensions' own state.
+pub(super) struct Extensions {
+    /// The peer speaks the extension protocol (BEP 10).
+    pub(super) protocol: bool,
+    /// Both sides speak the Fast extension (BEP 6): requests are rejected, not ignored.
+    pub(super) fast: bool,
+    /// The peer's id for `ut_metadata` messages we send it, from its extended handshake.
+    their_ut_metadata: Option<u8>,
+    /// Peer exchange; `None` for private torrents (BEP 27).
+    pub(super) pex: Option<PeerPex>,
+}
+
+impl Extensions {
+    pub(super) fn new(protocol: bool, fast: bool, private: bool) -> Self {
+        Self {
+            protocol,
+            fast,
+            their_ut_metadata: None,
+            pex: (!private).then(PeerPex::new),
+        }
+    }
+}
 
 impl Peer {
     /// Tells the peer we serve metadata (peers that came by magnet need it) and, for public
@@ -20,7 +43,7 @@ impl Peer {
         let raw = &self.shared.torrent.info.raw;
         let hs = ExtendedHandshake {
             ut_metadata: Some(OUR_UT_METADATA),
-            ut_pex: self.pex.is_some().then_some(OUR_UT_PEX),
+            ut_pex: self.ext.pex.is_some().then_some(OUR_UT_PEX),
             metadata_size: u32::try_from(raw.len())
                 .ok()
                 .filter(|&n| n > 0 && n <= MAX_METADATA_SIZE),
@@ -40,21 +63,19 @@ impl Peer {
     pub(super) fn on_extended(&mut self, id: u8, payload: &[u8]) {
         if id == HANDSHAKE_ID {
             if let Ok(hs) = ExtendedHandshake::decode(payload) {
-                self.their_ut_metadata = hs.ut_metadata;
-                if let Some(pex) = &mut self.pex {
+                self.ext.their_ut_metadata = hs.ut_metadata;
+                if let Some(pex) = &mut self.ext.pex {
                     pex.on_handshake(hs.ut_pex, hs.yourip);
                 }
                 if let (false, Some(port)) = (self.outgoing, hs.port) {
                     let listen = SocketAddr::new(self.addr.ip(), port);
-                    if let Some(e) = self.shared.lock().peers.get_mut(&self.id) {
-                        e.listen = Some(listen);
-                    }
+                    self.shared.lock().peers.set_listen(self.id, listen);
                 }
             }
             return;
         }
         if id == OUR_UT_PEX {
-            if let Some(pex) = &mut self.pex {
+            if let Some(pex) = &mut self.ext.pex {
                 pex.on_message(&self.shared, self.addr, payload);
             }
             return;
@@ -63,7 +84,7 @@ impl Peer {
             return;
         }
         let (Some(theirs), Ok(MetadataMsg::Request { piece })) =
-            (self.their_ut_metadata, MetadataMsg::decode(payload))
+            (self.ext.their_ut_metadata, MetadataMsg::decode(payload))
         else {
             return;
         };

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::requests::Stall;
 use super::{Peer, PeerError};
-use crate::picker::Block;
-use crate::session::Shared;
 
 /// How long a peer may keep us waiting before it counts as stalled or dead. The session's
 /// config carries them (tests shorten them; no test waits out the defaults).
@@ -20,8 +19,7 @@ pub struct PeerTimeouts {
     /// A peer that sends no block for this long while we wait on requests has stalled: its
     /// requests go back to the picker for other peers.
     pub request: Duration,
-    /// Stalls before the peer is dropped, unless it delivered `BLOCKS_PER_STALL` blocks for
-    /// each of them.
+    /// Stalls before the peer is dropped, unless it delivered enough blocks for each of them.
     pub stalls: u32,
     /// No message but keep-alives for this long from a peer that never said what it has, or
     /// that keeps us choked while we want its pieces: it is useless to us, and its slot is
@@ -40,16 +38,6 @@ impl Default for PeerTimeouts {
     }
 }
 
-/// Blocks a peer must deliver per stall to be kept once it stalled `PeerTimeouts::stalls`
-/// times.
-const BLOCKS_PER_STALL: u64 = 16;
-/// A request is late (and, if a read waits on it, asked of one more peer) once it is this many
-/// times older than the peer's average block time, and at least `LATE_MIN` old; before the
-/// peer's first block, once it is `LATE_UNKNOWN` old.
-const LATE_FACTOR: u32 = 4;
-const LATE_MIN: Duration = Duration::from_secs(1);
-const LATE_UNKNOWN: Duration = Duration::from_secs(2);
-
 impl Peer {
     /// Drops a useless or stalling peer (`Err`), frees the requests of a stalled one and
     /// reports late ones.
@@ -62,26 +50,13 @@ impl Peer {
             return Err(PeerError::Idle);
         }
         self.report_late();
-        if let Some(&oldest) = self.requests.values().min() {
-            // Stalled: nothing came for a while, or a request sent later was answered while
-            // this one, old by now, was skipped (peers answer in order).
-            let silent = self.last_piece.elapsed() >= limits.request;
-            let skipped = self.newest_answered.is_some_and(|t| t > oldest);
-            if oldest.elapsed() >= limits.request && (silent || skipped) {
+        match self.requests.check_stall(Instant::now(), &limits) {
+            Stall::None => {}
+            Stall::Hopeless => return Err(PeerError::Stalled),
+            Stall::Stalled => {
                 tracing::debug!(addr = %self.addr, n = self.requests.len(), "requests timed out; freeing them for other peers");
-                self.stalls += 1;
-                // A slow peer that mostly delivers is kept; one that stalls about as often as
-                // it delivers (e.g. a block of each piece, then nothing) is not.
-                if self.stalls >= limits.stalls
-                    && self.delivered < u64::from(self.stalls) * BLOCKS_PER_STALL
-                {
-                    return Err(PeerError::Stalled);
-                }
-                self.snubbed = true;
                 self.release_requests();
-                let st = self.shared.lock();
-                Shared::refill_all(&st);
-                drop(st);
+                self.shared.lock().peers.refill_all();
                 self.refill();
             }
         }
@@ -91,17 +66,7 @@ impl Peer {
     /// Tells the picker of requests this peer is late with, so that a read waiting on one gets
     /// it from another peer too (the first copy wins, the other request is cancelled).
     fn report_late(&mut self) {
-        self.reported_late
-            .retain(|b, sent| self.requests.get(b) == Some(sent));
-        let threshold = self
-            .avg_block
-            .map_or(LATE_UNKNOWN, |avg| (avg * LATE_FACTOR).max(LATE_MIN));
-        let late: Vec<(Block, Instant)> = self
-            .requests
-            .iter()
-            .filter(|(b, sent)| sent.elapsed() >= threshold && !self.reported_late.contains_key(b))
-            .map(|(b, sent)| (*b, *sent))
-            .collect();
+        let late = self.requests.late(Instant::now());
         if late.is_empty() {
             return;
         }
@@ -110,13 +75,13 @@ impl Peer {
         for (b, sent) in late {
             // A block no read waits on yet is checked again next time: it may become urgent.
             if st.picker.mark_late(b) {
-                self.reported_late.insert(b, sent);
+                self.requests.reported(b, sent);
                 marked += 1;
             }
         }
         if marked > 0 {
-            tracing::debug!(addr = %self.addr, marked, avg = ?self.avg_block, "late with blocks a read waits on; asking other peers too");
-            Shared::refill_all(&st);
+            tracing::debug!(addr = %self.addr, marked, avg = ?self.requests.avg_block(), "late with blocks a read waits on; asking other peers too");
+            st.peers.refill_all();
         }
     }
 }

@@ -1,11 +1,15 @@
 //! One connected peer: handshake, then a loop that reads its messages, keeps our requests to it
 //! topped up from the picker, answers its requests from the store, and frees its requests for
 //! other peers when it stalls.
+//!
+//! A connection's state is split the way its work is: [`requests`] (what we asked and how it
+//! answers), [`rates`], [`upload`] (its downloading from us), [`extended`] (BEP 10 extensions:
+//! metadata, PEX) with [`fast`] (BEP 6), and [`health`] (stalls, lateness, idling); the loop
+//! and the messages that touch several of them are here.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -16,11 +20,14 @@ mod extended;
 mod fast;
 mod health;
 pub(super) mod pex;
+mod rates;
+mod requests;
 mod upload;
 mod writer;
 
-use super::verify::{self, Assembly};
-use super::{PeerCmd, PeerEntry, PeerSource, Shared};
+use super::host::Incoming;
+use super::peers::{PeerCmd, Refusal};
+use super::{PeerSource, Shared, verify};
 use crate::bitfield::Bitfield;
 use crate::picker::{Block, PeerId};
 use crate::piece::BLOCK_SIZE;
@@ -28,22 +35,17 @@ use crate::wire::{
     BlockRef, Handshake, Message, MessageReader, MessageWriter, WireError, read_handshake,
     write_handshake,
 };
+use extended::Extensions;
 pub use health::PeerTimeouts;
-use pex::PeerPex;
+use rates::Rates;
+use requests::{Arrival, Requests};
+use upload::UploadSide;
 use writer::{AbortOnDrop, write_loop};
 
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(90);
-/// Blocks a peer may send that we never asked for, beyond those we asked for and then
-/// cancelled or gave up on (which may still arrive): more is a peer pushing data on us.
-const UNASKED_TOLERANCE: u32 = 2;
 /// `have`s for pieces the peer already announced, beyond one per piece of the torrent: more is
 /// a flood.
 const REDUNDANT_HAVE_SLACK: u32 = 1000;
-/// Bounds on requests in flight to one peer. The target follows the peer's rate: about one
-/// second of its data, so a read's urgent request never waits behind much background work,
-/// while a fast peer still has enough queued to fill the link.
-const MIN_QUEUE: usize = 8;
-const MAX_QUEUE: usize = 400;
 
 /// Why a connection ended; logged at debug level, never shown as an error to the user.
 #[derive(Debug, thiserror::Error)]
@@ -70,71 +72,85 @@ pub(crate) enum PeerError {
     Shutdown,
 }
 
-/// Runs a connection to the end. Any source but `Incoming`: we dialled, so we speak first.
-pub(crate) async fn run(
+/// Runs a connection we dialled to the end: we speak first.
+pub(crate) async fn dial(
     shared: Arc<Shared>,
     mut stream: TcpStream,
     addr: SocketAddr,
     source: PeerSource,
 ) -> Result<(), PeerError> {
-    let outgoing = source != PeerSource::Incoming;
     let ours = Handshake::new(shared.torrent.info_hash.0, shared.peer_id);
     let theirs = tokio::time::timeout(shared.config.peer_timeouts.handshake, async {
-        if outgoing {
-            write_handshake(&mut stream, &ours).await?;
-        }
+        write_handshake(&mut stream, &ours).await?;
         let theirs = read_handshake(&mut stream).await?;
         if theirs.info_hash != ours.info_hash {
             return Err(PeerError::WrongTorrent);
-        }
-        if !outgoing {
-            write_handshake(&mut stream, &ours).await?;
         }
         Ok(theirs)
     })
     .await
     .map_err(|_| PeerError::HandshakeTimeout)
     .and_then(|r| r)
-    .inspect_err(|e| tracing::debug!(%addr, outgoing, "handshake failed: {e}"))?;
+    .inspect_err(|e| tracing::debug!(%addr, outgoing = true, "handshake failed: {e}"))?;
+    connected(shared, stream, addr, source, &ours, &theirs).await
+}
+
+/// Runs a connection the host routed to us (their handshake read, for our torrent) to the end.
+pub(crate) async fn accept(shared: Arc<Shared>, conn: Incoming) -> Result<(), PeerError> {
+    let Incoming {
+        mut stream,
+        addr,
+        theirs,
+    } = conn;
+    let ours = Handshake::new(shared.torrent.info_hash.0, shared.peer_id);
+    tokio::time::timeout(
+        shared.config.peer_timeouts.handshake,
+        write_handshake(&mut stream, &ours),
+    )
+    .await
+    .map_err(|_| PeerError::HandshakeTimeout)?
+    .inspect_err(|e| tracing::debug!(%addr, outgoing = false, "handshake failed: {e}"))?;
+    connected(shared, stream, addr, PeerSource::Incoming, &ours, &theirs).await
+}
+
+/// After both handshakes: admits the peer and runs its loop until it ends.
+async fn connected(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    source: PeerSource,
+    ours: &Handshake,
+    theirs: &Handshake,
+) -> Result<(), PeerError> {
     if theirs.peer_id == shared.peer_id {
         return Err(PeerError::SelfConnection);
     }
     let _ = stream.set_nodelay(true);
-
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (id, have) = {
         let mut st = shared.lock();
         // Checked under the lock `stop` takes to disconnect everyone: no peer slips in after.
-        if *shared.shutdown.borrow() {
+        if shared.is_shutting_down() {
             return Err(PeerError::Shutdown);
         }
-        if st.banned.contains(&addr.ip()) {
-            return Err(PeerError::Banned);
-        }
-        if st.peers.len() >= shared.config.max_peers {
-            return Err(PeerError::Full);
-        }
-        st.next_peer += 1;
-        let id = PeerId(st.next_peer);
-        if !outgoing {
-            st.known.insert(addr, source);
-        }
-        let entry = PeerEntry {
-            addr,
-            source,
-            cmd: cmd_tx,
-            listen: outgoing.then_some(addr),
-            seed: false,
-        };
-        st.peers.insert(id, entry);
+        let id = (st.peers)
+            .admit(addr, source, cmd_tx, shared.config.max_peers)
+            .map_err(|r| match r {
+                Refusal::Banned => PeerError::Banned,
+                Refusal::Full => PeerError::Full,
+            })?;
         (id, st.picker.have_bitfield().clone())
     };
+    let outgoing = source != PeerSource::Incoming;
     tracing::debug!(%addr, outgoing, "peer connected");
-    let mut peer = Peer::new(shared.clone(), id, addr);
-    peer.extensions = theirs.supports_extensions();
-    peer.fast = ours.supports_fast() && theirs.supports_fast();
-    peer.outgoing = outgoing;
-    let result = peer.run(stream, cmd_rx, have).await;
+    let ext = Extensions::new(
+        theirs.supports_extensions(),
+        ours.supports_fast() && theirs.supports_fast(),
+        shared.torrent.info.private,
+    );
+    let (out, out_rx) = mpsc::unbounded_channel();
+    let mut peer = Peer::new(shared, id, addr, outgoing, out, ext);
+    let result = peer.run(stream, cmd_rx, out_rx, have).await;
     peer.leave();
     tracing::debug!(%addr, ?result, "peer disconnected");
     result
@@ -144,110 +160,55 @@ struct Peer {
     shared: Arc<Shared>,
     id: PeerId,
     addr: SocketAddr,
+    outgoing: bool,
+    /// Messages for the writer task.
+    out: mpsc::UnboundedSender<Message>,
+    /// The pieces it has.
     has: Bitfield,
-    /// The peer chokes us: our requests are void until it unchokes.
-    choked: bool,
-    interested: bool,
-    /// We let it download from us.
-    unchoked_it: bool,
-    peer_interested: bool,
-    /// Our requests in flight to it, with when we sent them.
-    requests: HashMap<Block, Instant>,
-    /// Smoothed time from our request to its block, over the blocks it delivered.
-    avg_block: Option<Duration>,
-    /// Requests the picker took as late, with when they were sent: each request is reported
-    /// once (a block asked again later is a new request).
-    reported_late: HashMap<Block, Instant>,
-    last_piece: Instant,
-    /// When we sent the most recently sent request the peer has answered.
-    newest_answered: Option<Instant>,
-    /// The last message that was not a keep-alive.
-    last_useful: Instant,
-    /// Times its requests timed out, and blocks it delivered that we asked for.
-    stalls: u32,
-    delivered: u64,
-    /// Blocks we asked for and then cancelled or gave up on: they may still arrive.
-    late_allowed: u32,
-    /// Blocks that arrived unasked beyond `late_allowed`; their data is dropped.
-    unasked: u32,
-    /// `have`s naming a piece the peer had already announced.
-    redundant_haves: u32,
     /// Some message that states pieces (`bitfield`, `have`, `piece`) came: a `bitfield` now
     /// would break BEP 3 (it may only be the first).
     announced: bool,
-    /// Bytes of block data received since the last tick, and a smoothed rate (bytes/s).
-    recv_tick: u64,
-    rate: f64,
-    /// A peer that let requests time out gets one request at a time until it delivers again.
-    snubbed: bool,
-    out: mpsc::UnboundedSender<Message>,
-    out_rx: Option<mpsc::UnboundedReceiver<Message>>,
-    /// Bytes of `piece` messages queued for the writer and not yet written.
-    queued_upload: Arc<AtomicUsize>,
-    /// Block bytes the writer has sent this peer, and the smoothed upload rate (bytes/s).
-    sent_total: Arc<AtomicU64>,
-    sent_last: u64,
-    up_rate: f64,
-    /// The peer speaks the extension protocol (BEP 10).
-    extensions: bool,
-    /// Both sides speak the Fast extension (BEP 6): requests are rejected, not ignored.
-    fast: bool,
-    /// Pieces the peer rejected a request for while it had us unchoked, and when the first of
-    /// them was: not asked of it again until `REJECT_BACKOFF` passed (it may have dropped them).
-    rejected: Vec<u32>,
-    rejected_since: Option<Instant>,
-    /// `reject_request`s for blocks we never asked for (nor cancelled or gave up on).
-    unasked_rejects: u32,
-    /// The peer's id for `ut_metadata` messages we send it, from its extended handshake.
-    their_ut_metadata: Option<u8>,
-    outgoing: bool,
-    /// Peer exchange; `None` for private torrents (BEP 27).
-    pex: Option<PeerPex>,
+    /// `have`s naming a piece the peer had already announced.
+    redundant_haves: u32,
+    /// The last message that was not a keep-alive.
+    last_useful: Instant,
+    /// The peer chokes us: our requests are void until it unchokes.
+    choked: bool,
+    /// We told it we want some of its pieces.
+    interested: bool,
+    requests: Requests,
+    rates: Rates,
+    upload: UploadSide,
+    ext: Extensions,
 }
 
 impl Peer {
-    fn new(shared: Arc<Shared>, id: PeerId, addr: SocketAddr) -> Self {
+    fn new(
+        shared: Arc<Shared>,
+        id: PeerId,
+        addr: SocketAddr,
+        outgoing: bool,
+        out: mpsc::UnboundedSender<Message>,
+        ext: Extensions,
+    ) -> Self {
         let n = shared.geometry.piece_count();
-        let (out, out_rx) = mpsc::unbounded_channel();
         let now = Instant::now();
         Self {
+            shared,
             id,
             addr,
+            outgoing,
+            out,
             has: Bitfield::new(n),
+            announced: false,
+            redundant_haves: 0,
+            last_useful: now,
             choked: true,
             interested: false,
-            unchoked_it: false,
-            peer_interested: false,
-            requests: HashMap::new(),
-            avg_block: None,
-            reported_late: HashMap::new(),
-            last_piece: now,
-            newest_answered: None,
-            last_useful: now,
-            stalls: 0,
-            delivered: 0,
-            late_allowed: 0,
-            unasked: 0,
-            redundant_haves: 0,
-            announced: false,
-            recv_tick: 0,
-            rate: 0.0,
-            snubbed: false,
-            out,
-            out_rx: Some(out_rx),
-            queued_upload: Arc::new(AtomicUsize::new(0)),
-            sent_total: Arc::new(AtomicU64::new(0)),
-            sent_last: 0,
-            up_rate: 0.0,
-            extensions: false,
-            fast: false,
-            rejected: Vec::new(),
-            rejected_since: None,
-            unasked_rejects: 0,
-            their_ut_metadata: None,
-            outgoing: false,
-            pex: (!shared.torrent.info.private).then(PeerPex::new),
-            shared,
+            requests: Requests::new(now),
+            rates: Rates::default(),
+            upload: UploadSide::default(),
+            ext,
         }
     }
 
@@ -255,6 +216,7 @@ impl Peer {
         &mut self,
         stream: TcpStream,
         mut cmds: mpsc::UnboundedReceiver<PeerCmd>,
+        out_rx: mpsc::UnboundedReceiver<Message>,
         have: Bitfield,
     ) -> Result<(), PeerError> {
         let (rd, wr) = stream.into_split();
@@ -262,18 +224,17 @@ impl Peer {
         let max_frame = (BLOCK_SIZE + 13).max(have.as_bytes().len() as u32 + 1) + 1024;
         let mut reader =
             MessageReader::new(rd, max_frame).with_gauge(self.shared.read_buffers.clone());
-        let out_rx = self.out_rx.take().expect("run once");
         let mut writer = tokio::spawn(write_loop(
             MessageWriter::new(wr),
             out_rx,
-            self.queued_upload.clone(),
-            self.sent_total.clone(),
+            self.upload.queued_counter(),
+            self.rates.sent_counter(),
             self.shared.clone(),
         ));
         // Dropping a JoinHandle only detaches the task: without this, a writer blocked on a peer
         // that stopped reading would keep the socket (and the blocks queued for it) after we left.
         let _stop_writer = AbortOnDrop(writer.abort_handle());
-        if self.extensions {
+        if self.ext.protocol {
             self.send_extended_handshake();
         }
         if let Some(first) = self.first_statement(&have) {
@@ -305,13 +266,12 @@ impl Peer {
                     // Interest first: a piece that failed its check or was evicted is needed
                     // again, and `refill` asks nothing of a peer we told we are not interested.
                     Some(PeerCmd::Refill) => self.update_interest(),
-                    Some(PeerCmd::Have(i)) => {
-                        self.send(Message::Have(i));
+                    Some(PeerCmd::Have(p)) => {
+                        self.send(Message::Have(p.get()));
                         self.update_interest();
                     }
                     Some(PeerCmd::Cancel(b)) => {
-                        if self.requests.remove(&b).is_some() {
-                            self.late_allowed += 1;
+                        if self.requests.cancel(b) {
                             self.send(Message::Cancel(self.block_ref(b)));
                         }
                     }
@@ -368,11 +328,11 @@ impl Peer {
                 self.refill();
             }
             Message::Interested => {
-                self.peer_interested = true;
+                self.upload.interested = true;
                 self.shared.lock().choker.set_interested(self.id.0, true);
             }
             Message::NotInterested => {
-                self.peer_interested = false;
+                self.upload.interested = false;
                 self.shared.lock().choker.set_interested(self.id.0, false);
             }
             Message::Have(i) => {
@@ -384,7 +344,7 @@ impl Peer {
                     let mut st = self.shared.lock();
                     st.picker.peer_have(self.id, p);
                     if self.has.is_full() {
-                        mark_seed(&mut st, self.id);
+                        st.peers.mark_seed(self.id);
                     }
                     drop(st);
                     self.update_interest();
@@ -419,62 +379,23 @@ impl Peer {
             .ok_or(PeerError::Protocol("piece: not a block we use"))?;
         let block = Block { piece: p, block: b };
         self.announced = true;
-        let sent_at = self.requests.remove(&block);
-        let asked = sent_at.is_some();
-        self.newest_answered = self.newest_answered.max(sent_at);
-        if let Some(sent) = sent_at {
-            let took = sent.elapsed();
-            self.avg_block = Some(match self.avg_block {
-                None => took,
-                Some(avg) => avg.mul_f64(0.75) + took.mul_f64(0.25),
-            });
-        }
-        if !asked {
-            if self.late_allowed == 0 {
-                // Not a late answer to anything: the data is not taken, and a peer that keeps
-                // pushing it is gone.
-                self.unasked += 1;
-                if self.unasked > UNASKED_TOLERANCE {
-                    return Err(PeerError::Protocol("blocks we never asked for"));
-                }
-                return Ok(());
-            }
-            self.late_allowed -= 1;
+        match self.requests.received(block, Instant::now()) {
+            Arrival::Asked | Arrival::Late => {}
+            // Not a late answer to anything: the data is not taken, and a peer that keeps
+            // pushing it is gone.
+            Arrival::Unasked => return Ok(()),
+            Arrival::Pushed => return Err(PeerError::Protocol("blocks we never asked for")),
         }
         self.shared
             .downloaded
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.recv_tick += data.len() as u64;
-        if asked {
-            self.last_piece = Instant::now();
-            self.snubbed = false;
-            self.delivered += 1;
-        }
-        let complete = {
-            let mut st = self.shared.lock();
-            let r = st.picker.block_received(self.id, block);
-            for (other, blk) in &r.cancel {
-                if let Some(e) = st.peers.get(other) {
-                    let _ = e.cmd.send(PeerCmd::Cancel(*blk));
-                }
-            }
-            if !r.new {
-                None
-            } else {
-                let asm = st
-                    .assembly
-                    .entry(index)
-                    .or_insert_with(|| Assembly::new(g.piece_len(p), g.block_count(p)));
-                asm.put(b, begin, &data, self.addr.ip());
-                if r.piece_complete {
-                    st.assembly.remove(&index)
-                } else {
-                    None
-                }
-            }
-        };
+        self.rates.received(data.len());
+        let complete =
+            self.shared
+                .lock()
+                .block_arrived(self.id, block, begin, &data, self.addr.ip());
         if let Some(asm) = complete {
-            verify::verify(self.shared.clone(), p, asm);
+            verify::check(self.shared.clone(), p, asm);
         }
         self.refill();
         Ok(())
@@ -490,7 +411,7 @@ impl Peer {
         st.picker.peer_gone(self.id, &self.has);
         st.picker.peer_bitfield(self.id, &bf);
         if bf.is_full() {
-            mark_seed(&mut st, self.id);
+            st.peers.mark_seed(self.id);
         }
         drop(st);
         self.has = bf;
@@ -518,33 +439,26 @@ impl Peer {
         if self.choked || !self.interested {
             return;
         }
-        let target = if self.snubbed {
-            1
-        } else {
-            ((self.rate / f64::from(BLOCK_SIZE)) as usize).clamp(MIN_QUEUE, MAX_QUEUE)
-        };
+        let target = self.requests.target(self.rates.down());
         if self.requests.len() >= target {
             return;
         }
-        let pickable = self.pickable();
         let blocks = {
+            let pickable = self.requests.pickable(&self.has);
             let mut st = self.shared.lock();
             st.picker
                 .pick(self.id, &pickable, target - self.requests.len())
         };
-        if blocks.is_empty() {
-            return;
-        }
         let now = Instant::now();
         for b in blocks {
-            self.requests.insert(b, now);
+            self.requests.sent(b, now);
             self.send(Message::Request(self.block_ref(b)));
         }
     }
 
     fn on_tick(&mut self) -> Result<(), PeerError> {
         self.end_reject_backoff();
-        if let Some(pex) = &mut self.pex
+        if let Some(pex) = &mut self.ext.pex
             && let Some((id, payload)) = pex.tick(&self.shared, self.id, self.addr)
         {
             self.send(Message::Extended {
@@ -552,16 +466,11 @@ impl Peer {
                 payload: payload.into(),
             });
         }
-        self.rate = 0.6 * self.rate + 0.4 * self.recv_tick as f64;
-        self.recv_tick = 0;
-        let sent = self.sent_total.load(Ordering::Relaxed);
-        self.up_rate = 0.6 * self.up_rate + 0.4 * sent.saturating_sub(self.sent_last) as f64;
-        self.sent_last = sent;
+        self.rates.tick();
         {
             let mut st = self.shared.lock();
-            st.choker
-                .set_rates(self.id.0, self.rate as u64, self.up_rate as u64);
-            st.choker.set_snubbed(self.id.0, self.snubbed);
+            (st.choker).set_rates(self.id.0, self.rates.down() as u64, self.rates.up() as u64);
+            st.choker.set_snubbed(self.id.0, self.requests.is_snubbed());
             let urgent = st.picker.has_urgent(&self.has);
             st.choker.set_urgent(self.id.0, urgent);
         }
@@ -570,32 +479,19 @@ impl Peer {
 
     /// Gives every request in flight back to the picker (choked, stalled or leaving).
     fn release_requests(&mut self) {
-        if self.requests.is_empty() {
+        let released = self.requests.release_all();
+        if released.is_empty() {
             return;
         }
-        self.late_allowed = self
-            .late_allowed
-            .saturating_add(self.requests.len() as u32)
-            .min(2 * MAX_QUEUE as u32);
         let mut st = self.shared.lock();
-        for (b, _) in self.requests.drain() {
+        for b in released {
             st.picker.request_failed(self.id, b);
         }
-        Shared::refill_all(&st);
+        st.peers.refill_all();
     }
 
     fn leave(&mut self) {
-        self.requests.clear();
-        let mut st = self.shared.lock();
-        st.picker.peer_gone(self.id, &self.has);
-        st.choker.peer_left(self.id.0);
-        st.peers.remove(&self.id);
-        Shared::refill_all(&st);
-    }
-}
-
-fn mark_seed(st: &mut super::State, id: PeerId) {
-    if let Some(e) = st.peers.get_mut(&id) {
-        e.seed = true;
+        self.requests.release_all();
+        self.shared.lock().peer_left(self.id, &self.has);
     }
 }

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{PeerEntry, PeerSource, Shared};
 use crate::picker::PeerId;
+use crate::session::Shared;
 use crate::wire::extension::{Pex, PexFlags};
 
 /// Our extension id for `ut_pex`: what peers send their PEX messages under.
@@ -149,21 +149,6 @@ impl Sender {
     }
 }
 
-/// Where a connected peer listens and the flags to name it with: an outgoing connection's
-/// address is its listening address and reachable; an incoming one's only if it told us its
-/// port (extended handshake `p`), else we cannot name it.
-pub(crate) fn advertised(e: &PeerEntry) -> Option<(SocketAddr, PexFlags)> {
-    let addr = e.listen?;
-    let mut flags = 0;
-    if e.source != PeerSource::Incoming {
-        flags |= PexFlags::REACHABLE.0;
-    }
-    if e.seed {
-        flags |= PexFlags::SEED.0;
-    }
-    Some((addr, PexFlags(flags)))
-}
-
 /// PEX on one connection of a public torrent.
 pub(crate) struct PeerPex {
     /// The id to send our messages under, from the peer's extended handshake.
@@ -200,14 +185,11 @@ impl PeerPex {
         };
         let accepted = {
             let st = shared.lock();
-            let connected: HashSet<SocketAddr> = (st.peers.values())
-                .flat_map(|e| [Some(e.addr), e.listen])
-                .flatten()
-                .collect();
+            let connected = st.peers.addresses();
             let exclude = Exclude {
                 listen: SocketAddr::new(shared.config.listen.ip(), shared.listen_port),
                 yourip: self.yourip,
-                banned: &st.banned,
+                banned: st.peers.banned(),
                 connected: &connected,
             };
             self.receiver
@@ -232,14 +214,7 @@ impl PeerPex {
         if !self.sender.due(now) {
             return None;
         }
-        let connected: HashMap<SocketAddr, PexFlags> = {
-            let st = shared.lock();
-            (st.peers.iter())
-                .filter(|(id, _)| **id != me)
-                .filter_map(|(_, e)| advertised(e))
-                .filter(|(a, _)| *a != to)
-                .collect()
-        };
+        let connected = shared.lock().peers.pex_view(me, to);
         let pex = self.sender.poll(now, &connected)?;
         tracing::debug!(
             %to,
@@ -406,30 +381,5 @@ mod tests {
         assert_eq!(s.poll(t0 + SEND_INTERVAL * 3, &all), None);
         let m = s.poll(t0 + SEND_INTERVAL * 4, &HashMap::new()).unwrap();
         assert_eq!(m.dropped.len(), MAX_ADDED);
-    }
-
-    #[test]
-    fn advertised_addresses_and_flags() {
-        let (cmd, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut e = PeerEntry {
-            addr: addr("10.0.0.5:40000"),
-            source: PeerSource::Incoming,
-            cmd,
-            listen: None,
-            seed: false,
-        };
-        assert_eq!(advertised(&e), None, "incoming, no port told");
-        e.listen = Some(addr("10.0.0.5:6881"));
-        e.seed = true;
-        assert_eq!(
-            advertised(&e),
-            Some((addr("10.0.0.5:6881"), PexFlags::SEED))
-        );
-        e.source = PeerSource::Tracker;
-        e.seed = false;
-        assert_eq!(
-            advertised(&e),
-            Some((addr("10.0.0.5:6881"), PexFlags::REACHABLE))
-        );
     }
 }

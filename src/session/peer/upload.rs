@@ -2,7 +2,8 @@
 //! (from memory, or loaded from disk), or with the Fast extension (BEP 6) a `reject_request`
 //! for what we will not serve, so the peer asks someone else at once instead of timing out.
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::writer::Upload;
 use super::{Peer, PeerError};
@@ -11,6 +12,28 @@ use crate::wire::{BlockRef, Message};
 /// Block data queued for one peer's socket before its further requests are refused: a peer
 /// that requests faster than it reads cannot make us buffer without bound.
 pub(super) const MAX_QUEUED_UPLOAD: usize = 4 * 1024 * 1024;
+
+/// Our side of the peer's downloading from us.
+#[derive(Default)]
+pub(super) struct UploadSide {
+    /// We let it download from us (the choker's decision).
+    unchoked: bool,
+    /// It says it wants our pieces.
+    pub(super) interested: bool,
+    /// Bytes of `piece` messages queued for the writer and not yet written.
+    queued: Arc<AtomicUsize>,
+}
+
+impl UploadSide {
+    /// The counter the writer task takes written block bytes off.
+    pub(super) fn queued_counter(&self) -> Arc<AtomicUsize> {
+        self.queued.clone()
+    }
+
+    fn full(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) >= MAX_QUEUED_UPLOAD
+    }
+}
 
 impl Peer {
     pub(super) fn on_request(&mut self, r: BlockRef) -> Result<(), PeerError> {
@@ -26,20 +49,20 @@ impl Peer {
         }
         // Choked (always, with `--no-upload`) or too much queued: BEP 3 lets us drop the
         // request; with Fast the peer is told.
-        if !self.unchoked_it || self.queued_upload.load(Ordering::Relaxed) >= MAX_QUEUED_UPLOAD {
+        if !self.upload.unchoked || self.upload.full() {
             self.reject(r);
             return Ok(());
         }
         let (data, on_disk) = {
             let st = self.shared.lock();
-            (st.store.peek(p), st.disk.holds(p))
+            (st.residency.peek(p), st.residency.on_disk(p))
         };
         tracing::trace!(addr = %self.addr, ?r, have = data.is_some(), on_disk, "request");
         let upload = Upload {
             shared: self.shared.clone(),
             out: self.out.clone(),
-            queued: self.queued_upload.clone(),
-            fast: self.fast,
+            queued: self.upload.queued.clone(),
+            fast: self.ext.fast,
         };
         match data {
             Some(data) => upload.send(r, &data),
@@ -60,7 +83,7 @@ impl Peer {
                     }
                 });
             }
-            // Announced once, since evicted from memory and not on disk.
+            // Announced once, no longer held (see `residency`).
             None => self.reject(r),
         }
         Ok(())
@@ -68,7 +91,7 @@ impl Peer {
 
     /// Tells a Fast peer we will not serve `r`; without Fast, BEP 3 has us drop it silently.
     pub(super) fn reject(&self, r: BlockRef) {
-        if self.fast {
+        if self.ext.fast {
             tracing::trace!(addr = %self.addr, ?r, "rejecting request");
             self.send(Message::RejectRequest(r));
         }
@@ -79,8 +102,8 @@ impl Peer {
     /// Requests are answered (queued for the writer) as they arrive, so none is pending when
     /// we choke: those that arrive after it are rejected (Fast) or dropped.
     pub(super) fn set_unchoked(&mut self, unchoke: bool) {
-        if unchoke != self.unchoked_it {
-            self.unchoked_it = unchoke;
+        if unchoke != self.upload.unchoked {
+            self.upload.unchoked = unchoke;
             self.send(if unchoke {
                 Message::Unchoke
             } else {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
-use super::Shared;
+use crate::session::Shared;
 use crate::wire::{BlockRef, Message, MessageWriter, WireError};
 
 /// What answering a request needs, apart from the peer task (a disk load answers later).

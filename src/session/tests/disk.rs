@@ -20,8 +20,8 @@ async fn start_cached(content: &Content, peers: &[&FakePeer], dir: &Path) -> Ses
         }),
         ..Config::default()
     };
-    let listener = crate::session::bind(config.listen).await.expect("bind");
-    Session::start(content.torrent.clone(), config, listener)
+    let host = super::host_for(&config).await;
+    Session::start(content.torrent.clone(), config, &host)
         .await
         .expect("session starts")
 }

@@ -25,8 +25,8 @@ async fn a_block_late_at_a_slow_peer_is_also_asked_of_a_fast_one() {
     eventually(&session, "the read's blocks asked of the slow peer", |_| {
         let st = session.shared.lock();
         st.peers
-            .keys()
-            .any(|&id| st.picker.blocks_requested(id).any(|b| b.piece == piece))
+            .ids()
+            .any(|id| st.picker.blocks_requested(id).any(|b| b.piece == piece))
     })
     .await;
     join(&session, &honest).await;

@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use sha1::{Digest, Sha1};
 
-use super::{Config, PeerSource, ReadError, Session, Stats};
+use super::{Config, Host, PeerSource, ReadError, ReadHandle, Session, Stats};
 use crate::bencode::Encoder;
 use crate::metainfo::Torrent;
 use fake_peer::{Abuse, Behavior, Content, FakePeer, HANG};
@@ -90,10 +90,17 @@ async fn start(content: &Content, peers: &[&FakePeer], cache_bytes: u64) -> Sess
         cache_bytes,
         ..Config::default()
     };
-    let listener = super::bind(config.listen).await.expect("bind");
-    Session::start(content.torrent.clone(), config, listener)
+    let host = host_for(&config).await;
+    Session::start(content.torrent.clone(), config, &host)
         .await
         .expect("session starts")
+}
+
+/// The host a test session takes its incoming peers from, with the config's handshake limit.
+async fn host_for(config: &Config) -> Host {
+    Host::bind(config.listen, config.peer_timeouts.handshake)
+        .await
+        .expect("bind")
 }
 
 async fn within<F: Future>(what: &str, f: F) -> F::Output {
@@ -128,7 +135,7 @@ fn expected(content: &Content, file: usize, offset: u64, len: u32) -> &[u8] {
 async fn check_read(
     session: &Session,
     content: &Content,
-    handle: u64,
+    handle: ReadHandle,
     file: usize,
     offset: u64,
     len: u32,
@@ -235,7 +242,7 @@ fn spawn_read_everything(
 }
 
 fn banned(session: &Session, ip: IpAddr) -> bool {
-    session.shared.lock().banned.contains(&ip)
+    session.shared.lock().peers.is_banned(ip)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -509,15 +516,8 @@ async fn a_piece_needed_again_after_the_whole_torrent_was_held_is_fetched() {
     .await;
     let sent = seeder.counters().blocks_sent;
 
-    // Evict everything, as the store does under pressure (`accept`: store, then picker).
-    {
-        let mut st = session.shared.lock();
-        let budget = st.store.budget();
-        st.store = crate::store::Store::new(budget);
-        for p in c.torrent.info.geometry.pieces() {
-            st.picker.piece_evicted(p);
-        }
-    }
+    // Evict everything, as memory does under pressure.
+    session.shared.lock().drop_memory();
     let h = session.open_reader(1);
     check_read(&session, &c, h, 1, 400_000, 50_000).await;
     assert!(seeder.counters().blocks_sent > sent, "fetched again");
@@ -642,8 +642,8 @@ async fn start_timeouts(
         peer_timeouts,
         ..Config::default()
     };
-    let listener = super::bind(config.listen).await.expect("bind");
-    Session::start(content.torrent.clone(), config, listener)
+    let host = host_for(&config).await;
+    Session::start(content.torrent.clone(), config, &host)
         .await
         .expect("session starts")
 }
@@ -801,17 +801,17 @@ async fn two_hundred_trickling_connections_stay_bounded_and_reads_go_on() {
 async fn our_own_address_is_forgotten_after_one_dial() {
     let c = two_files();
     let honest = FakePeer::start(ip(2), c.clone(), Behavior::Honest).await;
-    let listener = super::bind("127.0.0.1:0".parse().unwrap())
+    let host = Host::bind("127.0.0.1:0".parse().unwrap(), Duration::from_secs(10))
         .await
         .expect("bind");
-    let ourselves = listener.local_addr().expect("local addr");
+    let ourselves = std::net::SocketAddr::from(([127, 0, 0, 1], host.port()));
     let config = Config {
         listen: ourselves,
         peers: vec![honest.addr, ourselves],
         cache_bytes: BIG_CACHE,
         ..Config::default()
     };
-    let session = Session::start(c.torrent.clone(), config, listener)
+    let session = Session::start(c.torrent.clone(), config, &host)
         .await
         .expect("session starts");
     let s = eventually(&session, "our address forgotten", |s| {

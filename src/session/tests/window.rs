@@ -19,8 +19,8 @@ async fn the_window_follows_the_reading_rate_and_a_seek_resets_it() {
         max_readahead_bytes: 4 * 1024 * KIB,
         ..Config::default()
     };
-    let listener = crate::session::bind(config.listen).await.expect("bind");
-    let session = Session::start(c.torrent.clone(), config, listener)
+    let host = super::host_for(&config).await;
+    let session = Session::start(c.torrent.clone(), config, &host)
         .await
         .expect("session starts");
     // Everything already held, so reads return at once and only the clock sets the pace.
@@ -32,10 +32,8 @@ async fn the_window_follows_the_reading_rate_and_a_seek_resets_it() {
             let start = g.piece_offset(p) as usize;
             let data =
                 bytes::Bytes::copy_from_slice(&c.data[start..start + g.piece_len(p) as usize]);
-            st.picker.piece_verified(p);
-            assert!(crate::session::verify::keep_in_memory(
-                &mut st, p, data, false
-            ));
+            st.piece_passed(p, data);
+            assert!(st.residency.in_memory(p));
         }
     }
     let window = || session.stats().readers[0].window;
@@ -76,7 +74,7 @@ async fn the_window_follows_the_reading_rate_and_a_seek_resets_it() {
         let old_piece = g.piece((old_window / u64::from(PIECE)) as u32 + 1).unwrap();
         (
             st.picker.is_wanted_by_reader(old_piece),
-            crate::session::read::reader_status(&session.shared, &st),
+            st.readers.status(&c.torrent.info.files, g),
         )
     };
     assert!(

@@ -1,0 +1,205 @@
+//! What every torrent of one process shares: the port peers connect to and our peer id.
+//!
+//! The host accepts connections, reads each peer's handshake (bounded in time) and hands the
+//! connection to the session registered for the handshake's info-hash; a connection for no
+//! registered torrent is closed. A session never owns the listener, so a layer above sessions
+//! can run many torrents on one port (and the DHT, which uses the same port number, beside it).
+//!
+//! The accept loop ends when the last [`Host`] handle is dropped.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use super::SessionError;
+use crate::sync::lock;
+use crate::wire::{Handshake, read_handshake};
+
+/// Incoming connections queued for their session; more wait in their routing tasks.
+const BACKLOG: usize = 64;
+
+/// A connection whose handshake named a registered torrent; ours is not sent yet.
+pub(crate) struct Incoming {
+    pub(crate) stream: TcpStream,
+    pub(crate) addr: SocketAddr,
+    pub(crate) theirs: Handshake,
+}
+
+type Routes = Arc<Mutex<HashMap<[u8; 20], mpsc::Sender<Incoming>>>>;
+
+/// The listening side shared by the sessions of a process; cheap to clone.
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    port: u16,
+    peer_id: [u8; 20],
+    /// Locked briefly by the accept loop's handshake tasks and by `register`; never while
+    /// another lock is held, never across an `.await`.
+    routes: Routes,
+    /// Dropped with the last handle: the accept loop sees it and ends, closing the port.
+    _stop: watch::Sender<()>,
+}
+
+impl Host {
+    /// Binds the port peers connect to and starts accepting; a connection that does not send
+    /// a whole handshake within `handshake` is closed. Bound first, before any metadata fetch,
+    /// so that trackers learn the real port and a port in use fails at once.
+    pub async fn bind(addr: SocketAddr, handshake: Duration) -> Result<Host, SessionError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::AddrInUse => SessionError::PortInUse { port: addr.port() },
+                _ => SessionError::Listen { addr, source },
+            })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| SessionError::Listen { addr, source })?
+            .port();
+        let routes = Routes::default();
+        let (stop, stopped) = watch::channel(());
+        tokio::spawn(accept_loop(listener, routes.clone(), handshake, stopped));
+        Ok(Host {
+            inner: Arc::new(Inner {
+                port,
+                peer_id: crate::wire::new_peer_id(),
+                routes,
+                _stop: stop,
+            }),
+        })
+    }
+
+    /// The port bound (the one asked for, or the one picked for port 0).
+    pub fn port(&self) -> u16 {
+        self.inner.port
+    }
+
+    /// Our peer id, the same for every torrent of this process.
+    pub fn peer_id(&self) -> [u8; 20] {
+        self.inner.peer_id
+    }
+
+    /// Routes incoming peers for `info_hash` to the returned receiver, replacing an earlier
+    /// registration; they stop coming once it is dropped.
+    pub(crate) fn register(&self, info_hash: [u8; 20]) -> mpsc::Receiver<Incoming> {
+        let (tx, rx) = mpsc::channel(BACKLOG);
+        lock(&self.inner.routes).insert(info_hash, tx);
+        rx
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    routes: Routes,
+    handshake: Duration,
+    mut stopped: watch::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    tokio::spawn(route(stream, addr, routes.clone(), handshake));
+                }
+                Err(e) => {
+                    tracing::warn!("accepting a peer failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// Reads the peer's handshake and hands the connection to its torrent's session.
+async fn route(mut stream: TcpStream, addr: SocketAddr, routes: Routes, within: Duration) {
+    let theirs = match tokio::time::timeout(within, read_handshake(&mut stream)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, "incoming handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%addr, "incoming handshake timed out");
+            return;
+        }
+    };
+    let session = {
+        let mut routes = lock(&routes);
+        match routes.get(&theirs.info_hash) {
+            Some(tx) if tx.is_closed() => {
+                routes.remove(&theirs.info_hash);
+                None
+            }
+            other => other.cloned(),
+        }
+    };
+    let Some(session) = session else {
+        tracing::debug!(%addr, "incoming peer for a torrent we do not serve");
+        return;
+    };
+    let incoming = Incoming {
+        stream,
+        addr,
+        theirs,
+    };
+    if session.send(incoming).await.is_err() {
+        tracing::debug!(%addr, "incoming peer dropped: its session is gone");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::write_handshake;
+
+    #[tokio::test]
+    async fn a_handshake_reaches_the_session_of_its_torrent_only() {
+        let host = Host::bind("127.0.0.1:0".parse().unwrap(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let at = SocketAddr::from(([127, 0, 0, 1], host.port()));
+        let mut ours = host.register([1; 20]);
+
+        let mut other = TcpStream::connect(at).await.unwrap();
+        write_handshake(&mut other, &Handshake::new([2; 20], [9; 20]))
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1];
+        use tokio::io::AsyncReadExt;
+        assert_eq!(other.read(&mut buf).await.unwrap(), 0, "closed unanswered");
+
+        let mut peer = TcpStream::connect(at).await.unwrap();
+        write_handshake(&mut peer, &Handshake::new([1; 20], [9; 20]))
+            .await
+            .unwrap();
+        let got = ours.recv().await.unwrap();
+        assert_eq!(got.theirs.peer_id, [9; 20]);
+        assert_eq!(got.addr, peer.local_addr().unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_port_closes_with_the_last_handle() {
+        let host = Host::bind("127.0.0.1:0".parse().unwrap(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let at = SocketAddr::from(([127, 0, 0, 1], host.port()));
+        let second = host.clone();
+        drop(host);
+        assert!(TcpStream::connect(at).await.is_ok(), "a handle is left");
+        drop(second);
+        let closed = async {
+            while TcpStream::connect(at).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), closed)
+            .await
+            .expect("the port closes");
+    }
+}

@@ -1,0 +1,72 @@
+//! One connection's transfer rates, smoothed once a second: what the choker ranks peers by
+//! and what sizes our request queue to the peer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Weight of the newest second in the smoothed rates.
+const NEWEST: f64 = 0.4;
+
+#[derive(Default)]
+pub(super) struct Rates {
+    /// Block bytes received since the last tick, and the smoothed download rate (bytes/s).
+    received: u64,
+    down: f64,
+    /// Block bytes the writer task has sent (it counts them), as of the last tick, and the
+    /// smoothed upload rate.
+    sent: Arc<AtomicU64>,
+    sent_at_tick: u64,
+    up: f64,
+}
+
+impl Rates {
+    pub(super) fn received(&mut self, bytes: usize) {
+        self.received += bytes as u64;
+    }
+
+    /// The counter the writer task adds sent block bytes to.
+    pub(super) fn sent_counter(&self) -> Arc<AtomicU64> {
+        self.sent.clone()
+    }
+
+    /// Once a second: folds the last second into the smoothed rates.
+    pub(super) fn tick(&mut self) {
+        self.down = (1.0 - NEWEST) * self.down + NEWEST * self.received as f64;
+        self.received = 0;
+        let sent = self.sent.load(Ordering::Relaxed);
+        self.up = (1.0 - NEWEST) * self.up + NEWEST * sent.saturating_sub(self.sent_at_tick) as f64;
+        self.sent_at_tick = sent;
+    }
+
+    /// Smoothed bytes/s received from the peer.
+    pub(super) fn down(&self) -> f64 {
+        self.down
+    }
+
+    /// Smoothed bytes/s sent to the peer.
+    pub(super) fn up(&self) -> f64 {
+        self.up
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_follow_each_second_smoothed() {
+        let mut r = Rates::default();
+        for _ in 0..30 {
+            r.received(100_000);
+            r.sent_counter().fetch_add(50_000, Ordering::Relaxed);
+            r.tick();
+        }
+        assert!((r.down() - 100_000.0).abs() < 1.0, "{}", r.down());
+        assert!((r.up() - 50_000.0).abs() < 1.0, "{}", r.up());
+        r.tick();
+        assert!(
+            (r.down() - 60_000.0).abs() < 1.0,
+            "a quiet second weighs in"
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! The connected peers of a session, as the rest of the session sees them: who is connected
+//! (each with a command channel to its task), who is banned, and every address discovery named.
+//! The per-connection state lives in the peer task (`peer/`); this is the directory.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::sync::mpsc;
+
+use super::discovery::{Known, PeerSource, SourceCount, by_source};
+use crate::picker::{Block, PeerId};
+use crate::piece::PieceIndex;
+use crate::wire::extension::PexFlags;
+
+/// Messages the session sends to one peer task.
+#[derive(Debug)]
+pub(crate) enum PeerCmd {
+    /// Priorities changed or blocks were released: ask the picker for more.
+    Refill,
+    /// We hold a new piece: tell the peer (`have`).
+    Have(PieceIndex),
+    /// Another peer delivered this block first (endgame): cancel our request.
+    Cancel(Block),
+    /// The choker's decision: let the peer download from us, or not.
+    SetUnchoked(bool),
+    /// The peer sent bad data or we are shutting down: close the connection.
+    Disconnect,
+}
+
+/// One connected peer.
+pub(crate) struct PeerEntry {
+    pub(crate) addr: SocketAddr,
+    pub(crate) source: PeerSource,
+    cmd: mpsc::UnboundedSender<PeerCmd>,
+    /// Where it accepts connections: `addr` if outgoing, else the port its extended handshake
+    /// named; what PEX tells other peers.
+    listen: Option<SocketAddr>,
+    /// It has every piece.
+    seed: bool,
+}
+
+impl PeerEntry {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        source: PeerSource,
+        cmd: mpsc::UnboundedSender<PeerCmd>,
+    ) -> Self {
+        let outgoing = source != PeerSource::Incoming;
+        Self {
+            addr,
+            source,
+            cmd,
+            listen: outgoing.then_some(addr),
+            seed: false,
+        }
+    }
+
+    /// Where it listens and the flags to name it with in PEX: an outgoing connection's address
+    /// is its listening address and reachable; an incoming one's only if it told us its port
+    /// (extended handshake `p`), else we cannot name it.
+    pub(crate) fn advertised(&self) -> Option<(SocketAddr, PexFlags)> {
+        let addr = self.listen?;
+        let mut flags = 0;
+        if self.source != PeerSource::Incoming {
+            flags |= PexFlags::REACHABLE.0;
+        }
+        if self.seed {
+            flags |= PexFlags::SEED.0;
+        }
+        Some((addr, PexFlags(flags)))
+    }
+}
+
+/// Why a peer was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Banned,
+    Full,
+}
+
+#[derive(Default)]
+pub(crate) struct Peers {
+    connected: HashMap<PeerId, PeerEntry>,
+    banned: HashSet<IpAddr>,
+    /// Every address discovery has told us about, with who told us.
+    pub(crate) known: Known,
+    next_id: u64,
+}
+
+impl Peers {
+    /// Admits a peer that completed its handshake, unless banned or `max` are connected.
+    pub(crate) fn admit(
+        &mut self,
+        addr: SocketAddr,
+        source: PeerSource,
+        cmd: mpsc::UnboundedSender<PeerCmd>,
+        max: usize,
+    ) -> Result<PeerId, Refusal> {
+        if self.banned.contains(&addr.ip()) {
+            return Err(Refusal::Banned);
+        }
+        if self.connected.len() >= max {
+            return Err(Refusal::Full);
+        }
+        self.next_id += 1;
+        let id = PeerId(self.next_id);
+        if source == PeerSource::Incoming {
+            self.known.insert(addr, source);
+        }
+        self.connected.insert(id, PeerEntry::new(addr, source, cmd));
+        Ok(id)
+    }
+
+    pub(crate) fn remove(&mut self, id: PeerId) {
+        self.connected.remove(&id);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.connected.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn ids(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.connected.keys().copied()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.connected.is_empty()
+    }
+
+    pub(crate) fn send(&self, id: PeerId, cmd: PeerCmd) {
+        if let Some(e) = self.connected.get(&id) {
+            let _ = e.cmd.send(cmd);
+        }
+    }
+
+    /// Sends one command to every peer; `make` is called once per peer.
+    pub(crate) fn broadcast(&self, make: impl Fn() -> PeerCmd) {
+        for e in self.connected.values() {
+            let _ = e.cmd.send(make());
+        }
+    }
+
+    /// Asks every peer to top up its request queue (priorities changed or blocks were freed).
+    pub(crate) fn refill_all(&self) {
+        self.broadcast(|| PeerCmd::Refill);
+    }
+
+    /// Never trusts this address again and closes its connections.
+    pub(crate) fn ban(&mut self, ip: IpAddr) {
+        self.banned.insert(ip);
+        for e in self.connected.values().filter(|e| e.addr.ip() == ip) {
+            let _ = e.cmd.send(PeerCmd::Disconnect);
+        }
+    }
+
+    pub(crate) fn is_banned(&self, ip: IpAddr) -> bool {
+        self.banned.contains(&ip)
+    }
+
+    pub(crate) fn banned(&self) -> &HashSet<IpAddr> {
+        &self.banned
+    }
+
+    /// The peer's extended handshake named the port it listens on.
+    pub(crate) fn set_listen(&mut self, id: PeerId, listen: SocketAddr) {
+        if let Some(e) = self.connected.get_mut(&id) {
+            e.listen = Some(listen);
+        }
+    }
+
+    pub(crate) fn mark_seed(&mut self, id: PeerId) {
+        if let Some(e) = self.connected.get_mut(&id) {
+            e.seed = true;
+        }
+    }
+
+    /// Addresses of connected peers, both where they connect from and where they listen.
+    pub(crate) fn addresses(&self) -> HashSet<SocketAddr> {
+        (self.connected.values())
+            .flat_map(|e| [Some(e.addr), e.listen])
+            .flatten()
+            .collect()
+    }
+
+    /// The peers to name in a PEX message to `me` at `to` (not itself).
+    pub(crate) fn pex_view(&self, me: PeerId, to: SocketAddr) -> HashMap<SocketAddr, PexFlags> {
+        (self.connected.iter())
+            .filter(|(id, _)| **id != me)
+            .filter_map(|(_, e)| e.advertised())
+            .filter(|(a, _)| *a != to)
+            .collect()
+    }
+
+    /// Connected and known peers by source, for `Stats`.
+    pub(crate) fn by_source(&self) -> Vec<SourceCount> {
+        by_source(&self.known, self.connected.values().map(|e| e.source))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn advertised_addresses_and_flags() {
+        let (cmd, _rx) = mpsc::unbounded_channel();
+        let mut e = PeerEntry::new(addr("10.0.0.5:40000"), PeerSource::Incoming, cmd);
+        assert_eq!(e.advertised(), None, "incoming, no port told");
+        e.listen = Some(addr("10.0.0.5:6881"));
+        e.seed = true;
+        assert_eq!(
+            e.advertised(),
+            Some((addr("10.0.0.5:6881"), PexFlags::SEED))
+        );
+        e.source = PeerSource::Tracker;
+        e.seed = false;
+        assert_eq!(
+            e.advertised(),
+            Some((addr("10.0.0.5:6881"), PexFlags::REACHABLE))
+        );
+    }
+
+    #[test]
+    fn admission_refuses_the_banned_and_beyond_the_limit() {
+        let mut peers = Peers::default();
+        let (cmd, mut rx) = mpsc::unbounded_channel();
+        let a = peers
+            .admit(addr("10.0.0.1:1"), PeerSource::Tracker, cmd.clone(), 2)
+            .unwrap();
+        peers
+            .admit(addr("10.0.0.2:1"), PeerSource::Incoming, cmd.clone(), 2)
+            .unwrap();
+        assert_eq!(
+            peers.admit(addr("10.0.0.3:1"), PeerSource::Tracker, cmd.clone(), 2),
+            Err(Refusal::Full)
+        );
+        peers.ban(addr("10.0.0.1:1").ip());
+        assert!(matches!(rx.try_recv(), Ok(PeerCmd::Disconnect)));
+        peers.remove(a);
+        assert_eq!(
+            peers.admit(addr("10.0.0.1:2"), PeerSource::Tracker, cmd, 2),
+            Err(Refusal::Banned)
+        );
+        assert_eq!(peers.known.len(), 1, "the incoming address is known");
+    }
+}

@@ -1,0 +1,265 @@
+//! The session state behind the one state lock: each part an owner of its own data, and here
+//! the operations that change more than one part at once.
+//!
+//! | part | owns | file |
+//! |---|---|---|
+//! | `picker` | piece states, blocks in flight, reader wants | `picker/` |
+//! | `choker` | whom we upload to | `choker.rs` |
+//! | `residency` | which verified pieces memory and disk hold | `residency.rs` |
+//! | `loads` | disk loads in flight and who waits for them | `disk.rs` |
+//! | `peers` | connected, banned and known peers | `peers.rs` |
+//! | `assembling` | pieces being put together, suspects of bad data | `verify.rs` |
+//! | `readers` | open file handles, their windows, waiting reads | `readers.rs` |
+//!
+//! The picker's Have pieces change only in [`State::apply`], from residency changes.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+
+use super::disk::Loads;
+use super::peers::{PeerCmd, Peers};
+use super::readers::Readers;
+use super::residency::{Change, Residency};
+use super::verify::{Assembling, Assembly};
+use crate::bitfield::Bitfield;
+use crate::choker::Choker;
+use crate::picker::{Block, PeerId, Picker};
+use crate::piece::{Geometry, PieceIndex};
+
+/// Peers we upload to at once (one of them the optimistic unchoke).
+const UPLOAD_SLOTS: usize = 8;
+
+pub(crate) struct State {
+    pub(crate) picker: Picker,
+    /// Whom we upload to; ticked by the rechoke task.
+    pub(crate) choker: Choker,
+    pub(crate) residency: Residency,
+    pub(crate) loads: Loads,
+    pub(crate) peers: Peers,
+    pub(crate) assembling: Assembling,
+    pub(crate) readers: Readers,
+}
+
+impl State {
+    /// Nothing held, no background fetching until the first read.
+    pub(crate) fn new(geometry: Geometry, cache_bytes: u64) -> Self {
+        let mut picker = Picker::new(geometry);
+        picker.set_background(false);
+        Self {
+            picker,
+            choker: Choker::new(UPLOAD_SLOTS),
+            residency: Residency::new(cache_bytes),
+            loads: Loads::default(),
+            peers: Peers::default(),
+            assembling: Assembling::default(),
+            readers: Readers::default(),
+        }
+    }
+
+    /// Applies what residency reports: the only place pieces become Have or stop being Have in
+    /// the picker, and the only place `have` goes out to peers.
+    fn apply(&mut self, changes: Vec<Change>) {
+        for c in changes {
+            match c {
+                Change::Held(p) => {
+                    self.picker.piece_verified(p);
+                    self.peers.broadcast(|| PeerCmd::Have(p));
+                }
+                Change::Gone(p) => self.picker.piece_evicted(p),
+                Change::NotKept(p) => self.picker.piece_not_kept(p),
+            }
+        }
+    }
+
+    /// The pieces a disk cache held when the session started.
+    pub(crate) fn found_on_disk(&mut self, pieces: impl IntoIterator<Item = PieceIndex>) {
+        let changes = self.residency.found_on_disk(pieces);
+        self.apply(changes);
+    }
+
+    /// `p` passed its check with `data`: held (if there is room, or a read waits on it) and
+    /// announced; peers whose earlier blocks of it differ are banned. Returns whether the disk
+    /// cache should get a copy (it does not hold one yet).
+    pub(crate) fn piece_passed(&mut self, p: PieceIndex, data: Bytes) -> bool {
+        let liars = self.assembling.liars(p, &data);
+        let must_keep = self.picker.is_urgent(p);
+        let picker = &self.picker;
+        let changes = self
+            .residency
+            .verified(p, data, must_keep, |q| picker.is_wanted_by_reader(q));
+        self.apply(changes);
+        self.update_background();
+        for ip in liars {
+            tracing::warn!(%ip, piece = %p, "peer sent a corrupt block (found after the piece verified); banning it");
+            self.peers.ban(ip);
+        }
+        !self.residency.on_disk(p)
+    }
+
+    /// `p` failed its check: fetched again; a lone sender is banned, several are suspects and
+    /// the piece comes from one peer next time, so the next verdict names one sender.
+    pub(crate) fn piece_failed(&mut self, p: PieceIndex, asm: Assembly) {
+        self.picker.piece_failed(p);
+        match asm.senders().as_slice() {
+            [one] => {
+                tracing::warn!(ip = %one, piece = %p, "piece failed its SHA1 check; its only sender is banned");
+                self.peers.ban(*one);
+            }
+            senders => {
+                tracing::warn!(piece = %p, senders = senders.len(), "piece failed its SHA1 check; fetching it from one peer");
+                self.assembling.suspect(p, &asm);
+                self.picker.set_exclusive(p);
+            }
+        }
+    }
+
+    /// A piece loaded back from disk (and checked again) goes into memory if it fits.
+    pub(crate) fn loaded_from_disk(&mut self, p: PieceIndex, data: Bytes) {
+        let must_keep = self.picker.is_urgent(p);
+        let picker = &self.picker;
+        let changes = self
+            .residency
+            .loaded(p, data, must_keep, |q| picker.is_wanted_by_reader(q));
+        self.apply(changes);
+    }
+
+    /// The disk cache wrote `p` and evicted `evicted` for it.
+    pub(crate) fn disk_written(&mut self, p: PieceIndex, evicted: &[PieceIndex]) {
+        let changes = self.residency.written(p, evicted);
+        self.apply(changes);
+    }
+
+    /// The disk copy of `p` is gone (bad, unreadable or vanished).
+    pub(crate) fn disk_lost(&mut self, p: PieceIndex) {
+        let changes = self.residency.disk_lost(p);
+        self.apply(changes);
+    }
+
+    /// Memory forgets every piece at once, as under pressure (tests).
+    #[cfg(test)]
+    pub(crate) fn drop_memory(&mut self) {
+        let changes = self.residency.drop_memory();
+        self.apply(changes);
+    }
+
+    /// A block `peer` sent: the picker's verdict, cancels to other peers that had it requested
+    /// too, and the data into its piece. Returns the whole piece once its last block is in.
+    pub(crate) fn block_arrived(
+        &mut self,
+        peer: PeerId,
+        block: Block,
+        begin: u32,
+        data: &[u8],
+        from: IpAddr,
+    ) -> Option<Assembly> {
+        let r = self.picker.block_received(peer, block);
+        for (other, b) in r.cancel {
+            self.peers.send(other, PeerCmd::Cancel(b));
+        }
+        if !r.new {
+            return None;
+        }
+        let g = self.picker.geometry();
+        (self.assembling).put(g, block, begin, data, from, r.piece_complete)
+    }
+
+    /// A peer's connection ended: its pieces stop counting, its requests go to others.
+    pub(crate) fn peer_left(&mut self, id: PeerId, has: &Bitfield) {
+        self.picker.peer_gone(id, has);
+        self.choker.peer_left(id.0);
+        self.peers.remove(id);
+        self.peers.refill_all();
+    }
+
+    /// The first read (or a media file opened) lets background fetching begin; until then a
+    /// mount only browsed downloads nothing.
+    pub(crate) fn start_reading(&mut self) {
+        if self.readers.start() {
+            self.update_background();
+        }
+    }
+
+    /// Background (rarest-first) fetching runs after the first read and only while memory has
+    /// room, so it never churns the cache or evicts what readers will want.
+    pub(crate) fn update_background(&mut self) {
+        let piece = u64::from(self.picker.geometry().piece_length());
+        let room = piece * (self.assembling.len() as u64 + 2);
+        let enabled = self.readers.started() && self.residency.memory_has_room_for(room);
+        self.picker.set_background(enabled);
+    }
+
+    /// Bytes of the pieces we hold.
+    pub(crate) fn verified_bytes(&self) -> u64 {
+        let g = self.picker.geometry();
+        (self.picker.have_bitfield().iter_ones())
+            .filter_map(|i| g.piece(i))
+            .map(|p| u64::from(g.piece_len(p)))
+            .sum()
+    }
+
+    /// A read waits on a piece and no peer is connected to fetch it from.
+    pub(crate) fn starving(&self) -> bool {
+        self.peers.is_empty() && self.picker.urgent_pending()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::picker::PieceState;
+    use crate::session::discovery::PeerSource;
+
+    const PIECE: u32 = 16 * 1024;
+
+    /// Residency's invariant through the state: after any sequence of verdicts, disk writes,
+    /// disk losses and loads, the picker's Have pieces are exactly the held pieces, and a
+    /// connected peer was sent `have` for every piece held since it connected.
+    #[test]
+    fn the_pickers_have_is_what_residency_holds_and_peers_are_told() {
+        for seed in 0..30 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let g = Geometry::new(PIECE, u64::from(PIECE) * 12).unwrap();
+            let mut st = State::new(g.clone(), u64::from(PIECE) * 3);
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            st.peers
+                .admit("10.0.0.1:1".parse().unwrap(), PeerSource::Tracker, tx, 10)
+                .unwrap();
+            let mut told = std::collections::HashSet::new();
+            let data = Bytes::from(vec![1u8; PIECE as usize]);
+            for _ in 0..300 {
+                let p = g.piece(rng.random_range(0..12)).unwrap();
+                match rng.random_range(0..4) {
+                    0 | 1 if !st.residency.holds(p) => {
+                        st.piece_passed(p, data.clone());
+                    }
+                    2 => {
+                        let evicted: Vec<PieceIndex> = g
+                            .pieces()
+                            .filter(|&q| st.residency.on_disk(q) && rng.random_bool(0.2))
+                            .collect();
+                        st.disk_written(p, &evicted);
+                    }
+                    3 => st.disk_lost(p),
+                    _ => {}
+                }
+                while let Ok(cmd) = rx.try_recv() {
+                    if let PeerCmd::Have(p) = cmd {
+                        told.insert(p);
+                    }
+                }
+                for q in g.pieces() {
+                    let have = st.picker.piece_state(q) == PieceState::Have;
+                    assert_eq!(have, st.residency.holds(q), "seed {seed}, piece {q}");
+                    if have {
+                        assert!(told.contains(&q), "{q} held but never announced");
+                    }
+                }
+            }
+        }
+    }
+}
