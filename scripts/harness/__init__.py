@@ -6,6 +6,7 @@
   swarm    opentracker + libtorrent seeders of one file (scripts/swarm.py)
   dht      a tracker-less swarm on libtorrent DHT nodes (scripts/dht_nodes.py)
   netns    re-running a script in a private, loopback-only network namespace
+  torrent  bencode, for torrents made by hand
   measure  the benchmark's clients, one fresh mount per measurement, reads that may hang
   report   the benchmark's table: medians, ratios, targets, PASS/FAIL; --json
   cli      the benchmark's options and main(): work dir, Ctrl-C, cleanup, report
