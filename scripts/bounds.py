@@ -8,49 +8,28 @@ Makes a torrent of 100,000 files and one of 1,000,000 pieces in a temp dir, moun
 .torrent size, seconds until the mount appears, seconds to list it, and the peak RSS (VmHWM)
 of the btfs process. Numbers only, no thresholds: tests/bounds.rs checks correctness.
 """
-import hashlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
 
-
-def enc(v):
-    if isinstance(v, int):
-        return b"i%de" % v
-    if isinstance(v, str):
-        v = v.encode()
-    if isinstance(v, bytes):
-        return b"%d:%s" % (len(v), v)
-    if isinstance(v, list):
-        return b"l" + b"".join(enc(x) for x in v) + b"e"
-    return b"d" + b"".join(enc(k) + enc(x) for k, x in sorted(v.items())) + b"e"
+from harness import MiB
+from harness.mount import is_fuse_mount
+from harness.procs import vm_hwm
+from harness.torrent import bencode
 
 
 def many_files(n=100_000, pl=256 * 1024):
     files = [{"length": i % 1000 + 1, "path": ["d%03d" % (i // 1000), "f%06d.bin" % i]} for i in range(n)]
     total = sum(f["length"] for f in files)
     pieces = os.urandom(20 * -(-total // pl))
-    return enc({"info": {"files": files, "name": "many", "piece length": pl, "pieces": pieces}}), n
+    return bencode({"info": {"files": files, "name": "many", "piece length": pl, "pieces": pieces}}), n
 
 
 def many_pieces(n=1_000_000, pl=16 * 1024):
     info = {"length": n * pl - 1, "name": "big.bin", "piece length": pl, "pieces": os.urandom(20 * n)}
-    return enc({"info": info}), 1
-
-
-def mounted(path):
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
-
-
-def vm_hwm(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) // 1024
-    return -1
+    return bencode({"info": info}), 1
 
 
 def measure(btfs, name, data, nfiles, tmp):
@@ -66,7 +45,7 @@ def measure(btfs, name, data, nfiles, tmp):
         stdout=subprocess.DEVNULL,
     )
     try:
-        while not mounted(mnt):
+        while not is_fuse_mount(mnt):
             if proc.poll() is not None:
                 sys.exit("%s: btfs exited %d before mounting" % (name, proc.returncode))
             time.sleep(0.01)
@@ -86,7 +65,7 @@ def measure(btfs, name, data, nfiles, tmp):
     status = "ok" if found == nfiles else "MISSING FILES: %d of %d" % (found, nfiles)
     print(
         "%-12s torrent %5.1f MB  mount %6.2f s  find+ls -lR %6.2f s  peak RSS %5d MB  files %d %s"
-        % (name, len(data) / 1e6, mount_s, list_s, hwm, found, status)
+        % (name, len(data) / 1e6, mount_s, list_s, hwm // MiB if hwm else -1, found, status)
     )
 
 

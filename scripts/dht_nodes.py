@@ -42,9 +42,6 @@ import threading
 import time
 import warnings
 
-# session.status() is deprecated in 2.0 but is the one call that gives the routing table size.
-warnings.filterwarnings("ignore", category=DeprecationWarning)
-
 
 def log(msg):
     sys.stderr.write("[dht_nodes %s %d] %s\n" % (time.strftime("%H:%M:%S"), os.getpid(), msg))
@@ -56,34 +53,40 @@ def say(line):
     sys.stdout.flush()
 
 
+# A private DHT on loopback (scripts/swarm.py's DHT mode uses these too).
+LOOPBACK_DHT = {
+    "enable_dht": True,
+    # Never contact the internet's routers (dht.libtorrent.org by default).
+    "dht_bootstrap_nodes": "",
+    # The one setting the tests need: all nodes share 127.0.0.0/24, and by default
+    # libtorrent keeps one node per /24 in its routing table, so every table would stay at
+    # one node (measured: "routing tables did not fill: [1, 1, 1, 1, 1]").
+    "dht_restrict_routing_ips": False,
+    # The same rule for a lookup's results, and libtorrent's filters and limits for busy
+    # public nodes (5 queries/s per IP, 8 kB/s of replies): not reached by these tests
+    # (each was tried at its default), set so a busier test cannot trip them silently.
+    "dht_restrict_search_ips": False,
+    "dht_ignore_dark_internet": False,
+    "dht_block_ratelimit": 100000,
+    "dht_upload_rate_limit": 10 * 1000 * 1000,
+}
+
+
 def settings(lt, ip, port):
-    """Settings for a private DHT on loopback."""
-    return {
-        "listen_interfaces": "%s:%d" % (ip, port),
-        "outgoing_interfaces": ip,
-        "enable_dht": True,
-        # Never contact the internet's routers (dht.libtorrent.org by default).
-        "dht_bootstrap_nodes": "",
-        # The one setting the tests need: all nodes share 127.0.0.0/24, and by default
-        # libtorrent keeps one node per /24 in its routing table, so every table would stay at
-        # one node (measured: "routing tables did not fill: [1, 1, 1, 1, 1]").
-        "dht_restrict_routing_ips": False,
-        # The same rule for a lookup's results, and libtorrent's filters and limits for busy
-        # public nodes (5 queries/s per IP, 8 kB/s of replies): not reached by these tests
-        # (each was tried at its default), set so a busier test cannot trip them silently.
-        "dht_restrict_search_ips": False,
-        "dht_ignore_dark_internet": False,
-        "dht_block_ratelimit": 100000,
-        "dht_upload_rate_limit": 10 * 1000 * 1000,
-        "enable_lsd": False,
-        "enable_upnp": False,
-        "enable_natpmp": False,
-        "enable_ip_notifier": False,
-        "alert_mask": int(lt.alert.category_t.dht_notification)
+    """Settings for a node of a private DHT on loopback."""
+    return dict(
+        LOOPBACK_DHT,
+        listen_interfaces="%s:%d" % (ip, port),
+        outgoing_interfaces=ip,
+        enable_lsd=False,
+        enable_upnp=False,
+        enable_natpmp=False,
+        enable_ip_notifier=False,
+        alert_mask=int(lt.alert.category_t.dht_notification)
         | int(lt.alert.category_t.dht_operation_notification)
         | int(lt.alert.category_t.error_notification)
         | int(lt.alert.category_t.status_notification),
-    }
+    )
 
 
 def parse_addr(text):
@@ -119,6 +122,8 @@ def main():
     ap.add_argument("--port", type=int, default=6900)
     ap.add_argument("--timeout", type=float, default=60.0)
     args = ap.parse_args()
+    # session.status() is deprecated in 2.0 but is the one call that gives the routing table size.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         import libtorrent as lt
     except ImportError:

@@ -204,17 +204,11 @@ DHT_ANNOUNCE_INTERVAL = 10
 
 
 def dht_settings():
-    """DHT-mode settings added to base_settings (the reasons are in scripts/dht_nodes.py)."""
-    return {
-        "enable_dht": True,
-        "dht_bootstrap_nodes": "",
-        "dht_restrict_routing_ips": False,
-        "dht_restrict_search_ips": False,
-        "dht_ignore_dark_internet": False,
-        "dht_block_ratelimit": 100000,
-        "dht_upload_rate_limit": 10 * 1000 * 1000,
-        "dht_announce_interval": DHT_ANNOUNCE_INTERVAL,
-    }
+    """DHT-mode settings added to base_settings: those of scripts/dht_nodes.py's nodes (the
+    reasons are written there), and a short announce interval."""
+    from dht_nodes import LOOPBACK_DHT  # beside this script
+
+    return dict(LOOPBACK_DHT, dht_announce_interval=DHT_ANNOUNCE_INTERVAL)
 
 
 def dht_session(L, bind, port, nodes):
@@ -359,11 +353,7 @@ def seed(args):
             break
         if seeding and announced and not ready:
             ready = True
-            if args.ready_file:
-                tmp = args.ready_file + ".tmp"
-                with open(tmp, "w") as f:
-                    f.write("%s:%d\n" % (args.bind, args.port))
-                os.rename(tmp, args.ready_file)
+            write_ready(args)
             log("ready")
     del h
     del ses  # sends "stopped" to the trackers, bounded by stop_tracker_timeout
@@ -371,6 +361,16 @@ def seed(args):
         shutil.rmtree(made_work_dir, ignore_errors=True)
     log("exit %d" % rc)
     return rc
+
+
+def write_ready(args):
+    """Writes "IP:PORT" to --ready-file, if given, at once (a rename): a reader never sees
+    it half written."""
+    if args.ready_file:
+        tmp = args.ready_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("%s:%d\n" % (args.bind, args.port))
+        os.rename(tmp, args.ready_file)
 
 
 def parse_peer(s):
@@ -503,11 +503,7 @@ def pex_hub(args):
             last_connect = time.monotonic()
         if not ready and want <= connected:
             ready = True
-            if args.ready_file:
-                tmp = args.ready_file + ".tmp"
-                with open(tmp, "w") as f:
-                    f.write("%s:%d\n" % (args.bind, args.port))
-                os.rename(tmp, args.ready_file)
+            write_ready(args)
             log("ready: connected to %s" % sorted(want))
     st = h.status()
     log("downloaded %d bytes" % st.total_payload_download)

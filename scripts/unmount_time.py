@@ -20,8 +20,10 @@ import tempfile
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SWARM = os.path.join(HERE, "swarm.py")
+from harness import OURS, REPO
+from harness.mount import is_fuse_mount, status_text, unmount_lazy
+from harness.swarm import make_data, make_torrent
+
 PEERS = 50
 READERS = 8
 
@@ -65,17 +67,6 @@ def stallers(n, info_hash, stop):
     return addrs
 
 
-def mounted(path):
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split(" ")[4] == path for line in f)
-
-
-def status(mnt):
-    out = subprocess.run(["getfattr", "--only-values", "-n", "user.btfs.status", mnt],
-                         capture_output=True, text=True)
-    return out.stdout if out.returncode == 0 else ""
-
-
 def wait(cond, what, limit=120):
     end = time.monotonic() + limit
     while not cond():
@@ -93,12 +84,12 @@ def one_round(btfs, torrent, big, addrs, how, work):
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
     cats = []
     try:
-        wait(lambda: mounted(mnt), "mounted")
-        wait(lambda: "peers: %d\n" % len(addrs) in status(mnt), "%d peers" % len(addrs))
+        wait(lambda: is_fuse_mount(mnt), "mounted")
+        wait(lambda: "peers: %d\n" % len(addrs) in status_text(mnt), "%d peers" % len(addrs))
         path = os.path.join(mnt, big)
         cats = [subprocess.Popen(["cat", path], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL) for _ in range(READERS)]
-        wait(lambda: status(mnt).count("reader: ") == READERS, "%d readers" % READERS)
+        wait(lambda: status_text(mnt).count("reader: ") == READERS, "%d readers" % READERS)
         t0 = time.monotonic()
         if how == "SIGTERM":
             proc.send_signal(signal.SIGTERM)
@@ -109,7 +100,7 @@ def one_round(btfs, torrent, big, addrs, how, work):
             now = (time.monotonic() - t0) * 1000
             if "cats failed" not in marks and all(c.poll() is not None for c in cats):
                 marks["cats failed"] = now
-            if "mount gone" not in marks and not mounted(mnt):
+            if "mount gone" not in marks and not is_fuse_mount(mnt):
                 marks["mount gone"] = now
             if "btfs exited" not in marks and proc.poll() is not None:
                 marks["btfs exited"] = now
@@ -128,25 +119,20 @@ def one_round(btfs, torrent, big, addrs, how, work):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if mounted(mnt):
-            subprocess.run(["fusermount3", "-u", "-z", mnt])
+        unmount_lazy(mnt, ("fusermount3",))
         log.close()
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--btfs", default=os.path.join(HERE, "..", "target", "release", "btfs"))
+    p.add_argument("--btfs", default=os.path.join(REPO, OURS))
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     btfs = os.path.abspath(args.btfs)
     with tempfile.TemporaryDirectory(prefix="btfs-unmount-") as work:
-        data = subprocess.run([sys.executable, SWARM, "make-data", os.path.join(work, "data"),
-                               "--layout", "single", "--seed", "1", "--size", "4000000"],
-                              check=True, capture_output=True, text=True).stdout.strip()
+        data = make_data(os.path.join(work, "data"), "single", 1, 4000000, "single.bin")
         torrent = os.path.join(work, "t.torrent")
-        ih = subprocess.run([sys.executable, SWARM, "make-torrent", data, torrent,
-                             "--piece-length", "65536"],
-                            check=True, capture_output=True, text=True).stdout.strip()
+        ih = make_torrent(data, torrent, 65536)
         stop = threading.Event()
         addrs = stallers(PEERS, bytes.fromhex(ih), stop)
         try:

@@ -9,9 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::Mount;
-
-const ARGS: &[&str] = &["--no-dht", "--port", "0", "--bind", "127.0.0.1", "--quiet"];
+use common::{btfs, mount_btfs};
 
 fn bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(format!("{}:", b.len()).as_bytes());
@@ -70,7 +68,7 @@ fn a_torrent_of_100000_files_lists_every_file_with_its_size() {
     let n = 100_000;
     let dir = tempfile::tempdir().expect("tempdir");
     let torrent = write_torrent(dir.path(), "many.torrent", &many_files(n, 256 * 1024));
-    let m = Mount::new(Path::new(env!("CARGO_BIN_EXE_btfs")), &torrent, ARGS);
+    let m = mount_btfs(&torrent, &[]);
     let root = m.path().join("many");
     let mut seen = 0u64;
     for d in 0..n.div_ceil(1000) {
@@ -136,7 +134,7 @@ fn a_torrent_of_1000000_pieces_mounts_and_stats() {
     assert!(data.len() as u64 > 20_000_000);
     let dir = tempfile::tempdir().expect("tempdir");
     let torrent = write_torrent(dir.path(), "big.torrent", &data);
-    let info_out = Command::new(env!("CARGO_BIN_EXE_btfs"))
+    let info_out = Command::new(btfs())
         .arg("info")
         .arg(&torrent)
         .output()
@@ -147,7 +145,7 @@ fn a_torrent_of_1000000_pieces_mounts_and_stats() {
         String::from_utf8_lossy(&info_out.stderr)
     );
     assert!(String::from_utf8_lossy(&info_out.stdout).contains("1000000"));
-    let m = Mount::new(Path::new(env!("CARGO_BIN_EXE_btfs")), &torrent, ARGS);
+    let m = mount_btfs(&torrent, &[]);
     let meta = fs::metadata(m.path().join("big.bin")).expect("stat");
     assert_eq!(meta.size(), length);
     let names: Vec<_> = fs::read_dir(m.path())

@@ -10,17 +10,15 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{Mount, is_fuse_mount};
+use common::{btfs, is_fuse_mount, mount_btfs};
 
 /// Address space a run on hostile input may use. Parsing the largest input the decoder accepts
 /// (3,000,000 values) peaks near 200 MB; an allocation sized by a length prefix would fail here.
 const MEMORY_LIMIT: u64 = 768 << 20;
 
-fn btfs(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_btfs"))
-        .args(args)
-        .output()
-        .expect("run btfs")
+/// `btfs args...`, run to its end.
+fn btfs_output(args: &[&str]) -> Output {
+    Command::new(btfs()).args(args).output().expect("run btfs")
 }
 
 fn fixture(name: &str) -> String {
@@ -33,7 +31,7 @@ fn fixture(name: &str) -> String {
 
 /// `btfs args...` with its address space capped at [`MEMORY_LIMIT`].
 fn btfs_limited(args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_btfs"));
+    let mut cmd = Command::new(btfs());
     cmd.args(args).stdin(Stdio::null());
     // SAFETY: setrlimit is async-signal-safe and touches only the child between fork and exec.
     unsafe {
@@ -49,6 +47,21 @@ fn btfs_limited(args: &[&str]) -> Output {
         });
     }
     cmd.output().expect("run btfs")
+}
+
+/// `btfs mount <target> <mnt>` on loopback with no DHT, under [`MEMORY_LIMIT`]: for input it
+/// must refuse.
+fn mount_limited(target: &str, mnt: &str) -> Output {
+    btfs_limited(&[
+        "mount",
+        target,
+        mnt,
+        "--no-dht",
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+    ])
 }
 
 /// Fails unless btfs exited non-zero with exactly one `btfs: ...` line containing `needle`.
@@ -69,7 +82,7 @@ fn assert_clear_error(out: &Output, needle: &str) {
 
 #[test]
 fn info_prints_what_the_torrent_holds() {
-    let out = btfs(&["info", &fixture("lt_multi_v1.torrent")]);
+    let out = btfs_output(&["info", &fixture("lt_multi_v1.torrent")]);
     assert!(
         out.status.success(),
         "{}",
@@ -91,11 +104,11 @@ fn info_prints_what_the_torrent_holds() {
 
 #[test]
 fn a_missing_torrent_file_is_one_clear_line() {
-    let out = btfs(&["info", "/nonexistent/x.torrent"]);
+    let out = btfs_output(&["info", "/nonexistent/x.torrent"]);
     assert_clear_error(&out, "/nonexistent/x.torrent");
     let dir = tempfile::tempdir().expect("tempdir");
     let mnt = dir.path().display().to_string();
-    let out = btfs(&["mount", "/nonexistent/x.torrent", &mnt]);
+    let out = btfs_output(&["mount", "/nonexistent/x.torrent", &mnt]);
     assert_clear_error(&out, "/nonexistent/x.torrent");
 }
 
@@ -104,10 +117,10 @@ fn a_malformed_torrent_is_one_clear_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bad.torrent");
     std::fs::write(&bad, b"d8:announce3:foo4:infod6:lengthi-5eee").expect("write");
-    let out = btfs(&["info", &bad.display().to_string()]);
+    let out = btfs_output(&["info", &bad.display().to_string()]);
     assert_clear_error(&out, "");
     std::fs::write(&bad, b"this is not bencode").expect("write");
-    let out = btfs(&[
+    let out = btfs_output(&[
         "mount",
         &bad.display().to_string(),
         &dir.path().display().to_string(),
@@ -117,7 +130,7 @@ fn a_malformed_torrent_is_one_clear_line() {
 
 #[test]
 fn a_missing_mountpoint_is_one_clear_line() {
-    let out = btfs(&[
+    let out = btfs_output(&[
         "mount",
         &fixture("lt_single_v1.torrent"),
         "/nonexistent/mnt",
@@ -130,7 +143,7 @@ fn a_port_in_use_is_one_clear_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port().to_string();
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = btfs(&[
+    let out = btfs_output(&[
         "mount",
         &fixture("lt_single_v1.torrent"),
         &dir.path().display().to_string(),
@@ -229,16 +242,7 @@ fn every_malformed_torrent_is_one_clear_line_and_mounts_nothing() {
         let path = file.display().to_string();
         let out = btfs_limited(&["info", &path]);
         assert_clear_error(&out, &needle);
-        let out = btfs_limited(&[
-            "mount",
-            &path,
-            &mnt_arg,
-            "--no-dht",
-            "--port",
-            "0",
-            "--bind",
-            "127.0.0.1",
-        ]);
+        let out = mount_limited(&path, &mnt_arg);
         assert_clear_error(&out, &needle);
         assert!(!is_fuse_mount(mnt.path()), "{path} left a mount behind");
         assert_eq!(fs::read_dir(mnt.path()).expect("ls").count(), 0, "{path}");
@@ -291,16 +295,7 @@ fn bad_magnet_links_are_one_clear_line() {
         (long, "has no info-hash"),
     ];
     for (link, needle) in &cases {
-        let out = btfs_limited(&[
-            "mount",
-            link,
-            &mnt_arg,
-            "--no-dht",
-            "--port",
-            "0",
-            "--bind",
-            "127.0.0.1",
-        ]);
+        let out = mount_limited(link, &mnt_arg);
         assert_clear_error(&out, needle);
         assert!(!is_fuse_mount(mnt.path()), "{link} left a mount behind");
     }
@@ -309,7 +304,6 @@ fn bad_magnet_links_are_one_clear_line() {
 #[test]
 fn hostile_names_mount_as_safe_names_inside_the_mount() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/malformed/sanitized");
-    let bin = Path::new(env!("CARGO_BIN_EXE_btfs"));
     let expect: &[(&str, &[&str])] = &[
         (
             "hostile_paths.torrent",
@@ -334,13 +328,9 @@ fn hostile_names_mount_as_safe_names_inside_the_mount() {
     ];
     for (torrent, names) in expect {
         let path = dir.join(torrent);
-        let out = btfs(&["info", &path.display().to_string()]);
+        let out = btfs_output(&["info", &path.display().to_string()]);
         assert!(out.status.success(), "{torrent}: {out:?}");
-        let m = Mount::new(
-            bin,
-            &path,
-            &["--no-dht", "--port", "0", "--bind", "127.0.0.1", "--quiet"],
-        );
+        let m = mount_btfs(&path, &[]);
         let mut found = Vec::new();
         walk(m.path(), m.path(), &mut found);
         for name in *names {

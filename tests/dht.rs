@@ -22,7 +22,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::netns::{Background, in_loopback_netns, swarm_py};
-use common::{Mount, free_port, run, sha1_file};
+use common::{Mount, btfs, free_port, run, sha1_file};
 
 /// libtorrent DHT nodes: enough that lookups walk several hops, few enough to start quickly.
 const NODES: usize = 5;
@@ -35,10 +35,6 @@ const STORED_SECS: u64 = 120;
 /// btfs announces at mount, then again after 30 s, 60 s, 120 s while its lookups find nobody.
 const OUR_ANNOUNCE_SECS: u64 = 180;
 const LEECH_SECS: u64 = 180;
-
-fn btfs() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_btfs"))
-}
 
 /// `body` inside a loopback-only network namespace, with btfs logging at debug level.
 fn in_netns(test: &str, body: impl FnOnce()) {

@@ -8,22 +8,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Layout, Mount, Swarm, SwarmOptions, Tracker, assert_all_files_match};
-
-fn btfs() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_btfs"))
-}
+use common::{
+    Layout, Mount, Swarm, SwarmOptions, Tracker, assert_all_files_match, btfs, mount_btfs,
+};
 
 /// A memory cache much smaller than the torrent, so the disk is what keeps it.
 fn mount(swarm: &Swarm, cache_dir: &Path) -> Mount {
     let dir = cache_dir.to_str().expect("utf-8 temp path");
     let args = [
-        "--port",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "-q",
-        "--no-dht",
         "--cache-size",
         "512K",
         "--cache-dir",
@@ -31,7 +23,7 @@ fn mount(swarm: &Swarm, cache_dir: &Path) -> Mount {
         "--disk-cache-size",
         "64M",
     ];
-    Mount::new(btfs(), swarm.torrent(), &args)
+    mount_btfs(swarm.torrent(), &args)
 }
 
 fn swarm(seeders: usize) -> Swarm {

@@ -16,22 +16,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::{Mount, Swarm, SwarmOptions, Tracker, run, sha1_file};
+use common::{
+    MOUNT_ARGS, Mount, Reaped, Swarm, SwarmOptions, Tracker, btfs, mount_btfs, run, sha1_file,
+    signal,
+};
 
-fn btfs() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_btfs"))
-}
-
-/// Our flags for every test mount: any free port, loopback only, no status line.
-const ARGS: &[&str] = &["--port", "0", "--bind", "127.0.0.1", "-q", "--no-dht"];
 /// Only a hang detector: nothing here is expected to take this long.
 const HANG: Duration = Duration::from_secs(120);
-
-fn mount(swarm: &Swarm, extra: &[&str]) -> Mount {
-    let mut args: Vec<&str> = ARGS.to_vec();
-    args.extend_from_slice(extra);
-    Mount::new(btfs(), swarm.torrent(), &args)
-}
 
 /// The mount's `user.btfs.status` attribute, read with `getfattr`. The text may grow between
 /// getfattr's size probe and its read (ERANGE, e.g. a reader opened): then it asks again.
@@ -105,25 +96,6 @@ fn wait_child(child: &mut Child, what: &str, m: &Mount) -> std::process::ExitSta
     }
 }
 
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
-}
-
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: kill(2) on a PID this test spawned and has not reaped yet.
-    unsafe { kill(child.id() as i32, sig) };
-}
-
-/// A child process killed (by PID) and reaped when dropped, even if the test fails.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `sha1sum <file>` in the background; its stdout is the hash line.
 fn spawn_sha1(path: &Path) -> Reaped {
     Reaped(
@@ -142,7 +114,7 @@ fn all_seeders_killed_mid_read_the_read_waits_and_completes_when_they_return() {
     // Slow enough that the read is still going when the seeders are stopped.
     opts.upload_limit = Some(256 * 1024);
     let mut swarm = Swarm::start(opts);
-    let m = mount(&swarm, &[]);
+    let m = mount_btfs(swarm.torrent(), &[]);
     let (file, original) = largest(&swarm, &m);
     let mut reader = spawn_sha1(&file);
     eventually(&m, "some data arrived", || {
@@ -184,7 +156,7 @@ fn tracker_down_at_start_the_peer_flag_works_and_the_tracker_is_retried() {
     // Seeder 2 is found only through the tracker; it leaves now and comes back later.
     swarm.stop_seeder(1);
     let first = swarm.seeders()[0].to_string();
-    let m = mount(&swarm, &["--peer", &first]);
+    let m = mount_btfs(swarm.torrent(), &["--peer", &first]);
     let (file, original) = largest(&swarm, &m);
     assert_eq!(sha1_file(&file), sha1_file(&original), "read via --peer");
     eventually(&m, "the tracker's failure shown", || {
@@ -205,7 +177,7 @@ fn read_timeout_fails_a_read_that_cannot_progress_and_the_mount_stays_usable() {
     let mut swarm = Swarm::start(SwarmOptions::multi(vec![], 1));
     let seeder = swarm.seeders()[0].to_string();
     swarm.stop_seeder(0);
-    let m = mount(&swarm, &["--peer", &seeder, "--read-timeout", "4"]);
+    let m = mount_btfs(swarm.torrent(), &["--peer", &seeder, "--read-timeout", "4"]);
     let (file, original) = largest(&swarm, &m);
     let dd = |count: &str| {
         Command::new("dd")
@@ -267,7 +239,7 @@ fn readers_killed_mid_read_leave_nothing_behind_and_the_mount_serves_others() {
     let mut swarm = Swarm::start(SwarmOptions::multi(vec![], 1));
     let seeder = swarm.seeders()[0].to_string();
     swarm.stop_seeder(0);
-    let m = mount(&swarm, &["--peer", &seeder]);
+    let m = mount_btfs(swarm.torrent(), &["--peer", &seeder]);
     let (file, original) = largest(&swarm, &m);
     let mut cats = blocked_cats(&file, 2);
     eventually(&m, "both readers open", || reader_lines(&m) == 2);
@@ -275,8 +247,8 @@ fn readers_killed_mid_read_leave_nothing_behind_and_the_mount_serves_others() {
     for c in &mut cats {
         assert!(c.0.try_wait().expect("try_wait").is_none(), "blocked");
     }
-    signal(&cats[0].0, 9); // SIGKILL
-    signal(&cats[1].0, 2); // SIGINT, default action: terminate
+    signal(cats[0].0.id(), 9); // SIGKILL
+    signal(cats[1].0.id(), 2); // SIGINT, default action: terminate
     for c in &mut cats {
         let st = wait_child(&mut c.0, "a killed reader", &m);
         assert!(!st.success(), "killed, not finished");
@@ -365,10 +337,9 @@ fn loaded_mount() -> (Swarm, Stallers, Mount, Vec<Reaped>, u16) {
     let mut swarm = Swarm::start(SwarmOptions::multi(vec![], 1));
     swarm.stop_seeder(0);
     let stallers = Stallers::start(50, swarm.info_hash());
-    let mut args: Vec<String> = ARGS.iter().map(|s| s.to_string()).collect();
-    args.extend(stallers.peer_args());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let m = Mount::new(btfs(), swarm.torrent(), &args);
+    let peers = stallers.peer_args();
+    let peers: Vec<&str> = peers.iter().map(String::as_str).collect();
+    let m = mount_btfs(swarm.torrent(), &peers);
     let port: u16 = status_value(&m, "listen_port").parse().expect("port");
     eventually(&m, "50 peers connected", || status_u64(&m, "peers") == 50);
     let (file, _) = largest(&swarm, &m);
@@ -404,13 +375,8 @@ fn assert_torn_down(mut m: Mount, cats: &mut [Reaped], port: u16) {
 #[test]
 fn sigterm_with_readers_blocked_and_peers_connected_tears_everything_down() {
     let (_swarm, _stallers, m, mut cats, port) = loaded_mount();
-    signal_mount(&m, 15);
+    m.signal(15);
     assert_torn_down(m, &mut cats, port);
-}
-
-fn signal_mount(m: &Mount, sig: i32) {
-    // SAFETY: kill(2) on the btfs child this test owns (not yet reaped).
-    unsafe { kill(m.pid() as i32, sig) };
 }
 
 /// A plain `fusermount3 -u` is refused while files are open (the kernel's EBUSY); the lazy
@@ -431,7 +397,7 @@ fn fusermount_with_readers_blocked_and_peers_connected_tears_everything_down() {
 #[test]
 fn a_killed_btfs_leaves_a_dead_mount_that_fusermount_clears_and_a_clear_message() {
     let swarm = Swarm::start(SwarmOptions::multi(vec![Tracker::Http], 1));
-    let mut m = mount(&swarm, &[]);
+    let mut m = mount_btfs(swarm.torrent(), &[]);
     m.kill_hard();
     // What `ls` says (a stat may still be answered from the kernel's cache).
     let err = fs::read_dir(m.path()).expect_err("a dead mount");
@@ -439,7 +405,7 @@ fn a_killed_btfs_leaves_a_dead_mount_that_fusermount_clears_and_a_clear_message(
 
     let mnt = m.path().to_path_buf();
     let mut args: Vec<OsString> = vec!["mount".into(), swarm.torrent().into(), mnt.clone().into()];
-    args.extend(ARGS.iter().map(OsString::from));
+    args.extend(MOUNT_ARGS.iter().map(OsString::from));
     let again = Command::new(btfs())
         .args(&args)
         .stdin(Stdio::null())

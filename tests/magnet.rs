@@ -6,11 +6,9 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Layout, Mount, Swarm, SwarmOptions, Tracker, sha1_file};
-
-fn btfs() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_btfs"))
-}
+use common::{
+    Layout, MOUNT_ARGS, Reaped, Swarm, SwarmOptions, Tracker, btfs, mount_btfs, sha1_file,
+};
 
 /// `magnet:?xt=urn:btih:<hash>&dn=<name>&tr=<url>` for the swarm's torrent.
 fn magnet_of(swarm: &Swarm) -> String {
@@ -40,23 +38,12 @@ fn a_magnet_link_mounts_streams_and_is_remembered() {
     let cache = tempfile::tempdir().expect("tempdir");
     let cache_arg = cache.path().display().to_string();
     let magnet = magnet_of(&swarm);
-    let args = [
-        "--port",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "-q",
-        "--no-dht",
-        "--metadata-cache",
-        &cache_arg,
-    ];
+    let magnet = Path::new(&magnet);
     {
-        let m = Mount::with_args(btfs(), |mnt, _| {
-            let mut a = vec!["mount".into(), magnet.clone().into(), mnt.into()];
-            a.extend(args.iter().map(Into::into));
-            a.extend(["--metadata-timeout".into(), "120".into()]);
-            a
-        });
+        let m = mount_btfs(
+            magnet,
+            &["--metadata-cache", &cache_arg, "--metadata-timeout", "120"],
+        );
         for (rel, len) in swarm.files() {
             let dst = m.path().join(&rel);
             assert_eq!(std::fs::metadata(&dst).expect("stat").len(), len);
@@ -75,12 +62,10 @@ fn a_magnet_link_mounts_streams_and_is_remembered() {
     for i in 0..3 {
         swarm.stop_seeder(i);
     }
-    let m = Mount::with_args(btfs(), |mnt, _| {
-        let mut a = vec!["mount".into(), magnet.clone().into(), mnt.into()];
-        a.extend(args.iter().map(Into::into));
-        a.extend(["--metadata-timeout".into(), "3".into()]);
-        a
-    });
+    let m = mount_btfs(
+        magnet,
+        &["--metadata-cache", &cache_arg, "--metadata-timeout", "3"],
+    );
     let names: Vec<_> = std::fs::read_dir(m.path().join("multi"))
         .expect("tree")
         .collect();
@@ -94,7 +79,8 @@ fn a_magnet_nobody_answers_fails_with_a_clear_error() {
         .arg("mount")
         .arg("magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&tr=http%3A%2F%2F127.0.0.1%3A9%2Fannounce")
         .arg(dir.path())
-        .args(["--port", "0", "--bind", "127.0.0.1", "-q", "--no-dht", "--metadata-timeout", "2"])
+        .args(MOUNT_ARGS)
+        .args(["--metadata-timeout", "2"])
         .arg("--metadata-cache")
         .arg(dir.path().join("cache"))
         .output()
@@ -119,16 +105,6 @@ fn a_bad_magnet_link_is_one_clear_line() {
     assert!(err.starts_with("btfs: bad magnet link"), "{err}");
 }
 
-/// A process ended by its PID when the test ends, pass or fail.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_torrent_url_is_downloaded_and_mounted() {
     let swarm = Swarm::start(SwarmOptions {
@@ -139,7 +115,7 @@ fn a_torrent_url_is_downloaded_and_mounted() {
     });
     let port = common::free_port(std::net::Ipv4Addr::LOCALHOST);
     let dir = swarm.torrent().parent().expect("torrent dir");
-    let _server = Killed(
+    let _server = Reaped(
         Command::new("/usr/bin/python3")
             .args([
                 "-m",
@@ -166,11 +142,7 @@ fn a_torrent_url_is_downloaded_and_mounted() {
         .find_map(|_| {
             std::thread::sleep(std::time::Duration::from_millis(100));
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-            Some(Mount::new(
-                btfs(),
-                Path::new(&url),
-                &["--port", "0", "--bind", "127.0.0.1", "-q", "--no-dht"],
-            ))
+            Some(mount_btfs(Path::new(&url), &[]))
         })
         .expect("http.server listens");
     let (rel, _) = swarm

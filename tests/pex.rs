@@ -4,19 +4,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Layout, Mount, Swarm, SwarmOptions, sha1_file};
+use common::{Layout, Mount, Swarm, SwarmOptions, mount_btfs, sha1_file};
 
 /// Hang detectors only: libtorrent may wait up to a minute before its first PEX message.
 const LEECH_DEADLINE: Duration = Duration::from_secs(240);
 const READ_DEADLINE: Duration = Duration::from_secs(300);
-
-fn btfs() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_btfs"))
-}
 
 /// One libtorrent seeder and a torrent that names no tracker. The seeder keeps connections
 /// to peers that want nothing from it: btfs once a read's background fetch made it a seed,
@@ -35,18 +30,9 @@ fn trackerless() -> Swarm {
 
 fn mount(swarm: &Swarm, peer: SocketAddr, extra: &[&str]) -> Mount {
     let peer = peer.to_string();
-    let mut args = vec![
-        "--port",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "-q",
-        "--no-dht",
-        "--peer",
-        &peer,
-    ];
+    let mut args = vec!["--peer", &peer];
     args.extend_from_slice(extra);
-    Mount::new(btfs(), swarm.torrent(), &args)
+    mount_btfs(swarm.torrent(), &args)
 }
 
 /// btfs is connected to seeder S and uploads nothing; a libtorrent leecher whose only peer is

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Mount, Swarm, SwarmOptions, Tracker, run};
+use common::{Swarm, SwarmOptions, Tracker, mount_btfs, run};
 
 /// A 20 s test video (moving test pattern, H.264 + AAC in Matroska), made by ffmpeg.
 fn make_video(dir: &Path) -> PathBuf {
@@ -49,11 +49,7 @@ fn mpv_plays_a_video_from_the_start_and_from_70_percent() {
         trackers: vec![Tracker::Http],
         ..SwarmOptions::default()
     });
-    let m = Mount::new(
-        Path::new(env!("CARGO_BIN_EXE_btfs")),
-        swarm.torrent(),
-        &["--port", "0", "--bind", "127.0.0.1", "-q", "--no-dht"],
-    );
+    let m = mount_btfs(swarm.torrent(), &[]);
     let file = m.path().join("test video.mkv");
     let out = mpv(&file, &[]);
     assert!(

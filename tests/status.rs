@@ -3,20 +3,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::{Layout, Mount, Swarm, SwarmOptions, Tracker, sha1_file};
+use common::{Layout, Mount, Swarm, SwarmOptions, Tracker, btfs, mount_btfs, sha1_file};
 
 const SEEDERS: usize = 3;
 /// Peers connect within moments on loopback; generous for a loaded CI machine.
 const PEERS_DEADLINE: Duration = Duration::from_secs(60);
-
-fn btfs() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_btfs"))
-}
 
 fn status(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(btfs())
@@ -66,20 +62,7 @@ fn status_shows_what_the_mount_did_and_goes_away_with_it() {
         trackers: vec![Tracker::Http],
         ..SwarmOptions::default()
     });
-    let mut m = Mount::new(
-        btfs(),
-        swarm.torrent(),
-        &[
-            "--port",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "-q",
-            "--no-dht",
-            "--cache-size",
-            "1M",
-        ],
-    );
+    let mut m = mount_btfs(swarm.torrent(), &["--cache-size", "1M"]);
     let socket = btfs::app::status::socket::socket_for(m.path()).expect("resolve the mountpoint");
     assert!(socket.exists(), "{socket:?} while mounted");
 
@@ -195,11 +178,7 @@ fn status_shows_what_the_mount_did_and_goes_away_with_it() {
 #[test]
 fn status_of_a_killed_mount_reports_and_removes_its_stale_socket() {
     let swarm = Swarm::start(SwarmOptions::default());
-    let m = Mount::new(
-        btfs(),
-        swarm.torrent(),
-        &["--port", "0", "--bind", "127.0.0.1", "-q", "--no-dht"],
-    );
+    let m = mount_btfs(swarm.torrent(), &[]);
     let socket = btfs::app::status::socket::socket_for(m.path()).expect("resolve the mountpoint");
     ok_stdout(&status(&[m.path().as_os_str()]));
     let pid = i32::try_from(m.pid()).expect("a pid");

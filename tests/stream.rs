@@ -9,20 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Layout, Mount, Swarm, SwarmOptions, Tracker, assert_all_files_match, run, sha1_file};
-
-fn btfs() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_btfs"))
-}
-
-/// Our flags for every test mount: any free port, loopback only, no status line.
-const ARGS: &[&str] = &["--port", "0", "--bind", "127.0.0.1", "-q", "--no-dht"];
-
-fn mount(swarm: &Swarm, extra: &[&str]) -> Mount {
-    let mut args: Vec<&str> = ARGS.to_vec();
-    args.extend_from_slice(extra);
-    Mount::new(btfs(), swarm.torrent(), &args)
-}
+use common::{
+    Layout, MOUNT_ARGS, Mount, Swarm, SwarmOptions, Tracker, assert_all_files_match, btfs,
+    mount_btfs, run, sha1_file, signal,
+};
 
 /// Where a swarm file appears under the mount: torrent paths (relative to the swarm's data
 /// folder) keep a multi-file torrent's top folder, as Debian's btfs shows them.
@@ -37,7 +27,7 @@ fn source(swarm: &Swarm, rel: &Path) -> PathBuf {
 #[test]
 fn every_file_matches_its_source_over_an_http_tracker() {
     let swarm = Swarm::start(SwarmOptions::multi(vec![Tracker::Http], 3));
-    let m = mount(&swarm, &[]);
+    let m = mount_btfs(swarm.torrent(), &[]);
     assert_all_files_match(&m, &swarm);
     assert!(m.status_u64("verified_pieces") > 0);
     // Our log went to a file: plain text, no terminal colour codes.
@@ -53,7 +43,7 @@ fn every_file_matches_its_source_over_an_http_tracker() {
 #[test]
 fn every_file_matches_its_source_over_a_udp_tracker() {
     let swarm = Swarm::start(SwarmOptions::multi(vec![Tracker::Udp], 3));
-    let m = mount(&swarm, &[]);
+    let m = mount_btfs(swarm.torrent(), &[]);
     assert_all_files_match(&m, &swarm);
     // (Seeders drop us once we hold every piece, so count what the tracker gave, not who stays.)
     let s = m.status();
@@ -74,14 +64,14 @@ fn a_dead_tracker_in_its_own_tier_does_not_stop_the_live_one() {
         vec![Tracker::DeadUdp, Tracker::DeadHttp, Tracker::Http],
         2,
     ));
-    let m = mount(&swarm, &[]);
+    let m = mount_btfs(swarm.torrent(), &[]);
     assert_all_files_match(&m, &swarm);
 }
 
 #[test]
 fn reads_at_random_offsets_across_file_and_piece_boundaries_are_exact() {
     let swarm = Swarm::start(SwarmOptions::multi(vec![Tracker::Http], 3));
-    let m = mount(&swarm, &["--cache-size", "1M"]);
+    let m = mount_btfs(swarm.torrent(), &["--cache-size", "1M"]);
     let files = swarm.files();
     let mut rng = 0x2545f4914f6cdd1du64;
     let mut next = || {
@@ -150,7 +140,7 @@ fn two_files_read_at_once_both_complete() {
     // Slow seeders, so that the two reads overlap for a while.
     opts.upload_limit = Some(2 * 1024 * 1024);
     let swarm = Swarm::start(opts);
-    let m = mount(&swarm, &[]);
+    let m = mount_btfs(swarm.torrent(), &[]);
     let mut files = swarm.files();
     files.sort_by_key(|(_, l)| std::cmp::Reverse(*l));
     let picked: Vec<_> = files.into_iter().take(2).collect();
@@ -170,7 +160,7 @@ fn two_files_read_at_once_both_complete() {
 #[test]
 fn a_libtorrent_leecher_downloads_the_whole_torrent_from_us_alone() {
     let swarm = Swarm::start(SwarmOptions::multi(vec![Tracker::Http], 2));
-    let m = mount(&swarm, &[]);
+    let m = mount_btfs(swarm.torrent(), &[]);
     assert_all_files_match(&m, &swarm);
     let port = m.status_u64("listen_port") as u16;
     let us = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -191,7 +181,7 @@ fn listing_a_thousand_files_downloads_nothing() {
         piece_length: 16 * 1024,
         ..SwarmOptions::default()
     });
-    let m = mount(&swarm, &[]);
+    let m = mount_btfs(swarm.torrent(), &[]);
     let listing = run(Command::new("ls").arg("-lR").arg(m.path()));
     let find = run(Command::new("find").arg(m.path()).args(["-type", "f"]));
     assert_eq!(find.lines().count(), swarm.files().len());
@@ -216,7 +206,7 @@ fn a_lying_seeder_never_makes_a_read_return_wrong_bytes() {
     let swarm = Swarm::start(opts);
     let bad = swarm.corrupt_seeders()[0].to_string();
     // Connect to the liar directly too, so that it certainly serves us something.
-    let m = mount(&swarm, &["--peer", &bad]);
+    let m = mount_btfs(swarm.torrent(), &["--peer", &bad]);
     assert_all_files_match(&m, &swarm);
     let s = m.status();
     let failures: u64 = s["hash_failures"].parse().expect("hash_failures");
@@ -238,7 +228,7 @@ fn a_lying_seeder_never_makes_a_read_return_wrong_bytes() {
 fn blocked_read() -> (Swarm, Mount, std::process::Child) {
     let mut swarm = Swarm::start(SwarmOptions::multi(vec![Tracker::Http], 1));
     swarm.stop_seeder(0);
-    let m = mount(&swarm, &[]);
+    let m = mount_btfs(swarm.torrent(), &[]);
     let (rel, _) = swarm
         .files()
         .into_iter()
@@ -289,11 +279,7 @@ fn sigterm_while_a_read_is_blocked_unmounts_and_fails_the_read() {
         cat.try_wait().expect("cat status").is_none(),
         "the read is blocked"
     );
-    unsafe extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    // SAFETY: kill(2) on the PID of the btfs child this test owns (not yet reaped).
-    unsafe { kill(m.pid() as i32, 15) };
+    m.signal(15);
     assert_read_fails_and_mount_goes(&m, &mut cat);
 }
 
@@ -314,11 +300,11 @@ fn lazy_unmount_while_a_read_is_blocked_ends_btfs() {
 }
 
 /// PIDs of processes whose command line mentions `needle` (our daemon, found by its mountpoint).
-fn pids_with_arg(needle: &Path) -> Vec<i32> {
+fn pids_with_arg(needle: &Path) -> Vec<u32> {
     let needle = needle.as_os_str().as_encoded_bytes();
     fs::read_dir("/proc")
         .expect("/proc")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             fs::read(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == needle))
@@ -333,12 +319,9 @@ struct DaemonGuard {
 
 impl Drop for DaemonGuard {
     fn drop(&mut self) {
-        unsafe extern "C" {
-            fn kill(pid: i32, sig: i32) -> i32;
-        }
         for pid in pids_with_arg(&self.mnt) {
-            // SAFETY: kill(2) on the daemon this test started (found by its unique mountpoint).
-            unsafe { kill(pid, 9) };
+            // The daemon this test started, found by its unique mountpoint.
+            signal(pid, 9);
         }
         let _ = Command::new("fusermount3")
             .args(["-u", "-z"])
@@ -358,7 +341,7 @@ fn daemon_detaches_once_mounted_and_exits_on_fusermount_u() {
         .arg("mount")
         .arg(swarm.torrent())
         .arg(&mnt)
-        .args(ARGS)
+        .args(MOUNT_ARGS)
         .arg("--daemon")
         .output()
         .expect("run btfs --daemon");
@@ -393,7 +376,7 @@ fn a_download_cap_is_honoured() {
     let mut opts = SwarmOptions::multi(vec![Tracker::Http], 3);
     opts.size = 2 * 1024 * 1024;
     let swarm = Swarm::start(opts);
-    let m = mount(&swarm, &["--max-download-rate", "512K"]);
+    let m = mount_btfs(swarm.torrent(), &["--max-download-rate", "512K"]);
     let (rel, len) = swarm
         .files()
         .into_iter()
@@ -419,7 +402,7 @@ fn a_download_cap_is_honoured() {
 #[test]
 fn no_upload_serves_nothing_to_a_leecher() {
     let swarm = Swarm::start(SwarmOptions::multi(vec![Tracker::Http], 2));
-    let m = mount(&swarm, &["--no-upload"]);
+    let m = mount_btfs(swarm.torrent(), &["--no-upload"]);
     assert_all_files_match(&m, &swarm);
     let port = m.status_u64("listen_port") as u16;
     let us = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -458,7 +441,7 @@ fn after_a_seek_reads_are_right_and_the_readahead_window_moves_with_them() {
         trackers: vec![Tracker::Http],
         ..SwarmOptions::default()
     });
-    let m = mount(&swarm, &[]);
+    let m = mount_btfs(swarm.torrent(), &[]);
     let (rel, len) = swarm.files().into_iter().next().expect("the file");
     let name = rel.to_string_lossy().into_owned();
     let mut f = fs::File::open(mounted(&m, &swarm, &rel)).expect("open");

@@ -6,6 +6,8 @@
 //! kernel to list its mount. Both own every process they start and end them by PID in
 //! `Drop`, so a failing test still cleans up; they panic with the processes' logs when
 //! something never becomes ready, which is the test failing, never skipping.
+//! `mount_btfs` mounts with the binary under test (`btfs()`) and the flags every test mount
+//! shares (`MOUNT_ARGS`).
 //!
 //! Needs `scripts/setup.sh` (python3-libtorrent, opentracker, fuse3) and root (opentracker
 //! chroots; mounts). Std only plus `tempfile`, so it compiles without the btfs library.
@@ -42,12 +44,28 @@ unsafe extern "C" {
 }
 const SIGTERM: i32 = 15;
 
-/// Sends SIGTERM to one PID; never a name, never a group.
+/// Sends `sig` to one PID; never a name, never a group. The PID must be of a process the test
+/// started and has not reaped yet, so it cannot have been reused by another process.
+pub fn signal(pid: u32, sig: i32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: kill(2) reads and writes no memory of ours; which process it reaches is the
+        // caller's promise above.
+        unsafe { kill(pid, sig) };
+    }
+}
+
 fn sigterm(child: &Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: kill(2) with a PID we spawned and have not reaped yet (the Child is
-        // still un-waited), so the PID cannot have been reused by another process.
-        unsafe { kill(pid, SIGTERM) };
+    // The Child is still un-waited, so its PID is still its own.
+    signal(child.id(), SIGTERM);
+}
+
+/// A child process killed (SIGKILL, by PID) and reaped when dropped, even if the test fails.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -116,6 +134,25 @@ impl Proc {
         )
     }
 }
+
+// ------------------------------------------------------------------- our btfs
+
+/// The btfs binary cargo built for these tests.
+pub fn btfs() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_btfs"))
+}
+
+/// Our flags for a test mount: any free port, loopback only, no status line, no DHT.
+pub const MOUNT_ARGS: &[&str] = &["--port", "0", "--bind", "127.0.0.1", "-q", "--no-dht"];
+
+/// `btfs mount <torrent> <mnt>` with [`MOUNT_ARGS`], then `extra`, waiting until it is mounted.
+/// `torrent` may be a path, a URL or a magnet link.
+pub fn mount_btfs(torrent: &Path, extra: &[&str]) -> Mount {
+    let args: Vec<&str> = MOUNT_ARGS.iter().chain(extra).copied().collect();
+    Mount::new(btfs(), torrent, &args)
+}
+
+// ---------------------------------------------------------------------- tools
 
 /// Runs a command to completion; panics with its stderr unless it succeeds. Returns stdout.
 pub fn run(cmd: &mut Command) -> String {

@@ -97,6 +97,11 @@ impl Mount {
         self.child.id()
     }
 
+    /// Sends `sig` to the filesystem process (not yet reaped: `Mount` owns it).
+    pub fn signal(&self, sig: i32) {
+        super::signal(self.pid(), sig);
+    }
+
     /// What the filesystem process wrote to stderr so far.
     pub fn stderr(&self) -> String {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Writes the malformed-input corpus that tests/hostile.rs feeds to `btfs info` and `btfs mount`.
+"""Writes the malformed-input corpus that tests/cli.rs feeds to `btfs info` and `btfs mount`.
 
     make.py DIR small   the small cases (committed in tests/malformed/) and DIR/expected.tsv
     make.py DIR big     cases too large to commit (written by the test into a temp dir)
@@ -12,25 +12,13 @@ import hashlib
 import os
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
 
-def enc(v):
-    """Bencode; dict keys are written in the order given (tests need unsorted and repeated)."""
-    if isinstance(v, int):
-        return b"i%de" % v
-    if isinstance(v, str):
-        v = v.encode()
-    if isinstance(v, bytes):
-        return b"%d:%s" % (len(v), v)
-    if isinstance(v, list):
-        return b"l" + b"".join(enc(x) for x in v) + b"e"
-    if isinstance(v, dict):
-        v = list(v.items())
-    if isinstance(v, tuple):  # a list of (key, value) pairs: a dict kept as written
-        v = list(v)
-    return b"d" + b"".join(enc(k) + enc(x) for k, x in v) + b"e"
+from harness.torrent import bencode as enc
 
 
 def D(*pairs):
+    """A dict kept as written: unsorted or repeated keys."""
     return tuple(pairs)
 
 
@@ -54,6 +42,7 @@ def single(length=40000, **over):
             info.pop(k, None)
         else:
             info[k] = v
+    # Sorted here too: D(*single().items(), ...) writes the keys in this order.
     return dict(sorted(info.items()))
 
 
@@ -70,7 +59,7 @@ def multi(files, total=None):
 def torrent(info, **extra):
     d = {"announce": "http://127.0.0.1:1/announce", "info": info}
     d.update(extra)
-    return enc(dict(sorted(d.items())))
+    return enc(d)
 
 
 def small():

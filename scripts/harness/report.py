@@ -1,0 +1,164 @@
+"""The benchmark's table: medians over the runs, ratio (> 1: ours is better), target and
+PASS/FAIL per metric; and the same rows as JSON (--json). A metric nobody measured has no row,
+so a script that runs one part prints that part's rows."""
+
+import argparse
+import json
+import re
+import statistics
+
+from harness import MiB
+from harness.dht import DHT_NODES_COUNT
+
+# metric, label, unit, better ("lower"/"higher"), target kind:
+#   half: ours takes at most half Debian's time; rate: ours at least Debian's rate;
+#   tmpfs: ours at least TMPFS_TARGET of cat from tmpfs; budget: RSS <= cache + 64 MiB.
+METRICS = [
+    ("ready", "spawn -> mount ready (.torrent)", "s", "lower", None),
+    ("ttfb", "first byte, cold", "s", "lower", "half"),
+    ("seek", "1 MiB pread at random offset, cold", "s", "lower", "half"),
+    ("seq", "sequential read + sha1, cold", "MB/s", "higher", "rate"),
+    ("warm", "re-read + sha1, same mount", "MB/s", "higher", None),
+    ("warm_cat", "re-read with cat, same mount", "MB/s", "higher", None),
+    ("tmpfs_cat", "cat of the same file on tmpfs", "MB/s", "higher", None),
+    ("warm_frac", "cat re-read / cat from tmpfs", "%", "higher", "tmpfs"),
+    ("rss", "peak RSS (VmHWM) after the reads", "MiB", "lower", "budget"),
+    ("frame0", "mpv first frame from start, cold", "s", "lower", "half"),
+    ("frame70", "mpv first frame from 70%, cold", "s", "lower", "half"),
+    ("magnet_meta", "magnet (DHT only): spawn -> file seen", "s", "lower", None),
+    ("magnet", "magnet (DHT only): spawn -> 1st byte", "s", "lower", "half"),
+]
+TMPFS_TARGET = 0.70
+TARGETS = {"half": "<= 1/2 debian", "rate": ">= debian", "tmpfs": ">= 70% tmpfs",
+           "budget": "<= cache+64M"}
+
+
+def parse_size(s):
+    m = re.fullmatch(r"(\d+)\s*([KMGkmg]?)i?[Bb]?", s.strip())
+    if not m:
+        raise argparse.ArgumentTypeError("not a size: %r" % s)
+    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()]
+
+
+def parse_rate(s):
+    """Bits per second: 6M = 6,000,000 (as ffmpeg reads it)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMkm]?)", s.strip())
+    if not m:
+        raise argparse.ArgumentTypeError("not a bitrate: %r" % s)
+    return int(float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[m.group(2).lower()])
+
+
+def median(vs):
+    ok = [v for v in vs if v is not None]
+    return statistics.median(ok) if ok else None
+
+
+def human(n):
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return "%d %s" % (n >> shift, unit)
+    return "%d B" % n
+
+
+def rows(bench, budget):
+    out = []
+    for key, label, unit, better, target in METRICS:
+        runs = {}
+        for c in ("ours", "debian"):
+            if key == "warm_frac":
+                w = median(bench.results[c].get("warm_cat", []))
+                t = median(bench.results[c].get("tmpfs_cat", []))
+                if not t:  # no tmpfs reference
+                    runs[c] = []
+                else:
+                    runs[c] = [w / t * 100 if w else None]
+            elif key == "rss":
+                runs[c] = [v and v / MiB for v in bench.results[c].get(key, [])]
+            else:
+                runs[c] = bench.results[c].get(key, [])
+        o, d = median(runs["ours"]), median(runs["debian"])
+        if not runs["ours"] and not runs["debian"]:
+            continue
+        ratio = None
+        if o and d and key != "warm_frac":
+            ratio = d / o if better == "lower" else o / d
+        verdict = ""
+        if target == "half":
+            verdict = "n/a" if ratio is None else ("PASS" if ratio >= 2 else "FAIL")
+        elif target == "rate":
+            verdict = "n/a" if ratio is None else ("PASS" if ratio >= 1 else "FAIL")
+        elif target == "tmpfs":
+            verdict = "n/a" if o is None else ("PASS" if o >= TMPFS_TARGET * 100 else "FAIL")
+        elif target == "budget":
+            verdict = "n/a" if o is None else ("PASS" if o <= budget / MiB else "FAIL")
+        nfail = sum(v is None for v in runs["ours"] + runs["debian"])
+        out.append({"metric": key, "label": label, "unit": unit, "ours": o, "debian": d,
+                    "ratio": ratio, "target": TARGETS.get(target), "verdict": verdict,
+                    "ours_runs": runs["ours"], "debian_runs": runs["debian"],
+                    "failed_runs": nfail})
+    return out
+
+
+def num(v, unit, runs):
+    if not runs:
+        return "not run"
+    if v is None:
+        return "FAILED"
+    if unit == "s":
+        return "%.1f ms" % (v * 1000)
+    if unit == "%":
+        return "%.0f %%" % v
+    return "%.1f %s" % (v, unit)
+
+
+def report(bench, args):
+    """Prints the table, the notes and failures; writes --json. The rows."""
+    budget = parse_size(args.cache_size) + 64 * MiB
+    table = rows(bench, budget)
+    w = max([len(r["label"]) for r in table] + [6])
+    print()
+    parts = []
+    if bench.size:
+        parts.append("%s file, %s pieces, 3 seeders + tracker" % (
+            human(bench.size), human(args.piece_length)))
+    if bench.video_size:
+        parts.append("video %.0f MB (%d s, %.1f Mbit/s mp4, index at end)" % (
+            bench.video_size / 1e6, args.video_seconds, args.video_bitrate / 1e6))
+    if bench.results["ours"].get("magnet") or bench.results["debian"].get("magnet"):
+        parts.append("magnet: %s largest file, %d DHT nodes + 2 seeders, no tracker" % (
+            human(args.magnet_size), DHT_NODES_COUNT))
+    print("btfs benchmark, %d run(s), medians, ours --cache-size %s: %s"
+          % (args.runs, args.cache_size, "; ".join(parts)))
+    head = "%-*s | %12s | %12s | %8s | %-14s | %s" % (
+        w, "metric", "ours", "debian", "ratio", "target", "verdict")
+    print(head)
+    print("-" * len(head))
+    for r in table:
+        print("%-*s | %12s | %12s | %8s | %-14s | %s" % (
+            w, r["label"], num(r["ours"], r["unit"], r["ours_runs"]),
+            num(r["debian"], r["unit"], r["debian_runs"]),
+            "-" if r["ratio"] is None else
+            ("%.2fx" if r["ratio"] < 100 else "%.0fx") % r["ratio"],
+            r["target"] or "", r["verdict"]))
+    print("(ratio > 1: ours is better; 'half' targets need ratio >= 2; rss budget %.0f MiB "
+          "= cache %s + 64 MiB; first frame: mpv's clock from its start to 'first video "
+          "frame after restart shown', --vo=null --ao=null --frames=1)"
+          % (budget / MiB, args.cache_size))
+    for c, notes in bench.notes.items():
+        for n in notes:
+            print("%s: %s" % (c, n))
+    for f in bench.failures:
+        print("failure: " + f)
+    if args.json:
+        # Every key, whichever parts ran (an option of a part not run: null).
+        opt = {k: getattr(args, k, None) for k in
+               ("piece_length", "video_seconds", "video_bitrate", "magnet_size")}
+        doc = {"size": bench.size, "piece_length": opt["piece_length"], "runs": args.runs,
+               "cache_size": args.cache_size, "seed": args.seed,
+               "video_seconds": opt["video_seconds"], "video_bitrate": opt["video_bitrate"],
+               "magnet_size": opt["magnet_size"], "metrics": table,
+               "failures": bench.failures, "notes": bench.notes}
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=2)
+        print("wrote %s" % args.json)
+    return table
