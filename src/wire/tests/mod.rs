@@ -1,3 +1,5 @@
-//! Property tests of the codecs; unit cases sit beside each codec.
+//! Tests of the tokio side, and property tests of the codecs; the codecs' unit cases sit beside
+//! each codec.
 
+mod conn;
 mod props;
