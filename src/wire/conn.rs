@@ -1,11 +1,12 @@
 //! Peer messages over tokio streams: the handshake, a cancel-safe reader and a batching writer.
 //!
-//! Read the handshake with [`read_handshake`] on the raw stream *before* wrapping it in a
+//! Exchange handshakes with [`exchange_handshakes`] on the raw stream *before* wrapping it in a
 //! [`MessageReader`]: it reads exactly 68 bytes, so a first message sent in the same packet
 //! stays in the stream for the reader.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -15,6 +16,60 @@ use super::message::{Handshake, Message};
 
 /// How much the reader asks the stream for when it has no frame length to go by.
 const READ_CHUNK: usize = 8 * 1024;
+
+/// Which side of a connection we are, which decides who sends the first handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// We dialled: we send ours at once, then read theirs.
+    Initiator,
+    /// They dialled: we read theirs first, so we answer only for a torrent we serve.
+    Responder,
+}
+
+/// Why a handshake exchange failed. After any of these the stream is unusable: drop it.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("handshake timed out")]
+    Timeout,
+    /// Their info-hash is not ours. A responder has not answered.
+    #[error("peer is for another torrent")]
+    WrongTorrent,
+    #[error(transparent)]
+    Wire(#[from] WireError),
+}
+
+/// Initiator: sends ours, reads theirs. Responder: reads theirs, then answers with ours.
+/// Either way fails with [`HandshakeError::WrongTorrent`] unless their info-hash is ours (before
+/// a responder answers), and with [`HandshakeError::Timeout`] unless all is done `within`.
+///
+/// Returns their handshake. Only the info-hash is checked: whether to refuse our own peer id or
+/// a peer without the extensions we need is the caller's call.
+pub async fn exchange_handshakes<S>(
+    stream: &mut S,
+    ours: &Handshake,
+    role: Role,
+    within: Duration,
+) -> Result<Handshake, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let exchange = async {
+        if role == Role::Initiator {
+            write_handshake(stream, ours).await?;
+        }
+        let theirs = read_handshake(stream).await?;
+        if theirs.info_hash != ours.info_hash {
+            return Err(HandshakeError::WrongTorrent);
+        }
+        if role == Role::Responder {
+            write_handshake(stream, ours).await?;
+        }
+        Ok(theirs)
+    };
+    tokio::time::timeout(within, exchange)
+        .await
+        .map_err(|_| HandshakeError::Timeout)?
+}
 
 /// Sends our handshake.
 pub async fn write_handshake<W>(w: &mut W, handshake: &Handshake) -> Result<(), WireError>

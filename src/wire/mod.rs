@@ -18,7 +18,10 @@ pub mod message;
 #[cfg(test)]
 mod tests;
 
-pub use conn::{MessageReader, MessageWriter, read_handshake, write_handshake};
+pub use conn::{
+    HandshakeError, MessageReader, MessageWriter, Role, exchange_handshakes, read_handshake,
+    write_handshake,
+};
 pub use handshake::new_peer_id;
 pub use message::{BlockRef, Handshake, Message, PROTOCOL};
 

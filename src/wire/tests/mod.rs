@@ -2,4 +2,5 @@
 //! each codec.
 
 mod conn;
+mod exchange;
 mod props;
