@@ -20,13 +20,13 @@ use crate::magnet::link::Magnet;
 use crate::magnet::metadata::{MetadataError, MetadataFetch, Progress};
 use crate::metainfo::Info;
 use crate::tracker::announcer::{self, AnnounceParams};
-use crate::wire::extension::{ExtendedHandshake, HANDSHAKE_ID, MetadataMsg};
+use crate::wire::extension::{
+    CLIENT, ExtendedHandshake, HANDSHAKE_ID, MetadataMsg, OUR_UT_METADATA,
+};
 use crate::wire::{
     Handshake, Message, MessageReader, MessageWriter, read_handshake, write_handshake,
 };
 
-/// Our extension id for `ut_metadata` (what peers must use when they send to us).
-const OUR_UT_METADATA: u8 = 1;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A peer that sends nothing this long while we wait on it is dropped; others carry on.
 const PEER_SILENCE: Duration = Duration::from_secs(15);
@@ -214,7 +214,7 @@ async fn metadata_peer(ctx: &PeerCtx) -> Result<(), PeerFetchError> {
     let mut writer = MessageWriter::new(wr);
     let hello = ExtendedHandshake {
         ut_metadata: Some(OUR_UT_METADATA),
-        client: Some(concat!("btfs ", env!("CARGO_PKG_VERSION")).into()),
+        client: Some(CLIENT.into()),
         ..ExtendedHandshake::default()
     };
     writer

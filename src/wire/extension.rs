@@ -22,6 +22,12 @@ pub const HANDSHAKE_ID: u8 = 0;
 pub const UT_METADATA: &str = "ut_metadata";
 pub const UT_PEX: &str = "ut_pex";
 
+/// Our id for `ut_metadata`, in our extended handshake: peers send their requests, and the
+/// pieces we ask for, under it.
+pub const OUR_UT_METADATA: u8 = 1;
+/// `v` in our extended handshake: client name and version.
+pub const CLIENT: &str = concat!("btfs ", env!("CARGO_PKG_VERSION"));
+
 /// BEP 9 moves metadata in pieces of 16 KiB; only the last one may be shorter.
 pub const METADATA_PIECE_LEN: u32 = 16 * 1024;
 /// Larger metadata is refused: a peer announcing more would make us buffer it all. An info
