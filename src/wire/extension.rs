@@ -8,14 +8,23 @@
 //! Everything decoded here is hostile input: sizes and piece numbers are checked against the
 //! BEP 9 limits, so what leaves this module can index a buffer without further checks.
 //!
+//! Two bencode libraries, one per direction. What we send is a struct named after its keys,
+//! bencoded by serde_bencode, which sorts the keys as BEP 3 wants. What peers send is read with
+//! our own [`crate::bencode`], which bounds nesting and refuses trailing bytes and non-canonical
+//! integers where serde_bencode does not (16 MiB of `l` under an unknown key overflows its
+//! stack). serde_bencode would also read a list as a struct, and fail a whole dictionary over one
+//! key that is not UTF-8 or one value of the wrong type, where BEP 10 has us ignore unknown keys
+//! and malformed advice. And a `ut_metadata` data message needs its dictionary's end offset.
+//!
 //! [`Message::Extended`]: super::Message::Extended
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
+use serde::{Serialize, Serializer};
 use thiserror::Error;
 
-use crate::bencode::{self, BencodeError, Dict, Encoder, Value};
+use crate::bencode::{self, BencodeError, Dict, Value};
 
 /// The extension id of the extended handshake itself.
 pub const HANDSHAKE_ID: u8 = 0;
@@ -110,36 +119,43 @@ pub struct ExtendedHandshake {
     pub yourip: Option<IpAddr>,
 }
 
+/// The extended handshake as sent, under its BEP 10 keys; `m` is there even when empty.
+#[derive(Serialize)]
+struct HandshakeDict<'a> {
+    m: ExtensionIds,
+    metadata_size: Option<u32>,
+    p: Option<u16>,
+    reqq: Option<u32>,
+    v: Option<&'a str>,
+    yourip: Option<ByteString>,
+}
+
+/// `m`: the extensions we speak, by name, with the ids to send them under.
+#[derive(Serialize)]
+struct ExtensionIds {
+    ut_metadata: Option<u8>,
+    ut_pex: Option<u8>,
+}
+
 impl ExtendedHandshake {
-    /// The bencoded payload, keys sorted as BEP 3 requires.
+    /// The bencoded payload.
     pub fn encode(&self) -> Vec<u8> {
-        let mut e = Encoder::new();
-        e.begin_dict().str("m").begin_dict();
-        if let Some(id) = self.ut_metadata {
-            e.str(UT_METADATA).int(id.into());
-        }
-        if let Some(id) = self.ut_pex {
-            e.str(UT_PEX).int(id.into());
-        }
-        e.end();
-        if let Some(size) = self.metadata_size {
-            e.str("metadata_size").int(size.into());
-        }
-        if let Some(port) = self.port {
-            e.str("p").int(port.into());
-        }
-        if let Some(reqq) = self.reqq {
-            e.str("reqq").int(reqq.into());
-        }
-        if let Some(client) = &self.client {
-            e.str("v").str(client);
-        }
-        match self.yourip {
-            Some(IpAddr::V4(ip)) => e.str("yourip").bytes(&ip.octets()),
-            Some(IpAddr::V6(ip)) => e.str("yourip").bytes(&ip.octets()),
-            None => &mut e,
-        };
-        e.end().finish()
+        to_bencode(&HandshakeDict {
+            m: ExtensionIds {
+                ut_metadata: self.ut_metadata,
+                ut_pex: self.ut_pex,
+            },
+            metadata_size: self.metadata_size,
+            p: self.port,
+            reqq: self.reqq,
+            v: self.client.as_deref(),
+            yourip: self.yourip.map(|ip| {
+                ByteString(match ip {
+                    IpAddr::V4(ip) => ip.octets().to_vec(),
+                    IpAddr::V6(ip) => ip.octets().to_vec(),
+                })
+            }),
+        })
     }
 
     pub fn decode(payload: &[u8]) -> Result<ExtendedHandshake, ExtensionError> {
@@ -242,29 +258,34 @@ pub enum MetadataMsg<'a> {
     },
 }
 
+/// The dictionary that starts every `ut_metadata` message, as sent.
+#[derive(Serialize)]
+struct MetadataHeader {
+    msg_type: i64,
+    piece: u32,
+    /// Only in a data message.
+    total_size: Option<u32>,
+}
+
 impl<'a> MetadataMsg<'a> {
     /// The bencoded header, followed for `Data` by the raw piece bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut e = Encoder::new();
-        let (msg_type, piece) = match *self {
-            MetadataMsg::Request { piece } => (MSG_REQUEST, piece),
-            MetadataMsg::Data { piece, .. } => (MSG_DATA, piece),
-            MetadataMsg::Reject { piece } => (MSG_REJECT, piece),
+        let (msg_type, piece, total_size, data) = match *self {
+            MetadataMsg::Request { piece } => (MSG_REQUEST, piece, None, &[][..]),
+            MetadataMsg::Data {
+                piece,
+                total_size,
+                data,
+            } => (MSG_DATA, piece, Some(total_size), data),
+            MetadataMsg::Reject { piece } => (MSG_REJECT, piece, None, &[][..]),
         };
-        e.begin_dict()
-            .str("msg_type")
-            .int(msg_type)
-            .str("piece")
-            .int(piece.into());
-        if let MetadataMsg::Data {
-            total_size, data, ..
-        } = *self
-        {
-            e.str("total_size").int(total_size.into()).end().raw(data);
-        } else {
-            e.end();
-        }
-        e.finish()
+        let mut out = to_bencode(&MetadataHeader {
+            msg_type,
+            piece,
+            total_size,
+        });
+        out.extend_from_slice(data);
+        out
     }
 
     /// Decodes a payload; [`ExtensionError::UnknownMsgType`] is for the caller to ignore.
@@ -354,35 +375,41 @@ pub struct Pex {
     pub dropped: Vec<SocketAddr>,
 }
 
+/// A `ut_pex` message as sent: compact peer lists, one flags byte per added peer, and the
+/// IPv6 lists only when they hold something.
+#[derive(Default, Serialize)]
+struct PexDict {
+    added: ByteString,
+    #[serde(rename = "added.f")]
+    added_f: ByteString,
+    #[serde(skip_serializing_if = "ByteString::is_empty")]
+    added6: ByteString,
+    #[serde(rename = "added6.f", skip_serializing_if = "ByteString::is_empty")]
+    added6_f: ByteString,
+    dropped: ByteString,
+    #[serde(skip_serializing_if = "ByteString::is_empty")]
+    dropped6: ByteString,
+}
+
 impl Pex {
-    /// `added`, `added.f` and `dropped` always, `added6`, `added6.f` and `dropped6` when they
-    /// hold something.
     pub fn encode(&self) -> Vec<u8> {
-        let mut lists: [(Vec<u8>, Vec<u8>); 2] = Default::default();
+        let mut d = PexDict::default();
         for (addr, flags) in &self.added {
-            let (peers, f) = &mut lists[usize::from(addr.is_ipv6())];
-            compact(addr, peers);
-            f.push(flags.0);
+            let (peers, f) = match addr {
+                SocketAddr::V4(_) => (&mut d.added, &mut d.added_f),
+                SocketAddr::V6(_) => (&mut d.added6, &mut d.added6_f),
+            };
+            compact(addr, &mut peers.0);
+            f.0.push(flags.0);
         }
-        let mut dropped: [Vec<u8>; 2] = Default::default();
         for addr in &self.dropped {
-            compact(addr, &mut dropped[usize::from(addr.is_ipv6())]);
+            let peers = match addr {
+                SocketAddr::V4(_) => &mut d.dropped,
+                SocketAddr::V6(_) => &mut d.dropped6,
+            };
+            compact(addr, &mut peers.0);
         }
-        let [(added4, flags4), (added6, flags6)] = lists;
-        let mut e = Encoder::new();
-        e.begin_dict();
-        e.str("added").bytes(&added4).str("added.f").bytes(&flags4);
-        if !added6.is_empty() {
-            e.str("added6")
-                .bytes(&added6)
-                .str("added6.f")
-                .bytes(&flags6);
-        }
-        e.str("dropped").bytes(&dropped[0]);
-        if !dropped[1].is_empty() {
-            e.str("dropped6").bytes(&dropped[1]);
-        }
-        e.end().finish()
+        to_bencode(&d)
     }
 
     /// Reads at most [`MAX_PEX_PEERS`] from each list. A flags string whose length does not
@@ -450,4 +477,26 @@ fn peers(d: &Dict<'_>, key: &'static str) -> Result<Vec<SocketAddr>, ExtensionEr
             }
         })
         .collect())
+}
+
+/// Bencodes one of the dictionaries we send. serde_bencode sorts the keys and leaves out `None`
+/// fields; it fails only on floating-point numbers, which these structs do not hold.
+fn to_bencode(dict: &impl Serialize) -> Vec<u8> {
+    serde_bencode::to_bytes(dict).expect("integers and byte strings always bencode")
+}
+
+/// A bencode byte string (serde writes a bare `Vec<u8>` as a list of integers).
+#[derive(Default)]
+struct ByteString(Vec<u8>);
+
+impl ByteString {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for ByteString {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
 }

@@ -378,3 +378,50 @@ fn hostile_bytes_never_panic() {
         }
     }
 }
+
+/// The inputs serde_bencode reads differently from us (see the module doc) keep their meaning:
+/// nesting is bounded, trailing bytes and non-canonical integers are refused, a list is no
+/// dictionary, and a key that is not UTF-8 is ignored like any unknown key.
+#[test]
+fn hostile_shapes_keep_their_meaning() {
+    let all_fail_with = |input: &[u8], err: ExtensionError| {
+        let got = [
+            ExtendedHandshake::decode(input).err(),
+            MetadataMsg::decode(input).err(),
+            Pex::decode(input).err(),
+        ];
+        for (decoder, got) in ["handshake", "ut_metadata", "pex"].iter().zip(got) {
+            assert_eq!(got.as_ref(), Some(&err), "{decoder}");
+        }
+    };
+    let all_l = vec![b'l'; 16 << 20];
+    all_fail_with(&all_l, ExtensionError::Bencode(BencodeError::TooDeep));
+    let under_unknown_key = [&b"d1:x"[..], &all_l].concat();
+    all_fail_with(
+        &under_unknown_key,
+        ExtensionError::Bencode(BencodeError::TooDeep),
+    );
+    all_fail_with(b"ld1:pi6881eee", ExtensionError::NotADictionary);
+
+    let trailing = Some(ExtensionError::Bencode(BencodeError::Trailing(1)));
+    assert_eq!(ExtendedHandshake::decode(b"d1:pi6881eeX").err(), trailing);
+    assert_eq!(Pex::decode(b"deX").err(), trailing);
+    for bad_int in [&b"d1:pi06881ee"[..], b"d1:pi-0ee", b"d1:pi+1ee"] {
+        assert_eq!(
+            ExtendedHandshake::decode(bad_int).err(),
+            Some(ExtensionError::Bencode(BencodeError::BadInt(5))),
+            "{}",
+            String::from_utf8_lossy(bad_int)
+        );
+    }
+
+    let h =
+        ExtendedHandshake::decode(b"d1:md3:\xff\xfe\xfdi1e11:ut_metadatai3ee1:pi6881ee").unwrap();
+    assert_eq!((h.ut_metadata, h.port), (Some(3), Some(6881)));
+    assert_eq!(
+        MetadataMsg::decode(b"d8:msg_typei0e5:piecei0e3:\xff\xfe\xfdi1ee"),
+        Ok(MetadataMsg::Request { piece: 0 })
+    );
+    let pex = Pex::decode(b"d5:added6:\x01\x02\x03\x04\x00\x013:\xff\xfe\xfdi1ee").unwrap();
+    assert_eq!(pex.added, [("1.2.3.4:1".parse().unwrap(), PexFlags(0))]);
+}
