@@ -5,6 +5,8 @@
 pub mod fetch;
 pub mod link;
 pub mod metadata;
+#[cfg(test)]
+mod tests;
 
 pub use fetch::{FetchStatus, MagnetFetchError, fetch_info};
 pub use link::Magnet;
