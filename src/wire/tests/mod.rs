@@ -1,5 +1,6 @@
-//! Tests of the tokio side and of the extension payloads by topic, and property tests of the
-//! codecs; the unit cases of the handshake and message codecs sit beside them.
+//! Tests by topic of the tokio side ([`conn`], [`exchange`]) and of the extension payloads
+//! ([`extension`]), and property tests of the codecs ([`props`]). The byte cases of the handshake
+//! and message codecs sit in `handshake.rs` and `message.rs`.
 
 mod conn;
 mod exchange;
