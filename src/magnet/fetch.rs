@@ -20,13 +20,13 @@ use crate::magnet::link::Magnet;
 use crate::magnet::metadata::{MetadataError, MetadataFetch, Progress};
 use crate::metainfo::Info;
 use crate::tracker::announcer::{self, AnnounceParams};
-use crate::wire::extension::{ExtendedHandshake, HANDSHAKE_ID, MetadataMsg};
+use crate::wire::extension::{
+    CLIENT, ExtendedHandshake, HANDSHAKE_ID, MetadataMsg, OUR_UT_METADATA,
+};
 use crate::wire::{
-    Handshake, Message, MessageReader, MessageWriter, read_handshake, write_handshake,
+    Handshake, HandshakeError, Message, MessageReader, MessageWriter, Role, exchange_handshakes,
 };
 
-/// Our extension id for `ut_metadata` (what peers must use when they send to us).
-const OUR_UT_METADATA: u8 = 1;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A peer that sends nothing this long while we wait on it is dropped; others carry on.
 const PEER_SILENCE: Duration = Duration::from_secs(15);
@@ -180,12 +180,14 @@ struct PeerCtx {
 enum PeerFetchError {
     #[error("connect failed")]
     Connect,
-    #[error("wrong torrent or no extension protocol")]
+    #[error("no extension protocol, or no metadata to give")]
     Unsuitable,
     #[error("silent for too long")]
     Silent,
     #[error("sent metadata that failed the check")]
     Blamed,
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
     #[error(transparent)]
     Wire(#[from] crate::wire::WireError),
     #[error(transparent)]
@@ -200,13 +202,8 @@ async fn metadata_peer(ctx: &PeerCtx) -> Result<(), PeerFetchError> {
         .map_err(|_| PeerFetchError::Connect)?
         .map_err(|_| PeerFetchError::Connect)?;
     let ours = Handshake::new(ctx.info_hash, ctx.peer_id);
-    let theirs = tokio::time::timeout(CONNECT_TIMEOUT, async {
-        write_handshake(&mut stream, &ours).await?;
-        read_handshake(&mut stream).await
-    })
-    .await
-    .map_err(|_| PeerFetchError::Silent)??;
-    if theirs.info_hash != ctx.info_hash || !theirs.supports_extensions() {
+    let theirs = exchange_handshakes(&mut stream, &ours, Role::Initiator, CONNECT_TIMEOUT).await?;
+    if !theirs.supports_extensions() {
         return Err(PeerFetchError::Unsuitable);
     }
     let (rd, wr) = stream.into_split();
@@ -214,7 +211,7 @@ async fn metadata_peer(ctx: &PeerCtx) -> Result<(), PeerFetchError> {
     let mut writer = MessageWriter::new(wr);
     let hello = ExtendedHandshake {
         ut_metadata: Some(OUR_UT_METADATA),
-        client: Some(concat!("btfs ", env!("CARGO_PKG_VERSION")).into()),
+        client: Some(CLIENT.into()),
         ..ExtendedHandshake::default()
     };
     writer

@@ -1,10 +1,15 @@
 //! The peer wire protocol (BEP 3 messages, BEP 6 Fast, BEP 10 extension framing).
 //!
 //! Two layers, kept apart so the bytes can be tested without sockets:
-//! - [`handshake`] and [`message`]: pure encode/decode of the handshake and of one
-//!   length-prefixed message. No I/O.
-//! - [`conn`]: the tokio side: a cancel-safe [`MessageReader`] (the session polls it inside
-//!   `tokio::select!`), a batching [`MessageWriter`], and the handshake exchange.
+//! - Pure encode/decode, no I/O: [`handshake`] (the 68-byte greeting and its reserved bits),
+//!   [`message`] (one length-prefixed message) and [`extension`] (the payloads of BEP 10
+//!   messages: extended handshake, `ut_metadata`, `ut_pex`, and our ids in them).
+//! - [`conn`]: the tokio side: [`exchange_handshakes`] for either side of a connection, a
+//!   cancel-safe [`MessageReader`] (the session polls it inside `tokio::select!`) and a batching
+//!   [`MessageWriter`].
+//!
+//! Tests by topic and property tests are in `tests/`; the byte cases of the handshake and message
+//! codecs sit in their own files.
 //!
 //! The protocol knows nothing of the engine: piece indices are raw `u32` here, exactly as a peer
 //! sent them, and the session checks them against the torrent's `Geometry`. Likewise the
@@ -18,7 +23,10 @@ pub mod message;
 #[cfg(test)]
 mod tests;
 
-pub use conn::{MessageReader, MessageWriter, read_handshake, write_handshake};
+pub use conn::{
+    HandshakeError, MessageReader, MessageWriter, Role, exchange_handshakes, read_handshake,
+    write_handshake,
+};
 pub use handshake::new_peer_id;
 pub use message::{BlockRef, Handshake, Message, PROTOCOL};
 

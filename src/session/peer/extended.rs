@@ -8,10 +8,9 @@ use super::Peer;
 use super::pex::{OUR_UT_PEX, PeerPex};
 use crate::magnet::metadata::metadata_piece;
 use crate::wire::Message;
-use crate::wire::extension::{ExtendedHandshake, HANDSHAKE_ID, MAX_METADATA_SIZE, MetadataMsg};
-
-/// Our id for `ut_metadata`: what peers use when they ask us for metadata (BEP 9).
-const OUR_UT_METADATA: u8 = 1;
+use crate::wire::extension::{
+    CLIENT, ExtendedHandshake, HANDSHAKE_ID, MAX_METADATA_SIZE, MetadataMsg, OUR_UT_METADATA,
+};
 
 /// What the two handshakes said about extensions, and the extensions' own state.
 pub(super) struct Extensions {
@@ -47,7 +46,7 @@ impl Peer {
             metadata_size: u32::try_from(raw.len())
                 .ok()
                 .filter(|&n| n > 0 && n <= MAX_METADATA_SIZE),
-            client: Some(concat!("btfs ", env!("CARGO_PKG_VERSION")).into()),
+            client: Some(CLIENT.into()),
             port: Some(self.shared.listen_port),
             ..ExtendedHandshake::default()
         };
