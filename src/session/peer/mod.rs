@@ -32,8 +32,8 @@ use crate::bitfield::Bitfield;
 use crate::picker::{Block, PeerId};
 use crate::piece::BLOCK_SIZE;
 use crate::wire::{
-    BlockRef, Handshake, Message, MessageReader, MessageWriter, WireError, read_handshake,
-    write_handshake,
+    BlockRef, Handshake, HandshakeError, Message, MessageReader, MessageWriter, Role, WireError,
+    exchange_handshakes, write_handshake,
 };
 use extended::Extensions;
 pub use health::PeerTimeouts;
@@ -50,10 +50,8 @@ const REDUNDANT_HAVE_SLACK: u32 = 1000;
 /// Why a connection ended; logged at debug level, never shown as an error to the user.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PeerError {
-    #[error("handshake timed out")]
-    HandshakeTimeout,
-    #[error("peer is for another torrent")]
-    WrongTorrent,
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
     #[error("connected to ourselves")]
     SelfConnection,
     #[error("peer is banned")]
@@ -80,18 +78,10 @@ pub(crate) async fn dial(
     source: PeerSource,
 ) -> Result<(), PeerError> {
     let ours = Handshake::new(shared.torrent.info_hash.0, shared.peer_id);
-    let theirs = tokio::time::timeout(shared.config.peer_timeouts.handshake, async {
-        write_handshake(&mut stream, &ours).await?;
-        let theirs = read_handshake(&mut stream).await?;
-        if theirs.info_hash != ours.info_hash {
-            return Err(PeerError::WrongTorrent);
-        }
-        Ok(theirs)
-    })
-    .await
-    .map_err(|_| PeerError::HandshakeTimeout)
-    .and_then(|r| r)
-    .inspect_err(|e| tracing::debug!(%addr, outgoing = true, "handshake failed: {e}"))?;
+    let within = shared.config.peer_timeouts.handshake;
+    let theirs = exchange_handshakes(&mut stream, &ours, Role::Initiator, within)
+        .await
+        .inspect_err(|e| tracing::debug!(%addr, outgoing = true, "handshake failed: {e}"))?;
     connected(shared, stream, addr, source, &ours, &theirs).await
 }
 
@@ -108,7 +98,7 @@ pub(crate) async fn accept(shared: Arc<Shared>, conn: Incoming) -> Result<(), Pe
         write_handshake(&mut stream, &ours),
     )
     .await
-    .map_err(|_| PeerError::HandshakeTimeout)?
+    .map_err(|_| HandshakeError::Timeout)?
     .inspect_err(|e| tracing::debug!(%addr, outgoing = false, "handshake failed: {e}"))?;
     connected(shared, stream, addr, PeerSource::Incoming, &ours, &theirs).await
 }

@@ -3,9 +3,9 @@
 //! we do not hold (or while choked) is told so at once.
 
 use super::fake_peer::{Abuse, Behavior, FakePeer};
+use super::liars::abuse_case;
 use super::{
-    BIG_CACHE, abuse_case, ip, join, read_everything, spawn_read_everything, start, stop,
-    two_files, within,
+    BIG_CACHE, ip, join, read_everything, spawn_read_everything, start, stop, two_files, within,
 };
 
 #[tokio::test(flavor = "multi_thread")]
