@@ -116,7 +116,7 @@ impl<B: Backend> FuseFs<B> {
         if ino != inode::ROOT || name != STATUS_XATTR {
             return Err(Errno::NO_XATTR);
         }
-        let mut probes = self.status_probes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut probes = crate::sync::lock(&self.status_probes);
         if size == 0 {
             let status = self.backend.status().into_bytes();
             if probes.len() >= MAX_STATUS_PROBES {

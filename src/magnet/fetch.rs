@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use crate::magnet::link::Magnet;
 use crate::magnet::metadata::{MetadataError, MetadataFetch, Progress};
 use crate::metainfo::Info;
+use crate::sync::lock;
 use crate::tracker::announcer::{self, AnnounceParams};
 use crate::wire::extension::{
     CLIENT, ExtendedHandshake, HANDSHAKE_ID, MetadataMsg, OUR_UT_METADATA,
@@ -66,10 +67,12 @@ pub async fn fetch_info(
     mut interrupt: watch::Receiver<bool>,
 ) -> Result<(Info, Vec<SocketAddr>), MagnetFetchError> {
     let peer_id = crate::wire::new_peer_id();
-    let fetch = Arc::new(Mutex::new(MetadataFetch::<u64>::new(magnet.info_hash)));
+    let fetch = Arc::new(Mutex::new(Fetch {
+        metadata: MetadataFetch::new(magnet.info_hash),
+        answering: HashSet::new(),
+    }));
     let (peers_tx, mut peers_rx) = mpsc::channel::<Vec<SocketAddr>>(64);
     let (done_tx, mut done_rx) = mpsc::channel::<(Info, SocketAddr)>(1);
-    let answering = Arc::new(Mutex::new(HashSet::<SocketAddr>::new()));
 
     let (stop_trackers, trackers_stop_rx) = watch::channel(false);
     if !magnet.trackers.is_empty() {
@@ -131,12 +134,11 @@ pub async fn fetch_info(
                             peer_id,
                             fetch: fetch.clone(),
                             done: done_tx.clone(),
-                            answering: answering.clone(),
                         };
                         tasks.spawn(async move {
                             let r = metadata_peer(&ctx).await;
                             tracing::debug!(addr = %ctx.addr, ?r, "metadata peer done");
-                            ctx.fetch.lock().unwrap_or_else(|e| e.into_inner()).peer_gone(ctx.id);
+                            lock(&ctx.fetch).metadata.peer_gone(ctx.id);
                         });
                     }
                 }
@@ -144,10 +146,14 @@ pub async fn fetch_info(
             Some((info, _from)) = done_rx.recv() => break Ok(info),
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = tick.tick() => {
-                let (have, total) = fetch.lock().unwrap_or_else(|e| e.into_inner()).progress();
+                let (have, total, answering) = {
+                    let f = lock(&fetch);
+                    let (have, total) = f.metadata.progress();
+                    (have, total, f.answering.len())
+                };
                 progress(FetchStatus {
                     peers_tried: tried.len(),
-                    peers_answering: answering.lock().map(|a| a.len()).unwrap_or(0),
+                    peers_answering: answering,
                     pieces_have: have,
                     pieces_total: total,
                 });
@@ -159,11 +165,15 @@ pub async fn fetch_info(
     tasks.abort_all();
     stop_trackers.send_replace(true);
     let info = result?;
-    let peers = answering
-        .lock()
-        .map(|a| a.iter().copied().collect())
-        .unwrap_or_default();
+    let peers = lock(&fetch).answering.iter().copied().collect();
     Ok((info, peers))
+}
+
+/// What the per-peer tasks share: the BEP 9 state machine and who answered. Locked briefly
+/// with `sync::lock`, never across an `.await`.
+struct Fetch {
+    metadata: MetadataFetch<u64>,
+    answering: HashSet<SocketAddr>,
 }
 
 struct PeerCtx {
@@ -171,9 +181,8 @@ struct PeerCtx {
     addr: SocketAddr,
     info_hash: [u8; 20],
     peer_id: [u8; 20],
-    fetch: Arc<Mutex<MetadataFetch<u64>>>,
+    fetch: Arc<Mutex<Fetch>>,
     done: mpsc::Sender<(Info, SocketAddr)>,
-    answering: Arc<Mutex<HashSet<SocketAddr>>>,
 }
 
 #[derive(Debug, Error)]
@@ -236,22 +245,14 @@ async fn metadata_peer(ctx: &PeerCtx) -> Result<(), PeerFetchError> {
                 return Err(PeerFetchError::Unsuitable);
             };
             their_id = Some(tid);
-            ctx.fetch
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .set_size(ctx.id, size)?;
-            if let Ok(mut a) = ctx.answering.lock() {
-                a.insert(ctx.addr);
-            }
+            let mut f = lock(&ctx.fetch);
+            f.metadata.set_size(ctx.id, size)?;
+            f.answering.insert(ctx.addr);
         } else if id == OUR_UT_METADATA {
             let Some(tid) = their_id else { continue };
             match MetadataMsg::decode(&payload) {
                 Ok(MetadataMsg::Data { piece, data, .. }) => {
-                    let progress = ctx
-                        .fetch
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .on_data(ctx.id, piece, data)?;
+                    let progress = lock(&ctx.fetch).metadata.on_data(ctx.id, piece, data)?;
                     match progress {
                         Progress::Complete(info) => {
                             let _ = ctx.done.send((*info, ctx.addr)).await;
@@ -264,10 +265,7 @@ async fn metadata_peer(ctx: &PeerCtx) -> Result<(), PeerFetchError> {
                     }
                 }
                 Ok(MetadataMsg::Reject { piece }) => {
-                    ctx.fetch
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .request_failed(ctx.id, piece);
+                    lock(&ctx.fetch).metadata.request_failed(ctx.id, piece);
                 }
                 Ok(MetadataMsg::Request { piece }) => {
                     // We have nothing to give yet.
@@ -288,8 +286,8 @@ async fn metadata_peer(ctx: &PeerCtx) -> Result<(), PeerFetchError> {
         let Some(tid) = their_id else { continue };
         let mut wanted = Vec::new();
         {
-            let mut f = ctx.fetch.lock().unwrap_or_else(|e| e.into_inner());
-            while let Some(piece) = f.next_request(ctx.id) {
+            let mut f = lock(&ctx.fetch);
+            while let Some(piece) = f.metadata.next_request(ctx.id) {
                 wanted.push(piece);
             }
         }

@@ -367,10 +367,7 @@ async fn rechoke(shared: Arc<Shared>) {
         let mut st = shared.lock();
         let seed = st.picker.have_bitfield().is_full();
         for (id, unchoke) in st.choker.tick(std::time::Instant::now(), seed) {
-            st.peers.send(
-                crate::picker::PeerId(id),
-                peers::PeerCmd::SetUnchoked(unchoke),
-            );
+            st.peers.send(id, peers::PeerCmd::SetUnchoked(unchoke));
         }
     }
 }

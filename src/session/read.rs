@@ -6,13 +6,11 @@
 //! it follows the reader's consumption rate while reads are sequential and snaps back on a
 //! seek, and the old window stops mattering at once because `set_reader` replaces it.
 
-use std::sync::Arc;
-
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
 use super::readers::{ReadHandle, Reader};
-use super::{Session, Shared, State, disk};
+use super::{Session, Shared, disk};
 use crate::picker::{ReaderId, ReaderWant};
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -118,7 +116,15 @@ impl Session {
         let urgent = {
             let mut st = s.lock();
             st.start_reading();
-            move_window(s, &mut st, handle, start, len, file_end);
+            let cfg = &s.config;
+            // Readahead beyond half the cache would evict itself before it is read.
+            let max = cfg.max_readahead_bytes.min(cfg.cache_bytes / 2);
+            let read = start..start + len;
+            let ahead = st.reader_moved(handle, read, file_end, cfg.readahead_bytes, max);
+            if let Some(ahead) = ahead {
+                // The window's pieces on disk come into memory ahead of the reader.
+                disk::start_loads(s, &mut st, ahead.filter_map(|i| s.geometry.piece(i)));
+            }
             st.readers.want_id()
         };
         // Drops the read's urgent want on every exit, including cancellation.
@@ -172,48 +178,6 @@ impl Session {
             }
         }
     }
-}
-
-/// Moves the handle's window for a read of `len` bytes at `start`, and tells the picker (and
-/// the peers) only when the window's pieces changed: the old window's pieces stop counting at
-/// once, and the new window's pieces on disk come into memory ahead of the reader.
-fn move_window(
-    s: &Arc<Shared>,
-    st: &mut State,
-    handle: ReadHandle,
-    start: u64,
-    len: u64,
-    file_end: u64,
-) {
-    let cfg = &s.config;
-    // Readahead beyond half the cache would evict itself before it is read.
-    let max = cfg.max_readahead_bytes.min(cfg.cache_bytes / 2);
-    let Some(r) = st.readers.get_mut(handle) else {
-        return;
-    };
-    let now = tokio::time::Instant::now();
-    let moved = r.advance(
-        &s.geometry,
-        now,
-        start..start + len,
-        file_end,
-        cfg.readahead_bytes,
-        max,
-    );
-    let Some(readahead) = moved else {
-        return;
-    };
-    let id = r.window_id;
-    st.picker.set_reader(
-        id,
-        ReaderWant {
-            urgent: 0..0,
-            readahead: readahead.clone(),
-        },
-    );
-    st.peers.refill_all();
-    let ahead = readahead.filter_map(|i| s.geometry.piece(i));
-    disk::start_loads(s, st, ahead);
 }
 
 /// The requested bytes out of the pieces that hold them; a read inside one piece shares the

@@ -14,17 +14,18 @@
 //! The picker's Have pieces change only in [`State::apply`], from residency changes.
 
 use std::net::IpAddr;
+use std::ops::Range;
 
 use bytes::Bytes;
 
 use super::disk::Loads;
 use super::peers::{PeerCmd, Peers};
-use super::readers::Readers;
+use super::readers::{ReadHandle, Readers};
 use super::residency::{Change, Residency};
 use super::verify::{Assembling, Assembly};
 use crate::bitfield::Bitfield;
 use crate::choker::Choker;
-use crate::picker::{Block, PeerId, Picker};
+use crate::picker::{Block, PeerId, Picker, ReaderWant};
 use crate::piece::{Geometry, PieceIndex};
 
 /// Peers we upload to at once (one of them the optimistic unchoke).
@@ -33,7 +34,7 @@ const UPLOAD_SLOTS: usize = 8;
 pub(crate) struct State {
     pub(crate) picker: Picker,
     /// Whom we upload to; ticked by the rechoke task.
-    pub(crate) choker: Choker,
+    pub(crate) choker: Choker<PeerId>,
     pub(crate) residency: Residency,
     pub(crate) loads: Loads,
     pub(crate) peers: Peers,
@@ -167,9 +168,33 @@ impl State {
     /// A peer's connection ended: its pieces stop counting, its requests go to others.
     pub(crate) fn peer_left(&mut self, id: PeerId, has: &Bitfield) {
         self.picker.peer_gone(id, has);
-        self.choker.peer_left(id.0);
+        self.choker.peer_left(id);
         self.peers.remove(id);
         self.peers.refill_all();
+    }
+
+    /// A read of `read` (torrent offsets) through `handle`, in a file ending at `file_end`:
+    /// moves the handle's readahead window (between `min` and `max` bytes) and, when its
+    /// pieces changed, tells the picker (the old window stops counting at once) and the peers.
+    /// Returns the new window's pieces then.
+    pub(crate) fn reader_moved(
+        &mut self,
+        handle: ReadHandle,
+        read: Range<u64>,
+        file_end: u64,
+        min: u64,
+        max: u64,
+    ) -> Option<Range<u32>> {
+        let r = self.readers.get_mut(handle)?;
+        let now = tokio::time::Instant::now();
+        let ahead = r.advance(self.picker.geometry(), now, read, file_end, min, max)?;
+        let want = ReaderWant {
+            urgent: 0..0,
+            readahead: ahead.clone(),
+        };
+        self.picker.set_reader(r.window_id, want);
+        self.peers.refill_all();
+        Some(ahead)
     }
 
     /// The first read (or a media file opened) lets background fetching begin; until then a

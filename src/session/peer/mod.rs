@@ -319,11 +319,11 @@ impl Peer {
             }
             Message::Interested => {
                 self.upload.interested = true;
-                self.shared.lock().choker.set_interested(self.id.0, true);
+                self.shared.lock().choker.set_interested(self.id, true);
             }
             Message::NotInterested => {
                 self.upload.interested = false;
-                self.shared.lock().choker.set_interested(self.id.0, false);
+                self.shared.lock().choker.set_interested(self.id, false);
             }
             Message::Have(i) => {
                 let p = g
@@ -459,10 +459,10 @@ impl Peer {
         self.rates.tick();
         {
             let mut st = self.shared.lock();
-            (st.choker).set_rates(self.id.0, self.rates.down() as u64, self.rates.up() as u64);
-            st.choker.set_snubbed(self.id.0, self.requests.is_snubbed());
+            (st.choker).set_rates(self.id, self.rates.down() as u64, self.rates.up() as u64);
+            st.choker.set_snubbed(self.id, self.requests.is_snubbed());
             let urgent = st.picker.has_urgent(&self.has);
-            st.choker.set_urgent(self.id.0, urgent);
+            st.choker.set_urgent(self.id, urgent);
         }
         self.check_health()
     }
