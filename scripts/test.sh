@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 
+echo "== layout (no import circles, no production file over 600 lines)"
+/usr/bin/python3 scripts/check_layout.py
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -1,32 +1,22 @@
-//! The disk tier's tasks (`--cache-dir`): verified pieces written behind the memory store, and
-//! pieces loaded back (and checked again) for reads and uploads that miss memory. Which pieces
-//! the disk holds is [`Residency`](super::residency)'s to know; this file does the I/O.
+//! The disk cache of a session (`--cache-dir`) as `Shared` holds it: the store, the queue of
+//! pieces to write, and its numbers. Which pieces the disk holds is `residency`'s to know; the
+//! tasks that write and load are `disk_io`.
 //!
-//! - Writes: [`Disk::save`] queues a verified piece; one writer task puts them, one at a time,
-//!   on the blocking pool. Past [`MAX_QUEUED`] bytes a piece is not written (the disk is slower
-//!   than the swarm). Errors are logged and the mount goes on from memory.
-//! - Loads: the file is read on the blocking pool and its SHA1 checked on EVERY load (the disk
-//!   is not trusted: another process or a fault may have changed it), then it goes into memory.
-//!   A piece that fails is deleted and no longer held, so peers are asked for it; its bytes are
-//!   never served.
+//! - [`Disk::save`] queues a verified piece; past [`MAX_QUEUED`] bytes a piece is not written
+//!   (the disk is slower than the swarm). Errors are counted and the mount goes on from memory.
 //! - Shutdown: the writer stops taking new pieces, writes what was queued and says it is done;
 //!   [`Disk::drain`] waits for that, bounded.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sha1::{Digest, Sha1};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
-use super::Shared;
 use crate::piece::{Geometry, PieceIndex};
 use crate::store::{DiskStore, DiskStoreError};
-use crate::sync::lock;
 
 /// Verified pieces waiting to be written, in bytes; more are dropped (not cached) meanwhile.
 const MAX_QUEUED: u64 = 64 * 1024 * 1024;
@@ -56,6 +46,13 @@ pub(crate) struct Opened {
     pub(crate) pieces: Vec<PieceIndex>,
 }
 
+/// The writer task's end of the queue (see `disk_io`).
+pub(crate) struct WriterEnd {
+    pub(crate) store: Arc<Mutex<DiskStore>>,
+    pub(crate) queue: mpsc::UnboundedReceiver<(PieceIndex, Bytes)>,
+    pub(crate) written: watch::Sender<bool>,
+}
+
 /// The disk side of a session, owned by `Shared`.
 pub(crate) struct Disk {
     /// Locked only on the blocking pool (its methods do file I/O), never under the state lock.
@@ -72,33 +69,6 @@ pub(crate) struct Disk {
     failing: watch::Sender<Option<String>>,
     /// Flips to true when the writer has written what was queued at shutdown.
     written: watch::Receiver<bool>,
-}
-
-/// Loads in flight, with who waits for each (uploads; reads wait on `verified` instead).
-/// Part of the session state.
-#[derive(Default)]
-pub(crate) struct Loads {
-    running: HashMap<PieceIndex, Vec<oneshot::Sender<Option<Bytes>>>>,
-}
-
-impl Loads {
-    /// Marks `p` as loading; true if a load must be started for it.
-    fn begin(&mut self, p: PieceIndex, waiter: Option<oneshot::Sender<Option<Bytes>>>) -> bool {
-        match self.running.entry(p) {
-            Entry::Occupied(mut e) => {
-                e.get_mut().extend(waiter);
-                false
-            }
-            Entry::Vacant(e) => {
-                e.insert(waiter.into_iter().collect());
-                true
-            }
-        }
-    }
-
-    fn finish(&mut self, p: PieceIndex) -> Vec<oneshot::Sender<Option<Bytes>>> {
-        self.running.remove(&p).unwrap_or_default()
-    }
 }
 
 /// Opens the torrent's cache directory (on the blocking pool) and finds the pieces it holds
@@ -143,21 +113,16 @@ pub(crate) async fn open(
 }
 
 impl Disk {
-    /// Starts the writer task for an opened cache. `shared` is the session being built: the
-    /// writer reaches it only after a write, by then it exists.
-    pub(crate) fn start(
-        opened: Opened,
-        shared: Weak<Shared>,
-        shutdown: watch::Receiver<bool>,
-    ) -> Disk {
+    /// The handle for an opened cache, and the queue the writer task (`disk_io`) takes the
+    /// pieces to write from, and says on `written` that it is done with.
+    pub(crate) fn new(opened: Opened) -> (Disk, WriterEnd) {
         let budget = opened.store.budget();
         let used = opened.store.used_bytes();
         let store = Arc::new(Mutex::new(opened.store));
         let (queue, rx) = mpsc::unbounded_channel();
         let (written_tx, written) = watch::channel(false);
-        tokio::spawn(write_loop(shared, store.clone(), rx, shutdown, written_tx));
-        Disk {
-            store,
+        let disk = Disk {
+            store: store.clone(),
             queue,
             queued: AtomicU64::new(0),
             used: AtomicU64::new(used),
@@ -166,7 +131,40 @@ impl Disk {
             bad_pieces: AtomicU64::new(0),
             failing: watch::channel(None).0,
             written,
+        };
+        let end = WriterEnd {
+            store,
+            queue: rx,
+            written: written_tx,
+        };
+        (disk, end)
+    }
+
+    /// The store, to lock on the blocking pool only.
+    pub(crate) fn store(&self) -> Arc<Mutex<DiskStore>> {
+        self.store.clone()
+    }
+
+    /// A write of `len` queued bytes finished; the store now uses `used` bytes.
+    pub(crate) fn wrote(&self, len: u64, used: u64, result: Option<&DiskStoreError>) {
+        self.queued.fetch_sub(len, Ordering::Relaxed);
+        self.used.store(used, Ordering::Relaxed);
+        self.failing.send_replace(result.map(|e| e.to_string()));
+        if let Some(e) = result {
+            self.error("writing a piece", e);
         }
+    }
+
+    /// A load finished; the store now uses `used` bytes (a bad piece was deleted).
+    pub(crate) fn loaded(&self, used: u64, bad: bool) {
+        self.used.store(used, Ordering::Relaxed);
+        if bad {
+            self.bad_pieces.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
     }
 
     pub(crate) fn stats(&self) -> DiskStats {
@@ -206,196 +204,8 @@ impl Disk {
 
     /// Counted and logged at debug level; a failing write is said to the user once, by the
     /// mount's alerts, from [`Disk::failing`] (a full disk fails every write).
-    fn error(&self, what: &str, e: &DiskStoreError) {
+    pub(crate) fn error(&self, what: &str, e: &DiskStoreError) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         tracing::debug!("disk cache: {what} failed: {e}");
     }
-}
-
-/// Writes queued pieces one at a time. At shutdown it takes no new pieces, writes those
-/// already queued, and says so on `written`.
-async fn write_loop(
-    shared: Weak<Shared>,
-    store: Arc<Mutex<DiskStore>>,
-    mut rx: mpsc::UnboundedReceiver<(PieceIndex, Bytes)>,
-    mut shutdown: watch::Receiver<bool>,
-    written: watch::Sender<bool>,
-) {
-    let mut closing = false;
-    loop {
-        if !closing && *shutdown.borrow_and_update() {
-            closing = true;
-        }
-        let next = if closing {
-            rx.close();
-            rx.recv().await
-        } else {
-            tokio::select! {
-                next = rx.recv() => next,
-                changed = shutdown.changed() => {
-                    // The session is gone without a shutdown: write what is queued all the same.
-                    closing |= changed.is_err();
-                    continue;
-                }
-            }
-        };
-        let Some((p, data)) = next else { break };
-        if !write_one(&shared, &store, p, data).await {
-            break;
-        }
-    }
-    written.send_replace(true);
-}
-
-/// Writes one piece and applies the outcome; false once the session is gone.
-async fn write_one(
-    shared: &Weak<Shared>,
-    store: &Arc<Mutex<DiskStore>>,
-    p: PieceIndex,
-    data: Bytes,
-) -> bool {
-    let len = data.len() as u64;
-    let store = store.clone();
-    let put = tokio::task::spawn_blocking(move || {
-        let mut ds = lock(&store);
-        let r = ds.put(p.get(), &data);
-        (r, ds.used_bytes())
-    })
-    .await;
-    let Some(shared) = shared.upgrade() else {
-        return false;
-    };
-    let Some(disk) = &shared.disk else {
-        return false;
-    };
-    disk.queued.fetch_sub(len, Ordering::Relaxed);
-    let Ok((result, used)) = put else {
-        return false;
-    };
-    disk.used.store(used, Ordering::Relaxed);
-    disk.failing
-        .send_replace(result.as_ref().err().map(|e| e.to_string()));
-    match result {
-        Ok(evicted) => {
-            let evicted: Vec<PieceIndex> = (evicted.into_iter())
-                .filter_map(|i| shared.geometry.piece(i))
-                .collect();
-            shared.lock().disk_written(p, &evicted);
-        }
-        Err(e) => disk.error(&format!("writing piece {p}"), &e),
-    }
-    true
-}
-
-/// For a read: starts loading each of `pieces` that memory lacks and the disk holds. Returns
-/// whether every piece memory lacks is on disk (so the swarm is not needed for this read).
-pub(crate) fn start_loads(
-    shared: &Arc<Shared>,
-    st: &mut super::State,
-    pieces: impl Iterator<Item = PieceIndex>,
-) -> bool {
-    let mut all = true;
-    for p in pieces {
-        if st.residency.in_memory(p) {
-            continue;
-        }
-        if !st.residency.on_disk(p) {
-            all = false;
-            continue;
-        }
-        if st.loads.begin(p, None) {
-            tokio::spawn(run_load(shared.clone(), p));
-        }
-    }
-    all
-}
-
-/// The piece from memory, else from disk (verified, and kept in memory if it fits); `None` if
-/// neither holds it (or the disk copy was bad).
-pub(crate) async fn load(shared: &Arc<Shared>, p: PieceIndex) -> Option<Bytes> {
-    let rx = {
-        let mut st = shared.lock();
-        if let Some(data) = st.residency.peek(p) {
-            return Some(data);
-        }
-        if !st.residency.on_disk(p) {
-            return None;
-        }
-        let (tx, rx) = oneshot::channel();
-        if st.loads.begin(p, Some(tx)) {
-            tokio::spawn(run_load(shared.clone(), p));
-        }
-        rx
-    };
-    rx.await.ok().flatten()
-}
-
-enum Loaded {
-    Good(Vec<u8>),
-    Bad,
-    Gone,
-    Failed(DiskStoreError),
-}
-
-/// Reads and checks one piece, then applies the outcome and wakes whoever waits.
-async fn run_load(shared: Arc<Shared>, p: PieceIndex) {
-    let Some(disk) = &shared.disk else { return };
-    let store = disk.store.clone();
-    let expected = shared.torrent.info.piece_hashes[p.as_usize()];
-    let len = shared.geometry.piece_len(p) as usize;
-    let loaded = tokio::task::spawn_blocking(move || {
-        let got = lock(&store).get(p.get());
-        let outcome = match got {
-            Ok(Some(data)) => {
-                // Hashed outside the lock so writes go on meanwhile.
-                let ok = data.len() == len && <[u8; 20]>::from(Sha1::digest(&data)) == expected;
-                if ok {
-                    Loaded::Good(data)
-                } else {
-                    let _ = lock(&store).remove(p.get());
-                    Loaded::Bad
-                }
-            }
-            Ok(None) => Loaded::Gone,
-            Err(e) => Loaded::Failed(e),
-        };
-        let used = lock(&store).used_bytes();
-        (outcome, used)
-    })
-    .await;
-    let (outcome, used) = match loaded {
-        Ok(r) => r,
-        Err(_) => (Loaded::Gone, disk.used.load(Ordering::Relaxed)),
-    };
-    disk.used.store(used, Ordering::Relaxed);
-    let data = match outcome {
-        Loaded::Good(data) => Some(Bytes::from(data)),
-        Loaded::Bad => {
-            disk.bad_pieces.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(piece = %p, "piece in the disk cache failed its SHA1 check; deleted, fetching it from peers");
-            None
-        }
-        Loaded::Gone => None,
-        Loaded::Failed(e) => {
-            disk.error(&format!("reading piece {p}"), &e);
-            None
-        }
-    };
-    let mut st = shared.lock();
-    let waiters = st.loads.finish(p);
-    match &data {
-        Some(data) => st.loaded_from_disk(p, data.clone()),
-        None => {
-            st.disk_lost(p);
-            st.peers.refill_all();
-            if st.peers.is_empty() {
-                shared.redial.notify_one();
-            }
-        }
-    }
-    drop(st);
-    for w in waiters {
-        let _ = w.send(data.clone());
-    }
-    shared.verified.send_modify(|g| *g += 1);
 }

@@ -23,9 +23,11 @@
 //!
 //! State and locking: see `shared.rs` (the lock order) and `state.rs` (who owns what).
 
+mod assembly;
 mod connect;
 mod discovery;
 mod disk;
+mod disk_io;
 mod host;
 mod peer;
 mod peers;
@@ -183,11 +185,12 @@ impl Session {
         let (shutdown, _) = watch::channel(false);
         let trackers = Arc::new(Mutex::new(Vec::new()));
         let (announced_tx, announced_stop) = watch::channel(true);
-        let shared = Arc::new_cyclic(|weak| Shared {
+        let (disk, writer) = opened.map(disk::Disk::new).unzip();
+        let shared = Arc::new(Shared {
             peer_id: host.peer_id(),
             listen_port: host.port(),
             state: Mutex::new(state),
-            disk: opened.map(|o| disk::Disk::start(o, weak.clone(), shutdown.subscribe())),
+            disk,
             torrent,
             geometry,
             verified: watch::channel(0).0,
@@ -204,6 +207,9 @@ impl Session {
             read_buffers: Default::default(),
             config,
         });
+        if let Some(end) = writer {
+            tokio::spawn(disk_io::write_loop(Arc::downgrade(&shared), end));
+        }
         tokio::spawn(connect::accept_incoming(shared.clone(), incoming));
         tokio::spawn(connect::connect_loop(shared.clone(), discovered_rx));
         if !shared.config.no_upload {

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
 use super::readers::{ReadHandle, Reader};
-use super::{Session, Shared, disk};
+use super::{Session, Shared, disk_io};
 use crate::picker::{ReaderId, ReaderWant};
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -123,7 +123,7 @@ impl Session {
             let ahead = st.reader_moved(handle, read, file_end, cfg.readahead_bytes, max);
             if let Some(ahead) = ahead {
                 // The window's pieces on disk come into memory ahead of the reader.
-                disk::start_loads(s, &mut st, ahead.filter_map(|i| s.geometry.piece(i)));
+                disk_io::start_loads(s, &mut st, ahead.filter_map(|i| s.geometry.piece(i)));
             }
             st.readers.want_id()
         };
@@ -162,7 +162,7 @@ impl Session {
                 // After the urgent want, so loaded pieces are kept even in a full store.
                 if held.is_none() {
                     let wanted = pieces.clone().filter_map(|i| s.geometry.piece(i));
-                    let all_on_disk = disk::start_loads(s, &mut st, wanted);
+                    let all_on_disk = disk_io::start_loads(s, &mut st, wanted);
                     if !all_on_disk && st.peers.is_empty() {
                         s.redial.notify_one();
                     }

@@ -16,9 +16,11 @@
 //! - Only verified bytes get here: memory takes a piece after its SHA1 check (data from peers, or
 //!   a disk load re-checked on the way), and the disk is written only from verified pieces.
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
+use tokio::sync::oneshot;
 
 use crate::piece::PieceIndex;
 use crate::store::Store;
@@ -185,6 +187,36 @@ impl Residency {
             .filter(|q| !self.disk.contains(q))
             .map(Change::Gone)
             .collect()
+    }
+}
+
+/// Disk loads in flight, with who waits for each (uploads; reads wait on `verified` instead).
+#[derive(Default)]
+pub(crate) struct Loads {
+    running: HashMap<PieceIndex, Vec<oneshot::Sender<Option<Bytes>>>>,
+}
+
+impl Loads {
+    /// Marks `p` as loading; true if a load must be started for it.
+    pub(crate) fn begin(
+        &mut self,
+        p: PieceIndex,
+        waiter: Option<oneshot::Sender<Option<Bytes>>>,
+    ) -> bool {
+        match self.running.entry(p) {
+            Entry::Occupied(mut e) => {
+                e.get_mut().extend(waiter);
+                false
+            }
+            Entry::Vacant(e) => {
+                e.insert(waiter.into_iter().collect());
+                true
+            }
+        }
+    }
+
+    pub(crate) fn finish(&mut self, p: PieceIndex) -> Vec<oneshot::Sender<Option<Bytes>>> {
+        self.running.remove(&p).unwrap_or_default()
     }
 }
 

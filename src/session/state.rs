@@ -6,9 +6,9 @@
 //! | `picker` | piece states, blocks in flight, reader wants | `picker/` |
 //! | `choker` | whom we upload to | `choker.rs` |
 //! | `residency` | which verified pieces memory and disk hold | `residency.rs` |
-//! | `loads` | disk loads in flight and who waits for them | `disk.rs` |
+//! | `loads` | disk loads in flight and who waits for them | `residency.rs` |
 //! | `peers` | connected, banned and known peers | `peers.rs` |
-//! | `assembling` | pieces being put together, suspects of bad data | `verify.rs` |
+//! | `assembling` | pieces being put together, suspects of bad data | `assembly.rs` |
 //! | `readers` | open file handles, their windows, waiting reads | `readers.rs` |
 //!
 //! The picker's Have pieces change only in [`State::apply`], from residency changes.
@@ -18,11 +18,10 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::disk::Loads;
+use super::assembly::{Assembling, Assembly};
 use super::peers::{PeerCmd, Peers};
 use super::readers::{ReadHandle, Readers};
-use super::residency::{Change, Residency};
-use super::verify::{Assembling, Assembly};
+use super::residency::{Change, Loads, Residency};
 use crate::bitfield::Bitfield;
 use crate::choker::Choker;
 use crate::picker::{Block, PeerId, Picker, ReaderWant};

@@ -50,7 +50,7 @@ impl Peer {
             return Err(PeerError::Idle);
         }
         self.report_late();
-        match self.requests.check_stall(Instant::now(), &limits) {
+        match (self.requests).check_stall(Instant::now(), limits.request, limits.stalls) {
             Stall::None => {}
             Stall::Hopeless => return Err(PeerError::Stalled),
             Stall::Stalled => {

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::health::PeerTimeouts;
 use crate::bitfield::Bitfield;
 use crate::picker::Block;
 use crate::piece::{BLOCK_SIZE, PieceIndex};
@@ -258,24 +257,28 @@ impl Requests {
         self.avg_block
     }
 
-    /// Whether the requests in flight have stalled: the oldest is older than the request
-    /// timeout and either nothing came for that long, or a request sent later was answered
-    /// while this one was skipped (peers answer in order).
-    pub(super) fn check_stall(&mut self, now: Instant, limits: &PeerTimeouts) -> Stall {
+    /// Whether the requests in flight have stalled: the oldest is older than `timeout` and
+    /// either nothing came for that long, or a request sent later was answered while this one
+    /// was skipped (peers answer in order). After `max_stalls` stalls with too few blocks in
+    /// between, the peer is hopeless.
+    pub(super) fn check_stall(
+        &mut self,
+        now: Instant,
+        timeout: Duration,
+        max_stalls: u32,
+    ) -> Stall {
         let Some(&oldest) = self.in_flight.values().min() else {
             return Stall::None;
         };
-        let silent = now.saturating_duration_since(self.last_block) >= limits.request;
+        let silent = now.saturating_duration_since(self.last_block) >= timeout;
         let skipped = self.newest_answered.is_some_and(|t| t > oldest);
-        if now.saturating_duration_since(oldest) < limits.request || !(silent || skipped) {
+        if now.saturating_duration_since(oldest) < timeout || !(silent || skipped) {
             return Stall::None;
         }
         self.stalls += 1;
         // A slow peer that mostly delivers is kept; one that stalls about as often as it
         // delivers (e.g. a block of each piece, then nothing) is not.
-        if self.stalls >= limits.stalls
-            && self.delivered < u64::from(self.stalls) * BLOCKS_PER_STALL
-        {
+        if self.stalls >= max_stalls && self.delivered < u64::from(self.stalls) * BLOCKS_PER_STALL {
             return Stall::Hopeless;
         }
         self.snubbed = true;
@@ -296,13 +299,8 @@ mod tests {
         }
     }
 
-    fn limits() -> PeerTimeouts {
-        PeerTimeouts {
-            request: Duration::from_secs(8),
-            stalls: 2,
-            ..PeerTimeouts::default()
-        }
-    }
+    const TIMEOUT: Duration = Duration::from_secs(8);
+    const STALLS: u32 = 2;
 
     #[test]
     fn answers_late_answers_and_pushed_blocks() {
@@ -332,7 +330,7 @@ mod tests {
         assert_eq!(r.target(1e12), MAX_QUEUE);
         r.sent(block(0, 0), t0);
         assert_eq!(
-            r.check_stall(t0 + Duration::from_secs(9), &limits()),
+            r.check_stall(t0 + Duration::from_secs(9), TIMEOUT, STALLS),
             Stall::Stalled
         );
         assert_eq!(r.target(1e12), 1, "snubbed: one at a time");
@@ -348,11 +346,11 @@ mod tests {
         let mut t = t0;
         r.sent(block(0, 0), t);
         t += Duration::from_secs(9);
-        assert_eq!(r.check_stall(t, &limits()), Stall::Stalled);
+        assert_eq!(r.check_stall(t, TIMEOUT, STALLS), Stall::Stalled);
         r.release_all();
         r.sent(block(0, 1), t);
         t += Duration::from_secs(9);
-        assert_eq!(r.check_stall(t, &limits()), Stall::Hopeless);
+        assert_eq!(r.check_stall(t, TIMEOUT, STALLS), Stall::Hopeless);
 
         let mut r = Requests::new(t0);
         let mut t = t0;
@@ -363,7 +361,7 @@ mod tests {
         for round in 0..2 {
             r.sent(block(90 + round, 0), t);
             t += Duration::from_secs(9);
-            assert_eq!(r.check_stall(t, &limits()), Stall::Stalled);
+            assert_eq!(r.check_stall(t, TIMEOUT, STALLS), Stall::Stalled);
             r.release_all();
         }
     }
@@ -377,7 +375,7 @@ mod tests {
         // The later one is answered at 8.5 s; the first, skipped, is 9 s old at 9 s.
         r.received(block(0, 1), t0 + Duration::from_millis(8500));
         assert_eq!(
-            r.check_stall(t0 + Duration::from_secs(9), &limits()),
+            r.check_stall(t0 + Duration::from_secs(9), TIMEOUT, STALLS),
             Stall::Stalled
         );
     }

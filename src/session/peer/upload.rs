@@ -73,7 +73,7 @@ impl Peer {
                     .queued
                     .fetch_add(r.length as usize, Ordering::Relaxed);
                 tokio::spawn(async move {
-                    let data = crate::session::disk::load(&upload.shared, p).await;
+                    let data = crate::session::disk_io::load(&upload.shared, p).await;
                     upload
                         .queued
                         .fetch_sub(r.length as usize, Ordering::Relaxed);
