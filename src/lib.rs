@@ -1,42 +1,69 @@
 //! btfs: mount a torrent read-only and stream its files from the swarm.
 //!
-//! # Modules, top to bottom (each depends only on those below it)
-//! - [`mount`]: `btfs mount` glue: a [`session::Session`] behind a [`fs`] mount, signals,
-//!   the live status line, `--daemon`, and the order of shutdown.
-//! - [`status`]: `btfs status`: the mount's report (JSON on a unix socket, text in the
-//!   `user.btfs.status` attribute), transfer rates; [`alerts`]: problems said once.
-//! - [`fs`]: the FUSE filesystem: a pure inode table and a thin fuser adapter. Knows files and a
-//!   `Backend` that turns `(file, offset, len)` into verified bytes; nothing of peers.
-//! - [`session`]: the tokio engine of one torrent: peer connections, discovery, verification,
-//!   and `read(handle, file, offset, len)`.
-//! - [`picker`]: synchronous, I/O-free: which block to ask which peer for next.
-//! - [`choker`]: synchronous: whom we upload to (BEP 3 rechoke, optimistic unchoke).
-//! - [`ratelimit`]: token buckets for download/upload caps, fair across peers.
-//! - [`store`]: verified pieces in memory, LRU by bytes; [`disk_store`]: the same on disk
-//!   (`--cache-dir`), written behind the memory store and re-verified on every load.
-//! - [`metadata`]: assembling (and serving) the info dictionary over BEP 9, for magnets.
-//! - [`tracker`]: HTTP and UDP announces, and the announcer task.
-//! - [`wire`]: peer messages (pure encode/decode) and their tokio framing.
-//! - [`metainfo`]: `.torrent` files and magnet links to [`metainfo::Torrent`]; paths made safe.
-//! - [`piece`], [`bitfield`], [`bencode`], [`units`]: geometry, piece sets, encoding, sizes.
+//! # Modules, top to bottom (each depends only on those below it; `scripts/check_layout.py`
+//! checks there is no import circle)
+//! - [`app`]: the commands above the engine. [`app::mount`]: `btfs mount`, a session behind a
+//!   FUSE mount, signals, the live status line, `--daemon`, the order of shutdown;
+//!   [`app::status`]: `btfs status` (`socket`: the per-mount unix socket; `rate`: rates over
+//!   the last seconds); [`app::source`]: a `.torrent` file, URL or magnet link to a torrent;
+//!   [`app::alerts`]: problems said once.
+//! - [`fs`]: the FUSE filesystem, knowing files and a `Backend` that turns `(file, offset,
+//!   len)` into verified bytes, nothing of peers. `inode`: the pure inode table; `fuse`: the
+//!   fuser adapter (each callback replies once; reads reply from a tokio task); `kernel`:
+//!   mounting, unmounting, noticing the kernel side end.
+//! - [`session`]: the tokio engine of one torrent; its own map is at the top of
+//!   `session/mod.rs`. `host`: the listening port and peer id shared by a process's sessions;
+//!   `shared`: what its tasks share and the lock order; `state`: the state behind the lock,
+//!   made of owners (`residency`: where verified pieces live, and what we announce;
+//!   `peers`; `readers` with `window`; `assembly`); `read`: reads; `connect` with
+//!   `discovery`: incoming and outgoing connections; `peer/`: one connection (`requests`,
+//!   `rates`, `upload`, `extended`, `fast`, `health`, `pex`, `writer`); `verify`: SHA1 of each
+//!   completed piece; `disk` and `disk_io`: the disk cache handle and its tasks.
+//! - [`magnet`]: `link` parses magnet links; `metadata`: the BEP 9 state machine assembling
+//!   and serving the info dictionary; `fetch`: the phase before a session that gets it.
+//! - Policy, pure state machines with time passed in: [`picker`] (which block to ask whom for
+//!   next; `order`: the one comparator), [`choker`] (whom we upload to), [`ratelimit`] (token
+//!   buckets for the rate caps).
+//! - [`store`]: verified pieces at rest: `memory` (LRU by bytes) and `disk` (files, re-verified
+//!   on load); neither knows where else a piece lives.
+//! - Discovery: [`tracker`] (`http`, `udp`, and the `announcer` task) and [`dht`] (the
+//!   Mainline DHT node: KRPC, routing table, lookups, saved state).
+//! - [`wire`]: peer messages, pure encode/decode (`message`, `handshake`, `extension`) and
+//!   their tokio framing (`conn`, with the handshake exchange).
+//! - [`metainfo`]: `.torrent` files to [`metainfo::Torrent`], paths made safe (`paths`), `btfs
+//!   info` (`summary`).
+//! - Foundations: [`piece`] (geometry, the checked `PieceIndex`), [`bitfield`], [`bencode`]
+//!   (the span-keeping decoder and the encoder), [`units`] (sizes), [`sync`] (taking a lock).
 //!
 //! # Tasks and channels of a mount
 //! ```text
-//! FUSE threads --read--> tokio task --Session::read--> picker wants (urgent + readahead)
-//!                                          ^   waits on `verified` (watch<u64>)
-//! announcer --peer addrs (mpsc)--> connector --dial--> peer task <--PeerCmd (mpsc)-- session
-//! peer task --addrs from PEX messages (the same mpsc)--> connector
-//! listener --accept-----------------------------------> peer task --Message (mpsc)--> writer
-//! peer task --complete piece--> spawn_blocking SHA1 --> store + picker, `have` to peers,
-//!                                                       `verified` bumped
-//!                                   --queue (mpsc)--> disk writer --spawn_blocking--> DiskStore
-//! read/upload missing from memory --spawn_blocking load + SHA1--> store (or refetch if bad)
-//! shutdown (watch<bool>): fails every waiting read, ends every task
-//! announcer, DHT loop (, PEX) --addrs, tagged with their PeerSource--> connector
-//! status socket --accept--> status::Live::report (stats + rates + warnings) --JSON--> `btfs status`
+//! FUSE threads (fs::kernel) --read--> tokio task (fs::fuse) --Session::read--> picker wants
+//!                                   waits on `verified` (watch<u64>) <-- piece held or evicted
+//! host accept loop --handshake read, routed by info-hash (mpsc)--> session incoming task
+//!                                                                   --> peer task
+//! announcer (tracker), DHT announce loop, PEX, --peer
+//!            --addrs tagged with their PeerSource (mpsc)--> connector --dial--> peer task
+//! session --PeerCmd (mpsc: refill, have, cancel, choke, disconnect)--> peer task
+//! peer task --Message (mpsc)--> its writer task (batches, upload cap) --> socket
+//! peer task --complete piece--> verify task --spawn_blocking SHA1--> State::piece_passed
+//!           (residency -> picker Have + `have` to every peer) --queue (mpsc)--> disk writer
+//! read/upload missing from memory --disk_io load (spawn_blocking, SHA1)--> State
+//! rechoke task (1 s): choker decisions --SetUnchoked--> peer tasks
+//! app::mount tick (1 s): status::Live (rates, said-once alerts), the status line
+//! status socket --accept--> report as JSON --> `btfs status`
+//! DHT node: its receive loop and maintenance task, shared by every session (Config::dht)
+//! shutdown: Session::stop flips `shutdown` (watch<bool>): every waiting read fails, every
+//!           task ends; the disk writer and the announcer say on watch channels when done
 //! ```
-//! One `std::sync::Mutex` guards the session state (picker, store, peers); it is held only
-//! for short synchronous steps, never across an `.await`.
+//! # Locks
+//! Each session has one state lock (`Shared::state`), held for short synchronous steps and
+//! never across an `.await`; no other lock is taken while it is held. The other mutexes are
+//! leaves listed at `session/shared.rs`. Every `std::sync::Mutex` is taken with [`sync::lock`].
+//!
+//! # Tests
+//! Unit tests sit at the bottom of their file; a module whose tests outgrow that keeps them
+//! in its `tests/` folder (`mod.rs` plus one file per subject, property tests in `props.rs`).
+//! `tests/` at the crate root mounts real torrents served by libtorrent.
 
 pub mod app;
 pub mod bencode;

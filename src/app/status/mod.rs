@@ -36,7 +36,7 @@ pub struct Report {
     pub known_peers: usize,
     /// The same per source (tracker, dht, pex, incoming, manual).
     pub peer_sources: Vec<SourceCount>,
-    /// Over the last few seconds ([`rate::WINDOW`]).
+    /// Over the last few seconds (`rate::WINDOW`).
     pub download_rate: u64,
     pub upload_rate: u64,
     pub downloaded_bytes: u64,

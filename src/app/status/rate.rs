@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 /// not to jump with every burst of blocks.
 pub const WINDOW: Duration = Duration::from_secs(5);
 
-/// Samples of (time, downloaded total, uploaded total), the oldest no older than [`WINDOW`]
+/// Samples of (time, downloaded total, uploaded total), the oldest no older than `WINDOW`
 /// before the newest (one older sample is kept as the baseline).
 #[derive(Debug, Default)]
 pub struct RateMeter {
