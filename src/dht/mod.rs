@@ -12,6 +12,8 @@
 //! - [`server`]: pure answers to other nodes: tokens, the announced-peer store, rate limit.
 //! - [`routing`]: pure routing table: k-buckets, node states, replacement caches, refresh.
 //! - [`krpc`]: pure encode/decode of the KRPC queries, responses and errors.
+//! - `tests/`: whole-node tests (`mod.rs`), KRPC by hand (`krpc.rs`) and by property
+//!   (`props.rs`).
 //!
 //! # Tasks
 //! ```text
