@@ -16,7 +16,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::{debug, info, warn};
 
-use super::{AnnounceRequest, AnnounceResponse, Clients, Event, TrackerError, announce};
+use super::announce;
+use super::clients::Clients;
+use super::types::{AnnounceRequest, AnnounceResponse, Event, TrackerError};
 
 /// What stays the same across all announces of a torrent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,7 +362,7 @@ async fn send_stopped(ctx: &Arc<Ctx>, trackers: Vec<Tracker>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracker::testing::{Freeze, within};
+    use crate::tracker::tests::{Freeze, within};
     use std::collections::HashMap;
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

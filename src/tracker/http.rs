@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::{AnnounceRequest, AnnounceResponse, Event, TrackerError, clamp_interval};
+use super::types::{
+    AnnounceRequest, AnnounceResponse, Event, MAX_INTERVAL, TrackerError, clamp_interval,
+};
 use crate::bencode::{self, Value};
 
 /// Tracker replies are a few kilobytes; anything this large is not a tracker reply.
@@ -136,7 +138,7 @@ pub(super) fn parse_reply(body: &[u8]) -> Result<AnnounceResponse, TrackerError>
         .get("min interval")
         .and_then(Value::as_int)
         .and_then(|i| u64::try_from(i).ok())
-        .map(|s| Duration::from_secs(s).min(super::MAX_INTERVAL));
+        .map(|s| Duration::from_secs(s).min(MAX_INTERVAL));
     let count = |key| {
         dict.get(key)
             .and_then(Value::as_int)
