@@ -10,8 +10,8 @@
 //!   lists, `peers6` (BEP 7).
 //! - `clients`: [`Clients`], what all announces share: the HTTP client, UDP connection ids.
 //! - `types`: [`AnnounceRequest`], [`AnnounceResponse`], [`TrackerError`], interval bounds.
-//! - `tests/`: dispatch and shared helpers (`mod.rs`), both protocols against a real
-//!   opentracker (`opentracker.rs`).
+//! - `tests/`: dispatch and shared helpers (`mod.rs`), the announcer against scripted
+//!   trackers (`announcer.rs`), both protocols against a real opentracker (`opentracker.rs`).
 //!
 //! Info-hashes and peer ids are raw `[u8; 20]` so this module depends on nothing above
 //! `bencode`.

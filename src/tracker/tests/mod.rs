@@ -2,6 +2,7 @@
 //! helpers for tests that drive real loopback sockets under paused time. Topic files hold the
 //! rest.
 
+mod announcer;
 mod opentracker;
 
 use std::future::Future;
