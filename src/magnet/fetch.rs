@@ -87,15 +87,7 @@ pub async fn fetch_info(
             downloaded: 0,
             left: 16 * 1024,
         });
-        let status = Arc::new(Mutex::new(Vec::new()));
-        announcer::spawn(
-            tiers,
-            params,
-            left,
-            peers_tx.clone(),
-            trackers_stop_rx,
-            status,
-        );
+        announcer::spawn(tiers, params, left, peers_tx.clone(), trackers_stop_rx);
     }
     if let Some(dht) = dht {
         crate::dht::spawn_announce_loop(

@@ -185,7 +185,7 @@ pub(crate) struct Shared {
     /// Caps on block data in and out, shared fairly by all peers.
     down_limit: RateLimit,
     up_limit: RateLimit,
-    trackers: Arc<Mutex<Vec<TrackerStatus>>>,
+    trackers: std::sync::OnceLock<watch::Receiver<Vec<TrackerStatus>>>,
     /// The disk cache, if `--cache-dir` was given.
     disk: Option<disk::Disk>,
     /// Addresses learned from discovery, tagged with their source, consumed by the connector.
@@ -306,7 +306,7 @@ impl Session {
             hash_failures: AtomicU64::new(0),
             down_limit: RateLimit::new(config.max_download_rate),
             up_limit: RateLimit::new(config.max_upload_rate),
-            trackers: Arc::new(Mutex::new(Vec::new())),
+            trackers: Default::default(),
             disk,
             discovered,
             redial: tokio::sync::Notify::new(),
@@ -372,14 +372,14 @@ impl Session {
                 left: total,
             },
         });
-        let handle = announcer::spawn(
+        let (handle, trackers) = announcer::spawn(
             tiers,
             params,
             progress,
             discovery::tagged(&s.discovered, PeerSource::Tracker),
             s.shutdown.subscribe(),
-            s.trackers.clone(),
         );
+        let _ = s.trackers.set(trackers);
         *s.announcer.lock().expect("announcer lock") = Some(handle);
     }
 
@@ -415,7 +415,11 @@ impl Session {
             hash_failures: s.hash_failures.load(Ordering::Relaxed),
             rerequests: st.picker.rerequests(),
             banned: st.banned.len(),
-            trackers: s.trackers.lock().map(|t| t.clone()).unwrap_or_default(),
+            trackers: s
+                .trackers
+                .get()
+                .map(|t| t.borrow().clone())
+                .unwrap_or_default(),
             dht_nodes: s.config.dht.as_ref().map(|d| d.node_count()),
             readers: read::reader_status(s, &st),
             longest_wait: st.waits.values().min().map(|t| t.elapsed()),

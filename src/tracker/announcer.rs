@@ -7,7 +7,7 @@
 //! us, `completed` once when nothing is left (checked at re-announce time), and `stopped` at
 //! shutdown if it accepted `started`. Shutdown never waits more than [`STOP_TIMEOUT`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
@@ -19,7 +19,6 @@ use tracing::{debug, info, warn};
 use super::announce;
 use super::clients::Clients;
 use super::types::{AnnounceRequest, AnnounceResponse, Event, TrackerError};
-use crate::sync::lock;
 
 /// What stays the same across all announces of a torrent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,19 +58,21 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 pub const RETRY_FIRST: Duration = Duration::from_secs(10);
 pub const RETRY_MAX: Duration = Duration::from_secs(30 * 60);
 
+/// The trackers' status as the announcer publishes it: one entry per distinct URL, in
+/// announce-list order. Readers `borrow()` a snapshot; the last one stays after the task ends.
+pub type StatusReceiver = watch::Receiver<Vec<TrackerStatus>>;
+
 /// Starts announcing. `progress` is called at each announce (keep it cheap and
-/// non-blocking). `status` is replaced with one entry per distinct URL before this
-/// returns, in announce-list order. The task ends when `shutdown` becomes true (or its sender is
-/// dropped), after telling the trackers `stopped`.
+/// non-blocking). Returns the task and its [`StatusReceiver`]. The task ends when `shutdown`
+/// becomes true (or its sender is dropped), after telling the trackers `stopped`.
 pub fn spawn(
     tiers: Vec<Vec<String>>,
     params: AnnounceParams,
     progress: Arc<dyn Fn() -> Progress + Send + Sync>,
     peers_tx: mpsc::Sender<Vec<std::net::SocketAddr>>,
     shutdown: watch::Receiver<bool>,
-    status: Arc<Mutex<Vec<TrackerStatus>>>,
-) -> JoinHandle<()> {
-    spawn_inner(tiers, params, progress, peers_tx, shutdown, status, true)
+) -> (JoinHandle<()>, StatusReceiver) {
+    spawn_inner(tiers, params, progress, peers_tx, shutdown, true)
 }
 
 /// `shuffle: false` keeps the given order, for tests.
@@ -81,45 +82,42 @@ pub(super) fn spawn_inner(
     progress: Arc<dyn Fn() -> Progress + Send + Sync>,
     peers_tx: mpsc::Sender<Vec<std::net::SocketAddr>>,
     shutdown: watch::Receiver<bool>,
-    status: Arc<Mutex<Vec<TrackerStatus>>>,
     shuffle: bool,
-) -> JoinHandle<()> {
+) -> (JoinHandle<()>, StatusReceiver) {
     let mut by_tier = Vec::new();
-    {
-        let mut st = lock(&status);
-        st.clear();
-        for (tier_no, urls) in tiers.into_iter().enumerate() {
-            let mut tier = Vec::new();
-            for url in urls {
-                if st.iter().any(|s| s.url == url) {
-                    continue;
-                }
-                tier.push(Tracker::new(url.clone(), st.len()));
-                st.push(TrackerStatus {
-                    url,
-                    tier: tier_no,
-                    last: None,
-                    next_announce: None,
-                });
+    let mut status: Vec<TrackerStatus> = Vec::new();
+    for (tier_no, urls) in tiers.into_iter().enumerate() {
+        let mut tier = Vec::new();
+        for url in urls {
+            if status.iter().any(|s| s.url == url) {
+                continue;
             }
-            if shuffle {
-                tier.shuffle(&mut rand::rng());
-            }
-            if !tier.is_empty() {
-                by_tier.push(tier);
-            }
+            tier.push(Tracker::new(url.clone(), status.len()));
+            status.push(TrackerStatus {
+                url,
+                tier: tier_no,
+                last: None,
+                next_announce: None,
+            });
+        }
+        if shuffle {
+            tier.shuffle(&mut rand::rng());
+        }
+        if !tier.is_empty() {
+            by_tier.push(tier);
         }
     }
     let clients = match Clients::new() {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, "cannot announce to trackers");
-            for s in lock(&status).iter_mut() {
+            for s in &mut status {
                 s.last = Some(Err(e.to_string()));
             }
-            return tokio::spawn(async {});
+            return (tokio::spawn(async {}), watch::channel(status).1);
         }
     };
+    let (status, status_rx) = watch::channel(status);
     let ctx = Arc::new(Ctx {
         params,
         progress,
@@ -127,15 +125,15 @@ pub(super) fn spawn_inner(
         status,
         clients,
     });
-    tokio::spawn(run(ctx, by_tier, shutdown))
+    (tokio::spawn(run(ctx, by_tier, shutdown)), status_rx)
 }
 
 struct Ctx {
     params: AnnounceParams,
     progress: Arc<dyn Fn() -> Progress + Send + Sync>,
     peers_tx: mpsc::Sender<Vec<std::net::SocketAddr>>,
-    /// Std mutex: locked only to copy values in or out, never across an `.await`.
-    status: Arc<Mutex<Vec<TrackerStatus>>>,
+    /// Written only here, by the tier tasks; the session reads it through its receiver.
+    status: watch::Sender<Vec<TrackerStatus>>,
     clients: Clients,
 }
 
@@ -160,9 +158,12 @@ impl Ctx {
     }
 
     fn update(&self, index: usize, f: impl FnOnce(&mut TrackerStatus)) {
-        if let Some(s) = lock(&self.status).get_mut(index) {
-            f(s);
-        }
+        // Notifies readers even when nobody holds a receiver (`send` would fail then).
+        self.status.send_modify(|st| {
+            if let Some(s) = st.get_mut(index) {
+                f(s);
+            }
+        });
     }
 }
 
@@ -229,9 +230,11 @@ async fn run(ctx: Arc<Ctx>, tiers: Vec<Vec<Tracker>>, shutdown: watch::Receiver<
         }
     }
     send_stopped(&ctx, owed).await;
-    for s in lock(&ctx.status).iter_mut() {
-        s.next_announce = None;
-    }
+    ctx.status.send_modify(|st| {
+        for s in st.iter_mut() {
+            s.next_announce = None;
+        }
+    });
 }
 
 /// Resolves when shutdown is requested or its sender is gone.

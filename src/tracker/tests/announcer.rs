@@ -89,7 +89,7 @@ struct Harness {
     progress: Arc<Mutex<Progress>>,
     peers_rx: mpsc::Receiver<Vec<SocketAddr>>,
     stop: watch::Sender<bool>,
-    status: Arc<Mutex<Vec<TrackerStatus>>>,
+    status: watch::Receiver<Vec<TrackerStatus>>,
     handle: JoinHandle<()>,
 }
 
@@ -100,15 +100,13 @@ fn start(tiers: Vec<Vec<String>>, left: u64) -> Harness {
     }));
     let (peers_tx, peers_rx) = mpsc::channel(4);
     let (stop, stop_rx) = watch::channel(false);
-    let status = Arc::new(Mutex::new(Vec::new()));
     let p = progress.clone();
-    let handle = spawn_inner(
+    let (handle, status) = spawn_inner(
         tiers,
         params(),
         Arc::new(move || *lock(&p)),
         peers_tx,
         stop_rx,
-        status.clone(),
         false,
     );
     Harness {
@@ -122,7 +120,7 @@ fn start(tiers: Vec<Vec<String>>, left: u64) -> Harness {
 
 impl Harness {
     fn status(&self) -> Vec<TrackerStatus> {
-        lock(&self.status).clone()
+        self.status.borrow().clone()
     }
 
     async fn peers(&mut self) -> Vec<SocketAddr> {
@@ -209,7 +207,7 @@ async fn started_reannounce_completed_and_stopped() {
     );
     reply(s, &ok_body(60, None, b"")).await;
     within(h.handle).await.unwrap();
-    assert_eq!(lock(&h.status)[0].next_announce, None);
+    assert_eq!(h.status.borrow()[0].next_announce, None);
 }
 
 #[tokio::test(start_paused = true)]
@@ -264,25 +262,26 @@ async fn failures_back_off_and_status_shows_the_reason() {
     let failure = b"d14:failure reason14:not registerede";
 
     let mut t = Instant::now();
+    // The announcer's last `next_announce`: each round waits for the announcer to move it.
+    let mut last_next = None;
     for delay in [10, 20, 40] {
         let (q, s) = tracker.next().await;
         // Nobody accepted `started` yet, so it is repeated.
         assert_eq!(q["event"], "started");
         reply(s, failure).await;
-        h.wait_status(|st| st[0].next_announce.is_some()).await;
+        h.wait_status(|st| st[0].next_announce != last_next).await;
         let st = h.status();
         let want = "tracker refused the announce: not registered".to_string();
         assert_eq!(st[0].last, Some(Err(want)));
         assert_eq!(st[0].next_announce, at(t, delay));
-        // Cleared so the next wait_status sees the announcer's next update.
-        lock(&h.status)[0].next_announce = None;
+        last_next = st[0].next_announce;
         tokio::time::advance(Duration::from_secs(delay)).await;
         t = Instant::now();
     }
     // Success resets the backoff and the regular interval applies.
     let (_, s) = tracker.next().await;
     reply(s, &ok_body(300, None, b"")).await;
-    h.wait_status(|st| st[0].next_announce.is_some()).await;
+    h.wait_status(|st| st[0].next_announce != last_next).await;
     assert_eq!(h.status()[0].last, Some(Ok(0)));
     assert_eq!(h.status()[0].next_announce, at(t, 300));
     drop(h.stop);
