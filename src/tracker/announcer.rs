@@ -27,8 +27,23 @@ pub struct AnnounceParams {
     pub peer_id: [u8; 20],
     /// The port we accept peer connections on.
     pub port: u16,
+    /// Ours alone, so a tracker can still tell us apart if our IP address changes.
     pub key: u32,
+    /// Peers wanted per announce; `u32::MAX` leaves it to the tracker.
     pub num_want: u32,
+}
+
+impl AnnounceParams {
+    /// A random `key` and [`NUM_WANT`] peers wanted.
+    pub fn new(info_hash: [u8; 20], peer_id: [u8; 20], port: u16) -> Self {
+        Self {
+            info_hash,
+            peer_id,
+            port,
+            key: rand::random(),
+            num_want: NUM_WANT,
+        }
+    }
 }
 
 /// Transfer totals reported to trackers.
@@ -52,6 +67,8 @@ pub struct TrackerStatus {
     pub next_announce: Option<std::time::Instant>,
 }
 
+/// Peers asked of a tracker per announce by [`AnnounceParams::new`].
+pub const NUM_WANT: u32 = 80;
 /// Budget for telling trackers `stopped` at shutdown, all of them together.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Retry delay after a tier's first failed round; it doubles with each further failure.

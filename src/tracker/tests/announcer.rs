@@ -15,7 +15,8 @@ use tokio::time::Instant;
 use super::{Freeze, within};
 use crate::sync::lock;
 use crate::tracker::announcer::{
-    AnnounceParams, Progress, RETRY_MAX, STOP_TIMEOUT, TrackerStatus, retry_delay, spawn_inner,
+    AnnounceParams, NUM_WANT, Progress, RETRY_MAX, STOP_TIMEOUT, TrackerStatus, retry_delay,
+    spawn_inner,
 };
 
 /// A scripted HTTP tracker: the test reads each request and decides the answer.
@@ -322,4 +323,13 @@ fn retry_delay_doubles_up_to_the_cap() {
     let secs: Vec<u64> = (0..10).map(|f| retry_delay(f).as_secs()).collect();
     assert_eq!(secs, [10, 20, 40, 80, 160, 320, 640, 1280, 1800, 1800]);
     assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
+}
+
+#[test]
+fn params_new_asks_for_num_want_peers() {
+    let p = AnnounceParams::new([1; 20], [2; 20], 6881);
+    assert_eq!(
+        (p.info_hash, p.peer_id, p.port, p.num_want),
+        ([1; 20], [2; 20], 6881, NUM_WANT)
+    );
 }
