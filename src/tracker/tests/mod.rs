@@ -3,7 +3,9 @@
 //! rest.
 
 mod announcer;
+mod http;
 mod opentracker;
+mod props;
 
 use std::future::Future;
 use std::net::SocketAddr;
