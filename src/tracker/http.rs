@@ -1,15 +1,9 @@
-//! HTTP(S) tracker announces: BEP 3 request, compact (BEP 23) and dictionary peer lists,
-//! IPv6 peers in `peers6` (BEP 7).
-
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::time::Duration;
+//! HTTP(S) tracker announces: the BEP 3 request URL, and the GET whose body `reply` decodes.
 
 use url::Url;
 
-use super::types::{
-    AnnounceRequest, AnnounceResponse, Event, MAX_INTERVAL, TrackerError, clamp_interval,
-};
-use crate::bencode::{self, Value};
+use super::reply::parse_reply;
+use super::types::{AnnounceRequest, AnnounceResponse, Event, TrackerError};
 
 /// Tracker replies are a few kilobytes; anything this large is not a tracker reply.
 pub(super) const MAX_REPLY: usize = 1 << 20;
@@ -106,98 +100,4 @@ pub(super) fn percent_encode(bytes: &[u8], out: &mut String) {
             out.push(char::from(HEX[usize::from(b & 0xf)]));
         }
     }
-}
-
-fn malformed(what: impl Into<String>) -> TrackerError {
-    TrackerError::Malformed(what.into())
-}
-
-/// Decodes a tracker reply body.
-pub(super) fn parse_reply(body: &[u8]) -> Result<AnnounceResponse, TrackerError> {
-    // Tolerate trailing bytes (some trackers end the body with a newline).
-    let (value, _) =
-        bencode::decode_prefix(body).map_err(|e| malformed(format!("not bencode ({e})")))?;
-    let dict = value
-        .as_dict()
-        .ok_or_else(|| malformed("reply is not a dictionary"))?;
-    if let Some(reason) = dict.get("failure reason") {
-        let reason = reason
-            .as_bytes()
-            .ok_or_else(|| malformed("'failure reason' is not a string"))?;
-        return Err(TrackerError::Failure(
-            String::from_utf8_lossy(reason).into_owned(),
-        ));
-    }
-    let interval = dict
-        .get("interval")
-        .ok_or_else(|| malformed("no 'interval'"))?
-        .as_int()
-        .and_then(|i| u64::try_from(i).ok())
-        .ok_or_else(|| malformed("'interval' is not a non-negative integer"))?;
-    let min_interval = dict
-        .get("min interval")
-        .and_then(Value::as_int)
-        .and_then(|i| u64::try_from(i).ok())
-        .map(|s| Duration::from_secs(s).min(MAX_INTERVAL));
-    let count = |key| {
-        dict.get(key)
-            .and_then(Value::as_int)
-            .and_then(|i| u32::try_from(i).ok())
-    };
-    let mut peers = match dict.get("peers") {
-        None => Vec::new(),
-        Some(Value::Bytes(b)) => compact_peers(b, 6)?,
-        Some(Value::List(list)) => list.iter().filter_map(dict_peer).collect(),
-        Some(_) => return Err(malformed("'peers' is neither a string nor a list")),
-    };
-    match dict.get("peers6") {
-        None => {}
-        Some(Value::Bytes(b)) => peers.extend(compact_peers(b, 18)?),
-        Some(_) => return Err(malformed("'peers6' is not a string")),
-    }
-    Ok(AnnounceResponse {
-        interval: clamp_interval(interval),
-        min_interval,
-        peers,
-        seeders: count("complete"),
-        leechers: count("incomplete"),
-        warning: dict
-            .get("warning message")
-            .and_then(Value::as_bytes)
-            .map(|w| String::from_utf8_lossy(w).into_owned()),
-    })
-}
-
-/// Compact peers: 4-byte IPv4 (entry size 6) or 16-byte IPv6 (entry size 18) address, then
-/// the port, big-endian. Port 0 entries are dropped: nobody listens there.
-pub(super) fn compact_peers(bytes: &[u8], entry: usize) -> Result<Vec<SocketAddr>, TrackerError> {
-    if !bytes.len().is_multiple_of(entry) {
-        return Err(malformed(format!(
-            "compact peer list of {} bytes is not a multiple of {entry}",
-            bytes.len()
-        )));
-    }
-    Ok(bytes
-        .chunks_exact(entry)
-        .filter_map(|c| {
-            let (ip, port) = c.split_at(entry - 2);
-            let port = u16::from_be_bytes([port[0], port[1]]);
-            let addr = match <[u8; 4]>::try_from(ip) {
-                Ok(v4) => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(v4), port)),
-                Err(_) => {
-                    let v6 = <[u8; 16]>::try_from(ip).ok()?;
-                    SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(v6), port, 0, 0))
-                }
-            };
-            (port != 0).then_some(addr)
-        })
-        .collect())
-}
-
-/// One `{ip, port}` dictionary of a non-compact reply; `None` for anything unusable
-/// (a host name, a bad address or port).
-fn dict_peer(v: &Value<'_>) -> Option<SocketAddr> {
-    let ip: IpAddr = v.get("ip")?.as_str()?.parse().ok()?;
-    let port = u16::try_from(v.get("port")?.as_int()?).ok()?;
-    (port != 0).then_some(SocketAddr::new(ip, port))
 }

@@ -6,8 +6,9 @@
 //! - `announcer`: the task of one torrent: every tier at once, BEP 12 order, backoff, status.
 //! - `mod.rs`: [`announce`], which picks the protocol by the URL's scheme.
 //! - `udp`: BEP 15 (connect, then announce), with the connection ids kept in [`Clients`].
-//! - `http`: BEP 3 requests and their bencoded replies: compact (BEP 23) and dictionary peer
-//!   lists, `peers6` (BEP 7).
+//! - `http`: BEP 3 requests over HTTP(S).
+//! - `reply`: the bencoded reply of an HTTP tracker, compact (BEP 23) or dictionary peers,
+//!   `peers6` (BEP 7); read with serde_bencode after `crate::bencode` checked it.
 //! - `clients`: [`Clients`], what all announces share: the HTTP client, UDP connection ids.
 //! - `types`: [`AnnounceRequest`], [`AnnounceResponse`], [`TrackerError`], interval bounds.
 //! - `tests/`: dispatch and shared helpers (`mod.rs`), the announcer against scripted
@@ -20,6 +21,7 @@
 pub mod announcer;
 mod clients;
 mod http;
+mod reply;
 #[cfg(test)]
 mod tests;
 mod types;

@@ -11,7 +11,7 @@ use tokio::time::{Instant, timeout_at};
 use url::{Host, Url};
 
 use super::clients::Clients;
-use super::http::compact_peers;
+use super::reply::compact_peers;
 use super::types::{AnnounceRequest, AnnounceResponse, Event, TrackerError, clamp_interval};
 
 const PROTOCOL_ID: u64 = 0x0417_2710_1980;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use url::Url;
 
 use crate::bencode::Encoder;
-use crate::tracker::http::{MAX_REPLY, announce, announce_url, parse_reply, percent_encode};
+use crate::tracker::http::{MAX_REPLY, announce, announce_url, percent_encode};
+use crate::tracker::reply::parse_reply;
 use crate::tracker::{AnnounceRequest, Clients, Event, MIN_INTERVAL, TrackerError};
 
 fn request(event: Event) -> AnnounceRequest {

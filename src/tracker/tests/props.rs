@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 
 use crate::bencode::Encoder;
-use crate::tracker::http::parse_reply;
+use crate::tracker::reply::parse_reply;
 use crate::tracker::{AnnounceResponse, MAX_INTERVAL, MIN_INTERVAL};
 
 /// A well-formed reply with random values, then a few bytes overwritten.
