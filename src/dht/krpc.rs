@@ -5,6 +5,11 @@
 //! panic. Decoding is lenient where BEP 5 readers traditionally are (a `nodes` string with a
 //! trailing partial entry, IPv6 peers in `values`, unknown keys): those are skipped, not refused.
 //! Only IPv4 is spoken (BEP 5 compact formats; no BEP 32 `nodes6`).
+//!
+//! Decoding walks `crate::bencode` values by hand rather than using serde_bencode: every
+//! datagram must pass that decoder's depth limit and strictness first anyway (serde_bencode
+//! alone overflows the stack on a datagram of `l`s and ignores trailing bytes), and the
+//! errors name the key that is missing or wrong, which serde's do not.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 

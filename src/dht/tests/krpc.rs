@@ -266,3 +266,73 @@ fn mangled_packets_never_panic() {
         }
     }
 }
+
+/// A whole datagram of nesting, at the top or under a key nobody reads, is refused at the
+/// depth limit: no stack overflow.
+#[test]
+fn deep_nesting_is_refused() {
+    for head in [&b""[..], b"d1:t2:aa1:y1:r1:z"] {
+        let mut packet = head.to_vec();
+        packet.resize(64 * 1024, b'l');
+        assert_eq!(
+            Message::decode(&packet),
+            Err(KrpcError::Bencode(BencodeError::TooDeep))
+        );
+    }
+}
+
+#[test]
+fn unknown_keys_are_ignored_and_key_order_does_not_matter() {
+    // BEP 42's `ip`, a client version `v`, a non-UTF-8 key, keys out of order.
+    let packet = b"d1:y1:r1:rd5:token2:tk2:id20:abcdefghij0123456789e\
+                   2:ip6:\x7f\x00\x00\x01\x1a\xe11:v4:LT\x01\x002:\xff\xfeli1ee1:t2:aae";
+    assert_eq!(
+        Message::decode(packet),
+        Ok(response(Response {
+            id: *ID_A,
+            token: Some(b"tk".to_vec()),
+            ..Response::default()
+        }))
+    );
+}
+
+#[test]
+fn odd_integers_and_repeated_keys() {
+    let ping = |ro: &str| {
+        format!("d1:ad2:id20:abcdefghij0123456789e1:q4:ping2:ro{ro}1:t2:aa1:y1:qe").into_bytes()
+    };
+    // Only `ro` = 1 is read-only; any other value (or type) is not.
+    for ro in ["i2e", "i-1e", "1:1"] {
+        let Body::Query { read_only, .. } = Message::decode(&ping(ro)).unwrap().body else {
+            panic!("not a query");
+        };
+        assert!(!read_only, "ro {ro}");
+    }
+    let cases: &[(&[u8], KrpcError)] = &[
+        // Past i64, and not canonical.
+        (
+            b"d1:eli9223372036854775808e1:xe1:t2:aa1:y1:ee",
+            KrpcError::Bencode(BencodeError::BadInt(6)),
+        ),
+        (
+            b"d1:eli+201e1:xe1:t2:aa1:y1:ee",
+            KrpcError::Bencode(BencodeError::BadInt(6)),
+        ),
+        (
+            b"d1:ad2:id20:abcdefghij012345678912:implied_port1:19:info_hash20:mnopqrstuvwxyz1234565:token1:xe1:q13:announce_peer1:t2:aa1:y1:qe",
+            KrpcError::Invalid("implied_port"),
+        ),
+        (
+            b"d1:t2:aa1:t2:bb1:y1:re",
+            KrpcError::Bencode(BencodeError::DuplicateKey(0)),
+        ),
+    ];
+    for (bytes, err) in cases {
+        assert_eq!(
+            Message::decode(bytes).as_ref().err(),
+            Some(err),
+            "{}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+}
