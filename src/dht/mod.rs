@@ -23,8 +23,8 @@
 //!             ping questionable nodes, refresh stale buckets
 //! get_peers:  one task per lookup: ALPHA queries in flight -> peers (mpsc) -> announce
 //! ```
-//! One `std::sync::Mutex` guards the table, the pending queries and the server state; it is
-//! held for short synchronous steps only, never across an `.await`.
+//! One `std::sync::Mutex` (in `rpc`) guards the table, the pending queries and the server
+//! state; it is held for short synchronous steps only, never across an `.await`.
 //!
 //! # API for the session
 //! ```ignore

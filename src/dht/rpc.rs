@@ -66,8 +66,7 @@ pub(super) struct Inner {
     pub(super) id: NodeId,
     socket: UdpSocket,
     read_only: bool,
-    /// Guards the table, the server state and the pending queries. Held for short synchronous
-    /// steps only, never across an `.await`, so it cannot deadlock with the tasks.
+    /// Guards the table, the server state and the pending queries; never held across `.await`.
     state: Mutex<State>,
     shutdown: watch::Sender<bool>,
     /// Set once the table holds a node that answered us, or the first bootstrap ended:

@@ -17,8 +17,7 @@ const UDP_CONNECTION_TTL: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct Clients {
     pub(super) http: reqwest::Client,
-    /// Guards the connection id and when it was received, by tracker address: held to read or
-    /// write one entry, never across an `.await`.
+    /// Guards each tracker's UDP connection id and when it came; never held across `.await`.
     udp_connections: Mutex<HashMap<SocketAddr, (u64, Instant)>>,
 }
 

@@ -3,7 +3,8 @@
 //!
 //! # Files
 //! Each depends only on those listed below it.
-//! - `announcer`: the task of one torrent: every tier at once, BEP 12 order, backoff, status.
+//! - `announcer`: the task of one torrent: every tier at once, BEP 12 order, backoff. It owns
+//!   the trackers' status and publishes it on a `watch` channel that `btfs status` reads.
 //! - `mod.rs`: [`announce`], which picks the protocol by the URL's scheme.
 //! - `udp`: BEP 15 (connect, then announce), with the connection ids kept in [`Clients`].
 //! - `http`: BEP 3 requests over HTTP(S).
