@@ -1,5 +1,5 @@
-//! Iterative Kademlia lookups (`find_node` and `get_peers`), the announce that follows a
-//! `get_peers` lookup, and the announce loop a torrent session runs.
+//! Iterative Kademlia lookups (`find_node` and `get_peers`), and the announce that follows a
+//! `get_peers` lookup.
 //!
 //! [`LookupState`] is the pure part: the candidates by XOR distance to the target, which to
 //! query next, and when the lookup has converged. The rule: look at the [`K`] closest
@@ -10,16 +10,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tracing::debug;
 
-use super::Dht;
 use super::krpc::{NodeId, NodeInfo, Query, Response};
-use super::node::{Inner, QueryError, query};
 use super::routing::{K, distance};
+use super::rpc::{Inner, QueryError, query};
 
 /// Queries a lookup keeps in flight at once.
 pub const ALPHA: usize = 4;
@@ -28,11 +26,6 @@ const MAX_CANDIDATES: usize = 256;
 /// Queries one lookup may send in all: a bound even when hostile nodes keep inventing closer
 /// nodes that never answer.
 const MAX_QUERIES: usize = 256;
-/// The announce loop's period once peers were found (BEP 5 peers expire after ~30 min).
-pub const REANNOUNCE: Duration = Duration::from_secs(15 * 60);
-/// The announce loop's first retry while no peer is found, doubling up to `RETRY_MAX`.
-const RETRY_MIN: Duration = Duration::from_secs(30);
-const RETRY_MAX: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Progress {
@@ -184,7 +177,7 @@ impl LookupState {
 /// Runs one iterative lookup for `target`, from the table's closest nodes plus `extra`.
 /// With `peers`, it is a `get_peers` lookup and sends each response's new peers there as they
 /// come (a closed channel only stops the sending).
-pub(crate) async fn run(
+pub(super) async fn run(
     inner: &Arc<Inner>,
     target: NodeId,
     mut peers: Option<&mpsc::Sender<Vec<SocketAddr>>>,
@@ -265,7 +258,7 @@ fn usable_peer(p: &SocketAddrV4) -> bool {
 
 /// Announces `port` for `info_hash` to the closest nodes of a finished `get_peers` lookup
 /// that gave a token. Returns how many accepted.
-pub(crate) async fn announce(
+pub(super) async fn announce(
     inner: &Arc<Inner>,
     info_hash: NodeId,
     port: u16,
@@ -296,56 +289,7 @@ pub(crate) async fn announce(
     accepted
 }
 
-/// Repeats `get_peers` (announcing `port`, when given) for a torrent until `shutdown`:
-/// every [`REANNOUNCE`] once a lookup found peers, and after 30 s, 60 s, 120 s, 120 s ...
-/// while lookups find none (a fresh DHT is still filling its table). Peers go to `peers_tx`;
-/// the loop also ends when that channel closes.
-pub fn spawn_announce_loop(
-    dht: Dht,
-    info_hash: NodeId,
-    port: Option<u16>,
-    peers_tx: mpsc::Sender<Vec<SocketAddr>>,
-    mut shutdown: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut retry = RETRY_MIN;
-        loop {
-            if *shutdown.borrow() {
-                return;
-            }
-            let mut rx = dht.get_peers(info_hash, port);
-            let mut found = false;
-            loop {
-                tokio::select! {
-                    batch = rx.recv() => match batch {
-                        Some(batch) => {
-                            found = true;
-                            if peers_tx.send(batch).await.is_err() {
-                                return;
-                            }
-                        }
-                        None => break,
-                    },
-                    _ = shutdown.changed() => return,
-                }
-            }
-            let wait = if found {
-                retry = RETRY_MIN;
-                REANNOUNCE
-            } else {
-                let wait = retry;
-                retry = (retry * 2).min(RETRY_MAX);
-                wait
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
-    })
-}
-
-pub(crate) fn hex(id: &NodeId) -> String {
+fn hex(id: &NodeId) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -2,13 +2,18 @@
 //! and to be found.
 //!
 //! # Modules
-//! - [`krpc`]: pure encode/decode of the KRPC queries, responses and errors.
-//! - [`routing`]: pure routing table: k-buckets, node states, replacement caches, refresh.
-//! - [`server`]: pure answers to other nodes: tokens, the announced-peer store, rate limit.
-//! - `lookup`: iterative lookups (a pure state machine plus its driver), the announce, and
-//!   [`spawn_announce_loop`].
-//! - `node`: the UDP socket, its receive task, bootstrap and upkeep, and the [`Dht`] handle.
+//! Each depends only on those listed below it.
 //! - `state`: [`SavedState`], the table saved between mounts.
+//! - `announce_loop`: [`spawn_announce_loop`], a torrent's lookups and announces, repeated.
+//! - `node`: bootstrap, upkeep of the table, and the [`Dht`] handle.
+//! - `lookup`: iterative lookups (a pure state machine plus its driver) and the announce.
+//! - `rpc`: the socket: `query` (one request, its timeout) and the receive task that routes
+//!   responses to their queries and answers other nodes; the state every task shares.
+//! - [`server`]: pure answers to other nodes: tokens, the announced-peer store, rate limit.
+//! - [`routing`]: pure routing table: k-buckets, node states, replacement caches, refresh.
+//! - [`krpc`]: pure encode/decode of the KRPC queries, responses and errors.
+//! - `tests/`: whole-node tests (`mod.rs`), KRPC by hand (`krpc.rs`) and by property
+//!   (`props.rs`).
 //!
 //! # Tasks
 //! ```text
@@ -18,8 +23,8 @@
 //!             ping questionable nodes, refresh stale buckets
 //! get_peers:  one task per lookup: ALPHA queries in flight -> peers (mpsc) -> announce
 //! ```
-//! One `std::sync::Mutex` guards the table, the pending queries and the server state; it is
-//! held for short synchronous steps only, never across an `.await`.
+//! One `std::sync::Mutex` (in `rpc`) guards the table, the pending queries and the server
+//! state; it is held for short synchronous steps only, never across an `.await`.
 //!
 //! # API for the session
 //! ```ignore
@@ -37,16 +42,19 @@
 //! ```
 //! Only IPv4 is spoken; ids and info-hashes are `[u8; 20]` ([`NodeId`]).
 
+mod announce_loop;
 pub mod krpc;
 mod lookup;
 mod node;
 pub mod routing;
+mod rpc;
 pub mod server;
 mod state;
 #[cfg(test)]
 mod tests;
 
+pub use announce_loop::{REANNOUNCE, spawn_announce_loop};
 pub use krpc::NodeId;
-pub use lookup::{REANNOUNCE, spawn_announce_loop};
-pub use node::{DEFAULT_BOOTSTRAP, Dht, DhtConfig, DhtError, QUERY_TIMEOUT, QueryError};
+pub use node::{DEFAULT_BOOTSTRAP, Dht, DhtConfig, DhtError};
+pub use rpc::{QUERY_TIMEOUT, QueryError};
 pub use state::{SavedState, StateError};

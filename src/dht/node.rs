@@ -1,23 +1,21 @@
-//! The DHT node on its UDP socket: the receive task (answers queries, routes responses to the
-//! queries waiting for them), `query` (one request with its timeout), bootstrap and the
-//! periodic upkeep of the table, and the [`Dht`] handle the session holds.
+//! The DHT node: bootstrap, the periodic upkeep of the routing table, and the [`Dht`] handle
+//! the session holds. Queries go out through [`super::rpc`]; lookups through [`super::lookup`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tracing::{debug, trace};
+use tracing::debug;
 
-use super::krpc::{Body, Message, NodeId, NodeInfo, Query, Response};
+use super::krpc::{NodeId, Query};
 use super::lookup;
-use super::routing::{Insert, RoutingTable};
-use super::server::Server;
+use super::rpc::{Inner, query, spawn_ping};
 
 /// Public routers for a first bootstrap (a mount with no saved nodes).
 pub const DEFAULT_BOOTSTRAP: &[&str] = &[
@@ -26,16 +24,10 @@ pub const DEFAULT_BOOTSTRAP: &[&str] = &[
     "dht.transmissionbt.com:6881",
     "dht.libtorrent.org:25401",
 ];
-/// How long a query waits for its response before the node counts as having failed it.
-pub const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Upkeep period: peer-store expiry, pings of questionable nodes, stale bucket refresh.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
-/// Queries of ours in flight at once; past this, new ones fail at once with `Busy`.
-const MAX_PENDING: usize = 2048;
 /// Seeds queried at bootstrap (a saved table holds at most 160 x 8 nodes).
 const MAX_SEEDS: usize = 256;
-/// Larger datagrams are truncated, then refused by the decoder; KRPC stays under 1,500 bytes.
-const MAX_DATAGRAM: usize = 4096;
 /// Peer batches a `get_peers` lookup may queue before it waits for the session to read.
 const PEER_BATCHES: usize = 32;
 
@@ -68,278 +60,6 @@ pub enum DhtError {
     Socket(#[from] io::Error),
     #[error("DHT socket is bound to {0}; only IPv4 is supported")]
     NotIpv4(SocketAddr),
-}
-
-/// Why one query got no usable response.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-pub enum QueryError {
-    #[error("DHT query timed out")]
-    Timeout,
-    #[error("DHT node answered error {code}: {message}")]
-    Remote { code: i64, message: String },
-    #[error("DHT query could not be sent: {0}")]
-    Send(io::ErrorKind),
-    #[error("too many DHT queries in flight")]
-    Busy,
-    #[error("DHT is shut down")]
-    Shutdown,
-}
-
-/// A query of ours waiting for its response.
-struct Pending {
-    addr: SocketAddrV4,
-    /// Tells this query from a later one that reuses its transaction id.
-    seq: u64,
-    tx: oneshot::Sender<Result<Response, QueryError>>,
-}
-
-struct State {
-    table: RoutingTable,
-    server: Server,
-    /// Outstanding queries by transaction id; a response counts only from the queried address.
-    pending: HashMap<u16, Pending>,
-    next_tid: u16,
-    next_seq: u64,
-    /// Resolved bootstrap routers: their answers are used, but they are not DHT nodes.
-    routers: HashSet<SocketAddrV4>,
-}
-
-pub(crate) struct Inner {
-    pub(crate) id: NodeId,
-    socket: UdpSocket,
-    read_only: bool,
-    /// Everything mutable. A std `Mutex`: held only for short synchronous steps, never across
-    /// an `.await`, so it cannot deadlock with the tasks.
-    state: Mutex<State>,
-    shutdown: watch::Sender<bool>,
-    /// Set once the table holds a node that answered us, or the first bootstrap ended:
-    /// lookups wait for it rather than start empty, but not for the whole bootstrap, whose
-    /// last queries may wait out a dead node's timeout (a saved table is full of them).
-    ready: watch::Sender<bool>,
-}
-
-impl Inner {
-    fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while locked leaves consistent-enough state for a DHT; keep serving.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The closest nodes of the table to start a lookup from; the target's bucket counts as
-    /// refreshed.
-    pub(crate) fn lookup_start(&self, target: &NodeId) -> Vec<NodeInfo> {
-        let now = Instant::now();
-        let mut st = self.state();
-        st.table.touch(target, now);
-        st.table.closest(target, super::routing::K, now)
-    }
-
-    /// Peers announced to us for `info_hash`: a lookup starts with them.
-    pub(crate) fn stored_peers(&self, info_hash: &NodeId) -> Vec<SocketAddrV4> {
-        self.state()
-            .server
-            .peers
-            .peers(info_hash, usize::MAX, Instant::now())
-    }
-
-    pub(crate) async fn wait_ready(&self) {
-        let mut rx = self.ready.subscribe();
-        let _ = rx.wait_for(|done| *done).await;
-    }
-
-    async fn wait_shutdown(&self) {
-        let mut rx = self.shutdown.subscribe();
-        let _ = rx.wait_for(|stop| *stop).await;
-    }
-
-    fn is_shut_down(&self) -> bool {
-        *self.shutdown.borrow()
-    }
-}
-
-/// Sends one query and waits up to [`QUERY_TIMEOUT`] for its response. A timeout counts
-/// against the node in the routing table; a response puts it there (see `handle`).
-pub(crate) async fn query(
-    inner: &Arc<Inner>,
-    addr: SocketAddrV4,
-    query: Query,
-) -> Result<Response, QueryError> {
-    let (tx, rx) = oneshot::channel();
-    let (tid, seq) = {
-        let mut st = inner.state();
-        if inner.is_shut_down() {
-            return Err(QueryError::Shutdown);
-        }
-        if st.pending.len() >= MAX_PENDING {
-            return Err(QueryError::Busy);
-        }
-        let mut tid = st.next_tid;
-        while st.pending.contains_key(&tid) {
-            tid = tid.wrapping_add(1);
-        }
-        st.next_tid = tid.wrapping_add(1);
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        st.pending.insert(tid, Pending { addr, seq, tx });
-        (tid, seq)
-    };
-    // Removes the entry however this future ends (timeout, error, or dropped by its caller).
-    let _forget = Forget { inner, tid, seq };
-    let packet = Message {
-        tid: tid.to_be_bytes().to_vec(),
-        body: Body::Query {
-            query,
-            read_only: inner.read_only,
-        },
-    }
-    .encode();
-    if let Err(e) = inner.socket.send_to(&packet, SocketAddr::V4(addr)).await {
-        return Err(QueryError::Send(e.kind()));
-    }
-    match tokio::time::timeout(QUERY_TIMEOUT, rx).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(QueryError::Shutdown),
-        Err(_) => {
-            inner.state().table.failed(addr, Instant::now());
-            Err(QueryError::Timeout)
-        }
-    }
-}
-
-struct Forget<'a> {
-    inner: &'a Inner,
-    tid: u16,
-    seq: u64,
-}
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        let mut st = self.inner.state();
-        if st.pending.get(&self.tid).is_some_and(|p| p.seq == self.seq) {
-            st.pending.remove(&self.tid);
-        }
-    }
-}
-
-/// Pings `addr` in the background unless a query to it is already out. The answer, if any,
-/// enters or refreshes the table; silence counts as a failure.
-fn spawn_ping(inner: &Arc<Inner>, addr: SocketAddrV4) {
-    if inner.state().pending.values().any(|p| p.addr == addr) {
-        return;
-    }
-    let inner = inner.clone();
-    tokio::spawn(async move {
-        let id = inner.id;
-        let _ = query(&inner, addr, Query::Ping { id }).await;
-    });
-}
-
-async fn recv_loop(inner: Arc<Inner>) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    loop {
-        let (len, src) = tokio::select! {
-            _ = inner.wait_shutdown() => break,
-            r = inner.socket.recv_from(&mut buf) => match r {
-                Ok(got) => got,
-                Err(e) => {
-                    debug!("DHT receive failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        if let SocketAddr::V4(src) = src {
-            handle(&inner, &buf[..len], src).await;
-        }
-    }
-    // Dropping the senders fails every waiting query with `Shutdown`.
-    inner.state().pending.clear();
-}
-
-async fn handle(inner: &Arc<Inner>, packet: &[u8], src: SocketAddrV4) {
-    let msg = match Message::decode(packet) {
-        Ok(m) => m,
-        Err(e) => {
-            trace!(%src, "ignored a malformed DHT packet: {e}");
-            return;
-        }
-    };
-    match msg.body {
-        Body::Query { query, read_only } => {
-            if inner.read_only {
-                return;
-            }
-            let now = Instant::now();
-            let (reply, verify) = {
-                let mut st = inner.state();
-                let st = &mut *st;
-                let reply = st.server.answer(&st.table, &query, src, now);
-                let from = NodeInfo {
-                    id: query.id(),
-                    addr: src,
-                };
-                let verify = reply.is_some() && !read_only && st.table.queried(from, now);
-                (reply, verify)
-            };
-            if let Some(body) = reply {
-                let packet = Message { tid: msg.tid, body }.encode();
-                if let Err(e) = inner.socket.send_to(&packet, SocketAddr::V4(src)).await {
-                    debug!(%src, "DHT reply failed: {e}");
-                }
-            }
-            if verify {
-                spawn_ping(inner, src);
-            }
-        }
-        Body::Response(r) => resolve(inner, &msg.tid, src, Ok(r)),
-        Body::Error { code, message } => resolve(
-            inner,
-            &msg.tid,
-            src,
-            Err(QueryError::Remote { code, message }),
-        ),
-    }
-}
-
-/// Hands a response to the query waiting for it: same transaction id, same address.
-fn resolve(
-    inner: &Arc<Inner>,
-    tid: &[u8],
-    src: SocketAddrV4,
-    result: Result<Response, QueryError>,
-) {
-    let Ok(tid) = <[u8; 2]>::try_from(tid).map(u16::from_be_bytes) else {
-        return;
-    };
-    let mut to_ping = Vec::new();
-    let pending = {
-        let mut st = inner.state();
-        if st.pending.get(&tid).is_none_or(|p| p.addr != src) {
-            trace!(%src, tid, "DHT response matches no query");
-            return;
-        }
-        let pending = st.pending.remove(&tid);
-        if let Ok(r) = &result
-            && !st.routers.contains(&src)
-        {
-            let node = NodeInfo {
-                id: r.id,
-                addr: src,
-            };
-            if let Insert::Cached { ping } = st.table.responded(node, Instant::now()) {
-                to_ping = ping;
-            }
-            inner
-                .ready
-                .send_if_modified(|ready| !std::mem::replace(ready, true));
-        }
-        pending
-    };
-    if let Some(p) = pending {
-        let _ = p.tx.send(result);
-    }
-    for node in to_ping {
-        spawn_ping(inner, node.addr);
-    }
 }
 
 /// Config nodes plus resolved routers, IPv4 only. Routers are remembered as such.
@@ -405,7 +125,7 @@ async fn maintain(inner: Arc<Inner>, config: DhtConfig) {
     let work = async {
         let seeds = resolve_seeds(&inner, &config).await;
         bootstrap(&inner, &seeds).await;
-        inner.ready.send_replace(true);
+        inner.set_ready();
         let sparse = inner.state().table.sparse_targets(&mut rand::rng());
         for target in sparse {
             lookup::run(&inner, target, None, Vec::new()).await;
@@ -445,7 +165,7 @@ async fn maintain(inner: Arc<Inner>, config: DhtConfig) {
         _ = work => {}
     }
     // A lookup waiting for bootstrap must not wait forever.
-    inner.ready.send_replace(true);
+    inner.set_ready();
 }
 
 /// A handle on the DHT node. Clones share the node; it shuts down on [`Dht::shutdown`] or when
@@ -460,14 +180,14 @@ struct ShutdownOnDrop(Arc<Inner>);
 
 impl Drop for ShutdownOnDrop {
     fn drop(&mut self) {
-        self.0.shutdown.send_replace(true);
+        self.0.shut_down();
     }
 }
 
 impl std::fmt::Debug for Dht {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dht")
-            .field("local_addr", &self.inner.socket.local_addr().ok())
+            .field("local_addr", &self.inner.local_addr().ok())
             .finish_non_exhaustive()
     }
 }
@@ -480,24 +200,8 @@ impl Dht {
         if !local.is_ipv4() {
             return Err(DhtError::NotIpv4(local));
         }
-        let now = Instant::now();
         let id = config.id.unwrap_or_else(rand::random);
-        let inner = Arc::new(Inner {
-            id,
-            socket,
-            read_only: config.read_only,
-            state: Mutex::new(State {
-                table: RoutingTable::new(id, now),
-                server: Server::new(now),
-                pending: HashMap::new(),
-                next_tid: rand::random(),
-                next_seq: 0,
-                routers: HashSet::new(),
-            }),
-            shutdown: watch::channel(false).0,
-            ready: watch::channel(false).0,
-        });
-        tokio::spawn(recv_loop(inner.clone()));
+        let inner = Inner::start(socket, id, config.read_only);
         tokio::spawn(maintain(inner.clone(), config));
         debug!(%local, "DHT node started");
         Ok(Dht {
@@ -511,7 +215,7 @@ impl Dht {
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, DhtError> {
-        Ok(self.inner.socket.local_addr()?)
+        Ok(self.inner.local_addr()?)
     }
 
     /// Good nodes in the routing table (the status line's "DHT: N nodes").
@@ -566,6 +270,6 @@ impl Dht {
 
     /// Stops every task of this node; lookups in progress end and close their channels.
     pub fn shutdown(&self) {
-        self.inner.shutdown.send_replace(true);
+        self.inner.shut_down();
     }
 }

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::Dht;
-use super::node::DhtConfig;
+use super::node::{Dht, DhtConfig};
 use crate::bencode::{self, Encoder};
 use crate::dht::krpc::{COMPACT_PEER_LEN, NodeId, decode_peer, encode_peer};
 

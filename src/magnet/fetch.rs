@@ -77,28 +77,14 @@ pub async fn fetch_info(
     let (stop_trackers, trackers_stop_rx) = watch::channel(false);
     if !magnet.trackers.is_empty() {
         let tiers = magnet.trackers.iter().map(|t| vec![t.clone()]).collect();
-        let params = AnnounceParams {
-            info_hash: magnet.info_hash.0,
-            peer_id,
-            port: listen_port,
-            key: rand::random(),
-            num_want: 80,
-        };
+        let params = AnnounceParams::new(magnet.info_hash.0, peer_id, listen_port);
         // Size unknown yet: report one block left, so trackers count us as a leecher.
         let left = Arc::new(|| announcer::Progress {
             uploaded: 0,
             downloaded: 0,
             left: 16 * 1024,
         });
-        let status = Arc::new(Mutex::new(Vec::new()));
-        announcer::spawn(
-            tiers,
-            params,
-            left,
-            peers_tx.clone(),
-            trackers_stop_rx,
-            status,
-        );
+        announcer::spawn(tiers, params, left, peers_tx.clone(), trackers_stop_rx);
     }
     if let Some(dht) = dht {
         crate::dht::spawn_announce_loop(

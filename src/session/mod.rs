@@ -43,7 +43,7 @@ mod window;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -183,14 +183,21 @@ impl Session {
         let incoming = host.register(torrent.info_hash.0);
         let (discovered, discovered_rx) = mpsc::channel(64);
         let (shutdown, _) = watch::channel(false);
-        let trackers = Arc::new(Mutex::new(Vec::new()));
         let (announced_tx, announced_stop) = watch::channel(true);
         let (disk, writer) = opened.map(disk::Disk::new).unzip();
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|weak| Shared {
             peer_id: host.peer_id(),
             listen_port: host.port(),
             state: Mutex::new(state),
             disk,
+            trackers: spawn_announcer(
+                weak.clone(),
+                &torrent,
+                AnnounceParams::new(torrent.info_hash.0, host.peer_id(), host.port()),
+                discovery::tagged(&discovered, PeerSource::Tracker),
+                shutdown.subscribe(),
+                announced_tx,
+            ),
             torrent,
             geometry,
             verified: watch::channel(0).0,
@@ -200,7 +207,6 @@ impl Session {
             hash_failures: AtomicU64::new(0),
             down_limit: RateLimit::new(config.max_download_rate),
             up_limit: RateLimit::new(config.max_upload_rate),
-            trackers,
             announced_stop,
             discovered,
             redial: tokio::sync::Notify::new(),
@@ -220,7 +226,6 @@ impl Session {
                 .discovered
                 .try_send((PeerSource::Manual, shared.config.peers.clone()));
         }
-        spawn_announcer(&shared, announced_tx);
         if let Some(dht) = &shared.config.dht {
             if shared.torrent.info.private {
                 tracing::info!("private torrent: no DHT (BEP 27)");
@@ -255,8 +260,8 @@ impl Session {
 
     pub fn stats(&self) -> Stats {
         let s = &self.shared;
-        // Taken before the state lock: nothing else is locked while it is held.
-        let trackers = crate::sync::lock(&s.trackers).clone();
+        // Read before the state lock: nothing else is locked while it is held.
+        let trackers = s.trackers.borrow().clone();
         let dht_nodes = s.config.dht.as_ref().map(|d| d.node_count());
         let st = s.lock();
         Stats {
@@ -317,24 +322,24 @@ impl Session {
     }
 }
 
-/// Starts the tracker announcer; `done` flips to true when it has said `stopped` (it starts
-/// true: without trackers there is nothing to wait for).
-fn spawn_announcer(s: &Arc<Shared>, done: watch::Sender<bool>) {
-    let tiers = s.torrent.trackers.clone();
+/// Starts the tracker announcer for the session being built (`shared`: it reaches the session
+/// only for its progress, by then built); `done` flips to true when it has said `stopped` (it
+/// starts true: without trackers there is nothing to wait for). Returns each tracker's status.
+fn spawn_announcer(
+    shared: Weak<Shared>,
+    torrent: &Torrent,
+    params: AnnounceParams,
+    peers: mpsc::Sender<Vec<SocketAddr>>,
+    shutdown: watch::Receiver<bool>,
+    done: watch::Sender<bool>,
+) -> watch::Receiver<Vec<TrackerStatus>> {
+    let tiers = torrent.trackers.clone();
     if tiers.is_empty() {
-        return;
+        return watch::channel(Vec::new()).1;
     }
     done.send_replace(false);
-    let params = AnnounceParams {
-        info_hash: s.torrent.info_hash.0,
-        peer_id: s.peer_id,
-        port: s.listen_port,
-        key: rand::random(),
-        num_want: 80,
-    };
-    let weak = Arc::downgrade(s);
-    let total = s.geometry.total_length();
-    let progress = Arc::new(move || match weak.upgrade() {
+    let total = torrent.info.geometry.total_length();
+    let progress = Arc::new(move || match shared.upgrade() {
         Some(s) => Progress {
             uploaded: s.uploaded.load(Ordering::Relaxed),
             downloaded: s.downloaded.load(Ordering::Relaxed),
@@ -346,18 +351,12 @@ fn spawn_announcer(s: &Arc<Shared>, done: watch::Sender<bool>) {
             left: total,
         },
     });
-    let handle = announcer::spawn(
-        tiers,
-        params,
-        progress,
-        discovery::tagged(&s.discovered, PeerSource::Tracker),
-        s.shutdown.subscribe(),
-        s.trackers.clone(),
-    );
+    let (handle, status) = announcer::spawn(tiers, params, progress, peers, shutdown);
     tokio::spawn(async move {
         let _ = handle.await;
         done.send_replace(true);
     });
+    status
 }
 
 /// Applies the choker's decisions once a second (it re-ranks every 10 s and rotates the

@@ -51,7 +51,7 @@ pub(crate) struct Shared {
     pub(crate) down_limit: RateLimit,
     pub(crate) up_limit: RateLimit,
     /// Each tracker's last result, kept by the announcer task; empty without trackers.
-    pub(crate) trackers: Arc<Mutex<Vec<TrackerStatus>>>,
+    pub(crate) trackers: watch::Receiver<Vec<TrackerStatus>>,
     /// Flips to true when the announcer has said `stopped` (or gave up): shutdown waits on it,
     /// bounded, so `stopped` reaches the trackers.
     pub(crate) announced_stop: watch::Receiver<bool>,

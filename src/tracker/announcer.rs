@@ -7,7 +7,7 @@
 //! us, `completed` once when nothing is left (checked at re-announce time), and `stopped` at
 //! shutdown if it accepted `started`. Shutdown never waits more than [`STOP_TIMEOUT`].
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
@@ -16,7 +16,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::{debug, info, warn};
 
-use super::{AnnounceRequest, AnnounceResponse, Clients, Event, TrackerError, announce};
+use super::announce;
+use super::clients::Clients;
+use super::types::{AnnounceRequest, AnnounceResponse, Event, TrackerError};
 
 /// What stays the same across all announces of a torrent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,8 +27,23 @@ pub struct AnnounceParams {
     pub peer_id: [u8; 20],
     /// The port we accept peer connections on.
     pub port: u16,
+    /// Ours alone, so a tracker can still tell us apart if our IP address changes.
     pub key: u32,
+    /// Peers wanted per announce; `u32::MAX` leaves it to the tracker.
     pub num_want: u32,
+}
+
+impl AnnounceParams {
+    /// A random `key` and [`NUM_WANT`] peers wanted.
+    pub fn new(info_hash: [u8; 20], peer_id: [u8; 20], port: u16) -> Self {
+        Self {
+            info_hash,
+            peer_id,
+            port,
+            key: rand::random(),
+            num_want: NUM_WANT,
+        }
+    }
 }
 
 /// Transfer totals reported to trackers.
@@ -50,73 +67,74 @@ pub struct TrackerStatus {
     pub next_announce: Option<std::time::Instant>,
 }
 
+/// Peers asked of a tracker per announce by [`AnnounceParams::new`].
+pub const NUM_WANT: u32 = 80;
 /// Budget for telling trackers `stopped` at shutdown, all of them together.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Retry delay after a tier's first failed round; it doubles with each further failure.
 pub const RETRY_FIRST: Duration = Duration::from_secs(10);
 pub const RETRY_MAX: Duration = Duration::from_secs(30 * 60);
 
+/// The trackers' status as the announcer publishes it: one entry per distinct URL, in
+/// announce-list order. Readers `borrow()` a snapshot; the last one stays after the task ends.
+pub type StatusReceiver = watch::Receiver<Vec<TrackerStatus>>;
+
 /// Starts announcing. `progress` is called at each announce (keep it cheap and
-/// non-blocking). `status` is replaced with one entry per distinct URL before this
-/// returns, in announce-list order. The task ends when `shutdown` becomes true (or its sender is
-/// dropped), after telling the trackers `stopped`.
+/// non-blocking). Returns the task and its [`StatusReceiver`]. The task ends when `shutdown`
+/// becomes true (or its sender is dropped), after telling the trackers `stopped`.
 pub fn spawn(
     tiers: Vec<Vec<String>>,
     params: AnnounceParams,
     progress: Arc<dyn Fn() -> Progress + Send + Sync>,
     peers_tx: mpsc::Sender<Vec<std::net::SocketAddr>>,
     shutdown: watch::Receiver<bool>,
-    status: Arc<Mutex<Vec<TrackerStatus>>>,
-) -> JoinHandle<()> {
-    spawn_inner(tiers, params, progress, peers_tx, shutdown, status, true)
+) -> (JoinHandle<()>, StatusReceiver) {
+    spawn_inner(tiers, params, progress, peers_tx, shutdown, true)
 }
 
 /// `shuffle: false` keeps the given order, for tests.
-fn spawn_inner(
+pub(super) fn spawn_inner(
     tiers: Vec<Vec<String>>,
     params: AnnounceParams,
     progress: Arc<dyn Fn() -> Progress + Send + Sync>,
     peers_tx: mpsc::Sender<Vec<std::net::SocketAddr>>,
     shutdown: watch::Receiver<bool>,
-    status: Arc<Mutex<Vec<TrackerStatus>>>,
     shuffle: bool,
-) -> JoinHandle<()> {
+) -> (JoinHandle<()>, StatusReceiver) {
     let mut by_tier = Vec::new();
-    {
-        let mut st = lock(&status);
-        st.clear();
-        for (tier_no, urls) in tiers.into_iter().enumerate() {
-            let mut tier = Vec::new();
-            for url in urls {
-                if st.iter().any(|s| s.url == url) {
-                    continue;
-                }
-                tier.push(Tracker::new(url.clone(), st.len()));
-                st.push(TrackerStatus {
-                    url,
-                    tier: tier_no,
-                    last: None,
-                    next_announce: None,
-                });
+    let mut status: Vec<TrackerStatus> = Vec::new();
+    for (tier_no, urls) in tiers.into_iter().enumerate() {
+        let mut tier = Vec::new();
+        for url in urls {
+            if status.iter().any(|s| s.url == url) {
+                continue;
             }
-            if shuffle {
-                tier.shuffle(&mut rand::rng());
-            }
-            if !tier.is_empty() {
-                by_tier.push(tier);
-            }
+            tier.push(Tracker::new(url.clone(), status.len()));
+            status.push(TrackerStatus {
+                url,
+                tier: tier_no,
+                last: None,
+                next_announce: None,
+            });
+        }
+        if shuffle {
+            tier.shuffle(&mut rand::rng());
+        }
+        if !tier.is_empty() {
+            by_tier.push(tier);
         }
     }
     let clients = match Clients::new() {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, "cannot announce to trackers");
-            for s in lock(&status).iter_mut() {
+            for s in &mut status {
                 s.last = Some(Err(e.to_string()));
             }
-            return tokio::spawn(async {});
+            return (tokio::spawn(async {}), watch::channel(status).1);
         }
     };
+    let (status, status_rx) = watch::channel(status);
     let ctx = Arc::new(Ctx {
         params,
         progress,
@@ -124,15 +142,15 @@ fn spawn_inner(
         status,
         clients,
     });
-    tokio::spawn(run(ctx, by_tier, shutdown))
+    (tokio::spawn(run(ctx, by_tier, shutdown)), status_rx)
 }
 
 struct Ctx {
     params: AnnounceParams,
     progress: Arc<dyn Fn() -> Progress + Send + Sync>,
     peers_tx: mpsc::Sender<Vec<std::net::SocketAddr>>,
-    /// Std mutex: locked only to copy values in or out, never across an `.await`.
-    status: Arc<Mutex<Vec<TrackerStatus>>>,
+    /// Written only here, by the tier tasks; the session reads it through its receiver.
+    status: watch::Sender<Vec<TrackerStatus>>,
     clients: Clients,
 }
 
@@ -157,14 +175,13 @@ impl Ctx {
     }
 
     fn update(&self, index: usize, f: impl FnOnce(&mut TrackerStatus)) {
-        if let Some(s) = lock(&self.status).get_mut(index) {
-            f(s);
-        }
+        // Notifies readers even when nobody holds a receiver (`send` would fail then).
+        self.status.send_modify(|st| {
+            if let Some(s) = st.get_mut(index) {
+                f(s);
+            }
+        });
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Per-tracker state kept by its tier's task.
@@ -230,9 +247,11 @@ async fn run(ctx: Arc<Ctx>, tiers: Vec<Vec<Tracker>>, shutdown: watch::Receiver<
         }
     }
     send_stopped(&ctx, owed).await;
-    for s in lock(&ctx.status).iter_mut() {
-        s.next_announce = None;
-    }
+    ctx.status.send_modify(|st| {
+        for s in st.iter_mut() {
+            s.next_announce = None;
+        }
+    });
 }
 
 /// Resolves when shutdown is requested or its sender is gone.
@@ -327,7 +346,7 @@ async fn announce_tier(
 }
 
 /// 10 s after the first failed round, doubling up to 30 min.
-fn retry_delay(failures: u32) -> Duration {
+pub(super) fn retry_delay(failures: u32) -> Duration {
     RETRY_FIRST
         .saturating_mul(1 << failures.min(16))
         .min(RETRY_MAX)
@@ -355,321 +374,4 @@ async fn send_stopped(ctx: &Arc<Ctx>, trackers: Vec<Tracker>) {
         debug!("some trackers did not answer the stopped announce in time");
     }
     // Dropping the set aborts the announces still running.
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::tracker::testing::{Freeze, within};
-    use std::collections::HashMap;
-    use std::net::SocketAddr;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-
-    /// A scripted HTTP tracker: the test reads each request and decides the answer.
-    struct FakeHttp {
-        listener: TcpListener,
-        url: String,
-    }
-
-    impl FakeHttp {
-        async fn new() -> Self {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let url = format!("http://{}/announce", listener.local_addr().unwrap());
-            Self { listener, url }
-        }
-
-        /// The next request's query parameters (still percent-encoded), and the stream to
-        /// answer on.
-        async fn next(&self) -> (HashMap<String, String>, TcpStream) {
-            within(async {
-                let (mut s, _) = self.listener.accept().await.unwrap();
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = s.read(&mut buf).await.unwrap();
-                    assert!(n > 0, "client closed before sending a request");
-                    head.extend_from_slice(&buf[..n]);
-                }
-                let head = String::from_utf8(head).unwrap();
-                let target = head.split(' ').nth(1).unwrap();
-                let query = target.split_once('?').unwrap().1;
-                let params = query
-                    .split('&')
-                    .filter_map(|kv| kv.split_once('='))
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
-                (params, s)
-            })
-            .await
-        }
-    }
-
-    async fn reply(mut s: TcpStream, body: &[u8]) {
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).await.unwrap();
-        s.write_all(body).await.unwrap();
-    }
-
-    fn ok_body(interval: u32, min_interval: Option<u32>, peers: &[u8]) -> Vec<u8> {
-        let mut e = crate::bencode::Encoder::new();
-        e.begin_dict().str("interval").int(interval.into());
-        if let Some(m) = min_interval {
-            e.str("min interval").int(m.into());
-        }
-        e.str("peers").bytes(peers).end().finish()
-    }
-
-    fn params() -> AnnounceParams {
-        AnnounceParams {
-            info_hash: *b"info-hash-info-hash!",
-            peer_id: *b"-BF0001-peeridpeerid",
-            port: 6881,
-            key: 0x1234_5678,
-            num_want: 50,
-        }
-    }
-
-    struct Harness {
-        progress: Arc<Mutex<Progress>>,
-        peers_rx: mpsc::Receiver<Vec<SocketAddr>>,
-        stop: watch::Sender<bool>,
-        status: Arc<Mutex<Vec<TrackerStatus>>>,
-        handle: JoinHandle<()>,
-    }
-
-    fn start(tiers: Vec<Vec<String>>, left: u64) -> Harness {
-        let progress = Arc::new(Mutex::new(Progress {
-            left,
-            ..Progress::default()
-        }));
-        let (peers_tx, peers_rx) = mpsc::channel(4);
-        let (stop, stop_rx) = watch::channel(false);
-        let status = Arc::new(Mutex::new(Vec::new()));
-        let p = progress.clone();
-        let handle = spawn_inner(
-            tiers,
-            params(),
-            Arc::new(move || *lock(&p)),
-            peers_tx,
-            stop_rx,
-            status.clone(),
-            false,
-        );
-        Harness {
-            progress,
-            peers_rx,
-            stop,
-            status,
-            handle,
-        }
-    }
-
-    impl Harness {
-        fn status(&self) -> Vec<TrackerStatus> {
-            lock(&self.status).clone()
-        }
-
-        async fn peers(&mut self) -> Vec<SocketAddr> {
-            within(self.peers_rx.recv()).await.unwrap()
-        }
-
-        /// Yields until the status satisfies `f` (the announcer runs on this thread).
-        async fn wait_status(&self, f: impl Fn(&[TrackerStatus]) -> bool) {
-            within(async {
-                while !f(&self.status()) {
-                    tokio::task::yield_now().await;
-                }
-            })
-            .await
-        }
-    }
-
-    fn at(t: Instant, secs: u64) -> Option<std::time::Instant> {
-        Some((t + Duration::from_secs(secs)).into_std())
-    }
-
-    const PEER_A: &[u8] = b"\x01\x02\x03\x04\x1a\xe1";
-    const PEER_B: &[u8] = b"\x05\x06\x07\x08\x1a\xe2";
-
-    #[tokio::test(start_paused = true)]
-    async fn started_reannounce_completed_and_stopped() {
-        let _freeze = Freeze::new().await;
-        let tracker = FakeHttp::new().await;
-        let mut h = start(vec![vec![tracker.url.clone()]], 1000);
-        assert_eq!(
-            h.status(),
-            vec![TrackerStatus {
-                url: tracker.url.clone(),
-                tier: 0,
-                last: None,
-                next_announce: None
-            }]
-        );
-
-        let (q, s) = tracker.next().await;
-        assert_eq!(q["event"], "started");
-        assert_eq!(q["info_hash"], "info-hash-info-hash%21");
-        assert_eq!(q["peer_id"], "-BF0001-peeridpeerid");
-        assert_eq!((q["port"].as_str(), q["left"].as_str()), ("6881", "1000"));
-        assert_eq!(
-            (q["numwant"].as_str(), q["key"].as_str()),
-            ("50", "12345678")
-        );
-        let t0 = Instant::now();
-        reply(s, &ok_body(1800, Some(900), PEER_A)).await;
-        assert_eq!(h.peers().await, vec!["1.2.3.4:6881".parse().unwrap()]);
-        let st = h.status();
-        assert_eq!(st[0].last, Some(Ok(1)));
-        assert_eq!(st[0].next_announce, at(t0, 1800));
-
-        // Finished meanwhile: the re-announce after the interval says so, once.
-        *lock(&h.progress) = Progress {
-            uploaded: 7,
-            downloaded: 1000,
-            left: 0,
-        };
-        tokio::time::advance(Duration::from_secs(1800)).await;
-        let (q, s) = tracker.next().await;
-        assert_eq!(q["event"], "completed");
-        let sent = (&q["uploaded"][..], &q["downloaded"][..], &q["left"][..]);
-        assert_eq!(sent, ("7", "1000", "0"));
-        // min interval above interval is honoured.
-        let t1 = Instant::now();
-        reply(s, &ok_body(60, Some(120), PEER_B)).await;
-        assert_eq!(h.peers().await, vec!["5.6.7.8:6882".parse().unwrap()]);
-        assert_eq!(h.status()[0].next_announce, at(t1, 120));
-
-        tokio::time::advance(Duration::from_secs(120)).await;
-        let (q, s) = tracker.next().await;
-        assert!(!q.contains_key("event"), "{q:?}");
-        reply(s, &ok_body(60, None, PEER_B)).await;
-        h.peers().await;
-
-        h.stop.send(true).unwrap();
-        let (q, s) = tracker.next().await;
-        assert_eq!(
-            (q["event"].as_str(), q["numwant"].as_str()),
-            ("stopped", "0")
-        );
-        reply(s, &ok_body(60, None, b"")).await;
-        within(h.handle).await.unwrap();
-        assert_eq!(lock(&h.status)[0].next_announce, None);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn tier_falls_back_and_promotes_the_tracker_that_answered() {
-        let _freeze = Freeze::new().await;
-        let refused = {
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            format!("http://{}/announce", l.local_addr().unwrap())
-        };
-        let dropper = FakeHttp::new().await;
-        let good = FakeHttp::new().await;
-        let tier = vec![refused.clone(), dropper.url.clone(), good.url.clone()];
-        let mut h = start(vec![tier], 5);
-
-        // The refused one fails at once; this one closes without answering.
-        drop(dropper.next().await);
-        let (q, s) = good.next().await;
-        assert_eq!(q["event"], "started");
-        let t0 = Instant::now();
-        reply(s, &ok_body(1800, None, PEER_A)).await;
-        h.peers().await;
-        let st = h.status();
-        assert!(
-            matches!(&st[0].last, Some(Err(e)) if e.contains("request failed")),
-            "{st:?}"
-        );
-        assert!(matches!(&st[1].last, Some(Err(_))), "{st:?}");
-        assert_eq!(st[2].last, Some(Ok(1)));
-        let next: Vec<_> = st.iter().map(|s| s.next_announce).collect();
-        assert_eq!(next, vec![None, None, at(t0, 1800)]);
-
-        // The good one is now first: had `dropper` been asked first, the announcer would
-        // still be waiting for its answer and `good` would see nothing.
-        tokio::time::advance(Duration::from_secs(1800)).await;
-        let (q, s) = good.next().await;
-        assert!(!q.contains_key("event"), "{q:?}");
-        reply(s, &ok_body(1800, None, PEER_A)).await;
-        h.peers().await;
-
-        h.stop.send(true).unwrap();
-        let (q, s) = good.next().await;
-        assert_eq!(q["event"], "stopped");
-        reply(s, &ok_body(1800, None, b"")).await;
-        within(h.handle).await.unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn failures_back_off_and_status_shows_the_reason() {
-        let _freeze = Freeze::new().await;
-        let tracker = FakeHttp::new().await;
-        let h = start(vec![vec![tracker.url.clone()]], 5);
-        let failure = b"d14:failure reason14:not registerede";
-
-        let mut t = Instant::now();
-        for delay in [10, 20, 40] {
-            let (q, s) = tracker.next().await;
-            // Nobody accepted `started` yet, so it is repeated.
-            assert_eq!(q["event"], "started");
-            reply(s, failure).await;
-            h.wait_status(|st| st[0].next_announce.is_some()).await;
-            let st = h.status();
-            let want = "tracker refused the announce: not registered".to_string();
-            assert_eq!(st[0].last, Some(Err(want)));
-            assert_eq!(st[0].next_announce, at(t, delay));
-            // Cleared so the next wait_status sees the announcer's next update.
-            lock(&h.status)[0].next_announce = None;
-            tokio::time::advance(Duration::from_secs(delay)).await;
-            t = Instant::now();
-        }
-        // Success resets the backoff and the regular interval applies.
-        let (_, s) = tracker.next().await;
-        reply(s, &ok_body(300, None, b"")).await;
-        h.wait_status(|st| st[0].next_announce.is_some()).await;
-        assert_eq!(h.status()[0].last, Some(Ok(0)));
-        assert_eq!(h.status()[0].next_announce, at(t, 300));
-        drop(h.stop);
-        let (q, s) = tracker.next().await;
-        assert_eq!(q["event"], "stopped");
-        reply(s, b"").await;
-        within(h.handle).await.unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn tiers_run_concurrently_and_shutdown_never_hangs() {
-        let _freeze = Freeze::new().await;
-        let answers = FakeHttp::new().await;
-        let silent = FakeHttp::new().await;
-        let mut h = start(vec![vec![silent.url.clone()], vec![answers.url.clone()]], 5);
-        let st = h.status();
-        assert_eq!((st[0].tier, st[1].tier), (0, 1));
-
-        // The silent tracker never answers `started`; the other tier is not held up.
-        let (_, _silent_stream) = silent.next().await;
-        // Nobody listens for peers any more: the announcer must not care.
-        h.peers_rx.close();
-        let (_, s) = answers.next().await;
-        reply(s, &ok_body(1800, None, PEER_A)).await;
-        h.wait_status(|st| st[1].last.is_some()).await;
-
-        h.stop.send(true).unwrap();
-        // Only the tracker that accepted `started` hears `stopped`; it does not answer
-        // either, and the announcer gives up after the stop budget.
-        let (q, _answers_stream) = answers.next().await;
-        assert_eq!(q["event"], "stopped");
-        tokio::time::advance(STOP_TIMEOUT).await;
-        within(h.handle).await.unwrap();
-    }
-
-    #[test]
-    fn retry_delay_doubles_up_to_the_cap() {
-        let secs: Vec<u64> = (0..10).map(|f| retry_delay(f).as_secs()).collect();
-        assert_eq!(secs, [10, 20, 40, 80, 160, 320, 640, 1280, 1800, 1800]);
-        assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
-    }
 }

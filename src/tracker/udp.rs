@@ -10,8 +10,9 @@ use tokio::net::UdpSocket;
 use tokio::time::{Instant, timeout_at};
 use url::{Host, Url};
 
-use super::http::compact_peers;
-use super::{AnnounceRequest, AnnounceResponse, Clients, Event, TrackerError, clamp_interval};
+use super::clients::Clients;
+use super::reply::compact_peers;
+use super::types::{AnnounceRequest, AnnounceResponse, Event, TrackerError, clamp_interval};
 
 const PROTOCOL_ID: u64 = 0x0417_2710_1980;
 const ACTION_CONNECT: u32 = 0;
@@ -230,7 +231,7 @@ fn parse_announce(pkt: &[u8], ipv6: bool) -> Result<AnnounceResponse, TrackerErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracker::testing::{Freeze, within};
+    use crate::tracker::tests::{Freeze, within};
     use std::sync::Arc;
 
     fn request() -> AnnounceRequest {

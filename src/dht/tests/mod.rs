@@ -3,6 +3,7 @@
 //! loopback-only network namespace (see [`in_loopback_netns`]): a DHT node talks to whatever
 //! addresses it hears of, and loopback must be all there is.
 
+mod krpc;
 mod props;
 
 use std::collections::HashSet;
