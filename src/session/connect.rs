@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::host::Incoming;
+use super::stream::PeerStream;
 use super::{PeerSource, Shared, peer};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -176,15 +176,19 @@ pub(crate) async fn connect_loop(
             let shared = shared.clone();
             let done = done_tx.clone();
             tokio::spawn(async move {
-                let dialled =
-                    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-                        Ok(Ok(stream)) => match peer::dial(shared, stream, addr, source).await {
-                            Err(peer::PeerError::SelfConnection) => Dialled::Myself,
-                            Err(peer::PeerError::Banned) => Dialled::Failed,
-                            _ => Dialled::Connected,
-                        },
-                        _ => Dialled::Failed,
-                    };
+                let dialled = match tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    PeerStream::connect_tcp(addr),
+                )
+                .await
+                {
+                    Ok(Ok(stream)) => match peer::dial(shared, stream, addr, source).await {
+                        Err(peer::PeerError::SelfConnection) => Dialled::Myself,
+                        Err(peer::PeerError::Banned) => Dialled::Failed,
+                        _ => Dialled::Connected,
+                    },
+                    _ => Dialled::Failed,
+                };
                 let _ = done.send((addr, dialled));
             });
         }

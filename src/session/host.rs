@@ -12,10 +12,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use super::SessionError;
+use super::stream::PeerStream;
 use crate::sync::lock;
 use crate::wire::{Handshake, read_handshake};
 
@@ -24,7 +25,7 @@ const BACKLOG: usize = 64;
 
 /// A connection whose handshake named a registered torrent; ours is not sent yet.
 pub(crate) struct Incoming {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: PeerStream,
     pub(crate) addr: SocketAddr,
     pub(crate) theirs: Handshake,
 }
@@ -104,6 +105,7 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
+                    let stream = PeerStream::tcp(stream);
                     tokio::spawn(route(stream, addr, routes.clone(), handshake));
                 }
                 Err(e) => {
@@ -117,7 +119,7 @@ async fn accept_loop(
 }
 
 /// Reads the peer's handshake and hands the connection to its torrent's session.
-async fn route(mut stream: TcpStream, addr: SocketAddr, routes: Routes, within: Duration) {
+async fn route(mut stream: PeerStream, addr: SocketAddr, routes: Routes, within: Duration) {
     let theirs = match tokio::time::timeout(within, read_handshake(&mut stream)).await {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
@@ -157,6 +159,7 @@ async fn route(mut stream: TcpStream, addr: SocketAddr, routes: Routes, within: 
 mod tests {
     use super::*;
     use crate::wire::write_handshake;
+    use tokio::net::TcpStream;
 
     #[tokio::test]
     async fn a_handshake_reaches_the_session_of_its_torrent_only() {

@@ -36,6 +36,7 @@ mod readers;
 mod residency;
 mod shared;
 mod state;
+mod stream;
 #[cfg(test)]
 mod tests;
 mod verify;

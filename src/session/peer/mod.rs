@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -27,6 +26,7 @@ mod writer;
 
 use super::host::Incoming;
 use super::peers::{PeerCmd, Refusal};
+use super::stream::PeerStream;
 use super::{PeerSource, Shared, verify};
 use crate::bitfield::Bitfield;
 use crate::picker::{Block, PeerId};
@@ -73,7 +73,7 @@ pub(crate) enum PeerError {
 /// Runs a connection we dialled to the end: we speak first.
 pub(crate) async fn dial(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    mut stream: PeerStream,
     addr: SocketAddr,
     source: PeerSource,
 ) -> Result<(), PeerError> {
@@ -106,7 +106,7 @@ pub(crate) async fn accept(shared: Arc<Shared>, conn: Incoming) -> Result<(), Pe
 /// After both handshakes: admits the peer and runs its loop until it ends.
 async fn connected(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: PeerStream,
     addr: SocketAddr,
     source: PeerSource,
     ours: &Handshake,
@@ -115,7 +115,6 @@ async fn connected(
     if theirs.peer_id == shared.peer_id {
         return Err(PeerError::SelfConnection);
     }
-    let _ = stream.set_nodelay(true);
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (id, have) = {
         let mut st = shared.lock();
@@ -132,7 +131,7 @@ async fn connected(
         (id, st.picker.have_bitfield().clone())
     };
     let outgoing = source != PeerSource::Incoming;
-    tracing::debug!(%addr, outgoing, "peer connected");
+    tracing::debug!(%addr, outgoing, transport = ?stream.transport(), "peer connected");
     let ext = Extensions::new(
         theirs.supports_extensions(),
         ours.supports_fast() && theirs.supports_fast(),
@@ -204,12 +203,12 @@ impl Peer {
 
     async fn run(
         &mut self,
-        stream: TcpStream,
+        stream: PeerStream,
         mut cmds: mpsc::UnboundedReceiver<PeerCmd>,
         out_rx: mpsc::UnboundedReceiver<Message>,
         have: Bitfield,
     ) -> Result<(), PeerError> {
-        let (rd, wr) = stream.into_split();
+        let (rd, wr) = stream.into_halves();
         // A frame is at most a block plus its header, or our bitfield, whichever is larger.
         let max_frame = (BLOCK_SIZE + 13).max(have.as_bytes().len() as u32 + 1) + 1024;
         let mut reader =

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 use crate::session::Shared;
+use crate::session::stream::WriteHalf;
 use crate::wire::{BlockRef, Message, MessageWriter, WireError};
 
 /// What answering a request needs, apart from the peer task (a disk load answers later).
@@ -55,7 +55,7 @@ impl Drop for AbortOnDrop {
 
 /// Sends queued messages, batching what is ready into one write.
 pub(super) async fn write_loop(
-    mut w: MessageWriter<OwnedWriteHalf>,
+    mut w: MessageWriter<WriteHalf>,
     mut rx: mpsc::UnboundedReceiver<Message>,
     queued_upload: Arc<AtomicUsize>,
     sent_total: Arc<AtomicU64>,

@@ -1,0 +1,83 @@
+//! A peer connection's bytes, whatever carries them. The peer task reads and writes through
+//! two boxed halves, so a transport (TCP, uTP) or a layer over it (protocol encryption) plugs
+//! in without the peer code knowing which.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// What carries a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Tcp,
+}
+
+/// A connected byte stream to a peer, readable and writable as one (for the handshake) and
+/// then split for the peer task's reader and writer.
+pub(crate) struct PeerStream {
+    read: ReadHalf,
+    write: WriteHalf,
+    transport: Transport,
+}
+
+impl PeerStream {
+    /// A TCP connection: Nagle off (requests are small and latency matters), and split
+    /// without a lock between the halves.
+    pub(crate) fn tcp(stream: TcpStream) -> Self {
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        Self {
+            read: Box::new(read),
+            write: Box::new(write),
+            transport: Transport::Tcp,
+        }
+    }
+
+    /// Dials `addr` over TCP.
+    pub(crate) async fn connect_tcp(addr: SocketAddr) -> io::Result<Self> {
+        TcpStream::connect(addr).await.map(Self::tcp)
+    }
+
+    pub(crate) fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    pub(crate) fn into_halves(self) -> (ReadHalf, WriteHalf) {
+        (self.read, self.write)
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.write).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.write).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.write).poll_shutdown(cx)
+    }
+}
