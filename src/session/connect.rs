@@ -1,7 +1,10 @@
-//! Connections: taking the incoming peers the host routes here, and dialling the addresses
-//! discovery finds, up to `max_peers`, with a backoff for addresses that fail.
+//! The connector: one task that owns the session's address book (`addrbook.rs`), takes the
+//! incoming peers the host routes here, dials the addresses discovery finds while there is
+//! room, and turns useless peers over (`turnover.rs`) when every slot is taken and a read
+//! waits for peers it has not tried.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,188 +12,184 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::addrbook::{AddressBook, BookStats, Outcome};
 use super::host::Incoming;
+use super::peers::PeerCmd;
 use super::stream::PeerStream;
+use super::turnover;
 use super::{PeerSource, Shared, peer};
+use crate::wire::HandshakeError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Attempts at an address before it is forgotten until discovery names it again...
-const MAX_FAILURES: u32 = 5;
-/// ...unless a read waits and no peer is connected ("starving"): then every known address is
-/// tried again and again, the pause between tries doubling up to this, so that seeders coming
-/// back at their old addresses are found without a tracker's help.
-const STARVING_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Addresses one session remembers (libtorrent keeps 3,000 by default).
+const MAX_KNOWN: usize = 3000;
 
-/// The pause before the next try at an address that failed `failures` times in a row.
-fn retry_delay(failures: u32, starving: bool) -> Duration {
-    let d = Duration::from_secs(5 << failures.min(6));
-    if starving {
-        d.min(STARVING_RETRY_MAX)
-    } else {
-        d
-    }
+/// What a connection task tells the connector.
+enum Event {
+    /// A dial's handshakes are done and the peer was admitted.
+    Admitted,
+    /// A dial (and the connection it made, if any) ended.
+    Dialled(Outcome),
+    /// An incoming connection ended.
+    IncomingEnded,
 }
 
-/// Takes the connections the host routed to this torrent.
-pub(crate) async fn accept_incoming(shared: Arc<Shared>, mut incoming: mpsc::Receiver<Incoming>) {
-    let mut shutdown = shared.shutdown.subscribe();
-    loop {
-        tokio::select! {
-            next = incoming.recv() => {
-                let Some(conn) = next else { return };
-                if shared.lock().peers.is_banned(conn.addr.ip()) {
-                    continue;
-                }
-                tokio::spawn(peer::accept(shared.clone(), conn));
-            }
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
-/// A read waits on a piece and no peer is connected to fetch it from.
-fn starving(shared: &Shared) -> bool {
-    shared.lock().starving()
-}
-
-/// How a dial ended, for the connector's bookkeeping.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dialled {
-    /// A peer session ran (and has ended).
-    Connected,
-    Failed,
-    /// The address was our own listener.
-    Myself,
-}
-
-struct Candidate {
-    source: PeerSource,
-    failures: u32,
-    next_try: Instant,
-}
-
-/// Dials new addresses while there is room for more peers.
-pub(crate) async fn connect_loop(
+/// Runs the connector until shutdown.
+pub(crate) async fn run(
     shared: Arc<Shared>,
     mut discovered: mpsc::Receiver<(PeerSource, Vec<SocketAddr>)>,
+    mut incoming: mpsc::Receiver<Incoming>,
 ) {
     let mut shutdown = shared.shutdown.subscribe();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(SocketAddr, Dialled)>();
-    // Our own listen address, as trackers hand it back to us: never dialled again.
-    let mut ourselves: HashSet<SocketAddr> = HashSet::new();
-    let mut candidates: HashMap<SocketAddr, Candidate> = HashMap::new();
-    let mut queue: VecDeque<SocketAddr> = VecDeque::new();
-    let mut active: HashSet<SocketAddr> = HashSet::new();
+    let (events_tx, mut events) = mpsc::unbounded_channel::<(SocketAddr, Event)>();
+    let mut book = AddressBook::new(MAX_KNOWN);
+    // Dials started and not yet admitted or ended: they will need a slot.
+    let mut dialling: HashSet<SocketAddr> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             addrs = discovered.recv() => {
                 let Some((source, addrs)) = addrs else { return };
-                let mut st = shared.lock();
-                for a in addrs.into_iter().filter(|a| !ourselves.contains(a)) {
-                    st.peers.known.insert(a, source);
-                    if !active.contains(&a) && !candidates.contains_key(&a) {
-                        let next_try = Instant::now();
-                        candidates.insert(a, Candidate { source, failures: 0, next_try });
-                        queue.push_back(a);
-                    }
+                let now = Instant::now();
+                let mut new = false;
+                for a in addrs {
+                    new |= book.learn(a, source, now);
+                }
+                if new {
+                    shared.known.send_replace(BookStats::of(&book));
                 }
             }
-            done = done_rx.recv() => {
-                let Some((addr, dialled)) = done else { continue };
-                active.remove(&addr);
-                if dialled == Dialled::Myself {
-                    ourselves.insert(addr);
-                    candidates.remove(&addr);
-                    shared.lock().peers.known.remove(&addr);
+            conn = incoming.recv() => {
+                let Some(conn) = conn else { return };
+                if shared.lock().peers.is_banned(conn.addr.ip()) {
                     continue;
                 }
-                let connected = dialled == Dialled::Connected;
-                let starving = starving(&shared);
-                if let Some(c) = candidates.get_mut(&addr) {
-                    c.failures = if connected { 1 } else { c.failures.saturating_add(1) };
-                    if c.failures > MAX_FAILURES && !starving {
-                        candidates.remove(&addr);
-                    } else {
-                        c.next_try = Instant::now() + retry_delay(c.failures, starving);
-                        queue.push_back(addr);
+                let addr = conn.addr;
+                book.incoming(addr, Instant::now());
+                let (shared, events) = (shared.clone(), events_tx.clone());
+                tokio::spawn(async move {
+                    let _ = peer::accept(shared, conn).await;
+                    let _ = events.send((addr, Event::IncomingEnded));
+                });
+            }
+            event = events.recv() => {
+                let Some((addr, event)) = event else { continue };
+                match event {
+                    Event::Admitted => {
+                        dialling.remove(&addr);
+                        book.connected(addr);
                     }
+                    Event::Dialled(outcome) => {
+                        dialling.remove(&addr);
+                        book.finished(addr, outcome, Instant::now());
+                    }
+                    Event::IncomingEnded => book.incoming_ended(addr),
                 }
             }
             _ = tick.tick() => {
-                if starving(&shared) {
-                    // Addresses given up on come back, and none waits longer than the cap.
-                    let known: Vec<(SocketAddr, PeerSource)> =
-                        shared.lock().peers.known.dialable().collect();
-                    let now = Instant::now();
-                    for (a, source) in known {
-                        if active.contains(&a) {
-                            continue;
-                        }
-                        let c = candidates.entry(a).or_insert_with(|| {
-                            queue.push_back(a);
-                            Candidate { source, failures: 0, next_try: now }
-                        });
-                        c.next_try = c.next_try.min(now + STARVING_RETRY_MAX);
-                    }
-                }
+                let now = Instant::now();
+                turn_over(&shared, &mut book, now);
+                shared.known.send_replace(BookStats::of(&book));
             }
             _ = shared.redial.notified() => {
-                let now = Instant::now();
-                for c in candidates.values_mut() {
-                    c.next_try = c.next_try.min(now);
-                }
+                // A read waits and no peer is connected: every address is worth a try now.
+                book.starving(Instant::now(), Duration::ZERO);
             }
             _ = shutdown.changed() => return,
         }
-        // Dial what is due, while there is room.
-        let (room, banned) = {
-            let st = shared.lock();
-            let room = shared
-                .config
-                .max_peers
-                .saturating_sub(st.peers.len().max(active.len()));
-            (room, st.peers.banned().clone())
-        };
-        let now = Instant::now();
-        let mut budget = room;
-        for _ in 0..queue.len() {
-            if budget == 0 {
-                break;
-            }
-            let Some(addr) = queue.pop_front() else { break };
-            let Some(c) = candidates.get(&addr) else {
-                continue;
-            };
-            if banned.contains(&addr.ip()) {
-                candidates.remove(&addr);
-                continue;
-            }
-            if c.next_try > now || active.contains(&addr) {
-                queue.push_back(addr);
-                continue;
-            }
-            budget -= 1;
-            active.insert(addr);
-            let source = c.source;
-            let shared = shared.clone();
-            let done = done_tx.clone();
-            tokio::spawn(async move {
-                let dialled = match tokio::time::timeout(
-                    CONNECT_TIMEOUT,
-                    PeerStream::connect_tcp(addr),
-                )
-                .await
-                {
-                    Ok(Ok(stream)) => match peer::dial(shared, stream, addr, source).await {
-                        Err(peer::PeerError::SelfConnection) => Dialled::Myself,
-                        Err(peer::PeerError::Banned) => Dialled::Failed,
-                        _ => Dialled::Connected,
-                    },
-                    _ => Dialled::Failed,
-                };
-                let _ = done.send((addr, dialled));
-            });
+        dial_due(&shared, &mut book, &mut dialling, &events_tx);
+    }
+}
+
+/// A read waiting with nobody to serve it revives given-up addresses; with every slot taken,
+/// useless peers make room for addresses we have not tried.
+fn turn_over(shared: &Shared, book: &mut AddressBook, now: Instant) {
+    let st = shared.lock();
+    let starving = st.starving();
+    if starving {
+        book.starving(now, super::addrbook::STARVING_MAX_WAIT);
+    }
+    if st.peers.len() < shared.config.max_peers {
+        return;
+    }
+    let due = book.due_count(now);
+    if due == 0 {
+        return;
+    }
+    let worths = st.peers.worths();
+    for id in turnover::victims(&worths, now, due, starving) {
+        tracing::debug!(peer = ?id, starving, "turning a useless peer over");
+        st.peers.send(id, PeerCmd::Drop);
+    }
+    drop(st);
+}
+
+/// Starts dials for what is due, while there is room.
+fn dial_due(
+    shared: &Arc<Shared>,
+    book: &mut AddressBook,
+    dialling: &mut HashSet<SocketAddr>,
+    events: &mpsc::UnboundedSender<(SocketAddr, Event)>,
+) {
+    let now = Instant::now();
+    let room = {
+        let st = shared.lock();
+        shared
+            .config
+            .max_peers
+            .saturating_sub(st.peers.len() + dialling.len())
+    };
+    if room == 0 {
+        return;
+    }
+    for (addr, source) in book.due(now, room) {
+        if shared.lock().peers.is_banned(addr.ip()) {
+            book.finished(addr, Outcome::Banned, now);
+            continue;
         }
+        dialling.insert(addr);
+        let (shared, events) = (shared.clone(), events.clone());
+        tokio::spawn(async move {
+            let outcome = dial(shared, addr, source, &events).await;
+            let _ = events.send((addr, Event::Dialled(outcome)));
+        });
+    }
+}
+
+/// Dials one address and runs the connection to its end.
+async fn dial(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    source: PeerSource,
+    events: &mpsc::UnboundedSender<(SocketAddr, Event)>,
+) -> Outcome {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, PeerStream::connect_tcp(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return connect_failed(&e),
+        Err(_) => return Outcome::TimedOut,
+    };
+    let started = Instant::now();
+    let admitted = || {
+        let _ = events.send((addr, Event::Admitted));
+    };
+    match peer::dial(shared, stream, addr, source, admitted).await {
+        Err(peer::PeerError::Handshake(HandshakeError::Timeout)) => Outcome::TimedOut,
+        Err(peer::PeerError::Handshake(HandshakeError::WrongTorrent)) => Outcome::WrongTorrent,
+        Err(peer::PeerError::Handshake(HandshakeError::Wire(_))) => Outcome::HungUp,
+        Err(peer::PeerError::SelfConnection) => Outcome::Myself,
+        Err(peer::PeerError::Banned) => Outcome::Banned,
+        Err(peer::PeerError::Full) => Outcome::Full,
+        Err(peer::PeerError::Useless | peer::PeerError::Idle) => Outcome::Useless,
+        _ => Outcome::Ended {
+            lasted: started.elapsed(),
+        },
+    }
+}
+
+/// A connect error: out of file descriptors is our problem, anything else the address's.
+fn connect_failed(e: &io::Error) -> Outcome {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => Outcome::Local,
+        _ => Outcome::Refused,
     }
 }

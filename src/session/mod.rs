@@ -23,6 +23,7 @@
 //!
 //! State and locking: see `shared.rs` (the lock order) and `state.rs` (who owns what).
 
+mod addrbook;
 mod assembly;
 mod connect;
 mod discovery;
@@ -39,6 +40,7 @@ mod state;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod turnover;
 mod verify;
 mod window;
 
@@ -210,6 +212,7 @@ impl Session {
             up_limit: RateLimit::new(config.max_upload_rate),
             announced_stop,
             discovered,
+            known: watch::channel(Default::default()).0,
             redial: tokio::sync::Notify::new(),
             read_buffers: Default::default(),
             config,
@@ -217,8 +220,7 @@ impl Session {
         if let Some(end) = writer {
             tokio::spawn(disk_io::write_loop(Arc::downgrade(&shared), end));
         }
-        tokio::spawn(connect::accept_incoming(shared.clone(), incoming));
-        tokio::spawn(connect::connect_loop(shared.clone(), discovered_rx));
+        tokio::spawn(connect::run(shared.clone(), discovered_rx, incoming));
         if !shared.config.no_upload {
             tokio::spawn(rechoke(shared.clone()));
         }
@@ -264,11 +266,14 @@ impl Session {
         // Read before the state lock: nothing else is locked while it is held.
         let trackers = s.trackers.borrow().clone();
         let dht_nodes = s.config.dht.as_ref().map(|d| d.node_count());
+        let book = s.known.borrow().clone();
+        let mut by_source = book.by_source;
         let st = s.lock();
+        st.peers.count_connected(&mut by_source);
         Stats {
             peers: st.peers.len(),
-            known_peers: st.peers.known.len(),
-            by_source: st.peers.by_source(),
+            known_peers: book.known,
+            by_source,
             downloaded: s.downloaded.load(Ordering::Relaxed),
             uploaded: s.uploaded.load(Ordering::Relaxed),
             verified_pieces: st.picker.have_bitfield().count_ones(),

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::Config;
+use super::addrbook::BookStats;
 use super::discovery::PeerSource;
 use super::disk::Disk;
 use super::state::State;
@@ -59,6 +60,8 @@ pub(crate) struct Shared {
     pub(crate) disk: Option<Disk>,
     /// Addresses learned from discovery, tagged with their source, consumed by the connector.
     pub(crate) discovered: mpsc::Sender<(PeerSource, Vec<SocketAddr>)>,
+    /// What the connector knows of peer addresses, published once a second.
+    pub(crate) known: watch::Sender<BookStats>,
     /// Wakes the connector to redial known peers now: a read waits and no peer is connected
     /// (seeds drop a peer that looked like a seed, and our cache may have evicted since).
     pub(crate) redial: Notify,

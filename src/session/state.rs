@@ -222,9 +222,10 @@ impl State {
             .sum()
     }
 
-    /// A read waits on a piece and no peer is connected to fetch it from.
+    /// A read waits on a piece and no connected peer can serve it now (none has one of its
+    /// pieces and unchokes us).
     pub(crate) fn starving(&self) -> bool {
-        self.peers.is_empty() && self.picker.urgent_pending()
+        self.picker.urgent_pending() && !self.peers.any_serves_read()
     }
 }
 

@@ -62,6 +62,8 @@ pub(crate) enum PeerError {
     Protocol(&'static str),
     #[error("sent nothing but keep-alives for too long")]
     Idle,
+    #[error("dropped to make room for a peer we have not tried")]
+    Useless,
     #[error("let its requests time out again and again")]
     Stalled,
     #[error(transparent)]
@@ -71,18 +73,20 @@ pub(crate) enum PeerError {
 }
 
 /// Runs a connection we dialled to the end: we speak first.
+/// `admitted` is called once the peer has a slot (its handshakes done).
 pub(crate) async fn dial(
     shared: Arc<Shared>,
     mut stream: PeerStream,
     addr: SocketAddr,
     source: PeerSource,
+    admitted: impl FnOnce(),
 ) -> Result<(), PeerError> {
     let ours = Handshake::new(shared.torrent.info_hash.0, shared.peer_id);
     let within = shared.config.peer_timeouts.handshake;
     let theirs = exchange_handshakes(&mut stream, &ours, Role::Initiator, within)
         .await
         .inspect_err(|e| tracing::debug!(%addr, outgoing = true, "handshake failed: {e}"))?;
-    connected(shared, stream, addr, source, &ours, &theirs).await
+    connected(shared, stream, addr, source, &ours, &theirs, admitted).await
 }
 
 /// Runs a connection the host routed to us (their handshake read, for our torrent) to the end.
@@ -100,7 +104,16 @@ pub(crate) async fn accept(shared: Arc<Shared>, conn: Incoming) -> Result<(), Pe
     .await
     .map_err(|_| HandshakeError::Timeout)?
     .inspect_err(|e| tracing::debug!(%addr, outgoing = false, "handshake failed: {e}"))?;
-    connected(shared, stream, addr, PeerSource::Incoming, &ours, &theirs).await
+    connected(
+        shared,
+        stream,
+        addr,
+        PeerSource::Incoming,
+        &ours,
+        &theirs,
+        || {},
+    )
+    .await
 }
 
 /// After both handshakes: admits the peer and runs its loop until it ends.
@@ -111,6 +124,7 @@ async fn connected(
     source: PeerSource,
     ours: &Handshake,
     theirs: &Handshake,
+    admitted: impl FnOnce(),
 ) -> Result<(), PeerError> {
     if theirs.peer_id == shared.peer_id {
         return Err(PeerError::SelfConnection);
@@ -130,6 +144,7 @@ async fn connected(
             })?;
         (id, st.picker.have_bitfield().clone())
     };
+    admitted();
     let outgoing = source != PeerSource::Incoming;
     tracing::debug!(%addr, outgoing, transport = ?stream.transport(), "peer connected");
     let ext = Extensions::new(
@@ -163,6 +178,8 @@ struct Peer {
     last_useful: Instant,
     /// The peer chokes us: our requests are void until it unchokes.
     choked: bool,
+    /// Since when it chokes us while we want its pieces (turnover asks).
+    choking_us_since: Option<Instant>,
     /// We told it we want some of its pieces.
     interested: bool,
     requests: Requests,
@@ -193,6 +210,7 @@ impl Peer {
             redundant_haves: 0,
             last_useful: now,
             choked: true,
+            choking_us_since: None,
             interested: false,
             requests: Requests::new(now),
             rates: Rates::default(),
@@ -265,6 +283,7 @@ impl Peer {
                         }
                     }
                     Some(PeerCmd::SetUnchoked(u)) => self.set_unchoked(u),
+                    Some(PeerCmd::Drop) => return Err(PeerError::Useless),
                     Some(PeerCmd::Disconnect) | None => return Err(PeerError::Shutdown),
                 },
                 _ = tick.tick() => {
@@ -456,12 +475,23 @@ impl Peer {
             });
         }
         self.rates.tick();
+        if self.choked && self.interested {
+            self.choking_us_since.get_or_insert_with(Instant::now);
+        } else {
+            self.choking_us_since = None;
+        }
         {
             let mut st = self.shared.lock();
             (st.choker).set_rates(self.id, self.rates.down() as u64, self.rates.up() as u64);
             st.choker.set_snubbed(self.id, self.requests.is_snubbed());
             let urgent = st.picker.has_urgent(&self.has);
             st.choker.set_urgent(self.id, urgent);
+            if let Some(w) = st.peers.worth_mut(self.id) {
+                w.wanted = self.interested;
+                w.urgent = urgent;
+                w.rate = self.rates.down() as u64;
+                w.choking_since = self.choking_us_since;
+            }
         }
         self.check_health()
     }

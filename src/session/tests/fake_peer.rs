@@ -52,6 +52,8 @@ pub(super) enum Behavior {
     StallMidPiece,
     /// After the handshake sends a keep-alive every 100 ms and nothing else, ever.
     KeepAliveOnly,
+    /// Has nothing: an empty bitfield, never unchokes, reads until the session hangs up.
+    Empty,
     /// Answers every request, right, but only after waiting this long (one at a time).
     Slow(std::time::Duration),
     /// A leecher: once the session has piece 0 and unchokes it, asks for that piece's first
@@ -201,6 +203,39 @@ impl Drop for FakePeer {
     }
 }
 
+fn empty_bitfield(pieces: u32) -> Message {
+    Message::Bitfield(Bytes::copy_from_slice(Bitfield::new(pieces).as_bytes()))
+}
+
+/// A peer with nothing that connects to the session at `to` from `from` (any 127.x.y.z),
+/// handshakes, sends an empty bitfield and then only reads until the session hangs up (the
+/// task then ends). Returns `None` if the session refused it at once.
+pub(super) async fn connect_empty(
+    to: SocketAddr,
+    from: Ipv4Addr,
+    torrent: &Torrent,
+    id: u32,
+) -> Option<JoinHandle<()>> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind(SocketAddr::from((from, 0))).ok()?;
+    let mut stream = socket.connect(to).await.ok()?;
+    let mut peer_id = *b"-EMPTY1-000000000000";
+    peer_id[8..12].copy_from_slice(&id.to_be_bytes());
+    let ours = Handshake::new(torrent.info_hash.0, peer_id);
+    write_handshake(&mut stream, &ours).await.ok()?;
+    read_handshake(&mut stream).await.ok()?;
+    let (rd, wr) = stream.into_split();
+    let n = torrent.info.geometry.piece_count();
+    let mut writer = MessageWriter::new(wr);
+    writer.send(&empty_bitfield(n)).await.ok()?;
+    Some(tokio::spawn(async move {
+        // The writer lives as long as the connection: dropping it would end our side.
+        let _writer = writer;
+        let mut reader = MessageReader::new(rd, 1 << 20);
+        while reader.next().await.is_ok() {}
+    }))
+}
+
 struct Conn {
     content: Arc<Content>,
     behavior: Behavior,
@@ -254,6 +289,12 @@ impl Conn {
             }
         }
         let mut writer = MessageWriter::new(wr);
+        if self.behavior == Behavior::Empty {
+            writer.send(&empty_bitfield(n)).await?;
+            loop {
+                reader.next().await?;
+            }
+        }
         if let Behavior::Hoarder(n) = self.behavior {
             return self.hoard(reader, writer, n).await;
         }

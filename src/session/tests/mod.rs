@@ -3,6 +3,7 @@
 //! checks what a user would: the bytes a read returns and the session's `Stats`. Timeouts are
 //! hang detectors only; no test depends on how fast anything is.
 
+mod crowd;
 mod disk;
 mod fake_peer;
 mod fast;
