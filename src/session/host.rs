@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::SessionError;
 use super::stream::PeerStream;
@@ -22,6 +22,8 @@ use crate::wire::{Handshake, read_handshake};
 
 /// Incoming connections queued for their session; more wait in their routing tasks.
 const BACKLOG: usize = 64;
+/// Connections accepted whose handshake has not come yet, at most (see [`Host::bind_limited`]).
+pub const DEFAULT_PENDING: usize = 64;
 
 /// A connection whose handshake named a registered torrent; ours is not sent yet.
 pub(crate) struct Incoming {
@@ -53,6 +55,17 @@ impl Host {
     /// a whole handshake within `handshake` is closed. Bound first, before any metadata fetch,
     /// so that trackers learn the real port and a port in use fails at once.
     pub async fn bind(addr: SocketAddr, handshake: Duration) -> Result<Host, SessionError> {
+        Self::bind_limited(addr, handshake, DEFAULT_PENDING).await
+    }
+
+    /// [`Host::bind`] with at most `pending` connections waiting for their handshake: past
+    /// that, a new connection is closed at once, so a flood of connections that never
+    /// handshake holds a bounded number of sockets (and file descriptors).
+    pub async fn bind_limited(
+        addr: SocketAddr,
+        handshake: Duration,
+        pending: usize,
+    ) -> Result<Host, SessionError> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| match source.kind() {
@@ -65,7 +78,14 @@ impl Host {
             .port();
         let routes = Routes::default();
         let (stop, stopped) = watch::channel(());
-        tokio::spawn(accept_loop(listener, routes.clone(), handshake, stopped));
+        let pending = Arc::new(Semaphore::new(pending.max(1)));
+        tokio::spawn(accept_loop(
+            listener,
+            routes.clone(),
+            handshake,
+            pending,
+            stopped,
+        ));
         Ok(Host {
             inner: Arc::new(Inner {
                 port,
@@ -99,17 +119,27 @@ async fn accept_loop(
     listener: TcpListener,
     routes: Routes,
     handshake: Duration,
+    pending: Arc<Semaphore>,
     mut stopped: watch::Receiver<()>,
 ) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
+                    let Ok(permit) = pending.clone().try_acquire_owned() else {
+                        tracing::debug!(%addr, "too many handshakes pending; refused");
+                        continue;
+                    };
                     let stream = PeerStream::tcp(stream);
-                    tokio::spawn(route(stream, addr, routes.clone(), handshake));
+                    let routes = routes.clone();
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        route(stream, addr, routes, handshake).await;
+                    });
                 }
                 Err(e) => {
-                    tracing::warn!("accepting a peer failed: {e}");
+                    // Out of file descriptors, typically: wait for some to be freed.
+                    tracing::debug!("accepting a peer failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
@@ -184,6 +214,27 @@ mod tests {
         let got = ours.recv().await.unwrap();
         assert_eq!(got.theirs.peer_id, [9; 20]);
         assert_eq!(got.addr, peer.local_addr().unwrap());
+    }
+
+    #[tokio::test]
+    async fn past_the_pending_limit_a_connection_is_closed_at_once() {
+        use tokio::io::AsyncReadExt;
+        let host = Host::bind_limited("127.0.0.1:0".parse().unwrap(), Duration::from_secs(60), 2)
+            .await
+            .unwrap();
+        let at = SocketAddr::from(([127, 0, 0, 1], host.port()));
+        let mut silent = Vec::new();
+        for _ in 0..2 {
+            silent.push(TcpStream::connect(at).await.unwrap());
+        }
+        // The third is closed unanswered while the first two wait for their handshake.
+        let mut third = TcpStream::connect(at).await.unwrap();
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(30), third.read(&mut buf))
+            .await
+            .expect("closed, not left waiting");
+        assert!(matches!(n, Ok(0) | Err(_)));
+        drop(silent);
     }
 
     #[tokio::test]
