@@ -49,8 +49,8 @@ pub(crate) struct Shared {
     pub(crate) uploaded: AtomicU64,
     pub(crate) hash_failures: AtomicU64,
     /// Caps on block data in and out, shared fairly by all peers.
-    pub(crate) down_limit: RateLimit,
-    pub(crate) up_limit: RateLimit,
+    pub(crate) down_limit: Arc<RateLimit>,
+    pub(crate) up_limit: Arc<RateLimit>,
     /// Each tracker's last result, kept by the announcer task; empty without trackers.
     pub(crate) trackers: watch::Receiver<Vec<TrackerStatus>>,
     /// Flips to true when the announcer has said `stopped` (or gave up): shutdown waits on it,

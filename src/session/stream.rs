@@ -45,6 +45,17 @@ impl PeerStream {
         TcpStream::connect(addr).await.map(Self::tcp)
     }
 
+    /// One end of an in-memory pipe, for tests.
+    #[cfg(test)]
+    pub(crate) fn from_duplex(stream: tokio::io::DuplexStream) -> Self {
+        let (read, write) = tokio::io::split(stream);
+        Self {
+            read: Box::new(read),
+            write: Box::new(write),
+            transport: Transport::Tcp,
+        }
+    }
+
     pub(crate) fn transport(&self) -> Transport {
         self.transport
     }

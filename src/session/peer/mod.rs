@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -40,7 +40,10 @@ pub use health::PeerTimeouts;
 use rates::Rates;
 use requests::{Arrival, Requests};
 use upload::UploadSide;
-use writer::{AbortOnDrop, write_loop};
+use writer::{AbortOnDrop, Counters, Inbox, Outbox, write_loop};
+
+/// The wait for our download cap to let the next block in.
+type Throttle = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(90);
 /// `have`s for pieces the peer already announced, beyond one per piece of the torrent: more is
@@ -152,9 +155,9 @@ async fn connected(
         ours.supports_fast() && theirs.supports_fast(),
         shared.torrent.info.private,
     );
-    let (out, out_rx) = mpsc::unbounded_channel();
+    let (out, inbox) = writer::outbox();
     let mut peer = Peer::new(shared, id, addr, outgoing, out, ext);
-    let result = peer.run(stream, cmd_rx, out_rx, have).await;
+    let result = peer.run(stream, cmd_rx, inbox, have).await;
     peer.leave();
     tracing::debug!(%addr, ?result, "peer disconnected");
     result
@@ -166,7 +169,9 @@ struct Peer {
     addr: SocketAddr,
     outgoing: bool,
     /// Messages for the writer task.
-    out: mpsc::UnboundedSender<Message>,
+    out: Outbox,
+    /// `request` messages the writer has written, in all (it counts them).
+    requests_written: Arc<AtomicU64>,
     /// The pieces it has.
     has: Bitfield,
     /// Some message that states pieces (`bitfield`, `have`, `piece`) came: a `bitfield` now
@@ -194,7 +199,7 @@ impl Peer {
         id: PeerId,
         addr: SocketAddr,
         outgoing: bool,
-        out: mpsc::UnboundedSender<Message>,
+        out: Outbox,
         ext: Extensions,
     ) -> Self {
         let n = shared.geometry.piece_count();
@@ -205,6 +210,7 @@ impl Peer {
             addr,
             outgoing,
             out,
+            requests_written: Arc::default(),
             has: Bitfield::new(n),
             announced: false,
             redundant_haves: 0,
@@ -223,7 +229,7 @@ impl Peer {
         &mut self,
         stream: PeerStream,
         mut cmds: mpsc::UnboundedReceiver<PeerCmd>,
-        out_rx: mpsc::UnboundedReceiver<Message>,
+        inbox: Inbox,
         have: Bitfield,
     ) -> Result<(), PeerError> {
         let (rd, wr) = stream.into_halves();
@@ -231,12 +237,16 @@ impl Peer {
         let max_frame = (BLOCK_SIZE + 13).max(have.as_bytes().len() as u32 + 1) + 1024;
         let mut reader =
             MessageReader::new(rd, max_frame).with_gauge(self.shared.read_buffers.clone());
+        let counters = Counters {
+            queued_upload: self.upload.queued_counter(),
+            sent_total: self.rates.sent_counter(),
+            requests_written: self.requests_written.clone(),
+        };
         let mut writer = tokio::spawn(write_loop(
             MessageWriter::new(wr),
-            out_rx,
-            self.upload.queued_counter(),
-            self.rates.sent_counter(),
-            self.shared.clone(),
+            inbox,
+            counters,
+            self.shared.up_limit.clone(),
         ));
         // Dropping a JoinHandle only detaches the task: without this, a writer blocked on a peer
         // that stopped reading would keep the socket (and the blocks queued for it) after we left.
@@ -250,9 +260,19 @@ impl Peer {
         let mut shutdown = self.shared.shutdown.subscribe();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_keepalive = Instant::now();
+        // Our download cap: while it holds us back we read nothing more from this peer (TCP's
+        // flow control slows the sender), and everything else goes on.
+        let mut throttle: Option<(Instant, Throttle)> = None;
         loop {
             tokio::select! {
-                msg = reader.next() => {
+                () = async { throttle.as_mut().expect("guarded").1.as_mut().await },
+                    if throttle.is_some() =>
+                {
+                    let (since, _) = throttle.take().expect("guarded");
+                    // Our own throttling is not the peer being slow.
+                    self.requests.pause(since.elapsed());
+                }
+                msg = reader.next(), if throttle.is_none() => {
                     let msg = msg?;
                     tracing::trace!(addr = %self.addr, ?msg, "received");
                     if !matches!(msg, Message::KeepAlive) {
@@ -263,10 +283,10 @@ impl Peer {
                         _ => 0,
                     };
                     self.on_message(msg)?;
-                    if block > 0 {
-                        // Reading no further until the cap allows it slows the sender through
-                        // TCP's own flow control.
-                        self.shared.down_limit.acquire(block).await;
+                    if block > 0 && self.shared.down_limit.is_limited() {
+                        let limit = self.shared.down_limit.clone();
+                        let wait: Throttle = Box::pin(async move { limit.acquire(block).await });
+                        throttle = Some((Instant::now(), wait));
                     }
                 }
                 cmd = cmds.recv() => match cmd {
@@ -287,7 +307,7 @@ impl Peer {
                     Some(PeerCmd::Disconnect) | None => return Err(PeerError::Shutdown),
                 },
                 _ = tick.tick() => {
-                    self.on_tick()?;
+                    self.on_tick(throttle.is_some())?;
                     if last_keepalive.elapsed() >= KEEPALIVE_EVERY {
                         last_keepalive = Instant::now();
                         self.send(Message::KeepAlive);
@@ -305,7 +325,7 @@ impl Peer {
     }
 
     fn send(&self, msg: Message) {
-        let _ = self.out.send(msg);
+        self.out.send(msg);
     }
 
     fn block_ref(&self, b: Block) -> BlockRef {
@@ -464,7 +484,9 @@ impl Peer {
         }
     }
 
-    fn on_tick(&mut self) -> Result<(), PeerError> {
+    /// Once a second. `throttled`: our download cap holds this peer's data back right now, so
+    /// its clocks are stopped (see `Requests::pause`) and its health is not judged.
+    fn on_tick(&mut self, throttled: bool) -> Result<(), PeerError> {
         self.end_reject_backoff();
         if let Some(pex) = &mut self.ext.pex
             && let Some((id, payload)) = pex.tick(&self.shared, self.id, self.addr)
@@ -475,6 +497,8 @@ impl Peer {
             });
         }
         self.rates.tick();
+        let written = self.requests_written.load(Ordering::Relaxed);
+        self.requests.written(written, Instant::now());
         if self.choked && self.interested {
             self.choking_us_since.get_or_insert_with(Instant::now);
         } else {
@@ -492,6 +516,9 @@ impl Peer {
                 w.rate = self.rates.down() as u64;
                 w.choking_since = self.choking_us_since;
             }
+        }
+        if throttled {
+            return Ok(());
         }
         self.check_health()
     }

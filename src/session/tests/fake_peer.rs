@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -150,7 +150,15 @@ pub(super) struct FakePeer {
 impl FakePeer {
     /// Listens on `ip` (any 127.x.y.z; bans are by IP, so liars get their own) on a free port.
     pub async fn start(ip: Ipv4Addr, content: Arc<Content>, behavior: Behavior) -> FakePeer {
-        let listener = TcpListener::bind((ip, 0)).await.expect("bind fake peer");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        if let Behavior::Hoarder(_) = behavior {
+            // It never reads: small buffers make the session's writer block soon.
+            socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+        }
+        socket
+            .bind(SocketAddr::from((ip, 0)))
+            .expect("bind fake peer");
+        let listener = socket.listen(128).expect("listen");
         let addr = listener.local_addr().expect("fake peer address");
         let (tx, counters) = watch::channel(Counters::default());
         let task = tokio::spawn(async move {

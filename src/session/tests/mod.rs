@@ -100,9 +100,11 @@ async fn start(content: &Content, peers: &[&FakePeer], cache_bytes: u64) -> Sess
         .expect("session starts")
 }
 
-/// The host a test session takes its incoming peers from, with the config's handshake limit.
+/// The host a test session takes its incoming peers from, with the config's handshake limit;
+/// as many handshakes may be pending as peers may connect (tests connect in bursts).
 async fn host_for(config: &Config) -> Host {
-    Host::bind(config.listen, config.peer_timeouts.handshake)
+    let pending = config.max_peers.max(crate::session::host::DEFAULT_PENDING);
+    Host::bind_limited(config.listen, config.peer_timeouts.handshake, pending)
         .await
         .expect("bind")
 }
