@@ -85,6 +85,10 @@ pub(crate) struct Peers {
     /// Every address discovery has told us about, with who told us.
     pub(crate) known: Known,
     next_id: u64,
+    /// Sources that are no connection (web seeds): numbered with the peers and sent the same
+    /// commands (`Refill` above all), but no peer anywhere else: not counted, not named in
+    /// PEX, not banned by address, not held to `max_peers`.
+    sources: HashMap<PeerId, mpsc::UnboundedSender<PeerCmd>>,
 }
 
 impl Peers {
@@ -115,6 +119,18 @@ impl Peers {
         self.connected.remove(&id);
     }
 
+    /// A source that is not a connection (a web seed): its own id and the commands.
+    pub(crate) fn add_source(&mut self, cmd: mpsc::UnboundedSender<PeerCmd>) -> PeerId {
+        self.next_id += 1;
+        let id = PeerId(self.next_id);
+        self.sources.insert(id, cmd);
+        id
+    }
+
+    pub(crate) fn remove_source(&mut self, id: PeerId) {
+        self.sources.remove(&id);
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.connected.len()
     }
@@ -129,15 +145,21 @@ impl Peers {
     }
 
     pub(crate) fn send(&self, id: PeerId, cmd: PeerCmd) {
-        if let Some(e) = self.connected.get(&id) {
-            let _ = e.cmd.send(cmd);
+        let to = (self.connected.get(&id).map(|e| &e.cmd)).or_else(|| self.sources.get(&id));
+        if let Some(to) = to {
+            let _ = to.send(cmd);
         }
     }
 
-    /// Sends one command to every peer; `make` is called once per peer.
+    /// Sends one command to every peer and source; `make` is called once per receiver.
     pub(crate) fn broadcast(&self, make: impl Fn() -> PeerCmd) {
-        for e in self.connected.values() {
-            let _ = e.cmd.send(make());
+        for cmd in self
+            .connected
+            .values()
+            .map(|e| &e.cmd)
+            .chain(self.sources.values())
+        {
+            let _ = cmd.send(make());
         }
     }
 
