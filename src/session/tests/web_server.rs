@@ -30,6 +30,8 @@ pub(super) struct Script {
     pub redirect_to: Option<SocketAddr>,
     /// Torrent offsets served with every byte flipped.
     pub corrupt: Option<Range<u64>>,
+    /// Send a ranged answer's headers, then nothing, keeping the connection open.
+    pub stall: bool,
 }
 
 /// What the server saw.
@@ -145,6 +147,9 @@ async fn serve(stream: TcpStream, content: Arc<Content>, state: Arc<Mutex<(Scrip
         head.push_str("\r\n");
         if wr.write_all(head.as_bytes()).await.is_err() {
             return;
+        }
+        if script.stall && answer.status == 206 {
+            std::future::pending::<()>().await;
         }
         let cut = script.cut_next && answer.status == 206;
         let body = if cut {

@@ -284,6 +284,43 @@ async fn a_web_seed_serving_a_corrupt_range_is_dropped_and_the_piece_comes_from_
     stop(session).await;
 }
 
+/// The server sends headers, then nothing, and its read timeout is longer than the hang
+/// detector: the read waiting on those blocks ends only because they were asked of a peer too
+/// once the web seed was late with them.
+#[tokio::test(flavor = "multi_thread")]
+async fn blocks_a_read_waits_on_are_asked_of_a_peer_when_the_web_seed_is_late() {
+    let c = two_files();
+    let script = Script {
+        stall: true,
+        ..Script::default()
+    };
+    let server = WebServer::start(c.clone(), script).await;
+    let cw = seeded(&c, &[server.url()]);
+    let patient = WebSeedConfig {
+        read_timeout: 2 * HANG,
+        ..quick()
+    };
+    let session = start_web(&cw, &[], patient).await;
+
+    let (s, cr) = (session.clone(), cw.clone());
+    let read = tokio::spawn(async move {
+        let h = s.open_reader(0);
+        check_read(&s, &cr, h, 0, 0, 64 * 1024).await;
+    });
+    within("a request", async {
+        while server.seen().requests.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let _honest = rest_from_a_peer_on_the_same_ip(&session, &c).await;
+    within("the read", read).await.expect("read");
+    let stats = session.stats();
+    assert!(stats.rerequests >= 1, "{stats:?}");
+    assert_eq!(seed0(&stats).state, WebSeedState::Active, "slow is not bad");
+    stop(session).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn no_web_seeds_asks_none() {
     let c = two_files();

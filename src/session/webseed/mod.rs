@@ -18,11 +18,12 @@ mod http;
 mod layout;
 pub(crate) mod registry;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::task::{JoinError, JoinSet};
+use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 use url::Url;
 
@@ -30,7 +31,7 @@ use super::assembly::Sender;
 use super::peers::PeerCmd;
 use super::{Shared, verify};
 use crate::bitfield::Bitfield;
-use crate::picker::PeerId;
+use crate::picker::{Block, PeerId};
 use crate::piece::BLOCK_SIZE;
 use blocks::{Cutter, Run, coalesce};
 use health::{Failure, Health, classify};
@@ -72,6 +73,10 @@ impl Default for WebSeedConfig {
 const MIN_REQUEST_BLOCKS: usize = 16;
 const MAX_REQUEST_BLOCKS: usize = 256;
 const REQUEST_SECS: f64 = 0.5;
+/// A request is late once it is this many times older than its length at the seed's rate, and
+/// at least `LATE_MIN` old: the blocks of it a read waits on are then asked of a peer too.
+const LATE_FACTOR: f64 = 4.0;
+const LATE_MIN: Duration = Duration::from_secs(2);
 
 /// Starts a task for each of the torrent's web seeds (none with `--no-web-seeds`).
 pub(crate) fn spawn_all(shared: &Arc<Shared>) {
@@ -134,6 +139,7 @@ fn spawn_one(shared: &Arc<Shared>, client: &reqwest::Client, url: &str) {
         all,
         missing: Default::default(),
         jobs: JoinSet::new(),
+        in_flight: HashMap::new(),
         rate: 0.0,
         last_downloaded: 0,
         ctx,
@@ -157,18 +163,28 @@ struct WebSeed {
     /// The pieces it is asked for: all but those of files it does not have.
     pickable: Bitfield,
     /// Files it answered it does not have.
-    missing: std::collections::HashSet<usize>,
+    missing: HashSet<usize>,
     /// Requests in flight, each one run of blocks.
     jobs: JoinSet<Outcome>,
+    in_flight: HashMap<Id, InFlight>,
     /// Bytes/s it delivered lately, smoothed; sizes the requests.
     rate: f64,
     last_downloaded: u64,
 }
 
+/// A request in flight: its blocks, its length, since when, and which blocks were reported
+/// late.
+struct InFlight {
+    blocks: Vec<Block>,
+    bytes: u64,
+    since: Instant,
+    reported: HashSet<Block>,
+}
+
 /// How one run of blocks went.
 struct Outcome {
     /// Blocks not delivered, for the picker to give to others.
-    undelivered: Vec<crate::picker::Block>,
+    undelivered: Vec<Block>,
     /// The file whose request failed, and why.
     error: Option<(usize, FetchError)>,
 }
@@ -194,7 +210,7 @@ impl WebSeed {
                 }
             };
             tokio::select! {
-                Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => {
+                Some(done) = self.jobs.join_next_with_id(), if !self.jobs.is_empty() => {
                     if !self.finished(done) {
                         self.stop_requests().await;
                     }
@@ -212,7 +228,10 @@ impl WebSeed {
                 _ = backoff => {
                     self.health(|h| h.wake(Instant::now()));
                 }
-                _ = tick.tick() => self.measure_rate(),
+                _ = tick.tick() => {
+                    self.measure_rate();
+                    self.report_late();
+                }
                 _ = shutdown.changed() => break,
             }
         }
@@ -238,21 +257,39 @@ impl WebSeed {
             if picked.is_empty() {
                 return;
             }
+            let now = Instant::now();
             for run in coalesce(&self.ctx.shared.geometry, &picked) {
-                self.jobs.spawn(fetch_run(self.ctx.clone(), run));
+                let job = InFlight {
+                    blocks: run.blocks.clone(),
+                    bytes: run.range.end - run.range.start,
+                    since: now,
+                    reported: HashSet::new(),
+                };
+                let handle = self.jobs.spawn(fetch_run(self.ctx.clone(), run));
+                self.in_flight.insert(handle.id(), job);
             }
         }
     }
 
     /// A request ended: frees what it did not deliver and judges the seed. False when the
     /// seed is no longer active (the other requests are to stop).
-    fn finished(&mut self, done: Result<Outcome, JoinError>) -> bool {
-        let Ok(out) = done else {
-            return true; // aborted: `stop_requests` frees its blocks
-        };
+    fn finished(&mut self, done: Result<(Id, Outcome), JoinError>) -> bool {
         let id = self.ctx.id;
         let shared = &self.ctx.shared;
+        let (job, out) = match done {
+            Ok((job, out)) => (job, Some(out)),
+            Err(e) => (e.id(), None),
+        };
+        let job = self.in_flight.remove(&job);
         let mut st = shared.lock();
+        let Some(out) = out else {
+            // It panicked: whatever it did not deliver goes to others.
+            for b in job.iter().flat_map(|j| &j.blocks) {
+                st.picker.request_failed(id, *b);
+            }
+            st.peers.refill_all();
+            return true;
+        };
         for b in &out.undelivered {
             st.picker.request_failed(id, *b);
         }
@@ -305,6 +342,7 @@ impl WebSeed {
     /// Ends every request in flight and gives their blocks back to the picker.
     async fn stop_requests(&mut self) {
         self.jobs.shutdown().await;
+        self.in_flight.clear();
         let mut st = self.ctx.shared.lock();
         st.picker.peer_choked(self.ctx.id);
         st.peers.refill_all();
@@ -319,6 +357,40 @@ impl WebSeed {
         let delta = e.downloaded.saturating_sub(self.last_downloaded);
         self.last_downloaded = e.downloaded;
         self.rate = 0.5 * self.rate + 0.5 * delta as f64;
+    }
+
+    /// Tells the picker of blocks a read waits on in requests that are late, so a peer is
+    /// asked for them too (the first copy wins).
+    fn report_late(&mut self) {
+        let now = Instant::now();
+        let rate = self.rate;
+        let late = |j: &InFlight| {
+            // Before its first bytes the seed's rate is unknown: late after `LATE_MIN`.
+            let expected = if rate >= 1.0 {
+                Duration::from_secs_f64(j.bytes as f64 / rate * LATE_FACTOR)
+            } else {
+                Duration::ZERO
+            };
+            now.saturating_duration_since(j.since) >= expected.max(LATE_MIN)
+        };
+        let mut st = None;
+        let mut marked = 0;
+        for job in self.in_flight.values_mut().filter(|j| late(j)) {
+            let st = st.get_or_insert_with(|| self.ctx.shared.lock());
+            for b in &job.blocks {
+                // A block no read waits on yet is looked at again next time.
+                if !job.reported.contains(b) && st.picker.mark_late(*b) {
+                    job.reported.insert(*b);
+                    marked += 1;
+                }
+            }
+        }
+        if let Some(st) = st
+            && marked > 0
+        {
+            tracing::debug!(url = %self.ctx.base, marked, "web seed late with blocks a read waits on; asking peers too");
+            st.peers.refill_all();
+        }
     }
 
     async fn leave(&mut self) {
