@@ -248,6 +248,32 @@ mod tests {
     }
 
     #[test]
+    fn a_source_gets_commands_but_counts_as_no_peer() {
+        let mut peers = Peers::default();
+        let (cmd, mut peer_rx) = mpsc::unbounded_channel();
+        let p = peers
+            .admit(addr("127.0.0.1:1"), PeerSource::Tracker, cmd, 1)
+            .unwrap();
+        let (cmd, mut rx) = mpsc::unbounded_channel();
+        let s = peers.add_source(cmd);
+        assert_ne!(s, p, "ids are not shared");
+        assert_eq!(peers.len(), 1);
+        assert!(peers.pex_view(p, addr("10.0.0.9:1")).is_empty());
+        peers.refill_all();
+        assert!(matches!(rx.try_recv(), Ok(PeerCmd::Refill)));
+        peers.send(s, PeerCmd::Disconnect);
+        assert!(matches!(rx.try_recv(), Ok(PeerCmd::Disconnect)));
+        // Banning the address a web server shares with the peer reaches only the peer.
+        peers.ban(addr("127.0.0.1:1").ip());
+        assert!(rx.try_recv().is_err());
+        assert!(matches!(peer_rx.try_recv(), Ok(PeerCmd::Refill)));
+        assert!(matches!(peer_rx.try_recv(), Ok(PeerCmd::Disconnect)));
+        peers.remove_source(s);
+        peers.refill_all();
+        assert!(rx.try_recv().is_err(), "removed");
+    }
+
+    #[test]
     fn admission_refuses_the_banned_and_beyond_the_limit() {
         let mut peers = Peers::default();
         let (cmd, mut rx) = mpsc::unbounded_channel();
