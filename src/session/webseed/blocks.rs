@@ -159,6 +159,10 @@ mod tests {
             let mut got = Vec::new();
             for c in data.chunks(chunk) {
                 cut.feed(c, |blk, bytes| got.push((blk, bytes.to_vec())));
+                assert!(
+                    cut.partial.len() < BLOCK_SIZE as usize,
+                    "at most a partial block held"
+                );
             }
             assert!(cut.is_done());
             let blocks: Vec<Block> = got.iter().map(|(blk, _)| *blk).collect();

@@ -78,6 +78,10 @@ const REQUEST_SECS: f64 = 0.5;
 const LATE_FACTOR: f64 = 4.0;
 const LATE_MIN: Duration = Duration::from_secs(2);
 
+/// Web seeds used at most: a torrent naming thousands would otherwise cost a task and a
+/// connection pool each.
+const MAX_WEB_SEEDS: usize = 16;
+
 /// Starts a task for each of the torrent's web seeds (none with `--no-web-seeds`).
 pub(crate) fn spawn_all(shared: &Arc<Shared>) {
     let cfg = &shared.config.web_seeds;
@@ -96,7 +100,13 @@ pub(crate) fn spawn_all(shared: &Arc<Shared>) {
             return;
         }
     };
-    for url in urls {
+    if urls.len() > MAX_WEB_SEEDS {
+        tracing::info!(
+            count = urls.len(),
+            "the torrent names more web seeds than we use; using the first {MAX_WEB_SEEDS}"
+        );
+    }
+    for url in urls.iter().take(MAX_WEB_SEEDS) {
         spawn_one(shared, &client, url);
     }
 }
