@@ -193,3 +193,21 @@ fn a_web_seed_serving_a_corrupt_range_is_dropped_and_the_file_still_reads_right(
     );
     assert!(m.unmount().is_some_and(|s| s.success()));
 }
+
+/// `--no-web-seeds`: the server is never asked; with no other source a read fails after
+/// `--read-timeout` instead of returning data.
+#[test]
+fn no_web_seeds_leaves_the_server_alone() {
+    let ws = WebSeeded::make("single", 300_000);
+    let server = Nginx::start(&ws.data_parent());
+    ws.make_torrent(PIECE, &[web_seed_url(server.port())]);
+    let m = mount_btfs(ws.torrent(), &["--no-web-seeds", "--read-timeout", "1"]);
+
+    let file = m.path().join(&ws.files()[0].0);
+    let read = std::fs::read(&file);
+    assert!(read.is_err(), "read {file:?} with no source: {read:?}");
+    let report = json_status(&m);
+    assert_eq!(report["web_seeds"], serde_json::json!([]), "{report}");
+    assert_eq!(server.access_log(), "", "nginx was asked");
+    assert!(m.unmount().is_some_and(|s| s.success()));
+}
