@@ -9,7 +9,9 @@ Subcommands:
   make-data DIR --layout single|multi|many --seed N [--size BYTES] [--name NAME]
       deterministic content under DIR; prints the path of the file/folder made.
   make-torrent DATA_PATH OUT.torrent --piece-length BYTES [--tracker URL ...] [--one-tier]
-      v1 torrent of DATA_PATH; prints the info-hash (hex).
+               [--web-seed URL ...]
+      v1 torrent of DATA_PATH; prints the info-hash (hex). --web-seed: a BEP 19 url-list
+      entry (an HTTP server holding the files; the info-hash does not depend on it).
   info-hash FILE.torrent
       prints libtorrent's v1 info-hash (hex).
   seed TORRENT DATA_PARENT_DIR --bind 127.0.x.1 --port P [--corrupt] [--upload-limit B/s]
@@ -151,6 +153,8 @@ def make_torrent(args):
     ct = L.create_torrent(fs, args.piece_length, flags=L.create_torrent.v1_only)
     for i, url in enumerate(args.tracker or []):
         ct.add_tracker(url, 0 if args.one_tier else i)
+    for url in args.web_seed or []:
+        ct.add_url_seed(url)
     ct.set_creator("btfs scripts/swarm.py")
     L.set_piece_hashes(ct, os.path.dirname(data))
     with open(args.out, "wb") as f:
@@ -563,6 +567,7 @@ def main():
     s.add_argument("out")
     s.add_argument("--piece-length", type=int, required=True)
     s.add_argument("--tracker", action="append")
+    s.add_argument("--web-seed", action="append", help="BEP 19 url-list entry (repeatable)")
     s.add_argument("--one-tier", "--tier", action="store_true",
                    help="all trackers in one tier (default: one tier each)")
     s.set_defaults(fn=make_torrent)

@@ -18,7 +18,9 @@
 //!   `peers`; `readers` with `window`; `assembly`); `read`: reads; `connect` with
 //!   `discovery`: incoming and outgoing connections; `peer/`: one connection (`requests`,
 //!   `rates`, `upload`, `extended`, `fast`, `health`, `pex`, `writer`); `verify`: SHA1 of each
-//!   completed piece; `disk` and `disk_io`: the disk cache handle and its tasks.
+//!   completed piece; `disk` and `disk_io`: the disk cache handle and its tasks; `webseed/`:
+//!   web seeds (BEP 19), HTTP servers the picker asks like peers (`layout`: the URL of each
+//!   file; `blocks`; `http`; `health`: backoff and dropping; `registry`: what status shows).
 //! - [`magnet`]: `link` parses magnet links; `metadata`: the BEP 9 state machine assembling
 //!   and serving the info dictionary; `fetch`: the phase before a session that gets it.
 //! - Policy, pure state machines with time passed in: [`picker`] (which block to ask whom for
@@ -48,6 +50,8 @@
 //! peer task --complete piece--> verify task --spawn_blocking SHA1--> State::piece_passed
 //!           (residency -> picker Have + `have` to every peer) --queue (mpsc)--> disk writer
 //! read/upload missing from memory --disk_io load (spawn_blocking, SHA1)--> State
+//! web seed task (one per url-list entry) --picks--> HTTP Range requests (reqwest, pooled)
+//!           --blocks--> State::block_arrived --> verify task, as a peer's
 //! rechoke task (1 s): choker decisions --SetUnchoked--> peer tasks
 //! app::mount tick (1 s): status::Live (rates, said-once alerts), the status line
 //! status socket --accept--> report as JSON --> `btfs status`

@@ -102,6 +102,9 @@ struct MountArgs {
     /// Do not use the Mainline DHT (find peers through trackers and --peer only).
     #[arg(long)]
     no_dht: bool,
+    /// Do not download from the torrent's web seeds (HTTP servers in its url-list, BEP 19).
+    #[arg(long)]
+    no_web_seeds: bool,
     /// Bootstrap the DHT from this node instead of the public routers (repeatable).
     #[arg(long = "dht-bootstrap", value_name = "HOST:PORT")]
     dht_bootstrap: Vec<String>,
@@ -183,6 +186,10 @@ fn run(cli: Cli) -> Result<()> {
                         dir,
                         budget: args.disk_cache_size,
                     }),
+                    web_seeds: session::WebSeedConfig {
+                        enabled: !args.no_web_seeds,
+                        ..Default::default()
+                    },
                     ..session::Config::default()
                 },
                 metadata_timeout: std::time::Duration::from_secs(args.metadata_timeout),

@@ -12,7 +12,8 @@ from harness.dht import DHT_NODES_COUNT
 
 # metric, label, unit, better ("lower"/"higher"), target kind:
 #   half: ours takes at most half Debian's time; rate: ours at least Debian's rate;
-#   tmpfs: ours at least TMPFS_TARGET of cat from tmpfs; budget: RSS <= cache + 64 MiB.
+#   tmpfs: ours at least TMPFS_TARGET of cat from tmpfs; budget: RSS <= cache + 64 MiB;
+#   cpu: ours' CPU per byte at most CPU_TARGET times ours' on the plain TCP swarm (tcp_cpu).
 METRICS = [
     ("ready", "spawn -> mount ready (.torrent)", "s", "lower", None),
     ("ttfb", "first byte, cold", "s", "lower", "half"),
@@ -27,10 +28,16 @@ METRICS = [
     ("frame70", "mpv first frame from 70%, cold", "s", "lower", "half"),
     ("magnet_meta", "magnet (DHT only): spawn -> file seen", "s", "lower", None),
     ("magnet", "magnet (DHT only): spawn -> 1st byte", "s", "lower", "half"),
+    ("ws_ttfb", "web seed only: first byte, cold", "s", "lower", None),
+    ("ws_seq", "web seed only: sequential + sha1, cold", "MB/s", "higher", "rate"),
+    ("ws_cpu", "web seed only: client CPU per MB read", "ms/MB", "lower", "cpu"),
+    ("tcp_seq", "TCP swarm: sequential + sha1, cold", "MB/s", "higher", None),
+    ("tcp_cpu", "TCP swarm: client CPU per MB read", "ms/MB", "lower", None),
 ]
 TMPFS_TARGET = 0.70
+CPU_TARGET = 1.5
 TARGETS = {"half": "<= 1/2 debian", "rate": ">= debian", "tmpfs": ">= 70% tmpfs",
-           "budget": "<= cache+64M"}
+           "budget": "<= cache+64M", "cpu": "<= 1.5x TCP"}
 
 
 def parse_size(s):
@@ -91,6 +98,10 @@ def rows(bench, budget):
             verdict = "n/a" if o is None else ("PASS" if o >= TMPFS_TARGET * 100 else "FAIL")
         elif target == "budget":
             verdict = "n/a" if o is None else ("PASS" if o <= budget / MiB else "FAIL")
+        elif target == "cpu":
+            tcp = median(bench.results["ours"].get("tcp_cpu", []))
+            verdict = "n/a" if o is None or not tcp else (
+                "PASS" if o <= CPU_TARGET * tcp else "FAIL")
         nfail = sum(v is None for v in runs["ours"] + runs["debian"])
         out.append({"metric": key, "label": label, "unit": unit, "ours": o, "debian": d,
                     "ratio": ratio, "target": TARGETS.get(target), "verdict": verdict,
@@ -124,6 +135,9 @@ def report(bench, args):
     if bench.video_size:
         parts.append("video %.0f MB (%d s, %.1f Mbit/s mp4, index at end)" % (
             bench.video_size / 1e6, args.video_seconds, args.video_bitrate / 1e6))
+    if getattr(bench, "webseed_size", None):
+        parts.append("web seed: %s file from nginx (url-list only); TCP: 3 seeders + tracker"
+                     % human(bench.webseed_size))
     if bench.results["ours"].get("magnet") or bench.results["debian"].get("magnet"):
         parts.append("magnet: %s largest file, %d DHT nodes + 2 seeders, no tracker" % (
             human(args.magnet_size), DHT_NODES_COUNT))

@@ -21,11 +21,14 @@ def make_data(out, layout, seed, size, name):
                 "--size", str(size), "--name", name])
 
 
-def make_torrent(path, out, piece_length, trackers=()):
-    """A v1 torrent of `path` (`swarm.py make-torrent`); its info-hash, hex."""
+def make_torrent(path, out, piece_length, trackers=(), web_seeds=()):
+    """A v1 torrent of `path` (`swarm.py make-torrent`), with these announce URLs and web
+    seeds (BEP 19 url-list); its info-hash, hex."""
     argv = [PYTHON, SWARM, "make-torrent", path, out, "--piece-length", str(piece_length)]
     for url in trackers:
         argv += ["--tracker", url]
+    for url in web_seeds:
+        argv += ["--web-seed", url]
     return run(argv)
 
 

@@ -11,7 +11,9 @@
 //!   (`verify.rs`);
 //! - the announcer (see `tracker::announcer`) reports to trackers and feeds the connector;
 //! - the rechoke task applies the choker's decisions once a second;
-//! - with `--cache-dir`, a writer task puts verified pieces on disk (`disk.rs`).
+//! - with `--cache-dir`, a writer task puts verified pieces on disk (`disk.rs`);
+//! - one task per web seed asks its HTTP server for the blocks the picker gives it
+//!   (`webseed/`).
 //!
 //! Readers (`read.rs`) never talk to peers: they state what they want in the picker, poke the
 //! peers to refill their request queues, and wait on `verified` until memory holds every piece
@@ -42,6 +44,7 @@ mod stream;
 mod tests;
 mod turnover;
 mod verify;
+mod webseed;
 mod window;
 
 use std::net::SocketAddr;
@@ -64,6 +67,7 @@ pub use host::Host;
 pub use peer::PeerTimeouts;
 pub use read::ReadError;
 pub use readers::{ReadHandle, ReaderStatus};
+pub use webseed::{WebSeedConfig, WebSeedState, WebSeedStatus};
 
 /// How the session runs; the CLI fills it from its flags.
 #[derive(Clone, Debug)]
@@ -91,6 +95,8 @@ pub struct Config {
     pub peer_timeouts: PeerTimeouts,
     /// Keep verified pieces on disk too (`--cache-dir`); `None`: nothing touches the disk.
     pub disk_cache: Option<DiskCacheConfig>,
+    /// The torrent's web seeds (BEP 19): whether to use them, and their limits.
+    pub web_seeds: WebSeedConfig,
 }
 
 impl Default for Config {
@@ -108,6 +114,7 @@ impl Default for Config {
             no_upload: false,
             peer_timeouts: PeerTimeouts::default(),
             disk_cache: None,
+            web_seeds: WebSeedConfig::default(),
         }
     }
 }
@@ -156,6 +163,8 @@ pub struct Stats {
     pub longest_wait: Option<Duration>,
     /// Why the disk cache cannot write now (disk full, directory gone), if it cannot.
     pub disk_failing: Option<String>,
+    /// The torrent's web seeds, in `url-list` order (empty with `--no-web-seeds`).
+    pub web_seeds: Vec<WebSeedStatus>,
 }
 
 /// A handle to a running session; cheap to clone.
@@ -224,6 +233,7 @@ impl Session {
         if !shared.config.no_upload {
             tokio::spawn(rechoke(shared.clone()));
         }
+        webseed::spawn_all(&shared);
         if !shared.config.peers.is_empty() {
             let _ = shared
                 .discovered
@@ -291,6 +301,7 @@ impl Session {
             readers: st.readers.status(&s.torrent.info.files, &s.geometry),
             longest_wait: st.readers.longest_wait(),
             disk_failing: s.disk.as_ref().and_then(disk::Disk::failing),
+            web_seeds: st.web_seeds.status(tokio::time::Instant::now()),
         }
     }
 

@@ -91,6 +91,10 @@ pub(crate) struct Peers {
     connected: HashMap<PeerId, PeerEntry>,
     banned: HashSet<IpAddr>,
     next_id: u64,
+    /// Sources that are no connection (web seeds): numbered with the peers and sent the same
+    /// commands (`Refill` above all), but no peer anywhere else: not counted, not named in
+    /// PEX, not banned by address, not held to `max_peers`.
+    sources: HashMap<PeerId, mpsc::UnboundedSender<PeerCmd>>,
 }
 
 impl Peers {
@@ -128,6 +132,18 @@ impl Peers {
         self.connected.remove(&id);
     }
 
+    /// A source that is not a connection (a web seed): its own id and the commands.
+    pub(crate) fn add_source(&mut self, cmd: mpsc::UnboundedSender<PeerCmd>) -> PeerId {
+        self.next_id += 1;
+        let id = PeerId(self.next_id);
+        self.sources.insert(id, cmd);
+        id
+    }
+
+    pub(crate) fn remove_source(&mut self, id: PeerId) {
+        self.sources.remove(&id);
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.connected.len()
     }
@@ -142,15 +158,21 @@ impl Peers {
     }
 
     pub(crate) fn send(&self, id: PeerId, cmd: PeerCmd) {
-        if let Some(e) = self.connected.get(&id) {
-            let _ = e.cmd.send(cmd);
+        let to = (self.connected.get(&id).map(|e| &e.cmd)).or_else(|| self.sources.get(&id));
+        if let Some(to) = to {
+            let _ = to.send(cmd);
         }
     }
 
-    /// Sends one command to every peer; `make` is called once per peer.
+    /// Sends one command to every peer and source; `make` is called once per receiver.
     pub(crate) fn broadcast(&self, make: impl Fn() -> PeerCmd) {
-        for e in self.connected.values() {
-            let _ = e.cmd.send(make());
+        for cmd in self
+            .connected
+            .values()
+            .map(|e| &e.cmd)
+            .chain(self.sources.values())
+        {
+            let _ = cmd.send(make());
         }
     }
 
@@ -285,6 +307,32 @@ mod tests {
             admit(&mut peers, 300, PeerSource::Tracker),
             Err(Refusal::Full)
         );
+    }
+
+    #[test]
+    fn a_source_gets_commands_but_counts_as_no_peer() {
+        let mut peers = Peers::default();
+        let (cmd, mut peer_rx) = mpsc::unbounded_channel();
+        let p = peers
+            .admit(addr("127.0.0.1:1"), PeerSource::Tracker, cmd, 1)
+            .unwrap();
+        let (cmd, mut rx) = mpsc::unbounded_channel();
+        let s = peers.add_source(cmd);
+        assert_ne!(s, p, "ids are not shared");
+        assert_eq!(peers.len(), 1);
+        assert!(peers.pex_view(p, addr("10.0.0.9:1")).is_empty());
+        peers.refill_all();
+        assert!(matches!(rx.try_recv(), Ok(PeerCmd::Refill)));
+        peers.send(s, PeerCmd::Disconnect);
+        assert!(matches!(rx.try_recv(), Ok(PeerCmd::Disconnect)));
+        // Banning the address a web server shares with the peer reaches only the peer.
+        peers.ban(addr("127.0.0.1:1").ip());
+        assert!(rx.try_recv().is_err());
+        assert!(matches!(peer_rx.try_recv(), Ok(PeerCmd::Refill)));
+        assert!(matches!(peer_rx.try_recv(), Ok(PeerCmd::Disconnect)));
+        peers.remove_source(s);
+        peers.refill_all();
+        assert!(rx.try_recv().is_err(), "removed");
     }
 
     #[test]

@@ -11,6 +11,8 @@ mod late;
 mod liars;
 mod stalls;
 mod swarm;
+mod web_server;
+mod webseed;
 mod window;
 
 use std::future::Future;
