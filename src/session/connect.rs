@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::dial;
+use super::encryption::Attempt;
 use super::host::Incoming;
 use super::stream::PeerStream;
 use super::{PeerSource, Shared, peer};
@@ -67,6 +69,8 @@ struct Candidate {
     source: PeerSource,
     failures: u32,
     next_try: Instant,
+    /// Encrypted or not: what last got as far as a BitTorrent handshake, tried first.
+    worked: Option<Attempt>,
 }
 
 /// Dials new addresses while there is room for more peers.
@@ -75,7 +79,8 @@ pub(crate) async fn connect_loop(
     mut discovered: mpsc::Receiver<(PeerSource, Vec<SocketAddr>)>,
 ) {
     let mut shutdown = shared.shutdown.subscribe();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(SocketAddr, Dialled)>();
+    let (done_tx, mut done_rx) =
+        mpsc::unbounded_channel::<(SocketAddr, Dialled, Option<Attempt>)>();
     // Our own listen address, as trackers hand it back to us: never dialled again.
     let mut ourselves: HashSet<SocketAddr> = HashSet::new();
     let mut candidates: HashMap<SocketAddr, Candidate> = HashMap::new();
@@ -91,13 +96,14 @@ pub(crate) async fn connect_loop(
                     st.peers.known.insert(a, source);
                     if !active.contains(&a) && !candidates.contains_key(&a) {
                         let next_try = Instant::now();
-                        candidates.insert(a, Candidate { source, failures: 0, next_try });
+                        let c = Candidate { source, failures: 0, next_try, worked: None };
+                        candidates.insert(a, c);
                         queue.push_back(a);
                     }
                 }
             }
             done = done_rx.recv() => {
-                let Some((addr, dialled)) = done else { continue };
+                let Some((addr, dialled, worked)) = done else { continue };
                 active.remove(&addr);
                 if dialled == Dialled::Myself {
                     ourselves.insert(addr);
@@ -108,6 +114,7 @@ pub(crate) async fn connect_loop(
                 let connected = dialled == Dialled::Connected;
                 let starving = starving(&shared);
                 if let Some(c) = candidates.get_mut(&addr) {
+                    c.worked = worked.or(c.worked);
                     c.failures = if connected { 1 } else { c.failures.saturating_add(1) };
                     if c.failures > MAX_FAILURES && !starving {
                         candidates.remove(&addr);
@@ -129,7 +136,7 @@ pub(crate) async fn connect_loop(
                         }
                         let c = candidates.entry(a).or_insert_with(|| {
                             queue.push_back(a);
-                            Candidate { source, failures: 0, next_try: now }
+                            Candidate { source, failures: 0, next_try: now, worked: None }
                         });
                         c.next_try = c.next_try.min(now + STARVING_RETRY_MAX);
                     }
@@ -172,24 +179,22 @@ pub(crate) async fn connect_loop(
             }
             budget -= 1;
             active.insert(addr);
-            let source = c.source;
+            let (source, worked) = (c.source, c.worked);
             let shared = shared.clone();
             let done = done_tx.clone();
             tokio::spawn(async move {
-                let dialled = match tokio::time::timeout(
-                    CONNECT_TIMEOUT,
-                    PeerStream::connect_tcp(addr),
-                )
-                .await
-                {
-                    Ok(Ok(stream)) => match peer::dial(shared, stream, addr, source).await {
-                        Err(peer::PeerError::SelfConnection) => Dialled::Myself,
-                        Err(peer::PeerError::Banned) => Dialled::Failed,
-                        _ => Dialled::Connected,
-                    },
-                    _ => Dialled::Failed,
+                let connect = || async {
+                    let dialled =
+                        tokio::time::timeout(CONNECT_TIMEOUT, PeerStream::connect_tcp(addr));
+                    dialled.await.ok()?.ok()
                 };
-                let _ = done.send((addr, dialled));
+                let (ran, worked) = dial::dial(&shared, addr, source, worked, connect).await;
+                let dialled = match ran {
+                    Some(Err(peer::PeerError::SelfConnection)) => Dialled::Myself,
+                    Some(Err(peer::PeerError::Banned)) | None => Dialled::Failed,
+                    Some(_) => Dialled::Connected,
+                };
+                let _ = done.send((addr, dialled, worked));
             });
         }
     }

@@ -37,6 +37,8 @@ pub(crate) struct PeerEntry {
     listen: Option<SocketAddr>,
     /// It has every piece.
     seed: bool,
+    /// Its connection is RC4-encrypted.
+    encrypted: bool,
 }
 
 impl PeerEntry {
@@ -52,6 +54,7 @@ impl PeerEntry {
             cmd,
             listen: outgoing.then_some(addr),
             seed: false,
+            encrypted: false,
         }
     }
 
@@ -109,6 +112,18 @@ impl Peers {
         }
         self.connected.insert(id, PeerEntry::new(addr, source, cmd));
         Ok(id)
+    }
+
+    /// Marks a peer's connection as encrypted, for the count in the status.
+    pub(crate) fn set_encrypted(&mut self, id: PeerId) {
+        if let Some(e) = self.connected.get_mut(&id) {
+            e.encrypted = true;
+        }
+    }
+
+    /// How many connected peers are encrypted.
+    pub(crate) fn encrypted(&self) -> usize {
+        self.connected.values().filter(|e| e.encrypted).count()
     }
 
     pub(crate) fn remove(&mut self, id: PeerId) {

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::keys::{self, Direction, KEY_LEN, KeyPair};
 use super::stream::{MseStream, ReadSide, WriteSide};
-use super::{MAX_PAD, Method, Methods, MseError, Selection, Stage};
+use super::{MAX_PAD, Method, Methods, MseError, Serving, Stage};
 
 /// The verification constant: eight zero bytes.
 const VC: [u8; 8] = [0; 8];
@@ -257,7 +257,7 @@ pub(crate) async fn accept<S, F>(
 ) -> Result<Accepted<S>, MseError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    F: FnOnce(&[u8; 20]) -> Option<([u8; 20], Selection)>,
+    F: FnOnce(&[u8; 20]) -> Option<Serving>,
 {
     let mut inbox = Inbox::new(already, deadline);
     inbox.fill(&mut s, KEY_LEN, Stage::PublicKey).await?;
@@ -282,7 +282,7 @@ where
     for ((out, a), b) in req2.iter_mut().zip(inbox.take(20)).zip(keys::req3(&secret)) {
         *out = *a ^ b;
     }
-    let (skey, selection) = lookup(&req2).ok_or(MseError::UnknownTorrent)?;
+    let Serving { skey, selection } = lookup(&req2).ok_or(MseError::UnknownTorrent)?;
     let mut dec = keys::cipher(Direction::FromInitiator, &secret, &skey);
     let mut enc = keys::cipher(Direction::FromReceiver, &secret, &skey);
 

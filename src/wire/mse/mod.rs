@@ -84,6 +84,14 @@ impl Selection {
     }
 }
 
+/// A torrent the receiver serves, as its lookup names it: the info-hash, and the methods
+/// accepted for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Serving {
+    pub skey: [u8; 20],
+    pub selection: Selection,
+}
+
 /// Where in the handshake something failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
@@ -182,8 +190,7 @@ where
 
 /// Runs the receiver's side over `stream`, whose first bytes (`already`) were read to tell an
 /// encrypted connection from a plaintext one. `lookup` maps `HASH('req2', SKEY)` to the
-/// info-hash it names and the methods we accept for that torrent (see [`req2`]); `None`
-/// refuses. Fails unless done `within`. The initial payload, if any, is the first thing read
+/// torrent it names (see [`req2`]); `None` refuses. Fails unless done `within`. The initial payload, if any, is the first thing read
 /// from the returned stream.
 pub async fn accept<S, F>(
     stream: S,
@@ -193,7 +200,7 @@ pub async fn accept<S, F>(
 ) -> Result<Accepted<S>, MseError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    F: FnOnce(&[u8; 20]) -> Option<([u8; 20], Selection)>,
+    F: FnOnce(&[u8; 20]) -> Option<Serving>,
 {
     let deadline = Instant::now() + within;
     handshake::accept(stream, already, lookup, handshake::Pads::random(), deadline).await

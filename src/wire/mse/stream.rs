@@ -160,6 +160,11 @@ impl<S> MseStream<S> {
         self.method
     }
 
+    /// The stream beneath.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// Splits into a reading and a writing half, given how to split the stream beneath
     /// (e.g. into the two halves of a TCP connection).
     pub fn split_with<R, W>(self, split: impl FnOnce(S) -> (R, W)) -> (MseReader<R>, MseWriter<W>) {

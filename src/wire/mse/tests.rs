@@ -18,11 +18,13 @@ use crate::wire::{Handshake, read_handshake};
 const SKEY: [u8; 20] = [0x5a; 20];
 const WITHIN: Duration = Duration::from_secs(10);
 
-fn serve(
-    skey: [u8; 20],
-    sel: Selection,
-) -> impl FnOnce(&[u8; 20]) -> Option<([u8; 20], Selection)> {
-    move |h| (*h == req2(&skey)).then_some((skey, sel))
+fn serve(skey: [u8; 20], sel: Selection) -> impl FnOnce(&[u8; 20]) -> Option<Serving> {
+    move |h| {
+        (*h == req2(&skey)).then_some(Serving {
+            skey,
+            selection: sel,
+        })
+    }
 }
 
 fn prefer(m: Method) -> Selection {
