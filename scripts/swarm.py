@@ -14,13 +14,16 @@ Subcommands:
       prints libtorrent's v1 info-hash (hex).
   seed TORRENT DATA_PARENT_DIR --bind 127.0.x.1 --port P [--corrupt] [--upload-limit B/s]
        [--ready-file F] [--work-dir D] [--seed-mode] [--no-wait-announce]
-       [--dht-node IP:PORT ...] [--keep-redundant]
+       [--dht-node IP:PORT ...] [--keep-redundant] [--encryption enabled|forced|disabled]
       seeds until SIGTERM/SIGINT; writes F once it is a seed and (unless
       --no-wait-announce, or the torrent has no trackers) a tracker answered.
       With --dht-node: also a DHT node (see "DHT mode" below) announcing the torrent.
       With --keep-redundant: keeps connections to peers that want nothing (pex-hub).
+      --encryption (seed and leech): libtorrent's protocol encryption policy, both ways.
+      enabled (libtorrent's default): dials encrypted first, accepts both; forced: RC4-encrypted
+      connections only, in and out; disabled: plaintext only.
   leech TORRENT OUTDIR --bind IP --peer IP:PORT ... [--timeout S] [--stop-after-hash-fails N]
-        [--dht-node IP:PORT ...] [--pex]
+        [--dht-node IP:PORT ...] [--pex] [--encryption enabled|forced|disabled]
       downloads from the given peers only; prints a JSON summary on stdout.
       Exit 0 when complete, 2 on timeout, 3 once N hash failures were seen.
       With --dht-node (then --peer is optional): also from the peers its DHT lookups find,
@@ -222,6 +225,23 @@ def dht_session(L, bind, port, nodes):
     return ses
 
 
+def apply_encryption(L, ses, mode):
+    """--encryption: libtorrent's policy for outgoing and incoming connections, and the
+    methods it allows (forced: RC4 only, as a client that requires encryption does)."""
+    if mode == "forced":
+        settings = {"out_enc_policy": int(L.enc_policy.forced),
+                    "in_enc_policy": int(L.enc_policy.forced),
+                    "allowed_enc_level": int(L.enc_level.rc4),
+                    "prefer_rc4": True}
+    elif mode == "disabled":
+        settings = {"out_enc_policy": int(L.enc_policy.disabled),
+                    "in_enc_policy": int(L.enc_policy.disabled)}
+    else:
+        return
+    ses.apply_settings(settings)
+    log("encryption %s: %s" % (mode, settings))
+
+
 def apply_upload_limit(L, ses, limit):
     """libtorrent exempts peers on local networks (its local peer class) from rate limits;
     map every address to the global class only, so the limit holds on loopback."""
@@ -291,6 +311,7 @@ def seed(args):
         ses = dht_session(L, args.bind, args.port, args.dht_node)
     else:
         ses = L.session(base_settings(args.bind, args.port))
+    apply_encryption(L, ses, args.encryption)
     if args.upload_limit:
         apply_upload_limit(L, ses, args.upload_limit)
     if args.keep_redundant:
@@ -403,6 +424,7 @@ def leech(args):
         ses = dht_session(L, args.bind, 0, args.dht_node)
     else:
         ses = L.session(base_settings(args.bind, 0))
+    apply_encryption(L, ses, args.encryption)
     atp = L.add_torrent_params()
     atp.ti = L.torrent_info(args.torrent)
     atp.save_path = os.path.abspath(args.outdir)
@@ -545,6 +567,12 @@ def tracker(args):
     os.execv(OPENTRACKER, argv)
 
 
+def add_encryption_arg(parser):
+    parser.add_argument("--encryption", choices=["enabled", "forced", "disabled"],
+                        default="enabled",
+                        help="protocol encryption, both ways (forced: RC4 only)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -588,6 +616,7 @@ def main():
                    help="IP:PORT of a DHT node: run a DHT node knowing it, announce there")
     s.add_argument("--keep-redundant", action="store_true",
                    help="keep connections to upload-only peers (a pex-hub)")
+    add_encryption_arg(s)
     s.set_defaults(fn=seed)
 
     s = sub.add_parser("leech")
@@ -602,6 +631,7 @@ def main():
                    help="IP:PORT of a DHT node: also find peers through the DHT")
     s.add_argument("--pex", action="store_true",
                    help="also connect to peers named in PEX messages")
+    add_encryption_arg(s)
     s.set_defaults(fn=leech)
 
     s = sub.add_parser("pex-hub")
