@@ -1,15 +1,17 @@
 //! Protocol encryption (MSE/PE) against real peers: libtorrent seeders and a leecher that
 //! accept and make only RC4-encrypted connections (libtorrent's `forced` policy both ways,
-//! `allowed_enc_level` rc4), and btfs mounts with each `--encryption` policy that matters.
+//! `allowed_enc_level` rc4), Debian's transmission-daemon with encryption required, and btfs
+//! mounts with each `--encryption` policy that matters.
 
 mod common;
 
 use std::fs;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::{Mount, Swarm, SwarmOptions, Tracker, assert_all_files_match, mount_btfs};
+use common::netns::{Background, in_loopback_netns, swarm_py};
+use common::{Mount, Swarm, SwarmOptions, Tracker, assert_all_files_match, free_port, mount_btfs};
 
 /// A hang detector, not a timing threshold: what is waited for happens in about a second.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -105,4 +107,49 @@ fn with_encryption_disabled_seeders_that_require_it_give_nothing() {
     drop(m);
     let read = reader.join().expect("reader thread");
     assert!(read.is_err(), "the read fails at unmount: {read:?}");
+}
+
+/// Transmission (a second independent client) with encryption required, told to us as a
+/// `--peer`. It runs in a loopback-only network namespace: whatever it would try beyond what
+/// its settings turn off stays there.
+#[test]
+fn every_file_reads_right_from_transmission_requiring_encryption() {
+    let name = "every_file_reads_right_from_transmission_requiring_encryption";
+    in_loopback_netns(name, &[], || {
+        // Small: Transmission unchokes a new peer only at its next rechoke (every 10 s) and
+        // then answers requests in half-second rounds.
+        let swarm = Swarm::start(SwarmOptions {
+            size: 256 * 1024,
+            ..SwarmOptions::multi(vec![], 0)
+        });
+        let ip = Ipv4Addr::new(127, 0, 50, 1);
+        let port = free_port(ip);
+        let ready = swarm.dir().join("transmission.ready");
+        let mut cmd = swarm_py();
+        cmd.arg("transmission-seed")
+            .arg(swarm.torrent())
+            .arg(swarm.data_parent())
+            .args(["--bind", &ip.to_string(), "--port", &port.to_string()])
+            .args(["--rpc-port", &free_port(Ipv4Addr::LOCALHOST).to_string()])
+            .args(["--encryption", "required", "--ready-file"])
+            .arg(&ready);
+        let log = swarm.dir().join("transmission.log");
+        let mut transmission = Background::spawn("transmission", &mut cmd, log);
+        let deadline = Instant::now() + DEADLINE;
+        while !ready.exists() {
+            let gone = transmission.exited().is_some();
+            assert!(
+                !gone && Instant::now() < deadline,
+                "transmission never seeded:\n{}",
+                transmission.log_text()
+            );
+            sleep(Duration::from_millis(100));
+        }
+        let peer = format!("{ip}:{port}");
+        let m = mount_btfs(swarm.torrent(), &["--peer", &peer]);
+        assert_all_files_match(&m, &swarm);
+        assert_eq!(m.status_u64("refused_plaintext"), 0, "retried encrypted");
+        drop(m);
+        transmission.stop();
+    });
 }
