@@ -14,11 +14,11 @@
 //! every step by one deadline, so a peer sending garbage or nothing fails the handshake fast.
 //! Bytes read past the end of the handshake are the start of the payload and are kept.
 
-use rc4::{Rc4, StreamCipher};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::keys::{self, Direction, KEY_LEN, KeyPair};
+use super::rc4::Rc4;
 use super::stream::{MseStream, ReadSide, WriteSide};
 use super::{MAX_PAD, Method, Methods, MseError, Serving, Stage};
 
@@ -214,16 +214,16 @@ where
     msg.resize(msg.len() + pads.crypto, 0);
     msg.extend_from_slice(&ia_len.to_be_bytes());
     msg.extend_from_slice(ia);
-    enc.apply_keystream(&mut msg[secret_from..]);
+    enc.apply(&mut msg[secret_from..]);
     send(&mut s, &msg, deadline, Stage::Negotiation).await?;
 
     // The receiver's VC, encrypted, is the first eight bytes of its keystream.
     let mut vc = VC;
-    dec.apply_keystream(&mut vc);
+    dec.apply(&mut vc);
     inbox.find(&mut s, &vc, MAX_PAD, Stage::Sync).await?;
     inbox.fill(&mut s, 6, Stage::Negotiation).await?;
     let head = inbox.take(6);
-    dec.apply_keystream(head);
+    dec.apply(head);
     let select = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
     let pad_len = u16_at(&head[4..]);
     let method = match Method::from_bits(select) {
@@ -234,7 +234,7 @@ where
         return Err(MseError::PadTooLong { len: pad_len });
     }
     inbox.fill(&mut s, pad_len, Stage::Negotiation).await?;
-    dec.apply_keystream(inbox.take(pad_len));
+    dec.apply(inbox.take(pad_len));
     Ok(finish(s, inbox.rest(), Vec::new(), method, enc, dec))
 }
 
@@ -287,7 +287,7 @@ where
     let mut enc = keys::cipher(Direction::FromReceiver, &secret, &skey);
 
     let head = inbox.take(14);
-    dec.apply_keystream(head);
+    dec.apply(head);
     if head[..8] != VC {
         return Err(MseError::BadVerification);
     }
@@ -298,11 +298,11 @@ where
     }
     inbox.fill(&mut s, pad_len + 2, Stage::Negotiation).await?;
     let pad_and_len = inbox.take(pad_len + 2);
-    dec.apply_keystream(pad_and_len);
+    dec.apply(pad_and_len);
     let ia_len = u16_at(&pad_and_len[pad_len..]);
     inbox.fill(&mut s, ia_len, Stage::Negotiation).await?;
     let ia = inbox.take(ia_len);
-    dec.apply_keystream(ia);
+    dec.apply(ia);
     let ia = ia.to_vec();
 
     let method = selection.choose(provide).ok_or(MseError::NoCommonMethod {
@@ -313,7 +313,7 @@ where
     msg.extend_from_slice(&method.bits().to_be_bytes());
     msg.extend_from_slice(&(pads.crypto as u16).to_be_bytes());
     msg.resize(msg.len() + pads.crypto, 0);
-    enc.apply_keystream(&mut msg);
+    enc.apply(&mut msg);
     send(&mut s, &msg, deadline, Stage::Negotiation).await?;
     let stream = finish(s, inbox.rest(), ia, method, enc, dec);
     Ok(Accepted { stream, skey })
@@ -331,7 +331,7 @@ fn finish<S>(
 ) -> MseStream<S> {
     let (rx, tx) = match method {
         Method::Rc4 => {
-            dec.apply_keystream(&mut rest);
+            dec.apply(&mut rest);
             ia.append(&mut rest);
             (ReadSide::new(ia, Some(dec)), WriteSide::new(Some(enc)))
         }

@@ -8,8 +8,9 @@
 use std::sync::OnceLock;
 
 use num_bigint::BigUint;
-use rc4::{KeyInit, Rc4, StreamCipher};
 use sha1::{Digest, Sha1};
+
+use super::rc4::Rc4;
 
 /// Bytes of a public key (`Ya`, `Yb`) and of the shared secret `S`: the prime's width.
 pub(crate) const KEY_LEN: usize = 96;
@@ -132,11 +133,8 @@ pub(crate) fn cipher(direction: Direction, s: &[u8; KEY_LEN], skey: &[u8; 20]) -
 
 /// RC4 keyed with `key`, after dropping the first [`DISCARD`] keystream bytes.
 pub(crate) fn rc4_discarded(key: &[u8; 20]) -> Rc4 {
-    let Ok(mut rc4) = Rc4::new_from_slice(key) else {
-        unreachable!("RC4 takes keys of 1 to 256 bytes");
-    };
-    let mut skip = [0u8; DISCARD];
-    rc4.apply_keystream(&mut skip);
+    let mut rc4 = Rc4::new(key);
+    rc4.apply(&mut [0u8; DISCARD]);
     rc4
 }
 
@@ -215,13 +213,12 @@ mod tests {
             (Direction::FromReceiver, "b91ec39f6fc6213a5555bdd72060ce73"),
         ] {
             let mut ks = [0u8; 16];
-            cipher(dir, &s, &skey).apply_keystream(&mut ks);
+            cipher(dir, &s, &skey).apply(&mut ks);
             assert_eq!(ks.to_vec(), hex(want), "{dir:?}");
         }
         // The same from the key itself (keyA = HASH('keyA', S, SKEY)).
         let mut ks = [0u8; 16];
-        rc4_discarded(&arr(&strip("045430267ecc78c5ef82d8e1edba7ed506fe3aab")))
-            .apply_keystream(&mut ks);
+        rc4_discarded(&arr(&strip("045430267ecc78c5ef82d8e1edba7ed506fe3aab"))).apply(&mut ks);
         assert_eq!(ks.to_vec(), hex("1bb9bbbe328a5de9059acf5be4aaadd8"));
     }
 

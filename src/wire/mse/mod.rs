@@ -6,10 +6,11 @@
 //! [`initiate`] and [`accept`] run the two sides over any `AsyncRead + AsyncWrite` stream
 //! (TCP, uTP, an in-memory pipe) and return an [`MseStream`], which reads and writes as the
 //! plain BitTorrent stream and splits into halves like the stream under it. `keys` holds the
-//! key material, `handshake` the exchange, `stream` the cipher layer.
+//! key material, `rc4` the cipher, `handshake` the exchange, `stream` the cipher layer.
 
 mod handshake;
 mod keys;
+mod rc4;
 mod stream;
 #[cfg(test)]
 mod tests;

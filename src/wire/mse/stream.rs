@@ -10,10 +10,10 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use rc4::{Rc4, StreamCipher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::Method;
+use super::rc4::Rc4;
 
 /// Most bytes one write takes into the encryption buffer.
 const MAX_PENDING: usize = 64 * 1024;
@@ -54,7 +54,7 @@ impl ReadSide {
         let before = buf.filled().len();
         ready!(inner.poll_read(cx, buf))?;
         if let Some(c) = &mut self.cipher {
-            c.apply_keystream(&mut buf.filled_mut()[before..]);
+            c.apply(&mut buf.filled_mut()[before..]);
         }
         Poll::Ready(Ok(()))
     }
@@ -108,7 +108,7 @@ impl WriteSide {
         let n = buf.len().min(MAX_PENDING);
         self.pending.extend_from_slice(&buf[..n]);
         if let Some(c) = &mut self.cipher {
-            c.apply_keystream(&mut self.pending);
+            c.apply(&mut self.pending);
         }
         // Sent now if the stream takes it; what it does not take waits for flush or the
         // next write (the waker is registered either way).
