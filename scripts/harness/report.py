@@ -12,7 +12,8 @@ from harness.dht import DHT_NODES_COUNT
 
 # metric, label, unit, better ("lower"/"higher"), target kind:
 #   half: ours takes at most half Debian's time; rate: ours at least Debian's rate;
-#   tmpfs: ours at least TMPFS_TARGET of cat from tmpfs; budget: RSS <= cache + 64 MiB.
+#   tmpfs: ours at least TMPFS_TARGET of cat from tmpfs; budget: RSS <= cache + 64 MiB;
+#   cpu: ours' CPU per byte over encryption at most CPU_TARGET of it over plain TCP.
 METRICS = [
     ("ready", "spawn -> mount ready (.torrent)", "s", "lower", None),
     ("ttfb", "first byte, cold", "s", "lower", "half"),
@@ -27,10 +28,16 @@ METRICS = [
     ("frame70", "mpv first frame from 70%, cold", "s", "lower", "half"),
     ("magnet_meta", "magnet (DHT only): spawn -> file seen", "s", "lower", None),
     ("magnet", "magnet (DHT only): spawn -> 1st byte", "s", "lower", "half"),
+    ("enc_ttfb", "encrypted swarm: first byte, cold", "s", "lower", None),
+    ("enc_seq", "encrypted swarm: sequential + sha1", "MB/s", "higher", "rate"),
+    ("enc_cpu", "encrypted swarm: CPU per MB read", "ms/MB", "lower", None),
+    ("plain_cpu", "plain swarm: CPU per MB read", "ms/MB", "lower", None),
+    ("enc_cpu_frac", "CPU per byte, encrypted / plain", "%", "lower", "cpu"),
 ]
 TMPFS_TARGET = 0.70
+CPU_TARGET = 1.5
 TARGETS = {"half": "<= 1/2 debian", "rate": ">= debian", "tmpfs": ">= 70% tmpfs",
-           "budget": "<= cache+64M"}
+           "budget": "<= cache+64M", "cpu": "<= 150% plain"}
 
 
 def parse_size(s):
@@ -65,10 +72,12 @@ def rows(bench, budget):
     for key, label, unit, better, target in METRICS:
         runs = {}
         for c in ("ours", "debian"):
-            if key == "warm_frac":
-                w = median(bench.results[c].get("warm_cat", []))
-                t = median(bench.results[c].get("tmpfs_cat", []))
-                if not t:  # no tmpfs reference
+            if key in ("warm_frac", "enc_cpu_frac"):
+                num_, den = {"warm_frac": ("warm_cat", "tmpfs_cat"),
+                             "enc_cpu_frac": ("enc_cpu", "plain_cpu")}[key]
+                w = median(bench.results[c].get(num_, []))
+                t = median(bench.results[c].get(den, []))
+                if not t:  # no reference
                     runs[c] = []
                 else:
                     runs[c] = [w / t * 100 if w else None]
@@ -80,7 +89,7 @@ def rows(bench, budget):
         if not runs["ours"] and not runs["debian"]:
             continue
         ratio = None
-        if o and d and key != "warm_frac":
+        if o and d and unit != "%":
             ratio = d / o if better == "lower" else o / d
         verdict = ""
         if target == "half":
@@ -89,6 +98,8 @@ def rows(bench, budget):
             verdict = "n/a" if ratio is None else ("PASS" if ratio >= 1 else "FAIL")
         elif target == "tmpfs":
             verdict = "n/a" if o is None else ("PASS" if o >= TMPFS_TARGET * 100 else "FAIL")
+        elif target == "cpu":
+            verdict = "n/a" if o is None else ("PASS" if o <= CPU_TARGET * 100 else "FAIL")
         elif target == "budget":
             verdict = "n/a" if o is None else ("PASS" if o <= budget / MiB else "FAIL")
         nfail = sum(v is None for v in runs["ours"] + runs["debian"])
@@ -124,6 +135,9 @@ def report(bench, args):
     if bench.video_size:
         parts.append("video %.0f MB (%d s, %.1f Mbit/s mp4, index at end)" % (
             bench.video_size / 1e6, args.video_seconds, args.video_bitrate / 1e6))
+    if bench.enc_size:
+        parts.append("encryption: %s file, 3 seeders requiring RC4 (CPU: the same, plain)"
+                     % human(bench.enc_size))
     if bench.results["ours"].get("magnet") or bench.results["debian"].get("magnet"):
         parts.append("magnet: %s largest file, %d DHT nodes + 2 seeders, no tracker" % (
             human(args.magnet_size), DHT_NODES_COUNT))
@@ -152,11 +166,12 @@ def report(bench, args):
     if args.json:
         # Every key, whichever parts ran (an option of a part not run: null).
         opt = {k: getattr(args, k, None) for k in
-               ("piece_length", "video_seconds", "video_bitrate", "magnet_size")}
+               ("piece_length", "video_seconds", "video_bitrate", "magnet_size", "enc_size")}
         doc = {"size": bench.size, "piece_length": opt["piece_length"], "runs": args.runs,
                "cache_size": args.cache_size, "seed": args.seed,
                "video_seconds": opt["video_seconds"], "video_bitrate": opt["video_bitrate"],
-               "magnet_size": opt["magnet_size"], "metrics": table,
+               "magnet_size": opt["magnet_size"], "enc_size": opt["enc_size"],
+               "metrics": table,
                "failures": bench.failures, "notes": bench.notes}
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=2)
