@@ -8,6 +8,7 @@ PACKAGES=(
     fuse3              # fusermount3, /dev/fuse users
     python3-libtorrent # scripts/swarm.py: seeders and leechers (Debian's /usr/bin/python3)
     opentracker        # the tracker of the test swarm
+    transmission-daemon # swarm.py transmission-seed: a second independent client (encryption)
     mktorrent          # a second, independent torrent maker
     btfs               # Debian's btfs (C++/libtorrent), a reference to compare against
     ffmpeg mpv         # streaming demos and benchmarks

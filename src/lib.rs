@@ -16,7 +16,8 @@
 //!   `shared`: what its tasks share and the lock order; `state`: the state behind the lock,
 //!   made of owners (`residency`: where verified pieces live, and what we announce;
 //!   `peers`; `readers` with `window`; `assembly`); `read`: reads; `connect` with
-//!   `discovery`: incoming and outgoing connections; `peer/`: one connection (`requests`,
+//!   `discovery`: incoming and outgoing connections (`dial`: one outgoing connection,
+//!   encrypted or not as `encryption`, the `--encryption` policy, says); `peer/`: one connection (`requests`,
 //!   `rates`, `upload`, `extended`, `fast`, `health`, `pex`, `writer`); `verify`: SHA1 of each
 //!   completed piece; `disk` and `disk_io`: the disk cache handle and its tasks; `webseed/`:
 //!   web seeds (BEP 19), HTTP servers the picker asks like peers (`layout`: the URL of each
@@ -31,7 +32,8 @@
 //! - Discovery: [`tracker`] (`http`, `udp`, and the `announcer` task) and [`dht`] (the
 //!   Mainline DHT node: KRPC, routing table, lookups, saved state).
 //! - [`wire`]: peer messages, pure encode/decode (`message`, `handshake`, `extension`) and
-//!   their tokio framing (`conn`, with the handshake exchange).
+//!   their tokio framing (`conn`, with the handshake exchange); `mse`: protocol encryption
+//!   (Diffie-Hellman, RC4) under them, over any byte stream.
 //! - [`metainfo`]: `.torrent` files to [`metainfo::Torrent`], paths made safe (`paths`), `btfs
 //!   info` (`summary`).
 //! - Foundations: [`piece`] (geometry, the checked `PieceIndex`), [`bitfield`], [`bencode`]

@@ -1,5 +1,6 @@
 """Processes a script starts, each ended by its PID; the signals that interrupt it."""
 
+import os
 import signal
 import socket
 import subprocess
@@ -117,3 +118,15 @@ def vm_hwm(pid):
     except OSError:
         pass
     return None
+
+
+def cpu_secs(pid):
+    """CPU time (user + system, /proc/PID/stat) a live process has used, in seconds; None if
+    unknown. Its resolution is the kernel's clock tick (10 ms)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            # After "pid (comm) ": state is field 0, utime field 11, stime field 12.
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None

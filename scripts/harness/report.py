@@ -14,6 +14,7 @@ from harness.dht import DHT_NODES_COUNT
 #   half: ours takes at most half Debian's time; rate: ours at least Debian's rate;
 #   tmpfs: ours at least TMPFS_TARGET of cat from tmpfs; budget: RSS <= cache + 64 MiB;
 #   cpu: ours' CPU per byte at most CPU_TARGET times ours' on the plain TCP swarm (tcp_cpu).
+#   cpu_frac: ours' CPU per byte over encryption at most CPU_TARGET of it over plain TCP.
 METRICS = [
     ("ready", "spawn -> mount ready (.torrent)", "s", "lower", None),
     ("ttfb", "first byte, cold", "s", "lower", "half"),
@@ -33,11 +34,16 @@ METRICS = [
     ("ws_cpu", "web seed only: client CPU per MB read", "ms/MB", "lower", "cpu"),
     ("tcp_seq", "TCP swarm: sequential + sha1, cold", "MB/s", "higher", None),
     ("tcp_cpu", "TCP swarm: client CPU per MB read", "ms/MB", "lower", None),
+    ("enc_ttfb", "encrypted swarm: first byte, cold", "s", "lower", None),
+    ("enc_seq", "encrypted swarm: sequential + sha1", "MB/s", "higher", "rate"),
+    ("enc_cpu", "encrypted swarm: CPU per MB read", "ms/MB", "lower", None),
+    ("plain_cpu", "plain swarm: CPU per MB read", "ms/MB", "lower", None),
+    ("enc_cpu_frac", "CPU per byte, encrypted / plain", "%", "lower", "cpu_frac"),
 ]
 TMPFS_TARGET = 0.70
 CPU_TARGET = 1.5
 TARGETS = {"half": "<= 1/2 debian", "rate": ">= debian", "tmpfs": ">= 70% tmpfs",
-           "budget": "<= cache+64M", "cpu": "<= 1.5x TCP"}
+           "budget": "<= cache+64M", "cpu": "<= 1.5x TCP", "cpu_frac": "<= 150% plain"}
 
 
 def parse_size(s):
@@ -72,10 +78,12 @@ def rows(bench, budget):
     for key, label, unit, better, target in METRICS:
         runs = {}
         for c in ("ours", "debian"):
-            if key == "warm_frac":
-                w = median(bench.results[c].get("warm_cat", []))
-                t = median(bench.results[c].get("tmpfs_cat", []))
-                if not t:  # no tmpfs reference
+            if key in ("warm_frac", "enc_cpu_frac"):
+                num_, den = {"warm_frac": ("warm_cat", "tmpfs_cat"),
+                             "enc_cpu_frac": ("enc_cpu", "plain_cpu")}[key]
+                w = median(bench.results[c].get(num_, []))
+                t = median(bench.results[c].get(den, []))
+                if not t:  # no reference
                     runs[c] = []
                 else:
                     runs[c] = [w / t * 100 if w else None]
@@ -87,7 +95,7 @@ def rows(bench, budget):
         if not runs["ours"] and not runs["debian"]:
             continue
         ratio = None
-        if o and d and key != "warm_frac":
+        if o and d and unit != "%":
             ratio = d / o if better == "lower" else o / d
         verdict = ""
         if target == "half":
@@ -96,6 +104,8 @@ def rows(bench, budget):
             verdict = "n/a" if ratio is None else ("PASS" if ratio >= 1 else "FAIL")
         elif target == "tmpfs":
             verdict = "n/a" if o is None else ("PASS" if o >= TMPFS_TARGET * 100 else "FAIL")
+        elif target == "cpu_frac":
+            verdict = "n/a" if o is None else ("PASS" if o <= CPU_TARGET * 100 else "FAIL")
         elif target == "budget":
             verdict = "n/a" if o is None else ("PASS" if o <= budget / MiB else "FAIL")
         elif target == "cpu":
@@ -138,6 +148,9 @@ def report(bench, args):
     if getattr(bench, "webseed_size", None):
         parts.append("web seed: %s file from nginx (url-list only); TCP: 3 seeders + tracker"
                      % human(bench.webseed_size))
+    if bench.enc_size:
+        parts.append("encryption: %s file, 3 seeders requiring RC4 (CPU: the same, plain)"
+                     % human(bench.enc_size))
     if bench.results["ours"].get("magnet") or bench.results["debian"].get("magnet"):
         parts.append("magnet: %s largest file, %d DHT nodes + 2 seeders, no tracker" % (
             human(args.magnet_size), DHT_NODES_COUNT))
@@ -166,11 +179,12 @@ def report(bench, args):
     if args.json:
         # Every key, whichever parts ran (an option of a part not run: null).
         opt = {k: getattr(args, k, None) for k in
-               ("piece_length", "video_seconds", "video_bitrate", "magnet_size")}
+               ("piece_length", "video_seconds", "video_bitrate", "magnet_size", "enc_size")}
         doc = {"size": bench.size, "piece_length": opt["piece_length"], "runs": args.runs,
                "cache_size": args.cache_size, "seed": args.seed,
                "video_seconds": opt["video_seconds"], "video_bitrate": opt["video_bitrate"],
-               "magnet_size": opt["magnet_size"], "metrics": table,
+               "magnet_size": opt["magnet_size"], "enc_size": opt["enc_size"],
+               "metrics": table,
                "failures": bench.failures, "notes": bench.notes}
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=2)

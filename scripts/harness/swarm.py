@@ -47,9 +47,11 @@ def wait_ready_files(seeders, deadline, fail):
 
 
 class Swarm:
-    """opentracker + three seeders of one single-file torrent of `file` (in `data`)."""
+    """opentracker + three seeders of one single-file torrent of `file` (in `data`);
+    `encryption`: the seeders' policy (swarm.py seed --encryption; forced: RC4 only)."""
 
-    def __init__(self, procs, work, tag, data, file, piece_length, seed_mode):
+    def __init__(self, procs, work, tag, data, file, piece_length, seed_mode,
+                 encryption="enabled"):
         self.procs, self.work, self.tag = procs, work, tag
         self.file = file
         self.name = os.path.basename(self.file)
@@ -69,6 +71,7 @@ class Swarm:
             argv = seeder_argv(self.torrent, data, ip, free_port(ip), ready)
             if seed_mode:
                 argv.append("--seed-mode")
+            argv += ["--encryption", encryption]
             p = procs.spawn(argv, os.path.join(work, "seeder-%s%d.log" % (tag, i)))
             self.seeders.append((p, ready))
         deadline = time.monotonic() + SWARM_TIMEOUT

@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::discovery::{PeerSource, SourceCount};
+use super::encryption::Attempt;
 
 /// Failed attempts (refused, timed out, hung up) before an address is given up on, until a
 /// read starves.
@@ -99,6 +100,8 @@ struct Entry {
     failures: u32,
     /// Ever dialled: addresses never tried go first.
     tried: bool,
+    /// Encrypted or not: what last got as far as a BitTorrent handshake, tried first.
+    worked: Option<Attempt>,
     next_try: Instant,
     /// When discovery last named it (or it connected): old news is dropped first.
     seen: Instant,
@@ -174,6 +177,7 @@ impl AddressBook {
                 status,
                 failures: 0,
                 tried: false,
+                worked: None,
                 next_try: now,
                 seen: now,
             },
@@ -201,8 +205,13 @@ impl AddressBook {
     }
 
     /// Up to `max` addresses to dial now, never tried ones first, then the longest waiting;
-    /// each is marked as being dialled, with the source to credit a connection to.
-    pub(crate) fn due(&mut self, now: Instant, max: usize) -> Vec<(SocketAddr, PeerSource)> {
+    /// each is marked as being dialled, with the source to credit a connection to and the kind
+    /// of connection that worked there before.
+    pub(crate) fn due(
+        &mut self,
+        now: Instant,
+        max: usize,
+    ) -> Vec<(SocketAddr, PeerSource, Option<Attempt>)> {
         let mut due: Vec<(bool, Instant, SocketAddr)> = (self.entries.iter())
             .filter(|(_, e)| e.status == Status::Idle && e.next_try <= now && dialable(e.sources))
             .map(|(a, e)| (e.tried, e.next_try, *a))
@@ -214,7 +223,7 @@ impl AddressBook {
                 let e = self.entries.get_mut(&a)?;
                 e.status = Status::Dialing;
                 e.tried = true;
-                Some((a, first_source(e.sources)?))
+                Some((a, first_source(e.sources)?, e.worked))
             })
             .collect()
     }
@@ -231,6 +240,13 @@ impl AddressBook {
     pub(crate) fn any_due(&self, now: Instant) -> bool {
         (self.entries.values())
             .any(|e| e.status == Status::Idle && e.next_try <= now && dialable(e.sources))
+    }
+
+    /// A dial of `addr` got as far as a BitTorrent handshake this way: tried first next time.
+    pub(crate) fn set_worked(&mut self, addr: SocketAddr, worked: Attempt) {
+        if let Some(e) = self.entries.get_mut(&addr) {
+            e.worked = Some(worked);
+        }
     }
 
     /// The dial of `addr` connected: its handshakes are done and the peer admitted.
@@ -357,7 +373,7 @@ mod tests {
                     None => break,
                 }
             }
-            assert_eq!(due, [(a(1), PeerSource::Tracker)]);
+            assert_eq!(due, [(a(1), PeerSource::Tracker, None)]);
             book.finished(a(1), Outcome::Refused, t);
         }
         assert_eq!(waits, [60, 120, 240, 480], "then given up");
@@ -435,7 +451,7 @@ mod tests {
         book.incoming(a(8), t0);
         book.learn(a(8), PeerSource::Tracker, t0);
         book.incoming_ended(a(8));
-        assert_eq!(book.due(t0, 5), [(a(8), PeerSource::Tracker)]);
+        assert_eq!(book.due(t0, 5), [(a(8), PeerSource::Tracker, None)]);
     }
 
     #[test]

@@ -13,6 +13,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::addrbook::{AddressBook, BookStats, Outcome};
+use super::dial;
+use super::encryption::Attempt;
 use super::host::Incoming;
 use super::peers::PeerCmd;
 use super::stream::PeerStream;
@@ -28,8 +30,9 @@ const MAX_KNOWN: usize = 3000;
 enum Event {
     /// A dial's handshakes are done and the peer was admitted.
     Admitted,
-    /// A dial (and the connection it made, if any) ended.
-    Dialled(Outcome),
+    /// A dial (and the connection it made, if any) ended; the attempt (encrypted or not) that
+    /// got as far as a BitTorrent handshake.
+    Dialled(Outcome, Option<Attempt>),
     /// An incoming connection ended.
     IncomingEnded,
 }
@@ -79,9 +82,12 @@ pub(crate) async fn run(
                         dialling.remove(&addr);
                         book.connected(addr);
                     }
-                    Event::Dialled(outcome) => {
+                    Event::Dialled(outcome, worked) => {
                         dialling.remove(&addr);
                         book.finished(addr, outcome, Instant::now());
+                        if let Some(w) = worked {
+                            book.set_worked(addr, w);
+                        }
                     }
                     Event::IncomingEnded => book.incoming_ended(addr),
                 }
@@ -142,7 +148,7 @@ fn dial_due(
     if room == 0 {
         return;
     }
-    for (addr, source) in book.due(now, room) {
+    for (addr, source, worked) in book.due(now, room) {
         if shared.lock().peers.is_banned(addr.ip()) {
             book.finished(addr, Outcome::Banned, now);
             continue;
@@ -150,29 +156,42 @@ fn dial_due(
         dialling.insert(addr);
         let (shared, events) = (shared.clone(), events.clone());
         tokio::spawn(async move {
-            let outcome = dial(shared, addr, source, &events).await;
-            let _ = events.send((addr, Event::Dialled(outcome)));
+            let (outcome, worked) = dial_one(shared, addr, source, worked, &events).await;
+            let _ = events.send((addr, Event::Dialled(outcome, worked)));
         });
     }
 }
 
-/// Dials one address and runs the connection to its end.
-async fn dial(
+/// Dials one address (encrypted or not, see `dial`) and runs the connection to its end.
+async fn dial_one(
     shared: Arc<Shared>,
     addr: SocketAddr,
     source: PeerSource,
+    worked: Option<Attempt>,
     events: &mpsc::UnboundedSender<(SocketAddr, Event)>,
-) -> Outcome {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, PeerStream::connect_tcp(addr)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return connect_failed(&e),
-        Err(_) => return Outcome::TimedOut,
+) -> (Outcome, Option<Attempt>) {
+    let connect = || async {
+        match tokio::time::timeout(CONNECT_TIMEOUT, PeerStream::connect_tcp(addr)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(connect_failed(&e)),
+            Err(_) => Err(Outcome::TimedOut),
+        }
     };
     let started = Instant::now();
     let admitted = || {
         let _ = events.send((addr, Event::Admitted));
     };
-    match peer::dial(shared, stream, addr, source, admitted).await {
+    let (ran, worked) = dial::dial(&shared, addr, source, worked, connect, admitted).await;
+    let outcome = match ran {
+        Err(outcome) => outcome,
+        Ok(ran) => ended(ran, started),
+    };
+    (outcome, worked)
+}
+
+/// How a connection that reached its handshake ended, for the address book.
+fn ended(ran: Result<(), peer::PeerError>, started: Instant) -> Outcome {
+    match ran {
         Err(peer::PeerError::Handshake(HandshakeError::Timeout)) => Outcome::TimedOut,
         Err(peer::PeerError::Handshake(HandshakeError::WrongTorrent)) => Outcome::WrongTorrent,
         Err(peer::PeerError::Handshake(HandshakeError::Wire(_))) => Outcome::HungUp,

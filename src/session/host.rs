@@ -16,9 +16,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::SessionError;
+use super::encryption::{self, Encryption};
 use super::stream::PeerStream;
 use crate::sync::lock;
-use crate::wire::{Handshake, read_handshake};
+use crate::wire::Handshake;
+use crate::wire::mse::{self, Serving};
 
 /// Incoming connections queued for their session; more wait in their routing tasks.
 const BACKLOG: usize = 64;
@@ -32,7 +34,13 @@ pub(crate) struct Incoming {
     pub(crate) theirs: Handshake,
 }
 
-type Routes = Arc<Mutex<HashMap<[u8; 20], mpsc::Sender<Incoming>>>>;
+/// A registered torrent: its session's queue, and which connections it accepts.
+struct Route {
+    tx: mpsc::Sender<Incoming>,
+    encryption: Encryption,
+}
+
+type Routes = Arc<Mutex<HashMap<[u8; 20], Route>>>;
 
 /// The listening side shared by the sessions of a process; cheap to clone.
 #[derive(Clone)]
@@ -106,11 +114,16 @@ impl Host {
         self.inner.peer_id
     }
 
-    /// Routes incoming peers for `info_hash` to the returned receiver, replacing an earlier
-    /// registration; they stop coming once it is dropped.
-    pub(crate) fn register(&self, info_hash: [u8; 20]) -> mpsc::Receiver<Incoming> {
+    /// Routes incoming peers for `info_hash`, encrypted or not as `encryption` allows, to the
+    /// returned receiver, replacing an earlier registration; they stop coming once it is
+    /// dropped.
+    pub(crate) fn register(
+        &self,
+        info_hash: [u8; 20],
+        encryption: Encryption,
+    ) -> mpsc::Receiver<Incoming> {
         let (tx, rx) = mpsc::channel(BACKLOG);
-        lock(&self.inner.routes).insert(info_hash, tx);
+        lock(&self.inner.routes).insert(info_hash, Route { tx, encryption });
         rx
     }
 }
@@ -148,9 +161,31 @@ async fn accept_loop(
     }
 }
 
-/// Reads the peer's handshake and hands the connection to its torrent's session.
-async fn route(mut stream: PeerStream, addr: SocketAddr, routes: Routes, within: Duration) {
-    let theirs = match tokio::time::timeout(within, read_handshake(&mut stream)).await {
+/// The torrent whose `HASH('req2', info-hash)` an encrypted connection sent, and what its
+/// session accepts; `None` if no torrent accepts encryption at all.
+fn encrypted_lookup(routes: &Routes) -> Option<impl FnOnce(&[u8; 20]) -> Option<Serving> + use<>> {
+    let any = lock(routes)
+        .values()
+        .any(|r| r.encryption.selection().is_some());
+    let routes = routes.clone();
+    let lookup = move |req2: &[u8; 20]| {
+        let routes = lock(&routes);
+        let (hash, r) = routes.iter().find(|(h, _)| mse::req2(h) == *req2)?;
+        let selection = r.encryption.selection()?;
+        Some(Serving {
+            skey: *hash,
+            selection,
+        })
+    };
+    any.then_some(lookup)
+}
+
+/// Reads the peer's handshake (through the encryption handshake first if it starts one)
+/// and hands the connection to its torrent's session.
+async fn route(stream: PeerStream, addr: SocketAddr, routes: Routes, within: Duration) {
+    let lookup = encrypted_lookup(&routes);
+    let read = encryption::read_incoming(stream, lookup, within);
+    let (stream, theirs) = match tokio::time::timeout(within, read).await {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
             tracing::debug!(%addr, "incoming handshake failed: {e}");
@@ -164,11 +199,15 @@ async fn route(mut stream: PeerStream, addr: SocketAddr, routes: Routes, within:
     let session = {
         let mut routes = lock(&routes);
         match routes.get(&theirs.info_hash) {
-            Some(tx) if tx.is_closed() => {
+            Some(r) if r.tx.is_closed() => {
                 routes.remove(&theirs.info_hash);
                 None
             }
-            other => other.cloned(),
+            Some(r) if !stream.is_encrypted() && !r.encryption.accepts_plaintext() => {
+                tracing::debug!(%addr, "plaintext peer refused: encryption is required");
+                return;
+            }
+            other => other.map(|r| r.tx.clone()),
         }
     };
     let Some(session) = session else {
@@ -197,7 +236,7 @@ mod tests {
             .await
             .unwrap();
         let at = SocketAddr::from(([127, 0, 0, 1], host.port()));
-        let mut ours = host.register([1; 20]);
+        let mut ours = host.register([1; 20], Encryption::Allow);
 
         let mut other = TcpStream::connect(at).await.unwrap();
         write_handshake(&mut other, &Handshake::new([2; 20], [9; 20]))

@@ -28,9 +28,11 @@
 mod addrbook;
 mod assembly;
 mod connect;
+mod dial;
 mod discovery;
 mod disk;
 mod disk_io;
+mod encryption;
 mod host;
 mod peer;
 mod peers;
@@ -63,6 +65,7 @@ use state::State;
 
 pub use discovery::{PeerSource, SourceCount};
 pub use disk::{DiskCacheConfig, DiskStats};
+pub use encryption::Encryption;
 pub use host::Host;
 pub use peer::PeerTimeouts;
 pub use read::ReadError;
@@ -97,6 +100,8 @@ pub struct Config {
     pub disk_cache: Option<DiskCacheConfig>,
     /// The torrent's web seeds (BEP 19): whether to use them, and their limits.
     pub web_seeds: WebSeedConfig,
+    /// Which connections are encrypted, both ways (`--encryption`).
+    pub encryption: Encryption,
 }
 
 impl Default for Config {
@@ -115,6 +120,7 @@ impl Default for Config {
             peer_timeouts: PeerTimeouts::default(),
             disk_cache: None,
             web_seeds: WebSeedConfig::default(),
+            encryption: Encryption::default(),
         }
     }
 }
@@ -136,6 +142,8 @@ pub enum SessionError {
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub peers: usize,
+    /// Connected peers whose connection is RC4-encrypted.
+    pub encrypted_peers: usize,
     pub known_peers: usize,
     /// Connected and known peers of each source, in [`PeerSource::ALL`] order.
     pub by_source: Vec<SourceCount>,
@@ -151,6 +159,8 @@ pub struct Stats {
     /// The disk cache; `None` without `--cache-dir`.
     pub disk: Option<DiskStats>,
     pub hash_failures: u64,
+    /// Our plaintext handshakes a peer hung up on, not retried encrypted (see `--encryption`).
+    pub refused_plaintext: u64,
     /// Blocks a read waited on that were asked of a second peer because the first was late.
     pub rerequests: u64,
     pub banned: usize,
@@ -192,7 +202,7 @@ impl Session {
         if let Some(o) = &opened {
             state.found_on_disk(o.pieces.iter().copied());
         }
-        let incoming = host.register(torrent.info_hash.0);
+        let incoming = host.register(torrent.info_hash.0, config.encryption);
         let (discovered, discovered_rx) = mpsc::channel(64);
         let (shutdown, _) = watch::channel(false);
         let (announced_tx, announced_stop) = watch::channel(true);
@@ -217,6 +227,7 @@ impl Session {
             downloaded: AtomicU64::new(0),
             uploaded: AtomicU64::new(0),
             hash_failures: AtomicU64::new(0),
+            refused_plaintext: AtomicU64::new(0),
             down_limit: Arc::new(RateLimit::new(config.max_download_rate)),
             up_limit: Arc::new(RateLimit::new(config.max_upload_rate)),
             announced_stop,
@@ -282,6 +293,7 @@ impl Session {
         st.peers.count_connected(&mut by_source);
         Stats {
             peers: st.peers.len(),
+            encrypted_peers: st.peers.encrypted(),
             known_peers: book.known,
             by_source,
             downloaded: s.downloaded.load(Ordering::Relaxed),
@@ -294,6 +306,7 @@ impl Session {
             cache_budget: st.residency.memory_budget(),
             disk: s.disk.as_ref().map(disk::Disk::stats),
             hash_failures: s.hash_failures.load(Ordering::Relaxed),
+            refused_plaintext: s.refused_plaintext.load(Ordering::Relaxed),
             rerequests: st.picker.rerequests(),
             banned: st.peers.banned().len(),
             trackers,

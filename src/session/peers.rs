@@ -44,6 +44,8 @@ pub(crate) struct PeerEntry {
     seed: bool,
     /// What it is worth to us, kept fresh by its task, for turnover.
     pub(crate) worth: Worth,
+    /// Its connection is RC4-encrypted.
+    encrypted: bool,
 }
 
 impl PeerEntry {
@@ -60,6 +62,7 @@ impl PeerEntry {
             listen: outgoing.then_some(addr),
             seed: false,
             worth: Worth::new(Instant::now(), !outgoing),
+            encrypted: false,
         }
     }
 
@@ -126,6 +129,18 @@ impl Peers {
         let id = PeerId(self.next_id);
         self.connected.insert(id, PeerEntry::new(addr, source, cmd));
         Ok(id)
+    }
+
+    /// Marks a peer's connection as encrypted, for the count in the status.
+    pub(crate) fn set_encrypted(&mut self, id: PeerId) {
+        if let Some(e) = self.connected.get_mut(&id) {
+            e.encrypted = true;
+        }
+    }
+
+    /// How many connected peers are encrypted.
+    pub(crate) fn encrypted(&self) -> usize {
+        self.connected.values().filter(|e| e.encrypted).count()
     }
 
     pub(crate) fn remove(&mut self, id: PeerId) {

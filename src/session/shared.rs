@@ -48,6 +48,9 @@ pub(crate) struct Shared {
     pub(crate) downloaded: AtomicU64,
     pub(crate) uploaded: AtomicU64,
     pub(crate) hash_failures: AtomicU64,
+    /// Our plaintext handshakes a peer hung up on, not retried encrypted: such peers most
+    /// likely require encryption.
+    pub(crate) refused_plaintext: AtomicU64,
     /// Caps on block data in and out, shared fairly by all peers.
     pub(crate) down_limit: Arc<RateLimit>,
     pub(crate) up_limit: Arc<RateLimit>,

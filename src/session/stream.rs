@@ -1,6 +1,7 @@
 //! A peer connection's bytes, whatever carries them. The peer task reads and writes through
 //! two boxed halves, so a transport (TCP, uTP) or a layer over it (protocol encryption) plugs
-//! in without the peer code knowing which.
+//! in without the peer code knowing which. An encrypted stream is the halves of the stream
+//! beneath, each wrapped in its direction's cipher.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,6 +10,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::wire::mse::{Method, MseStream};
 
 pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
@@ -25,6 +28,8 @@ pub(crate) struct PeerStream {
     read: ReadHalf,
     write: WriteHalf,
     transport: Transport,
+    /// RC4 runs over it (protocol encryption); not after an MSE handshake that chose plaintext.
+    encrypted: bool,
 }
 
 impl PeerStream {
@@ -37,6 +42,20 @@ impl PeerStream {
             read: Box::new(read),
             write: Box::new(write),
             transport: Transport::Tcp,
+            encrypted: false,
+        }
+    }
+
+    /// The stream after an MSE handshake over it, whatever carries it.
+    pub(crate) fn encrypted(mse: MseStream<PeerStream>) -> Self {
+        let encrypted = mse.method() == Method::Rc4;
+        let transport = mse.get_ref().transport;
+        let (read, write) = mse.split_with(|s| (s.read, s.write));
+        Self {
+            read: Box::new(read),
+            write: Box::new(write),
+            transport,
+            encrypted,
         }
     }
 
@@ -53,11 +72,16 @@ impl PeerStream {
             read: Box::new(read),
             write: Box::new(write),
             transport: Transport::Tcp,
+            encrypted: false,
         }
     }
 
     pub(crate) fn transport(&self) -> Transport {
         self.transport
+    }
+
+    pub(crate) fn is_encrypted(&self) -> bool {
+        self.encrypted
     }
 
     pub(crate) fn into_halves(self) -> (ReadHalf, WriteHalf) {

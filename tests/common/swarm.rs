@@ -64,6 +64,8 @@ pub struct SwarmOptions {
     pub data: Option<PathBuf>,
     /// Seeders keep connections to peers that want nothing (see `start_pex_hub`).
     pub keep_redundant: bool,
+    /// Seeders accept and make only RC4-encrypted connections (libtorrent's forced policy).
+    pub forced_encryption: bool,
 }
 
 impl SwarmOptions {
@@ -95,6 +97,7 @@ impl Default for SwarmOptions {
             seed_mode: false,
             data: None,
             keep_redundant: false,
+            forced_encryption: false,
         }
     }
 }
@@ -300,6 +303,9 @@ impl Swarm {
         }
         if self.opts.keep_redundant {
             cmd.arg("--keep-redundant");
+        }
+        if self.opts.forced_encryption {
+            cmd.args(["--encryption", "forced"]);
         }
         if !self.has_live_tracker() {
             cmd.arg("--no-wait-announce");
@@ -600,6 +606,16 @@ impl Swarm {
         timeout: Duration,
     ) -> LeechOutcome {
         self.leech_with(bind, peers, timeout, 0, &["--pex"])
+    }
+
+    /// `leech` by a leecher that accepts and makes only RC4-encrypted connections.
+    pub fn leech_encrypted(
+        &self,
+        bind: Ipv4Addr,
+        peers: &[SocketAddr],
+        timeout: Duration,
+    ) -> LeechOutcome {
+        self.leech_with(bind, peers, timeout, 0, &["--encryption", "forced"])
     }
 
     fn leech_with(

@@ -33,6 +33,8 @@ pub struct Report {
     pub listen_port: u16,
     /// Connected peers, and every address discovery named.
     pub peers: usize,
+    /// Connected peers whose connection is RC4-encrypted (`--encryption`).
+    pub encrypted_peers: usize,
     pub known_peers: usize,
     /// The same per source (tracker, dht, pex, incoming, manual).
     pub peer_sources: Vec<SourceCount>,
@@ -48,6 +50,9 @@ pub struct Report {
     pub cache_used_bytes: u64,
     pub cache_budget_bytes: u64,
     pub hash_failures: u64,
+    /// Our plaintext handshakes a peer hung up on, not retried encrypted: peers that likely
+    /// require encryption.
+    pub refused_plaintext: u64,
     pub banned_peers: usize,
     /// Good nodes in the DHT routing table; `None` without DHT.
     pub dht_nodes: Option<usize>,
@@ -152,6 +157,7 @@ impl Report {
             pid: std::process::id(),
             listen_port: session.listen_port(),
             peers: s.peers,
+            encrypted_peers: s.encrypted_peers,
             known_peers: s.known_peers,
             peer_sources: s.by_source,
             download_rate: rates.0,
@@ -165,6 +171,7 @@ impl Report {
             cache_used_bytes: s.cache_used,
             cache_budget_bytes: s.cache_budget,
             hash_failures: s.hash_failures,
+            refused_plaintext: s.refused_plaintext,
             banned_peers: s.banned,
             dht_nodes: s.dht_nodes,
             disk_cache: s.disk,
@@ -213,6 +220,7 @@ impl Report {
         line("pid", &self.pid);
         line("listen_port", &self.listen_port);
         line("peers", &self.peers);
+        line("encrypted_peers", &self.encrypted_peers);
         line("known_peers", &self.known_peers);
         for c in &self.peer_sources {
             let v = format!("{} connected, {} known", c.connected, c.known);
@@ -235,6 +243,7 @@ impl Report {
         line("cache_used_bytes", &self.cache_used_bytes);
         line("cache_budget_bytes", &self.cache_budget_bytes);
         line("hash_failures", &self.hash_failures);
+        line("refused_plaintext", &self.refused_plaintext);
         line("banned_peers", &self.banned_peers);
         let dht = self.dht_nodes.map_or("off".to_string(), |n| n.to_string());
         line("dht_nodes", &dht);
@@ -402,8 +411,15 @@ fn problems(s: &Stats, dht: bool) -> Vec<(Condition, Option<String>)> {
         } else {
             ""
         };
+        let refused = match s.refused_plaintext {
+            0 => String::new(),
+            n => format!(
+                "; {n} hung up on our plaintext handshake and may require encryption \
+                 (see --encryption)"
+            ),
+        };
         format!(
-            "no peer connected for a minute ({} addresses known){waiting}",
+            "no peer connected for a minute ({} addresses known){waiting}{refused}",
             s.known_peers
         )
     });

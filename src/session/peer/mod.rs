@@ -145,11 +145,15 @@ async fn connected(
                 Refusal::Banned => PeerError::Banned,
                 Refusal::Full => PeerError::Full,
             })?;
+        if stream.is_encrypted() {
+            st.peers.set_encrypted(id);
+        }
         (id, st.picker.have_bitfield().clone())
     };
     admitted();
     let outgoing = source != PeerSource::Incoming;
-    tracing::debug!(%addr, outgoing, transport = ?stream.transport(), "peer connected");
+    let encrypted = stream.is_encrypted();
+    tracing::debug!(%addr, outgoing, transport = ?stream.transport(), encrypted, "peer connected");
     let ext = Extensions::new(
         theirs.supports_extensions(),
         ours.supports_fast() && theirs.supports_fast(),
