@@ -471,7 +471,10 @@ impl Peer {
         if self.choked || !self.interested {
             return;
         }
-        let target = self.requests.target(self.rates.down());
+        let mut target = self.requests.target(self.rates.down());
+        if let Some(reqq) = self.ext.their_reqq {
+            target = target.min(reqq as usize);
+        }
         if self.requests.len() >= target {
             return;
         }

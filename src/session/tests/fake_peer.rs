@@ -54,6 +54,9 @@ pub(super) enum Behavior {
     KeepAliveOnly,
     /// Has nothing: an empty bitfield, never unchokes, reads until the session hangs up.
     Empty,
+    /// A seeder that says `reqq` in its extended handshake, queues the requests it reads and
+    /// answers them one every few milliseconds, counting the most it ever held queued.
+    Queue(u32),
     /// Answers every request, right, but only after waiting this long (one at a time).
     Slow(std::time::Duration),
     /// A leecher: once the session has piece 0 and unchokes it, asks for that piece's first
@@ -139,6 +142,10 @@ pub(super) struct Counters {
     /// `reject_request`s the session sent, and whether its first message was `have_none`.
     pub rejects_received: usize,
     pub saw_have_none: bool,
+    /// The most requests queued at once (`Queue`).
+    pub max_queued: usize,
+    /// The session's extended handshake, as last received.
+    pub their_handshake: Option<ExtendedHandshake>,
 }
 
 pub(super) struct FakePeer {
@@ -244,6 +251,26 @@ pub(super) async fn connect_empty(
     }))
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The bytes of block `r`, if it is one of the torrent's blocks.
+fn block_of(content: &Content, r: BlockRef) -> Option<Bytes> {
+    let g = &content.torrent.info.geometry;
+    let p = g.piece(r.index)?;
+    g.block_index(p, r.begin, r.length)?;
+    let start = (g.piece_offset(p) + u64::from(r.begin)) as usize;
+    Some(Bytes::copy_from_slice(
+        &content.data[start..start + r.length as usize],
+    ))
+}
+
 struct Conn {
     content: Arc<Content>,
     behavior: Behavior,
@@ -311,6 +338,9 @@ impl Conn {
         }
         if self.behavior == Behavior::FastLeecher {
             return self.fast_leech(reader, writer, n).await;
+        }
+        if let Behavior::Queue(reqq) = self.behavior {
+            return self.queue(reader, writer, n, reqq).await;
         }
         writer.send_many(&opening).await?;
         let mut interested = false;
@@ -386,6 +416,74 @@ impl Conn {
                         c.blocks_sent += 1;
                         *c.sent_by_piece.entry(r.index).or_default() += 1;
                     });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn queue(
+        &self,
+        mut reader: MessageReader<OwnedReadHalf>,
+        mut writer: MessageWriter<OwnedWriteHalf>,
+        pieces: u32,
+        reqq: u32,
+    ) -> Result<(), WireError> {
+        let hs = ExtendedHandshake {
+            reqq: Some(reqq),
+            ..ExtendedHandshake::default()
+        };
+        writer
+            .send_many(&[
+                Message::Extended {
+                    id: 0,
+                    payload: hs.encode().into(),
+                },
+                Message::Bitfield(Bytes::copy_from_slice(Bitfield::full(pieces).as_bytes())),
+                Message::Unchoke,
+            ])
+            .await?;
+        let queue = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let served = {
+            let (queue, content, counters) =
+                (queue.clone(), self.content.clone(), self.counters.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                    let Some(r) = queue.lock().unwrap().pop_front() else {
+                        continue;
+                    };
+                    let Some(data) = block_of(&content, r) else {
+                        continue;
+                    };
+                    let msg = Message::Piece {
+                        index: r.index,
+                        begin: r.begin,
+                        data,
+                    };
+                    if writer.send(&msg).await.is_err() {
+                        return;
+                    }
+                    counters.send_modify(|c| c.blocks_sent += 1);
+                }
+            })
+        };
+        let _stop = AbortOnDrop(served);
+        loop {
+            match reader.next().await? {
+                Message::Request(r) => {
+                    let mut q = queue.lock().unwrap();
+                    q.push_back(r);
+                    let len = q.len();
+                    self.counters.send_modify(|c| {
+                        c.requests += 1;
+                        c.max_queued = c.max_queued.max(len);
+                    });
+                }
+                Message::Cancel(r) => queue.lock().unwrap().retain(|q| *q != r),
+                Message::Extended { id: 0, payload } => {
+                    let hs = ExtendedHandshake::decode(&payload).ok();
+                    self.counters.send_modify(|c| c.their_handshake = hs);
                 }
                 _ => {}
             }
