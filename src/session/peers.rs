@@ -20,8 +20,11 @@ use crate::wire::extension::PexFlags;
 pub(crate) enum PeerCmd {
     /// Priorities changed or blocks were released: ask the picker for more.
     Refill,
-    /// We hold a new piece: tell the peer (`have`).
-    Have(PieceIndex),
+    /// We hold a new piece: tell the peer (`have`) if it speaks Fast or the piece is on disk
+    /// (see `residency`).
+    Have { piece: PieceIndex, durable: bool },
+    /// A piece we hold reached the disk: tell a peer without Fast now.
+    Durable(PieceIndex),
     /// Another peer delivered this block first (endgame): cancel our request.
     Cancel(Block),
     /// Turnover: its slot is worth more to an address we have not tried; close the connection.

@@ -3,16 +3,19 @@
 //! `bitfield`/`have` messages and what we serve to peers all follow from it.
 //!
 //! # The invariant
-//! - A piece is **held** while memory or the disk cache holds it. Every change of that is
-//!   returned as a [`Change`], and the session applies each in one place (`State::apply`):
-//!   `Held` makes the piece Have in the picker and sends `have` to every connected peer; `Gone`
-//!   makes it Missing again. So the picker's Have pieces are exactly the held pieces, and a new
-//!   peer's `bitfield` (made from the picker's Have set) names exactly what we hold.
-//! - We announce a piece only as it becomes held, so when we announce it we can serve it.
-//! - BitTorrent cannot take an announcement back. When memory drops a piece the disk does not
-//!   hold, it is no longer held (fetched again when a reader wants it), but peers we told keep
-//!   believing we have it: their requests for it get a `reject_request` (Fast) or no answer
-//!   (BEP 3), and the piece is announced again when it comes back.
+//! - A piece is **held** while memory or the disk cache holds it, and **durable** while the
+//!   disk holds it. Every change of that is returned as a [`Change`], and the session applies
+//!   each in one place (`State::apply`): `Held` makes the piece Have in the picker and announces
+//!   it; `Gone` makes it Missing again. So the picker's Have pieces are exactly the held pieces.
+//! - A `have` is a promise, and BitTorrent cannot take one back. What memory holds may be
+//!   evicted, so it is announced only to peers that speak Fast (BEP 6), whose requests for a
+//!   piece we no longer hold get a `reject_request`. A peer without Fast could only be left
+//!   unanswered: it is told only of durable pieces (their `have` goes out when the piece
+//!   reaches the disk: `Durable`). Without a disk cache, such a peer is told of nothing.
+//! - When memory drops a piece the disk does not hold, it is no longer held (fetched again when
+//!   a reader wants it); Fast peers told of it get rejects, and it is announced again when it
+//!   comes back. A durable piece the disk later evicts is the one promise we may break to a
+//!   peer without Fast (its request then goes unanswered until the piece comes back).
 //! - Only verified bytes get here: memory takes a piece after its SHA1 check (data from peers, or
 //!   a disk load re-checked on the way), and the disk is written only from verified pieces.
 
@@ -28,8 +31,10 @@ use crate::store::Store;
 /// A change of what we hold, to apply to the picker and the peers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Change {
-    /// Newly held: Have in the picker, `have` to every peer.
-    Held(PieceIndex),
+    /// Newly held: Have in the picker, `have` to Fast peers, and to the others if `durable`.
+    Held { piece: PieceIndex, durable: bool },
+    /// Held already, now on disk too: `have` to peers without Fast.
+    Durable(PieceIndex),
     /// No longer held: Missing in the picker, fetched again when wanted.
     Gone(PieceIndex),
     /// Just verified but kept nowhere (no room in memory for data no reader waits on, and not
@@ -66,6 +71,16 @@ impl Residency {
         self.disk.contains(&p)
     }
 
+    /// The pieces the disk holds, as a bitfield of `n` pieces: what a peer without Fast is
+    /// told we have.
+    pub(crate) fn durable_bitfield(&self, n: u32) -> crate::bitfield::Bitfield {
+        let mut bf = crate::bitfield::Bitfield::new(n);
+        for p in &self.disk {
+            bf.set(p.get());
+        }
+        bf
+    }
+
     /// The piece from memory for a read, marked as just used.
     pub(crate) fn get(&mut self, p: PieceIndex) -> Option<Bytes> {
         self.memory.get(p)
@@ -99,7 +114,10 @@ impl Residency {
             let was = self.holds(p);
             self.disk.insert(p);
             if !was {
-                changes.push(Change::Held(p));
+                changes.push(Change::Held {
+                    piece: p,
+                    durable: true,
+                });
             }
         }
         changes
@@ -118,7 +136,10 @@ impl Residency {
         let was = self.holds(p);
         let mut changes = self.insert(p, data, must_keep, protected);
         match (was, self.holds(p)) {
-            (false, true) => changes.push(Change::Held(p)),
+            (false, true) => changes.push(Change::Held {
+                piece: p,
+                durable: self.on_disk(p),
+            }),
             (false, false) => changes.push(Change::NotKept(p)),
             _ => {}
         }
@@ -142,11 +163,16 @@ impl Residency {
         for &q in evicted.iter().filter(|&&q| q != p) {
             changes.extend(self.disk_lost(q));
         }
-        let was = self.holds(p);
+        let (was, durable) = (self.holds(p), self.on_disk(p));
         self.disk.insert(p);
         if !was {
             // Memory dropped it while it waited to be written: held again.
-            changes.push(Change::Held(p));
+            changes.push(Change::Held {
+                piece: p,
+                durable: true,
+            });
+        } else if !durable {
+            changes.push(Change::Durable(p));
         }
         changes
     }
@@ -243,17 +269,44 @@ mod tests {
         Bytes::from(vec![7u8; PIECE as usize])
     }
 
-    /// What a peer was told: pieces announced since it connected (`have` for each `Held`).
+    /// A piece newly held from memory only, and one held from disk.
+    fn held(i: u32) -> Change {
+        Change::Held {
+            piece: piece(i),
+            durable: false,
+        }
+    }
+
+    fn held_durable(i: u32) -> Change {
+        Change::Held {
+            piece: piece(i),
+            durable: true,
+        }
+    }
+
+    /// What two peers were told since they connected: one speaks Fast (told of every piece
+    /// held), one does not (told only of durable ones).
     #[derive(Default)]
-    struct Announced(BTreeSet<u32>);
+    struct Announced {
+        fast: BTreeSet<u32>,
+        plain: BTreeSet<u32>,
+    }
 
     impl Announced {
-        fn apply(&mut self, held: &mut BTreeSet<u32>, changes: &[Change]) {
+        fn apply(&mut self, r: &Residency, held: &mut BTreeSet<u32>, changes: &[Change]) {
             for c in changes {
                 match *c {
-                    Change::Held(p) => {
+                    Change::Held { piece: p, durable } => {
                         assert!(held.insert(p.get()), "{p} announced twice in a row");
-                        self.0.insert(p.get());
+                        assert_eq!(durable, r.on_disk(p), "{p}");
+                        self.fast.insert(p.get());
+                        if durable {
+                            self.plain.insert(p.get());
+                        }
+                    }
+                    Change::Durable(p) => {
+                        assert!(held.contains(&p.get()) && r.on_disk(p), "{p}");
+                        self.plain.insert(p.get());
                     }
                     Change::Gone(p) => assert!(held.remove(&p.get()), "{p} gone, never held"),
                     Change::NotKept(p) => {
@@ -267,10 +320,7 @@ mod tests {
     #[test]
     fn a_verified_piece_is_held_once_and_announced() {
         let mut r = Residency::new(u64::from(PIECE) * 2);
-        assert_eq!(
-            r.verified(piece(0), data(), false, |_| false),
-            [Change::Held(piece(0))]
-        );
+        assert_eq!(r.verified(piece(0), data(), false, |_| false), [held(0)]);
         assert!(r.holds(piece(0)) && r.in_memory(piece(0)));
         assert_eq!(r.verified(piece(0), data(), false, |_| false), []);
     }
@@ -286,7 +336,7 @@ mod tests {
         // 1 leaves memory for 2 and is on no disk: gone.
         assert_eq!(
             r.verified(piece(2), data(), false, |_| false),
-            [Change::Gone(piece(1)), Change::Held(piece(2))]
+            [Change::Gone(piece(1)), held(2)]
         );
     }
 
@@ -301,7 +351,7 @@ mod tests {
         // Unless a read waits on it.
         assert_eq!(
             r.verified(piece(1), data(), true, |q| q == piece(0)),
-            [Change::Held(piece(1))]
+            [held(1)]
         );
     }
 
@@ -313,15 +363,18 @@ mod tests {
             r.verified(piece(1), data(), false, |_| false)[0],
             Change::Gone(piece(0))
         );
-        assert_eq!(r.written(piece(0), &[]), [Change::Held(piece(0))]);
-        // The disk evicting it while memory still has 1: 0 is gone, 1 stays.
-        assert_eq!(r.written(piece(1), &[piece(0)]), [Change::Gone(piece(0))]);
+        assert_eq!(r.written(piece(0), &[]), [held_durable(0)]);
+        // The disk evicting it for 1, which memory has: 0 is gone, 1 is now durable too.
+        assert_eq!(
+            r.written(piece(1), &[piece(0)]),
+            [Change::Gone(piece(0)), Change::Durable(piece(1))]
+        );
         assert_eq!(r.disk_lost(piece(1)), [], "memory still holds 1");
     }
 
     /// A random walk of every operation: the set of held pieces, as rebuilt from the changes
-    /// alone, always equals `holds`, and every piece held is announced (a `have` or the
-    /// bitfield a new peer gets).
+    /// alone, always equals `holds`; every piece held is announced to Fast peers, and every
+    /// piece on disk (and only such) to peers without Fast.
     #[test]
     fn changes_track_holdings_exactly() {
         for seed in 0..50 {
@@ -330,7 +383,7 @@ mod tests {
             let mut held = BTreeSet::new();
             let mut told = Announced::default();
             let first = r.found_on_disk([piece(5), piece(6)]);
-            told.apply(&mut held, &first);
+            told.apply(&r, &mut held, &first);
             for _ in 0..400 {
                 let p = piece(rng.random_range(0..10));
                 let changes = match rng.random_range(0..5) {
@@ -350,10 +403,18 @@ mod tests {
                     4 => r.disk_lost(p),
                     _ => Vec::new(),
                 };
-                told.apply(&mut held, &changes);
+                told.apply(&r, &mut held, &changes);
                 let actual: BTreeSet<u32> = (0..10).filter(|&i| r.holds(piece(i))).collect();
                 assert_eq!(held, actual, "seed {seed}");
-                assert!(held.is_subset(&told.0), "a held piece was never announced");
+                assert!(
+                    held.is_subset(&told.fast),
+                    "a held piece was never announced"
+                );
+                let durable: BTreeSet<u32> = (0..10).filter(|&i| r.on_disk(piece(i))).collect();
+                assert!(
+                    durable.is_subset(&told.plain),
+                    "a piece on disk was never announced to peers without Fast"
+                );
             }
         }
     }

@@ -65,10 +65,11 @@ impl State {
     fn apply(&mut self, changes: Vec<Change>) {
         for c in changes {
             match c {
-                Change::Held(p) => {
-                    self.picker.piece_verified(p);
-                    self.peers.broadcast(|| PeerCmd::Have(p));
+                Change::Held { piece, durable } => {
+                    self.picker.piece_verified(piece);
+                    self.peers.broadcast(|| PeerCmd::Have { piece, durable });
                 }
+                Change::Durable(piece) => self.peers.broadcast(|| PeerCmd::Durable(piece)),
                 Change::Gone(p) => self.picker.piece_evicted(p),
                 Change::NotKept(p) => self.picker.piece_not_kept(p),
             }
@@ -289,7 +290,7 @@ mod tests {
                     _ => {}
                 }
                 while let Ok(cmd) = rx.try_recv() {
-                    if let PeerCmd::Have(p) = cmd {
+                    if let PeerCmd::Have { piece: p, .. } = cmd {
                         told.insert(p);
                     }
                 }

@@ -29,7 +29,7 @@ pub(super) struct Extensions {
 /// `reqq` we announce: requests we queue from one peer. Past about two seconds of its upload
 /// (see `upload.rs`) we reject (Fast) or drop further ones anyway; this tells a well-behaved
 /// peer not to send more.
-const OUR_REQQ: u32 = 250;
+pub(super) const OUR_REQQ: u32 = 250;
 
 impl Extensions {
     pub(super) fn new(protocol: bool, fast: bool, private: bool) -> Self {

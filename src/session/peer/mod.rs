@@ -148,7 +148,15 @@ async fn connected(
         if stream.is_encrypted() {
             st.peers.set_encrypted(id);
         }
-        (id, st.picker.have_bitfield().clone())
+        // What it is told we have: all we hold if it can be told "no" later (Fast), else
+        // only what the disk holds (see `residency`).
+        let have = if ours.supports_fast() && theirs.supports_fast() {
+            st.picker.have_bitfield().clone()
+        } else {
+            // Pieces on disk are held, so this is a part of the picker's Have set.
+            st.residency.durable_bitfield(shared.geometry.piece_count())
+        };
+        (id, have)
     };
     admitted();
     let outgoing = source != PeerSource::Incoming;
@@ -241,7 +249,9 @@ impl Peer {
         let max_frame = (BLOCK_SIZE + 13).max(have.as_bytes().len() as u32 + 1) + 1024;
         let mut reader =
             MessageReader::new(rd, max_frame).with_gauge(self.shared.read_buffers.clone());
+        let drained = self.upload.drained();
         let counters = Counters {
+            drained: drained.clone(),
             queued_upload: self.upload.queued_counter(),
             sent_total: self.rates.sent_counter(),
             requests_written: self.requests_written.clone(),
@@ -297,9 +307,16 @@ impl Peer {
                     // Interest first: a piece that failed its check or was evicted is needed
                     // again, and `refill` asks nothing of a peer we told we are not interested.
                     Some(PeerCmd::Refill) => self.update_interest(),
-                    Some(PeerCmd::Have(p)) => {
-                        self.send(Message::Have(p.get()));
+                    Some(PeerCmd::Have { piece, durable }) => {
+                        if self.ext.fast || durable {
+                            self.send(Message::Have(piece.get()));
+                        }
                         self.update_interest();
+                    }
+                    Some(PeerCmd::Durable(piece)) => {
+                        if !self.ext.fast {
+                            self.send(Message::Have(piece.get()));
+                        }
                     }
                     Some(PeerCmd::Cancel(b)) => {
                         if self.requests.cancel(b) {
@@ -323,6 +340,7 @@ impl Peer {
                         _ => Err(PeerError::Protocol("writer ended")),
                     };
                 }
+                () = drained.notified(), if self.upload.has_waiting() => self.serve_waiting(),
                 _ = shutdown.changed() => return Err(PeerError::Shutdown),
             }
         }
@@ -395,7 +413,7 @@ impl Peer {
                 self.on_bitfield(bf)?;
             }
             Message::Request(r) => self.on_request(r)?,
-            Message::Cancel(_) => {} // requests are answered at once; nothing queued to cancel
+            Message::Cancel(r) => self.on_cancel(r),
             Message::Piece { index, begin, data } => self.on_piece(index, begin, data)?,
         }
         Ok(())

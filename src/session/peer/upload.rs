@@ -1,8 +1,17 @@
 //! Serving the peer: our choke decision, and the answer to each of its requests — the block
 //! (from memory, or loaded from disk), or with the Fast extension (BEP 6) a `reject_request`
 //! for what we will not serve, so the peer asks someone else at once instead of timing out.
+//!
+//! Block data queued for the socket is bounded (about two seconds of the peer's rate); a
+//! request that comes while it is full waits as a request (a few bytes) and is served as the
+//! writer drains, up to the `reqq` we announced. Only past that is a request refused.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use super::extended::OUR_REQQ;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::writer::Upload;
@@ -26,12 +35,26 @@ pub(super) struct UploadSide {
     pub(super) interested: bool,
     /// Bytes of `piece` messages queued for the writer and not yet written.
     queued: Arc<AtomicUsize>,
+    /// Requests waiting for room in the queue, oldest first.
+    waiting: VecDeque<BlockRef>,
+    /// Rung by the writer when it has written block data: room may have come.
+    drained: Arc<Notify>,
 }
 
 impl UploadSide {
     /// The counter the writer task takes written block bytes off.
     pub(super) fn queued_counter(&self) -> Arc<AtomicUsize> {
         self.queued.clone()
+    }
+
+    /// What the writer rings when it has written block data.
+    pub(super) fn drained(&self) -> Arc<Notify> {
+        self.drained.clone()
+    }
+
+    /// Requests are waiting for room.
+    pub(super) fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
     }
 
     /// Whether enough is queued for a peer taking `rate` bytes/s from us.
@@ -53,12 +76,40 @@ impl Peer {
         {
             return Err(PeerError::Protocol("request: block out of range"));
         }
-        // Choked (always, with `--no-upload`) or too much queued: BEP 3 lets us drop the
-        // request; with Fast the peer is told.
-        if !self.upload.unchoked || self.upload.full(self.rates.up()) {
+        // Choked (always, with `--no-upload`): BEP 3 lets us drop the request; with Fast the
+        // peer is told. More waiting than the `reqq` we announced: the same.
+        if !self.upload.unchoked || self.upload.waiting.len() >= OUR_REQQ as usize {
             self.reject(r);
             return Ok(());
         }
+        if self.upload.has_waiting() || self.upload.full(self.rates.up()) {
+            self.upload.waiting.push_back(r);
+            return Ok(());
+        }
+        self.serve(r);
+        Ok(())
+    }
+
+    /// Serves waiting requests while there is room in the queue.
+    pub(super) fn serve_waiting(&mut self) {
+        while !self.upload.full(self.rates.up()) {
+            let Some(r) = self.upload.waiting.pop_front() else {
+                return;
+            };
+            self.serve(r);
+        }
+    }
+
+    /// The peer cancelled `r`: dropped if it still waits (a queued block goes out anyway).
+    pub(super) fn on_cancel(&mut self, r: BlockRef) {
+        self.upload.waiting.retain(|w| *w != r);
+    }
+
+    /// Queues the block `r` asks for (a checked request), from memory or from disk.
+    fn serve(&mut self, r: BlockRef) {
+        let Some(p) = self.shared.geometry.piece(r.index) else {
+            return;
+        };
         let (data, on_disk) = {
             let st = self.shared.lock();
             (st.residency.peek(p), st.residency.on_disk(p))
@@ -92,7 +143,6 @@ impl Peer {
             // Announced once, no longer held (see `residency`).
             None => self.reject(r),
         }
-        Ok(())
     }
 
     /// Tells a Fast peer we will not serve `r`; without Fast, BEP 3 has us drop it silently.
@@ -105,11 +155,16 @@ impl Peer {
 
     /// Our choke decision for this peer, made by the session's choker.
     ///
-    /// Requests are answered (queued for the writer) as they arrive, so none is pending when
-    /// we choke: those that arrive after it are rejected (Fast) or dropped.
+    /// Choking voids the requests still waiting (BEP 3; with Fast each is rejected); blocks
+    /// already queued for the socket go out.
     pub(super) fn set_unchoked(&mut self, unchoke: bool) {
         if unchoke != self.upload.unchoked {
             self.upload.unchoked = unchoke;
+            if !unchoke {
+                for r in std::mem::take(&mut self.upload.waiting) {
+                    self.reject(r);
+                }
+            }
             self.send(if unchoke {
                 Message::Unchoke
             } else {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::ratelimit::RateLimit;
 use crate::session::Shared;
@@ -105,6 +105,8 @@ impl Drop for AbortOnDrop {
 
 /// Counters the writer keeps for the peer task.
 pub(super) struct Counters {
+    /// Rung after block data is written: requests waiting for room may be served.
+    pub(super) drained: Arc<Notify>,
     /// Bytes of block data queued and not yet written.
     pub(super) queued_upload: Arc<AtomicUsize>,
     /// Block bytes written in all.
@@ -171,6 +173,7 @@ pub(super) async fn write_loop(
         counters
             .sent_total
             .fetch_add(bytes as u64, Ordering::Relaxed);
+        counters.drained.notify_one();
     }
 }
 
@@ -242,11 +245,13 @@ mod tests {
         let (_, wr) = PeerStream::from_duplex(ours).into_halves();
         let (out, inbox) = outbox();
         let counters = Counters {
+            drained: Arc::default(),
             queued_upload: Arc::default(),
             sent_total: Arc::default(),
             requests_written: Arc::default(),
         };
         let mine = Counters {
+            drained: counters.drained.clone(),
             queued_upload: counters.queued_upload.clone(),
             sent_total: counters.sent_total.clone(),
             requests_written: counters.requests_written.clone(),

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::fake_peer::{Behavior, Content, FakePeer};
-use super::{BIG_CACHE, check_read, eventually, ip, read_everything, stop, two_files, within};
+use super::{
+    BIG_CACHE, check_read, eventually, ip, read_everything, start, stop, two_files, within,
+};
 use crate::session::{Config, DiskCacheConfig, Session};
 
 async fn start_cached(content: &Content, peers: &[&FakePeer], dir: &Path) -> Session {
@@ -142,5 +144,35 @@ async fn a_piece_only_on_disk_is_uploaded_to_a_peer() {
     let stats = eventually(&session, "a block uploaded", |s| s.uploaded >= 16 * 1024).await;
     assert_eq!(stats.downloaded, 0);
     assert_eq!(stats.disk.map(|d| d.bad_pieces), Some(0));
+    stop(session).await;
+}
+
+/// A leecher without Fast cannot be told "no" later, so it is told only of pieces the disk
+/// holds, and every request it makes is answered. Without a disk cache it is told of nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_without_fast_is_told_only_what_the_disk_holds() {
+    let c = two_files();
+    let seeder = FakePeer::start(ip(2), c.clone(), Behavior::Honest).await;
+    let plain = FakePeer::start(ip(3), c.clone(), Behavior::Leecher).await;
+    let session = start(&c, &[&seeder, &plain], BIG_CACHE).await;
+    read_everything(&session, &c, 64 * 1024).await;
+    plain.wait_for("a connection", |n| n.connections >= 1).await;
+    // Reading everything took a while; nothing it holds only in memory was announced.
+    assert_eq!(plain.counters().announced, 0, "{:?}", plain.counters());
+    stop(session).await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = FakePeer::start(ip(4), c.clone(), Behavior::Leecher).await;
+    let session = start_cached(&c, &[&seeder, &plain], dir.path()).await;
+    read_everything(&session, &c, 64 * 1024).await;
+    let n = c.torrent.info.geometry.piece_count() as usize;
+    plain
+        .wait_for("every piece announced once on disk", |k| k.announced == n)
+        .await;
+    plain
+        .wait_for("every request answered", |k| {
+            k.requests == n && k.blocks_received == n
+        })
+        .await;
     stop(session).await;
 }

@@ -54,6 +54,9 @@ pub(super) enum Behavior {
     KeepAliveOnly,
     /// Has nothing: an empty bitfield, never unchokes, reads until the session hangs up.
     Empty,
+    /// A leecher without Fast: interested, asks for the first block of every piece it is told
+    /// of (once unchoked), and counts what it was told and what was answered.
+    Leecher,
     /// A seeder that says `reqq` in its extended handshake, queues the requests it reads and
     /// answers them one every few milliseconds, counting the most it ever held queued.
     Queue(u32),
@@ -85,6 +88,7 @@ impl Behavior {
             Behavior::FastRejecter
                 | Behavior::FastChoker
                 | Behavior::FastLeecher
+                | Behavior::Hoarder(_)
                 | Behavior::Abuse(Abuse::RejectFlood)
         )
     }
@@ -144,6 +148,9 @@ pub(super) struct Counters {
     pub saw_have_none: bool,
     /// The most requests queued at once (`Queue`).
     pub max_queued: usize,
+    /// Pieces the session told it of (`Leecher`), and blocks it received.
+    pub announced: usize,
+    pub blocks_received: usize,
     /// The session's extended handshake, as last received.
     pub their_handshake: Option<ExtendedHandshake>,
 }
@@ -339,6 +346,9 @@ impl Conn {
         if self.behavior == Behavior::FastLeecher {
             return self.fast_leech(reader, writer, n).await;
         }
+        if self.behavior == Behavior::Leecher {
+            return self.leech(reader, writer, n).await;
+        }
         if let Behavior::Queue(reqq) = self.behavior {
             return self.queue(reader, writer, n, reqq).await;
         }
@@ -502,7 +512,7 @@ impl Conn {
             match reader.next().await? {
                 Message::Unchoke => unchoked = true,
                 Message::Choke => unchoked = false,
-                Message::Have(0) => has_0 = true,
+                Message::Have(0) | Message::HaveAll => has_0 = true,
                 Message::Bitfield(b) => has_0 |= b.first().is_some_and(|b| b & 0x80 != 0),
                 _ => {}
             }
@@ -517,6 +527,56 @@ impl Conn {
         // Holds the connection open and reads nothing, ever.
         std::future::pending::<()>().await;
         Ok(())
+    }
+
+    async fn leech(
+        &self,
+        mut reader: MessageReader<OwnedReadHalf>,
+        mut writer: MessageWriter<OwnedWriteHalf>,
+        n: u32,
+    ) -> Result<(), WireError> {
+        let g = &self.content.torrent.info.geometry;
+        writer.send(&Message::Interested).await?;
+        let mut told = Bitfield::new(n);
+        let mut asked = Bitfield::new(n);
+        let mut unchoked = false;
+        loop {
+            match reader.next().await? {
+                Message::Bitfield(b) => {
+                    if let Ok(bf) = Bitfield::from_bytes(&b, n) {
+                        told = bf;
+                    }
+                }
+                Message::Have(i) if i < n => {
+                    told.set(i);
+                }
+                Message::Unchoke => unchoked = true,
+                Message::Choke => unchoked = false,
+                Message::Piece { .. } => self.counters.send_modify(|c| c.blocks_received += 1),
+                _ => {}
+            }
+            let count = told.count_ones() as usize;
+            self.counters.send_modify(|c| c.announced = count);
+            if !unchoked {
+                continue;
+            }
+            let mut requests = Vec::new();
+            for i in told.iter_ones() {
+                if asked.set(i) {
+                    let p = g.piece(i).expect("told of a real piece");
+                    let (begin, length) = g.block(p, 0);
+                    requests.push(Message::Request(BlockRef {
+                        index: i,
+                        begin,
+                        length,
+                    }));
+                }
+            }
+            if !requests.is_empty() {
+                self.counters.send_modify(|c| c.requests += requests.len());
+                writer.send_many(&requests).await?;
+            }
+        }
     }
 
     async fn fast_leech(
