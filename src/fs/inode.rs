@@ -308,15 +308,16 @@ impl InodeTable {
         let Body::Dir { children, .. } = &node.body else {
             return None;
         };
-        let dots = [(".", ino), ("..", node.parent)];
-        let all = dots
-            .into_iter()
-            .chain(children.iter().map(|(name, child)| (name.as_str(), *child)));
+        // Slices, not `skip`: each call costs what it returns, so listing a directory of n
+        // entries a page at a time is linear in n.
         let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        let dots = [(".", ino), ("..", node.parent)];
+        let rest = children.get(skip.saturating_sub(2)..).unwrap_or_default();
+        let all = (dots.into_iter().skip(skip.min(2)))
+            .chain(rest.iter().map(|(name, child)| (name.as_str(), *child)));
         Some(
-            all.enumerate()
-                .skip(skip)
-                .map(move |(i, (name, child))| DirEntry {
+            all.zip(skip..)
+                .map(move |((name, child), i)| DirEntry {
                     ino: child,
                     next_offset: i as u64 + 1,
                     kind: match self.kind(child) {
