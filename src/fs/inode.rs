@@ -315,18 +315,15 @@ impl InodeTable {
         let rest = children.get(skip.saturating_sub(2)..).unwrap_or_default();
         let all = (dots.into_iter().skip(skip.min(2)))
             .chain(rest.iter().map(|(name, child)| (name.as_str(), *child)));
-        Some(
-            all.zip(skip..)
-                .map(move |((name, child), i)| DirEntry {
-                    ino: child,
-                    next_offset: i as u64 + 1,
-                    kind: match self.kind(child) {
-                        Some(NodeKind::File { .. }) => FileType::RegularFile,
-                        _ => FileType::Directory,
-                    },
-                    name,
-                }),
-        )
+        Some(all.zip(skip..).map(move |((name, child), i)| DirEntry {
+            ino: child,
+            next_offset: i as u64 + 1,
+            kind: match self.kind(child) {
+                Some(NodeKind::File { .. }) => FileType::RegularFile,
+                _ => FileType::Directory,
+            },
+            name,
+        }))
     }
 }
 

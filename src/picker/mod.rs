@@ -16,7 +16,7 @@
 //!   decide that at pick time.
 //!
 //! Alongside: every requested block is listed in the in-flight set of each peer it was asked of,
-//! and nowhere else; the `have`/`needed`/`missing` bitsets mirror the states exactly (kept in
+//! and nowhere else; the `have`/`needed` bitsets and the `rarity` index mirror the states exactly (kept in
 //! `set_state`, the only place a state changes). `model_tests` checks all of this after every
 //! step of a random walk.
 //!
@@ -114,10 +114,16 @@ pub struct Picker {
     have: Bitfield,
     /// Missing or Partial: what a peer can still give us (`is_interesting`).
     needed: Words,
-    /// Missing only: candidates when starting a new piece.
-    missing: Words,
-    /// How many connected peers have each piece.
+    /// How many connected peers that are not `seeds` have each piece: a seed's bitfield
+    /// changes no count (it counts in `seeds`), so a seed connecting costs O(1), not O(pieces).
     availability: Vec<u32>,
+    /// Peers counted as seeds (they had every piece when they said what they have).
+    seeds: HashSet<PeerId>,
+    /// The Missing pieces by (availability, index): the background order, rarest first, kept
+    /// as availability changes so that starting a piece never scans the whole torrent.
+    rarity: BTreeSet<(u32, PieceIndex)>,
+    /// Pieces Missing or Partial: a seed is interesting while this is not zero.
+    needed_count: u32,
     /// Blocks each peer has been asked for and not yet delivered.
     in_flight: HashMap<PeerId, BTreeSet<Block>>,
     readers: HashMap<ReaderId, ReaderWant>,
@@ -145,8 +151,10 @@ impl Picker {
             partial: BTreeMap::new(),
             have: Bitfield::new(n),
             needed: Words::full(n),
-            missing: Words::full(n),
             availability: vec![0; n as usize],
+            seeds: HashSet::new(),
+            rarity: geometry.pieces().map(|p| (0, p)).collect(),
+            needed_count: n,
             in_flight: HashMap::new(),
             readers: HashMap::new(),
             deadlines: HashMap::new(),
@@ -168,9 +176,13 @@ impl Picker {
     /// A peer's `bitfield` message; call once per peer, before any of its `have`s.
     pub fn peer_bitfield(&mut self, peer: PeerId, has: &Bitfield) {
         self.in_flight.entry(peer).or_default();
+        if has.is_full() {
+            self.seeds.insert(peer);
+            return;
+        }
         for i in has.iter_ones() {
-            if let Some(a) = self.availability.get_mut(i as usize) {
-                *a += 1;
+            if let Some(p) = self.geometry.piece(i) {
+                self.add_availability(p, 1);
             }
         }
     }
@@ -178,17 +190,31 @@ impl Picker {
     /// A peer's `have`; call only when the bit is newly set in that peer's bitfield.
     pub fn peer_have(&mut self, peer: PeerId, p: PieceIndex) {
         self.in_flight.entry(peer).or_default();
-        self.availability[p.as_usize()] += 1;
+        self.add_availability(p, 1);
     }
 
     /// The peer disconnected: `has` is its last bitfield. Its requests are released for others.
     pub fn peer_gone(&mut self, peer: PeerId, has: &Bitfield) {
         self.peer_choked(peer);
         self.in_flight.remove(&peer);
+        if self.seeds.remove(&peer) {
+            return;
+        }
         for i in has.iter_ones() {
-            if let Some(a) = self.availability.get_mut(i as usize) {
-                *a = a.saturating_sub(1);
+            if let Some(p) = self.geometry.piece(i) {
+                self.add_availability(p, -1);
             }
+        }
+    }
+
+    /// Counts one more (or one less) non-seed peer having `p`, keeping `rarity` in order.
+    fn add_availability(&mut self, p: PieceIndex, delta: i32) {
+        let a = &mut self.availability[p.as_usize()];
+        let old = *a;
+        *a = a.saturating_add_signed(delta);
+        if self.state[p.as_usize()] == PieceState::Missing && *a != old {
+            self.rarity.remove(&(old, p));
+            self.rarity.insert((*a, p));
         }
     }
 
@@ -369,8 +395,9 @@ impl Picker {
         self.geometry.piece_count() - self.have.count_ones()
     }
 
+    /// Connected peers that have `p` (seeds included).
     pub fn availability(&self, p: PieceIndex) -> u32 {
-        self.availability[p.as_usize()]
+        self.availability[p.as_usize()] + self.seeds.len() as u32
     }
 
     pub fn in_flight(&self, peer: PeerId) -> usize {
@@ -382,8 +409,12 @@ impl Picker {
         self.in_flight.get(&peer).into_iter().flatten().copied()
     }
 
-    /// Whether the peer has a piece we neither have nor are verifying; O(pieces / 64).
+    /// Whether the peer has a piece we neither have nor are verifying; O(1) for a seed, else
+    /// O(pieces / 64).
     pub fn is_interesting(&self, peer_has: &Bitfield) -> bool {
+        if peer_has.is_full() {
+            return self.needed_count > 0;
+        }
         (0..self.needed.0.len()).any(|w| bitfield_word(peer_has, w) & self.needed.0[w] != 0)
     }
 
@@ -391,9 +422,24 @@ impl Picker {
 
     /// The one place a piece changes state; keeps the mirror bitsets exact.
     fn set_state(&mut self, p: PieceIndex, s: PieceState) {
-        self.state[p.as_usize()] = s;
+        let old = std::mem::replace(&mut self.state[p.as_usize()], s);
+        let is_needed = |s| matches!(s, PieceState::Missing | PieceState::Partial);
+        match (is_needed(old), is_needed(s)) {
+            (true, false) => self.needed_count -= 1,
+            (false, true) => self.needed_count += 1,
+            _ => {}
+        }
+        let key = (self.availability[p.as_usize()], p);
+        match (old == PieceState::Missing, s == PieceState::Missing) {
+            (true, false) => {
+                self.rarity.remove(&key);
+            }
+            (false, true) => {
+                self.rarity.insert(key);
+            }
+            _ => {}
+        }
         let i = p.get();
-        self.missing.put(i, s == PieceState::Missing);
         self.needed
             .put(i, matches!(s, PieceState::Missing | PieceState::Partial));
         if s == PieceState::Have {
@@ -479,17 +525,6 @@ impl Words {
         } else {
             *w &= !mask;
         }
-    }
-
-    /// Indices of the set bits of `word` number `w`, ascending.
-    fn ones(w: usize, mut word: u64) -> impl Iterator<Item = u32> {
-        std::iter::from_fn(move || {
-            let lz = word.leading_zeros();
-            (lz < 64).then(|| {
-                word &= !(1u64 << (63 - lz));
-                (w * 64) as u32 + lz
-            })
-        })
     }
 }
 

@@ -1,10 +1,8 @@
 //! The pick order: reader deadlines, then background rarest-first, and `pick` itself.
 
-use std::collections::BinaryHeap;
 use std::ops::Range;
 
-use super::bitfield_word;
-use super::{Block, MAX_REQUESTERS, Partial, PeerId, Picker, PieceState, ReaderId, Slot, Words};
+use super::{Block, MAX_REQUESTERS, Partial, PeerId, Picker, PieceState, ReaderId, Slot};
 use crate::bitfield::Bitfield;
 use crate::piece::{BLOCK_SIZE, PieceIndex};
 
@@ -73,7 +71,7 @@ impl Picker {
             Some(&d) => Priority::Reader(d),
             None => Priority::Background {
                 fresh: self.state[p.as_usize()] == PieceState::Missing,
-                availability: self.availability[p.as_usize()],
+                availability: self.availability(p),
             },
         };
         OrderKey { priority, piece: p }
@@ -206,24 +204,22 @@ impl Picker {
         out
     }
 
-    /// The Missing pieces `peer_has` holds, enough of them (best first) to fill `blocks` blocks.
+    /// The Missing pieces `peer_has` holds, enough of them (best first) to fill `blocks` blocks:
+    /// the first of `rarity` (rarest, then lowest index) the peer has. For a seed that is the
+    /// first few entries; a peer with few pieces may need a longer walk.
     fn best_missing(&self, peer_has: &Bitfield, blocks: usize) -> Vec<OrderKey> {
         let full_piece = self.geometry.piece_length().div_ceil(BLOCK_SIZE) as usize;
         // Every piece but the last is full, so this many pieces always cover `blocks`.
         let k = blocks.min(blocks.div_ceil(full_piece) + 1);
-        let mut best = BinaryHeap::with_capacity(k + 1);
-        for (w, &missing) in self.missing.0.iter().enumerate() {
-            for i in Words::ones(w, missing & bitfield_word(peer_has, w)) {
-                let Some(p) = self.geometry.piece(i) else {
-                    continue;
-                };
-                best.push(self.order_key(p));
-                if best.len() > k {
-                    best.pop();
-                }
-            }
-        }
-        best.into_sorted_vec()
+        let mut best: Vec<OrderKey> = (self.rarity.iter())
+            .filter(|(_, p)| peer_has.get(p.get()))
+            .take(k)
+            .map(|&(_, p)| self.order_key(p))
+            .collect();
+        // A reader's piece sorts first whatever its rarity (it can be Missing here only when
+        // another peer holds it on parole, and then this peer takes no block of it anyway).
+        best.sort_unstable();
+        best
     }
 
     /// Requests the free blocks of `p`, lowest first, from `peer`; starts `p` if Missing.

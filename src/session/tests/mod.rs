@@ -9,6 +9,7 @@ mod fake_peer;
 mod fast;
 mod late;
 mod liars;
+mod scale;
 mod stalls;
 mod swarm;
 mod web_server;
