@@ -29,8 +29,10 @@
 //!   buckets for the rate caps).
 //! - [`store`]: verified pieces at rest: `memory` (LRU by bytes) and `disk` (files, re-verified
 //!   on load); neither knows where else a piece lives.
-//! - Discovery: [`tracker`] (`http`, `udp`, and the `announcer` task) and [`dht`] (the
-//!   Mainline DHT node: KRPC, routing table, lookups, saved state).
+//! - Discovery: [`tracker`] (`http`, `udp`, and the `announcer` task), [`dht`] (the
+//!   Mainline DHT node: KRPC, routing table, lookups, saved state) and [`lsd`] (local service
+//!   discovery, BEP 14: `message` parsed and formatted, `policy` of when to announce and what to
+//!   take in, multicast `socket`s).
 //! - [`wire`]: peer messages, pure encode/decode (`message`, `handshake`, `extension`) and
 //!   their tokio framing (`conn`, with the handshake exchange); `mse`: protocol encryption
 //!   (Diffie-Hellman, RC4) under them, over any byte stream.
@@ -77,6 +79,7 @@ pub mod bitfield;
 pub mod choker;
 pub mod dht;
 pub mod fs;
+pub mod lsd;
 pub mod magnet;
 pub mod metainfo;
 pub mod picker;
