@@ -47,7 +47,7 @@
 //!                                   waits on `verified` (watch<u64>) <-- piece held or evicted
 //! host accept loop --handshake read, routed by info-hash (mpsc)--> session incoming task
 //!                                                                   --> peer task
-//! announcer (tracker), DHT announce loop, PEX, --peer
+//! announcer (tracker), DHT announce loop, LSD task, PEX, --peer
 //!            --addrs tagged with their PeerSource (mpsc)--> connector --dial--> peer task
 //! session --PeerCmd (mpsc: refill, have, cancel, choke, disconnect)--> peer task
 //! peer task --Message (mpsc)--> its writer task (batches, upload cap) --> socket
@@ -60,6 +60,8 @@
 //! app::mount tick (1 s): status::Live (rates, said-once alerts), the status line
 //! status socket --accept--> report as JSON --> `btfs status`
 //! DHT node: its receive loop and maintenance task, shared by every session (Config::dht)
+//! LSD task (lsd): multicast announces of every registered torrent, peers others announce
+//!           --mpsc per torrent, tagged Lsd--> connector; shared by every session (Config::lsd)
 //! shutdown: Session::stop flips `shutdown` (watch<bool>): every waiting read fails, every
 //!           task ends; the disk writer and the announcer say on watch channels when done
 //! ```
