@@ -304,4 +304,80 @@ mod tests {
             .collect();
         assert_eq!(back, hashes);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn keeps_promises(a: &Announce) -> Result<(), TestCaseError> {
+            prop_assert!(a.port != 0, "{a:?}");
+            prop_assert!(!a.info_hashes.is_empty(), "{a:?}");
+            prop_assert!(a.info_hashes.iter().all(|h| h.0 != [0; 20]), "{a:?}");
+            let mut unique = a.info_hashes.clone();
+            unique.sort();
+            unique.dedup();
+            prop_assert_eq!(unique.len(), a.info_hashes.len());
+            Ok(())
+        }
+
+        /// A valid announce with bytes overwritten and a stretch cut.
+        fn mangled() -> impl Strategy<Value = Vec<u8>> {
+            let valid = encode(HOST_V4, 6881, "c00c1e", &[h(1), h(2), h(3)]).remove(0);
+            let len = valid.len();
+            (
+                prop::collection::vec((0..len, any::<u8>()), 1..8),
+                0..len,
+                0..len,
+            )
+                .prop_map(move |(edits, cut_at, cut_len)| {
+                    let mut d = valid.clone();
+                    for (at, byte) in edits {
+                        d[at] = byte;
+                    }
+                    let end = (cut_at + cut_len / 8).min(d.len());
+                    d.drain(cut_at.min(end)..end);
+                    d
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn arbitrary_datagrams_parse_or_fail_cleanly(
+                d in prop::collection::vec(any::<u8>(), 0..1600)
+            ) {
+                if let Ok(a) = parse(&d) {
+                    keeps_promises(&a)?;
+                }
+            }
+
+            #[test]
+            fn mangled_announces_parse_or_fail_cleanly(d in mangled()) {
+                if let Ok(a) = parse(&d) {
+                    keeps_promises(&a)?;
+                }
+            }
+
+            #[test]
+            fn what_we_encode_parses_back(
+                port in 1u16..,
+                hashes in prop::collection::btree_set(any::<[u8; 20]>(), 1..80),
+                cookie in "[0-9a-f]{1,8}",
+            ) {
+                let hashes: Vec<InfoHash> =
+                    hashes.into_iter().filter(|h| *h != [0; 20]).map(InfoHash).collect();
+                prop_assume!(!hashes.is_empty());
+                let mut back = Vec::new();
+                for d in encode(HOST_V6, port, &cookie, &hashes) {
+                    prop_assert!(d.len() <= MAX_SENT);
+                    let a = parse(&d).expect("our own announce parses");
+                    prop_assert_eq!(a.port, port);
+                    prop_assert!(a.has_cookie(&cookie));
+                    back.extend(a.info_hashes);
+                }
+                prop_assert_eq!(back, hashes);
+            }
+        }
+    }
 }
