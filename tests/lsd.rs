@@ -102,25 +102,10 @@ fn btfs_and_a_libtorrent_seeder_find_each_other() {
     in_netns("btfs_and_a_libtorrent_seeder_find_each_other", || {
         let swarm = swarm(0);
         let m = mount(swarm.torrent(), &[]);
-        let our_port = m.status()["listen_port"].clone();
 
         // libtorrent announces when it starts (then every 5 minutes); btfs answers at once.
-        let ip = Ipv4Addr::new(127, 0, 1, 1);
-        let addr = SocketAddr::from((ip, free_port(ip)));
-        let log = swarm.dir().join("lsd-seeder.log");
-        let mut cmd = swarm_py();
-        cmd.arg("seed")
-            .arg(swarm.torrent())
-            .arg(swarm.data_parent())
-            .args([
-                "--bind",
-                &ip.to_string(),
-                "--port",
-                &addr.port().to_string(),
-            ])
-            .args(["--lsd", "--no-wait-announce"]);
         let started = Instant::now();
-        let mut seeder = Background::spawn("lsd-seeder", &mut cmd, log);
+        let (addr, mut seeder) = lsd_seeder(&swarm);
         // libtorrent keeps one of the two connections the peers dial each other with, so
         // the one btfs dialled may be gone already: known, not connected.
         let found = wait_lsd_peer(&m, started, |(_, k)| k >= 1, "btfs");
@@ -133,19 +118,73 @@ fn btfs_and_a_libtorrent_seeder_find_each_other() {
             m.stderr()
         );
 
-        // And libtorrent heard btfs's announce (its log: "<== LSD: IP:PORT ih: HASH").
-        let heard = format!("<== LSD: 127.0.0.1:{our_port} ih: {}", swarm.info_hash());
-        while !seeder.log_text().contains(&heard) {
+        // And libtorrent heard btfs's answer.
+        wait_heard(&mut seeder, &m, &swarm, started);
+        seeder.stop();
+    });
+}
+
+#[test]
+fn a_running_libtorrent_seeder_hears_btfs_arrive() {
+    in_netns("a_running_libtorrent_seeder_hears_btfs_arrive", || {
+        let swarm = swarm(0);
+        let (_, mut seeder) = lsd_seeder(&swarm);
+        let ready = swarm.dir().join("lsd-seeder.ready");
+        let started = Instant::now();
+        while !ready.exists() {
             assert!(
-                started.elapsed() < FOUND && seeder.exited().is_none(),
-                "libtorrent never heard btfs's announce {heard:?}\n{}\n{}",
-                seeder.log_text(),
-                m.stderr()
+                seeder.exited().is_none() && started.elapsed() < FOUND,
+                "the seeder never became a seed\n{}",
+                seeder.log_text()
             );
             sleep(Duration::from_millis(10));
         }
+        // Its start-up announces went out to nobody; btfs's own reaches it.
+        let mounted = Instant::now();
+        let m = mount(swarm.torrent(), &[]);
+        let heard = wait_heard(&mut seeder, &m, &swarm, mounted);
+        eprintln!("libtorrent heard btfs by LSD {heard:?} after btfs was started");
+        assert_all_files_match(&m, &swarm);
         seeder.stop();
     });
+}
+
+/// A libtorrent seeder of the swarm's torrent on 127.0.1.1 with local service discovery on
+/// (and nothing else to find peers with); it writes `lsd-seeder.ready` once a seed.
+fn lsd_seeder(swarm: &Swarm) -> (SocketAddr, Background) {
+    let ip = Ipv4Addr::new(127, 0, 1, 1);
+    let addr = SocketAddr::from((ip, free_port(ip)));
+    let mut cmd = swarm_py();
+    cmd.arg("seed")
+        .arg(swarm.torrent())
+        .arg(swarm.data_parent())
+        .args([
+            "--bind",
+            &ip.to_string(),
+            "--port",
+            &addr.port().to_string(),
+        ])
+        .args(["--lsd", "--no-wait-announce", "--ready-file"])
+        .arg(swarm.dir().join("lsd-seeder.ready"));
+    let log = swarm.dir().join("lsd-seeder.log");
+    (addr, Background::spawn("lsd-seeder", &mut cmd, log))
+}
+
+/// Waits until libtorrent's log says it heard the mount's announce ("<== LSD: IP:PORT ih:
+/// HASH"); how long that took from `since`.
+fn wait_heard(seeder: &mut Background, m: &Mount, swarm: &Swarm, since: Instant) -> Duration {
+    let port = m.status()["listen_port"].clone();
+    let heard = format!("<== LSD: 127.0.0.1:{port} ih: {}", swarm.info_hash());
+    while !seeder.log_text().contains(&heard) {
+        assert!(
+            since.elapsed() < FOUND && seeder.exited().is_none(),
+            "libtorrent never heard btfs's announce {heard:?}\n{}\n{}",
+            seeder.log_text(),
+            m.stderr()
+        );
+        sleep(Duration::from_millis(10));
+    }
+    since.elapsed()
 }
 
 #[test]
