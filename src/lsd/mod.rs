@@ -292,13 +292,18 @@ impl Task {
             for c in &self.channels {
                 for datagram in message::encode(c.host, port, &self.cookie, &hashes) {
                     let interfaces = c.send(&datagram).await;
-                    tracing::debug!(
-                        port,
-                        torrents = hashes.len(),
-                        group = c.host,
-                        interfaces,
-                        "LSD: announced"
-                    );
+                    let torrents = hashes.len();
+                    if interfaces == 0 {
+                        tracing::debug!(group = c.host, "LSD: announce sent nowhere");
+                    } else {
+                        tracing::debug!(
+                            port,
+                            torrents,
+                            group = c.host,
+                            interfaces,
+                            "LSD: announced"
+                        );
+                    }
                 }
             }
         }
