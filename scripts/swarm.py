@@ -17,9 +17,15 @@ Subcommands:
   seed TORRENT DATA_PARENT_DIR --bind 127.0.x.1 --port P [--corrupt] [--upload-limit B/s]
        [--ready-file F] [--work-dir D] [--seed-mode] [--no-wait-announce]
        [--dht-node IP:PORT ...] [--keep-redundant] [--encryption enabled|forced|disabled]
+       [--lsd]
       seeds until SIGTERM/SIGINT; writes F once it is a seed and (unless
       --no-wait-announce, or the torrent has no trackers) a tracker answered.
       With --dht-node: also a DHT node (see "DHT mode" below) announcing the torrent.
+      With --lsd: also local service discovery (BEP 14): announces the torrent on the
+      multicast group 239.192.152.143:6771 (at start, then every 5 minutes) and connects to
+      whoever announces it there; logs "<== LSD: IP:PORT ih: HASH" for each announce heard
+      (and "==> LSD" for its own). Only inside a loopback-only network namespace, where
+      multicast cannot leave the machine.
       With --keep-redundant: keeps connections to peers that want nothing (pex-hub).
       --encryption (seed and leech): libtorrent's protocol encryption policy, both ways.
       enabled (libtorrent's default): dials encrypted first, accepts both; forced: RC4-encrypted
@@ -325,6 +331,8 @@ def seed(args):
     else:
         ses = L.session(base_settings(args.bind, args.port))
     apply_encryption(L, ses, args.encryption)
+    if args.lsd:
+        ses.apply_settings({"enable_lsd": True})
     if args.upload_limit:
         apply_upload_limit(L, ses, args.upload_limit)
     if args.keep_redundant:
@@ -339,6 +347,8 @@ def seed(args):
         atp.flags |= L.torrent_flags.seed_mode
     if args.dht_node:
         atp.flags &= ~L.torrent_flags.disable_dht
+    if args.lsd:
+        atp.flags &= ~L.torrent_flags.disable_lsd
     h = ses.add_torrent(atp)
     has_trackers = len(h.trackers()) > 0
     log("seeding %s (%s) on %s:%d from %s, trackers=%s" % (
@@ -368,6 +378,10 @@ def seed(args):
                 log("listening: %s" % a.message())
             elif args.dht_node and isinstance(a, L.dht_reply_alert):
                 log("DHT: %s" % a.message())
+            elif args.lsd and (isinstance(a, L.lsd_error_alert)
+                               or isinstance(a, L.log_alert) and "LSD" in a.message()):
+                # "<== LSD: IP:PORT ih: HASH": a peer announced the torrent, and was added.
+                log("%s: %s" % (type(a).__name__, a.message()))
             elif isinstance(a, (L.peer_connect_alert, L.incoming_connection_alert,
                                 L.peer_disconnected_alert)):
                 log("%s: %s" % (type(a).__name__, a.message()))
@@ -753,6 +767,8 @@ def main():
                    help="IP:PORT of a DHT node: run a DHT node knowing it, announce there")
     s.add_argument("--keep-redundant", action="store_true",
                    help="keep connections to upload-only peers (a pex-hub)")
+    s.add_argument("--lsd", action="store_true",
+                   help="local service discovery (multicast; in a network namespace only)")
     add_encryption_arg(s)
     s.set_defaults(fn=seed)
 

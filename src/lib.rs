@@ -29,8 +29,10 @@
 //!   buckets for the rate caps).
 //! - [`store`]: verified pieces at rest: `memory` (LRU by bytes) and `disk` (files, re-verified
 //!   on load); neither knows where else a piece lives.
-//! - Discovery: [`tracker`] (`http`, `udp`, and the `announcer` task) and [`dht`] (the
-//!   Mainline DHT node: KRPC, routing table, lookups, saved state).
+//! - Discovery: [`tracker`] (`http`, `udp`, and the `announcer` task), [`dht`] (the
+//!   Mainline DHT node: KRPC, routing table, lookups, saved state) and [`lsd`] (local service
+//!   discovery, BEP 14: `message` parsed and formatted, `policy` of when to announce and what to
+//!   take in, multicast `socket`s).
 //! - [`wire`]: peer messages, pure encode/decode (`message`, `handshake`, `extension`) and
 //!   their tokio framing (`conn`, with the handshake exchange); `mse`: protocol encryption
 //!   (Diffie-Hellman, RC4) under them, over any byte stream.
@@ -45,7 +47,7 @@
 //!                                   waits on `verified` (watch<u64>) <-- piece held or evicted
 //! host accept loop --handshake read, routed by info-hash (mpsc)--> session incoming task
 //!                                                                   --> peer task
-//! announcer (tracker), DHT announce loop, PEX, --peer
+//! announcer (tracker), DHT announce loop, LSD task, PEX, --peer
 //!            --addrs tagged with their PeerSource (mpsc)--> connector --dial--> peer task
 //! session --PeerCmd (mpsc: refill, have, cancel, choke, disconnect)--> peer task
 //! peer task --Message (mpsc)--> its writer task (batches, upload cap) --> socket
@@ -58,6 +60,8 @@
 //! app::mount tick (1 s): status::Live (rates, said-once alerts), the status line
 //! status socket --accept--> report as JSON --> `btfs status`
 //! DHT node: its receive loop and maintenance task, shared by every session (Config::dht)
+//! LSD task (lsd): multicast announces of every registered torrent, peers others announce
+//!           --mpsc per torrent, tagged Lsd--> connector; shared by every session (Config::lsd)
 //! shutdown: Session::stop flips `shutdown` (watch<bool>): every waiting read fails, every
 //!           task ends; the disk writer and the announcer say on watch channels when done
 //! ```
@@ -77,6 +81,7 @@ pub mod bitfield;
 pub mod choker;
 pub mod dht;
 pub mod fs;
+pub mod lsd;
 pub mod magnet;
 pub mod metainfo;
 pub mod picker;

@@ -107,6 +107,10 @@ struct MountArgs {
     /// Do not use the Mainline DHT (find peers through trackers and --peer only).
     #[arg(long)]
     no_dht: bool,
+    /// Do not look for peers on the local network, nor announce the torrent there (local
+    /// service discovery, BEP 14: multicast on 239.192.152.143:6771).
+    #[arg(long)]
+    no_lsd: bool,
     /// Do not download from the torrent's web seeds (HTTP servers in its url-list, BEP 19).
     #[arg(long)]
     no_web_seeds: bool,
@@ -205,6 +209,7 @@ fn run(cli: Cli) -> Result<()> {
                     state_file: args.dht_state.or_else(mount::default_dht_state),
                 }),
                 read_timeout: args.read_timeout.map(std::time::Duration::from_secs),
+                lsd: !args.no_lsd,
             };
             // Forking must happen before the runtime starts threads.
             let ready = if args.daemon {

@@ -246,7 +246,9 @@ impl World {
         let bootstrap = self.nodes.addrs[0].to_string();
         Mount::with_args(btfs(), |mnt, scratch| {
             let mut args: Vec<OsString> = vec!["mount".into(), target.into(), mnt.into()];
-            args.extend(["--port", "0", "--bind", "127.0.0.1", "-q"].map(OsString::from));
+            args.extend(
+                ["--port", "0", "--bind", "127.0.0.1", "-q", "--no-lsd"].map(OsString::from),
+            );
             args.extend(["--dht-bootstrap".into(), bootstrap.into()]);
             args.extend(["--dht-state".into(), scratch.join("dht.state").into()]);
             args.extend(extra.iter().map(OsString::from));

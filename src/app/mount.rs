@@ -54,6 +54,8 @@ pub struct MountConfig {
     pub metadata_cache: Option<std::path::PathBuf>,
     /// `None`: no DHT (`--no-dht`).
     pub dht: Option<DhtSettings>,
+    /// Local service discovery (BEP 14); false with `--no-lsd`.
+    pub lsd: bool,
     /// `--read-timeout`: a read fails with EIO after this long without data; `None` waits.
     pub read_timeout: Option<Duration>,
 }
@@ -94,6 +96,18 @@ async fn start_dht(settings: &DhtSettings, tcp: std::net::SocketAddr) -> Result<
         }
     }
     Dht::bind(socket, dht_config).map_err(|e| MountError::Dht(e.to_string()))
+}
+
+/// Local service discovery on the listen address's interfaces; a machine where it cannot run
+/// (no multicast interface, the port refused) mounts without it.
+fn start_lsd(listen: std::net::IpAddr) -> Option<crate::lsd::Lsd> {
+    match crate::lsd::Lsd::start(listen) {
+        Ok(lsd) => Some(lsd),
+        Err(e) => {
+            tracing::warn!("no local service discovery: {e}");
+            None
+        }
+    }
 }
 
 /// A torrent's `nodes` (BEP 5) join the routing table once the torrent is known.
@@ -217,6 +231,9 @@ pub async fn run(
         Some(settings) => Some(start_dht(settings, tcp_addr).await?),
         None => None,
     };
+    if config.lsd {
+        config.session.lsd = start_lsd(tcp_addr.ip());
+    }
     let torrent = match preloaded {
         Some(t) => t,
         None => {

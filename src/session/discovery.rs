@@ -15,6 +15,8 @@ pub enum PeerSource {
     Dht,
     /// Peer exchange (BEP 11): addresses other peers told us about.
     Pex,
+    /// Local service discovery (BEP 14): a client on the local network announced the torrent.
+    Lsd,
     /// The peer connected to us.
     Incoming,
     /// `--peer` on the command line (and peers a magnet's metadata fetch already found).
@@ -22,10 +24,11 @@ pub enum PeerSource {
 }
 
 impl PeerSource {
-    pub const ALL: [PeerSource; 5] = [
+    pub const ALL: [PeerSource; 6] = [
         PeerSource::Tracker,
         PeerSource::Dht,
         PeerSource::Pex,
+        PeerSource::Lsd,
         PeerSource::Incoming,
         PeerSource::Manual,
     ];
@@ -36,6 +39,7 @@ impl PeerSource {
             PeerSource::Tracker => "tracker",
             PeerSource::Dht => "dht",
             PeerSource::Pex => "pex",
+            PeerSource::Lsd => "lsd",
             PeerSource::Incoming => "incoming",
             PeerSource::Manual => "manual",
         }

@@ -2,9 +2,9 @@
 //!
 //! Tasks (all end when `shutdown` flips to true):
 //! - the incoming task takes connections the [`Host`] routed to this torrent (`connect.rs`);
-//! - the connector turns addresses from discovery (trackers, DHT, `--peer`, peers' PEX
-//!   messages; each tagged with its [`PeerSource`], see `discovery`) into outgoing
-//!   connections, up to `max_peers` (`connect.rs`);
+//! - the connector turns addresses from discovery (trackers, DHT, local service discovery,
+//!   `--peer`, peers' PEX messages; each tagged with its [`PeerSource`], see `discovery`)
+//!   into outgoing connections, up to `max_peers` (`connect.rs`);
 //! - one task per peer reads its messages and asks the picker for blocks; a writer task per peer
 //!   sends what the session queues for it (`peer/`);
 //! - a blocking-pool job hashes each completed piece before anyone sees a byte of it
@@ -20,8 +20,8 @@
 //! they need.
 //!
 //! The boundary: a session owns one torrent's peers, pieces and readers. What a process shares
-//! between torrents comes from outside: the [`Host`] (listening port, peer id) and the DHT node
-//! (`Config::dht`).
+//! between torrents comes from outside: the [`Host`] (listening port, peer id), the DHT node
+//! (`Config::dht`) and local service discovery (`Config::lsd`).
 //!
 //! State and locking: see `shared.rs` (the lock order) and `state.rs` (who owns what).
 
@@ -89,6 +89,9 @@ pub struct Config {
     pub max_readahead_bytes: u64,
     /// The DHT node to find peers with and announce to; `None` with `--no-dht`.
     pub dht: Option<crate::dht::Dht>,
+    /// Local service discovery, to announce the torrent on and find peers with on the local
+    /// network; `None` with `--no-lsd`.
+    pub lsd: Option<crate::lsd::Lsd>,
     /// Caps in bytes/s; `None`: unlimited.
     pub max_download_rate: Option<u64>,
     pub max_upload_rate: Option<u64>,
@@ -114,6 +117,7 @@ impl Default for Config {
             readahead_bytes: 4 * 1024 * 1024,
             max_readahead_bytes: 64 * 1024 * 1024,
             dht: None,
+            lsd: None,
             max_download_rate: None,
             max_upload_rate: None,
             no_upload: false,
@@ -259,6 +263,18 @@ impl Session {
                     shared.torrent.info_hash.0,
                     Some(shared.listen_port),
                     discovery::tagged(&shared.discovered, PeerSource::Dht),
+                    shared.shutdown.subscribe(),
+                );
+            }
+        }
+        if let Some(lsd) = &shared.config.lsd {
+            if shared.torrent.info.private {
+                tracing::info!("private torrent: no local service discovery (BEP 27)");
+            } else {
+                lsd.spawn_announce(
+                    shared.torrent.info_hash,
+                    shared.listen_port,
+                    discovery::tagged(&shared.discovered, PeerSource::Lsd),
                     shared.shutdown.subscribe(),
                 );
             }

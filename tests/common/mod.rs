@@ -148,8 +148,17 @@ pub fn btfs() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_btfs"))
 }
 
-/// Our flags for a test mount: any free port, loopback only, no status line, no DHT.
-pub const MOUNT_ARGS: &[&str] = &["--port", "0", "--bind", "127.0.0.1", "-q", "--no-dht"];
+/// Our flags for a test mount: any free port, loopback only, no status line, no DHT, no local
+/// service discovery (which would find mounts of the same torrent in other tests).
+pub const MOUNT_ARGS: &[&str] = &[
+    "--port",
+    "0",
+    "--bind",
+    "127.0.0.1",
+    "-q",
+    "--no-dht",
+    "--no-lsd",
+];
 
 /// `btfs mount <torrent> <mnt>` with [`MOUNT_ARGS`], then `extra`, waiting until it is mounted.
 /// `torrent` may be a path, a URL or a magnet link.
