@@ -140,7 +140,14 @@ pub struct Picker {
     late: HashSet<Block>,
     /// Blocks asked of another peer because the first was late.
     rerequests: u64,
+    /// Readahead pieces memory could not keep (`piece_not_kept`): not asked for again until
+    /// their reader is within [`NEAR`] pieces of them, so a full cache does not fetch the same
+    /// piece over and over. Always Missing, always in a readahead window at rank `NEAR` or more.
+    deferred: HashSet<PieceIndex>,
 }
+
+/// How close (in pieces of its window) a reader must be to a deferred piece to fetch it again.
+pub(crate) const NEAR: u32 = 4;
 
 impl Picker {
     /// Every piece starts Missing; background fetching starts enabled.
@@ -163,6 +170,7 @@ impl Picker {
             exclusive: HashMap::new(),
             late: HashSet::new(),
             rerequests: 0,
+            deferred: HashSet::new(),
             geometry,
         }
     }
@@ -349,6 +357,9 @@ impl Picker {
             self.drop_partial(p);
         }
         self.set_state(p, PieceState::Missing);
+        if matches!(self.deadlines.get(&p), Some(order::Deadline::Readahead(r)) if *r >= NEAR) {
+            self.deferred.insert(p);
+        }
     }
 
     /// The store dropped the piece: it is Missing again, fetched when wanted.
@@ -423,6 +434,9 @@ impl Picker {
     /// The one place a piece changes state; keeps the mirror bitsets exact.
     fn set_state(&mut self, p: PieceIndex, s: PieceState) {
         let old = std::mem::replace(&mut self.state[p.as_usize()], s);
+        if s != PieceState::Missing {
+            self.deferred.remove(&p);
+        }
         let is_needed = |s| matches!(s, PieceState::Missing | PieceState::Partial);
         match (is_needed(old), is_needed(s)) {
             (true, false) => self.needed_count -= 1,

@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use super::{Block, MAX_REQUESTERS, Partial, PeerId, Picker, PieceState, ReaderId, Slot};
+use super::{Block, MAX_REQUESTERS, NEAR, Partial, PeerId, Picker, PieceState, ReaderId, Slot};
 use crate::bitfield::Bitfield;
 use crate::piece::{BLOCK_SIZE, PieceIndex};
 
@@ -151,6 +151,10 @@ impl Picker {
         }
         self.deadline_order = self.deadlines.iter().map(|(&p, &d)| (d, p)).collect();
         self.deadline_order.sort_unstable();
+        // A deferred piece whose reader came near (or that no reader wants) is fair game again.
+        let deadlines = &self.deadlines;
+        self.deferred
+            .retain(|p| matches!(deadlines.get(p), Some(Deadline::Readahead(r)) if *r >= NEAR));
     }
 
     // ---- picking ------------------------------------------------------------------------------
@@ -178,7 +182,9 @@ impl Picker {
             self.take_duplicates(p, peer, &mut out, max_blocks);
         }
         for &(_, p) in order[urgent..].iter().filter(|(_, p)| has(*p)) {
-            self.take_free(p, peer, &mut out, max_blocks);
+            if !self.deferred.contains(&p) {
+                self.take_free(p, peer, &mut out, max_blocks);
+            }
         }
         self.deadline_order = order;
         if !self.background || out.len() >= max_blocks {
@@ -212,7 +218,7 @@ impl Picker {
         // Every piece but the last is full, so this many pieces always cover `blocks`.
         let k = blocks.min(blocks.div_ceil(full_piece) + 1);
         let mut best: Vec<OrderKey> = (self.rarity.iter())
-            .filter(|(_, p)| peer_has.get(p.get()))
+            .filter(|(_, p)| peer_has.get(p.get()) && !self.deferred.contains(p))
             .take(k)
             .map(|&(_, p)| self.order_key(p))
             .collect();

@@ -98,9 +98,9 @@ impl Assembling {
         }
     }
 
-    /// Pieces being put together now.
-    pub(crate) fn len(&self) -> usize {
-        self.pieces.len()
+    /// Bytes of the pieces being put together now (their buffers are whole pieces).
+    pub(crate) fn bytes(&self) -> u64 {
+        self.pieces.values().map(|a| a.data.len() as u64).sum()
     }
 
     /// A piece failed with blocks from several peers: remember who sent what.

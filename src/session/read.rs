@@ -117,8 +117,10 @@ impl Session {
             let mut st = s.lock();
             st.start_reading();
             let cfg = &s.config;
-            // Readahead beyond half the cache would evict itself before it is read.
-            let max = cfg.max_readahead_bytes.min(cfg.cache_bytes / 2);
+            // The readers' windows together take at most half the cache: beyond that they
+            // would evict each other before being read. More readers, smaller windows.
+            let share = cfg.cache_bytes / 2 / st.readers.count().max(1) as u64;
+            let max = cfg.max_readahead_bytes.min(share);
             let read = start..start + len;
             let ahead = st.reader_moved(handle, read, file_end, cfg.readahead_bytes, max);
             if let Some(ahead) = ahead {

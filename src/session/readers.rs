@@ -136,6 +136,11 @@ impl Readers {
         self.open.insert(h, r);
     }
 
+    /// Open readers.
+    pub(crate) fn count(&self) -> usize {
+        self.open.len()
+    }
+
     pub(crate) fn remove(&mut self, h: ReadHandle) -> Option<Reader> {
         self.open.remove(&h)
     }

@@ -99,6 +99,11 @@ impl Residency {
         self.memory.budget()
     }
 
+    /// Memory held by pieces being put together, which the budget must cover too.
+    pub(crate) fn reserve(&mut self, bytes: u64) {
+        self.memory.set_reserved(bytes);
+    }
+
     /// Whether `bytes` more fit in memory without evicting anything.
     pub(crate) fn memory_has_room_for(&self, bytes: u64) -> bool {
         self.memory.has_room_for(bytes)

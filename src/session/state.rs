@@ -178,7 +178,10 @@ impl State {
             return None;
         }
         let g = self.picker.geometry();
-        (self.assembling).put(g, block, begin, data, from.into(), r.piece_complete)
+        let complete = (self.assembling).put(g, block, begin, data, from.into(), r.piece_complete);
+        // Buffers of pieces being put together count against the memory budget.
+        self.residency.reserve(self.assembling.bytes());
+        complete
     }
 
     /// A peer's connection ended: its pieces stop counting, its requests go to others.
@@ -224,8 +227,8 @@ impl State {
     /// Background (rarest-first) fetching runs after the first read and only while memory has
     /// room, so it never churns the cache or evicts what readers will want.
     pub(crate) fn update_background(&mut self) {
-        let piece = u64::from(self.picker.geometry().piece_length());
-        let room = piece * (self.assembling.len() as u64 + 2);
+        // Pieces being assembled hold memory already (reserved in the store); two more fit.
+        let room = 2 * u64::from(self.picker.geometry().piece_length());
         let enabled = self.readers.started() && self.residency.memory_has_room_for(room);
         self.picker.set_background(enabled);
     }

@@ -24,6 +24,8 @@ pub struct Store {
     pieces: LruCache<PieceIndex, Bytes>,
     used: u64,
     budget: u64,
+    /// Bytes of the budget taken by others (pieces being assembled): the pieces get the rest.
+    reserved: u64,
 }
 
 impl Store {
@@ -32,7 +34,14 @@ impl Store {
             pieces: LruCache::unbounded(),
             used: 0,
             budget: budget_bytes,
+            reserved: 0,
         }
+    }
+
+    /// Takes `bytes` of the budget for memory held elsewhere (pieces being put together): the
+    /// next inserts evict down to what is left.
+    pub fn set_reserved(&mut self, bytes: u64) {
+        self.reserved = bytes;
     }
 
     /// The piece, marked as just used.
@@ -74,7 +83,7 @@ impl Store {
             };
         }
         let len = data.len() as u64;
-        let excess = (self.used + len).saturating_sub(self.budget);
+        let excess = (self.used + self.reserved + len).saturating_sub(self.budget);
         // Victims in eviction order, found before evicting anything so a refusal changes nothing.
         let mut victims = Vec::new();
         let mut freed = 0u64;
@@ -95,10 +104,10 @@ impl Store {
                 self.used -= bytes.len() as u64;
             }
         }
-        if self.used + len > self.budget {
+        if self.used + self.reserved + len > self.budget {
             tracing::debug!(
                 piece = %p,
-                used = self.used + len,
+                used = self.used + self.reserved + len,
                 budget = self.budget,
                 "store over budget to keep a piece a reader waits on"
             );
@@ -132,10 +141,10 @@ impl Store {
         self.pieces.is_empty()
     }
 
-    /// Whether `bytes` more fit without evicting anything (`used + bytes <= budget`). The session
-    /// turns background fetching off while this is false for a piece.
+    /// Whether `bytes` more fit without evicting anything (`used + reserved + bytes <= budget`).
+    /// The session turns background fetching off while this is false for a piece.
     pub fn has_room_for(&self, bytes: u64) -> bool {
-        self.used.saturating_add(bytes) <= self.budget
+        (self.used + self.reserved).saturating_add(bytes) <= self.budget
     }
 }
 

@@ -696,3 +696,22 @@ fn parole_owner_that_times_out_loses_the_piece() {
     assert!(!p.pick(A, &has, 1).is_empty());
     assert_eq!(pairs(&p.pick(B, &has, 2)), vec![(0, 1)]);
 }
+
+#[test]
+fn a_readahead_piece_memory_could_not_keep_waits_until_its_reader_is_near() {
+    let mut p = picker(20, 1);
+    p.set_background(false);
+    p.set_reader(R1, want(0..0, 0..12));
+    // Piece 10, far into the window, was fetched, verified and dropped for want of room.
+    let b = Block {
+        piece: idx(&p, 10),
+        block: 0,
+    };
+    p.block_received(A, b);
+    p.piece_not_kept(idx(&p, 10));
+    let picked = pieces(&p.pick(A, &all(&p), 20));
+    assert!(!picked.contains(&10), "fetched again at once: {picked:?}");
+    // The reader moves on: piece 10 is now 2 pieces ahead of it.
+    p.set_reader(R1, want(0..0, 8..14));
+    assert!(pieces(&p.pick(B, &all(&p), 20)).contains(&10));
+}

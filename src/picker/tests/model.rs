@@ -14,6 +14,7 @@ fn reference(p: &Picker, peer: PeerId, has: &Bitfield, max: usize) -> Vec<(u32, 
         .pieces()
         .filter(|&i| has.get(i.get()))
         .filter(|&i| matches!(p.piece_state(i), PieceState::Missing | PieceState::Partial))
+        .filter(|i| !p.deferred.contains(i))
         .map(|i| p.order_key(i))
         .filter(|k| p.background || matches!(k.priority, Priority::Reader(_)))
         .collect();
@@ -58,6 +59,13 @@ fn reference(p: &Picker, peer: PeerId, has: &Bitfield, max: usize) -> Vec<(u32, 
 
 /// The invariants written at the top of the module, checked from the raw state.
 fn check_invariants(p: &Picker) {
+    for d in &p.deferred {
+        assert_eq!(p.piece_state(*d), PieceState::Missing, "deferred {d}");
+        assert!(
+            matches!(p.deadlines.get(d), Some(Deadline::Readahead(r)) if *r >= crate::picker::NEAR),
+            "deferred {d} is far in a window"
+        );
+    }
     for b in &p.late {
         let slot = p
             .partial
