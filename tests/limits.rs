@@ -8,9 +8,13 @@ mod common;
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{MOUNT_ARGS, Mount, Swarm, SwarmOptions, Tracker, assert_all_files_match, btfs};
+use common::{
+    Layout, MOUNT_ARGS, Mount, Reaped, Swarm, SwarmOptions, Tracker, assert_all_files_match, btfs,
+    mount_btfs, python, sha1_file,
+};
 
 /// Connections opened to btfs that never send a byte: more than the 256 descriptors allow.
 const SILENT: usize = 300;
@@ -60,4 +64,83 @@ fn few_file_descriptors_and_a_connection_flood_mean_fewer_peers_not_failed_reads
     drop(flood);
     let status = m.unmount();
     assert!(status.is_some_and(|s| s.success()), "btfs exited badly");
+}
+
+/// 80 leechers downloading from btfs over and over while two readers stream a file through
+/// the mount: btfs's peak memory stays within its cache plus 64 MiB, and the readers get
+/// every byte right.
+#[test]
+fn eighty_leechers_and_two_readers_stay_within_the_memory_budget() {
+    const CACHE_MIB: u64 = 32;
+    let swarm = Swarm::start(SwarmOptions {
+        layout: Layout::Single,
+        size: 96 * 1024 * 1024,
+        piece_length: 256 * 1024,
+        seeders: 3,
+        trackers: vec![Tracker::Http],
+        ..SwarmOptions::default()
+    });
+    let m = mount_btfs(swarm.torrent(), &["--cache-size", &format!("{CACHE_MIB}M")]);
+    let port = m.status_u64("listen_port");
+    let info_hash = m.status()["info_hash"].clone();
+    let (rel, total) = swarm.files().into_iter().next().expect("one file");
+    let piece = 256 * 1024u64;
+    let ready = tempfile::NamedTempFile::new().expect("tempfile");
+    let _ = std::fs::remove_file(ready.path());
+    let leechers = Reaped(
+        Command::new(python())
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/leechers.py"))
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(&info_hash)
+            .args(["--pieces", &total.div_ceil(piece).to_string()])
+            .args(["--piece-length", &piece.to_string()])
+            .args(["--total", &total.to_string()])
+            .args(["--count", "80"])
+            .arg("--ready-file")
+            .arg(ready.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("scripts/leechers.py"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready.path().exists() {
+        assert!(Instant::now() < deadline, "the leechers never connected");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let file = m.path().join(&rel);
+    let want = sha1_file(&swarm.data_parent().join(&rel));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let file = file.clone();
+            std::thread::spawn(move || sha1_file(&file))
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(r.join().expect("reader"), want, "content of {rel:?}");
+    }
+    assert!(
+        m.status_u64("uploaded_bytes") > 0,
+        "nobody downloaded from us"
+    );
+    let hwm = vm_hwm(m.pid());
+    eprintln!("btfs peak RSS: {} MiB", hwm >> 20);
+    let budget = (CACHE_MIB + 64) * 1024 * 1024;
+    assert!(
+        hwm <= budget,
+        "peak RSS {} MiB over the cache ({CACHE_MIB} MiB) plus 64 MiB",
+        hwm >> 20
+    );
+    drop(leechers);
+}
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+fn vm_hwm(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kib * 1024
 }

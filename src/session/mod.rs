@@ -239,6 +239,7 @@ impl Session {
             known: watch::channel(Default::default()).0,
             redial: tokio::sync::Notify::new(),
             read_buffers: Default::default(),
+            uploads_queued: Default::default(),
             config,
         });
         if let Some(end) = writer {

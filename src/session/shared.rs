@@ -68,6 +68,8 @@ pub(crate) struct Shared {
     /// Wakes the connector to redial known peers now: a read waits and no peer is connected
     /// (seeds drop a peer that looked like a seed, and our cache may have evicted since).
     pub(crate) redial: Notify,
+    /// Block bytes queued for every peer's socket together (bounded, see `peer/upload.rs`).
+    pub(crate) uploads_queued: Arc<AtomicUsize>,
     /// Bytes held by the read buffers of all peer connections: bounded per connection by the
     /// largest frame we accept, whatever a peer sends.
     pub(crate) read_buffers: Arc<AtomicUsize>,

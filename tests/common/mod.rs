@@ -193,7 +193,7 @@ pub fn sha1_file(path: &Path) -> String {
     hash.trim_start_matches('\\').to_string()
 }
 
-fn python() -> OsString {
+pub fn python() -> OsString {
     std::env::var_os("BTFS_TEST_PYTHON").unwrap_or_else(|| "/usr/bin/python3".into())
 }
 

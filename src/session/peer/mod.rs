@@ -216,6 +216,7 @@ impl Peer {
     ) -> Self {
         let n = shared.geometry.piece_count();
         let now = Instant::now();
+        let upload = UploadSide::new(shared.uploads_queued.clone());
         Self {
             shared,
             id,
@@ -232,7 +233,7 @@ impl Peer {
             interested: false,
             requests: Requests::new(now),
             rates: Rates::default(),
-            upload: UploadSide::default(),
+            upload,
             ext,
         }
     }

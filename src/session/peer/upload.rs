@@ -14,6 +14,8 @@ use tokio::sync::Notify;
 use super::extended::OUR_REQQ;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::writer::UploadGauge;
+
 use super::writer::Upload;
 use super::{Peer, PeerError};
 use crate::wire::{BlockRef, Message};
@@ -25,6 +27,9 @@ use crate::wire::{BlockRef, Message};
 const MIN_QUEUED_UPLOAD: usize = 256 * 1024;
 pub(super) const MAX_QUEUED_UPLOAD: usize = 4 * 1024 * 1024;
 const QUEUE_SECONDS: f64 = 2.0;
+/// Block data queued for all peers together: with 80 peers downloading from us, uploads add
+/// at most this to the memory the cache budget allows.
+const MAX_QUEUED_UPLOAD_ALL: usize = 16 * 1024 * 1024;
 
 /// Our side of the peer's downloading from us.
 #[derive(Default)]
@@ -33,8 +38,9 @@ pub(super) struct UploadSide {
     unchoked: bool,
     /// It says it wants our pieces.
     pub(super) interested: bool,
-    /// Bytes of `piece` messages queued for the writer and not yet written.
-    queued: Arc<AtomicUsize>,
+    /// Bytes of `piece` messages queued for the writer and not yet written (this peer's, and
+    /// every peer's together).
+    queued: UploadGauge,
     /// Requests waiting for room in the queue, oldest first.
     waiting: VecDeque<BlockRef>,
     /// Rung by the writer when it has written block data: room may have come.
@@ -42,8 +48,19 @@ pub(super) struct UploadSide {
 }
 
 impl UploadSide {
+    /// `all`: the session's count of block bytes queued for every peer.
+    pub(super) fn new(all: Arc<AtomicUsize>) -> Self {
+        Self {
+            queued: UploadGauge {
+                peer: Arc::default(),
+                all,
+            },
+            ..Self::default()
+        }
+    }
+
     /// The counter the writer task takes written block bytes off.
-    pub(super) fn queued_counter(&self) -> Arc<AtomicUsize> {
+    pub(super) fn queued_counter(&self) -> UploadGauge {
         self.queued.clone()
     }
 
@@ -60,7 +77,8 @@ impl UploadSide {
     /// Whether enough is queued for a peer taking `rate` bytes/s from us.
     fn full(&self, rate: f64) -> bool {
         let limit = ((rate * QUEUE_SECONDS) as usize).clamp(MIN_QUEUED_UPLOAD, MAX_QUEUED_UPLOAD);
-        self.queued.load(Ordering::Relaxed) >= limit
+        self.queued.peer.load(Ordering::Relaxed) >= limit
+            || self.queued.all.load(Ordering::Relaxed) >= MAX_QUEUED_UPLOAD_ALL
     }
 }
 
@@ -126,14 +144,10 @@ impl Peer {
             None if on_disk => {
                 // Counted as queued while the disk is read, so a flood of requests for disk
                 // pieces is bounded like any other.
-                upload
-                    .queued
-                    .fetch_add(r.length as usize, Ordering::Relaxed);
+                upload.queued.add(r.length as usize);
                 tokio::spawn(async move {
                     let data = crate::session::disk_io::load(&upload.shared, p).await;
-                    upload
-                        .queued
-                        .fetch_sub(r.length as usize, Ordering::Relaxed);
+                    upload.queued.sub(r.length as usize);
                     match data {
                         Some(data) => upload.send(r, &data),
                         None => upload.reject(r),

@@ -64,7 +64,7 @@ impl Outbox {
 pub(super) struct Upload {
     pub(super) shared: Arc<Shared>,
     pub(super) out: Outbox,
-    pub(super) queued: Arc<AtomicUsize>,
+    pub(super) queued: UploadGauge,
     /// The peer speaks the Fast extension (BEP 6): what we cannot serve is rejected.
     pub(super) fast: bool,
 }
@@ -78,7 +78,7 @@ impl Upload {
         self.shared
             .uploaded
             .fetch_add(u64::from(r.length), Ordering::Relaxed);
-        self.queued.fetch_add(chunk.len(), Ordering::Relaxed);
+        self.queued.add(chunk.len());
         self.out.send(Message::Piece {
             index: r.index,
             begin: r.begin,
@@ -91,6 +91,26 @@ impl Upload {
         if self.fast {
             self.out.send(Message::RejectRequest(r));
         }
+    }
+}
+
+/// Bytes of block data queued for sockets and not yet written: this peer's, and all peers'
+/// together (both bounded, see `upload.rs`).
+#[derive(Clone, Default)]
+pub(super) struct UploadGauge {
+    pub(super) peer: Arc<AtomicUsize>,
+    pub(super) all: Arc<AtomicUsize>,
+}
+
+impl UploadGauge {
+    pub(super) fn add(&self, n: usize) {
+        self.peer.fetch_add(n, Ordering::Relaxed);
+        self.all.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(super) fn sub(&self, n: usize) {
+        self.peer.fetch_sub(n, Ordering::Relaxed);
+        self.all.fetch_sub(n, Ordering::Relaxed);
     }
 }
 
@@ -108,7 +128,7 @@ pub(super) struct Counters {
     /// Rung after block data is written: requests waiting for room may be served.
     pub(super) drained: Arc<Notify>,
     /// Bytes of block data queued and not yet written.
-    pub(super) queued_upload: Arc<AtomicUsize>,
+    pub(super) queued_upload: UploadGauge,
     /// Block bytes written in all.
     pub(super) sent_total: Arc<AtomicU64>,
     /// `request` messages written in all.
@@ -169,7 +189,7 @@ pub(super) async fn write_loop(
         }
         w.send_many(&data).await?;
         data.clear();
-        counters.queued_upload.fetch_sub(bytes, Ordering::Relaxed);
+        counters.queued_upload.sub(bytes);
         counters
             .sent_total
             .fetch_add(bytes as u64, Ordering::Relaxed);
@@ -246,7 +266,7 @@ mod tests {
         let (out, inbox) = outbox();
         let counters = Counters {
             drained: Arc::default(),
-            queued_upload: Arc::default(),
+            queued_upload: UploadGauge::default(),
             sent_total: Arc::default(),
             requests_written: Arc::default(),
         };

@@ -75,3 +75,37 @@ async fn a_crowd_holding_every_slot_is_turned_over_when_a_read_waits() {
     assert!(honest.counters().connections >= 1);
     stop(session).await;
 }
+
+/// Churn: during a long read, two of the three seeders leave and two new ones arrive (found
+/// the way a tracker would tell us); the read completes with every byte right, the
+/// newcomers serving part of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn seeders_leaving_and_arriving_during_a_read() {
+    let c = two_files();
+    let slow = Behavior::Slow(std::time::Duration::from_millis(5));
+    // Slower still: alone it would take a while, so the newcomers surely get a share.
+    let slower = Behavior::Slow(std::time::Duration::from_millis(20));
+    let stays = FakePeer::start(ip(2), c.clone(), slower).await;
+    let mut leaving = vec![
+        FakePeer::start(ip(3), c.clone(), slow).await,
+        FakePeer::start(ip(4), c.clone(), slow).await,
+    ];
+    let session = start_max(&c, &[&stays, &leaving[0], &leaving[1]], 8).await;
+    let reads = spawn_read_everything(&session, &c, 32 * 1024);
+    eventually(&session, "a third read", |s| {
+        s.verified_pieces >= s.total_pieces / 3
+    })
+    .await;
+    leaving.clear();
+    let arriving = [
+        FakePeer::start(ip(5), c.clone(), slow).await,
+        FakePeer::start(ip(6), c.clone(), slow).await,
+    ];
+    for p in &arriving {
+        discover(&session, p.addr);
+    }
+    within("reads", reads).await.expect("reads");
+    let served: usize = arriving.iter().map(|p| p.counters().blocks_sent).sum();
+    assert!(served > 0, "the newcomers served nothing");
+    stop(session).await;
+}
