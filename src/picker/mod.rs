@@ -36,7 +36,7 @@ use crate::bitfield::Bitfield;
 use crate::piece::{Geometry, PieceIndex};
 
 use order::Deadline;
-pub use order::ReaderWant;
+pub use order::{ReaderWant, UNKNOWN_RATE};
 
 /// A connected peer, numbered by the session; opaque here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -141,13 +141,14 @@ pub struct Picker {
     /// Blocks asked of another peer because the first was late.
     rerequests: u64,
     /// Readahead pieces memory could not keep (`piece_not_kept`): not asked for again until
-    /// their reader is within [`NEAR`] pieces of them, so a full cache does not fetch the same
-    /// piece over and over. Always Missing, always in a readahead window at rank `NEAR` or more.
+    /// their reader is within [`NEAR`] of them, so a full cache does not fetch the same piece
+    /// over and over. Always Missing, always in a readahead window with a deadline of `NEAR` or
+    /// more.
     deferred: HashSet<PieceIndex>,
 }
 
-/// How close (in pieces of its window) a reader must be to a deferred piece to fetch it again.
-pub(crate) const NEAR: u32 = 4;
+/// How close (milliseconds at its rate) a reader must be to a deferred piece to fetch it again.
+pub(crate) const NEAR: u32 = 2000;
 
 impl Picker {
     /// Every piece starts Missing; background fetching starts enabled.

@@ -13,10 +13,17 @@ pub struct ReaderWant {
     pub urgent: Range<u32>,
     /// The window after the read position, nearest first.
     pub readahead: Range<u32>,
+    /// How fast the reader consumes, bytes/s; 0 when unknown (taken as [`UNKNOWN_RATE`]).
+    pub rate: u64,
 }
 
-/// How soon a reader needs a piece, as a distance from its position; smaller is sooner, and
-/// every urgent piece is sooner than any readahead piece.
+/// The rate a reader is assumed to read at before it has a measured one: a few seconds of
+/// readahead ahead of a fresh reader are wanted about as soon as a 1 MB/s video would want them.
+pub const UNKNOWN_RATE: u64 = 1_000_000;
+
+/// How soon a reader needs a piece; smaller is sooner, and every urgent piece is sooner than
+/// any readahead piece. An urgent piece's value is its rank in the blocked read; a readahead
+/// piece's is the time, in milliseconds, until its reader reaches it at the reader's rate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Deadline {
     Urgent(u32),
@@ -44,9 +51,10 @@ pub(super) enum Priority {
 ///
 /// 1. Urgent pieces (a read is blocked on them), by distance from their reader's position, over
 ///    all readers at once.
-/// 2. Readahead pieces by their rank (offset) in their reader's window: rank 0 of every reader
-///    before rank 1 of any; equal ranks by index. A reader's deadline is the only thing that
-///    counts here: a started piece gets no head start over a nearer one.
+/// 2. Readahead pieces by deadline: the time until their reader reaches them at the rate it
+///    consumes (its window's distance over its rate), so several readers share by when each
+///    needs its data, not by who asked first; equal deadlines by index. A reader's deadline is
+///    the only thing that counts here: a started piece gets no head start over a nearer one.
 /// 3. Background pieces, only while background fetching is on: started pieces first (finish what
 ///    was begun, so partial data becomes a verified piece instead of spreading thin), then the
 ///    rarest in the swarm (fetch what could vanish when its few holders leave), then the lowest
@@ -135,10 +143,20 @@ impl Picker {
         self.deadlines.clear();
         let n = self.geometry.piece_count();
         let clip = |r: &Range<u32>| r.start..r.end.min(n);
+        let piece = u64::from(self.geometry.piece_length());
         for want in self.readers.values() {
+            let rate = if want.rate == 0 {
+                UNKNOWN_RATE
+            } else {
+                want.rate
+            };
+            // Milliseconds until the reader reaches the start of the piece `rank` pieces in.
+            let until = |rank: u32| {
+                let ms = u64::from(rank) * piece * 1000 / rate;
+                Deadline::Readahead(u32::try_from(ms).unwrap_or(u32::MAX))
+            };
             let urgent = clip(&want.urgent).map(|i| (i, Deadline::Urgent(i - want.urgent.start)));
-            let ahead =
-                clip(&want.readahead).map(|i| (i, Deadline::Readahead(i - want.readahead.start)));
+            let ahead = clip(&want.readahead).map(|i| (i, until(i - want.readahead.start)));
             for (i, d) in urgent.chain(ahead) {
                 let Some(p) = self.geometry.piece(i) else {
                     continue;

@@ -59,6 +59,7 @@ impl Session {
                 ReaderWant {
                     urgent: 0..0,
                     readahead: head.clone(),
+                    rate: 0,
                 },
             );
             st.picker.set_reader(
@@ -66,6 +67,7 @@ impl Session {
                 ReaderWant {
                     urgent: 0..0,
                     readahead: tail,
+                    rate: 0,
                 },
             );
             reader.tail_id = Some(tail_id);
@@ -157,6 +159,7 @@ impl Session {
                         ReaderWant {
                             urgent: pieces.clone(),
                             readahead: 0..0,
+                            rate: 0,
                         },
                     );
                     st.peers.refill_all();

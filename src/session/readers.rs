@@ -63,6 +63,11 @@ impl Reader {
         }
     }
 
+    /// Bytes/s this reader has been consuming lately (0 right after a seek).
+    pub(crate) fn rate(&self, now: Instant) -> u64 {
+        self.pace.rate(now)
+    }
+
     /// A read of `len` bytes at torrent offset `start` (in a file ending at `file_end`):
     /// sizes the window from the consumption rate while reads are sequential, starts over on a
     /// seek, and returns the window's pieces if they changed (the old window stops counting).

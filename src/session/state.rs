@@ -210,6 +210,7 @@ impl State {
         let want = ReaderWant {
             urgent: 0..0,
             readahead: ahead.clone(),
+            rate: r.rate(now),
         };
         self.picker.set_reader(r.window_id, want);
         self.peers.refill_all();

@@ -67,7 +67,11 @@ fn complete(p: &mut Picker, peer: PeerId, i: u32) {
 }
 
 pub(super) fn want(urgent: Range<u32>, readahead: Range<u32>) -> ReaderWant {
-    ReaderWant { urgent, readahead }
+    ReaderWant {
+        urgent,
+        readahead,
+        rate: 0,
+    }
 }
 
 // ---- background order -----------------------------------------------------------------------
@@ -699,7 +703,8 @@ fn parole_owner_that_times_out_loses_the_piece() {
 
 #[test]
 fn a_readahead_piece_memory_could_not_keep_waits_until_its_reader_is_near() {
-    let mut p = picker(20, 1);
+    // 1 MiB pieces: at the unknown-reader rate (1 MB/s) a piece is about a second away.
+    let mut p = picker(20, 64);
     p.set_background(false);
     p.set_reader(R1, want(0..0, 0..12));
     // Piece 10, far into the window, was fetched, verified and dropped for want of room.
@@ -709,9 +714,36 @@ fn a_readahead_piece_memory_could_not_keep_waits_until_its_reader_is_near() {
     };
     p.block_received(A, b);
     p.piece_not_kept(idx(&p, 10));
-    let picked = pieces(&p.pick(A, &all(&p), 20));
+    let picked = pieces(&p.pick(A, &all(&p), 64 * 12));
     assert!(!picked.contains(&10), "fetched again at once: {picked:?}");
-    // The reader moves on: piece 10 is now 2 pieces ahead of it.
-    p.set_reader(R1, want(0..0, 8..14));
-    assert!(pieces(&p.pick(B, &all(&p), 20)).contains(&10));
+    // The reader moves on: piece 10 is now a piece (about a second) ahead of it.
+    p.set_reader(R1, want(0..0, 9..14));
+    assert!(pieces(&p.pick(B, &all(&p), 64 * 12)).contains(&10));
+}
+
+#[test]
+fn readers_share_by_deadline_at_their_rates() {
+    // 1 MiB pieces; a fast reader (10 MB/s) at piece 0, a slow one (1 MB/s) at piece 50.
+    let mut p = picker(60, 64);
+    p.set_background(false);
+    p.set_reader(
+        R1,
+        ReaderWant {
+            urgent: 0..0,
+            readahead: 0..10,
+            rate: 10_000_000,
+        },
+    );
+    p.set_reader(
+        R2,
+        ReaderWant {
+            urgent: 0..0,
+            readahead: 50..53,
+            rate: 1_000_000,
+        },
+    );
+    let order = pieces(&p.pick(A, &all(&p), 64 * 13));
+    // Both first pieces are due now; the fast reader's next nine come within a second, before
+    // the slow reader's second piece.
+    assert_eq!(order, [0, 50, 1, 2, 3, 4, 5, 6, 7, 8, 9, 51, 52]);
 }
