@@ -328,6 +328,15 @@ impl Picker {
 
     /// Whether `peer` may take blocks of `p`; claims an unowned (or abandoned) exclusive piece.
     fn claim(&mut self, p: PieceIndex, peer: PeerId) -> bool {
+        let ok = self.may_claim(p, peer);
+        if ok && self.exclusive.contains_key(&p) {
+            self.exclusive.insert(p, Some(peer));
+        }
+        ok
+    }
+
+    /// Whether `claim` would let `peer` take blocks of `p`, without claiming it.
+    fn may_claim(&self, p: PieceIndex, peer: PeerId) -> bool {
         let Some(owner) = self.exclusive.get(&p).copied() else {
             return true;
         };
@@ -342,11 +351,8 @@ impl Picker {
         };
         match owner {
             Some(o) if o == peer => true,
-            Some(o) if !abandoned(o) => false,
-            _ => {
-                self.exclusive.insert(p, Some(peer));
-                true
-            }
+            Some(o) => abandoned(o),
+            None => true,
         }
     }
 

@@ -138,6 +138,22 @@ impl Picker {
             })
     }
 
+    /// Whether `peer` (with `peer_has`, what it may be asked for) could take blocks of a piece
+    /// some reader wants (urgent or readahead, not deferred) that nobody has been asked for yet:
+    /// exactly what `pick` would give it first.
+    pub fn has_reader_work(&self, peer: PeerId, peer_has: &Bitfield) -> bool {
+        self.deadline_order.iter().any(|&(_, p)| {
+            peer_has.get(p.get())
+                && !self.deferred.contains(&p)
+                && self.may_claim(p, peer)
+                && match self.state[p.as_usize()] {
+                    PieceState::Missing => true,
+                    PieceState::Partial => self.partial.get(&p).is_some_and(|part| part.free > 0),
+                    _ => false,
+                }
+        })
+    }
+
     /// O(total window length); runs only when a reader's want changes.
     fn rebuild_deadlines(&mut self) {
         self.deadlines.clear();

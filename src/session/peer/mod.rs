@@ -495,7 +495,10 @@ impl Peer {
             target = target.min(reqq as usize);
         }
         if self.requests.len() >= target {
-            return;
+            self.make_room_for_readers();
+            if self.requests.len() >= target {
+                return;
+            }
         }
         let blocks = {
             let pickable = self.requests.pickable(&self.has);
@@ -547,6 +550,34 @@ impl Peer {
             return Ok(());
         }
         self.check_health()
+    }
+
+    /// A peer serves requests in order: background requests queued at it would hold up a
+    /// reader's blocks by as long as they take. When a reader could use this peer and its
+    /// queue is full, they are cancelled (given back to the picker) to make room.
+    fn make_room_for_readers(&mut self) {
+        let background: Vec<Block> = {
+            let pickable = self.requests.pickable(&self.has);
+            let mut st = self.shared.lock();
+            if !st.picker.has_reader_work(self.id, &pickable) {
+                return;
+            }
+            let background: Vec<Block> = (self.requests.blocks())
+                .filter(|b| !st.picker.is_wanted_by_reader(b.piece))
+                .collect();
+            for &b in &background {
+                st.picker.request_failed(self.id, b);
+            }
+            background
+        };
+        if !background.is_empty() {
+            tracing::debug!(addr = %self.addr, n = background.len(), "cancelling background requests for a reader");
+        }
+        for b in background {
+            if self.requests.cancel(b) {
+                self.send(Message::Cancel(self.block_ref(b)));
+            }
+        }
     }
 
     /// Gives every request in flight back to the picker (choked, stalled or leaving).

@@ -129,6 +129,11 @@ impl Requests {
         self.in_flight.len()
     }
 
+    /// The blocks in flight.
+    pub(super) fn blocks(&self) -> impl Iterator<Item = Block> + '_ {
+        self.in_flight.keys().copied()
+    }
+
     pub(super) fn is_snubbed(&self) -> bool {
         self.snubbed
     }

@@ -146,8 +146,9 @@ pub(super) struct Counters {
     /// `reject_request`s the session sent, and whether its first message was `have_none`.
     pub rejects_received: usize,
     pub saw_have_none: bool,
-    /// The most requests queued at once (`Queue`).
+    /// The most requests queued at once (`Queue`), and `cancel`s received.
     pub max_queued: usize,
+    pub cancels: usize,
     /// Pieces the session told it of (`Leecher`), and blocks it received.
     pub announced: usize,
     pub blocks_received: usize,
@@ -490,7 +491,10 @@ impl Conn {
                         c.max_queued = c.max_queued.max(len);
                     });
                 }
-                Message::Cancel(r) => queue.lock().unwrap().retain(|q| *q != r),
+                Message::Cancel(r) => {
+                    queue.lock().unwrap().retain(|q| *q != r);
+                    self.counters.send_modify(|c| c.cancels += 1);
+                }
                 Message::Extended { id: 0, payload } => {
                     let hs = ExtendedHandshake::decode(&payload).ok();
                     self.counters.send_modify(|c| c.their_handshake = hs);

@@ -11,6 +11,7 @@ mod late;
 mod liars;
 mod scale;
 mod stalls;
+mod streaming;
 mod swarm;
 mod web_server;
 mod webseed;
