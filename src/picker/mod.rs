@@ -132,6 +132,10 @@ pub struct Picker {
     /// `deadlines` sorted by (deadline, index): the reader part of the pick order.
     deadline_order: Vec<(Deadline, PieceIndex)>,
     background: bool,
+    /// Where background fetching may start new pieces: `None`, anywhere (rarest first);
+    /// `Some(ranges)`, only in these piece ranges, sorted and disjoint, lowest index first (the
+    /// rest of what is being watched). Started pieces are finished wherever they are.
+    scope: Option<Vec<std::ops::Range<u32>>>,
     /// Pieces that failed their check, fetched again from one peer only ("parole"), so the
     /// next verdict names a single sender; the peer is set by the first pick.
     exclusive: HashMap<PieceIndex, Option<PeerId>>,
@@ -168,6 +172,7 @@ impl Picker {
             deadlines: HashMap::new(),
             deadline_order: Vec::new(),
             background: true,
+            scope: None,
             exclusive: HashMap::new(),
             late: HashSet::new(),
             rerequests: 0,

@@ -79,7 +79,12 @@ impl Picker {
             Some(&d) => Priority::Reader(d),
             None => Priority::Background {
                 fresh: self.state[p.as_usize()] == PieceState::Missing,
-                availability: self.availability(p),
+                // In a scope the rest of a file comes in order, not rarest first.
+                availability: if self.scope.is_some() {
+                    0
+                } else {
+                    self.availability(p)
+                },
             },
         };
         OrderKey { priority, piece: p }
@@ -104,6 +109,30 @@ impl Picker {
     /// so background fetching never evicts what a reader will want).
     pub fn set_background(&mut self, enabled: bool) {
         self.background = enabled;
+    }
+
+    /// Where background fetching may start pieces (see the field); ranges are sorted and
+    /// merged here.
+    pub fn set_background_scope(&mut self, scope: Option<Vec<Range<u32>>>) {
+        self.scope = scope.map(|mut ranges| {
+            ranges.retain(|r| !r.is_empty());
+            ranges.sort_unstable_by_key(|r| r.start);
+            let mut merged: Vec<Range<u32>> = Vec::with_capacity(ranges.len());
+            for r in ranges {
+                match merged.last_mut() {
+                    Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                    _ => merged.push(r),
+                }
+            }
+            merged
+        });
+    }
+
+    /// Whether background fetching may start `p`.
+    pub(super) fn in_scope(&self, p: PieceIndex) -> bool {
+        self.scope
+            .as_ref()
+            .is_none_or(|ranges| ranges.iter().any(|r| r.contains(&p.get())))
     }
 
     /// In some reader's urgent or readahead range: the store protects these from eviction.
@@ -251,11 +280,21 @@ impl Picker {
         let full_piece = self.geometry.piece_length().div_ceil(BLOCK_SIZE) as usize;
         // Every piece but the last is full, so this many pieces always cover `blocks`.
         let k = blocks.min(blocks.div_ceil(full_piece) + 1);
-        let mut best: Vec<OrderKey> = (self.rarity.iter())
-            .filter(|(_, p)| peer_has.get(p.get()) && !self.deferred.contains(p))
-            .take(k)
-            .map(|&(_, p)| self.order_key(p))
-            .collect();
+        let wanted = |p: &PieceIndex| peer_has.get(p.get()) && !self.deferred.contains(p);
+        let mut best: Vec<OrderKey> = match &self.scope {
+            None => (self.rarity.iter())
+                .filter(|(_, p)| wanted(p))
+                .take(k)
+                .map(|&(_, p)| self.order_key(p))
+                .collect(),
+            // Scopes are a few files: walking them costs what they hold at most.
+            Some(ranges) => (ranges.iter().flat_map(|r| r.clone()))
+                .filter_map(|i| self.geometry.piece(i))
+                .filter(|&p| self.state[p.as_usize()] == PieceState::Missing && wanted(&p))
+                .take(k)
+                .map(|p| self.order_key(p))
+                .collect(),
+        };
         // A reader's piece sorts first whatever its rarity (it can be Missing here only when
         // another peer holds it on parole, and then this peer takes no block of it anyway).
         best.sort_unstable();

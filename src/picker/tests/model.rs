@@ -16,7 +16,11 @@ fn reference(p: &Picker, peer: PeerId, has: &Bitfield, max: usize) -> Vec<(u32, 
         .filter(|&i| matches!(p.piece_state(i), PieceState::Missing | PieceState::Partial))
         .filter(|i| !p.deferred.contains(i))
         .map(|i| p.order_key(i))
-        .filter(|k| p.background || matches!(k.priority, Priority::Reader(_)))
+        .filter(|k| {
+            matches!(k.priority, Priority::Reader(_))
+                || (p.background
+                    && (p.in_scope(k.piece) || p.piece_state(k.piece) == PieceState::Partial))
+        })
         .collect();
     keys.sort();
     let urgent = |k: &OrderKey| matches!(k.priority, Priority::Reader(Deadline::Urgent(_)));
@@ -143,6 +147,11 @@ fn pick_follows_the_comparator_in_random_states() {
                     let u = s + rand(3);
                     want(s..u, u..u + rand(6))
                 }),
+                1 if rand(3) == 0 => {
+                    let s = rand(n);
+                    let scope = (rand(2) == 0).then(|| vec![s..s + rand(n), rand(n)..rand(n) + 2]);
+                    p.set_background_scope(scope);
+                }
                 1 => p.set_background(rand(3) > 0),
                 2 => {
                     let first = p.blocks_requested(peers[who]).next();
