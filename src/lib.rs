@@ -28,6 +28,8 @@
 //!   on load); neither knows where else a piece lives.
 //! - Discovery: [`tracker`] (`http`, `udp`, and the `announcer` task) and [`dht`] (the
 //!   Mainline DHT node: KRPC, routing table, lookups, saved state).
+//! - [`net`]: the UDP port the DHT and uTP share (`udp`: one socket, datagrams told apart by
+//!   their first byte) and uTP on it (`utp`, the `librqbit-utp` crate).
 //! - [`wire`]: peer messages, pure encode/decode (`message`, `handshake`, `extension`) and
 //!   their tokio framing (`conn`, with the handshake exchange).
 //! - [`metainfo`]: `.torrent` files to [`metainfo::Torrent`], paths made safe (`paths`), `btfs
@@ -73,6 +75,7 @@ pub mod dht;
 pub mod fs;
 pub mod magnet;
 pub mod metainfo;
+pub mod net;
 pub mod picker;
 pub mod piece;
 pub mod ratelimit;
