@@ -102,6 +102,12 @@ struct MountArgs {
     /// Do not use the Mainline DHT (find peers through trackers and --peer only).
     #[arg(long)]
     no_dht: bool,
+    /// Speak TCP only: no uTP (BEP 29) in or out. By default both, on the same port number.
+    #[arg(long, conflicts_with = "no_tcp")]
+    no_utp: bool,
+    /// Speak uTP only: no TCP in or out.
+    #[arg(long)]
+    no_tcp: bool,
     /// Bootstrap the DHT from this node instead of the public routers (repeatable).
     #[arg(long = "dht-bootstrap", value_name = "HOST:PORT")]
     dht_bootstrap: Vec<String>,
@@ -192,6 +198,8 @@ fn run(cli: Cli) -> Result<()> {
                     state_file: args.dht_state.or_else(mount::default_dht_state),
                 }),
                 read_timeout: args.read_timeout.map(std::time::Duration::from_secs),
+                tcp: !args.no_tcp,
+                utp: !args.no_utp,
             };
             // Forking must happen before the runtime starts threads.
             let ready = if args.daemon {

@@ -17,7 +17,8 @@ use crate::app::status::socket::{StatusSocket, canonical_mountpoint};
 use crate::dht::{Dht, DhtConfig, SavedState};
 use crate::fs::{self, Backend, FileSpec, FsError, InodeTable, MountOptions};
 use crate::metainfo::Torrent;
-use crate::session::{self, Host, ReadError, ReadHandle, Session, SessionError};
+use crate::net::udp::{Protocol, UdpPort};
+use crate::session::{self, Host, HostOptions, ReadError, ReadHandle, Session, SessionError};
 
 #[derive(Debug, Error)]
 pub enum MountError {
@@ -33,10 +34,6 @@ pub enum MountError {
     Source(#[from] SourceError),
     #[error("interrupted")]
     Interrupted,
-    #[error(
-        "cannot use UDP port {port} for the DHT: {source} (choose another --port, or --no-dht)"
-    )]
-    DhtPort { port: u16, source: std::io::Error },
     #[error("cannot start the DHT: {0}")]
     Dht(String),
 }
@@ -55,6 +52,9 @@ pub struct MountConfig {
     pub dht: Option<DhtSettings>,
     /// `--read-timeout`: a read fails with EIO after this long without data; `None` waits.
     pub read_timeout: Option<Duration>,
+    /// Peer transports: TCP (off with `--no-tcp`), uTP (off with `--no-utp`).
+    pub tcp: bool,
+    pub utp: bool,
 }
 
 pub struct DhtSettings {
@@ -73,15 +73,9 @@ pub fn default_dht_state() -> Option<std::path::PathBuf> {
     Some(base.join("btfs").join("dht.state"))
 }
 
-/// The DHT node on the UDP port with the TCP listener's number (BEP 5), bootstrapped from the
-/// saved table first, then the configured nodes or the public routers.
-async fn start_dht(settings: &DhtSettings, tcp: std::net::SocketAddr) -> Result<Dht, MountError> {
-    let socket = tokio::net::UdpSocket::bind(tcp)
-        .await
-        .map_err(|source| MountError::DhtPort {
-            port: tcp.port(),
-            source,
-        })?;
+/// The DHT node on the UDP port with the TCP listener's number (BEP 5), shared with uTP,
+/// bootstrapped from the saved table first, then the configured nodes or the public routers.
+fn start_dht(settings: &DhtSettings, port: &UdpPort) -> Result<Dht, MountError> {
     let mut dht_config = DhtConfig::default();
     if !settings.bootstrap.is_empty() {
         dht_config.bootstrap = settings.bootstrap.clone();
@@ -92,7 +86,7 @@ async fn start_dht(settings: &DhtSettings, tcp: std::net::SocketAddr) -> Result<
             Err(e) => tracing::debug!("no saved DHT table: {e}"),
         }
     }
-    Dht::bind(socket, dht_config).map_err(|e| MountError::Dht(e.to_string()))
+    Dht::start(port.channel(Protocol::Dht), dht_config).map_err(|e| MountError::Dht(e.to_string()))
 }
 
 /// A torrent's `nodes` (BEP 5) join the routing table once the torrent is known.
@@ -196,15 +190,16 @@ pub async fn run(
 ) -> Result<(), MountError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(MountError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(MountError::Signals)?;
-    let host = Host::bind(
-        config.session.listen,
-        config.session.peer_timeouts.handshake,
-    )
-    .await?;
-    let tcp_addr = std::net::SocketAddr::new(config.session.listen.ip(), host.port());
-    let dht = match &config.dht {
-        Some(settings) => Some(start_dht(settings, tcp_addr).await?),
-        None => None,
+    let host_options = HostOptions {
+        handshake: config.session.peer_timeouts.handshake,
+        tcp: config.tcp,
+        utp: config.utp,
+        udp: config.dht.is_some(),
+    };
+    let host = Host::bind_with(config.session.listen, host_options).await?;
+    let dht = match (&config.dht, host.udp()) {
+        (Some(settings), Some(port)) => Some(start_dht(settings, port)?),
+        _ => None,
     };
     let torrent = match preloaded {
         Some(t) => t,

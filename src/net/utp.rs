@@ -18,10 +18,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use librqbit_utp::{SocketOpts, Transport, UtpStream};
+use librqbit_utp::{SocketOpts, Transport};
 use tokio_util::sync::CancellationToken;
 
 use super::udp::{Channel, Protocol, UdpPort};
+
+pub use librqbit_utp::UtpStream;
 
 /// A connection that asked for no answer for this long is dead. The crate's 10 s would end one
 /// that merely waits on a slow peer; TCP would wait minutes. The peer task has its own timeouts.

@@ -10,10 +10,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::host::Incoming;
-use super::stream::PeerStream;
+use super::stream::Transport;
 use super::{PeerSource, Shared, peer};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts at an address before it is forgotten until discovery names it again...
 const MAX_FAILURES: u32 = 5;
 /// ...unless a read waits and no peer is connected ("starving"): then every known address is
@@ -67,6 +66,8 @@ struct Candidate {
     source: PeerSource,
     failures: u32,
     next_try: Instant,
+    /// The transport it last connected over: tried alone first next time (`dial.rs`).
+    transport: Option<Transport>,
 }
 
 /// Dials new addresses while there is room for more peers.
@@ -75,7 +76,8 @@ pub(crate) async fn connect_loop(
     mut discovered: mpsc::Receiver<(PeerSource, Vec<SocketAddr>)>,
 ) {
     let mut shutdown = shared.shutdown.subscribe();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(SocketAddr, Dialled)>();
+    let (done_tx, mut done_rx) =
+        mpsc::unbounded_channel::<(SocketAddr, Dialled, Option<Transport>)>();
     // Our own listen address, as trackers hand it back to us: never dialled again.
     let mut ourselves: HashSet<SocketAddr> = HashSet::new();
     let mut candidates: HashMap<SocketAddr, Candidate> = HashMap::new();
@@ -91,13 +93,13 @@ pub(crate) async fn connect_loop(
                     st.peers.known.insert(a, source);
                     if !active.contains(&a) && !candidates.contains_key(&a) {
                         let next_try = Instant::now();
-                        candidates.insert(a, Candidate { source, failures: 0, next_try });
+                        candidates.insert(a, Candidate { source, failures: 0, next_try, transport: None });
                         queue.push_back(a);
                     }
                 }
             }
             done = done_rx.recv() => {
-                let Some((addr, dialled)) = done else { continue };
+                let Some((addr, dialled, transport)) = done else { continue };
                 active.remove(&addr);
                 if dialled == Dialled::Myself {
                     ourselves.insert(addr);
@@ -109,6 +111,7 @@ pub(crate) async fn connect_loop(
                 let starving = starving(&shared);
                 if let Some(c) = candidates.get_mut(&addr) {
                     c.failures = if connected { 1 } else { c.failures.saturating_add(1) };
+                    c.transport = transport.or(c.transport);
                     if c.failures > MAX_FAILURES && !starving {
                         candidates.remove(&addr);
                     } else {
@@ -129,7 +132,7 @@ pub(crate) async fn connect_loop(
                         }
                         let c = candidates.entry(a).or_insert_with(|| {
                             queue.push_back(a);
-                            Candidate { source, failures: 0, next_try: now }
+                            Candidate { source, failures: 0, next_try: now, transport: None }
                         });
                         c.next_try = c.next_try.min(now + STARVING_RETRY_MAX);
                     }
@@ -172,24 +175,28 @@ pub(crate) async fn connect_loop(
             }
             budget -= 1;
             active.insert(addr);
-            let source = c.source;
+            let (source, first) = (c.source, c.transport);
             let shared = shared.clone();
             let done = done_tx.clone();
             tokio::spawn(async move {
-                let dialled = match tokio::time::timeout(
-                    CONNECT_TIMEOUT,
-                    PeerStream::connect_tcp(addr),
-                )
-                .await
-                {
-                    Ok(Ok(stream)) => match peer::dial(shared, stream, addr, source).await {
-                        Err(peer::PeerError::SelfConnection) => Dialled::Myself,
-                        Err(peer::PeerError::Banned) => Dialled::Failed,
-                        _ => Dialled::Connected,
-                    },
-                    _ => Dialled::Failed,
+                let handshake = |stream| peer::handshake(&shared, stream, addr);
+                let dial = shared.dialer.dial(addr, first, handshake).await;
+                let (dialled, transport) = match dial {
+                    Ok(((stream, theirs), transport)) => {
+                        let run = peer::dialled(shared, stream, addr, source, theirs);
+                        let dialled = match run.await {
+                            Err(peer::PeerError::SelfConnection) => Dialled::Myself,
+                            Err(peer::PeerError::Banned) => Dialled::Failed,
+                            _ => Dialled::Connected,
+                        };
+                        (dialled, Some(transport))
+                    }
+                    Err(e) => {
+                        tracing::trace!(%addr, "dial failed: {e}");
+                        (Dialled::Failed, None)
+                    }
                 };
-                let _ = done.send((addr, dialled));
+                let _ = done.send((addr, dialled, transport));
             });
         }
     }

@@ -5,9 +5,13 @@
 //! registered torrent is closed. A session never owns the listener, so a layer above sessions
 //! can run many torrents on one port (and the DHT, which uses the same port number, beside it).
 //!
-//! The accept loop ends when the last [`Host`] handle is dropped.
+//! Peers reach us over TCP and over uTP (BEP 29) on the UDP port of the same number, which the
+//! DHT shares ([`Host::udp`]); either may be off. Connections from both are routed alike.
+//!
+//! The accept loops end when the last [`Host`] handle is dropped.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,9 +20,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use super::SessionError;
+use super::dial::Dialer;
 use super::stream::PeerStream;
+use crate::net::udp::UdpPort;
+use crate::net::utp::Utp;
 use crate::sync::lock;
 use crate::wire::{Handshake, read_handshake};
+
+/// Tries at a port number free for both TCP and UDP when any will do (port 0).
+const PORT_TRIES: usize = 20;
 
 /// Incoming connections queued for their session; more wait in their routing tasks.
 const BACKLOG: usize = 64;
@@ -32,6 +42,19 @@ pub(crate) struct Incoming {
 
 type Routes = Arc<Mutex<HashMap<[u8; 20], mpsc::Sender<Incoming>>>>;
 
+/// What a [`Host`] listens on and dials with.
+#[derive(Clone, Copy, Debug)]
+pub struct HostOptions {
+    /// A connection that does not send a whole handshake within this is closed.
+    pub handshake: Duration,
+    /// TCP in and out.
+    pub tcp: bool,
+    /// uTP in and out.
+    pub utp: bool,
+    /// Bind the UDP port even without uTP: the DHT runs on it.
+    pub udp: bool,
+}
+
 /// The listening side shared by the sessions of a process; cheap to clone.
 #[derive(Clone)]
 pub struct Host {
@@ -41,6 +64,8 @@ pub struct Host {
 struct Inner {
     port: u16,
     peer_id: [u8; 20],
+    udp: Option<UdpPort>,
+    dialer: Dialer,
     /// Locked briefly by the accept loop's handshake tasks and by `register`; never while
     /// another lock is held, never across an `.await`.
     routes: Routes,
@@ -49,31 +74,66 @@ struct Inner {
 }
 
 impl Host {
-    /// Binds the port peers connect to and starts accepting; a connection that does not send
-    /// a whole handshake within `handshake` is closed. Bound first, before any metadata fetch,
-    /// so that trackers learn the real port and a port in use fails at once.
+    /// Binds the TCP port peers connect to and starts accepting (no UDP: no uTP, no room for
+    /// the DHT); see [`Host::bind_with`].
     pub async fn bind(addr: SocketAddr, handshake: Duration) -> Result<Host, SessionError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| match source.kind() {
-                std::io::ErrorKind::AddrInUse => SessionError::PortInUse { port: addr.port() },
-                _ => SessionError::Listen { addr, source },
-            })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| SessionError::Listen { addr, source })?
-            .port();
+        let opts = HostOptions {
+            handshake,
+            tcp: true,
+            utp: false,
+            udp: false,
+        };
+        Host::bind_with(addr, opts).await
+    }
+
+    /// Binds the TCP port and the UDP port of the same number, as `opts` asks, and starts
+    /// accepting. Bound first, before any metadata fetch, so that trackers learn the real port
+    /// and a port in use fails at once.
+    pub async fn bind_with(addr: SocketAddr, opts: HostOptions) -> Result<Host, SessionError> {
+        let (listener, udp) = bind_ports(addr, &opts).await?;
+        let port = match (&listener, &udp) {
+            (Some(l), _) => l.local_addr(),
+            (None, Some(u)) => u.local_addr(),
+            (None, None) => Ok(addr),
+        }
+        .map_err(|source| SessionError::Listen { addr, source })?
+        .port();
+        let utp = match (&udp, opts.utp) {
+            (Some(u), true) => {
+                Some(Utp::start(u).map_err(|source| SessionError::Listen { addr, source })?)
+            }
+            _ => None,
+        };
         let routes = Routes::default();
         let (stop, stopped) = watch::channel(());
-        tokio::spawn(accept_loop(listener, routes.clone(), handshake, stopped));
+        if let Some(l) = listener {
+            let stopped = stopped.clone();
+            tokio::spawn(accept_loop(l, routes.clone(), opts.handshake, stopped));
+        }
+        if let Some(u) = &utp {
+            let u = u.clone();
+            tokio::spawn(accept_utp(u, routes.clone(), opts.handshake, stopped));
+        }
         Ok(Host {
             inner: Arc::new(Inner {
                 port,
                 peer_id: crate::wire::new_peer_id(),
+                udp,
+                dialer: Dialer::new(opts.tcp, utp),
                 routes,
                 _stop: stop,
             }),
         })
+    }
+
+    /// The UDP port (the number of the TCP one) for the DHT to share; `None` if not bound.
+    pub fn udp(&self) -> Option<&UdpPort> {
+        self.inner.udp.as_ref()
+    }
+
+    /// How sessions dial peers: the transports this host speaks.
+    pub(crate) fn dialer(&self) -> Dialer {
+        self.inner.dialer.clone()
     }
 
     /// The port bound (the one asked for, or the one picked for port 0).
@@ -111,6 +171,66 @@ async fn accept_loop(
                 Err(e) => {
                     tracing::warn!("accepting a peer failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// Binds TCP and UDP on one port number; with port 0, the number TCP picked must be free for
+/// UDP too, else another is tried.
+async fn bind_ports(
+    addr: SocketAddr,
+    opts: &HostOptions,
+) -> Result<(Option<TcpListener>, Option<UdpPort>), SessionError> {
+    let fail = |at: SocketAddr, source: io::Error| match source.kind() {
+        io::ErrorKind::AddrInUse => SessionError::PortInUse { port: at.port() },
+        _ => SessionError::Listen { addr: at, source },
+    };
+    let want_udp = opts.utp || opts.udp;
+    let tries = match addr.port() == 0 && opts.tcp && want_udp {
+        true => PORT_TRIES,
+        false => 1,
+    };
+    for _ in 0..tries {
+        let listener = match opts.tcp {
+            true => Some(TcpListener::bind(addr).await.map_err(|e| fail(addr, e))?),
+            false => None,
+        };
+        if !want_udp {
+            return Ok((listener, None));
+        }
+        let at = match &listener {
+            Some(l) => l.local_addr().map_err(|e| fail(addr, e))?,
+            None => addr,
+        };
+        match UdpPort::bind(at).await {
+            Ok(udp) => return Ok((listener, Some(udp))),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries > 1 => continue,
+            Err(e) => return Err(fail(at, e)),
+        }
+    }
+    Err(SessionError::PortInUse { port: 0 })
+}
+
+/// Takes uTP connections as `accept_loop` takes TCP ones.
+async fn accept_utp(
+    utp: Utp,
+    routes: Routes,
+    handshake: Duration,
+    mut stopped: watch::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            accepted = utp.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    let stream = PeerStream::utp(stream);
+                    tokio::spawn(route(stream, addr, routes.clone(), handshake));
+                }
+                Err(e) => {
+                    tracing::debug!("uTP stopped accepting: {e}");
+                    return;
                 }
             },
             _ = stopped.changed() => return,

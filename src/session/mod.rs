@@ -25,6 +25,7 @@
 
 mod assembly;
 mod connect;
+mod dial;
 mod discovery;
 mod disk;
 mod disk_io;
@@ -58,7 +59,7 @@ use state::State;
 
 pub use discovery::{PeerSource, SourceCount};
 pub use disk::{DiskCacheConfig, DiskStats};
-pub use host::Host;
+pub use host::{Host, HostOptions};
 pub use peer::PeerTimeouts;
 pub use read::ReadError;
 pub use readers::{ReadHandle, ReaderStatus};
@@ -127,6 +128,9 @@ pub enum SessionError {
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub peers: usize,
+    /// Connected peers over TCP and over uTP.
+    pub tcp_peers: usize,
+    pub utp_peers: usize,
     pub known_peers: usize,
     /// Connected and known peers of each source, in [`PeerSource::ALL`] order.
     pub by_source: Vec<SourceCount>,
@@ -189,6 +193,8 @@ impl Session {
         let shared = Arc::new_cyclic(|weak| Shared {
             peer_id: host.peer_id(),
             listen_port: host.port(),
+            dialer: host.dialer(),
+            connections: Default::default(),
             state: Mutex::new(state),
             disk,
             trackers: spawn_announcer(
@@ -267,6 +273,8 @@ impl Session {
         let st = s.lock();
         Stats {
             peers: st.peers.len(),
+            tcp_peers: s.connections.get(stream::Transport::Tcp),
+            utp_peers: s.connections.get(stream::Transport::Utp),
             known_peers: st.peers.known.len(),
             by_source: st.peers.by_source(),
             downloaded: s.downloaded.load(Ordering::Relaxed),

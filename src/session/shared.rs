@@ -23,9 +23,11 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::Config;
+use super::dial::Dialer;
 use super::discovery::PeerSource;
 use super::disk::Disk;
 use super::state::State;
+use super::stream::Connections;
 use crate::metainfo::Torrent;
 use crate::piece::{Geometry, PieceIndex};
 use crate::ratelimit::RateLimit;
@@ -37,6 +39,10 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) peer_id: [u8; 20],
     pub(crate) listen_port: u16,
+    /// The transports the host dials with (TCP, uTP).
+    pub(crate) dialer: Dialer,
+    /// Connected peers by transport.
+    pub(crate) connections: Connections,
     /// The session state; see the module doc for what may be locked with it (nothing).
     pub(crate) state: Mutex<State>,
     /// Bumped after every change of what memory holds (a piece verified, loaded or evicted);

@@ -5,10 +5,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::net::utp::UtpStream;
 
 pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
@@ -17,6 +20,41 @@ pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Transport {
     Tcp,
+    /// uTP (BEP 29) over the shared UDP port.
+    Utp,
+}
+
+impl Transport {
+    fn slot(self) -> usize {
+        match self {
+            Transport::Tcp => 0,
+            Transport::Utp => 1,
+        }
+    }
+}
+
+/// Connected peers by transport, for the status; each connection counts while its
+/// [`Counted`] guard lives.
+#[derive(Debug, Default)]
+pub(crate) struct Connections([AtomicUsize; 2]);
+
+impl Connections {
+    pub(crate) fn count(&self, transport: Transport) -> Counted<'_> {
+        self.0[transport.slot()].fetch_add(1, Ordering::Relaxed);
+        Counted(&self.0[transport.slot()])
+    }
+
+    pub(crate) fn get(&self, transport: Transport) -> usize {
+        self.0[transport.slot()].load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) struct Counted<'a>(&'a AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A connected byte stream to a peer, readable and writable as one (for the handshake) and
@@ -43,6 +81,16 @@ impl PeerStream {
     /// Dials `addr` over TCP.
     pub(crate) async fn connect_tcp(addr: SocketAddr) -> io::Result<Self> {
         TcpStream::connect(addr).await.map(Self::tcp)
+    }
+
+    /// A uTP connection: a plain byte stream like TCP, so layers over it compose alike.
+    pub(crate) fn utp(stream: UtpStream) -> Self {
+        let (read, write) = stream.split();
+        Self {
+            read: Box::new(read),
+            write: Box::new(write),
+            transport: Transport::Utp,
+        }
     }
 
     pub(crate) fn transport(&self) -> Transport {

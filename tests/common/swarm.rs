@@ -64,6 +64,8 @@ pub struct SwarmOptions {
     pub data: Option<PathBuf>,
     /// Seeders keep connections to peers that want nothing (see `start_pex_hub`).
     pub keep_redundant: bool,
+    /// Seeders speak uTP only (no TCP in or out).
+    pub utp_only: bool,
 }
 
 impl SwarmOptions {
@@ -95,6 +97,7 @@ impl Default for SwarmOptions {
             seed_mode: false,
             data: None,
             keep_redundant: false,
+            utp_only: false,
         }
     }
 }
@@ -300,6 +303,9 @@ impl Swarm {
         }
         if self.opts.keep_redundant {
             cmd.arg("--keep-redundant");
+        }
+        if self.opts.utp_only {
+            cmd.args(["--transport", "utp"]);
         }
         if !self.has_live_tracker() {
             cmd.arg("--no-wait-announce");
@@ -600,6 +606,16 @@ impl Swarm {
         timeout: Duration,
     ) -> LeechOutcome {
         self.leech_with(bind, peers, timeout, 0, &["--pex"])
+    }
+
+    /// `leech` by a libtorrent that speaks uTP only.
+    pub fn leech_utp(
+        &self,
+        bind: Ipv4Addr,
+        peers: &[SocketAddr],
+        timeout: Duration,
+    ) -> LeechOutcome {
+        self.leech_with(bind, peers, timeout, 1, &["--transport", "utp"])
     }
 
     fn leech_with(

@@ -70,18 +70,30 @@ pub(crate) enum PeerError {
     Shutdown,
 }
 
-/// Runs a connection we dialled to the end: we speak first.
-pub(crate) async fn dial(
-    shared: Arc<Shared>,
+/// Exchanges handshakes over a connection we dialled (we speak first); returns theirs. Apart
+/// from running the peer, so that the dialler can keep whichever transport gets this far.
+pub(crate) async fn handshake(
+    shared: &Shared,
     mut stream: PeerStream,
     addr: SocketAddr,
-    source: PeerSource,
-) -> Result<(), PeerError> {
+) -> Result<(PeerStream, Handshake), PeerError> {
     let ours = Handshake::new(shared.torrent.info_hash.0, shared.peer_id);
     let within = shared.config.peer_timeouts.handshake;
     let theirs = exchange_handshakes(&mut stream, &ours, Role::Initiator, within)
         .await
         .inspect_err(|e| tracing::debug!(%addr, outgoing = true, "handshake failed: {e}"))?;
+    Ok((stream, theirs))
+}
+
+/// Runs a connection we dialled, its handshakes exchanged (`handshake`), to the end.
+pub(crate) async fn dialled(
+    shared: Arc<Shared>,
+    stream: PeerStream,
+    addr: SocketAddr,
+    source: PeerSource,
+    theirs: Handshake,
+) -> Result<(), PeerError> {
+    let ours = Handshake::new(shared.torrent.info_hash.0, shared.peer_id);
     connected(shared, stream, addr, source, &ours, &theirs).await
 }
 
@@ -132,6 +144,8 @@ async fn connected(
     };
     let outgoing = source != PeerSource::Incoming;
     tracing::debug!(%addr, outgoing, transport = ?stream.transport(), "peer connected");
+    let counts = shared.clone();
+    let _counted = counts.connections.count(stream.transport());
     let ext = Extensions::new(
         theirs.supports_extensions(),
         ours.supports_fast() && theirs.supports_fast(),

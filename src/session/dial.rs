@@ -1,0 +1,167 @@
+//! Dialling a peer over the transports the host speaks, much as libtorrent does: uTP first,
+//! TCP too, and the connection kept is the first to get through the BitTorrent handshake (a
+//! transport-level connect proves little: libtorrent with TCP off accepts TCP connections and
+//! resets them). The second transport starts after a head start of the first, or at once when
+//! the first fails, so a peer that speaks both is not dialled twice; the loser, if any, is
+//! dropped. Once an address is known to work over one transport, that one goes first next time
+//! (the connector remembers it per address, `connect.rs`).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::time::Instant;
+
+use super::stream::{PeerStream, Transport};
+use crate::net::utp::Utp;
+
+/// How long one transport may take to connect.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A uTP SYN is not resent by the crate: one unanswered this long is sent again, within
+/// `CONNECT_TIMEOUT`.
+const UTP_SYN_WAIT: Duration = Duration::from_millis(2500);
+/// How long the first transport has to itself before the next one starts too.
+const HEAD_START: Duration = Duration::from_millis(500);
+
+/// Why no transport got through (the last failure).
+#[derive(Debug, Error)]
+pub(crate) enum DialError<E> {
+    #[error("{transport:?} connect: {source}")]
+    Connect {
+        transport: Transport,
+        source: io::Error,
+    },
+    #[error("{transport:?}: {source}")]
+    Handshake { transport: Transport, source: E },
+    #[error("no transport to dial with")]
+    NoTransport,
+}
+
+/// The transports sessions dial with; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Dialer {
+    tcp: bool,
+    utp: Option<Utp>,
+}
+
+impl Dialer {
+    pub(crate) fn new(tcp: bool, utp: Option<Utp>) -> Self {
+        Self { tcp, utp }
+    }
+
+    /// The transports to try, in order: `first` if we speak it, then uTP, then TCP.
+    fn order(&self, first: Option<Transport>) -> Vec<Transport> {
+        let speaks = |t: &Transport| match t {
+            Transport::Tcp => self.tcp,
+            Transport::Utp => self.utp.is_some(),
+        };
+        let mut order: Vec<Transport> = first.into_iter().filter(speaks).collect();
+        for t in [Transport::Utp, Transport::Tcp] {
+            if speaks(&t) && !order.contains(&t) {
+                order.push(t);
+            }
+        }
+        order
+    }
+
+    /// Connects to `addr` and runs `handshake` on the connection, over each transport in turn
+    /// (see the module doc); returns what the first to get through yielded, and its transport.
+    pub(crate) async fn dial<T, E, F, Fut>(
+        &self,
+        addr: SocketAddr,
+        first: Option<Transport>,
+        handshake: F,
+    ) -> Result<(T, Transport), DialError<E>>
+    where
+        F: Fn(PeerStream) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut waiting = self.order(first).into_iter();
+        let mut running = Vec::new();
+        let mut last = DialError::NoTransport;
+        let mut next_start = Instant::now();
+        loop {
+            if running.is_empty() {
+                match waiting.next() {
+                    Some(t) => running.push(Box::pin(self.attempt(t, addr, &handshake))),
+                    None => return Err(last),
+                }
+                next_start = Instant::now() + HEAD_START;
+            }
+            let more = waiting.len() > 0;
+            let mut head_start = pin!(tokio::time::sleep_until(next_start));
+            let event = std::future::poll_fn(|cx| {
+                for (i, a) in running.iter_mut().enumerate() {
+                    if let Poll::Ready(r) = a.as_mut().poll(cx) {
+                        return Poll::Ready(Some((i, r)));
+                    }
+                }
+                if more && head_start.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Some((_, Ok(won))) => return Ok(won),
+                Some((i, Err(e))) => {
+                    drop(running.remove(i));
+                    last = e;
+                }
+                None => {
+                    if let Some(t) = waiting.next() {
+                        running.push(Box::pin(self.attempt(t, addr, &handshake)));
+                    }
+                    next_start = Instant::now() + HEAD_START;
+                }
+            }
+        }
+    }
+
+    async fn attempt<T, E, F, Fut>(
+        &self,
+        transport: Transport,
+        addr: SocketAddr,
+        handshake: &F,
+    ) -> Result<(T, Transport), DialError<E>>
+    where
+        F: Fn(PeerStream) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let stream = (self.connect(transport, addr).await)
+            .map_err(|source| DialError::Connect { transport, source })?;
+        match handshake(stream).await {
+            Ok(v) => Ok((v, transport)),
+            Err(source) => Err(DialError::Handshake { transport, source }),
+        }
+    }
+
+    async fn connect(&self, t: Transport, addr: SocketAddr) -> io::Result<PeerStream> {
+        let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "timed out");
+        match (t, &self.utp) {
+            (Transport::Tcp, _) => {
+                tokio::time::timeout(CONNECT_TIMEOUT, PeerStream::connect_tcp(addr))
+                    .await
+                    .map_err(|_| timed_out())?
+            }
+            (Transport::Utp, None) => Err(io::Error::other("uTP is off")),
+            (Transport::Utp, Some(utp)) => {
+                let deadline = Instant::now() + CONNECT_TIMEOUT;
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(timed_out());
+                    }
+                    let syn = tokio::time::timeout(left.min(UTP_SYN_WAIT), utp.connect(addr));
+                    if let Ok(r) = syn.await {
+                        return r.map(PeerStream::utp);
+                    }
+                }
+            }
+        }
+    }
+}
