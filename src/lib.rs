@@ -12,10 +12,12 @@
 //!   fuser adapter (each callback replies once; reads reply from a tokio task); `kernel`:
 //!   mounting, unmounting, noticing the kernel side end.
 //! - [`session`]: the tokio engine of one torrent; its own map is at the top of
-//!   `session/mod.rs`. `host`: the listening port and peer id shared by a process's sessions;
-//!   `shared`: what its tasks share and the lock order; `state`: the state behind the lock,
-//!   made of owners (`residency`: where verified pieces live, and what we announce;
-//!   `peers`; `readers` with `window`; `assembly`); `read`: reads; `connect` with
+//!   `session/mod.rs`. `host`: the listening port (TCP, and uTP on the UDP port the DHT
+//!   shares) and peer id shared by a process's sessions; `stream`: a connection's bytes
+//!   whatever the transport; `dial`: uTP and TCP tried in turn, the first through the
+//!   handshake kept; `shared`: what its tasks share and the lock order; `state`: the state
+//!   behind the lock, made of owners (`residency`: where verified pieces live, and what we
+//!   announce; `peers`; `readers` with `window`; `assembly`); `read`: reads; `connect` with
 //!   `discovery`: incoming and outgoing connections; `peer/`: one connection (`requests`,
 //!   `rates`, `upload`, `extended`, `fast`, `health`, `pex`, `writer`); `verify`: SHA1 of each
 //!   completed piece; `disk` and `disk_io`: the disk cache handle and its tasks.
@@ -41,7 +43,7 @@
 //! ```text
 //! FUSE threads (fs::kernel) --read--> tokio task (fs::fuse) --Session::read--> picker wants
 //!                                   waits on `verified` (watch<u64>) <-- piece held or evicted
-//! host accept loop --handshake read, routed by info-hash (mpsc)--> session incoming task
+//! host accept loops (TCP, uTP) --handshake read, routed by info-hash (mpsc)--> session incoming task
 //!                                                                   --> peer task
 //! announcer (tracker), DHT announce loop, PEX, --peer
 //!            --addrs tagged with their PeerSource (mpsc)--> connector --dial--> peer task
@@ -54,6 +56,7 @@
 //! app::mount tick (1 s): status::Live (rates, said-once alerts), the status line
 //! status socket --accept--> report as JSON --> `btfs status`
 //! DHT node: its receive loop and maintenance task, shared by every session (Config::dht)
+//! UDP port (net::udp): one receive task --first byte--> DHT channel | uTP channel (librqbit-utp)
 //! shutdown: Session::stop flips `shutdown` (watch<bool>): every waiting read fails, every
 //!           task ends; the disk writer and the announcer say on watch channels when done
 //! ```

@@ -1,10 +1,10 @@
 #!/usr/bin/python3
 """Benchmark: our btfs against Debian's btfs on the same local swarms, in one run.
 
-scripts/bench.sh runs this once it has built ours. Three parts (--skip leaves one out), each
+scripts/bench.sh runs this once it has built ours. Four parts (--skip leaves one out), each
 on its own swarm, stopped before the next, in one network namespace, with one table at the
-end; each part is also a script of its own beside this one (file.py, video.py, magnet.py),
-which prints its rows alone.
+end; each part is also a script of its own beside this one (file.py, video.py, magnet.py,
+utp.py), which prints its rows alone.
 """
 
 import os
@@ -15,8 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The parts, from this folder.
 import file
 import magnet
+import utp
 import video
 from harness.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(__doc__, [file, video, magnet]))
+    sys.exit(main(__doc__, [file, video, magnet, utp]))

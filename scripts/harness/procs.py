@@ -1,5 +1,6 @@
 """Processes a script starts, each ended by its PID; the signals that interrupt it."""
 
+import os
 import signal
 import socket
 import subprocess
@@ -117,3 +118,15 @@ def vm_hwm(pid):
     except OSError:
         pass
     return None
+
+
+def cpu_secs(pid):
+    """User + system CPU time a live process has used so far (/proc/PID/stat), in seconds;
+    None if unknown."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            # The command name (field 2) may hold spaces: count the fields after its ')'.
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None

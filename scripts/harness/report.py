@@ -27,10 +27,17 @@ METRICS = [
     ("frame70", "mpv first frame from 70%, cold", "s", "lower", "half"),
     ("magnet_meta", "magnet (DHT only): spawn -> file seen", "s", "lower", None),
     ("magnet", "magnet (DHT only): spawn -> 1st byte", "s", "lower", "half"),
+    ("utp_ttfb", "uTP-only swarm: first byte, cold", "s", "lower", None),
+    ("utp_seq", "uTP-only swarm: sequential + sha1", "MB/s", "higher", "rate"),
+    ("utp_cpu", "uTP-only swarm: client CPU per MB", "ms", "lower", None),
+    ("tcp_seq", "TCP-only swarm: sequential + sha1", "MB/s", "higher", None),
+    ("tcp_cpu", "TCP-only swarm: client CPU per MB", "ms", "lower", None),
+    ("utp_cpu_x", "CPU per byte, uTP / TCP (ours)", "x", "lower", "cpu"),
 ]
+CPU_TARGET = 1.5
 TMPFS_TARGET = 0.70
 TARGETS = {"half": "<= 1/2 debian", "rate": ">= debian", "tmpfs": ">= 70% tmpfs",
-           "budget": "<= cache+64M"}
+           "budget": "<= cache+64M", "cpu": "<= 1.5x"}
 
 
 def parse_size(s):
@@ -72,6 +79,13 @@ def rows(bench, budget):
                     runs[c] = []
                 else:
                     runs[c] = [w / t * 100 if w else None]
+            elif key == "utp_cpu_x":
+                u = median(bench.results[c].get("utp_cpu", []))
+                t = median(bench.results[c].get("tcp_cpu", []))
+                runs[c] = [u / t] if u and t else []
+            elif key in ("utp_cpu", "tcp_cpu"):
+                # Recorded in seconds per MB.
+                runs[c] = [v and v * 1000 for v in bench.results[c].get(key, [])]
             elif key == "rss":
                 runs[c] = [v and v / MiB for v in bench.results[c].get(key, [])]
             else:
@@ -80,7 +94,7 @@ def rows(bench, budget):
         if not runs["ours"] and not runs["debian"]:
             continue
         ratio = None
-        if o and d and key != "warm_frac":
+        if o and d and key not in ("warm_frac", "utp_cpu_x"):
             ratio = d / o if better == "lower" else o / d
         verdict = ""
         if target == "half":
@@ -89,6 +103,8 @@ def rows(bench, budget):
             verdict = "n/a" if ratio is None else ("PASS" if ratio >= 1 else "FAIL")
         elif target == "tmpfs":
             verdict = "n/a" if o is None else ("PASS" if o >= TMPFS_TARGET * 100 else "FAIL")
+        elif target == "cpu":
+            verdict = "n/a" if o is None else ("PASS" if o <= CPU_TARGET else "FAIL")
         elif target == "budget":
             verdict = "n/a" if o is None else ("PASS" if o <= budget / MiB else "FAIL")
         nfail = sum(v is None for v in runs["ours"] + runs["debian"])
@@ -108,6 +124,8 @@ def num(v, unit, runs):
         return "%.1f ms" % (v * 1000)
     if unit == "%":
         return "%.0f %%" % v
+    if unit == "x":
+        return "%.2fx" % v
     return "%.1f %s" % (v, unit)
 
 
@@ -127,6 +145,9 @@ def report(bench, args):
     if bench.results["ours"].get("magnet") or bench.results["debian"].get("magnet"):
         parts.append("magnet: %s largest file, %d DHT nodes + 2 seeders, no tracker" % (
             human(args.magnet_size), DHT_NODES_COUNT))
+    if bench.utp_size:
+        parts.append("uTP: %s file, 3 uTP-only seeders + tracker (then 3 TCP-only, ours)"
+                     % human(bench.utp_size))
     print("btfs benchmark, %d run(s), medians, ours --cache-size %s: %s"
           % (args.runs, args.cache_size, "; ".join(parts)))
     head = "%-*s | %12s | %12s | %8s | %-14s | %s" % (

@@ -29,9 +29,9 @@ def make_torrent(path, out, piece_length, trackers=()):
     return run(argv)
 
 
-def seeder_argv(torrent, data, ip, port, ready):
+def seeder_argv(torrent, data, ip, port, ready, transport="tcp"):
     return [PYTHON, SWARM, "seed", torrent, data, "--bind", ip, "--port", str(port),
-            "--ready-file", ready]
+            "--ready-file", ready, "--transport", transport]
 
 
 def wait_ready_files(seeders, deadline, fail):
@@ -44,9 +44,10 @@ def wait_ready_files(seeders, deadline, fail):
 
 
 class Swarm:
-    """opentracker + three seeders of one single-file torrent of `file` (in `data`)."""
+    """opentracker + three seeders of one single-file torrent of `file` (in `data`), speaking
+    `transport` (tcp, utp: uTP only, or both)."""
 
-    def __init__(self, procs, work, tag, data, file, piece_length, seed_mode):
+    def __init__(self, procs, work, tag, data, file, piece_length, seed_mode, transport="tcp"):
         self.procs, self.work, self.tag = procs, work, tag
         self.file = file
         self.name = os.path.basename(self.file)
@@ -63,7 +64,7 @@ class Swarm:
         self.seeders = []
         for i, ip in enumerate(SEEDER_IPS, 1):
             ready = os.path.join(work, "seeder-%s%d.ready" % (tag, i))
-            argv = seeder_argv(self.torrent, data, ip, free_port(ip), ready)
+            argv = seeder_argv(self.torrent, data, ip, free_port(ip), ready, transport)
             if seed_mode:
                 argv.append("--seed-mode")
             p = procs.spawn(argv, os.path.join(work, "seeder-%s%d.log" % (tag, i)))
