@@ -165,3 +165,106 @@ impl Dialer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::udp::UdpPort;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Our side of a toy handshake: say "hi", expect "ok".
+    async fn hello(mut s: PeerStream) -> io::Result<PeerStream> {
+        s.write_all(b"hi").await?;
+        let mut got = [0u8; 2];
+        s.read_exact(&mut got).await?;
+        match &got {
+            b"ok" => Ok(s),
+            _ => Err(io::Error::other("bad answer")),
+        }
+    }
+
+    /// A peer on one port number: TCP connections are accepted and dropped unanswered (as
+    /// libtorrent with TCP off does); uTP ones answer the toy handshake.
+    async fn utp_only_peer() -> SocketAddr {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = tcp.local_addr().unwrap();
+        let port = UdpPort::bind(at).await.unwrap();
+        let utp = Utp::start(&port).unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = tcp.accept().await {
+                drop(s);
+            }
+        });
+        tokio::spawn(async move {
+            let _port = port;
+            while let Ok((mut s, _)) = utp.accept().await {
+                tokio::spawn(async move {
+                    let mut got = [0u8; 2];
+                    if s.read_exact(&mut got).await.is_ok() && &got == b"hi" {
+                        let _ = s.write_all(b"ok").await;
+                        let mut rest = Vec::new();
+                        let _ = s.read_to_end(&mut rest).await;
+                    }
+                });
+            }
+        });
+        at
+    }
+
+    async fn dialer() -> (Dialer, UdpPort) {
+        let port = UdpPort::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        (Dialer::new(true, Some(Utp::start(&port).unwrap())), port)
+    }
+
+    #[tokio::test]
+    async fn the_transport_kept_is_the_one_that_gets_through_the_handshake() {
+        let peer = utp_only_peer().await;
+        let (dialer, _port) = dialer().await;
+        for first in [None, Some(Transport::Tcp), Some(Transport::Utp)] {
+            let dial = dialer.dial(peer, first, hello);
+            let (stream, transport) = tokio::time::timeout(Duration::from_secs(20), dial)
+                .await
+                .expect("hang")
+                .unwrap_or_else(|e| panic!("first {first:?}: {e}"));
+            assert_eq!(transport, Transport::Utp, "first {first:?}");
+            assert_eq!(stream.transport(), Transport::Utp);
+        }
+    }
+
+    #[tokio::test]
+    async fn without_utp_a_utp_only_peer_fails_with_the_handshake_error() {
+        let peer = utp_only_peer().await;
+        let tcp_only = Dialer::new(true, None);
+        let dial = tcp_only.dial(peer, Some(Transport::Utp), hello);
+        let err = tokio::time::timeout(Duration::from_secs(20), dial)
+            .await
+            .expect("hang")
+            .err()
+            .expect("no transport gets through");
+        assert!(
+            matches!(
+                err,
+                DialError::Handshake {
+                    transport: Transport::Tcp,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_remembered_transport_goes_first_then_utp_then_tcp() {
+        use Transport::{Tcp, Utp};
+        let (both, _port) = dialer().await;
+        assert_eq!(both.order(None), vec![Utp, Tcp]);
+        assert_eq!(both.order(Some(Tcp)), vec![Tcp, Utp]);
+        assert_eq!(both.order(Some(Utp)), vec![Utp, Tcp]);
+        assert_eq!(Dialer::new(true, None).order(Some(Utp)), vec![Tcp]);
+        assert_eq!(
+            Dialer::new(false, both.utp.clone()).order(Some(Tcp)),
+            vec![Utp]
+        );
+    }
+}

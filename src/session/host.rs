@@ -307,6 +307,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_utp_handshake_is_routed_like_a_tcp_one() {
+        let opts = HostOptions {
+            handshake: Duration::from_secs(5),
+            tcp: true,
+            utp: true,
+            udp: true,
+        };
+        let host = Host::bind_with("127.0.0.1:0".parse().unwrap(), opts)
+            .await
+            .unwrap();
+        let at = SocketAddr::from(([127, 0, 0, 1], host.port()));
+        assert_eq!(
+            host.udp().unwrap().local_addr().unwrap(),
+            at,
+            "one port number"
+        );
+        let mut ours = host.register([1; 20]);
+
+        let port = UdpPort::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let peer = Utp::start(&port).unwrap();
+        let mut stream = peer.connect(at).await.unwrap();
+        write_handshake(&mut stream, &Handshake::new([1; 20], [9; 20]))
+            .await
+            .unwrap();
+        let got = ours.recv().await.unwrap();
+        assert_eq!(got.theirs.peer_id, [9; 20]);
+        assert_eq!(got.addr, port.local_addr().unwrap());
+        assert_eq!(got.stream.transport(), super::super::stream::Transport::Utp);
+    }
+
+    #[tokio::test]
     async fn the_port_closes_with_the_last_handle() {
         let host = Host::bind("127.0.0.1:0".parse().unwrap(), Duration::from_secs(5))
             .await
