@@ -14,7 +14,7 @@
 //! - [`session`]: the tokio engine of one torrent; its own map is at the top of
 //!   `session/mod.rs`. `host`: the listening port (TCP, and uTP on the UDP port the DHT
 //!   shares) and peer id shared by a process's sessions; `stream`: a connection's bytes
-//!   whatever the transport; `dial`: uTP and TCP tried in turn, the first through the
+//!   whatever the transport; `dial`: uTP and TCP raced, the first through the
 //!   handshake kept; `shared`: what its tasks share and the lock order; `state`: the state
 //!   behind the lock, made of owners (`residency`: where verified pieces live, and what we
 //!   announce; `peers`; `readers` with `window`; `assembly`); `read`: reads; `connect` with

@@ -1,10 +1,11 @@
-//! Dialling a peer over the transports the host speaks, much as libtorrent does: uTP first,
-//! TCP too, and the connection kept is the first to get through the BitTorrent handshake (a
-//! transport-level connect proves little: libtorrent with TCP off accepts TCP connections and
-//! resets them). The second transport starts after a head start of the first, or at once when
-//! the first fails, so a peer that speaks both is not dialled twice; the loser, if any, is
-//! dropped. Once an address is known to work over one transport, that one goes first next time
-//! (the connector remembers it per address, `connect.rs`).
+//! Dialling a peer over the transports the host speaks: with nothing known of the address, uTP
+//! and TCP race, and the connection kept is the first to get through the BitTorrent handshake
+//! (a transport-level connect proves little: libtorrent with TCP off accepts TCP connections
+//! and resets them); the other is dropped. A peer that speaks only TCP ignores a uTP SYN, so a
+//! uTP head start would delay every TCP-only peer by it. Once an address is known to work over
+//! one transport (the connector remembers it per address, `connect.rs`), that one is dialled
+//! alone first, and the others join after a head start or at once when it fails, so a peer
+//! that speaks both is not dialled twice.
 
 use std::future::Future;
 use std::io;
@@ -20,11 +21,11 @@ use super::stream::{PeerStream, Transport};
 use crate::net::utp::Utp;
 
 /// How long one transport may take to connect.
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A uTP SYN is not resent by the crate: one unanswered this long is sent again, within
 /// `CONNECT_TIMEOUT`.
 const UTP_SYN_WAIT: Duration = Duration::from_millis(2500);
-/// How long the first transport has to itself before the next one starts too.
+/// How long a remembered transport has to itself before the others start too.
 const HEAD_START: Duration = Duration::from_millis(500);
 
 /// Why no transport got through (the last failure).
@@ -82,8 +83,15 @@ impl Dialer {
     {
         let mut waiting = self.order(first).into_iter();
         let mut running = Vec::new();
+        if first.is_none() {
+            running.extend(
+                waiting
+                    .by_ref()
+                    .map(|t| Box::pin(self.attempt(t, addr, &handshake))),
+            );
+        }
         let mut last = DialError::NoTransport;
-        let mut next_start = Instant::now();
+        let mut next_start = Instant::now() + HEAD_START;
         loop {
             if running.is_empty() {
                 match waiting.next() {
