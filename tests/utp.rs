@@ -8,11 +8,15 @@ use std::time::{Duration, Instant};
 
 use common::{Swarm, SwarmOptions, Tracker, assert_all_files_match, mount_btfs, sha1_file};
 
-fn utp_only_swarm(seeders: usize) -> Swarm {
+fn swarm(transport: &'static str, seeders: usize) -> Swarm {
     Swarm::start(SwarmOptions {
-        utp_only: true,
+        transport,
         ..SwarmOptions::multi(vec![Tracker::Http], seeders)
     })
+}
+
+fn utp_only_swarm(seeders: usize) -> Swarm {
+    swarm("utp", seeders)
 }
 
 /// Waits (a hang detector, not a timing threshold) until `f` holds.
@@ -77,5 +81,24 @@ fn a_libtorrent_leecher_that_speaks_only_utp_downloads_from_us() {
 fn with_no_tcp_a_utp_only_swarm_reads_right() {
     let swarm = utp_only_swarm(2);
     let m = mount_btfs(swarm.torrent(), &["--no-tcp"]);
+    assert_all_files_match(&m, &swarm);
+}
+
+#[test]
+fn seeders_that_speak_both_are_read_over_one_connection_each() {
+    // We dial both transports at once; each seeder sees two connections, we keep one.
+    let swarm = swarm("both", 3);
+    let m = mount_btfs(swarm.torrent(), &[]);
+    let (first, _) = swarm.files()[0].clone();
+    assert_eq!(
+        sha1_file(&m.path().join(&first)),
+        sha1_file(&swarm.data_parent().join(&first))
+    );
+    eventually("all three seeders connected", || m.status_u64("peers") == 3);
+    // One snapshot: every connection counted under one transport, one per seeder.
+    let s = m.status();
+    let n = |k: &str| s[k].parse::<u64>().unwrap_or_else(|_| panic!("{k}: {s:?}"));
+    assert_eq!(n("peers_tcp") + n("peers_utp"), n("peers"), "{s:?}");
+    assert!(n("peers") <= 3, "one connection per seeder: {s:?}");
     assert_all_files_match(&m, &swarm);
 }

@@ -64,8 +64,9 @@ pub struct SwarmOptions {
     pub data: Option<PathBuf>,
     /// Seeders keep connections to peers that want nothing (see `start_pex_hub`).
     pub keep_redundant: bool,
-    /// Seeders speak uTP only (no TCP in or out).
-    pub utp_only: bool,
+    /// What seeders speak in and out: "tcp", "utp" (uTP only) or "both" (`swarm.py
+    /// --transport`).
+    pub transport: &'static str,
 }
 
 impl SwarmOptions {
@@ -97,7 +98,7 @@ impl Default for SwarmOptions {
             seed_mode: false,
             data: None,
             keep_redundant: false,
-            utp_only: false,
+            transport: "tcp",
         }
     }
 }
@@ -304,9 +305,7 @@ impl Swarm {
         if self.opts.keep_redundant {
             cmd.arg("--keep-redundant");
         }
-        if self.opts.utp_only {
-            cmd.args(["--transport", "utp"]);
-        }
+        cmd.args(["--transport", self.opts.transport]);
         if !self.has_live_tracker() {
             cmd.arg("--no-wait-announce");
         }
