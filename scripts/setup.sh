@@ -8,6 +8,7 @@ PACKAGES=(
     fuse3              # fusermount3, /dev/fuse users
     python3-libtorrent # scripts/swarm.py: seeders and leechers (Debian's /usr/bin/python3)
     opentracker        # the tracker of the test swarm
+    transmission-daemon # swarm.py transmission-seed: a second independent client (encryption)
     mktorrent          # a second, independent torrent maker
     btfs               # Debian's btfs (C++/libtorrent), a reference to compare against
     ffmpeg mpv         # streaming demos and benchmarks
@@ -15,6 +16,7 @@ PACKAGES=(
     attr               # getfattr/setfattr
     psmisc             # fuser
     iproute2           # ss
+    nginx-light        # a real HTTP server for web seeds (BEP 19): tests/webseed.rs, the bench
 )
 
 missing=()
@@ -37,8 +39,9 @@ else
     echo "setup.sh: all Debian packages present" >&2
 fi
 
-# Debian's opentracker package may start a system service on port 6969; the tests start
-# their own trackers on free loopback ports, so it does not get in the way.
+# Debian's opentracker package may start a system service on port 6969, and nginx-light one
+# on port 80; the tests start their own trackers and web servers on free loopback ports (each
+# nginx with its own config in a temp dir), so they do not get in the way.
 
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"

@@ -9,20 +9,27 @@ Subcommands:
   make-data DIR --layout single|multi|many --seed N [--size BYTES] [--name NAME]
       deterministic content under DIR; prints the path of the file/folder made.
   make-torrent DATA_PATH OUT.torrent --piece-length BYTES [--tracker URL ...] [--one-tier]
-      v1 torrent of DATA_PATH; prints the info-hash (hex).
+               [--web-seed URL ...]
+      v1 torrent of DATA_PATH; prints the info-hash (hex). --web-seed: a BEP 19 url-list
+      entry (an HTTP server holding the files; the info-hash does not depend on it).
   info-hash FILE.torrent
       prints libtorrent's v1 info-hash (hex).
   seed TORRENT DATA_PARENT_DIR --bind 127.0.x.1 --port P [--corrupt] [--upload-limit B/s]
        [--ready-file F] [--work-dir D] [--seed-mode] [--no-wait-announce]
        [--dht-node IP:PORT ...] [--keep-redundant] [--transport tcp|utp|both]
+       [--encryption enabled|forced|disabled]
       seeds until SIGTERM/SIGINT; writes F once it is a seed and (unless
       --no-wait-announce, or the torrent has no trackers) a tracker answered.
       With --dht-node: also a DHT node (see "DHT mode" below) announcing the torrent.
       With --keep-redundant: keeps connections to peers that want nothing (pex-hub).
       --transport (seed and leech): TCP only by default; utp: uTP (BEP 29) only, in and
       out; both.
+      --encryption (seed and leech): libtorrent's protocol encryption policy, both ways.
+      enabled (libtorrent's default): dials encrypted first, accepts both; forced: RC4-encrypted
+      connections only, in and out; disabled: plaintext only.
   leech TORRENT OUTDIR --bind IP --peer IP:PORT ... [--timeout S] [--stop-after-hash-fails N]
         [--dht-node IP:PORT ...] [--pex] [--transport tcp|utp|both]
+        [--encryption enabled|forced|disabled]
       downloads from the given peers only; prints a JSON summary on stdout.
       Exit 0 when complete, 2 on timeout, 3 once N hash failures were seen.
       With --dht-node (then --peer is optional): also from the peers its DHT lookups find,
@@ -33,6 +40,11 @@ Subcommands:
       a peer that has no data and downloads nothing (every file priority 0), connects to
       the given peers and keeps those connections, and does PEX: whoever connects to it
       learns its peers. Writes F once connected to all of them; runs until SIGTERM.
+  transmission-seed TORRENT DATA_PARENT_DIR --bind IP --port P --rpc-port R [--ready-file F]
+       [--encryption required|preferred|tolerated]
+      seeds with Debian's transmission-daemon (a second independent client) until
+      SIGTERM/SIGINT: its config in a temp dir (no DHT, LPD, PEX, uTP or port mapping; RPC on
+      127.0.0.1:R), the torrent added over RPC and verified; writes F once it is a seed.
   tracker --dir D --http-port P --udp-port Q [--whitelist HEX ...] [--whitelist-file F]
       writes D/whitelist.txt and execs /usr/bin/opentracker (same PID) on 127.0.0.1.
 
@@ -51,6 +63,7 @@ itself) every DHT_ANNOUNCE_INTERVAL seconds instead of every 15 minutes.
 """
 
 import argparse
+import base64
 import json
 import os
 import random
@@ -58,7 +71,10 @@ import shutil
 import signal
 import sys
 import tempfile
+import subprocess
 import time
+import urllib.error
+import urllib.request
 import warnings
 
 BLOCK = 16 * 1024
@@ -153,6 +169,8 @@ def make_torrent(args):
     ct = L.create_torrent(fs, args.piece_length, flags=L.create_torrent.v1_only)
     for i, url in enumerate(args.tracker or []):
         ct.add_tracker(url, 0 if args.one_tier else i)
+    for url in args.web_seed or []:
+        ct.add_url_seed(url)
     ct.set_creator("btfs scripts/swarm.py")
     L.set_piece_hashes(ct, os.path.dirname(data))
     with open(args.out, "wb") as f:
@@ -227,6 +245,23 @@ def dht_session(L, bind, port, nodes, transport="tcp"):
     return ses
 
 
+def apply_encryption(L, ses, mode):
+    """--encryption: libtorrent's policy for outgoing and incoming connections, and the
+    methods it allows (forced: RC4 only, as a client that requires encryption does)."""
+    if mode == "forced":
+        settings = {"out_enc_policy": int(L.enc_policy.forced),
+                    "in_enc_policy": int(L.enc_policy.forced),
+                    "allowed_enc_level": int(L.enc_level.rc4),
+                    "prefer_rc4": True}
+    elif mode == "disabled":
+        settings = {"out_enc_policy": int(L.enc_policy.disabled),
+                    "in_enc_policy": int(L.enc_policy.disabled)}
+    else:
+        return
+    ses.apply_settings(settings)
+    log("encryption %s: %s" % (mode, settings))
+
+
 def apply_upload_limit(L, ses, limit):
     """libtorrent exempts peers on local networks (its local peer class) from rate limits;
     map every address to the global class only, so the limit holds on loopback."""
@@ -296,6 +331,7 @@ def seed(args):
         ses = dht_session(L, args.bind, args.port, args.dht_node, args.transport)
     else:
         ses = L.session(base_settings(args.bind, args.port, args.transport))
+    apply_encryption(L, ses, args.encryption)
     if args.upload_limit:
         apply_upload_limit(L, ses, args.upload_limit)
     if args.keep_redundant:
@@ -408,6 +444,7 @@ def leech(args):
         ses = dht_session(L, args.bind, 0, args.dht_node, args.transport)
     else:
         ses = L.session(base_settings(args.bind, 0, args.transport))
+    apply_encryption(L, ses, args.encryption)
     atp = L.add_torrent_params()
     atp.ti = L.torrent_info(args.torrent)
     atp.save_path = os.path.abspath(args.outdir)
@@ -519,6 +556,129 @@ def pex_hub(args):
     return rc
 
 
+# ------------------------------------------------------- transmission-seed
+
+TRANSMISSION = "/usr/bin/transmission-daemon"
+# Transmission's `encryption` setting.
+TRANSMISSION_ENCRYPTION = {"tolerated": 0, "preferred": 1, "required": 2}
+# torrent-get `status`: seeding.
+TR_STATUS_SEED = 6
+
+
+class TransmissionRpc:
+    """JSON-RPC to a transmission-daemon, with its session-id handshake (HTTP 409)."""
+
+    def __init__(self, port):
+        self.url = "http://127.0.0.1:%d/transmission/rpc" % port
+        self.session_id = ""
+
+    def call(self, method, **arguments):
+        body = json.dumps({"method": method, "arguments": arguments}).encode()
+        for _ in range(2):
+            req = urllib.request.Request(self.url, data=body, headers={
+                "X-Transmission-Session-Id": self.session_id,
+                "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    reply = json.load(r)
+            except urllib.error.HTTPError as e:
+                if e.code == 409:
+                    self.session_id = e.headers.get("X-Transmission-Session-Id", "")
+                    continue
+                raise
+            if reply.get("result") != "success":
+                raise RuntimeError("transmission %s: %s" % (method, reply.get("result")))
+            return reply.get("arguments", {})
+        raise RuntimeError("transmission %s: no session id" % method)
+
+
+def transmission_seed(args):
+    stop = Stop()
+    config = tempfile.mkdtemp(prefix="swarm-transmission-")
+    save_path = os.path.abspath(args.data_parent)
+    settings = {
+        "bind-address-ipv4": args.bind,
+        "bind-address-ipv6": "::1",
+        "peer-port": args.port,
+        "peer-port-random-on-start": False,
+        "port-forwarding-enabled": False,
+        "dht-enabled": False,
+        "lpd-enabled": False,
+        "pex-enabled": False,
+        "utp-enabled": False,
+        "blocklist-enabled": False,
+        "encryption": TRANSMISSION_ENCRYPTION[args.encryption],
+        "rpc-enabled": True,
+        "rpc-bind-address": "127.0.0.1",
+        "rpc-port": args.rpc_port,
+        "rpc-authentication-required": False,
+        "rpc-whitelist-enabled": False,
+        "rpc-host-whitelist-enabled": False,
+        "download-dir": save_path,
+        "incomplete-dir-enabled": False,
+        "watch-dir-enabled": False,
+        "start-added-torrents": True,
+        "ratio-limit-enabled": False,
+        "idle-seeding-limit-enabled": False,
+        "speed-limit-up-enabled": False,
+        "alt-speed-enabled": False,
+        "message-level": 2,
+    }
+    with open(os.path.join(config, "settings.json"), "w") as f:
+        json.dump(settings, f)
+    argv = [TRANSMISSION, "--foreground", "--config-dir", config, "--log-info"]
+    log("starting %s (encryption %s) on %s:%d, RPC on 127.0.0.1:%d" % (
+        TRANSMISSION, args.encryption, args.bind, args.port, args.rpc_port))
+    daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    rc = 0
+    try:
+        rpc = TransmissionRpc(args.rpc_port)
+        deadline = time.monotonic() + 60
+        tid = None
+        while not stop.flag and tid is None:
+            if daemon.poll() is not None:
+                raise RuntimeError("transmission-daemon exited: %s" % daemon.returncode)
+            try:
+                with open(args.torrent, "rb") as f:
+                    meta = base64.b64encode(f.read()).decode()
+                added = rpc.call("torrent-add", metainfo=meta, **{"download-dir": save_path})
+                t = added.get("torrent-added") or added.get("torrent-duplicate")
+                tid = t["id"]
+            except (OSError, urllib.error.URLError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)  # RPC not listening yet
+        if tid is not None:
+            rpc.call("torrent-verify", ids=[tid])
+        ready = False
+        while not stop.flag:
+            if daemon.poll() is not None:
+                raise RuntimeError("transmission-daemon exited: %s" % daemon.returncode)
+            if not ready:
+                t = rpc.call("torrent-get", ids=[tid], fields=[
+                    "percentDone", "status", "error", "errorString"])["torrents"][0]
+                if t["error"]:
+                    raise RuntimeError("transmission: %s" % t["errorString"])
+                if t["percentDone"] >= 1 and t["status"] == TR_STATUS_SEED:
+                    ready = True
+                    write_ready(args)
+                    log("ready: seeding")
+            time.sleep(0.1)
+    except Exception as e:  # logged, then the daemon is ended all the same
+        log("transmission-seed: %s" % e)
+        rc = 1
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        shutil.rmtree(config, ignore_errors=True)
+    log("exit %d" % rc)
+    return rc
+
+
 # ------------------------------------------------------------------ tracker
 
 def tracker(args):
@@ -550,6 +710,12 @@ def tracker(args):
     os.execv(OPENTRACKER, argv)
 
 
+def add_encryption_arg(parser):
+    parser.add_argument("--encryption", choices=["enabled", "forced", "disabled"],
+                        default="enabled",
+                        help="protocol encryption, both ways (forced: RC4 only)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -568,6 +734,7 @@ def main():
     s.add_argument("out")
     s.add_argument("--piece-length", type=int, required=True)
     s.add_argument("--tracker", action="append")
+    s.add_argument("--web-seed", action="append", help="BEP 19 url-list entry (repeatable)")
     s.add_argument("--one-tier", "--tier", action="store_true",
                    help="all trackers in one tier (default: one tier each)")
     s.set_defaults(fn=make_torrent)
@@ -595,6 +762,7 @@ def main():
                    help="what it speaks in and out (default tcp)")
     s.add_argument("--keep-redundant", action="store_true",
                    help="keep connections to upload-only peers (a pex-hub)")
+    add_encryption_arg(s)
     s.set_defaults(fn=seed)
 
     s = sub.add_parser("leech")
@@ -611,6 +779,7 @@ def main():
                    help="IP:PORT of a DHT node: also find peers through the DHT")
     s.add_argument("--pex", action="store_true",
                    help="also connect to peers named in PEX messages")
+    add_encryption_arg(s)
     s.set_defaults(fn=leech)
 
     s = sub.add_parser("pex-hub")
@@ -620,6 +789,17 @@ def main():
     s.add_argument("--peer", action="append", required=True, help="IP:PORT")
     s.add_argument("--ready-file")
     s.set_defaults(fn=pex_hub)
+
+    s = sub.add_parser("transmission-seed")
+    s.add_argument("torrent")
+    s.add_argument("data_parent")
+    s.add_argument("--bind", required=True)
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--rpc-port", type=int, required=True)
+    s.add_argument("--ready-file")
+    s.add_argument("--encryption", choices=sorted(TRANSMISSION_ENCRYPTION), default="preferred",
+                   help="Transmission's encryption setting (required: encrypted peers only)")
+    s.set_defaults(fn=transmission_seed)
 
     s = sub.add_parser("tracker")
     s.add_argument("--dir", required=True)

@@ -14,13 +14,17 @@
 //! - [`session`]: the tokio engine of one torrent; its own map is at the top of
 //!   `session/mod.rs`. `host`: the listening port (TCP, and uTP on the UDP port the DHT
 //!   shares) and peer id shared by a process's sessions; `stream`: a connection's bytes
-//!   whatever the transport; `dial`: uTP and TCP raced, the first through the
-//!   handshake kept; `shared`: what its tasks share and the lock order; `state`: the state
-//!   behind the lock, made of owners (`residency`: where verified pieces live, and what we
-//!   announce; `peers`; `readers` with `window`; `assembly`); `read`: reads; `connect` with
-//!   `discovery`: incoming and outgoing connections; `peer/`: one connection (`requests`,
-//!   `rates`, `upload`, `extended`, `fast`, `health`, `pex`, `writer`); `verify`: SHA1 of each
-//!   completed piece; `disk` and `disk_io`: the disk cache handle and its tasks.
+//!   whatever the transport; `shared`: what its tasks share and the lock order; `state`: the
+//!   state behind the lock, made of owners (`residency`: where verified pieces live, and what
+//!   we announce; `peers`; `readers` with `window`; `assembly`); `read`: reads; `connect`
+//!   with `discovery`: incoming and outgoing connections (`dial`: one outgoing connection,
+//!   over uTP or TCP as `transport` races them, the first through the handshake kept,
+//!   encrypted or not as `encryption`, the `--encryption` policy, says); `peer/`: one
+//!   connection (`requests`, `rates`, `upload`, `extended`, `fast`, `health`, `pex`,
+//!   `writer`); `verify`: SHA1 of each completed piece; `disk` and `disk_io`: the disk
+//!   cache handle and its tasks; `webseed/`: web seeds (BEP 19), HTTP servers the picker asks
+//!   like peers (`layout`: the URL of each file; `blocks`; `http`; `health`: backoff and
+//!   dropping; `registry`: what status shows).
 //! - [`magnet`]: `link` parses magnet links; `metadata`: the BEP 9 state machine assembling
 //!   and serving the info dictionary; `fetch`: the phase before a session that gets it.
 //! - Policy, pure state machines with time passed in: [`picker`] (which block to ask whom for
@@ -33,7 +37,8 @@
 //! - [`net`]: the UDP port the DHT and uTP share (`udp`: one socket, datagrams told apart by
 //!   their first byte) and uTP on it (`utp`, the `librqbit-utp` crate).
 //! - [`wire`]: peer messages, pure encode/decode (`message`, `handshake`, `extension`) and
-//!   their tokio framing (`conn`, with the handshake exchange).
+//!   their tokio framing (`conn`, with the handshake exchange); `mse`: protocol encryption
+//!   (Diffie-Hellman, RC4) under them, over any byte stream.
 //! - [`metainfo`]: `.torrent` files to [`metainfo::Torrent`], paths made safe (`paths`), `btfs
 //!   info` (`summary`).
 //! - Foundations: [`piece`] (geometry, the checked `PieceIndex`), [`bitfield`], [`bencode`]
@@ -43,8 +48,8 @@
 //! ```text
 //! FUSE threads (fs::kernel) --read--> tokio task (fs::fuse) --Session::read--> picker wants
 //!                                   waits on `verified` (watch<u64>) <-- piece held or evicted
-//! host accept loops (TCP, uTP) --handshake read, routed by info-hash (mpsc)--> session incoming task
-//!                                                                   --> peer task
+//! host accept loops (TCP, uTP) --handshake read, routed by info-hash (mpsc)--> session
+//!                                                          connector --> peer task
 //! announcer (tracker), DHT announce loop, PEX, --peer
 //!            --addrs tagged with their PeerSource (mpsc)--> connector --dial--> peer task
 //! session --PeerCmd (mpsc: refill, have, cancel, choke, disconnect)--> peer task
@@ -52,6 +57,8 @@
 //! peer task --complete piece--> verify task --spawn_blocking SHA1--> State::piece_passed
 //!           (residency -> picker Have + `have` to every peer) --queue (mpsc)--> disk writer
 //! read/upload missing from memory --disk_io load (spawn_blocking, SHA1)--> State
+//! web seed task (one per url-list entry) --picks--> HTTP Range requests (reqwest, pooled)
+//!           --blocks--> State::block_arrived --> verify task, as a peer's
 //! rechoke task (1 s): choker decisions --SetUnchoked--> peer tasks
 //! app::mount tick (1 s): status::Live (rates, said-once alerts), the status line
 //! status socket --accept--> report as JSON --> `btfs status`

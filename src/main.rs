@@ -87,6 +87,11 @@ struct MountArgs {
     /// Never upload to other peers.
     #[arg(long)]
     no_upload: bool,
+    /// Protocol encryption (MSE/PE). allow: accept both; dial plaintext, and encrypted if the
+    /// peer hangs up on that. prefer: dial encrypted first. require: encrypted (RC4) only, both
+    /// ways. disable: plaintext only.
+    #[arg(long, default_value = "allow", value_name = "POLICY", value_parser = encryption_policy())]
+    encryption: session::Encryption,
     /// Connect to this peer as well as those trackers find (repeatable).
     #[arg(long = "peer", value_name = "IP:PORT")]
     peers: Vec<SocketAddr>,
@@ -108,6 +113,9 @@ struct MountArgs {
     /// Speak uTP only: no TCP in or out.
     #[arg(long)]
     no_tcp: bool,
+    /// Do not download from the torrent's web seeds (HTTP servers in its url-list, BEP 19).
+    #[arg(long)]
+    no_web_seeds: bool,
     /// Bootstrap the DHT from this node instead of the public routers (repeatable).
     #[arg(long = "dht-bootstrap", value_name = "HOST:PORT")]
     dht_bootstrap: Vec<String>,
@@ -185,10 +193,15 @@ fn run(cli: Cli) -> Result<()> {
                     max_download_rate: args.max_download_rate,
                     max_upload_rate: args.max_upload_rate,
                     no_upload: args.no_upload,
+                    encryption: args.encryption,
                     disk_cache: args.cache_dir.map(|dir| session::DiskCacheConfig {
                         dir,
                         budget: args.disk_cache_size,
                     }),
+                    web_seeds: session::WebSeedConfig {
+                        enabled: !args.no_web_seeds,
+                        ..Default::default()
+                    },
                     ..session::Config::default()
                 },
                 metadata_timeout: std::time::Duration::from_secs(args.metadata_timeout),
@@ -251,6 +264,12 @@ fn status(mountpoint: Option<PathBuf>, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn encryption_policy() -> impl clap::builder::TypedValueParser<Value = session::Encryption> {
+    use clap::builder::TypedValueParser;
+    let names = session::Encryption::ALL.map(|e| e.name());
+    clap::builder::PossibleValuesParser::new(names).try_map(|s| s.parse::<session::Encryption>())
 }
 
 fn init_logging(verbose: u8) {

@@ -1,10 +1,11 @@
 """The shared harness of btfs's Python scripts: Python 3 stdlib only, run by Debian's
 /usr/bin/python3 (which has the libtorrent module scripts/swarm.py needs).
 
-  procs    processes we start, each ended by its PID; signals; free ports; VmHWM
+  procs    processes we start, each ended by its PID; signals; free ports; VmHWM; CPU time
   mount    FUSE mounts: ready when /proc/self/mountinfo lists them, status xattr, unmount
   swarm    opentracker + libtorrent seeders of one file (scripts/swarm.py)
   dht      a tracker-less swarm on libtorrent DHT nodes (scripts/dht_nodes.py)
+  web      nginx serving a folder: a web seed (BEP 19)
   netns    re-running a script in a private, loopback-only network namespace
   torrent  bencode, for torrents made by hand
   measure  the benchmark's clients, one fresh mount per measurement, reads that may hang

@@ -21,11 +21,14 @@ def make_data(out, layout, seed, size, name):
                 "--size", str(size), "--name", name])
 
 
-def make_torrent(path, out, piece_length, trackers=()):
-    """A v1 torrent of `path` (`swarm.py make-torrent`); its info-hash, hex."""
+def make_torrent(path, out, piece_length, trackers=(), web_seeds=()):
+    """A v1 torrent of `path` (`swarm.py make-torrent`), with these announce URLs and web
+    seeds (BEP 19 url-list); its info-hash, hex."""
     argv = [PYTHON, SWARM, "make-torrent", path, out, "--piece-length", str(piece_length)]
     for url in trackers:
         argv += ["--tracker", url]
+    for url in web_seeds:
+        argv += ["--web-seed", url]
     return run(argv)
 
 
@@ -45,9 +48,11 @@ def wait_ready_files(seeders, deadline, fail):
 
 class Swarm:
     """opentracker + three seeders of one single-file torrent of `file` (in `data`), speaking
-    `transport` (tcp, utp: uTP only, or both)."""
+    `transport` (tcp, utp: uTP only, or both); `encryption`: the seeders' policy (swarm.py seed
+    --encryption; forced: RC4 only)."""
 
-    def __init__(self, procs, work, tag, data, file, piece_length, seed_mode, transport="tcp"):
+    def __init__(self, procs, work, tag, data, file, piece_length, seed_mode, transport="tcp",
+                 encryption="enabled"):
         self.procs, self.work, self.tag = procs, work, tag
         self.file = file
         self.name = os.path.basename(self.file)
@@ -67,6 +72,7 @@ class Swarm:
             argv = seeder_argv(self.torrent, data, ip, free_port(ip), ready, transport)
             if seed_mode:
                 argv.append("--seed-mode")
+            argv += ["--encryption", encryption]
             p = procs.spawn(argv, os.path.join(work, "seeder-%s%d.log" % (tag, i)))
             self.seeders.append((p, ready))
         deadline = time.monotonic() + SWARM_TIMEOUT

@@ -3,6 +3,7 @@
 //! the user ([`alerts`]).
 
 pub mod alerts;
+pub mod limits;
 pub mod mount;
 pub mod source;
 pub mod status;

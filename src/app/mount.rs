@@ -11,6 +11,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::app::limits;
 use crate::app::source::{self, ResolveOptions, SourceError, Target};
 use crate::app::status::Live;
 use crate::app::status::socket::{StatusSocket, canonical_mountpoint};
@@ -190,8 +191,18 @@ pub async fn run(
 ) -> Result<(), MountError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(MountError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(MountError::Signals)?;
+    let fds = limits::budget(limits::raise_fd_limit(), config.session.max_peers);
+    if fds.peers < config.session.max_peers {
+        tracing::warn!(
+            limit = fds.limit,
+            peers = fds.peers,
+            "few file descriptors (ulimit -n): connecting to fewer peers than --max-peers"
+        );
+        config.session.max_peers = fds.peers;
+    }
     let host_options = HostOptions {
         handshake: config.session.peer_timeouts.handshake,
+        pending: fds.pending,
         tcp: config.tcp,
         utp: config.utp,
         udp: config.dht.is_some(),

@@ -167,11 +167,33 @@ async fn requester_gone(pid: u32) {
     }
 }
 
-/// The thread exists, is not a zombie, and has no SIGKILL pending.
+/// The thread exists, is not a zombie, and has no SIGKILL pending. Existence comes from
+/// `kill(pid, 0)`, which only a thread that is really gone answers `ESRCH`: `/proc` may be
+/// unreadable for a thread that is there (`hidepid`, another user's reader under
+/// `--allow-other`), and such a thread counts as alive.
 fn alive(pid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
+    alive_reading(pid, |path| std::fs::read_to_string(path))
+}
+
+/// [`alive`], reading `/proc` through `read` (tests make it fail).
+fn alive_reading(pid: u32, read: impl Fn(&str) -> std::io::Result<String>) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
     };
+    // SAFETY: signal 0 sends nothing; kill only checks that the thread exists.
+    let gone = unsafe { libc::kill(pid, 0) } != 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    if gone {
+        return false;
+    }
+    match read(&format!("/proc/{pid}/status")) {
+        Ok(status) => status_alive(&status),
+        Err(_) => true,
+    }
+}
+
+/// What `/proc/PID/status` says: not a zombie, no SIGKILL pending.
+fn status_alive(status: &str) -> bool {
     const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
     for line in status.lines() {
         let Some((key, value)) = line.split_once(':') else {
@@ -387,5 +409,41 @@ impl<B: Backend> Filesystem for FuseFs<B> {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_is_gone_only_when_it_really_is() {
+        assert!(alive(std::process::id()));
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id();
+        child.wait().expect("reaped");
+        assert!(!alive(pid), "a reaped process is gone");
+    }
+
+    #[test]
+    fn an_unreadable_proc_is_not_a_gone_reader() {
+        use std::io::{Error, ErrorKind};
+        let me = std::process::id();
+        // hidepid=1 refuses, hidepid=2 hides: either way the reader is still there.
+        for kind in [ErrorKind::PermissionDenied, ErrorKind::NotFound] {
+            assert!(alive_reading(me, |_| Err(Error::from(kind))), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn zombies_and_pending_sigkill_are_gone_an_ordinary_status_is_not() {
+        let status = |state: &str, pending: &str| {
+            format!("Name:\tmpv\nState:\t{state}\nSigPnd:\t{pending}\nShdPnd:\t0000000000000000\n")
+        };
+        assert!(status_alive(&status("S (sleeping)", "0000000000000000")));
+        assert!(!status_alive(&status("Z (zombie)", "0000000000000000")));
+        assert!(!status_alive(&status("S (sleeping)", "0000000000000100")));
     }
 }

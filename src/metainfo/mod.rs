@@ -4,7 +4,7 @@
 //! link gets those bytes from peers (BEP 9), not from a file. The info-hash is the SHA1 of those
 //! exact bytes, never of a re-encoding: a torrent with odd but valid encoding keeps its identity.
 //! Also read: multitracker tiers (BEP 12), the private flag (BEP 27), padding files (BEP 47),
-//! DHT nodes (BEP 5) and web seeds (BEP 19), the last two kept for later use.
+//! DHT nodes (BEP 5, kept for later use) and web seeds (BEP 19, `session::webseed` asks them).
 //!
 //! Everything in a torrent file is hostile input: bad values give a [`MetainfoError`] naming what
 //! failed, file names are made safe in `paths`, and nothing here panics on any input.

@@ -56,6 +56,9 @@ pub fn summary(t: &Torrent) -> String {
             line(label, &format!("{tier:<8}{url}"));
         }
     }
+    for (i, url) in t.url_list.iter().enumerate() {
+        line(if i == 0 { "web seeds" } else { "" }, url);
+    }
     if let Some(by) = &t.created_by {
         line("created by", by);
     }

@@ -7,13 +7,37 @@ use std::net::IpAddr;
 
 use sha1::{Digest, Sha1};
 
-use crate::picker::Block;
+use crate::picker::{Block, PeerId};
 use crate::piece::{BLOCK_SIZE, Geometry, PieceIndex};
+
+/// Who sent a block, as far as blame goes: a BitTorrent peer by its IP (a liar is banned by
+/// address, whatever port it reconnects from), a web seed by its own id (dropping it bans no
+/// peer that shares its server's address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Sender {
+    Peer(IpAddr),
+    WebSeed(PeerId),
+}
+
+impl From<IpAddr> for Sender {
+    fn from(ip: IpAddr) -> Self {
+        Sender::Peer(ip)
+    }
+}
+
+impl std::fmt::Display for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sender::Peer(ip) => ip.fmt(f),
+            Sender::WebSeed(id) => write!(f, "web seed {}", id.0),
+        }
+    }
+}
 
 /// A piece being put together from blocks; who sent each block is kept for the verdict.
 pub(crate) struct Assembly {
     data: Vec<u8>,
-    senders: Vec<Option<IpAddr>>,
+    senders: Vec<Option<Sender>>,
 }
 
 impl Assembly {
@@ -25,15 +49,15 @@ impl Assembly {
     }
 
     /// Copies a block in; the caller has checked `begin`/`len` against the geometry.
-    fn put(&mut self, block: u32, begin: u32, bytes: &[u8], from: IpAddr) {
+    fn put(&mut self, block: u32, begin: u32, bytes: &[u8], from: Sender) {
         let start = begin as usize;
         self.data[start..start + bytes.len()].copy_from_slice(bytes);
         self.senders[block as usize] = Some(from);
     }
 
     /// Everyone who sent a block of it, each once.
-    pub(crate) fn senders(&self) -> Vec<IpAddr> {
-        let mut senders: Vec<IpAddr> = self.senders.iter().flatten().copied().collect();
+    pub(crate) fn senders(&self) -> Vec<Sender> {
+        let mut senders: Vec<Sender> = self.senders.iter().flatten().copied().collect();
         senders.sort();
         senders.dedup();
         senders
@@ -58,7 +82,7 @@ impl Assembling {
         b: Block,
         begin: u32,
         bytes: &[u8],
-        from: IpAddr,
+        from: Sender,
         complete: bool,
     ) -> Option<Assembly> {
         let p = b.piece;
@@ -85,7 +109,7 @@ impl Assembling {
     }
 
     /// `p` verified with `data`: who sent a different block of it before?
-    pub(crate) fn liars(&mut self, p: PieceIndex, data: &[u8]) -> Vec<IpAddr> {
+    pub(crate) fn liars(&mut self, p: PieceIndex, data: &[u8]) -> Vec<Sender> {
         self.suspects.liars(p, data)
     }
 }
@@ -94,27 +118,27 @@ impl Assembling {
 /// verifies with data from elsewhere, any peer whose block differs from the good data lied.
 #[derive(Default)]
 struct Suspects {
-    by_piece: HashMap<PieceIndex, Vec<(u32, IpAddr, [u8; 20])>>,
+    by_piece: HashMap<PieceIndex, Vec<(u32, Sender, [u8; 20])>>,
 }
 
 impl Suspects {
     fn record(&mut self, piece: PieceIndex, asm: &Assembly) {
         let entry = self.by_piece.entry(piece).or_default();
         for (i, from) in asm.senders.iter().enumerate() {
-            if let Some(ip) = from {
+            if let Some(sender) = from {
                 let start = i * BLOCK_SIZE as usize;
                 let end = (start + BLOCK_SIZE as usize).min(asm.data.len());
-                entry.push((i as u32, *ip, sha1(&asm.data[start..end])));
+                entry.push((i as u32, *sender, sha1(&asm.data[start..end])));
             }
         }
     }
 
     /// Peers whose recorded blocks for `piece` differ from the verified `data`.
-    fn liars(&mut self, piece: PieceIndex, data: &[u8]) -> Vec<IpAddr> {
+    fn liars(&mut self, piece: PieceIndex, data: &[u8]) -> Vec<Sender> {
         let Some(records) = self.by_piece.remove(&piece) else {
             return Vec::new();
         };
-        let mut liars: Vec<IpAddr> = records
+        let mut liars: Vec<Sender> = records
             .into_iter()
             .filter(|(block, _, hash)| {
                 let start = *block as usize * BLOCK_SIZE as usize;

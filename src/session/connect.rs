@@ -1,7 +1,9 @@
-//! Connections: taking the incoming peers the host routes here, and dialling the addresses
-//! discovery finds, up to `max_peers`, with a backoff for addresses that fail.
+//! The connector: one task that owns the session's address book (`addrbook.rs`), takes the
+//! incoming peers the host routes here, dials the addresses discovery finds while there is
+//! room, and turns useless peers over (`turnover.rs`) when every slot is taken and a read
+//! waits for peers it has not tried.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,195 +11,186 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::addrbook::{AddressBook, BookStats, Outcome, Worked};
+use super::dial;
 use super::host::Incoming;
-use super::stream::Transport;
+use super::peers::PeerCmd;
+use super::turnover;
 use super::{PeerSource, Shared, peer};
+use crate::wire::HandshakeError;
 
-/// Attempts at an address before it is forgotten until discovery names it again...
-const MAX_FAILURES: u32 = 5;
-/// ...unless a read waits and no peer is connected ("starving"): then every known address is
-/// tried again and again, the pause between tries doubling up to this, so that seeders coming
-/// back at their old addresses are found without a tracker's help.
-const STARVING_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Addresses one session remembers (libtorrent keeps 3,000 by default).
+const MAX_KNOWN: usize = 3000;
 
-/// The pause before the next try at an address that failed `failures` times in a row.
-fn retry_delay(failures: u32, starving: bool) -> Duration {
-    let d = Duration::from_secs(5 << failures.min(6));
-    if starving {
-        d.min(STARVING_RETRY_MAX)
-    } else {
-        d
-    }
+/// What a connection task tells the connector.
+enum Event {
+    /// A dial's handshakes are done and the peer was admitted.
+    Admitted,
+    /// A dial (and the connection it made, if any) ended; how it got as far as a BitTorrent
+    /// handshake (transport, encrypted or not).
+    Dialled(Outcome, Option<Worked>),
+    /// An incoming connection ended.
+    IncomingEnded,
 }
 
-/// Takes the connections the host routed to this torrent.
-pub(crate) async fn accept_incoming(shared: Arc<Shared>, mut incoming: mpsc::Receiver<Incoming>) {
-    let mut shutdown = shared.shutdown.subscribe();
-    loop {
-        tokio::select! {
-            next = incoming.recv() => {
-                let Some(conn) = next else { return };
-                if shared.lock().peers.is_banned(conn.addr.ip()) {
-                    continue;
-                }
-                tokio::spawn(peer::accept(shared.clone(), conn));
-            }
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
-/// A read waits on a piece and no peer is connected to fetch it from.
-fn starving(shared: &Shared) -> bool {
-    shared.lock().starving()
-}
-
-/// How a dial ended, for the connector's bookkeeping.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dialled {
-    /// A peer session ran (and has ended).
-    Connected,
-    Failed,
-    /// The address was our own listener.
-    Myself,
-}
-
-struct Candidate {
-    source: PeerSource,
-    failures: u32,
-    next_try: Instant,
-    /// The transport it last connected over: tried alone first next time (`dial.rs`).
-    transport: Option<Transport>,
-}
-
-/// Dials new addresses while there is room for more peers.
-pub(crate) async fn connect_loop(
+/// Runs the connector until shutdown.
+pub(crate) async fn run(
     shared: Arc<Shared>,
     mut discovered: mpsc::Receiver<(PeerSource, Vec<SocketAddr>)>,
+    mut incoming: mpsc::Receiver<Incoming>,
 ) {
     let mut shutdown = shared.shutdown.subscribe();
-    let (done_tx, mut done_rx) =
-        mpsc::unbounded_channel::<(SocketAddr, Dialled, Option<Transport>)>();
-    // Our own listen address, as trackers hand it back to us: never dialled again.
-    let mut ourselves: HashSet<SocketAddr> = HashSet::new();
-    let mut candidates: HashMap<SocketAddr, Candidate> = HashMap::new();
-    let mut queue: VecDeque<SocketAddr> = VecDeque::new();
-    let mut active: HashSet<SocketAddr> = HashSet::new();
+    let (events_tx, mut events) = mpsc::unbounded_channel::<(SocketAddr, Event)>();
+    let mut book = AddressBook::new(MAX_KNOWN);
+    // Dials started and not yet admitted or ended: they will need a slot.
+    let mut dialling: HashSet<SocketAddr> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             addrs = discovered.recv() => {
                 let Some((source, addrs)) = addrs else { return };
-                let mut st = shared.lock();
-                for a in addrs.into_iter().filter(|a| !ourselves.contains(a)) {
-                    st.peers.known.insert(a, source);
-                    if !active.contains(&a) && !candidates.contains_key(&a) {
-                        let next_try = Instant::now();
-                        candidates.insert(a, Candidate { source, failures: 0, next_try, transport: None });
-                        queue.push_back(a);
-                    }
+                let now = Instant::now();
+                let mut new = false;
+                for a in addrs {
+                    new |= book.learn(a, source, now);
+                }
+                if new {
+                    shared.known.send_replace(BookStats::of(&book));
                 }
             }
-            done = done_rx.recv() => {
-                let Some((addr, dialled, transport)) = done else { continue };
-                active.remove(&addr);
-                if dialled == Dialled::Myself {
-                    ourselves.insert(addr);
-                    candidates.remove(&addr);
-                    shared.lock().peers.known.remove(&addr);
+            conn = incoming.recv() => {
+                let Some(conn) = conn else { return };
+                if shared.lock().peers.is_banned(conn.addr.ip()) {
                     continue;
                 }
-                let connected = dialled == Dialled::Connected;
-                let starving = starving(&shared);
-                if let Some(c) = candidates.get_mut(&addr) {
-                    c.failures = if connected { 1 } else { c.failures.saturating_add(1) };
-                    c.transport = transport.or(c.transport);
-                    if c.failures > MAX_FAILURES && !starving {
-                        candidates.remove(&addr);
-                    } else {
-                        c.next_try = Instant::now() + retry_delay(c.failures, starving);
-                        queue.push_back(addr);
+                let addr = conn.addr;
+                book.incoming(addr, Instant::now());
+                let (shared, events) = (shared.clone(), events_tx.clone());
+                tokio::spawn(async move {
+                    let _ = peer::accept(shared, conn).await;
+                    let _ = events.send((addr, Event::IncomingEnded));
+                });
+            }
+            event = events.recv() => {
+                let Some((addr, event)) = event else { continue };
+                match event {
+                    Event::Admitted => {
+                        dialling.remove(&addr);
+                        book.connected(addr);
                     }
+                    Event::Dialled(outcome, worked) => {
+                        dialling.remove(&addr);
+                        book.finished(addr, outcome, Instant::now());
+                        if let Some(w) = worked {
+                            book.set_worked(addr, w);
+                        }
+                    }
+                    Event::IncomingEnded => book.incoming_ended(addr),
                 }
             }
             _ = tick.tick() => {
-                if starving(&shared) {
-                    // Addresses given up on come back, and none waits longer than the cap.
-                    let known: Vec<(SocketAddr, PeerSource)> =
-                        shared.lock().peers.known.dialable().collect();
-                    let now = Instant::now();
-                    for (a, source) in known {
-                        if active.contains(&a) {
-                            continue;
-                        }
-                        let c = candidates.entry(a).or_insert_with(|| {
-                            queue.push_back(a);
-                            Candidate { source, failures: 0, next_try: now, transport: None }
-                        });
-                        c.next_try = c.next_try.min(now + STARVING_RETRY_MAX);
-                    }
-                }
+                let now = Instant::now();
+                turn_over(&shared, &mut book, now);
+                shared.known.send_replace(BookStats::of(&book));
             }
             _ = shared.redial.notified() => {
-                let now = Instant::now();
-                for c in candidates.values_mut() {
-                    c.next_try = c.next_try.min(now);
-                }
+                // A read waits and no peer is connected: every address is worth a try now.
+                book.starving(Instant::now(), Duration::ZERO);
             }
             _ = shutdown.changed() => return,
         }
-        // Dial what is due, while there is room.
-        let (room, banned) = {
-            let st = shared.lock();
-            let room = shared
-                .config
-                .max_peers
-                .saturating_sub(st.peers.len().max(active.len()));
-            (room, st.peers.banned().clone())
-        };
-        let now = Instant::now();
-        let mut budget = room;
-        for _ in 0..queue.len() {
-            if budget == 0 {
-                break;
-            }
-            let Some(addr) = queue.pop_front() else { break };
-            let Some(c) = candidates.get(&addr) else {
-                continue;
-            };
-            if banned.contains(&addr.ip()) {
-                candidates.remove(&addr);
-                continue;
-            }
-            if c.next_try > now || active.contains(&addr) {
-                queue.push_back(addr);
-                continue;
-            }
-            budget -= 1;
-            active.insert(addr);
-            let (source, first) = (c.source, c.transport);
-            let shared = shared.clone();
-            let done = done_tx.clone();
-            tokio::spawn(async move {
-                let handshake = |stream| peer::handshake(&shared, stream, addr);
-                let dial = shared.dialer.dial(addr, first, handshake).await;
-                let (dialled, transport) = match dial {
-                    Ok(((stream, theirs), transport)) => {
-                        let run = peer::dialled(shared, stream, addr, source, theirs);
-                        let dialled = match run.await {
-                            Err(peer::PeerError::SelfConnection) => Dialled::Myself,
-                            Err(peer::PeerError::Banned) => Dialled::Failed,
-                            _ => Dialled::Connected,
-                        };
-                        (dialled, Some(transport))
-                    }
-                    Err(e) => {
-                        tracing::trace!(%addr, "dial failed: {e}");
-                        (Dialled::Failed, None)
-                    }
-                };
-                let _ = done.send((addr, dialled, transport));
-            });
+        dial_due(&shared, &mut book, &mut dialling, &events_tx);
+    }
+}
+
+/// A read waiting with nobody to serve it revives given-up addresses; with every slot taken,
+/// useless peers make room for addresses we have not tried.
+fn turn_over(shared: &Shared, book: &mut AddressBook, now: Instant) {
+    let st = shared.lock();
+    let starving = st.starving();
+    if starving {
+        book.starving(now, super::addrbook::STARVING_MAX_WAIT);
+    }
+    if st.peers.len() < shared.config.max_peers {
+        return;
+    }
+    let due = book.due_count(now);
+    if due == 0 {
+        return;
+    }
+    let worths = st.peers.worths();
+    for id in turnover::victims(&worths, now, due, starving) {
+        tracing::debug!(peer = ?id, starving, "turning a useless peer over");
+        st.peers.send(id, PeerCmd::Drop);
+    }
+    drop(st);
+}
+
+/// Starts dials for what is due, while there is room.
+fn dial_due(
+    shared: &Arc<Shared>,
+    book: &mut AddressBook,
+    dialling: &mut HashSet<SocketAddr>,
+    events: &mpsc::UnboundedSender<(SocketAddr, Event)>,
+) {
+    let now = Instant::now();
+    let room = {
+        let st = shared.lock();
+        shared
+            .config
+            .max_peers
+            .saturating_sub(st.peers.len() + dialling.len())
+    };
+    if room == 0 {
+        return;
+    }
+    for (addr, source, worked) in book.due(now, room) {
+        if shared.lock().peers.is_banned(addr.ip()) {
+            book.finished(addr, Outcome::Banned, now);
+            continue;
         }
+        dialling.insert(addr);
+        let (shared, events) = (shared.clone(), events.clone());
+        tokio::spawn(async move {
+            let (outcome, worked) = dial_one(shared, addr, source, worked, &events).await;
+            let _ = events.send((addr, Event::Dialled(outcome, worked)));
+        });
+    }
+}
+
+/// Dials one address (over uTP or TCP, encrypted or not, see `dial`) and runs the connection
+/// to its end.
+async fn dial_one(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    source: PeerSource,
+    worked: Option<Worked>,
+    events: &mpsc::UnboundedSender<(SocketAddr, Event)>,
+) -> (Outcome, Option<Worked>) {
+    let started = Instant::now();
+    let admitted = || {
+        let _ = events.send((addr, Event::Admitted));
+    };
+    let (ran, worked) = dial::dial(&shared, addr, source, worked, admitted).await;
+    let outcome = match ran {
+        Err(outcome) => outcome,
+        Ok(ran) => ended(ran, started),
+    };
+    (outcome, worked)
+}
+
+/// How a connection that reached its handshake ended, for the address book.
+fn ended(ran: Result<(), peer::PeerError>, started: Instant) -> Outcome {
+    match ran {
+        Err(peer::PeerError::Handshake(HandshakeError::Timeout)) => Outcome::TimedOut,
+        Err(peer::PeerError::Handshake(HandshakeError::WrongTorrent)) => Outcome::WrongTorrent,
+        Err(peer::PeerError::Handshake(HandshakeError::Wire(_))) => Outcome::HungUp,
+        Err(peer::PeerError::SelfConnection) => Outcome::Myself,
+        Err(peer::PeerError::Banned) => Outcome::Banned,
+        Err(peer::PeerError::Full) => Outcome::Full,
+        Err(peer::PeerError::Useless | peer::PeerError::Idle) => Outcome::Useless,
+        _ => Outcome::Ended {
+            lasted: started.elapsed(),
+        },
     }
 }

@@ -1,278 +1,168 @@
-//! Dialling a peer over the transports the host speaks: with nothing known of the address, uTP
-//! and TCP race, and the connection kept is the first to get through the BitTorrent handshake
-//! (a transport-level connect proves little: libtorrent with TCP off accepts TCP connections
-//! and resets them); the other is dropped. A peer that speaks only TCP ignores a uTP SYN, so a
-//! uTP head start would delay every TCP-only peer by it. Once an address is known to work over
-//! one transport (the connector remembers it per address, `connect.rs`), that one is dialled
-//! alone first, and the others join after a head start or at once when it fails, so a peer
-//! that speaks both is not dialled twice.
+//! Dialling one peer: over uTP and TCP as `transport.rs` races them (the first connection
+//! through the BitTorrent handshake is kept), each encrypted or not as the `--encryption`
+//! policy and what worked for this address before say, with a second try at once when the way
+//! the first failed says the other kind would work; then the peer task.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
-use std::task::Poll;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use thiserror::Error;
-use tokio::time::Instant;
-
+use super::addrbook::{Outcome, Worked};
+use super::encryption::Attempt;
+use super::peer::{self, PeerError};
 use super::stream::{PeerStream, Transport};
-use crate::net::utp::Utp;
+use super::{PeerSource, Shared};
+use crate::wire::mse::{self, MseError};
+use crate::wire::{Handshake, HandshakeError, WireError};
 
-/// How long one transport may take to connect.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// A uTP SYN is not resent by the crate: one unanswered this long is sent again, within
-/// `CONNECT_TIMEOUT`.
-const UTP_SYN_WAIT: Duration = Duration::from_millis(2500);
-/// How long a remembered transport has to itself before the others start too.
-const HEAD_START: Duration = Duration::from_millis(500);
-
-/// Why no transport got through (the last failure).
-#[derive(Debug, Error)]
-pub(crate) enum DialError<E> {
-    #[error("{transport:?} connect: {source}")]
-    Connect {
-        transport: Transport,
-        source: io::Error,
-    },
-    #[error("{transport:?}: {source}")]
-    Handshake { transport: Transport, source: E },
-    #[error("no transport to dial with")]
-    NoTransport,
-}
-
-/// The transports sessions dial with; cheap to clone.
-#[derive(Clone)]
-pub(crate) struct Dialer {
-    tcp: bool,
-    utp: Option<Utp>,
-}
-
-impl Dialer {
-    pub(crate) fn new(tcp: bool, utp: Option<Utp>) -> Self {
-        Self { tcp, utp }
+/// The peer closed or reset the connection before sending a byte of its handshake: what a
+/// client that requires encryption does with our plaintext one.
+fn hung_up(e: &HandshakeError) -> bool {
+    use std::io::ErrorKind::*;
+    match e {
+        HandshakeError::Wire(WireError::Closed) => true,
+        HandshakeError::Wire(WireError::Io(io)) => matches!(
+            io.kind(),
+            ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+        ),
+        _ => false,
     }
+}
 
-    /// The transports to try, in order: `first` if we speak it, then uTP, then TCP.
-    fn order(&self, first: Option<Transport>) -> Vec<Transport> {
-        let speaks = |t: &Transport| match t {
-            Transport::Tcp => self.tcp,
-            Transport::Utp => self.utp.is_some(),
+/// How one transport's try at an address failed.
+enum Failed {
+    /// Before a BitTorrent handshake could start (connect, encryption handshake).
+    Outcome(Outcome),
+    /// The BitTorrent handshake failed.
+    Peer(PeerError),
+}
+
+impl Failed {
+    /// Which failure says most about the address: a handshake that failed, then an encryption
+    /// handshake, then a refused connect, then a timeout (a TCP-only peer times uTP out).
+    fn rank(&self) -> u8 {
+        match self {
+            Failed::Peer(_) => 3,
+            Failed::Outcome(Outcome::TimedOut) => 0,
+            Failed::Outcome(Outcome::Refused | Outcome::Local) => 1,
+            Failed::Outcome(_) => 2,
+        }
+    }
+}
+
+/// Dials `addr` over the transports the host speaks (raced, see `transport.rs`), each try
+/// encrypted or not as the policy and `worked` say, and runs the peer over the first to get
+/// through the BitTorrent handshake; `admitted` is called when the peer gets its slot.
+/// Returns how the peer session ended (`Err`: no connection got as far as a BitTorrent
+/// handshake, and why; `Ok(Err)` with a handshake error: one got that far and failed it) and
+/// how the connection that got through was made, to try first next time.
+pub(crate) async fn dial(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    source: PeerSource,
+    worked: Option<Worked>,
+    admitted: impl Fn(),
+) -> (Result<Result<(), PeerError>, Outcome>, Option<Worked>) {
+    let attempt = worked.map(|w| w.attempt);
+    let raced = (shared.dialer)
+        .race(worked.map(|w| w.transport), |t| {
+            establish(shared, addr, t, attempt)
+        })
+        .await;
+    match raced {
+        Ok(((stream, theirs, attempt), transport)) => {
+            let ran = peer::dialled(shared.clone(), stream, addr, source, theirs, admitted).await;
+            (Ok(ran), Some(Worked { transport, attempt }))
+        }
+        Err(failures) => match failures.into_iter().max_by_key(Failed::rank) {
+            Some(Failed::Peer(e)) => (Ok(Err(e)), None),
+            Some(Failed::Outcome(o)) => (Err(o), None),
+            None => (Err(Outcome::Local), None),
+        },
+    }
+}
+
+/// One transport's try: a connection over `transport`, encrypted or not as the policy and
+/// `worked` say, then the BitTorrent handshake; a second connection at once when the way the
+/// first failed says the other kind would work. Returns the stream, their handshake and the
+/// kind that got through.
+async fn establish(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    transport: Transport,
+    worked: Option<Attempt>,
+) -> Result<(PeerStream, Handshake, Attempt), Failed> {
+    let policy = shared.config.encryption;
+    let (mut attempt, mut fallback) = policy.attempts(worked);
+    loop {
+        let stream = match shared.dialer.connect(transport, addr).await {
+            Ok(stream) => stream,
+            Err(e) => return Err(Failed::Outcome(connect_failed(&e))),
         };
-        let mut order: Vec<Transport> = first.into_iter().filter(speaks).collect();
-        for t in [Transport::Utp, Transport::Tcp] {
-            if speaks(&t) && !order.contains(&t) {
-                order.push(t);
-            }
-        }
-        order
-    }
-
-    /// Connects to `addr` and runs `handshake` on the connection, over each transport in turn
-    /// (see the module doc); returns what the first to get through yielded, and its transport.
-    pub(crate) async fn dial<T, E, F, Fut>(
-        &self,
-        addr: SocketAddr,
-        first: Option<Transport>,
-        handshake: F,
-    ) -> Result<(T, Transport), DialError<E>>
-    where
-        F: Fn(PeerStream) -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let mut waiting = self.order(first).into_iter();
-        let mut running = Vec::new();
-        if first.is_none() {
-            running.extend(
-                waiting
-                    .by_ref()
-                    .map(|t| Box::pin(self.attempt(t, addr, &handshake))),
-            );
-        }
-        let mut last = DialError::NoTransport;
-        let mut next_start = Instant::now() + HEAD_START;
-        loop {
-            if running.is_empty() {
-                match waiting.next() {
-                    Some(t) => running.push(Box::pin(self.attempt(t, addr, &handshake))),
-                    None => return Err(last),
-                }
-                next_start = Instant::now() + HEAD_START;
-            }
-            let more = waiting.len() > 0;
-            let mut head_start = pin!(tokio::time::sleep_until(next_start));
-            let event = std::future::poll_fn(|cx| {
-                for (i, a) in running.iter_mut().enumerate() {
-                    if let Poll::Ready(r) = a.as_mut().poll(cx) {
-                        return Poll::Ready(Some((i, r)));
+        let stream = match attempt {
+            Attempt::Plaintext => stream,
+            Attempt::Encrypted => {
+                let skey = &shared.torrent.info_hash.0;
+                let within = shared.config.peer_timeouts.handshake;
+                match mse::initiate(stream, skey, policy.provide(), &[], within).await {
+                    Ok(s) => PeerStream::encrypted(s),
+                    Err(e) => {
+                        tracing::debug!(%addr, ?transport, "{e}");
+                        if e.peer_does_not_speak_mse() && fallback == Some(Attempt::Plaintext) {
+                            tracing::debug!(%addr, "no encryption there: dialling plaintext");
+                            attempt = Attempt::Plaintext;
+                            fallback = None;
+                            continue;
+                        }
+                        return Err(Failed::Outcome(match e {
+                            MseError::Timeout { .. } => Outcome::TimedOut,
+                            _ => Outcome::HungUp,
+                        }));
                     }
                 }
-                if more && head_start.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(None);
-                }
-                Poll::Pending
-            })
-            .await;
-            match event {
-                Some((_, Ok(won))) => return Ok(won),
-                Some((i, Err(e))) => {
-                    drop(running.remove(i));
-                    last = e;
-                }
-                None => {
-                    if let Some(t) = waiting.next() {
-                        running.push(Box::pin(self.attempt(t, addr, &handshake)));
-                    }
-                    next_start = Instant::now() + HEAD_START;
-                }
             }
-        }
-    }
-
-    async fn attempt<T, E, F, Fut>(
-        &self,
-        transport: Transport,
-        addr: SocketAddr,
-        handshake: &F,
-    ) -> Result<(T, Transport), DialError<E>>
-    where
-        F: Fn(PeerStream) -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let stream = (self.connect(transport, addr).await)
-            .map_err(|source| DialError::Connect { transport, source })?;
-        match handshake(stream).await {
-            Ok(v) => Ok((v, transport)),
-            Err(source) => Err(DialError::Handshake { transport, source }),
-        }
-    }
-
-    async fn connect(&self, t: Transport, addr: SocketAddr) -> io::Result<PeerStream> {
-        let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "timed out");
-        match (t, &self.utp) {
-            (Transport::Tcp, _) => {
-                tokio::time::timeout(CONNECT_TIMEOUT, PeerStream::connect_tcp(addr))
-                    .await
-                    .map_err(|_| timed_out())?
+        };
+        match peer::handshake(shared, stream, addr).await {
+            Ok((stream, theirs)) => return Ok((stream, theirs, attempt)),
+            Err(PeerError::Handshake(e))
+                if attempt == Attempt::Plaintext
+                    && fallback == Some(Attempt::Encrypted)
+                    && hung_up(&e) =>
+            {
+                tracing::debug!(%addr, ?transport, "hung up on plaintext: dialling encrypted");
+                attempt = Attempt::Encrypted;
+                fallback = None;
             }
-            (Transport::Utp, None) => Err(io::Error::other("uTP is off")),
-            (Transport::Utp, Some(utp)) => {
-                let deadline = Instant::now() + CONNECT_TIMEOUT;
-                loop {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(timed_out());
-                    }
-                    let syn = tokio::time::timeout(left.min(UTP_SYN_WAIT), utp.connect(addr));
-                    if let Ok(r) = syn.await {
-                        return r.map(PeerStream::utp);
-                    }
+            Err(e) => {
+                if let PeerError::Handshake(h) = &e
+                    && attempt == Attempt::Plaintext
+                    && hung_up(h)
+                {
+                    refused_plaintext(shared, addr);
                 }
+                return Err(Failed::Peer(e));
             }
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::net::udp::UdpPort;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    /// Our side of a toy handshake: say "hi", expect "ok".
-    async fn hello(mut s: PeerStream) -> io::Result<PeerStream> {
-        s.write_all(b"hi").await?;
-        let mut got = [0u8; 2];
-        s.read_exact(&mut got).await?;
-        match &got {
-            b"ok" => Ok(s),
-            _ => Err(io::Error::other("bad answer")),
-        }
+/// A connect error: out of file descriptors is our problem, anything else the address's.
+fn connect_failed(e: &io::Error) -> Outcome {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => Outcome::Local,
+        _ if e.kind() == io::ErrorKind::TimedOut => Outcome::TimedOut,
+        _ => Outcome::Refused,
     }
+}
 
-    /// A peer on one port number: TCP connections are accepted and dropped unanswered (as
-    /// libtorrent with TCP off does); uTP ones answer the toy handshake.
-    async fn utp_only_peer() -> SocketAddr {
-        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let at = tcp.local_addr().unwrap();
-        let port = UdpPort::bind(at).await.unwrap();
-        let utp = Utp::start(&port).unwrap();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = tcp.accept().await {
-                drop(s);
-            }
-        });
-        tokio::spawn(async move {
-            let _port = port;
-            while let Ok((mut s, _)) = utp.accept().await {
-                tokio::spawn(async move {
-                    let mut got = [0u8; 2];
-                    if s.read_exact(&mut got).await.is_ok() && &got == b"hi" {
-                        let _ = s.write_all(b"ok").await;
-                        let mut rest = Vec::new();
-                        let _ = s.read_to_end(&mut rest).await;
-                    }
-                });
-            }
-        });
-        at
-    }
-
-    async fn dialer() -> (Dialer, UdpPort) {
-        let port = UdpPort::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        (Dialer::new(true, Some(Utp::start(&port).unwrap())), port)
-    }
-
-    #[tokio::test]
-    async fn the_transport_kept_is_the_one_that_gets_through_the_handshake() {
-        let peer = utp_only_peer().await;
-        let (dialer, _port) = dialer().await;
-        for first in [None, Some(Transport::Tcp), Some(Transport::Utp)] {
-            let dial = dialer.dial(peer, first, hello);
-            let (stream, transport) = tokio::time::timeout(Duration::from_secs(20), dial)
-                .await
-                .expect("hang")
-                .unwrap_or_else(|e| panic!("first {first:?}: {e}"));
-            assert_eq!(transport, Transport::Utp, "first {first:?}");
-            assert_eq!(stream.transport(), Transport::Utp);
-        }
-    }
-
-    #[tokio::test]
-    async fn without_utp_a_utp_only_peer_fails_with_the_handshake_error() {
-        let peer = utp_only_peer().await;
-        let tcp_only = Dialer::new(true, None);
-        let dial = tcp_only.dial(peer, Some(Transport::Utp), hello);
-        let err = tokio::time::timeout(Duration::from_secs(20), dial)
-            .await
-            .expect("hang")
-            .err()
-            .expect("no transport gets through");
-        assert!(
-            matches!(
-                err,
-                DialError::Handshake {
-                    transport: Transport::Tcp,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-    }
-
-    #[tokio::test]
-    async fn the_remembered_transport_goes_first_then_utp_then_tcp() {
-        use Transport::{Tcp, Utp};
-        let (both, _port) = dialer().await;
-        assert_eq!(both.order(None), vec![Utp, Tcp]);
-        assert_eq!(both.order(Some(Tcp)), vec![Tcp, Utp]);
-        assert_eq!(both.order(Some(Utp)), vec![Utp, Tcp]);
-        assert_eq!(Dialer::new(true, None).order(Some(Utp)), vec![Tcp]);
-        assert_eq!(
-            Dialer::new(false, both.utp.clone()).order(Some(Tcp)),
-            vec![Utp]
+/// Counts a plaintext handshake a peer hung up on; says the first time what it may mean.
+fn refused_plaintext(shared: &Shared, addr: SocketAddr) {
+    if shared.refused_plaintext.fetch_add(1, Ordering::Relaxed) == 0 {
+        tracing::info!(
+            "peer {addr} hung up on our plaintext handshake: it may require encryption \
+             (--encryption is {})",
+            shared.config.encryption
         );
     }
 }

@@ -13,13 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc, watch};
 
 use crate::piece::{Geometry, PieceIndex};
 use crate::store::{DiskStore, DiskStoreError};
 
 /// Verified pieces waiting to be written, in bytes; more are dropped (not cached) meanwhile.
 const MAX_QUEUED: u64 = 64 * 1024 * 1024;
+/// Disk-cache files read at once.
+const MAX_LOADS: usize = 8;
 /// How long shutdown waits for queued writes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -69,6 +71,8 @@ pub(crate) struct Disk {
     failing: watch::Sender<Option<String>>,
     /// Flips to true when the writer has written what was queued at shutdown.
     written: watch::Receiver<bool>,
+    /// Loads reading at once: each holds a file open, and readahead can ask for hundreds.
+    loads: Semaphore,
 }
 
 /// Opens the torrent's cache directory (on the blocking pool) and finds the pieces it holds
@@ -131,6 +135,7 @@ impl Disk {
             bad_pieces: AtomicU64::new(0),
             failing: watch::channel(None).0,
             written,
+            loads: Semaphore::new(MAX_LOADS),
         };
         let end = WriterEnd {
             store,
@@ -161,6 +166,11 @@ impl Disk {
         if bad {
             self.bad_pieces.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Waits for a turn to read a file (see `loads`).
+    pub(crate) async fn load_turn(&self) -> Option<SemaphorePermit<'_>> {
+        self.loads.acquire().await.ok()
     }
 
     pub(crate) fn used(&self) -> u64 {

@@ -148,6 +148,7 @@ async fn run_load(shared: Arc<Shared>, p: PieceIndex) {
     let store = disk.store();
     let expected = shared.torrent.info.piece_hashes[p.as_usize()];
     let len = shared.geometry.piece_len(p) as usize;
+    let turn = disk.load_turn().await;
     let loaded = tokio::task::spawn_blocking(move || {
         let got = lock(&store).get(p.get());
         let outcome = match got {
@@ -168,6 +169,7 @@ async fn run_load(shared: Arc<Shared>, p: PieceIndex) {
         (outcome, used)
     })
     .await;
+    drop(turn);
     let (outcome, used) = match loaded {
         Ok(r) => r,
         Err(_) => (Loaded::Gone, disk.used()),

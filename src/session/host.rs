@@ -17,21 +17,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::SessionError;
-use super::dial::Dialer;
+use super::encryption::{self, Encryption};
 use super::stream::PeerStream;
+use super::transport::Dialer;
 use crate::net::udp::UdpPort;
 use crate::net::utp::Utp;
 use crate::sync::lock;
-use crate::wire::{Handshake, read_handshake};
-
-/// Tries at a port number free for both TCP and UDP when any will do (port 0).
-const PORT_TRIES: usize = 20;
+use crate::wire::Handshake;
+use crate::wire::mse::{self, Serving};
 
 /// Incoming connections queued for their session; more wait in their routing tasks.
 const BACKLOG: usize = 64;
+/// Connections accepted whose handshake has not come yet, at most (see [`Host::bind_limited`]).
+pub const DEFAULT_PENDING: usize = 64;
+/// Tries at a port number free for both TCP and UDP when any will do (port 0).
+const PORT_TRIES: usize = 20;
 
 /// A connection whose handshake named a registered torrent; ours is not sent yet.
 pub(crate) struct Incoming {
@@ -40,19 +43,42 @@ pub(crate) struct Incoming {
     pub(crate) theirs: Handshake,
 }
 
-type Routes = Arc<Mutex<HashMap<[u8; 20], mpsc::Sender<Incoming>>>>;
+/// A registered torrent: its session's queue, and which connections it accepts.
+struct Route {
+    tx: mpsc::Sender<Incoming>,
+    encryption: Encryption,
+}
+
+type Routes = Arc<Mutex<HashMap<[u8; 20], Route>>>;
 
 /// What a [`Host`] listens on and dials with.
 #[derive(Clone, Copy, Debug)]
 pub struct HostOptions {
     /// A connection that does not send a whole handshake within this is closed.
     pub handshake: Duration,
+    /// Connections (TCP and uTP together) waiting for their handshake, at most: past that, a
+    /// new one is closed at once, so a flood that never handshakes holds a bounded number of
+    /// sockets (and file descriptors).
+    pub pending: usize,
     /// TCP in and out.
     pub tcp: bool,
     /// uTP in and out.
     pub utp: bool,
     /// Bind the UDP port even without uTP: the DHT runs on it.
     pub udp: bool,
+}
+
+impl HostOptions {
+    /// TCP only, as [`Host::bind`] binds.
+    pub fn tcp(handshake: Duration) -> Self {
+        HostOptions {
+            handshake,
+            pending: DEFAULT_PENDING,
+            tcp: true,
+            utp: false,
+            udp: false,
+        }
+    }
 }
 
 /// The listening side shared by the sessions of a process; cheap to clone.
@@ -75,15 +101,23 @@ struct Inner {
 
 impl Host {
     /// Binds the TCP port peers connect to and starts accepting (no UDP: no uTP, no room for
-    /// the DHT); see [`Host::bind_with`].
+    /// the DHT); a connection that does not send a whole handshake within `handshake` is
+    /// closed. See [`Host::bind_with`].
     pub async fn bind(addr: SocketAddr, handshake: Duration) -> Result<Host, SessionError> {
+        Self::bind_with(addr, HostOptions::tcp(handshake)).await
+    }
+
+    /// [`Host::bind`] with at most `pending` connections waiting for their handshake.
+    pub async fn bind_limited(
+        addr: SocketAddr,
+        handshake: Duration,
+        pending: usize,
+    ) -> Result<Host, SessionError> {
         let opts = HostOptions {
-            handshake,
-            tcp: true,
-            utp: false,
-            udp: false,
+            pending,
+            ..HostOptions::tcp(handshake)
         };
-        Host::bind_with(addr, opts).await
+        Self::bind_with(addr, opts).await
     }
 
     /// Binds the TCP port and the UDP port of the same number, as `opts` asks, and starts
@@ -106,13 +140,14 @@ impl Host {
         };
         let routes = Routes::default();
         let (stop, stopped) = watch::channel(());
+        let pending = Arc::new(Semaphore::new(opts.pending.max(1)));
         if let Some(l) = listener {
-            let stopped = stopped.clone();
-            tokio::spawn(accept_loop(l, routes.clone(), opts.handshake, stopped));
+            let (routes, pending, stopped) = (routes.clone(), pending.clone(), stopped.clone());
+            tokio::spawn(accept_loop(l, routes, opts.handshake, pending, stopped));
         }
         if let Some(u) = &utp {
-            let u = u.clone();
-            tokio::spawn(accept_utp(u, routes.clone(), opts.handshake, stopped));
+            let (u, routes) = (u.clone(), routes.clone());
+            tokio::spawn(accept_utp(u, routes, opts.handshake, pending, stopped));
         }
         Ok(Host {
             inner: Arc::new(Inner {
@@ -146,11 +181,16 @@ impl Host {
         self.inner.peer_id
     }
 
-    /// Routes incoming peers for `info_hash` to the returned receiver, replacing an earlier
-    /// registration; they stop coming once it is dropped.
-    pub(crate) fn register(&self, info_hash: [u8; 20]) -> mpsc::Receiver<Incoming> {
+    /// Routes incoming peers for `info_hash`, encrypted or not as `encryption` allows, to the
+    /// returned receiver, replacing an earlier registration; they stop coming once it is
+    /// dropped.
+    pub(crate) fn register(
+        &self,
+        info_hash: [u8; 20],
+        encryption: Encryption,
+    ) -> mpsc::Receiver<Incoming> {
         let (tx, rx) = mpsc::channel(BACKLOG);
-        lock(&self.inner.routes).insert(info_hash, tx);
+        lock(&self.inner.routes).insert(info_hash, Route { tx, encryption });
         rx
     }
 }
@@ -159,17 +199,27 @@ async fn accept_loop(
     listener: TcpListener,
     routes: Routes,
     handshake: Duration,
+    pending: Arc<Semaphore>,
     mut stopped: watch::Receiver<()>,
 ) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
+                    let Ok(permit) = pending.clone().try_acquire_owned() else {
+                        tracing::debug!(%addr, "too many handshakes pending; refused");
+                        continue;
+                    };
                     let stream = PeerStream::tcp(stream);
-                    tokio::spawn(route(stream, addr, routes.clone(), handshake));
+                    let routes = routes.clone();
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        route(stream, addr, routes, handshake).await;
+                    });
                 }
                 Err(e) => {
-                    tracing::warn!("accepting a peer failed: {e}");
+                    // Out of file descriptors, typically: wait for some to be freed.
+                    tracing::debug!("accepting a peer failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
@@ -214,19 +264,28 @@ async fn bind_ports(
     Err(SessionError::PortInUse { port: 0 })
 }
 
-/// Takes uTP connections as `accept_loop` takes TCP ones.
+/// Takes uTP connections as `accept_loop` takes TCP ones (the same bound on those pending).
 async fn accept_utp(
     utp: Utp,
     routes: Routes,
     handshake: Duration,
+    pending: Arc<Semaphore>,
     mut stopped: watch::Receiver<()>,
 ) {
     loop {
         tokio::select! {
             accepted = utp.accept() => match accepted {
                 Ok((stream, addr)) => {
+                    let Ok(permit) = pending.clone().try_acquire_owned() else {
+                        tracing::debug!(%addr, "too many handshakes pending; refused");
+                        continue;
+                    };
                     let stream = PeerStream::utp(stream);
-                    tokio::spawn(route(stream, addr, routes.clone(), handshake));
+                    let routes = routes.clone();
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        route(stream, addr, routes, handshake).await;
+                    });
                 }
                 Err(e) => {
                     tracing::debug!("uTP stopped accepting: {e}");
@@ -238,9 +297,31 @@ async fn accept_utp(
     }
 }
 
-/// Reads the peer's handshake and hands the connection to its torrent's session.
-async fn route(mut stream: PeerStream, addr: SocketAddr, routes: Routes, within: Duration) {
-    let theirs = match tokio::time::timeout(within, read_handshake(&mut stream)).await {
+/// The torrent whose `HASH('req2', info-hash)` an encrypted connection sent, and what its
+/// session accepts; `None` if no torrent accepts encryption at all.
+fn encrypted_lookup(routes: &Routes) -> Option<impl FnOnce(&[u8; 20]) -> Option<Serving> + use<>> {
+    let any = lock(routes)
+        .values()
+        .any(|r| r.encryption.selection().is_some());
+    let routes = routes.clone();
+    let lookup = move |req2: &[u8; 20]| {
+        let routes = lock(&routes);
+        let (hash, r) = routes.iter().find(|(h, _)| mse::req2(h) == *req2)?;
+        let selection = r.encryption.selection()?;
+        Some(Serving {
+            skey: *hash,
+            selection,
+        })
+    };
+    any.then_some(lookup)
+}
+
+/// Reads the peer's handshake (through the encryption handshake first if it starts one)
+/// and hands the connection to its torrent's session.
+async fn route(stream: PeerStream, addr: SocketAddr, routes: Routes, within: Duration) {
+    let lookup = encrypted_lookup(&routes);
+    let read = encryption::read_incoming(stream, lookup, within);
+    let (stream, theirs) = match tokio::time::timeout(within, read).await {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
             tracing::debug!(%addr, "incoming handshake failed: {e}");
@@ -254,11 +335,15 @@ async fn route(mut stream: PeerStream, addr: SocketAddr, routes: Routes, within:
     let session = {
         let mut routes = lock(&routes);
         match routes.get(&theirs.info_hash) {
-            Some(tx) if tx.is_closed() => {
+            Some(r) if r.tx.is_closed() => {
                 routes.remove(&theirs.info_hash);
                 None
             }
-            other => other.cloned(),
+            Some(r) if !stream.is_encrypted() && !r.encryption.accepts_plaintext() => {
+                tracing::debug!(%addr, "plaintext peer refused: encryption is required");
+                return;
+            }
+            other => other.map(|r| r.tx.clone()),
         }
     };
     let Some(session) = session else {
@@ -287,7 +372,7 @@ mod tests {
             .await
             .unwrap();
         let at = SocketAddr::from(([127, 0, 0, 1], host.port()));
-        let mut ours = host.register([1; 20]);
+        let mut ours = host.register([1; 20], Encryption::Allow);
 
         let mut other = TcpStream::connect(at).await.unwrap();
         write_handshake(&mut other, &Handshake::new([2; 20], [9; 20]))
@@ -307,12 +392,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn past_the_pending_limit_a_connection_is_closed_at_once() {
+        use tokio::io::AsyncReadExt;
+        let host = Host::bind_limited("127.0.0.1:0".parse().unwrap(), Duration::from_secs(60), 2)
+            .await
+            .unwrap();
+        let at = SocketAddr::from(([127, 0, 0, 1], host.port()));
+        let mut silent = Vec::new();
+        for _ in 0..2 {
+            silent.push(TcpStream::connect(at).await.unwrap());
+        }
+        // The third is closed unanswered while the first two wait for their handshake.
+        let mut third = TcpStream::connect(at).await.unwrap();
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(30), third.read(&mut buf))
+            .await
+            .expect("closed, not left waiting");
+        assert!(matches!(n, Ok(0) | Err(_)));
+        drop(silent);
+    }
+
+    #[tokio::test]
     async fn a_utp_handshake_is_routed_like_a_tcp_one() {
         let opts = HostOptions {
-            handshake: Duration::from_secs(5),
-            tcp: true,
             utp: true,
             udp: true,
+            ..HostOptions::tcp(Duration::from_secs(5))
         };
         let host = Host::bind_with("127.0.0.1:0".parse().unwrap(), opts)
             .await
@@ -323,7 +428,7 @@ mod tests {
             at,
             "one port number"
         );
-        let mut ours = host.register([1; 20]);
+        let mut ours = host.register([1; 20], Encryption::Allow);
 
         let port = UdpPort::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let peer = Utp::start(&port).unwrap();

@@ -11,7 +11,9 @@
 //!   (`verify.rs`);
 //! - the announcer (see `tracker::announcer`) reports to trackers and feeds the connector;
 //! - the rechoke task applies the choker's decisions once a second;
-//! - with `--cache-dir`, a writer task puts verified pieces on disk (`disk.rs`).
+//! - with `--cache-dir`, a writer task puts verified pieces on disk (`disk.rs`);
+//! - one task per web seed asks its HTTP server for the blocks the picker gives it
+//!   (`webseed/`).
 //!
 //! Readers (`read.rs`) never talk to peers: they state what they want in the picker, poke the
 //! peers to refill their request queues, and wait on `verified` until memory holds every piece
@@ -23,12 +25,14 @@
 //!
 //! State and locking: see `shared.rs` (the lock order) and `state.rs` (who owns what).
 
+mod addrbook;
 mod assembly;
 mod connect;
 mod dial;
 mod discovery;
 mod disk;
 mod disk_io;
+mod encryption;
 mod host;
 mod peer;
 mod peers;
@@ -40,7 +44,10 @@ mod state;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod transport;
+mod turnover;
 mod verify;
+mod webseed;
 mod window;
 
 use std::net::SocketAddr;
@@ -59,10 +66,12 @@ use state::State;
 
 pub use discovery::{PeerSource, SourceCount};
 pub use disk::{DiskCacheConfig, DiskStats};
+pub use encryption::Encryption;
 pub use host::{Host, HostOptions};
 pub use peer::PeerTimeouts;
 pub use read::ReadError;
 pub use readers::{ReadHandle, ReaderStatus};
+pub use webseed::{WebSeedConfig, WebSeedState, WebSeedStatus};
 
 /// How the session runs; the CLI fills it from its flags.
 #[derive(Clone, Debug)]
@@ -90,6 +99,10 @@ pub struct Config {
     pub peer_timeouts: PeerTimeouts,
     /// Keep verified pieces on disk too (`--cache-dir`); `None`: nothing touches the disk.
     pub disk_cache: Option<DiskCacheConfig>,
+    /// The torrent's web seeds (BEP 19): whether to use them, and their limits.
+    pub web_seeds: WebSeedConfig,
+    /// Which connections are encrypted, both ways (`--encryption`).
+    pub encryption: Encryption,
 }
 
 impl Default for Config {
@@ -107,6 +120,8 @@ impl Default for Config {
             no_upload: false,
             peer_timeouts: PeerTimeouts::default(),
             disk_cache: None,
+            web_seeds: WebSeedConfig::default(),
+            encryption: Encryption::default(),
         }
     }
 }
@@ -128,6 +143,8 @@ pub enum SessionError {
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub peers: usize,
+    /// Connected peers whose connection is RC4-encrypted.
+    pub encrypted_peers: usize,
     /// Connected peers over TCP and over uTP.
     pub tcp_peers: usize,
     pub utp_peers: usize,
@@ -146,6 +163,8 @@ pub struct Stats {
     /// The disk cache; `None` without `--cache-dir`.
     pub disk: Option<DiskStats>,
     pub hash_failures: u64,
+    /// Our plaintext handshakes a peer hung up on, not retried encrypted (see `--encryption`).
+    pub refused_plaintext: u64,
     /// Blocks a read waited on that were asked of a second peer because the first was late.
     pub rerequests: u64,
     pub banned: usize,
@@ -158,6 +177,8 @@ pub struct Stats {
     pub longest_wait: Option<Duration>,
     /// Why the disk cache cannot write now (disk full, directory gone), if it cannot.
     pub disk_failing: Option<String>,
+    /// The torrent's web seeds, in `url-list` order (empty with `--no-web-seeds`).
+    pub web_seeds: Vec<WebSeedStatus>,
 }
 
 /// A handle to a running session; cheap to clone.
@@ -185,7 +206,7 @@ impl Session {
         if let Some(o) = &opened {
             state.found_on_disk(o.pieces.iter().copied());
         }
-        let incoming = host.register(torrent.info_hash.0);
+        let incoming = host.register(torrent.info_hash.0, config.encryption);
         let (discovered, discovered_rx) = mpsc::channel(64);
         let (shutdown, _) = watch::channel(false);
         let (announced_tx, announced_stop) = watch::channel(true);
@@ -194,7 +215,6 @@ impl Session {
             peer_id: host.peer_id(),
             listen_port: host.port(),
             dialer: host.dialer(),
-            connections: Default::default(),
             state: Mutex::new(state),
             disk,
             trackers: spawn_announcer(
@@ -212,10 +232,12 @@ impl Session {
             downloaded: AtomicU64::new(0),
             uploaded: AtomicU64::new(0),
             hash_failures: AtomicU64::new(0),
-            down_limit: RateLimit::new(config.max_download_rate),
-            up_limit: RateLimit::new(config.max_upload_rate),
+            refused_plaintext: AtomicU64::new(0),
+            down_limit: Arc::new(RateLimit::new(config.max_download_rate)),
+            up_limit: Arc::new(RateLimit::new(config.max_upload_rate)),
             announced_stop,
             discovered,
+            known: watch::channel(Default::default()).0,
             redial: tokio::sync::Notify::new(),
             read_buffers: Default::default(),
             config,
@@ -223,11 +245,11 @@ impl Session {
         if let Some(end) = writer {
             tokio::spawn(disk_io::write_loop(Arc::downgrade(&shared), end));
         }
-        tokio::spawn(connect::accept_incoming(shared.clone(), incoming));
-        tokio::spawn(connect::connect_loop(shared.clone(), discovered_rx));
+        tokio::spawn(connect::run(shared.clone(), discovered_rx, incoming));
         if !shared.config.no_upload {
             tokio::spawn(rechoke(shared.clone()));
         }
+        webseed::spawn_all(&shared);
         if !shared.config.peers.is_empty() {
             let _ = shared
                 .discovered
@@ -270,13 +292,17 @@ impl Session {
         // Read before the state lock: nothing else is locked while it is held.
         let trackers = s.trackers.borrow().clone();
         let dht_nodes = s.config.dht.as_ref().map(|d| d.node_count());
+        let book = s.known.borrow().clone();
+        let mut by_source = book.by_source;
         let st = s.lock();
+        st.peers.count_connected(&mut by_source);
         Stats {
             peers: st.peers.len(),
-            tcp_peers: s.connections.get(stream::Transport::Tcp),
-            utp_peers: s.connections.get(stream::Transport::Utp),
-            known_peers: st.peers.known.len(),
-            by_source: st.peers.by_source(),
+            encrypted_peers: st.peers.encrypted(),
+            tcp_peers: st.peers.len() - st.peers.utp(),
+            utp_peers: st.peers.utp(),
+            known_peers: book.known,
+            by_source,
             downloaded: s.downloaded.load(Ordering::Relaxed),
             uploaded: s.uploaded.load(Ordering::Relaxed),
             verified_pieces: st.picker.have_bitfield().count_ones(),
@@ -287,6 +313,7 @@ impl Session {
             cache_budget: st.residency.memory_budget(),
             disk: s.disk.as_ref().map(disk::Disk::stats),
             hash_failures: s.hash_failures.load(Ordering::Relaxed),
+            refused_plaintext: s.refused_plaintext.load(Ordering::Relaxed),
             rerequests: st.picker.rerequests(),
             banned: st.peers.banned().len(),
             trackers,
@@ -294,6 +321,7 @@ impl Session {
             readers: st.readers.status(&s.torrent.info.files, &s.geometry),
             longest_wait: st.readers.longest_wait(),
             disk_failing: s.disk.as_ref().and_then(disk::Disk::failing),
+            web_seeds: st.web_seeds.status(tokio::time::Instant::now()),
         }
     }
 

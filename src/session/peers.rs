@@ -7,7 +7,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use tokio::sync::mpsc;
 
-use super::discovery::{Known, PeerSource, SourceCount, by_source};
+use tokio::time::Instant;
+
+use super::discovery::{PeerSource, SourceCount};
+use super::turnover::Worth;
 use crate::picker::{Block, PeerId};
 use crate::piece::PieceIndex;
 use crate::wire::extension::PexFlags;
@@ -21,6 +24,8 @@ pub(crate) enum PeerCmd {
     Have(PieceIndex),
     /// Another peer delivered this block first (endgame): cancel our request.
     Cancel(Block),
+    /// Turnover: its slot is worth more to an address we have not tried; close the connection.
+    Drop,
     /// The choker's decision: let the peer download from us, or not.
     SetUnchoked(bool),
     /// The peer sent bad data or we are shutting down: close the connection.
@@ -37,6 +42,12 @@ pub(crate) struct PeerEntry {
     listen: Option<SocketAddr>,
     /// It has every piece.
     seed: bool,
+    /// What it is worth to us, kept fresh by its task, for turnover.
+    pub(crate) worth: Worth,
+    /// Its connection is RC4-encrypted.
+    encrypted: bool,
+    /// Its connection runs over uTP, not TCP.
+    utp: bool,
 }
 
 impl PeerEntry {
@@ -52,6 +63,9 @@ impl PeerEntry {
             cmd,
             listen: outgoing.then_some(addr),
             seed: false,
+            worth: Worth::new(Instant::now(), !outgoing),
+            encrypted: false,
+            utp: false,
         }
     }
 
@@ -82,13 +96,17 @@ pub(crate) enum Refusal {
 pub(crate) struct Peers {
     connected: HashMap<PeerId, PeerEntry>,
     banned: HashSet<IpAddr>,
-    /// Every address discovery has told us about, with who told us.
-    pub(crate) known: Known,
     next_id: u64,
+    /// Sources that are no connection (web seeds): numbered with the peers and sent the same
+    /// commands (`Refill` above all), but no peer anywhere else: not counted, not named in
+    /// PEX, not banned by address, not held to `max_peers`.
+    sources: HashMap<PeerId, mpsc::UnboundedSender<PeerCmd>>,
 }
 
 impl Peers {
     /// Admits a peer that completed its handshake, unless banned or `max` are connected.
+    /// Incoming peers get all but [`outgoing_reserve`] of the slots: a crowd connecting to us
+    /// never leaves us without room to dial the peers we found.
     pub(crate) fn admit(
         &mut self,
         addr: SocketAddr,
@@ -102,17 +120,58 @@ impl Peers {
         if self.connected.len() >= max {
             return Err(Refusal::Full);
         }
+        if source == PeerSource::Incoming {
+            let incoming = (self.connected.values())
+                .filter(|e| e.source == PeerSource::Incoming)
+                .count();
+            if incoming >= max - outgoing_reserve(max) {
+                return Err(Refusal::Full);
+            }
+        }
         self.next_id += 1;
         let id = PeerId(self.next_id);
-        if source == PeerSource::Incoming {
-            self.known.insert(addr, source);
-        }
         self.connected.insert(id, PeerEntry::new(addr, source, cmd));
         Ok(id)
     }
 
+    /// Marks a peer's connection as encrypted, for the count in the status.
+    pub(crate) fn set_encrypted(&mut self, id: PeerId) {
+        if let Some(e) = self.connected.get_mut(&id) {
+            e.encrypted = true;
+        }
+    }
+
+    /// Marks a peer's connection as running over uTP, for the count in the status.
+    pub(crate) fn set_utp(&mut self, id: PeerId) {
+        if let Some(e) = self.connected.get_mut(&id) {
+            e.utp = true;
+        }
+    }
+
+    /// How many connected peers run over uTP.
+    pub(crate) fn utp(&self) -> usize {
+        self.connected.values().filter(|e| e.utp).count()
+    }
+
+    /// How many connected peers are encrypted.
+    pub(crate) fn encrypted(&self) -> usize {
+        self.connected.values().filter(|e| e.encrypted).count()
+    }
+
     pub(crate) fn remove(&mut self, id: PeerId) {
         self.connected.remove(&id);
+    }
+
+    /// A source that is not a connection (a web seed): its own id and the commands.
+    pub(crate) fn add_source(&mut self, cmd: mpsc::UnboundedSender<PeerCmd>) -> PeerId {
+        self.next_id += 1;
+        let id = PeerId(self.next_id);
+        self.sources.insert(id, cmd);
+        id
+    }
+
+    pub(crate) fn remove_source(&mut self, id: PeerId) {
+        self.sources.remove(&id);
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -129,15 +188,21 @@ impl Peers {
     }
 
     pub(crate) fn send(&self, id: PeerId, cmd: PeerCmd) {
-        if let Some(e) = self.connected.get(&id) {
-            let _ = e.cmd.send(cmd);
+        let to = (self.connected.get(&id).map(|e| &e.cmd)).or_else(|| self.sources.get(&id));
+        if let Some(to) = to {
+            let _ = to.send(cmd);
         }
     }
 
-    /// Sends one command to every peer; `make` is called once per peer.
+    /// Sends one command to every peer and source; `make` is called once per receiver.
     pub(crate) fn broadcast(&self, make: impl Fn() -> PeerCmd) {
-        for e in self.connected.values() {
-            let _ = e.cmd.send(make());
+        for cmd in self
+            .connected
+            .values()
+            .map(|e| &e.cmd)
+            .chain(self.sources.values())
+        {
+            let _ = cmd.send(make());
         }
     }
 
@@ -192,10 +257,35 @@ impl Peers {
             .collect()
     }
 
-    /// Connected and known peers by source, for `Stats`.
-    pub(crate) fn by_source(&self) -> Vec<SourceCount> {
-        by_source(&self.known, self.connected.values().map(|e| e.source))
+    /// Fills in the connected counts of `counts` (known counts come from the address book).
+    pub(crate) fn count_connected(&self, counts: &mut [SourceCount]) {
+        for c in counts {
+            c.connected = (self.connected.values())
+                .filter(|e| e.source == c.source)
+                .count();
+        }
     }
+
+    pub(crate) fn worth_mut(&mut self, id: PeerId) -> Option<&mut Worth> {
+        self.connected.get_mut(&id).map(|e| &mut e.worth)
+    }
+
+    /// Each connected peer's worth, for turnover.
+    pub(crate) fn worths(&self) -> Vec<(PeerId, Worth)> {
+        (self.connected.iter())
+            .map(|(id, e)| (*id, e.worth))
+            .collect()
+    }
+
+    /// Some connected peer can serve a waiting read now.
+    pub(crate) fn any_serves_read(&self) -> bool {
+        self.connected.values().any(|e| e.worth.serves_read())
+    }
+}
+
+/// Slots kept for peers we dial: a fifth, and at least one from three slots up.
+pub(crate) fn outgoing_reserve(max: usize) -> usize {
+    if max < 3 { 0 } else { (max / 5).max(1) }
 }
 
 #[cfg(test)]
@@ -226,6 +316,56 @@ mod tests {
     }
 
     #[test]
+    fn incoming_peers_leave_room_for_outgoing_ones() {
+        let mut peers = Peers::default();
+        let (cmd, _rx) = mpsc::unbounded_channel();
+        let admit = |peers: &mut Peers, port, source| {
+            peers.admit(addr(&format!("10.0.1.1:{port}")), source, cmd.clone(), 8)
+        };
+        let reserve = outgoing_reserve(8);
+        for port in 0..8 - reserve {
+            admit(&mut peers, port as u16, PeerSource::Incoming).unwrap();
+        }
+        assert_eq!(
+            admit(&mut peers, 100, PeerSource::Incoming),
+            Err(Refusal::Full)
+        );
+        for port in 0..reserve {
+            admit(&mut peers, 200 + port as u16, PeerSource::Tracker).unwrap();
+        }
+        assert_eq!(
+            admit(&mut peers, 300, PeerSource::Tracker),
+            Err(Refusal::Full)
+        );
+    }
+
+    #[test]
+    fn a_source_gets_commands_but_counts_as_no_peer() {
+        let mut peers = Peers::default();
+        let (cmd, mut peer_rx) = mpsc::unbounded_channel();
+        let p = peers
+            .admit(addr("127.0.0.1:1"), PeerSource::Tracker, cmd, 1)
+            .unwrap();
+        let (cmd, mut rx) = mpsc::unbounded_channel();
+        let s = peers.add_source(cmd);
+        assert_ne!(s, p, "ids are not shared");
+        assert_eq!(peers.len(), 1);
+        assert!(peers.pex_view(p, addr("10.0.0.9:1")).is_empty());
+        peers.refill_all();
+        assert!(matches!(rx.try_recv(), Ok(PeerCmd::Refill)));
+        peers.send(s, PeerCmd::Disconnect);
+        assert!(matches!(rx.try_recv(), Ok(PeerCmd::Disconnect)));
+        // Banning the address a web server shares with the peer reaches only the peer.
+        peers.ban(addr("127.0.0.1:1").ip());
+        assert!(rx.try_recv().is_err());
+        assert!(matches!(peer_rx.try_recv(), Ok(PeerCmd::Refill)));
+        assert!(matches!(peer_rx.try_recv(), Ok(PeerCmd::Disconnect)));
+        peers.remove_source(s);
+        peers.refill_all();
+        assert!(rx.try_recv().is_err(), "removed");
+    }
+
+    #[test]
     fn admission_refuses_the_banned_and_beyond_the_limit() {
         let mut peers = Peers::default();
         let (cmd, mut rx) = mpsc::unbounded_channel();
@@ -233,7 +373,7 @@ mod tests {
             .admit(addr("10.0.0.1:1"), PeerSource::Tracker, cmd.clone(), 2)
             .unwrap();
         peers
-            .admit(addr("10.0.0.2:1"), PeerSource::Incoming, cmd.clone(), 2)
+            .admit(addr("10.0.0.2:1"), PeerSource::Tracker, cmd.clone(), 2)
             .unwrap();
         assert_eq!(
             peers.admit(addr("10.0.0.3:1"), PeerSource::Tracker, cmd.clone(), 2),
@@ -246,6 +386,5 @@ mod tests {
             peers.admit(addr("10.0.0.1:2"), PeerSource::Tracker, cmd, 2),
             Err(Refusal::Banned)
         );
-        assert_eq!(peers.known.len(), 1, "the incoming address is known");
     }
 }

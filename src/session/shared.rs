@@ -23,11 +23,11 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::Config;
-use super::dial::Dialer;
+use super::addrbook::BookStats;
 use super::discovery::PeerSource;
 use super::disk::Disk;
 use super::state::State;
-use super::stream::Connections;
+use super::transport::Dialer;
 use crate::metainfo::Torrent;
 use crate::piece::{Geometry, PieceIndex};
 use crate::ratelimit::RateLimit;
@@ -41,8 +41,6 @@ pub(crate) struct Shared {
     pub(crate) listen_port: u16,
     /// The transports the host dials with (TCP, uTP).
     pub(crate) dialer: Dialer,
-    /// Connected peers by transport.
-    pub(crate) connections: Connections,
     /// The session state; see the module doc for what may be locked with it (nothing).
     pub(crate) state: Mutex<State>,
     /// Bumped after every change of what memory holds (a piece verified, loaded or evicted);
@@ -53,9 +51,12 @@ pub(crate) struct Shared {
     pub(crate) downloaded: AtomicU64,
     pub(crate) uploaded: AtomicU64,
     pub(crate) hash_failures: AtomicU64,
+    /// Our plaintext handshakes a peer hung up on, not retried encrypted: such peers most
+    /// likely require encryption.
+    pub(crate) refused_plaintext: AtomicU64,
     /// Caps on block data in and out, shared fairly by all peers.
-    pub(crate) down_limit: RateLimit,
-    pub(crate) up_limit: RateLimit,
+    pub(crate) down_limit: Arc<RateLimit>,
+    pub(crate) up_limit: Arc<RateLimit>,
     /// Each tracker's last result, kept by the announcer task; empty without trackers.
     pub(crate) trackers: watch::Receiver<Vec<TrackerStatus>>,
     /// Flips to true when the announcer has said `stopped` (or gave up): shutdown waits on it,
@@ -65,6 +66,8 @@ pub(crate) struct Shared {
     pub(crate) disk: Option<Disk>,
     /// Addresses learned from discovery, tagged with their source, consumed by the connector.
     pub(crate) discovered: mpsc::Sender<(PeerSource, Vec<SocketAddr>)>,
+    /// What the connector knows of peer addresses, published once a second.
+    pub(crate) known: watch::Sender<BookStats>,
     /// Wakes the connector to redial known peers now: a read waits and no peer is connected
     /// (seeds drop a peer that looked like a seed, and our cache may have evicted since).
     pub(crate) redial: Notify,

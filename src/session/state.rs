@@ -10,18 +10,19 @@
 //! | `peers` | connected, banned and known peers | `peers.rs` |
 //! | `assembling` | pieces being put together, suspects of bad data | `assembly.rs` |
 //! | `readers` | open file handles, their windows, waiting reads | `readers.rs` |
+//! | `web_seeds` | each web seed's health and bytes | `webseed/registry.rs` |
 //!
 //! The picker's Have pieces change only in [`State::apply`], from residency changes.
 
-use std::net::IpAddr;
 use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::assembly::{Assembling, Assembly};
+use super::assembly::{Assembling, Assembly, Sender};
 use super::peers::{PeerCmd, Peers};
 use super::readers::{ReadHandle, Readers};
 use super::residency::{Change, Loads, Residency};
+use super::webseed::registry::WebSeeds;
 use crate::bitfield::Bitfield;
 use crate::choker::Choker;
 use crate::picker::{Block, PeerId, Picker, ReaderWant};
@@ -39,6 +40,7 @@ pub(crate) struct State {
     pub(crate) peers: Peers,
     pub(crate) assembling: Assembling,
     pub(crate) readers: Readers,
+    pub(crate) web_seeds: WebSeeds,
 }
 
 impl State {
@@ -54,6 +56,7 @@ impl State {
             peers: Peers::default(),
             assembling: Assembling::default(),
             readers: Readers::default(),
+            web_seeds: WebSeeds::default(),
         }
     }
 
@@ -90,9 +93,9 @@ impl State {
             .verified(p, data, must_keep, |q| picker.is_wanted_by_reader(q));
         self.apply(changes);
         self.update_background();
-        for ip in liars {
-            tracing::warn!(%ip, piece = %p, "peer sent a corrupt block (found after the piece verified); banning it");
-            self.peers.ban(ip);
+        for liar in liars {
+            tracing::warn!(%liar, piece = %p, "a corrupt block (found after the piece verified); its sender is banned");
+            self.distrust(liar);
         }
         !self.residency.on_disk(p)
     }
@@ -103,13 +106,26 @@ impl State {
         self.picker.piece_failed(p);
         match asm.senders().as_slice() {
             [one] => {
-                tracing::warn!(ip = %one, piece = %p, "piece failed its SHA1 check; its only sender is banned");
-                self.peers.ban(*one);
+                tracing::warn!(sender = %one, piece = %p, "piece failed its SHA1 check; its only sender is banned");
+                self.distrust(*one);
             }
             senders => {
                 tracing::warn!(piece = %p, senders = senders.len(), "piece failed its SHA1 check; fetching it from one peer");
                 self.assembling.suspect(p, &asm);
                 self.picker.set_exclusive(p);
+            }
+        }
+    }
+
+    /// A sender of bad data is never asked again: a peer's address is banned, a web seed
+    /// dropped (its task ends on the `Disconnect`).
+    fn distrust(&mut self, sender: Sender) {
+        match sender {
+            Sender::Peer(ip) => self.peers.ban(ip),
+            Sender::WebSeed(id) => {
+                if self.web_seeds.lied(id) {
+                    self.peers.send(id, PeerCmd::Disconnect);
+                }
             }
         }
     }
@@ -151,7 +167,7 @@ impl State {
         block: Block,
         begin: u32,
         data: &[u8],
-        from: IpAddr,
+        from: impl Into<Sender>,
     ) -> Option<Assembly> {
         let r = self.picker.block_received(peer, block);
         for (other, b) in r.cancel {
@@ -161,7 +177,7 @@ impl State {
             return None;
         }
         let g = self.picker.geometry();
-        (self.assembling).put(g, block, begin, data, from, r.piece_complete)
+        (self.assembling).put(g, block, begin, data, from.into(), r.piece_complete)
     }
 
     /// A peer's connection ended: its pieces stop counting, its requests go to others.
@@ -222,9 +238,10 @@ impl State {
             .sum()
     }
 
-    /// A read waits on a piece and no peer is connected to fetch it from.
+    /// A read waits on a piece and no connected peer can serve it now (none has one of its
+    /// pieces and unchokes us).
     pub(crate) fn starving(&self) -> bool {
-        self.peers.is_empty() && self.picker.urgent_pending()
+        self.picker.urgent_pending() && !self.peers.any_serves_read()
     }
 }
 

@@ -1,17 +1,18 @@
 //! A peer connection's bytes, whatever carries them. The peer task reads and writes through
 //! two boxed halves, so a transport (TCP, uTP) or a layer over it (protocol encryption) plugs
-//! in without the peer code knowing which.
+//! in without the peer code knowing which. An encrypted stream is the halves of the stream
+//! beneath, each wrapped in its direction's cipher.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::net::utp::UtpStream;
+use crate::wire::mse::{Method, MseStream};
 
 pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
@@ -24,45 +25,14 @@ pub(crate) enum Transport {
     Utp,
 }
 
-impl Transport {
-    fn slot(self) -> usize {
-        match self {
-            Transport::Tcp => 0,
-            Transport::Utp => 1,
-        }
-    }
-}
-
-/// Connected peers by transport, for the status; each connection counts while its
-/// [`Counted`] guard lives.
-#[derive(Debug, Default)]
-pub(crate) struct Connections([AtomicUsize; 2]);
-
-impl Connections {
-    pub(crate) fn count(&self, transport: Transport) -> Counted<'_> {
-        self.0[transport.slot()].fetch_add(1, Ordering::Relaxed);
-        Counted(&self.0[transport.slot()])
-    }
-
-    pub(crate) fn get(&self, transport: Transport) -> usize {
-        self.0[transport.slot()].load(Ordering::Relaxed)
-    }
-}
-
-pub(crate) struct Counted<'a>(&'a AtomicUsize);
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// A connected byte stream to a peer, readable and writable as one (for the handshake) and
 /// then split for the peer task's reader and writer.
 pub(crate) struct PeerStream {
     read: ReadHalf,
     write: WriteHalf,
     transport: Transport,
+    /// RC4 runs over it (protocol encryption); not after an MSE handshake that chose plaintext.
+    encrypted: bool,
 }
 
 impl PeerStream {
@@ -75,6 +45,32 @@ impl PeerStream {
             read: Box::new(read),
             write: Box::new(write),
             transport: Transport::Tcp,
+            encrypted: false,
+        }
+    }
+
+    /// A uTP connection: a plain byte stream like TCP, so layers over it (encryption) compose
+    /// alike.
+    pub(crate) fn utp(stream: UtpStream) -> Self {
+        let (read, write) = stream.split();
+        Self {
+            read: Box::new(read),
+            write: Box::new(write),
+            transport: Transport::Utp,
+            encrypted: false,
+        }
+    }
+
+    /// The stream after an MSE handshake over it, whatever carries it.
+    pub(crate) fn encrypted(mse: MseStream<PeerStream>) -> Self {
+        let encrypted = mse.method() == Method::Rc4;
+        let transport = mse.get_ref().transport;
+        let (read, write) = mse.split_with(|s| (s.read, s.write));
+        Self {
+            read: Box::new(read),
+            write: Box::new(write),
+            transport,
+            encrypted,
         }
     }
 
@@ -83,18 +79,24 @@ impl PeerStream {
         TcpStream::connect(addr).await.map(Self::tcp)
     }
 
-    /// A uTP connection: a plain byte stream like TCP, so layers over it compose alike.
-    pub(crate) fn utp(stream: UtpStream) -> Self {
-        let (read, write) = stream.split();
+    /// One end of an in-memory pipe, for tests.
+    #[cfg(test)]
+    pub(crate) fn from_duplex(stream: tokio::io::DuplexStream) -> Self {
+        let (read, write) = tokio::io::split(stream);
         Self {
             read: Box::new(read),
             write: Box::new(write),
-            transport: Transport::Utp,
+            transport: Transport::Tcp,
+            encrypted: false,
         }
     }
 
     pub(crate) fn transport(&self) -> Transport {
         self.transport
+    }
+
+    pub(crate) fn is_encrypted(&self) -> bool {
+        self.encrypted
     }
 
     pub(crate) fn into_halves(self) -> (ReadHalf, WriteHalf) {

@@ -4,6 +4,8 @@
 //! - Pure encode/decode, no I/O: [`handshake`] (the 68-byte greeting and its reserved bits),
 //!   [`message`] (one length-prefixed message) and [`extension`] (the payloads of BEP 10
 //!   messages: extended handshake, `ut_metadata`, `ut_pex`, and our ids in them).
+//! - [`mse`]: Message Stream Encryption, the optional obfuscation layer under all of this
+//!   (Diffie-Hellman, RC4, the choice of crypto method), over any byte stream.
 //! - [`conn`]: the tokio side: [`exchange_handshakes`] for either side of a connection, a
 //!   cancel-safe [`MessageReader`] (the session polls it inside `tokio::select!`) and a batching
 //!   [`MessageWriter`].
@@ -20,6 +22,7 @@ pub mod conn;
 pub mod extension;
 pub mod handshake;
 pub mod message;
+pub mod mse;
 #[cfg(test)]
 mod tests;
 

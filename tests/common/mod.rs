@@ -9,8 +9,11 @@
 //! `mount_btfs` mounts with the binary under test (`btfs()`) and the flags every test mount
 //! shares (`MOUNT_ARGS`).
 //!
-//! Needs `scripts/setup.sh` (python3-libtorrent, opentracker, fuse3) and root (opentracker
-//! chroots; mounts). Std only plus `tempfile`, so it compiles without the btfs library.
+//! `Nginx` (`web.rs`) serves a folder over HTTP for web seeds (BEP 19).
+//!
+//! Needs `scripts/setup.sh` (python3-libtorrent, opentracker, fuse3, nginx-light) and root
+//! (opentracker chroots; mounts). Std only plus `tempfile`, so it compiles without the btfs
+//! library.
 //! Overrides: `BTFS_TEST_PYTHON` (default /usr/bin/python3, Debian's, which has the
 //! libtorrent module), `BTFS_SWARM_PY` (default `$CARGO_MANIFEST_DIR/scripts/swarm.py`).
 // Each test binary uses a different part of the harness.
@@ -19,11 +22,14 @@
 mod mount;
 pub mod netns;
 mod swarm;
+mod web;
 
 #[allow(unused_imports)]
 pub use mount::{Mount, is_fuse_mount};
 #[allow(unused_imports)]
 pub use swarm::{Layout, LeechOutcome, Swarm, SwarmOptions, Tracker};
+#[allow(unused_imports)]
+pub use web::{Nginx, WebSeeded, web_seed_url};
 
 use std::ffi::OsString;
 use std::fs;

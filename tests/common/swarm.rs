@@ -67,6 +67,8 @@ pub struct SwarmOptions {
     /// What seeders speak in and out: "tcp", "utp" (uTP only) or "both" (`swarm.py
     /// --transport`).
     pub transport: &'static str,
+    /// Seeders accept and make only RC4-encrypted connections (libtorrent's forced policy).
+    pub forced_encryption: bool,
 }
 
 impl SwarmOptions {
@@ -99,6 +101,7 @@ impl Default for SwarmOptions {
             data: None,
             keep_redundant: false,
             transport: "tcp",
+            forced_encryption: false,
         }
     }
 }
@@ -306,6 +309,9 @@ impl Swarm {
             cmd.arg("--keep-redundant");
         }
         cmd.args(["--transport", self.opts.transport]);
+        if self.opts.forced_encryption {
+            cmd.args(["--encryption", "forced"]);
+        }
         if !self.has_live_tracker() {
             cmd.arg("--no-wait-announce");
         }
@@ -615,6 +621,16 @@ impl Swarm {
         timeout: Duration,
     ) -> LeechOutcome {
         self.leech_with(bind, peers, timeout, 1, &["--transport", "utp"])
+    }
+
+    /// `leech` by a leecher that accepts and makes only RC4-encrypted connections.
+    pub fn leech_encrypted(
+        &self,
+        bind: Ipv4Addr,
+        peers: &[SocketAddr],
+        timeout: Duration,
+    ) -> LeechOutcome {
+        self.leech_with(bind, peers, timeout, 0, &["--encryption", "forced"])
     }
 
     fn leech_with(

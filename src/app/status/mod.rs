@@ -17,7 +17,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::app::alerts::{Alerts, Condition};
-use crate::session::{DiskStats, Session, SourceCount, Stats};
+use crate::session::{DiskStats, Session, SourceCount, Stats, WebSeedState, WebSeedStatus};
 use crate::units::format_bytes;
 
 pub use rate::RateMeter;
@@ -33,6 +33,8 @@ pub struct Report {
     pub listen_port: u16,
     /// Connected peers, and every address discovery named.
     pub peers: usize,
+    /// Connected peers whose connection is RC4-encrypted (`--encryption`).
+    pub encrypted_peers: usize,
     pub known_peers: usize,
     /// The same per source (tracker, dht, pex, incoming, manual).
     pub peer_sources: Vec<SourceCount>,
@@ -53,6 +55,9 @@ pub struct Report {
     pub cache_used_bytes: u64,
     pub cache_budget_bytes: u64,
     pub hash_failures: u64,
+    /// Our plaintext handshakes a peer hung up on, not retried encrypted: peers that likely
+    /// require encryption.
+    pub refused_plaintext: u64,
     pub banned_peers: usize,
     /// Good nodes in the DHT routing table; `None` without DHT.
     pub dht_nodes: Option<usize>,
@@ -61,6 +66,9 @@ pub struct Report {
     /// Blocks a read waited on that were asked of a second peer because the first was late.
     pub rerequested_blocks: u64,
     pub trackers: Vec<TrackerReport>,
+    /// The torrent's web seeds (BEP 19), in `url-list` order.
+    #[serde(default)]
+    pub web_seeds: Vec<WebSeedReport>,
     pub readers: Vec<ReaderReport>,
     /// Problems raised now, in plain words.
     pub warnings: Vec<String>,
@@ -75,6 +83,64 @@ pub struct TrackerReport {
     /// Peers of the last good answer.
     pub peers: Option<usize>,
     pub error: Option<String>,
+}
+
+/// One web seed: its state (`active`, `backing off`, `dropped`) and why, and what it sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebSeedReport {
+    pub url: String,
+    pub state: String,
+    /// Backing off: the last error; dropped: why.
+    pub reason: Option<String>,
+    /// Backing off: seconds until it is asked again.
+    pub retry_in_secs: Option<u64>,
+    pub downloaded_bytes: u64,
+    /// Files it does not have (HTTP 404 and the like).
+    pub missing_files: usize,
+}
+
+impl WebSeedReport {
+    fn new(w: WebSeedStatus) -> Self {
+        let (reason, retry_in_secs) = match &w.state {
+            WebSeedState::Active => (None, None),
+            WebSeedState::BackingOff { retry_in, reason } => (
+                Some(reason.clone()),
+                Some(retry_in.as_secs_f64().ceil() as u64),
+            ),
+            WebSeedState::Dropped { reason } => (Some(reason.clone()), None),
+        };
+        WebSeedReport {
+            state: w.state.name().to_string(),
+            url: w.url,
+            reason,
+            retry_in_secs,
+            downloaded_bytes: w.downloaded,
+            missing_files: w.missing_files,
+        }
+    }
+
+    /// `http://h/x (active, 12.0 MiB)`, `... (backing off 4 s: HTTP 503, 0 B)`.
+    fn to_text(&self) -> String {
+        let mut state = self.state.clone();
+        if let Some(secs) = self.retry_in_secs {
+            state.push_str(&format!(" {secs} s"));
+        }
+        if let Some(r) = &self.reason {
+            state.push_str(&format!(": {r}"));
+        }
+        let mut v = format!(
+            "{} ({state}, {})",
+            self.url,
+            format_bytes(self.downloaded_bytes)
+        );
+        if self.missing_files > 0 {
+            v.insert_str(
+                v.len() - 1,
+                &format!(", {} files missing", self.missing_files),
+            );
+        }
+        v
+    }
 }
 
 /// One open file: where its reader is and the window fetched ahead of it.
@@ -96,6 +162,7 @@ impl Report {
             pid: std::process::id(),
             listen_port: session.listen_port(),
             peers: s.peers,
+            encrypted_peers: s.encrypted_peers,
             known_peers: s.known_peers,
             peer_sources: s.by_source,
             tcp_peers: s.tcp_peers,
@@ -111,6 +178,7 @@ impl Report {
             cache_used_bytes: s.cache_used,
             cache_budget_bytes: s.cache_budget,
             hash_failures: s.hash_failures,
+            refused_plaintext: s.refused_plaintext,
             banned_peers: s.banned,
             dht_nodes: s.dht_nodes,
             disk_cache: s.disk,
@@ -133,6 +201,7 @@ impl Report {
                     }
                 })
                 .collect(),
+            web_seeds: s.web_seeds.into_iter().map(WebSeedReport::new).collect(),
             readers: s
                 .readers
                 .into_iter()
@@ -158,6 +227,7 @@ impl Report {
         line("pid", &self.pid);
         line("listen_port", &self.listen_port);
         line("peers", &self.peers);
+        line("encrypted_peers", &self.encrypted_peers);
         line("known_peers", &self.known_peers);
         for c in &self.peer_sources {
             let v = format!("{} connected, {} known", c.connected, c.known);
@@ -182,6 +252,7 @@ impl Report {
         line("cache_used_bytes", &self.cache_used_bytes);
         line("cache_budget_bytes", &self.cache_budget_bytes);
         line("hash_failures", &self.hash_failures);
+        line("refused_plaintext", &self.refused_plaintext);
         line("banned_peers", &self.banned_peers);
         let dht = self.dht_nodes.map_or("off".to_string(), |n| n.to_string());
         line("dht_nodes", &dht);
@@ -207,6 +278,9 @@ impl Report {
             };
             line("tracker", &format!("{} ({last})", tr.url));
         }
+        for w in &self.web_seeds {
+            line("web_seed", &w.to_text());
+        }
         for w in &self.warnings {
             line("warning", w);
         }
@@ -229,8 +303,14 @@ impl Report {
             0 => String::new(),
             n => format!(" ({n} uTP)"),
         };
+        let web = if self.web_seeds.is_empty() {
+            String::new()
+        } else {
+            let active = self.web_seeds.iter().filter(|w| w.state == "active");
+            format!(" | web seeds {}/{}", active.count(), self.web_seeds.len())
+        };
         format!(
-            "peers {}/{}{utp} | down {}/s up {}/s | {}/{} pieces | cache {}/{}{disk}{dht}",
+            "peers {}/{}{utp}{web} | down {}/s up {}/s | {}/{} pieces | cache {}/{}{disk}{dht}",
             self.peers,
             self.known_peers,
             format_bytes(self.download_rate),
@@ -336,14 +416,23 @@ fn problems(s: &Stats, dht: bool) -> Vec<(Condition, Option<String>)> {
         };
         format!("every tracker fails ({last}); {rest}")
     });
-    let no_peers = (s.peers == 0).then(|| {
+    // A web seed that is not dropped is a source too: no peers is then no problem.
+    let web_seed = (s.web_seeds.iter()).any(|w| !matches!(w.state, WebSeedState::Dropped { .. }));
+    let no_peers = (s.peers == 0 && !web_seed).then(|| {
         let waiting = if s.longest_wait.is_some() {
             "; a read is waiting"
         } else {
             ""
         };
+        let refused = match s.refused_plaintext {
+            0 => String::new(),
+            n => format!(
+                "; {n} hung up on our plaintext handshake and may require encryption \
+                 (see --encryption)"
+            ),
+        };
         format!(
-            "no peer connected for a minute ({} addresses known){waiting}",
+            "no peer connected for a minute ({} addresses known){waiting}{refused}",
             s.known_peers
         )
     });
@@ -412,6 +501,49 @@ mod tests {
         assert!(!holds(&s, Condition::ReadStalled));
         s.longest_wait = Some(READ_STALL);
         assert!(holds(&s, Condition::ReadStalled));
+    }
+
+    #[test]
+    fn web_seeds_are_shown_with_their_state_and_count_as_a_source() {
+        let seed = |state| WebSeedStatus {
+            url: "http://h/x/".into(),
+            state,
+            downloaded: 3 * 1024 * 1024,
+            missing_files: 0,
+        };
+        let mut s = Stats {
+            web_seeds: vec![seed(WebSeedState::Active)],
+            ..Stats::default()
+        };
+        assert!(
+            !holds(&s, Condition::NoPeers),
+            "an active web seed is a source"
+        );
+        s.web_seeds = vec![seed(WebSeedState::Dropped {
+            reason: "sent data that failed the SHA1 check".into(),
+        })];
+        assert!(holds(&s, Condition::NoPeers), "a dropped one is not");
+
+        let backing = WebSeedReport::new(WebSeedStatus {
+            missing_files: 2,
+            ..seed(WebSeedState::BackingOff {
+                retry_in: std::time::Duration::from_millis(3500),
+                reason: "HTTP 503 Service Unavailable".into(),
+            })
+        });
+        assert_eq!(
+            backing.to_text(),
+            "http://h/x/ (backing off 4 s: HTTP 503 Service Unavailable, 3.0 MiB, 2 files missing)"
+        );
+        let dropped = WebSeedReport::new(s.web_seeds[0].clone());
+        assert_eq!(dropped.state, "dropped");
+        assert_eq!(
+            dropped.to_text(),
+            "http://h/x/ (dropped: sent data that failed the SHA1 check, 3.0 MiB)"
+        );
+        let json = serde_json::to_value(&dropped).unwrap();
+        assert_eq!(json["state"], "dropped");
+        assert_eq!(json["downloaded_bytes"], 3 * 1024 * 1024);
     }
 
     #[test]

@@ -464,6 +464,10 @@ fn summary_shows_what_a_user_checks() {
             ("comment", s("hi")),
             ("created by", s("test")),
             ("creation date", B::I(1_700_000_000)),
+            (
+                "url-list",
+                strs(&["http://w.example/files/", "https://m.example/"]),
+            ),
         ],
     );
     let t = Torrent::from_bytes(&bytes).unwrap();
@@ -478,6 +482,8 @@ private:      yes
 trackers:     tier 1  http://a.example/ann
                       udp://b.example:1
               tier 2  http://c.example/ann
+web seeds:    http://w.example/files/
+              https://m.example/
 created by:   test
 created on:   2023-11-14 22:13:20 UTC
 comment:      hi

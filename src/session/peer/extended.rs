@@ -20,9 +20,16 @@ pub(super) struct Extensions {
     pub(super) fast: bool,
     /// The peer's id for `ut_metadata` messages we send it, from its extended handshake.
     their_ut_metadata: Option<u8>,
+    /// `reqq`: how many of our requests the peer queues; we never have more in flight.
+    pub(super) their_reqq: Option<u32>,
     /// Peer exchange; `None` for private torrents (BEP 27).
     pub(super) pex: Option<PeerPex>,
 }
+
+/// `reqq` we announce: requests we queue from one peer. Past about two seconds of its upload
+/// (see `upload.rs`) we reject (Fast) or drop further ones anyway; this tells a well-behaved
+/// peer not to send more.
+const OUR_REQQ: u32 = 250;
 
 impl Extensions {
     pub(super) fn new(protocol: bool, fast: bool, private: bool) -> Self {
@@ -30,6 +37,7 @@ impl Extensions {
             protocol,
             fast,
             their_ut_metadata: None,
+            their_reqq: None,
             pex: (!private).then(PeerPex::new),
         }
     }
@@ -48,7 +56,8 @@ impl Peer {
                 .filter(|&n| n > 0 && n <= MAX_METADATA_SIZE),
             client: Some(CLIENT.into()),
             port: Some(self.shared.listen_port),
-            ..ExtendedHandshake::default()
+            reqq: Some(OUR_REQQ),
+            yourip: Some(self.addr.ip()),
         };
         self.send(Message::Extended {
             id: HANDSHAKE_ID,
@@ -63,6 +72,8 @@ impl Peer {
         if id == HANDSHAKE_ID {
             if let Ok(hs) = ExtendedHandshake::decode(payload) {
                 self.ext.their_ut_metadata = hs.ut_metadata;
+                // Zero would stall the connection for good: read it as "not said".
+                self.ext.their_reqq = hs.reqq.filter(|&n| n > 0);
                 if let Some(pex) = &mut self.ext.pex {
                     pex.on_handshake(hs.ut_pex, hs.yourip);
                 }

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -26,7 +26,7 @@ mod writer;
 
 use super::host::Incoming;
 use super::peers::{PeerCmd, Refusal};
-use super::stream::PeerStream;
+use super::stream::{PeerStream, Transport};
 use super::{PeerSource, Shared, verify};
 use crate::bitfield::Bitfield;
 use crate::picker::{Block, PeerId};
@@ -40,7 +40,10 @@ pub use health::PeerTimeouts;
 use rates::Rates;
 use requests::{Arrival, Requests};
 use upload::UploadSide;
-use writer::{AbortOnDrop, write_loop};
+use writer::{AbortOnDrop, Counters, Inbox, Outbox, write_loop};
+
+/// The wait for our download cap to let the next block in.
+type Throttle = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(90);
 /// `have`s for pieces the peer already announced, beyond one per piece of the torrent: more is
@@ -62,6 +65,8 @@ pub(crate) enum PeerError {
     Protocol(&'static str),
     #[error("sent nothing but keep-alives for too long")]
     Idle,
+    #[error("dropped to make room for a peer we have not tried")]
+    Useless,
     #[error("let its requests time out again and again")]
     Stalled,
     #[error(transparent)]
@@ -71,7 +76,8 @@ pub(crate) enum PeerError {
 }
 
 /// Exchanges handshakes over a connection we dialled (we speak first); returns theirs. Apart
-/// from running the peer, so that the dialler can keep whichever transport gets this far.
+/// from running the peer (`dialled`), so that the dialler can keep whichever transport gets
+/// this far first.
 pub(crate) async fn handshake(
     shared: &Shared,
     mut stream: PeerStream,
@@ -86,15 +92,17 @@ pub(crate) async fn handshake(
 }
 
 /// Runs a connection we dialled, its handshakes exchanged (`handshake`), to the end.
+/// `admitted` is called once the peer has a slot.
 pub(crate) async fn dialled(
     shared: Arc<Shared>,
     stream: PeerStream,
     addr: SocketAddr,
     source: PeerSource,
     theirs: Handshake,
+    admitted: impl FnOnce(),
 ) -> Result<(), PeerError> {
     let ours = Handshake::new(shared.torrent.info_hash.0, shared.peer_id);
-    connected(shared, stream, addr, source, &ours, &theirs).await
+    connected(shared, stream, addr, source, &ours, &theirs, admitted).await
 }
 
 /// Runs a connection the host routed to us (their handshake read, for our torrent) to the end.
@@ -112,7 +120,16 @@ pub(crate) async fn accept(shared: Arc<Shared>, conn: Incoming) -> Result<(), Pe
     .await
     .map_err(|_| HandshakeError::Timeout)?
     .inspect_err(|e| tracing::debug!(%addr, outgoing = false, "handshake failed: {e}"))?;
-    connected(shared, stream, addr, PeerSource::Incoming, &ours, &theirs).await
+    connected(
+        shared,
+        stream,
+        addr,
+        PeerSource::Incoming,
+        &ours,
+        &theirs,
+        || {},
+    )
+    .await
 }
 
 /// After both handshakes: admits the peer and runs its loop until it ends.
@@ -123,6 +140,7 @@ async fn connected(
     source: PeerSource,
     ours: &Handshake,
     theirs: &Handshake,
+    admitted: impl FnOnce(),
 ) -> Result<(), PeerError> {
     if theirs.peer_id == shared.peer_id {
         return Err(PeerError::SelfConnection);
@@ -140,20 +158,26 @@ async fn connected(
                 Refusal::Banned => PeerError::Banned,
                 Refusal::Full => PeerError::Full,
             })?;
+        if stream.is_encrypted() {
+            st.peers.set_encrypted(id);
+        }
+        if stream.transport() == Transport::Utp {
+            st.peers.set_utp(id);
+        }
         (id, st.picker.have_bitfield().clone())
     };
+    admitted();
     let outgoing = source != PeerSource::Incoming;
-    tracing::debug!(%addr, outgoing, transport = ?stream.transport(), "peer connected");
-    let counts = shared.clone();
-    let _counted = counts.connections.count(stream.transport());
+    let encrypted = stream.is_encrypted();
+    tracing::debug!(%addr, outgoing, transport = ?stream.transport(), encrypted, "peer connected");
     let ext = Extensions::new(
         theirs.supports_extensions(),
         ours.supports_fast() && theirs.supports_fast(),
         shared.torrent.info.private,
     );
-    let (out, out_rx) = mpsc::unbounded_channel();
+    let (out, inbox) = writer::outbox();
     let mut peer = Peer::new(shared, id, addr, outgoing, out, ext);
-    let result = peer.run(stream, cmd_rx, out_rx, have).await;
+    let result = peer.run(stream, cmd_rx, inbox, have).await;
     peer.leave();
     tracing::debug!(%addr, ?result, "peer disconnected");
     result
@@ -165,7 +189,9 @@ struct Peer {
     addr: SocketAddr,
     outgoing: bool,
     /// Messages for the writer task.
-    out: mpsc::UnboundedSender<Message>,
+    out: Outbox,
+    /// `request` messages the writer has written, in all (it counts them).
+    requests_written: Arc<AtomicU64>,
     /// The pieces it has.
     has: Bitfield,
     /// Some message that states pieces (`bitfield`, `have`, `piece`) came: a `bitfield` now
@@ -177,6 +203,8 @@ struct Peer {
     last_useful: Instant,
     /// The peer chokes us: our requests are void until it unchokes.
     choked: bool,
+    /// Since when it chokes us while we want its pieces (turnover asks).
+    choking_us_since: Option<Instant>,
     /// We told it we want some of its pieces.
     interested: bool,
     requests: Requests,
@@ -191,7 +219,7 @@ impl Peer {
         id: PeerId,
         addr: SocketAddr,
         outgoing: bool,
-        out: mpsc::UnboundedSender<Message>,
+        out: Outbox,
         ext: Extensions,
     ) -> Self {
         let n = shared.geometry.piece_count();
@@ -202,11 +230,13 @@ impl Peer {
             addr,
             outgoing,
             out,
+            requests_written: Arc::default(),
             has: Bitfield::new(n),
             announced: false,
             redundant_haves: 0,
             last_useful: now,
             choked: true,
+            choking_us_since: None,
             interested: false,
             requests: Requests::new(now),
             rates: Rates::default(),
@@ -219,7 +249,7 @@ impl Peer {
         &mut self,
         stream: PeerStream,
         mut cmds: mpsc::UnboundedReceiver<PeerCmd>,
-        out_rx: mpsc::UnboundedReceiver<Message>,
+        inbox: Inbox,
         have: Bitfield,
     ) -> Result<(), PeerError> {
         let (rd, wr) = stream.into_halves();
@@ -227,12 +257,16 @@ impl Peer {
         let max_frame = (BLOCK_SIZE + 13).max(have.as_bytes().len() as u32 + 1) + 1024;
         let mut reader =
             MessageReader::new(rd, max_frame).with_gauge(self.shared.read_buffers.clone());
+        let counters = Counters {
+            queued_upload: self.upload.queued_counter(),
+            sent_total: self.rates.sent_counter(),
+            requests_written: self.requests_written.clone(),
+        };
         let mut writer = tokio::spawn(write_loop(
             MessageWriter::new(wr),
-            out_rx,
-            self.upload.queued_counter(),
-            self.rates.sent_counter(),
-            self.shared.clone(),
+            inbox,
+            counters,
+            self.shared.up_limit.clone(),
         ));
         // Dropping a JoinHandle only detaches the task: without this, a writer blocked on a peer
         // that stopped reading would keep the socket (and the blocks queued for it) after we left.
@@ -246,9 +280,19 @@ impl Peer {
         let mut shutdown = self.shared.shutdown.subscribe();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_keepalive = Instant::now();
+        // Our download cap: while it holds us back we read nothing more from this peer (TCP's
+        // flow control slows the sender), and everything else goes on.
+        let mut throttle: Option<(Instant, Throttle)> = None;
         loop {
             tokio::select! {
-                msg = reader.next() => {
+                () = async { throttle.as_mut().expect("guarded").1.as_mut().await },
+                    if throttle.is_some() =>
+                {
+                    let (since, _) = throttle.take().expect("guarded");
+                    // Our own throttling is not the peer being slow.
+                    self.requests.pause(since.elapsed());
+                }
+                msg = reader.next(), if throttle.is_none() => {
                     let msg = msg?;
                     tracing::trace!(addr = %self.addr, ?msg, "received");
                     if !matches!(msg, Message::KeepAlive) {
@@ -259,10 +303,10 @@ impl Peer {
                         _ => 0,
                     };
                     self.on_message(msg)?;
-                    if block > 0 {
-                        // Reading no further until the cap allows it slows the sender through
-                        // TCP's own flow control.
-                        self.shared.down_limit.acquire(block).await;
+                    if block > 0 && self.shared.down_limit.is_limited() {
+                        let limit = self.shared.down_limit.clone();
+                        let wait: Throttle = Box::pin(async move { limit.acquire(block).await });
+                        throttle = Some((Instant::now(), wait));
                     }
                 }
                 cmd = cmds.recv() => match cmd {
@@ -279,10 +323,11 @@ impl Peer {
                         }
                     }
                     Some(PeerCmd::SetUnchoked(u)) => self.set_unchoked(u),
+                    Some(PeerCmd::Drop) => return Err(PeerError::Useless),
                     Some(PeerCmd::Disconnect) | None => return Err(PeerError::Shutdown),
                 },
                 _ = tick.tick() => {
-                    self.on_tick()?;
+                    self.on_tick(throttle.is_some())?;
                     if last_keepalive.elapsed() >= KEEPALIVE_EVERY {
                         last_keepalive = Instant::now();
                         self.send(Message::KeepAlive);
@@ -300,7 +345,7 @@ impl Peer {
     }
 
     fn send(&self, msg: Message) {
-        let _ = self.out.send(msg);
+        self.out.send(msg);
     }
 
     fn block_ref(&self, b: Block) -> BlockRef {
@@ -442,7 +487,10 @@ impl Peer {
         if self.choked || !self.interested {
             return;
         }
-        let target = self.requests.target(self.rates.down());
+        let mut target = self.requests.target(self.rates.down());
+        if let Some(reqq) = self.ext.their_reqq {
+            target = target.min(reqq as usize);
+        }
         if self.requests.len() >= target {
             return;
         }
@@ -459,7 +507,9 @@ impl Peer {
         }
     }
 
-    fn on_tick(&mut self) -> Result<(), PeerError> {
+    /// Once a second. `throttled`: our download cap holds this peer's data back right now, so
+    /// its clocks are stopped (see `Requests::pause`) and its health is not judged.
+    fn on_tick(&mut self, throttled: bool) -> Result<(), PeerError> {
         self.end_reject_backoff();
         if let Some(pex) = &mut self.ext.pex
             && let Some((id, payload)) = pex.tick(&self.shared, self.id, self.addr)
@@ -470,12 +520,28 @@ impl Peer {
             });
         }
         self.rates.tick();
+        let written = self.requests_written.load(Ordering::Relaxed);
+        self.requests.written(written, Instant::now());
+        if self.choked && self.interested {
+            self.choking_us_since.get_or_insert_with(Instant::now);
+        } else {
+            self.choking_us_since = None;
+        }
         {
             let mut st = self.shared.lock();
             (st.choker).set_rates(self.id, self.rates.down() as u64, self.rates.up() as u64);
             st.choker.set_snubbed(self.id, self.requests.is_snubbed());
             let urgent = st.picker.has_urgent(&self.has);
             st.choker.set_urgent(self.id, urgent);
+            if let Some(w) = st.peers.worth_mut(self.id) {
+                w.wanted = self.interested;
+                w.urgent = urgent;
+                w.rate = self.rates.down() as u64;
+                w.choking_since = self.choking_us_since;
+            }
+        }
+        if throttled {
+            return Ok(());
         }
         self.check_health()
     }

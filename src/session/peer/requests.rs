@@ -72,8 +72,13 @@ pub(super) enum Stall {
 }
 
 pub(super) struct Requests {
-    /// Our requests in flight, with when we sent them.
+    /// Our requests in flight, with when they were written to the socket (or, until then,
+    /// the last time we looked: a request still queued behind our own writes is not late).
     in_flight: HashMap<Block, Instant>,
+    /// Requests queued in all, and the position in that sequence of each one in flight, to
+    /// tell from the writer's count which have reached the socket.
+    queued: u64,
+    unwritten: std::collections::VecDeque<(u64, Block)>,
     /// Smoothed time from our request to its block, over the blocks it delivered.
     avg_block: Option<Duration>,
     /// Requests the picker took as late, with when they were sent: each request is reported
@@ -103,6 +108,8 @@ impl Requests {
     pub(super) fn new(now: Instant) -> Self {
         Self {
             in_flight: HashMap::new(),
+            queued: 0,
+            unwritten: std::collections::VecDeque::new(),
             avg_block: None,
             reported_late: HashMap::new(),
             last_block: now,
@@ -135,8 +142,42 @@ impl Requests {
         }
     }
 
+    /// A request for `b` was queued for the writer.
     pub(super) fn sent(&mut self, b: Block, now: Instant) {
         self.in_flight.insert(b, now);
+        self.queued += 1;
+        self.unwritten.push_back((self.queued, b));
+    }
+
+    /// The writer has written `written` requests in all: the rest are still queued behind our
+    /// own writes, and their clocks start now at the earliest.
+    pub(super) fn written(&mut self, written: u64, now: Instant) {
+        while self
+            .unwritten
+            .front()
+            .is_some_and(|&(seq, _)| seq <= written)
+        {
+            self.unwritten.pop_front();
+        }
+        for (_, b) in &self.unwritten {
+            if let Some(sent) = self.in_flight.get_mut(b) {
+                *sent = now;
+            }
+        }
+    }
+
+    /// We did not read from the peer for `d` (our download cap): its clocks stop meanwhile.
+    pub(super) fn pause(&mut self, d: Duration) {
+        for sent in self.in_flight.values_mut() {
+            *sent += d;
+        }
+        for sent in self.reported_late.values_mut() {
+            *sent += d;
+        }
+        self.last_block += d;
+        if let Some(t) = &mut self.newest_answered {
+            *t += d;
+        }
     }
 
     pub(super) fn received(&mut self, b: Block, now: Instant) -> Arrival {
@@ -396,6 +437,39 @@ mod tests {
         }
         assert_eq!(r.rejected(None, t0), Rejection::Flood);
     }
+
+    #[test]
+    fn a_request_still_queued_behind_our_writes_is_not_late() {
+        let t0 = Instant::now();
+        let mut r = Requests::new(t0);
+        r.sent(block(0, 0), t0);
+        r.sent(block(0, 1), t0);
+        // Twenty seconds on, the writer has written only the first.
+        let t = t0 + S20;
+        r.written(1, t);
+        assert_eq!(r.late(t), [(block(0, 0), t0)]);
+        r.written(2, t + S20);
+        assert_eq!(r.late(t + S20 + LATE_UNKNOWN).len(), 2);
+    }
+
+    #[test]
+    fn time_we_did_not_read_for_our_own_cap_does_not_count() {
+        let t0 = Instant::now();
+        let mut r = Requests::new(t0);
+        r.sent(block(0, 0), t0);
+        r.pause(S20);
+        assert!(r.late(t0 + S20 + Duration::from_secs(1)).is_empty());
+        assert_eq!(
+            r.check_stall(t0 + S20 + Duration::from_secs(7), TIMEOUT, STALLS),
+            Stall::None
+        );
+        assert_eq!(
+            r.check_stall(t0 + S20 + TIMEOUT, TIMEOUT, STALLS),
+            Stall::Stalled
+        );
+    }
+
+    const S20: Duration = Duration::from_secs(20);
 
     #[test]
     fn late_requests_are_reported_once_per_request() {

@@ -9,9 +9,13 @@ use super::writer::Upload;
 use super::{Peer, PeerError};
 use crate::wire::{BlockRef, Message};
 
-/// Block data queued for one peer's socket before its further requests are refused: a peer
-/// that requests faster than it reads cannot make us buffer without bound.
+/// Block data queued for one peer's socket before its further requests are refused: about
+/// [`QUEUE_SECONDS`] of what it takes from us, within these bounds. A peer that requests faster
+/// than it reads cannot make us buffer without bound, and a slow one does not tie up memory
+/// (and the socket, ahead of our own requests) with data it will take a minute to read.
+const MIN_QUEUED_UPLOAD: usize = 256 * 1024;
 pub(super) const MAX_QUEUED_UPLOAD: usize = 4 * 1024 * 1024;
+const QUEUE_SECONDS: f64 = 2.0;
 
 /// Our side of the peer's downloading from us.
 #[derive(Default)]
@@ -30,8 +34,10 @@ impl UploadSide {
         self.queued.clone()
     }
 
-    fn full(&self) -> bool {
-        self.queued.load(Ordering::Relaxed) >= MAX_QUEUED_UPLOAD
+    /// Whether enough is queued for a peer taking `rate` bytes/s from us.
+    fn full(&self, rate: f64) -> bool {
+        let limit = ((rate * QUEUE_SECONDS) as usize).clamp(MIN_QUEUED_UPLOAD, MAX_QUEUED_UPLOAD);
+        self.queued.load(Ordering::Relaxed) >= limit
     }
 }
 
@@ -49,7 +55,7 @@ impl Peer {
         }
         // Choked (always, with `--no-upload`) or too much queued: BEP 3 lets us drop the
         // request; with Fast the peer is told.
-        if !self.upload.unchoked || self.upload.full() {
+        if !self.upload.unchoked || self.upload.full(self.rates.up()) {
             self.reject(r);
             return Ok(());
         }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -52,6 +52,11 @@ pub(super) enum Behavior {
     StallMidPiece,
     /// After the handshake sends a keep-alive every 100 ms and nothing else, ever.
     KeepAliveOnly,
+    /// Has nothing: an empty bitfield, never unchokes, reads until the session hangs up.
+    Empty,
+    /// A seeder that says `reqq` in its extended handshake, queues the requests it reads and
+    /// answers them one every few milliseconds, counting the most it ever held queued.
+    Queue(u32),
     /// Answers every request, right, but only after waiting this long (one at a time).
     Slow(std::time::Duration),
     /// A leecher: once the session has piece 0 and unchokes it, asks for that piece's first
@@ -137,6 +142,10 @@ pub(super) struct Counters {
     /// `reject_request`s the session sent, and whether its first message was `have_none`.
     pub rejects_received: usize,
     pub saw_have_none: bool,
+    /// The most requests queued at once (`Queue`).
+    pub max_queued: usize,
+    /// The session's extended handshake, as last received.
+    pub their_handshake: Option<ExtendedHandshake>,
 }
 
 pub(super) struct FakePeer {
@@ -148,7 +157,15 @@ pub(super) struct FakePeer {
 impl FakePeer {
     /// Listens on `ip` (any 127.x.y.z; bans are by IP, so liars get their own) on a free port.
     pub async fn start(ip: Ipv4Addr, content: Arc<Content>, behavior: Behavior) -> FakePeer {
-        let listener = TcpListener::bind((ip, 0)).await.expect("bind fake peer");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        if let Behavior::Hoarder(_) = behavior {
+            // It never reads: small buffers make the session's writer block soon.
+            socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+        }
+        socket
+            .bind(SocketAddr::from((ip, 0)))
+            .expect("bind fake peer");
+        let listener = socket.listen(128).expect("listen");
         let addr = listener.local_addr().expect("fake peer address");
         let (tx, counters) = watch::channel(Counters::default());
         let task = tokio::spawn(async move {
@@ -199,6 +216,59 @@ impl Drop for FakePeer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+fn empty_bitfield(pieces: u32) -> Message {
+    Message::Bitfield(Bytes::copy_from_slice(Bitfield::new(pieces).as_bytes()))
+}
+
+/// A peer with nothing that connects to the session at `to` from `from` (any 127.x.y.z),
+/// handshakes, sends an empty bitfield and then only reads until the session hangs up (the
+/// task then ends). Returns `None` if the session refused it at once.
+pub(super) async fn connect_empty(
+    to: SocketAddr,
+    from: Ipv4Addr,
+    torrent: &Torrent,
+    id: u32,
+) -> Option<JoinHandle<()>> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind(SocketAddr::from((from, 0))).ok()?;
+    let mut stream = socket.connect(to).await.ok()?;
+    let mut peer_id = *b"-EMPTY1-000000000000";
+    peer_id[8..12].copy_from_slice(&id.to_be_bytes());
+    let ours = Handshake::new(torrent.info_hash.0, peer_id);
+    write_handshake(&mut stream, &ours).await.ok()?;
+    read_handshake(&mut stream).await.ok()?;
+    let (rd, wr) = stream.into_split();
+    let n = torrent.info.geometry.piece_count();
+    let mut writer = MessageWriter::new(wr);
+    writer.send(&empty_bitfield(n)).await.ok()?;
+    Some(tokio::spawn(async move {
+        // The writer lives as long as the connection: dropping it would end our side.
+        let _writer = writer;
+        let mut reader = MessageReader::new(rd, 1 << 20);
+        while reader.next().await.is_ok() {}
+    }))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The bytes of block `r`, if it is one of the torrent's blocks.
+fn block_of(content: &Content, r: BlockRef) -> Option<Bytes> {
+    let g = &content.torrent.info.geometry;
+    let p = g.piece(r.index)?;
+    g.block_index(p, r.begin, r.length)?;
+    let start = (g.piece_offset(p) + u64::from(r.begin)) as usize;
+    Some(Bytes::copy_from_slice(
+        &content.data[start..start + r.length as usize],
+    ))
 }
 
 struct Conn {
@@ -254,6 +324,12 @@ impl Conn {
             }
         }
         let mut writer = MessageWriter::new(wr);
+        if self.behavior == Behavior::Empty {
+            writer.send(&empty_bitfield(n)).await?;
+            loop {
+                reader.next().await?;
+            }
+        }
         if let Behavior::Hoarder(n) = self.behavior {
             return self.hoard(reader, writer, n).await;
         }
@@ -262,6 +338,9 @@ impl Conn {
         }
         if self.behavior == Behavior::FastLeecher {
             return self.fast_leech(reader, writer, n).await;
+        }
+        if let Behavior::Queue(reqq) = self.behavior {
+            return self.queue(reader, writer, n, reqq).await;
         }
         writer.send_many(&opening).await?;
         let mut interested = false;
@@ -337,6 +416,74 @@ impl Conn {
                         c.blocks_sent += 1;
                         *c.sent_by_piece.entry(r.index).or_default() += 1;
                     });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn queue(
+        &self,
+        mut reader: MessageReader<OwnedReadHalf>,
+        mut writer: MessageWriter<OwnedWriteHalf>,
+        pieces: u32,
+        reqq: u32,
+    ) -> Result<(), WireError> {
+        let hs = ExtendedHandshake {
+            reqq: Some(reqq),
+            ..ExtendedHandshake::default()
+        };
+        writer
+            .send_many(&[
+                Message::Extended {
+                    id: 0,
+                    payload: hs.encode().into(),
+                },
+                Message::Bitfield(Bytes::copy_from_slice(Bitfield::full(pieces).as_bytes())),
+                Message::Unchoke,
+            ])
+            .await?;
+        let queue = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let served = {
+            let (queue, content, counters) =
+                (queue.clone(), self.content.clone(), self.counters.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                    let Some(r) = queue.lock().unwrap().pop_front() else {
+                        continue;
+                    };
+                    let Some(data) = block_of(&content, r) else {
+                        continue;
+                    };
+                    let msg = Message::Piece {
+                        index: r.index,
+                        begin: r.begin,
+                        data,
+                    };
+                    if writer.send(&msg).await.is_err() {
+                        return;
+                    }
+                    counters.send_modify(|c| c.blocks_sent += 1);
+                }
+            })
+        };
+        let _stop = AbortOnDrop(served);
+        loop {
+            match reader.next().await? {
+                Message::Request(r) => {
+                    let mut q = queue.lock().unwrap();
+                    q.push_back(r);
+                    let len = q.len();
+                    self.counters.send_modify(|c| {
+                        c.requests += 1;
+                        c.max_queued = c.max_queued.max(len);
+                    });
+                }
+                Message::Cancel(r) => queue.lock().unwrap().retain(|q| *q != r),
+                Message::Extended { id: 0, payload } => {
+                    let hs = ExtendedHandshake::decode(&payload).ok();
+                    self.counters.send_modify(|c| c.their_handshake = hs);
                 }
                 _ => {}
             }

@@ -3,6 +3,7 @@
 //! checks what a user would: the bytes a read returns and the session's `Stats`. Timeouts are
 //! hang detectors only; no test depends on how fast anything is.
 
+mod crowd;
 mod disk;
 mod fake_peer;
 mod fast;
@@ -10,6 +11,8 @@ mod late;
 mod liars;
 mod stalls;
 mod swarm;
+mod web_server;
+mod webseed;
 mod window;
 
 use std::future::Future;
@@ -99,9 +102,11 @@ async fn start(content: &Content, peers: &[&FakePeer], cache_bytes: u64) -> Sess
         .expect("session starts")
 }
 
-/// The host a test session takes its incoming peers from, with the config's handshake limit.
+/// The host a test session takes its incoming peers from, with the config's handshake limit;
+/// as many handshakes may be pending as peers may connect (tests connect in bursts).
 async fn host_for(config: &Config) -> Host {
-    Host::bind(config.listen, config.peer_timeouts.handshake)
+    let pending = config.max_peers.max(crate::session::host::DEFAULT_PENDING);
+    Host::bind_limited(config.listen, config.peer_timeouts.handshake, pending)
         .await
         .expect("bind")
 }

@@ -57,7 +57,8 @@ async fn stop_fails_a_read_waiting_on_a_staller() {
     eventually(&session, "no peers", |s| s.peers == 0).await;
 }
 
-/// A leecher that asks for many blocks and then never reads: the session's writer to it blocks.
+/// A leecher that asks for many blocks and then never reads (its receive buffer is small): the
+/// session's writer to it blocks.
 /// Once the session shuts down, nothing of it may stay behind (a detached writer task would keep
 /// the socket and the queued blocks for as long as the leecher keeps its end open).
 #[tokio::test(flavor = "multi_thread")]
@@ -71,9 +72,9 @@ async fn shutdown_leaves_no_task_behind_for_a_peer_that_stopped_reading() {
     hoarder
         .wait_for("its requests sent", |n| n.requests >= 4000)
         .await;
-    // Far more than the socket buffers take while the hoarder reads nothing.
+    // A full upload queue: more than the hoarder's small buffers take, so the writer blocks.
     eventually(&session, "blocks queued for the hoarder", |s| {
-        s.uploaded >= 1024 * 1024
+        s.uploaded >= 256 * 1024
     })
     .await;
     stop(session).await;
@@ -192,7 +193,8 @@ async fn two_hundred_trickling_connections_stay_bounded_and_reads_go_on() {
         handshake: Duration::from_secs(1),
         ..crate::session::PeerTimeouts::default()
     };
-    let session = start_timeouts(&c, &[&honest], N + 10, timeouts).await;
+    // Room for every trickler: incoming peers get all but a fifth of the slots.
+    let session = start_timeouts(&c, &[&honest], (N + 10) * 5 / 4, timeouts).await;
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], session.listen_port()));
     let info_hash = c.torrent.info_hash.0;
 
@@ -220,6 +222,9 @@ async fn two_hundred_trickling_connections_stay_bounded_and_reads_go_on() {
             Ok::<(), std::io::Error>(())
         });
     }
+    eventually(&session, "every trickler connected", |s| s.peers == N + 1).await;
+    // Then as many that never handshake: past the pending limit they are closed at once, the
+    // others when their handshake time is up.
     let mut silent = Vec::new();
     for _ in 0..N {
         silent.push(
@@ -228,7 +233,6 @@ async fn two_hundred_trickling_connections_stay_bounded_and_reads_go_on() {
                 .expect("connect"),
         );
     }
-    eventually(&session, "every trickler connected", |s| s.peers == N + 1).await;
 
     // Reads from the honest peer, while the gauge is watched.
     let reads = spawn_read_everything(&session, &c, 64 * 1024);
@@ -265,4 +269,34 @@ async fn two_hundred_trickling_connections_stay_bounded_and_reads_go_on() {
     }
     stop(session).await;
     tricklers.abort_all();
+}
+
+/// Our own download cap holds blocks back far longer than the request timeout: the peer is
+/// not the slow one, so it is neither marked stalled nor dropped, and every byte arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tight_download_cap_does_not_make_a_good_peer_look_stalled() {
+    // Ten 16 KiB blocks at 32 KiB/s: each waits half a second for our cap.
+    let c = content(11, 16 * 1024, &[160 * 1024]);
+    let honest = FakePeer::start(ip(2), c.clone(), Behavior::Honest).await;
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        peers: vec![honest.addr],
+        cache_bytes: BIG_CACHE,
+        max_download_rate: Some(32 * 1024),
+        peer_timeouts: crate::session::PeerTimeouts {
+            request: Duration::from_millis(200),
+            stalls: 1,
+            ..quick_timeouts()
+        },
+        ..Config::default()
+    };
+    let host = host_for(&config).await;
+    let session = Session::start(c.torrent.clone(), config, &host)
+        .await
+        .expect("session starts");
+    read_everything(&session, &c, 64 * 1024).await;
+    let seen = honest.counters();
+    assert_eq!(seen.closed, 0, "the peer was dropped: {seen:?}");
+    assert_eq!(seen.connections, 1, "{seen:?}");
+    stop(session).await;
 }

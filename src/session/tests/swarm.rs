@@ -151,3 +151,25 @@ async fn our_own_address_is_forgotten_after_one_dial() {
     read_everything(&session, &c, 64 * 1024).await;
     stop(session).await;
 }
+
+/// A peer that queues only four requests (its `reqq`) never has more of ours in flight, and
+/// our extended handshake tells it our own `reqq`, our version, its address and our port.
+#[tokio::test(flavor = "multi_thread")]
+async fn we_honour_the_peers_reqq_and_tell_it_ours() {
+    let c = two_files();
+    let peer = FakePeer::start(ip(2), c.clone(), Behavior::Queue(4)).await;
+    let session = start(&c, &[&peer], BIG_CACHE).await;
+    read_everything(&session, &c, 64 * 1024).await;
+    let seen = peer.counters();
+    assert!(
+        (1..=4).contains(&seen.max_queued),
+        "{} requests queued at once",
+        seen.max_queued
+    );
+    let hs = seen.their_handshake.expect("an extended handshake");
+    assert_eq!(hs.reqq, Some(250));
+    assert!(hs.client.is_some_and(|v| v.starts_with("btfs ")));
+    assert_eq!(hs.yourip, Some(std::net::IpAddr::V4(ip(2))));
+    assert_eq!(hs.port, Some(session.listen_port()));
+    stop(session).await;
+}
