@@ -67,7 +67,12 @@ fn a_libtorrent_leecher_that_speaks_only_utp_downloads_from_us() {
     assert_all_files_match(&m, &swarm);
     let port = m.status_u64("listen_port") as u16;
     let us = SocketAddr::from(([127, 0, 0, 1], port));
-    let leech = swarm.leech_utp([127, 0, 99, 1].into(), &[us], Duration::from_secs(60));
+    let leech = swarm.leech_utp(
+        [127, 0, 99, 1].into(),
+        &[us],
+        Duration::from_secs(60),
+        false,
+    );
     assert!(
         leech.complete,
         "leecher finished from btfs alone, over uTP: {leech:?}\n{}",
@@ -101,4 +106,43 @@ fn seeders_that_speak_both_are_read_over_one_connection_each() {
     assert_eq!(n("peers_tcp") + n("peers_utp"), n("peers"), "{s:?}");
     assert!(n("peers") <= 3, "one connection per seeder: {s:?}");
     assert_all_files_match(&m, &swarm);
+}
+
+#[test]
+fn utp_only_seeders_that_require_encryption_read_right_encrypted() {
+    // Our plaintext handshake over uTP is hung up on; we dial again encrypted, over uTP.
+    let swarm = Swarm::start(SwarmOptions {
+        transport: "utp",
+        forced_encryption: true,
+        ..SwarmOptions::multi(vec![Tracker::Http], 2)
+    });
+    let m = mount_btfs(swarm.torrent(), &[]);
+    let (first, _) = swarm.files()[0].clone();
+    assert_eq!(
+        sha1_file(&m.path().join(&first)),
+        sha1_file(&swarm.data_parent().join(&first))
+    );
+    eventually("an encrypted uTP peer", || {
+        let s = m.status();
+        let n = |k: &str| s[k].parse::<u64>().unwrap_or(0);
+        n("peers_utp") >= 1 && n("encrypted_peers") >= 1
+    });
+    assert_eq!(m.status_u64("peers_tcp"), 0);
+    assert_all_files_match(&m, &swarm);
+}
+
+#[test]
+fn a_leecher_that_speaks_only_encrypted_utp_downloads_from_us() {
+    let swarm = utp_only_swarm(1);
+    let m = mount_btfs(swarm.torrent(), &[]);
+    assert_all_files_match(&m, &swarm);
+    let port = m.status_u64("listen_port") as u16;
+    let us = SocketAddr::from(([127, 0, 0, 1], port));
+    let leech = swarm.leech_utp([127, 0, 98, 1].into(), &[us], Duration::from_secs(60), true);
+    assert!(
+        leech.complete,
+        "leecher finished from btfs alone, encrypted over uTP: {leech:?}\n{}",
+        m.stderr()
+    );
+    assert_eq!(leech.hash_failures, 0, "{leech:?}");
 }

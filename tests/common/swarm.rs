@@ -613,14 +613,19 @@ impl Swarm {
         self.leech_with(bind, peers, timeout, 0, &["--pex"])
     }
 
-    /// `leech` by a libtorrent that speaks uTP only.
+    /// `leech` by a libtorrent that speaks uTP only (and with `encrypted`, RC4 only).
     pub fn leech_utp(
         &self,
         bind: Ipv4Addr,
         peers: &[SocketAddr],
         timeout: Duration,
+        encrypted: bool,
     ) -> LeechOutcome {
-        self.leech_with(bind, peers, timeout, 1, &["--transport", "utp"])
+        let mut extra = vec!["--transport", "utp"];
+        if encrypted {
+            extra.extend(["--encryption", "forced"]);
+        }
+        self.leech_with(bind, peers, timeout, 1, &extra)
     }
 
     /// `leech` by a leecher that accepts and makes only RC4-encrypted connections.
