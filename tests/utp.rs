@@ -146,3 +146,24 @@ fn a_leecher_that_speaks_only_encrypted_utp_downloads_from_us() {
     );
     assert_eq!(leech.hash_failures, 0, "{leech:?}");
 }
+
+#[test]
+fn a_magnet_link_gets_its_metadata_from_seeders_that_speak_only_utp() {
+    let swarm = utp_only_swarm(2);
+    let tr: String = (swarm.http_tracker_url().bytes())
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let magnet = format!("magnet:?xt=urn:btih:{}&dn=multi&tr={tr}", swarm.info_hash());
+    let cache = tempfile::tempdir().expect("tempdir");
+    let cache_arg = cache.path().display().to_string();
+    let m = mount_btfs(
+        std::path::Path::new(&magnet),
+        &["--metadata-cache", &cache_arg, "--metadata-timeout", "60"],
+    );
+    assert_all_files_match(&m, &swarm);
+}

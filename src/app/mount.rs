@@ -221,6 +221,7 @@ pub async fn run(
                 metadata_timeout: config.metadata_timeout,
                 cache_dir: config.metadata_cache.clone(),
                 dht: dht.clone(),
+                utp: host.utp(),
             };
             let (_never, interrupt) = tokio::sync::watch::channel(false);
             let (torrent, peers) = tokio::select! {

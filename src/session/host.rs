@@ -171,6 +171,12 @@ impl Host {
         self.inner.dialer.clone()
     }
 
+    /// Our uTP endpoint, for what dials before a session (a magnet's metadata); `None` without
+    /// uTP.
+    pub fn utp(&self) -> Option<Utp> {
+        self.inner.dialer.utp()
+    }
+
     /// The port bound (the one asked for, or the one picked for port 0).
     pub fn port(&self) -> u16 {
         self.inner.port

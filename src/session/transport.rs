@@ -40,6 +40,10 @@ impl Dialer {
         Self { tcp, utp }
     }
 
+    pub(crate) fn utp(&self) -> Option<Utp> {
+        self.utp.clone()
+    }
+
     /// The transports to try, in order: `first` if we speak it, then uTP, then TCP.
     fn order(&self, first: Option<Transport>) -> Vec<Transport> {
         let speaks = |t: &Transport| match t {
