@@ -3,12 +3,13 @@
 # libtorrent seeders on 127.0.{1,2,3}.1 behind a local opentracker (a file, then an mp4 that
 # mpv plays), then a tracker-less DHT swarm for a magnet link, then a torrent served only by
 # a web seed (nginx, BEP 19; the same file over TCP as the CPU yardstick), then seeders that
-# require encryption, all on loopback, in a private network namespace. Every cold measurement
-# runs on a fresh mount; prints a table of medians, ratios (ratio > 1: ours is better), targets
-# and PASS/FAIL. Options go to scripts/bench/all.py (see --help), e.g.
+# require encryption, then seeders that speak only uTP (and ours' CPU per byte there against
+# TCP), all on loopback, in a private network namespace. Every cold measurement runs on a
+# fresh mount; prints a table of medians, ratios (ratio > 1: ours is better), targets and
+# PASS/FAIL. Options go to scripts/bench/all.py (see --help), e.g.
 #   scripts/bench.sh --runs 3 --json /tmp/bench.json
-# Each part runs alone too: scripts/bench/{file,video,magnet,webseed,encryption}.py (after a
-# build).
+# Each part runs alone too: scripts/bench/{file,video,magnet,webseed,encryption,utp}.py (after
+# a build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

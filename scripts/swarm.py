@@ -16,8 +16,8 @@ Subcommands:
       prints libtorrent's v1 info-hash (hex).
   seed TORRENT DATA_PARENT_DIR --bind 127.0.x.1 --port P [--corrupt] [--upload-limit B/s]
        [--ready-file F] [--work-dir D] [--seed-mode] [--no-wait-announce]
-       [--dht-node IP:PORT ...] [--keep-redundant] [--encryption enabled|forced|disabled]
-       [--lsd]
+       [--dht-node IP:PORT ...] [--keep-redundant] [--transport tcp|utp|both]
+       [--encryption enabled|forced|disabled] [--lsd]
       seeds until SIGTERM/SIGINT; writes F once it is a seed and (unless
       --no-wait-announce, or the torrent has no trackers) a tracker answered.
       With --dht-node: also a DHT node (see "DHT mode" below) announcing the torrent.
@@ -27,11 +27,14 @@ Subcommands:
       (and "==> LSD" for its own). Only inside a loopback-only network namespace, where
       multicast cannot leave the machine.
       With --keep-redundant: keeps connections to peers that want nothing (pex-hub).
+      --transport (seed and leech): TCP only by default; utp: uTP (BEP 29) only, in and
+      out; both.
       --encryption (seed and leech): libtorrent's protocol encryption policy, both ways.
       enabled (libtorrent's default): dials encrypted first, accepts both; forced: RC4-encrypted
       connections only, in and out; disabled: plaintext only.
   leech TORRENT OUTDIR --bind IP --peer IP:PORT ... [--timeout S] [--stop-after-hash-fails N]
-        [--dht-node IP:PORT ...] [--pex] [--encryption enabled|forced|disabled]
+        [--dht-node IP:PORT ...] [--pex] [--transport tcp|utp|both]
+        [--encryption enabled|forced|disabled]
       downloads from the given peers only; prints a JSON summary on stdout.
       Exit 0 when complete, 2 on timeout, 3 once N hash failures were seen.
       With --dht-node (then --peer is optional): also from the peers its DHT lookups find,
@@ -192,10 +195,10 @@ def info_hash(args):
 
 # --------------------------------------------------------------- sessions
 
-def base_settings(bind, port):
+def base_settings(bind, port, transport="tcp"):
     """Settings for a session on one loopback address, with nothing discovered but
-    what the test hands it."""
-    return {
+    what the test hands it, speaking `transport` (tcp, utp or both) in and out."""
+    settings = {
         "listen_interfaces": "%s:%d" % (bind, port),
         "outgoing_interfaces": bind,
         "enable_dht": False,
@@ -203,9 +206,11 @@ def base_settings(bind, port):
         "enable_upnp": False,
         "enable_natpmp": False,
         "enable_ip_notifier": False,
-        # btfs speaks TCP only; uTP would only add failed attempts first.
-        "enable_outgoing_utp": False,
-        "enable_incoming_utp": False,
+        # TCP only by default: the tests that are not about uTP stay as they were.
+        "enable_outgoing_utp": transport in ("utp", "both"),
+        "enable_incoming_utp": transport in ("utp", "both"),
+        "enable_outgoing_tcp": transport in ("tcp", "both"),
+        "enable_incoming_tcp": transport in ("tcp", "both"),
         # Every test peer is on 127.0.0.0/8; several may share an address.
         "allow_multiple_connections_per_ip": True,
         # Default True: refuses trackers on loopback whose path is not /announce and
@@ -218,6 +223,7 @@ def base_settings(bind, port):
         "alert_mask": 0x7FFFFFFF,
         "user_agent": "btfs-test-swarm",
     }
+    return settings
 
 
 # How often (s) a DHT-mode session looks its torrent up and announces it; libtorrent's
@@ -233,9 +239,9 @@ def dht_settings():
     return dict(LOOPBACK_DHT, dht_announce_interval=DHT_ANNOUNCE_INTERVAL)
 
 
-def dht_session(L, bind, port, nodes):
+def dht_session(L, bind, port, nodes, transport="tcp"):
     """A session in DHT mode that knows `nodes` (["IP:PORT", ...])."""
-    settings = base_settings(bind, port)
+    settings = base_settings(bind, port, transport)
     settings.update(dht_settings())
     ses = L.session(settings)
     for n in nodes:
@@ -327,9 +333,9 @@ def seed(args):
         log("corrupt seeder: serving a copy in %s" % save_path)
 
     if args.dht_node:
-        ses = dht_session(L, args.bind, args.port, args.dht_node)
+        ses = dht_session(L, args.bind, args.port, args.dht_node, args.transport)
     else:
-        ses = L.session(base_settings(args.bind, args.port))
+        ses = L.session(base_settings(args.bind, args.port, args.transport))
     apply_encryption(L, ses, args.encryption)
     if args.lsd:
         ses.apply_settings({"enable_lsd": True})
@@ -448,9 +454,9 @@ def leech(args):
     if not args.peer and not args.dht_node:
         sys.exit("swarm.py leech: give --peer or --dht-node")
     if args.dht_node:
-        ses = dht_session(L, args.bind, 0, args.dht_node)
+        ses = dht_session(L, args.bind, 0, args.dht_node, args.transport)
     else:
-        ses = L.session(base_settings(args.bind, 0))
+        ses = L.session(base_settings(args.bind, 0, args.transport))
     apply_encryption(L, ses, args.encryption)
     atp = L.add_torrent_params()
     atp.ti = L.torrent_info(args.torrent)
@@ -765,6 +771,8 @@ def main():
                    help="skip the startup check (pieces are hashed on first request)")
     s.add_argument("--dht-node", action="append", default=[],
                    help="IP:PORT of a DHT node: run a DHT node knowing it, announce there")
+    s.add_argument("--transport", choices=["tcp", "utp", "both"], default="tcp",
+                   help="what it speaks in and out (default tcp)")
     s.add_argument("--keep-redundant", action="store_true",
                    help="keep connections to upload-only peers (a pex-hub)")
     s.add_argument("--lsd", action="store_true",
@@ -780,6 +788,8 @@ def main():
                    help="IP:PORT (required unless --dht-node is given)")
     s.add_argument("--timeout", type=float, default=120)
     s.add_argument("--stop-after-hash-fails", type=int, default=0)
+    s.add_argument("--transport", choices=["tcp", "utp", "both"], default="tcp",
+                   help="what it speaks in and out (default tcp)")
     s.add_argument("--dht-node", action="append", default=[],
                    help="IP:PORT of a DHT node: also find peers through the DHT")
     s.add_argument("--pex", action="store_true",

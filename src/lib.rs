@@ -12,16 +12,19 @@
 //!   fuser adapter (each callback replies once; reads reply from a tokio task); `kernel`:
 //!   mounting, unmounting, noticing the kernel side end.
 //! - [`session`]: the tokio engine of one torrent; its own map is at the top of
-//!   `session/mod.rs`. `host`: the listening port and peer id shared by a process's sessions;
-//!   `shared`: what its tasks share and the lock order; `state`: the state behind the lock,
-//!   made of owners (`residency`: where verified pieces live, and what we announce;
-//!   `peers`; `readers` with `window`; `assembly`); `read`: reads; `connect` with
-//!   `discovery`: incoming and outgoing connections (`dial`: one outgoing connection,
-//!   encrypted or not as `encryption`, the `--encryption` policy, says); `peer/`: one connection (`requests`,
-//!   `rates`, `upload`, `extended`, `fast`, `health`, `pex`, `writer`); `verify`: SHA1 of each
-//!   completed piece; `disk` and `disk_io`: the disk cache handle and its tasks; `webseed/`:
-//!   web seeds (BEP 19), HTTP servers the picker asks like peers (`layout`: the URL of each
-//!   file; `blocks`; `http`; `health`: backoff and dropping; `registry`: what status shows).
+//!   `session/mod.rs`. `host`: the listening port (TCP, and uTP on the UDP port the DHT
+//!   shares) and peer id shared by a process's sessions; `stream`: a connection's bytes
+//!   whatever the transport; `shared`: what its tasks share and the lock order; `state`: the
+//!   state behind the lock, made of owners (`residency`: where verified pieces live, and what
+//!   we announce; `peers`; `readers` with `window`; `assembly`); `read`: reads; `connect`
+//!   with `discovery`: incoming and outgoing connections (`dial`: one outgoing connection,
+//!   over uTP or TCP as `transport` races them, the first through the handshake kept,
+//!   encrypted or not as `encryption`, the `--encryption` policy, says); `peer/`: one
+//!   connection (`requests`, `rates`, `upload`, `extended`, `fast`, `health`, `pex`,
+//!   `writer`); `verify`: SHA1 of each completed piece; `disk` and `disk_io`: the disk
+//!   cache handle and its tasks; `webseed/`: web seeds (BEP 19), HTTP servers the picker asks
+//!   like peers (`layout`: the URL of each file; `blocks`; `http`; `health`: backoff and
+//!   dropping; `registry`: what status shows).
 //! - [`magnet`]: `link` parses magnet links; `metadata`: the BEP 9 state machine assembling
 //!   and serving the info dictionary; `fetch`: the phase before a session that gets it.
 //! - Policy, pure state machines with time passed in: [`picker`] (which block to ask whom for
@@ -33,6 +36,8 @@
 //!   Mainline DHT node: KRPC, routing table, lookups, saved state) and [`lsd`] (local service
 //!   discovery, BEP 14: `message` parsed and formatted, `policy` of when to announce and what to
 //!   take in, multicast `socket`s).
+//! - [`net`]: the UDP port the DHT and uTP share (`udp`: one socket, datagrams told apart by
+//!   their first byte) and uTP on it (`utp`, the `librqbit-utp` crate).
 //! - [`wire`]: peer messages, pure encode/decode (`message`, `handshake`, `extension`) and
 //!   their tokio framing (`conn`, with the handshake exchange); `mse`: protocol encryption
 //!   (Diffie-Hellman, RC4) under them, over any byte stream.
@@ -45,8 +50,8 @@
 //! ```text
 //! FUSE threads (fs::kernel) --read--> tokio task (fs::fuse) --Session::read--> picker wants
 //!                                   waits on `verified` (watch<u64>) <-- piece held or evicted
-//! host accept loop --handshake read, routed by info-hash (mpsc)--> session incoming task
-//!                                                                   --> peer task
+//! host accept loops (TCP, uTP) --handshake read, routed by info-hash (mpsc)--> session
+//!                                                          connector --> peer task
 //! announcer (tracker), DHT announce loop, LSD task, PEX, --peer
 //!            --addrs tagged with their PeerSource (mpsc)--> connector --dial--> peer task
 //! session --PeerCmd (mpsc: refill, have, cancel, choke, disconnect)--> peer task
@@ -62,6 +67,7 @@
 //! DHT node: its receive loop and maintenance task, shared by every session (Config::dht)
 //! LSD task (lsd): multicast announces of every registered torrent, peers others announce
 //!           --mpsc per torrent, tagged Lsd--> connector; shared by every session (Config::lsd)
+//! UDP port (net::udp): one receive task --first byte--> DHT channel | uTP channel (librqbit-utp)
 //! shutdown: Session::stop flips `shutdown` (watch<bool>): every waiting read fails, every
 //!           task ends; the disk writer and the announcer say on watch channels when done
 //! ```
@@ -84,6 +90,7 @@ pub mod fs;
 pub mod lsd;
 pub mod magnet;
 pub mod metainfo;
+pub mod net;
 pub mod picker;
 pub mod piece;
 pub mod ratelimit;

@@ -111,6 +111,12 @@ struct MountArgs {
     /// service discovery, BEP 14: multicast on 239.192.152.143:6771).
     #[arg(long)]
     no_lsd: bool,
+    /// Speak TCP only: no uTP (BEP 29) in or out. By default both, on the same port number.
+    #[arg(long, conflicts_with = "no_tcp")]
+    no_utp: bool,
+    /// Speak uTP only: no TCP in or out.
+    #[arg(long)]
+    no_tcp: bool,
     /// Do not download from the torrent's web seeds (HTTP servers in its url-list, BEP 19).
     #[arg(long)]
     no_web_seeds: bool,
@@ -210,6 +216,8 @@ fn run(cli: Cli) -> Result<()> {
                 }),
                 read_timeout: args.read_timeout.map(std::time::Duration::from_secs),
                 lsd: !args.no_lsd,
+                tcp: !args.no_tcp,
+                utp: !args.no_utp,
             };
             // Forking must happen before the runtime starts threads.
             let ready = if args.daemon {

@@ -23,7 +23,8 @@ A mount is ready when the kernel lists it in /proc/self/mountinfo and the file t
 stat()s (Debian's btfs mounts before it has loaded the torrent). Medians over --runs runs;
 ratio > 1 means ours is better. MB = 10^6 bytes. Targets (issues 3 and 4): first byte, seek,
 first frame, magnet first byte at most half Debian's time; cold sequential at least Debian's
-rate; warm cat re-read at least 70% of cat from tmpfs; peak RSS within --cache-size + 64 MiB.
+rate; warm cat re-read at least 70% of cat from tmpfs; peak RSS within --cache-size + 64 MiB;
+(issue 13) from a uTP-only swarm at least Debian's rate, CPU per byte within 1.5x of TCP.
 
 A read that makes no progress for --read-timeout seconds fails its metric: the client is
 killed (which fails the blocked read) and the mount lazily unmounted. Every process this

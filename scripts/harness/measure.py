@@ -47,6 +47,7 @@ class Bench:
         self.notes["bench"] = []
         self.size = None  # the file part's file, for the table's heading
         self.video_size = None
+        self.utp_size = None  # the utp part's file
         self.enc_size = None  # the encryption part's file
         self.tmp_dirs = []  # removed at the end, as the work dir is
 

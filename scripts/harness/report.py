@@ -14,7 +14,7 @@ from harness.dht import DHT_NODES_COUNT
 #   half: ours takes at most half Debian's time; rate: ours at least Debian's rate;
 #   tmpfs: ours at least TMPFS_TARGET of cat from tmpfs; budget: RSS <= cache + 64 MiB;
 #   cpu: ours' CPU per byte at most CPU_TARGET times ours' on the plain TCP swarm (tcp_cpu).
-#   cpu_frac: ours' CPU per byte over encryption at most CPU_TARGET of it over plain TCP.
+#   cpu_frac: ours' CPU per byte over encryption (uTP) at most CPU_TARGET of it over plain TCP.
 METRICS = [
     ("ready", "spawn -> mount ready (.torrent)", "s", "lower", None),
     ("ttfb", "first byte, cold", "s", "lower", "half"),
@@ -39,6 +39,11 @@ METRICS = [
     ("enc_cpu", "encrypted swarm: CPU per MB read", "ms/MB", "lower", None),
     ("plain_cpu", "plain swarm: CPU per MB read", "ms/MB", "lower", None),
     ("enc_cpu_frac", "CPU per byte, encrypted / plain", "%", "lower", "cpu_frac"),
+    ("utp_ttfb", "uTP-only swarm: first byte, cold", "s", "lower", None),
+    ("utp_seq", "uTP-only swarm: sequential + sha1", "MB/s", "higher", "rate"),
+    ("utp_cpu", "uTP-only swarm: CPU per MB read", "ms/MB", "lower", None),
+    ("utp_tcp_cpu", "its file over TCP: CPU per MB read", "ms/MB", "lower", None),
+    ("utp_cpu_frac", "CPU per byte, uTP / TCP", "%", "lower", "cpu_frac"),
 ]
 TMPFS_TARGET = 0.70
 CPU_TARGET = 1.5
@@ -78,9 +83,10 @@ def rows(bench, budget):
     for key, label, unit, better, target in METRICS:
         runs = {}
         for c in ("ours", "debian"):
-            if key in ("warm_frac", "enc_cpu_frac"):
+            if key in ("warm_frac", "enc_cpu_frac", "utp_cpu_frac"):
                 num_, den = {"warm_frac": ("warm_cat", "tmpfs_cat"),
-                             "enc_cpu_frac": ("enc_cpu", "plain_cpu")}[key]
+                             "enc_cpu_frac": ("enc_cpu", "plain_cpu"),
+                             "utp_cpu_frac": ("utp_cpu", "utp_tcp_cpu")}[key]
                 w = median(bench.results[c].get(num_, []))
                 t = median(bench.results[c].get(den, []))
                 if not t:  # no reference
@@ -151,6 +157,9 @@ def report(bench, args):
     if bench.enc_size:
         parts.append("encryption: %s file, 3 seeders requiring RC4 (CPU: the same, plain)"
                      % human(bench.enc_size))
+    if bench.utp_size:
+        parts.append("uTP: %s file, 3 uTP-only seeders + tracker (CPU: the same over TCP)"
+                     % human(bench.utp_size))
     if bench.results["ours"].get("magnet") or bench.results["debian"].get("magnet"):
         parts.append("magnet: %s largest file, %d DHT nodes + 2 seeders, no tracker" % (
             human(args.magnet_size), DHT_NODES_COUNT))

@@ -32,9 +32,9 @@ def make_torrent(path, out, piece_length, trackers=(), web_seeds=()):
     return run(argv)
 
 
-def seeder_argv(torrent, data, ip, port, ready):
+def seeder_argv(torrent, data, ip, port, ready, transport="tcp"):
     return [PYTHON, SWARM, "seed", torrent, data, "--bind", ip, "--port", str(port),
-            "--ready-file", ready]
+            "--ready-file", ready, "--transport", transport]
 
 
 def wait_ready_files(seeders, deadline, fail):
@@ -47,10 +47,11 @@ def wait_ready_files(seeders, deadline, fail):
 
 
 class Swarm:
-    """opentracker + three seeders of one single-file torrent of `file` (in `data`);
-    `encryption`: the seeders' policy (swarm.py seed --encryption; forced: RC4 only)."""
+    """opentracker + three seeders of one single-file torrent of `file` (in `data`), speaking
+    `transport` (tcp, utp: uTP only, or both); `encryption`: the seeders' policy (swarm.py seed
+    --encryption; forced: RC4 only)."""
 
-    def __init__(self, procs, work, tag, data, file, piece_length, seed_mode,
+    def __init__(self, procs, work, tag, data, file, piece_length, seed_mode, transport="tcp",
                  encryption="enabled"):
         self.procs, self.work, self.tag = procs, work, tag
         self.file = file
@@ -68,7 +69,7 @@ class Swarm:
         self.seeders = []
         for i, ip in enumerate(SEEDER_IPS, 1):
             ready = os.path.join(work, "seeder-%s%d.ready" % (tag, i))
-            argv = seeder_argv(self.torrent, data, ip, free_port(ip), ready)
+            argv = seeder_argv(self.torrent, data, ip, free_port(ip), ready, transport)
             if seed_mode:
                 argv.append("--seed-mode")
             argv += ["--encryption", encryption]

@@ -18,7 +18,8 @@ use crate::app::status::socket::{StatusSocket, canonical_mountpoint};
 use crate::dht::{Dht, DhtConfig, SavedState};
 use crate::fs::{self, Backend, FileSpec, FsError, InodeTable, MountOptions};
 use crate::metainfo::Torrent;
-use crate::session::{self, Host, ReadError, ReadHandle, Session, SessionError};
+use crate::net::udp::{Protocol, UdpPort};
+use crate::session::{self, Host, HostOptions, ReadError, ReadHandle, Session, SessionError};
 
 #[derive(Debug, Error)]
 pub enum MountError {
@@ -34,10 +35,6 @@ pub enum MountError {
     Source(#[from] SourceError),
     #[error("interrupted")]
     Interrupted,
-    #[error(
-        "cannot use UDP port {port} for the DHT: {source} (choose another --port, or --no-dht)"
-    )]
-    DhtPort { port: u16, source: std::io::Error },
     #[error("cannot start the DHT: {0}")]
     Dht(String),
 }
@@ -58,6 +55,9 @@ pub struct MountConfig {
     pub lsd: bool,
     /// `--read-timeout`: a read fails with EIO after this long without data; `None` waits.
     pub read_timeout: Option<Duration>,
+    /// Peer transports: TCP (off with `--no-tcp`), uTP (off with `--no-utp`).
+    pub tcp: bool,
+    pub utp: bool,
 }
 
 pub struct DhtSettings {
@@ -76,15 +76,9 @@ pub fn default_dht_state() -> Option<std::path::PathBuf> {
     Some(base.join("btfs").join("dht.state"))
 }
 
-/// The DHT node on the UDP port with the TCP listener's number (BEP 5), bootstrapped from the
-/// saved table first, then the configured nodes or the public routers.
-async fn start_dht(settings: &DhtSettings, tcp: std::net::SocketAddr) -> Result<Dht, MountError> {
-    let socket = tokio::net::UdpSocket::bind(tcp)
-        .await
-        .map_err(|source| MountError::DhtPort {
-            port: tcp.port(),
-            source,
-        })?;
+/// The DHT node on the UDP port with the TCP listener's number (BEP 5), shared with uTP,
+/// bootstrapped from the saved table first, then the configured nodes or the public routers.
+fn start_dht(settings: &DhtSettings, port: &UdpPort) -> Result<Dht, MountError> {
     let mut dht_config = DhtConfig::default();
     if !settings.bootstrap.is_empty() {
         dht_config.bootstrap = settings.bootstrap.clone();
@@ -95,7 +89,7 @@ async fn start_dht(settings: &DhtSettings, tcp: std::net::SocketAddr) -> Result<
             Err(e) => tracing::debug!("no saved DHT table: {e}"),
         }
     }
-    Dht::bind(socket, dht_config).map_err(|e| MountError::Dht(e.to_string()))
+    Dht::start(port.channel(Protocol::Dht), dht_config).map_err(|e| MountError::Dht(e.to_string()))
 }
 
 /// Local service discovery on the listen address's interfaces; a machine where it cannot run
@@ -220,19 +214,20 @@ pub async fn run(
         );
         config.session.max_peers = fds.peers;
     }
-    let host = Host::bind_limited(
-        config.session.listen,
-        config.session.peer_timeouts.handshake,
-        fds.pending,
-    )
-    .await?;
-    let tcp_addr = std::net::SocketAddr::new(config.session.listen.ip(), host.port());
-    let dht = match &config.dht {
-        Some(settings) => Some(start_dht(settings, tcp_addr).await?),
-        None => None,
+    let host_options = HostOptions {
+        handshake: config.session.peer_timeouts.handshake,
+        pending: fds.pending,
+        tcp: config.tcp,
+        utp: config.utp,
+        udp: config.dht.is_some(),
+    };
+    let host = Host::bind_with(config.session.listen, host_options).await?;
+    let dht = match (&config.dht, host.udp()) {
+        (Some(settings), Some(port)) => Some(start_dht(settings, port)?),
+        _ => None,
     };
     if config.lsd {
-        config.session.lsd = start_lsd(tcp_addr.ip());
+        config.session.lsd = start_lsd(config.session.listen.ip());
     }
     let torrent = match preloaded {
         Some(t) => t,
@@ -243,6 +238,7 @@ pub async fn run(
                 metadata_timeout: config.metadata_timeout,
                 cache_dir: config.metadata_cache.clone(),
                 dht: dht.clone(),
+                utp: host.utp(),
             };
             let (_never, interrupt) = tokio::sync::watch::channel(false);
             let (torrent, peers) = tokio::select! {

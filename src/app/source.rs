@@ -63,6 +63,8 @@ pub struct ResolveOptions {
     pub cache_dir: Option<PathBuf>,
     /// Finds the magnet's peers without a tracker.
     pub dht: Option<crate::dht::Dht>,
+    /// Reaches peers that speak only uTP.
+    pub utp: Option<crate::net::utp::Utp>,
 }
 
 /// The torrent behind `target`, plus peers already found (magnets).
@@ -91,6 +93,7 @@ pub async fn resolve(
                 m,
                 &opts.peers,
                 opts.dht.as_ref(),
+                opts.utp.as_ref(),
                 opts.listen_port,
                 opts.metadata_timeout,
                 |s: FetchStatus| {

@@ -7,8 +7,9 @@
 //! - `announce_loop`: [`spawn_announce_loop`], a torrent's lookups and announces, repeated.
 //! - `node`: bootstrap, upkeep of the table, and the [`Dht`] handle.
 //! - `lookup`: iterative lookups (a pure state machine plus its driver) and the announce.
-//! - `rpc`: the socket: `query` (one request, its timeout) and the receive task that routes
-//!   responses to their queries and answers other nodes; the state every task shares.
+//! - `rpc`: the socket (the DHT's channel of a [`crate::net::udp::UdpPort`]): `query` (one
+//!   request, its timeout) and the receive task that routes responses to their queries and
+//!   answers other nodes; the state every task shares.
 //! - [`server`]: pure answers to other nodes: tokens, the announced-peer store, rate limit.
 //! - [`routing`]: pure routing table: k-buckets, node states, replacement caches, refresh.
 //! - [`krpc`]: pure encode/decode of the KRPC queries, responses and errors.
@@ -33,6 +34,7 @@
 //! if let Ok(saved) = SavedState::load(&state_path) { saved.apply(&mut config); }
 //! config.nodes.extend(torrent_nodes);                // a torrent's `nodes`, if any
 //! let dht = Dht::bind(socket, config)?;              // bootstraps in the background
+//! // or, on the port uTP shares: Dht::start(udp_port.channel(Protocol::Dht), config)?
 //! dht.node_count();                                  // "DHT: 142 nodes" (good nodes)
 //! let mut rx = dht.get_peers(info_hash, Some(port)); // one lookup (+ announce); peers
 //! while let Some(batch) = rx.recv().await { .. }     //   stream in as they arrive

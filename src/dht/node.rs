@@ -16,6 +16,7 @@ use tracing::debug;
 use super::krpc::{NodeId, Query};
 use super::lookup;
 use super::rpc::{Inner, query, spawn_ping};
+use crate::net::udp::{Channel, Protocol, UdpPort};
 
 /// Public routers for a first bootstrap (a mount with no saved nodes).
 pub const DEFAULT_BOOTSTRAP: &[&str] = &[
@@ -193,9 +194,14 @@ impl std::fmt::Debug for Dht {
 }
 
 impl Dht {
-    /// Starts the node on `socket` (IPv4): the receive task, then bootstrap and upkeep in the
-    /// background. Call within a tokio runtime.
+    /// Starts the node on a socket of its own (IPv4): the receive task, then bootstrap and
+    /// upkeep in the background. Call within a tokio runtime.
     pub fn bind(socket: UdpSocket, config: DhtConfig) -> Result<Dht, DhtError> {
+        Dht::start(UdpPort::new(socket).channel(Protocol::Dht), config)
+    }
+
+    /// Starts the node on the DHT's channel of a shared UDP port (IPv4), as `bind` does.
+    pub fn start(socket: Channel, config: DhtConfig) -> Result<Dht, DhtError> {
         let local = socket.local_addr()?;
         if !local.is_ipv4() {
             return Err(DhtError::NotIpv4(local));

@@ -12,20 +12,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use tokio::net::UdpSocket;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, trace};
 
 use super::krpc::{Body, Message, NodeId, NodeInfo, Query, Response};
 use super::routing::{Insert, K, RoutingTable};
 use super::server::Server;
+use crate::net::udp::Channel;
 
 /// How long a query waits for its response before the node counts as having failed it.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Queries of ours in flight at once; past this, new ones fail at once with `Busy`.
 const MAX_PENDING: usize = 2048;
-/// Larger datagrams are truncated, then refused by the decoder; KRPC stays under 1,500 bytes.
-const MAX_DATAGRAM: usize = 4096;
 
 /// Why one query got no usable response.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -64,7 +62,8 @@ pub(super) struct State {
 
 pub(super) struct Inner {
     pub(super) id: NodeId,
-    socket: UdpSocket,
+    /// The DHT's side of the process's UDP port (uTP may share it).
+    socket: Channel,
     read_only: bool,
     /// Guards the table, the server state and the pending queries; never held across `.await`.
     state: Mutex<State>,
@@ -77,7 +76,7 @@ pub(super) struct Inner {
 
 impl Inner {
     /// The node on `socket`, with its receive task started. Call within a tokio runtime.
-    pub(super) fn start(socket: UdpSocket, id: NodeId, read_only: bool) -> Arc<Inner> {
+    pub(super) fn start(socket: Channel, id: NodeId, read_only: bool) -> Arc<Inner> {
         let now = Instant::now();
         let inner = Arc::new(Inner {
             id,
@@ -226,11 +225,10 @@ pub(super) fn spawn_ping(inner: &Arc<Inner>, addr: SocketAddrV4) {
 }
 
 async fn recv_loop(inner: Arc<Inner>) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
-        let (len, src) = tokio::select! {
+        let datagram = tokio::select! {
             _ = inner.wait_shutdown() => break,
-            r = inner.socket.recv_from(&mut buf) => match r {
+            r = inner.socket.recv() => match r {
                 Ok(got) => got,
                 Err(e) => {
                     debug!("DHT receive failed: {e}");
@@ -239,8 +237,8 @@ async fn recv_loop(inner: Arc<Inner>) {
                 }
             },
         };
-        if let SocketAddr::V4(src) = src {
-            handle(&inner, &buf[..len], src).await;
+        if let SocketAddr::V4(src) = datagram.from {
+            handle(&inner, &datagram.data, src).await;
         }
     }
     // Dropping the senders fails every waiting query with `Shutdown`.

@@ -4,7 +4,8 @@
 //!
 //! A short-lived phase of its own: peers come from the link's trackers, the DHT and `x.pe`
 //! addresses (and the flags' `--peer`s); each gets a small task that speaks just enough of the wire
-//! protocol to ask for metadata. The addresses that answered are handed to the session.
+//! protocol to ask for metadata, over TCP, or over uTP when TCP gets nowhere (a peer may speak
+//! only uTP). The addresses that answered are handed to the session.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -19,6 +21,7 @@ use tokio::task::JoinSet;
 use crate::magnet::link::Magnet;
 use crate::magnet::metadata::{MetadataError, MetadataFetch, Progress};
 use crate::metainfo::Info;
+use crate::net::utp::Utp;
 use crate::sync::lock;
 use crate::tracker::announcer::{self, AnnounceParams};
 use crate::wire::extension::{
@@ -29,6 +32,8 @@ use crate::wire::{
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a uTP peer may take to close its end after we closed ours.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// A peer that sends nothing this long while we wait on it is dropped; others carry on.
 const PEER_SILENCE: Duration = Duration::from_secs(15);
 /// Enough for a peer's bitfield of a very large torrent, which may come before anything else.
@@ -55,12 +60,14 @@ pub struct FetchStatus {
     pub pieces_total: u32,
 }
 
-/// Fetches and verifies the info dictionary of `magnet`. Returns it with the peers that
-/// answered, to seed the session's connections.
+/// Fetches and verifies the info dictionary of `magnet` (over TCP, and over `utp` when TCP
+/// gets nowhere). Returns it with the peers that answered, to seed the session's connections.
+#[allow(clippy::too_many_arguments)]
 pub async fn fetch_info(
     magnet: &Magnet,
     extra_peers: &[SocketAddr],
     dht: Option<&crate::dht::Dht>,
+    utp: Option<&Utp>,
     listen_port: u16,
     timeout: Duration,
     progress: impl Fn(FetchStatus),
@@ -73,6 +80,8 @@ pub async fn fetch_info(
     }));
     let (peers_tx, mut peers_rx) = mpsc::channel::<Vec<SocketAddr>>(64);
     let (done_tx, mut done_rx) = mpsc::channel::<(Info, SocketAddr)>(1);
+    // Flips when the fetch is over: the peer tasks close their connections and end.
+    let (over_tx, over) = watch::channel(false);
 
     let (stop_trackers, trackers_stop_rx) = watch::channel(false);
     if !magnet.trackers.is_empty() {
@@ -120,6 +129,8 @@ pub async fn fetch_info(
                             peer_id,
                             fetch: fetch.clone(),
                             done: done_tx.clone(),
+                            utp: utp.cloned(),
+                            over: over.clone(),
                         };
                         tasks.spawn(async move {
                             let r = metadata_peer(&ctx).await;
@@ -148,6 +159,9 @@ pub async fn fetch_info(
             _ = interrupt.changed() => break Err(MagnetFetchError::Interrupted),
         }
     };
+    over_tx.send_replace(true);
+    let closed = async { while tasks.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(CLOSE_WAIT * 2, closed).await;
     tasks.abort_all();
     stop_trackers.send_replace(true);
     let info = result?;
@@ -169,12 +183,16 @@ struct PeerCtx {
     peer_id: [u8; 20],
     fetch: Arc<Mutex<Fetch>>,
     done: mpsc::Sender<(Info, SocketAddr)>,
+    utp: Option<Utp>,
+    over: watch::Receiver<bool>,
 }
 
 #[derive(Debug, Error)]
 enum PeerFetchError {
     #[error("connect failed")]
     Connect,
+    #[error("the fetch is over")]
+    Over,
     #[error("no extension protocol, or no metadata to give")]
     Unsuitable,
     #[error("silent for too long")]
@@ -189,21 +207,98 @@ enum PeerFetchError {
     Metadata(#[from] MetadataError),
 }
 
-/// One peer: handshake, extended handshake, then `ut_metadata` requests until the fetch is
-/// complete (or the peer is no use).
+/// One peer over TCP, or over uTP if TCP got no handshake through (refused, reset: what a
+/// peer that speaks only uTP does).
 async fn metadata_peer(ctx: &PeerCtx) -> Result<(), PeerFetchError> {
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(ctx.addr))
-        .await
-        .map_err(|_| PeerFetchError::Connect)?
-        .map_err(|_| PeerFetchError::Connect)?;
+    let tcp = async {
+        let connect = TcpStream::connect(ctx.addr);
+        let stream = until_over(ctx, tokio::time::timeout(CONNECT_TIMEOUT, connect)).await?;
+        let stream = stream.map_err(|_| PeerFetchError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        metadata_over(ctx, rd, wr, false).await
+    };
+    let failed = match tcp.await {
+        Err(e @ (PeerFetchError::Connect | PeerFetchError::Handshake(_))) => e,
+        done => return done,
+    };
+    let Some(utp) = &ctx.utp else {
+        return Err(failed);
+    };
+    let connect = utp.connect(ctx.addr);
+    let stream = until_over(ctx, tokio::time::timeout(CONNECT_TIMEOUT, connect)).await?;
+    let (rd, wr) = stream.map_err(|_| PeerFetchError::Connect)?.split();
+    metadata_over(ctx, rd, wr, true).await
+}
+
+/// `f`'s output, unless the fetch is over first (or `f` timed out): then `Over` or `Connect`.
+async fn until_over<T>(
+    ctx: &PeerCtx,
+    f: impl Future<Output = Result<T, tokio::time::error::Elapsed>>,
+) -> Result<T, PeerFetchError> {
+    let mut over = ctx.over.clone();
+    tokio::select! {
+        r = f => r.map_err(|_| PeerFetchError::Connect),
+        _ = over.wait_for(|o| *o) => Err(PeerFetchError::Over),
+    }
+}
+
+/// Handshake, extended handshake, then `ut_metadata` requests until the fetch is complete (or
+/// the peer is no use, or the fetch is over); then our end is closed at once, and with `drain`
+/// (uTP) the peer's close awaited too (see below), so that a peer that keeps one connection
+/// per address (libtorrent over uTP) is ready for the session's sooner.
+async fn metadata_over<R, W>(ctx: &PeerCtx, rd: R, wr: W, drain: bool) -> Result<(), PeerFetchError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut stream = tokio::io::join(rd, wr);
     let ours = Handshake::new(ctx.info_hash, ctx.peer_id);
-    let theirs = exchange_handshakes(&mut stream, &ours, Role::Initiator, CONNECT_TIMEOUT).await?;
+    let mut over = ctx.over.clone();
+    let theirs = tokio::select! {
+        h = exchange_handshakes(&mut stream, &ours, Role::Initiator, CONNECT_TIMEOUT) => h?,
+        _ = over.wait_for(|o| *o) => return Err(PeerFetchError::Over),
+    };
     if !theirs.supports_extensions() {
         return Err(PeerFetchError::Unsuitable);
     }
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = stream.into_inner();
     let mut reader = MessageReader::new(rd, MAX_FRAME);
     let mut writer = MessageWriter::new(wr);
+    let result = tokio::select! {
+        r = talk(ctx, &mut reader, &mut writer) => r,
+        _ = over.wait_for(|o| *o) => Ok(()),
+    };
+    let (mut rd, mut wr) = (reader.into_parts().0, writer.into_inner());
+    // Our end closed: asked once, then the half dropped (the uTP crate acts on a shutdown only
+    // when woken, which dropping the half does).
+    std::future::poll_fn(|cx| {
+        let _ = std::pin::Pin::new(&mut wr).poll_shutdown(cx);
+        std::task::Poll::Ready(())
+    })
+    .await;
+    drop(wr);
+    // Then read to the end: over uTP the peer's own close is taken (and acknowledged) only
+    // while the connection is held, and the peer keeps it until then. (TCP: the kernel does.)
+    if drain {
+        let to_end = async {
+            let mut sink = [0u8; 4096];
+            while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        let _ = tokio::time::timeout(CLOSE_WAIT, to_end).await;
+    }
+    result
+}
+
+async fn talk<R, W>(
+    ctx: &PeerCtx,
+    reader: &mut MessageReader<R>,
+    writer: &mut MessageWriter<W>,
+) -> Result<(), PeerFetchError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let hello = ExtendedHandshake {
         ut_metadata: Some(OUR_UT_METADATA),
         client: Some(CLIENT.into()),

@@ -129,6 +129,7 @@ impl Picker {
     }
 
     /// Whether background fetching may start `p`.
+    #[cfg(test)]
     pub(super) fn in_scope(&self, p: PieceIndex) -> bool {
         self.scope
             .as_ref()

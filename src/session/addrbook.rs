@@ -21,6 +21,15 @@ use tokio::time::Instant;
 
 use super::discovery::{PeerSource, SourceCount};
 use super::encryption::Attempt;
+use super::stream::Transport;
+
+/// How a connection to an address got as far as the BitTorrent handshake: tried first next
+/// time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Worked {
+    pub(crate) transport: Transport,
+    pub(crate) attempt: Attempt,
+}
 
 /// Failed attempts (refused, timed out, hung up) before an address is given up on, until a
 /// read starves.
@@ -100,8 +109,8 @@ struct Entry {
     failures: u32,
     /// Ever dialled: addresses never tried go first.
     tried: bool,
-    /// Encrypted or not: what last got as far as a BitTorrent handshake, tried first.
-    worked: Option<Attempt>,
+    /// The transport and encryption that last got as far as a BitTorrent handshake, tried first.
+    worked: Option<Worked>,
     next_try: Instant,
     /// When discovery last named it (or it connected): old news is dropped first.
     seen: Instant,
@@ -211,7 +220,7 @@ impl AddressBook {
         &mut self,
         now: Instant,
         max: usize,
-    ) -> Vec<(SocketAddr, PeerSource, Option<Attempt>)> {
+    ) -> Vec<(SocketAddr, PeerSource, Option<Worked>)> {
         let mut due: Vec<(bool, Instant, SocketAddr)> = (self.entries.iter())
             .filter(|(_, e)| e.status == Status::Idle && e.next_try <= now && dialable(e.sources))
             .map(|(a, e)| (e.tried, e.next_try, *a))
@@ -243,7 +252,7 @@ impl AddressBook {
     }
 
     /// A dial of `addr` got as far as a BitTorrent handshake this way: tried first next time.
-    pub(crate) fn set_worked(&mut self, addr: SocketAddr, worked: Attempt) {
+    pub(crate) fn set_worked(&mut self, addr: SocketAddr, worked: Worked) {
         if let Some(e) = self.entries.get_mut(&addr) {
             e.worked = Some(worked);
         }

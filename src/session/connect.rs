@@ -4,7 +4,6 @@
 //! waits for peers it has not tried.
 
 use std::collections::HashSet;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,17 +11,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::addrbook::{AddressBook, BookStats, Outcome};
+use super::addrbook::{AddressBook, BookStats, Outcome, Worked};
 use super::dial;
-use super::encryption::Attempt;
 use super::host::Incoming;
 use super::peers::PeerCmd;
-use super::stream::PeerStream;
 use super::turnover;
 use super::{PeerSource, Shared, peer};
 use crate::wire::HandshakeError;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Addresses one session remembers (libtorrent keeps 3,000 by default).
 const MAX_KNOWN: usize = 3000;
 
@@ -30,9 +26,9 @@ const MAX_KNOWN: usize = 3000;
 enum Event {
     /// A dial's handshakes are done and the peer was admitted.
     Admitted,
-    /// A dial (and the connection it made, if any) ended; the attempt (encrypted or not) that
-    /// got as far as a BitTorrent handshake.
-    Dialled(Outcome, Option<Attempt>),
+    /// A dial (and the connection it made, if any) ended; how it got as far as a BitTorrent
+    /// handshake (transport, encrypted or not).
+    Dialled(Outcome, Option<Worked>),
     /// An incoming connection ended.
     IncomingEnded,
 }
@@ -162,26 +158,20 @@ fn dial_due(
     }
 }
 
-/// Dials one address (encrypted or not, see `dial`) and runs the connection to its end.
+/// Dials one address (over uTP or TCP, encrypted or not, see `dial`) and runs the connection
+/// to its end.
 async fn dial_one(
     shared: Arc<Shared>,
     addr: SocketAddr,
     source: PeerSource,
-    worked: Option<Attempt>,
+    worked: Option<Worked>,
     events: &mpsc::UnboundedSender<(SocketAddr, Event)>,
-) -> (Outcome, Option<Attempt>) {
-    let connect = || async {
-        match tokio::time::timeout(CONNECT_TIMEOUT, PeerStream::connect_tcp(addr)).await {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(e)) => Err(connect_failed(&e)),
-            Err(_) => Err(Outcome::TimedOut),
-        }
-    };
+) -> (Outcome, Option<Worked>) {
     let started = Instant::now();
     let admitted = || {
         let _ = events.send((addr, Event::Admitted));
     };
-    let (ran, worked) = dial::dial(&shared, addr, source, worked, connect, admitted).await;
+    let (ran, worked) = dial::dial(&shared, addr, source, worked, admitted).await;
     let outcome = match ran {
         Err(outcome) => outcome,
         Ok(ran) => ended(ran, started),
@@ -202,13 +192,5 @@ fn ended(ran: Result<(), peer::PeerError>, started: Instant) -> Outcome {
         _ => Outcome::Ended {
             lasted: started.elapsed(),
         },
-    }
-}
-
-/// A connect error: out of file descriptors is our problem, anything else the address's.
-fn connect_failed(e: &io::Error) -> Outcome {
-    match e.raw_os_error() {
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => Outcome::Local,
-        _ => Outcome::Refused,
     }
 }

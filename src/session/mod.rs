@@ -44,6 +44,7 @@ mod state;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod transport;
 mod turnover;
 mod verify;
 mod webseed;
@@ -66,7 +67,7 @@ use state::State;
 pub use discovery::{PeerSource, SourceCount};
 pub use disk::{DiskCacheConfig, DiskStats};
 pub use encryption::Encryption;
-pub use host::Host;
+pub use host::{Host, HostOptions};
 pub use peer::PeerTimeouts;
 pub use read::ReadError;
 pub use readers::{ReadHandle, ReaderStatus};
@@ -148,6 +149,9 @@ pub struct Stats {
     pub peers: usize,
     /// Connected peers whose connection is RC4-encrypted.
     pub encrypted_peers: usize,
+    /// Connected peers over TCP and over uTP.
+    pub tcp_peers: usize,
+    pub utp_peers: usize,
     pub known_peers: usize,
     /// Connected and known peers of each source, in [`PeerSource::ALL`] order.
     pub by_source: Vec<SourceCount>,
@@ -214,6 +218,7 @@ impl Session {
         let shared = Arc::new_cyclic(|weak| Shared {
             peer_id: host.peer_id(),
             listen_port: host.port(),
+            dialer: host.dialer(),
             state: Mutex::new(state),
             disk,
             trackers: spawn_announcer(
@@ -311,6 +316,8 @@ impl Session {
         Stats {
             peers: st.peers.len(),
             encrypted_peers: st.peers.encrypted(),
+            tcp_peers: st.peers.len() - st.peers.utp(),
+            utp_peers: st.peers.utp(),
             known_peers: book.known,
             by_source,
             downloaded: s.downloaded.load(Ordering::Relaxed),

@@ -49,6 +49,8 @@ pub(crate) struct PeerEntry {
     pub(crate) worth: Worth,
     /// Its connection is RC4-encrypted.
     encrypted: bool,
+    /// Its connection runs over uTP, not TCP.
+    utp: bool,
 }
 
 impl PeerEntry {
@@ -66,6 +68,7 @@ impl PeerEntry {
             seed: false,
             worth: Worth::new(Instant::now(), !outgoing),
             encrypted: false,
+            utp: false,
         }
     }
 
@@ -139,6 +142,18 @@ impl Peers {
         if let Some(e) = self.connected.get_mut(&id) {
             e.encrypted = true;
         }
+    }
+
+    /// Marks a peer's connection as running over uTP, for the count in the status.
+    pub(crate) fn set_utp(&mut self, id: PeerId) {
+        if let Some(e) = self.connected.get_mut(&id) {
+            e.utp = true;
+        }
+    }
+
+    /// How many connected peers run over uTP.
+    pub(crate) fn utp(&self) -> usize {
+        self.connected.values().filter(|e| e.utp).count()
     }
 
     /// How many connected peers are encrypted.

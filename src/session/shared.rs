@@ -27,6 +27,7 @@ use super::addrbook::BookStats;
 use super::discovery::PeerSource;
 use super::disk::Disk;
 use super::state::State;
+use super::transport::Dialer;
 use crate::metainfo::Torrent;
 use crate::piece::{Geometry, PieceIndex};
 use crate::ratelimit::RateLimit;
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) peer_id: [u8; 20],
     pub(crate) listen_port: u16,
+    /// The transports the host dials with (TCP, uTP).
+    pub(crate) dialer: Dialer,
     /// The session state; see the module doc for what may be locked with it (nothing).
     pub(crate) state: Mutex<State>,
     /// Bumped after every change of what memory holds (a piece verified, loaded or evicted);

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::net::utp::UtpStream;
 use crate::wire::mse::{Method, MseStream};
 
 pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
@@ -20,6 +21,8 @@ pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Transport {
     Tcp,
+    /// uTP (BEP 29) over the shared UDP port.
+    Utp,
 }
 
 /// A connected byte stream to a peer, readable and writable as one (for the handshake) and
@@ -42,6 +45,18 @@ impl PeerStream {
             read: Box::new(read),
             write: Box::new(write),
             transport: Transport::Tcp,
+            encrypted: false,
+        }
+    }
+
+    /// A uTP connection: a plain byte stream like TCP, so layers over it (encryption) compose
+    /// alike.
+    pub(crate) fn utp(stream: UtpStream) -> Self {
+        let (read, write) = stream.split();
+        Self {
+            read: Box::new(read),
+            write: Box::new(write),
+            transport: Transport::Utp,
             encrypted: false,
         }
     }

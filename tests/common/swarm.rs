@@ -64,6 +64,9 @@ pub struct SwarmOptions {
     pub data: Option<PathBuf>,
     /// Seeders keep connections to peers that want nothing (see `start_pex_hub`).
     pub keep_redundant: bool,
+    /// What seeders speak in and out: "tcp", "utp" (uTP only) or "both" (`swarm.py
+    /// --transport`).
+    pub transport: &'static str,
     /// Seeders accept and make only RC4-encrypted connections (libtorrent's forced policy).
     pub forced_encryption: bool,
 }
@@ -97,6 +100,7 @@ impl Default for SwarmOptions {
             seed_mode: false,
             data: None,
             keep_redundant: false,
+            transport: "tcp",
             forced_encryption: false,
         }
     }
@@ -304,6 +308,7 @@ impl Swarm {
         if self.opts.keep_redundant {
             cmd.arg("--keep-redundant");
         }
+        cmd.args(["--transport", self.opts.transport]);
         if self.opts.forced_encryption {
             cmd.args(["--encryption", "forced"]);
         }
@@ -606,6 +611,21 @@ impl Swarm {
         timeout: Duration,
     ) -> LeechOutcome {
         self.leech_with(bind, peers, timeout, 0, &["--pex"])
+    }
+
+    /// `leech` by a libtorrent that speaks uTP only (and with `encrypted`, RC4 only).
+    pub fn leech_utp(
+        &self,
+        bind: Ipv4Addr,
+        peers: &[SocketAddr],
+        timeout: Duration,
+        encrypted: bool,
+    ) -> LeechOutcome {
+        let mut extra = vec!["--transport", "utp"];
+        if encrypted {
+            extra.extend(["--encryption", "forced"]);
+        }
+        self.leech_with(bind, peers, timeout, 1, &extra)
     }
 
     /// `leech` by a leecher that accepts and makes only RC4-encrypted connections.

@@ -38,6 +38,11 @@ pub struct Report {
     pub known_peers: usize,
     /// The same per source (tracker, dht, pex, incoming, manual).
     pub peer_sources: Vec<SourceCount>,
+    /// Connected peers by transport.
+    #[serde(default)]
+    pub tcp_peers: usize,
+    #[serde(default)]
+    pub utp_peers: usize,
     /// Over the last few seconds (`rate::WINDOW`).
     pub download_rate: u64,
     pub upload_rate: u64,
@@ -160,6 +165,8 @@ impl Report {
             encrypted_peers: s.encrypted_peers,
             known_peers: s.known_peers,
             peer_sources: s.by_source,
+            tcp_peers: s.tcp_peers,
+            utp_peers: s.utp_peers,
             download_rate: rates.0,
             upload_rate: rates.1,
             downloaded_bytes: s.downloaded,
@@ -226,6 +233,8 @@ impl Report {
             let v = format!("{} connected, {} known", c.connected, c.known);
             line(&format!("peers_{}", c.source.name()), &v);
         }
+        line("peers_tcp", &self.tcp_peers);
+        line("peers_utp", &self.utp_peers);
         line(
             "download_rate",
             &format!("{}/s", format_bytes(self.download_rate)),
@@ -290,6 +299,10 @@ impl Report {
                 format_bytes(d.budget)
             )
         });
+        let utp = match self.utp_peers {
+            0 => String::new(),
+            n => format!(" ({n} uTP)"),
+        };
         let web = if self.web_seeds.is_empty() {
             String::new()
         } else {
@@ -297,7 +310,7 @@ impl Report {
             format!(" | web seeds {}/{}", active.count(), self.web_seeds.len())
         };
         format!(
-            "peers {}/{}{web} | down {}/s up {}/s | {}/{} pieces | cache {}/{}{disk}{dht}",
+            "peers {}/{}{utp}{web} | down {}/s up {}/s | {}/{} pieces | cache {}/{}{disk}{dht}",
             self.peers,
             self.known_peers,
             format_bytes(self.download_rate),

@@ -18,25 +18,23 @@ use tokio::time::Instant;
 mod extended;
 mod fast;
 mod health;
+mod open;
 pub(super) mod pex;
 mod rates;
 mod requests;
 mod upload;
 mod writer;
 
-use super::host::Incoming;
-use super::peers::{PeerCmd, Refusal};
+use super::peers::PeerCmd;
 use super::stream::PeerStream;
-use super::{PeerSource, Shared, verify};
+use super::{Shared, verify};
 use crate::bitfield::Bitfield;
 use crate::picker::{Block, PeerId};
 use crate::piece::BLOCK_SIZE;
-use crate::wire::{
-    BlockRef, Handshake, HandshakeError, Message, MessageReader, MessageWriter, Role, WireError,
-    exchange_handshakes, write_handshake,
-};
+use crate::wire::{BlockRef, HandshakeError, Message, MessageReader, MessageWriter, WireError};
 use extended::Extensions;
 pub use health::PeerTimeouts;
+pub(crate) use open::{accept, dialled, handshake};
 use rates::Rates;
 use requests::{Arrival, Requests};
 use upload::UploadSide;
@@ -73,106 +71,6 @@ pub(crate) enum PeerError {
     Wire(#[from] WireError),
     #[error("session is shutting down")]
     Shutdown,
-}
-
-/// Runs a connection we dialled to the end: we speak first.
-/// `admitted` is called once the peer has a slot (its handshakes done).
-pub(crate) async fn dial(
-    shared: Arc<Shared>,
-    mut stream: PeerStream,
-    addr: SocketAddr,
-    source: PeerSource,
-    admitted: impl FnOnce(),
-) -> Result<(), PeerError> {
-    let ours = Handshake::new(shared.torrent.info_hash.0, shared.peer_id);
-    let within = shared.config.peer_timeouts.handshake;
-    let theirs = exchange_handshakes(&mut stream, &ours, Role::Initiator, within)
-        .await
-        .inspect_err(|e| tracing::debug!(%addr, outgoing = true, "handshake failed: {e}"))?;
-    connected(shared, stream, addr, source, &ours, &theirs, admitted).await
-}
-
-/// Runs a connection the host routed to us (their handshake read, for our torrent) to the end.
-pub(crate) async fn accept(shared: Arc<Shared>, conn: Incoming) -> Result<(), PeerError> {
-    let Incoming {
-        mut stream,
-        addr,
-        theirs,
-    } = conn;
-    let ours = Handshake::new(shared.torrent.info_hash.0, shared.peer_id);
-    tokio::time::timeout(
-        shared.config.peer_timeouts.handshake,
-        write_handshake(&mut stream, &ours),
-    )
-    .await
-    .map_err(|_| HandshakeError::Timeout)?
-    .inspect_err(|e| tracing::debug!(%addr, outgoing = false, "handshake failed: {e}"))?;
-    connected(
-        shared,
-        stream,
-        addr,
-        PeerSource::Incoming,
-        &ours,
-        &theirs,
-        || {},
-    )
-    .await
-}
-
-/// After both handshakes: admits the peer and runs its loop until it ends.
-async fn connected(
-    shared: Arc<Shared>,
-    stream: PeerStream,
-    addr: SocketAddr,
-    source: PeerSource,
-    ours: &Handshake,
-    theirs: &Handshake,
-    admitted: impl FnOnce(),
-) -> Result<(), PeerError> {
-    if theirs.peer_id == shared.peer_id {
-        return Err(PeerError::SelfConnection);
-    }
-    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    let (id, have) = {
-        let mut st = shared.lock();
-        // Checked under the lock `stop` takes to disconnect everyone: no peer slips in after.
-        if shared.is_shutting_down() {
-            return Err(PeerError::Shutdown);
-        }
-        let id = (st.peers)
-            .admit(addr, source, cmd_tx, shared.config.max_peers)
-            .map_err(|r| match r {
-                Refusal::Banned => PeerError::Banned,
-                Refusal::Full => PeerError::Full,
-            })?;
-        if stream.is_encrypted() {
-            st.peers.set_encrypted(id);
-        }
-        // What it is told we have: all we hold if it can be told "no" later (Fast), else
-        // only what the disk holds (see `residency`).
-        let have = if ours.supports_fast() && theirs.supports_fast() {
-            st.picker.have_bitfield().clone()
-        } else {
-            // Pieces on disk are held, so this is a part of the picker's Have set.
-            st.residency.durable_bitfield(shared.geometry.piece_count())
-        };
-        (id, have)
-    };
-    admitted();
-    let outgoing = source != PeerSource::Incoming;
-    let encrypted = stream.is_encrypted();
-    tracing::debug!(%addr, outgoing, transport = ?stream.transport(), encrypted, "peer connected");
-    let ext = Extensions::new(
-        theirs.supports_extensions(),
-        ours.supports_fast() && theirs.supports_fast(),
-        shared.torrent.info.private,
-    );
-    let (out, inbox) = writer::outbox();
-    let mut peer = Peer::new(shared, id, addr, outgoing, out, ext);
-    let result = peer.run(stream, cmd_rx, inbox, have).await;
-    peer.leave();
-    tracing::debug!(%addr, ?result, "peer disconnected");
-    result
 }
 
 struct Peer {

@@ -1,0 +1,108 @@
+#!/usr/bin/python3
+"""Benchmark part `utp`: a swarm that speaks only uTP (BEP 29); ours and Debian's.
+
+The swarm: one file of --utp-size bytes, three libtorrent seeders on 127.0.{1,2,3}.1 with TCP
+off (`swarm.py seed --transport utp`) behind opentracker. Then, for ours only, the same file
+from TCP-only seeders, for the CPU it costs per byte. Per client and per run:
+  utp_ttfb   fresh mount; open the file and read 1 byte: mount ready -> byte returned
+  utp_seq    fresh mount; read the whole file in 1 MiB chunks with sha1 (checked); MB/s
+  utp_cpu    the client's CPU time (utime + stime, /proc/PID/stat) over that read, per MB
+Then, for ours only, the same file from TCP-only seeders:
+  utp_tcp_cpu   the same read's CPU time per MB over TCP
+  utp_cpu_frac = utp_cpu / utp_tcp_cpu (target: at most 150 %)
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from harness import MiB
+from harness.cli import run_alone
+from harness.measure import file_sha1, first_byte, guarded, read_all
+from harness.procs import MetricFailed, cpu_secs, log
+from harness.report import parse_size
+from harness.swarm import SEEDER_IPS, Swarm, make_data
+
+NAME = "utp"
+HELP = "uTP-only swarm: first byte, sequential, CPU per byte vs TCP"
+TOOLS = []
+
+
+def add_options(p):
+    p.add_argument("--utp-size", type=parse_size, default=128 * MiB,
+                   help="the uTP part's file size (128M)")
+
+
+def check(args, p):
+    if args.utp_size < 2 * MiB:
+        p.error("--utp-size >= 2M")
+
+
+def ttfb(bench, client, swarm):
+    def fn(m):
+        bench.record(client, "utp_ttfb",
+                     first_byte(m, bench.args.read_timeout) - m.ready_at)
+    bench.measure(client, "utp_ttfb", fn, swarm, ready_metric=None)
+
+
+def seq(bench, client, swarm, sha1, size, rate_metric, cpu_metric):
+    """A cold sequential read on a fresh mount: its rate (if `rate_metric`) and the client's
+    CPU time per MB."""
+    def fn(m):
+        def body(progress):
+            fd = os.open(m.path, os.O_RDONLY)
+            try:
+                cpu0, t0 = cpu_secs(m.proc.pid), time.monotonic()
+                digest = read_all(fd, size, progress)
+                secs, cpu1 = time.monotonic() - t0, cpu_secs(m.proc.pid)
+            finally:
+                os.close(fd)
+            return secs, digest, cpu0, cpu1
+        secs, digest, cpu0, cpu1 = guarded(m, bench.args.read_timeout, body)
+        if digest != sha1:
+            raise MetricFailed("sequential read: sha1 %s, want %s" % (digest, sha1))
+        if cpu0 is None or cpu1 is None:
+            raise MetricFailed("no CPU time for pid %d" % m.proc.pid)
+        if rate_metric:
+            bench.record(client, rate_metric, size / secs / 1e6)
+        bench.record(client, cpu_metric, (cpu1 - cpu0) / (size / 1e6) * 1000)
+        st = m.status()
+        if st:
+            bench.notes[client].append("%s: %s" % (cpu_metric, ", ".join(
+                "%s=%s" % (k, st[k]) for k in sorted(st)
+                if k in ("downloaded_bytes", "hash_failures"))))
+    bench.measure(client, rate_metric or cpu_metric, fn, swarm, ready_metric=None)
+
+
+def run(bench):
+    args = bench.args
+    data = os.path.join(bench.work, "utp-data")
+    file = make_data(data, "single", args.seed, args.utp_size, "utp.bin")
+    size = os.path.getsize(file)
+    bench.utp_size = size
+    sha1 = file_sha1(file)
+    swarm = Swarm(bench.procs, bench.work, "utp", data, file, args.piece_length,
+                  args.seed_mode, transport="utp")
+    log("uTP-only swarm ready: tracker 127.0.0.1:%d, seeders %s" % (swarm.http_port, SEEDER_IPS))
+    for r, client in bench.order():
+        log("run %d/%d: %s: uTP first byte, sequential" % (r + 1, args.runs, client))
+        ttfb(bench, client, swarm)
+        seq(bench, client, swarm, sha1, size, "utp_seq", "utp_cpu")
+        bench.log_results(client, "utp")
+    swarm.stop()
+    if args.only and "ours" not in args.only:
+        return
+    tcp = Swarm(bench.procs, bench.work, "utp-tcp", data, file, args.piece_length,
+                args.seed_mode, transport="tcp")
+    log("TCP-only swarm of the same file ready (ours' CPU per byte over TCP)")
+    for r in range(args.runs):
+        log("run %d/%d: ours: TCP sequential" % (r + 1, args.runs))
+        seq(bench, "ours", tcp, sha1, size, None, "utp_tcp_cpu")
+        bench.log_results("ours", "utp_tcp")
+    tcp.stop()
+
+
+if __name__ == "__main__":
+    run_alone(sys.modules[__name__])

@@ -1,0 +1,383 @@
+//! One UDP socket for everything a process speaks over UDP on its port: the DHT (BEP 5) and
+//! uTP (BEP 29) share the port number of the TCP listener, as peers and nodes expect.
+//!
+//! A [`UdpPort`] owns the socket and one receive task. Each datagram goes to the [`Channel`]
+//! of its protocol, told apart by its first byte: a KRPC message is a bencoded dictionary
+//! (`d`), a uTP packet starts with its type (0..=4) in the high nibble and version 1 in the
+//! low one. Anything else is dropped, as is a datagram for a protocol nobody listens to or
+//! whose channel is full (UDP may drop; both protocols retry). Every channel sends on the
+//! socket directly.
+//!
+//! The socket stays open while the port or any of its channels is held; the receive task ends
+//! with the last of them.
+
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+
+use crate::sync::lock;
+
+/// Largest datagram read; KRPC stays under 1,500 bytes, uTP under the path MTU.
+const MAX_DATAGRAM: usize = 64 * 1024;
+/// A uTP header is 20 bytes; anything shorter is not uTP.
+const UTP_HEADER: usize = 20;
+/// Datagrams queued for a protocol before further ones are dropped. uTP at speed delivers
+/// thousands a second in bursts; the DHT a few.
+const UTP_QUEUE: usize = 8192;
+const DHT_QUEUE: usize = 1024;
+/// The kernel's receive buffer asked for: bursts of uTP data must not overflow it while the
+/// receive task is busy (Linux caps it at `net.core.rmem_max`).
+const RECV_BUFFER: usize = 4 * 1024 * 1024;
+
+/// The protocols that share the port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Dht,
+    Utp,
+}
+
+impl Protocol {
+    fn slot(self) -> usize {
+        match self {
+            Protocol::Dht => 0,
+            Protocol::Utp => 1,
+        }
+    }
+}
+
+/// Which protocol a datagram belongs to, by its first byte (see the module doc).
+pub fn classify(packet: &[u8]) -> Option<Protocol> {
+    let &first = packet.first()?;
+    if first == b'd' {
+        return Some(Protocol::Dht);
+    }
+    let (kind, version) = (first >> 4, first & 0x0f);
+    (version == 1 && kind <= 4 && packet.len() >= UTP_HEADER).then_some(Protocol::Utp)
+}
+
+/// One received datagram.
+#[derive(Debug)]
+pub struct Datagram {
+    pub data: Bytes,
+    pub from: SocketAddr,
+}
+
+/// Each protocol's queue, with a number telling a channel from the one that replaced it.
+type Routes = Arc<Mutex<[Option<(u64, mpsc::Sender<Datagram>)>; 2]>>;
+
+/// The shared socket and its receive task; cheap to clone.
+#[derive(Clone)]
+pub struct UdpPort {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    socket: Arc<UdpSocket>,
+    /// Locked briefly by the receive task and when a channel comes or goes; never while
+    /// another lock is held, never across an `.await`.
+    routes: Routes,
+    next_channel: std::sync::atomic::AtomicU64,
+    /// Dropped with the last handle: the receive task sees it and ends.
+    _stop: watch::Sender<()>,
+}
+
+impl UdpPort {
+    /// Binds `addr` and starts receiving. Call within a tokio runtime.
+    pub async fn bind(addr: SocketAddr) -> io::Result<UdpPort> {
+        Ok(UdpPort::new(UdpSocket::bind(addr).await?))
+    }
+
+    /// Takes over a bound socket and starts receiving. Call within a tokio runtime.
+    pub fn new(socket: UdpSocket) -> UdpPort {
+        let sock = socket2::SockRef::from(&socket);
+        if let Err(e) = sock.set_recv_buffer_size(RECV_BUFFER) {
+            tracing::debug!("cannot enlarge the UDP receive buffer: {e}");
+        }
+        let socket = Arc::new(socket);
+        let routes = Routes::default();
+        let (stop, stopped) = watch::channel(());
+        tokio::spawn(receive(socket.clone(), routes.clone(), stopped));
+        UdpPort {
+            inner: Arc::new(Inner {
+                socket,
+                routes,
+                next_channel: Default::default(),
+                _stop: stop,
+            }),
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.socket.local_addr()
+    }
+
+    /// The datagrams of `protocol` from now on, and a way to send; replaces an earlier
+    /// channel of the same protocol, which then receives nothing more.
+    pub fn channel(&self, protocol: Protocol) -> Channel {
+        let capacity = match protocol {
+            Protocol::Dht => DHT_QUEUE,
+            Protocol::Utp => UTP_QUEUE,
+        };
+        let (tx, rx) = mpsc::channel(capacity);
+        let id = (self.inner.next_channel).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.inner.routes)[protocol.slot()] = Some((id, tx));
+        Channel {
+            port: self.clone(),
+            protocol,
+            id,
+            rx: Mutex::new(rx),
+        }
+    }
+}
+
+impl std::fmt::Debug for UdpPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpPort")
+            .field("local_addr", &self.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One protocol's side of the port: its datagrams in, anything out.
+pub struct Channel {
+    port: UdpPort,
+    protocol: Protocol,
+    id: u64,
+    /// Locked only within a poll, never across an `.await`; one reader at a time in practice.
+    rx: Mutex<mpsc::Receiver<Datagram>>,
+}
+
+impl Channel {
+    /// The next datagram of this protocol.
+    pub async fn recv(&self) -> io::Result<Datagram> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<io::Result<Datagram>> {
+        match ready!(lock(&self.rx).poll_recv(cx)) {
+            Some(d) => Poll::Ready(Ok(d)),
+            None => Poll::Ready(Err(io::Error::other("UDP port closed"))),
+        }
+    }
+
+    /// Like `UdpSocket::recv_from`: the next datagram copied into `buf` (cut to its length).
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let d = self.recv().await?;
+        let n = d.data.len().min(buf.len());
+        buf[..n].copy_from_slice(&d.data[..n]);
+        Ok((n, d.from))
+    }
+
+    pub async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.port.inner.socket.send_to(buf, to).await
+    }
+
+    pub fn poll_send_to(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+        to: SocketAddr,
+    ) -> Poll<io::Result<usize>> {
+        self.port.inner.socket.poll_send_to(cx, buf, to)
+    }
+
+    /// Sends the slices as one datagram without copying them together.
+    pub fn poll_send_to_vectored(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+        to: SocketAddr,
+    ) -> Poll<io::Result<usize>> {
+        let socket = &self.port.inner.socket;
+        let to = socket2::SockAddr::from(to);
+        loop {
+            ready!(socket.poll_send_ready(cx))?;
+            // `try_io` clears the readiness on `WouldBlock`, so the next poll really waits.
+            match socket.try_io(Interest::WRITABLE, || {
+                socket2::SockRef::from(&**socket).send_to_vectored(bufs, &to)
+            }) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.port.local_addr()
+    }
+
+    /// The port this channel is on (to open another protocol's channel, say).
+    pub fn port(&self) -> &UdpPort {
+        &self.port
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        let mut routes = lock(&self.port.inner.routes);
+        let slot = &mut routes[self.protocol.slot()];
+        if slot.as_ref().is_some_and(|(id, _)| *id == self.id) {
+            *slot = None;
+        }
+    }
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("protocol", &self.protocol)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The receive task: each datagram to its protocol's queue, until the port is dropped.
+async fn receive(socket: Arc<UdpSocket>, routes: Routes, mut stopped: watch::Receiver<()>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (len, from) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(got) => got,
+                // An ICMP "port unreachable" for an earlier send: nothing to do.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => {
+                    tracing::debug!("UDP receive failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => return,
+        };
+        let packet = &buf[..len];
+        let Some(protocol) = classify(packet) else {
+            tracing::trace!(%from, len, "dropped a UDP datagram of no protocol we speak");
+            continue;
+        };
+        let tx = match &lock(&routes)[protocol.slot()] {
+            Some((_, tx)) => tx.clone(),
+            None => continue,
+        };
+        let datagram = Datagram {
+            data: Bytes::copy_from_slice(packet),
+            from,
+        };
+        if tx.try_send(datagram).is_err() {
+            tracing::trace!(%from, ?protocol, "UDP queue full: datagram dropped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn datagrams_are_told_apart_by_their_first_byte() {
+        assert_eq!(classify(b"d1:ad2:id20:"), Some(Protocol::Dht));
+        let mut utp = [0u8; 20];
+        for kind in 0..=4u8 {
+            utp[0] = (kind << 4) | 1;
+            assert_eq!(classify(&utp), Some(Protocol::Utp), "type {kind}");
+        }
+        utp[0] = (5 << 4) | 1;
+        assert_eq!(classify(&utp), None, "no uTP type 5");
+        utp[0] = 0x02;
+        assert_eq!(classify(&utp), None, "no uTP version 2");
+        assert_eq!(classify(&[0x41; 19]), None, "shorter than a uTP header");
+        assert_eq!(classify(b""), None);
+        assert_eq!(
+            classify(b"l4:spame"),
+            None,
+            "bencoded, but not a dictionary"
+        );
+    }
+
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), f)
+            .await
+            .expect("hang")
+    }
+
+    #[tokio::test]
+    async fn interleaved_dht_and_utp_datagrams_reach_their_own_channel() {
+        let port = UdpPort::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let at = port.local_addr().unwrap();
+        let dht = port.channel(Protocol::Dht);
+        let utp = port.channel(Protocol::Utp);
+        let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut sent_utp = Vec::new();
+        for i in 0..20u8 {
+            other
+                .send_to(format!("d1:i{i}e").as_bytes(), at)
+                .await
+                .unwrap();
+            let mut packet = vec![(i % 5) << 4 | 1; 20];
+            packet.push(i);
+            other.send_to(&packet, at).await.unwrap();
+            sent_utp.push(packet);
+            other.send_to(b"garbage", at).await.unwrap();
+        }
+        for i in 0..20u8 {
+            let d = within(dht.recv()).await.unwrap();
+            assert_eq!(&d.data[..], format!("d1:i{i}e").as_bytes());
+            assert_eq!(d.from, other.local_addr().unwrap());
+            let mut buf = [0u8; 64];
+            let (n, from) = within(utp.recv_from(&mut buf)).await.unwrap();
+            assert_eq!(&buf[..n], &sent_utp[i as usize][..]);
+            assert_eq!(from, other.local_addr().unwrap());
+        }
+
+        // Both send from the port's own address.
+        dht.send_to(b"d1:xe", other.local_addr().unwrap())
+            .await
+            .unwrap();
+        let vectored = [io::IoSlice::new(b"\x21head"), io::IoSlice::new(b"tail")];
+        within(poll_fn(|cx| {
+            utp.poll_send_to_vectored(cx, &vectored, other.local_addr().unwrap())
+        }))
+        .await
+        .unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = within(other.recv_from(&mut buf)).await.unwrap();
+        assert_eq!((&buf[..n], from), (&b"d1:xe"[..], at));
+        let (n, from) = within(other.recv_from(&mut buf)).await.unwrap();
+        assert_eq!((&buf[..n], from), (&b"\x21headtail"[..], at));
+    }
+
+    #[tokio::test]
+    async fn a_protocol_nobody_listens_to_does_not_block_the_other() {
+        let port = UdpPort::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let at = port.local_addr().unwrap();
+        let dht = port.channel(Protocol::Dht);
+        let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for _ in 0..(UTP_QUEUE + 100) / 100 {
+            other.send_to(&[0x41; 20], at).await.unwrap();
+        }
+        other.send_to(b"d1:ye", at).await.unwrap();
+        assert_eq!(&within(dht.recv()).await.unwrap().data[..], b"d1:ye");
+    }
+
+    #[tokio::test]
+    async fn the_socket_closes_with_the_last_handle() {
+        let port = UdpPort::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let at = port.local_addr().unwrap();
+        let channel = port.channel(Protocol::Utp);
+        drop(port);
+        assert!(UdpSocket::bind(at).await.is_err(), "the channel keeps it");
+        drop(channel);
+        within(async {
+            while UdpSocket::bind(at).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+}

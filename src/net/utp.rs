@@ -1,0 +1,203 @@
+//! uTP (BEP 29) on the shared UDP port, by the `librqbit-utp` crate.
+//!
+//! Why that crate: it is the uTP of rqbit (a Rust client used on public swarms), tokio based,
+//! released often, with tests of its state machine (retransmission, fast retransmit, selective
+//! ACK, Nagle, MTU probing, flow control) and interop tests against libutp; it does selective
+//! ACKs and path-MTU probing, and its `Transport` trait lets it run over our [`Channel`] rather
+//! than a socket of its own, which is what puts it on the DHT's port. Its congestion control
+//! is CUBIC, not LEDBAT (LEDBAT is on its list of things to do): a LEDBAT peer still paces
+//! what it sends us by the delays we echo, but our uploads over uTP do not yield to other
+//! traffic the way LEDBAT would. The alternatives: `libutp-rs2` binds BitTorrent Inc.'s C++
+//! libutp (LEDBAT) behind one global lock and an `anyhow` API, a young wrapper made to test
+//! against; ethereum's `utp-rs` is alpha, sends fixed 1 KiB packets and caps a stream at about
+//! 1 MB; `utp`/`async-utp`/`tokio-utp` are unmaintained.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use librqbit_utp::{SocketOpts, Transport};
+use tokio_util::sync::CancellationToken;
+
+use super::udp::{Channel, Protocol, UdpPort};
+
+pub use librqbit_utp::UtpStream;
+
+/// A connection that asked for no answer for this long is dead. The crate's 10 s would end one
+/// that merely waits on a slow peer; TCP would wait minutes. The peer task has its own timeouts.
+const INACTIVITY: Duration = Duration::from_secs(60);
+/// The receive window of each connection: about what TCP's autotuning reaches on a fast link.
+const WINDOW: usize = 2 * 1024 * 1024;
+
+/// uTP's side of the port, as the crate wants its transport.
+pub struct UtpTransport {
+    channel: Channel,
+    local: SocketAddr,
+}
+
+impl librqbit_dualstack_sockets::PollSendToVectored for UtpTransport {
+    fn poll_send_to_vectored(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+        target: SocketAddr,
+    ) -> Poll<io::Result<usize>> {
+        self.channel.poll_send_to_vectored(cx, bufs, target)
+    }
+}
+
+impl Transport for UtpTransport {
+    fn recv_from<'a>(
+        &'a self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + Sync + 'a {
+        self.channel.recv_from(buf)
+    }
+
+    fn send_to<'a>(
+        &'a self,
+        buf: &'a [u8],
+        target: SocketAddr,
+    ) -> impl Future<Output = io::Result<usize>> + Send + Sync + 'a {
+        std::future::poll_fn(move |cx| self.channel.poll_send_to(cx, buf, target))
+    }
+
+    fn poll_send_to(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+        target: SocketAddr,
+    ) -> Poll<io::Result<usize>> {
+        self.channel.poll_send_to(cx, buf, target)
+    }
+
+    fn bind_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+/// The crate's clock and random source. Its type is public but not exported (only the UDP
+/// socket type alias names it), so it is reached through that alias.
+trait EnvOf {
+    type Env;
+}
+impl<T, E> EnvOf for librqbit_utp::UtpSocket<T, E> {
+    type Env = E;
+}
+type DefaultEnv = <librqbit_utp::UtpSocketUdp as EnvOf>::Env;
+
+type Socket = librqbit_utp::UtpSocket<UtpTransport, DefaultEnv>;
+
+/// Our uTP endpoint: accepts and dials connections over the port's uTP channel. Cheap to
+/// clone; its tasks end when the last clone is dropped (connections already open end with
+/// their streams).
+#[derive(Clone)]
+pub struct Utp {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    socket: Arc<Socket>,
+    stop: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Utp {
+    /// Starts uTP on `port`, taking its uTP datagrams from now on. Call within a tokio runtime.
+    pub fn start(port: &UdpPort) -> io::Result<Utp> {
+        let local = port.local_addr()?;
+        let transport = UtpTransport {
+            channel: port.channel(Protocol::Utp),
+            local,
+        };
+        let stop = CancellationToken::new();
+        let window = std::num::NonZeroUsize::new(WINDOW);
+        let opts = SocketOpts {
+            vsock_rx_bufsize_bytes: window,
+            vsock_tx_bufsize_bytes_max: window,
+            remote_inactivity_timeout: Some(INACTIVITY),
+            cancellation_token: stop.clone(),
+            ..Default::default()
+        };
+        let socket = Socket::new_with_opts(transport, DefaultEnv::default(), opts)
+            .map_err(|e| io::Error::other(format!("uTP: {e}")))?;
+        Ok(Utp {
+            inner: Arc::new(Inner { socket, stop }),
+        })
+    }
+
+    /// Dials `addr`; the caller bounds the wait (a SYN nobody answers is not retried).
+    pub async fn connect(&self, addr: SocketAddr) -> io::Result<UtpStream> {
+        self.inner
+            .socket
+            .connect(addr)
+            .await
+            .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e.to_string()))
+    }
+
+    /// The next incoming connection, with its address.
+    pub async fn accept(&self) -> io::Result<(UtpStream, SocketAddr)> {
+        let stream =
+            (self.inner.socket.accept().await).map_err(|e| io::Error::other(e.to_string()))?;
+        let addr = stream.remote_addr();
+        Ok((stream, addr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_stream_crosses_between_two_ports_that_also_carry_dht_traffic() {
+        let a = UdpPort::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let b = UdpPort::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let (ua, ub) = (Utp::start(&a).unwrap(), Utp::start(&b).unwrap());
+        let (da, db) = (a.channel(Protocol::Dht), b.channel(Protocol::Dht));
+        let b_at = b.local_addr().unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+
+        let sender = {
+            let data = data.clone();
+            let ua = ua.clone();
+            tokio::spawn(async move {
+                let mut s = ua.connect(b_at).await.unwrap();
+                s.write_all(&data).await.unwrap();
+                s.shutdown().await.unwrap();
+                s
+            })
+        };
+        let chatter = tokio::spawn(async move {
+            for i in 0..200u32 {
+                da.send_to(format!("d1:ni{i}ee").as_bytes(), b_at)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        let work = async {
+            let (mut s, from) = ub.accept().await.unwrap();
+            assert_eq!(from, a.local_addr().unwrap());
+            let mut got = vec![0u8; data.len()];
+            s.read_exact(&mut got).await.unwrap();
+            assert!(got == data, "the bytes arrive whole and in order");
+            for i in 0..200u32 {
+                let d = db.recv().await.unwrap();
+                assert_eq!(&d.data[..], format!("d1:ni{i}ee").as_bytes());
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), work)
+            .await
+            .expect("hang");
+        chatter.await.unwrap();
+        drop(sender.await.unwrap());
+    }
+}
