@@ -318,7 +318,7 @@ mod tests {
                 g.clone(),
                 u64::from(PIECE) * 3,
                 Background::default(),
-                vec![0..12],
+                std::iter::once(0..12).collect(),
             );
             let (tx, mut rx) = mpsc::unbounded_channel();
             st.peers
