@@ -168,7 +168,10 @@ mod tests {
         assert_eq!(w.scope(t, |_| false), Scope::Off);
         // A player keeps reading.
         assert!(w.read(0, WATCH_BYTES, 500 * MIB, t));
-        assert_eq!(w.scope(t, |_| false), Scope::Pieces(std::iter::once(0..10).collect()));
+        assert_eq!(
+            w.scope(t, |_| false),
+            Scope::Pieces(std::iter::once(0..10).collect())
+        );
         // A small file counts once half of it is read.
         assert!(w.read(2, 2 * MIB, 4 * MIB, t));
     }
@@ -182,7 +185,10 @@ mod tests {
         assert_eq!(w.scope(t, held_first), Scope::Pieces(vec![0..10, 20..30]));
         // Reading goes on: still in scope until IDLE after the last read.
         w.read(1, WATCH_BYTES + MIB, 500 * MIB, t + IDLE / 2);
-        assert_eq!(w.scope(t + IDLE, |_| false), Scope::Pieces(std::iter::once(10..20).collect()));
+        assert_eq!(
+            w.scope(t + IDLE, |_| false),
+            Scope::Pieces(std::iter::once(10..20).collect())
+        );
         assert_eq!(w.scope(t + IDLE / 2 + IDLE, |_| false), Scope::Off);
     }
 

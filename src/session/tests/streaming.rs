@@ -66,13 +66,14 @@ async fn a_probe_never_turns_into_a_download() {
     check_read(&session, &c, h, 0, 0, 4096).await;
     check_read(&session, &c, h, 0, (2 << 20) - 4096, 4096).await;
     session.close_reader(h);
-    let mut st = session.shared.lock();
-    st.refresh_background(tokio::time::Instant::now());
-    assert!(
-        !st.picker.background_enabled(),
-        "background started for a probe"
-    );
-    drop(st);
+    {
+        let mut st = session.shared.lock();
+        st.refresh_background(tokio::time::Instant::now());
+        assert!(
+            !st.picker.background_enabled(),
+            "background started for a probe"
+        );
+    }
     assert_eq!(files_fetched(&peer), [0].into(), "other files were fetched");
     stop(session).await;
 }
@@ -115,10 +116,11 @@ async fn background_off_fetches_only_what_is_read() {
         check_read(&session, &c, h, 1, offset, 256 * 1024).await;
         offset += 256 * 1024;
     }
-    let mut st = session.shared.lock();
-    st.refresh_background(tokio::time::Instant::now());
-    assert!(!st.picker.background_enabled());
-    drop(st);
+    {
+        let mut st = session.shared.lock();
+        st.refresh_background(tokio::time::Instant::now());
+        assert!(!st.picker.background_enabled());
+    }
     assert_eq!(files_fetched(&peer), [1].into());
     stop(session).await;
 }
