@@ -49,6 +49,8 @@ class Bench:
         self.video_size = None
         self.enc_size = None  # the encryption part's file
         self.tmp_dirs = []  # removed at the end, as the work dir is
+        # A part's own table, printed after the main one: fn() -> (lines, JSON value), by name.
+        self.reports = {}
 
     def record(self, client, metric, value):
         self.results[client].setdefault(metric, []).append(value)
