@@ -8,7 +8,9 @@
 # and PASS/FAIL. Options go to scripts/bench/all.py (see --help), e.g.
 #   scripts/bench.sh --runs 3 --json /tmp/bench.json
 # Each part runs alone too: scripts/bench/{file,video,magnet,webseed,encryption}.py (after a
-# build).
+# build). A sixth part, thin (scripts/bench/thin.py), runs only with --with thin (15-20 min):
+# seeders with capped uplinks behind a relay that adds latency, each client's first byte,
+# seek, mpv first frames and stalls against the bandwidth bound.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
