@@ -57,7 +57,7 @@ from harness.report import median, parse_rate, parse_size
 from harness.thinswarm import LINK_SLACK, ThinSwarm
 
 NAME = "thin"
-HELP = "thin swarm: capped seeders, added latency, against the bandwidth bound; ~15 min"
+HELP = "thin swarm: capped seeders, added latency, against the bandwidth bound; 15-20 min"
 TOOLS = [video_part.MPV, video_part.FFMPEG, FFPROBE]
 OPTIONAL = True
 
@@ -270,7 +270,7 @@ class Thin:
                      "/bound: median of each run's time over its bound; stall: playback time "
                      "beyond the local file's %.2f s; targets for ours)"
                      % (self.rate / 1e6, LINK_SLACK, median(self.local["play"]) or 0))
-        return lines, {"thin": doc}
+        return lines, doc
 
 
 def secs(v):
