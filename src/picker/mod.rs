@@ -23,8 +23,8 @@
 //! # Order
 //! One comparator, `OrderKey` in `order.rs` (the prose is beside it): pieces a reader waits on
 //! first, then readahead pieces by distance into their reader's window, then background pieces:
-//! started before fresh, rarest first, lowest index last. Endgame duplicates only urgent blocks
-//! their peer is late with (`mark_late`).
+//! started before fresh, rarest first, lowest index last. Endgame duplicates only urgent blocks:
+//! those their peer is late with (`mark_late`) and those queued deep at a busier peer.
 
 mod order;
 #[cfg(test)]
@@ -74,6 +74,10 @@ pub struct Received {
 
 /// At most this many peers are asked for one block at once (endgame on urgent pieces).
 const MAX_REQUESTERS: usize = 3;
+/// An urgent block queued at a peer is asked of an idler peer too when that peer has at least
+/// this many fewer blocks in flight than are ahead of the block where it is queued: a margin
+/// so that peers of equal speed do not trade blocks back and forth.
+const SPREAD_MARGIN: usize = 2;
 
 #[derive(Debug)]
 enum Slot {

@@ -1,8 +1,11 @@
 //! The pick order: reader deadlines, then background rarest-first, and `pick` itself.
 
+use std::collections::HashMap;
 use std::ops::Range;
 
-use super::{Block, MAX_REQUESTERS, NEAR, Partial, PeerId, Picker, PieceState, ReaderId, Slot};
+use super::{
+    Block, MAX_REQUESTERS, NEAR, Partial, PeerId, Picker, PieceState, ReaderId, SPREAD_MARGIN, Slot,
+};
 use crate::bitfield::Bitfield;
 use crate::piece::{BLOCK_SIZE, PieceIndex};
 
@@ -63,9 +66,10 @@ pub(super) enum Priority {
 /// Within a piece the lowest unrequested block goes first, and one peer's blocks come from one
 /// piece while it has free ones. Endgame: once every urgent piece a peer has is fully requested,
 /// blocks that another peer is late with (`mark_late`) are asked of this peer too (one more peer
-/// per mark, at most [`MAX_REQUESTERS`] per block, never twice of one peer), before any
-/// readahead. Other pieces never get duplicates: only a blocked read is worth the wasted
-/// bandwidth, and only when its block is late.
+/// per mark, at most [`MAX_REQUESTERS`] per block, never twice of one peer), and so are
+/// urgent blocks queued deep at another peer when this one would deliver them sooner
+/// (`take_spread`), before any readahead. Other pieces never get duplicates: only a blocked
+/// read is worth the risk of wasted bandwidth.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct OrderKey {
     pub(super) priority: Priority,
@@ -140,6 +144,12 @@ impl Picker {
         self.scope
             .as_ref()
             .is_none_or(|ranges| ranges.iter().any(|r| r.contains(&p.get())))
+    }
+
+    /// Whether any reader states a want (an open file's window, a blocked read): then a
+    /// reader may need the link at any moment.
+    pub fn has_readers(&self) -> bool {
+        !self.readers.is_empty()
     }
 
     /// In some reader's urgent or readahead range: the store protects these from eviction.
@@ -251,6 +261,7 @@ impl Picker {
         for &(_, p) in order[..urgent].iter().filter(|(_, p)| has(*p)) {
             self.take_duplicates(p, peer, &mut out, max_blocks);
         }
+        self.take_spread(&order[..urgent], peer, peer_has, &mut out, max_blocks);
         for &(_, p) in order[urgent..].iter().filter(|(_, p)| has(*p)) {
             if !self.deferred.contains(&p) {
                 self.take_free(p, peer, &mut out, max_blocks);
@@ -277,6 +288,20 @@ impl Picker {
                 self.take_free(key.piece, peer, &mut out, max_blocks);
             }
         }
+        out
+    }
+
+    /// `pick` without background pieces: for a peer whose background requests were just given
+    /// back to make room for readers, so the same blocks are not asked again at once.
+    pub fn pick_for_readers(
+        &mut self,
+        peer: PeerId,
+        peer_has: &Bitfield,
+        max_blocks: usize,
+    ) -> Vec<Block> {
+        let background = std::mem::replace(&mut self.background, false);
+        let out = self.pick(peer, peer_has, max_blocks);
+        self.background = background;
         out
     }
 
@@ -340,6 +365,74 @@ impl Picker {
                 in_flight.insert(b);
                 out.push(b);
             }
+        }
+    }
+
+    /// Endgame by queue depth on the urgent pieces (`urgent`, in deadline order): once every
+    /// urgent block `peer` could take is requested, it also takes those queued deepest at the
+    /// peers they were asked of, when it would deliver them sooner: fewer blocks in flight
+    /// here than ahead of them there, by [`SPREAD_MARGIN`]. A peer serves its requests in
+    /// order, so without this the peer with the longest queue holds a read's last block while
+    /// the others idle; the first copy to arrive wins and the other is cancelled, usually
+    /// before it was sent. Depth counts only urgent blocks (requested in this order), so it
+    /// errs towards asking less.
+    fn take_spread(
+        &mut self,
+        urgent: &[(Deadline, PieceIndex)],
+        peer: PeerId,
+        peer_has: &Bitfield,
+        out: &mut Vec<Block>,
+        max: usize,
+    ) {
+        if out.len() >= max || urgent.is_empty() {
+            return;
+        }
+        let mut mine = self.in_flight(peer);
+        // Each requested urgent block with the fewest blocks ahead of it at any of its peers.
+        let mut seen: HashMap<PeerId, usize> = HashMap::new();
+        let mut candidates: Vec<(usize, Block)> = Vec::new();
+        for &(_, p) in urgent {
+            let Some(part) = self.partial.get(&p) else {
+                continue;
+            };
+            let spreadable = peer_has.get(p.get()) && !self.exclusive.contains_key(&p);
+            for (i, slot) in part.blocks.iter().enumerate() {
+                let Slot::Requested(peers) = slot else {
+                    continue;
+                };
+                let mut depth = usize::MAX;
+                for q in peers {
+                    let ahead = seen.entry(*q).or_default();
+                    depth = depth.min(*ahead);
+                    *ahead += 1;
+                }
+                if spreadable && peers.len() < MAX_REQUESTERS && !peers.contains(&peer) {
+                    let b = Block {
+                        piece: p,
+                        block: i as u32,
+                    };
+                    candidates.push((depth, b));
+                }
+            }
+        }
+        // Deepest first: those would arrive last.
+        candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (depth, b) in candidates {
+            if out.len() >= max || mine + SPREAD_MARGIN > depth {
+                break;
+            }
+            let Some(Slot::Requested(peers)) = self
+                .partial
+                .get_mut(&b.piece)
+                .and_then(|part| part.blocks.get_mut(b.block as usize))
+            else {
+                continue;
+            };
+            peers.push(peer);
+            self.rerequests += 1;
+            self.in_flight.entry(peer).or_default().insert(b);
+            out.push(b);
+            mine += 1;
         }
     }
 

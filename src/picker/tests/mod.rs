@@ -377,6 +377,69 @@ fn arrival_of_duplicated_block_cancels_the_other_requests() {
     assert_eq!(p.in_flight(B), 0);
 }
 
+#[test]
+fn an_idle_peer_takes_the_urgent_blocks_queued_deepest_elsewhere() {
+    let mut p = picker(2, 8);
+    p.set_reader(R1, want(0..1, 1..2));
+    assert_eq!(p.pick(A, &all(&p), 6).len(), 6);
+    // B takes the free urgent blocks, then the one A would send last (5 ahead of it at A,
+    // 2 in flight here), then readahead; not block 4, with as many ahead at A as B now has.
+    assert_eq!(
+        pairs(&p.pick(B, &all(&p), 4)),
+        vec![(0, 6), (0, 7), (0, 5), (1, 0)]
+    );
+    assert_eq!(p.rerequests(), 1);
+    // The first copy wins; A is told to cancel its own.
+    let r = p.block_received(B, blk(&p, 0, 5));
+    assert_eq!(r.cancel, vec![(A, blk(&p, 0, 5))]);
+}
+
+#[test]
+fn peers_with_even_queues_trade_no_urgent_blocks() {
+    let mut p = picker(1, 6);
+    p.set_reader(R1, want(0..1, 1..1));
+    p.set_background(false);
+    assert_eq!(p.pick(A, &all(&p), 3).len(), 3);
+    assert_eq!(p.pick(B, &all(&p), 3).len(), 3);
+    assert!(p.pick(A, &all(&p), 4).is_empty());
+    assert!(p.pick(B, &all(&p), 4).is_empty());
+    assert_eq!(p.rerequests(), 0);
+    // A peer with nothing in flight takes the last block of one queue, then has one in flight.
+    assert_eq!(pairs(&p.pick(C, &all(&p), 4)), vec![(0, 2)]);
+}
+
+#[test]
+fn only_urgent_blocks_are_spread() {
+    let mut p = picker(2, 8);
+    p.set_reader(R1, want(0..0, 0..2));
+    assert_eq!(p.pick(A, &all(&p), 16).len(), 16);
+    assert!(
+        p.pick(B, &all(&p), 8).is_empty(),
+        "readahead queued deep at A stays there"
+    );
+}
+
+#[test]
+fn a_piece_on_parole_is_not_spread() {
+    let mut p = picker(1, 8);
+    p.set_reader(R1, want(0..1, 1..1));
+    p.set_exclusive(idx(&p, 0));
+    assert_eq!(p.pick(A, &all(&p), 8).len(), 8);
+    assert!(p.pick(B, &all(&p), 8).is_empty());
+}
+
+#[test]
+fn pick_for_readers_leaves_background_alone_and_background_on() {
+    let mut p = picker(4, 2);
+    p.set_reader(R1, want(0..0, 1..2));
+    assert_eq!(
+        pairs(&p.pick_for_readers(A, &all(&p), 8)),
+        vec![(1, 0), (1, 1)]
+    );
+    assert!(p.background_enabled());
+    assert_eq!(pieces(&p.pick(A, &all(&p), 8)), vec![0, 2, 3]);
+}
+
 // ---- releasing requests -----------------------------------------------------------------------
 
 #[test]

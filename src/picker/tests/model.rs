@@ -56,9 +56,52 @@ fn reference(p: &Picker, peer: PeerId, has: &Bitfield, max: usize) -> Vec<(u32, 
             }
         }
     }
+    spread(p, peer, has, max, &mut out);
     out.extend(keys.iter().filter(|k| !urgent(k)).flat_map(free_blocks));
     out.truncate(max);
     out
+}
+
+/// The reference's queue-depth endgame: every requested block of every urgent piece (whoever
+/// has it), numbered per requester in pick order; the deepest ones `peer` has and may take,
+/// while it has fewer in flight than are ahead of them by the margin.
+fn spread(p: &Picker, peer: PeerId, has: &Bitfield, max: usize, out: &mut Vec<(u32, u32)>) {
+    let mut urgent: Vec<(Deadline, PieceIndex)> = (p.deadlines.iter())
+        .filter(|(_, d)| matches!(d, Deadline::Urgent(_)))
+        .map(|(&i, &d)| (d, i))
+        .collect();
+    urgent.sort();
+    let mut mine = p.in_flight(peer) + out.len().min(max);
+    let mut ahead: std::collections::HashMap<PeerId, usize> = Default::default();
+    let mut candidates = Vec::new();
+    for (_, i) in urgent {
+        let Some(part) = p.partial.get(&i) else {
+            continue;
+        };
+        for (b, slot) in part.blocks.iter().enumerate() {
+            let Slot::Requested(q) = slot else { continue };
+            let depth = q.iter().map(|x| ahead.get(x).copied().unwrap_or(0)).min();
+            for x in q {
+                *ahead.entry(*x).or_default() += 1;
+            }
+            let pair = (i.get(), b as u32);
+            if has.get(i.get())
+                && q.len() < MAX_REQUESTERS
+                && !q.contains(&peer)
+                && !out.contains(&pair)
+            {
+                candidates.push((depth.unwrap_or(0), pair));
+            }
+        }
+    }
+    candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (depth, pair) in candidates {
+        if out.len() >= max || mine + SPREAD_MARGIN > depth {
+            break;
+        }
+        out.push(pair);
+        mine += 1;
+    }
 }
 
 /// The invariants written at the top of the module, checked from the raw state.
