@@ -383,27 +383,42 @@ impl Peer {
         }
     }
 
-    /// Tops up requests in flight to about one second of this peer's data.
+    /// Tops up requests in flight to the queue target (`Requests::target`): what keeps this
+    /// peer's link busy, shallower while a reader may need it. Background requests queued
+    /// here are cancelled first when a reader could use this peer (`make_room_for_readers`).
     fn refill(&mut self) {
         if self.choked || !self.interested {
             return;
         }
-        let mut target = self.requests.target(self.rates.down());
-        if let Some(reqq) = self.ext.their_reqq {
-            target = target.min(reqq as usize);
-        }
-        if self.requests.len() >= target {
-            self.make_room_for_readers();
-            if self.requests.len() >= target {
-                return;
-            }
-        }
-        let blocks = {
+        let (background, blocks) = {
             let pickable = self.requests.pickable(&self.has);
             let mut st = self.shared.lock();
-            st.picker
-                .pick(self.id, &pickable, target - self.requests.len())
+            let readers = st.picker.has_readers();
+            let mut target = self.requests.target(self.rates.down(), readers);
+            if let Some(reqq) = self.ext.their_reqq {
+                target = target.min(reqq as usize);
+            }
+            let background = match readers && st.picker.has_reader_work(self.id, &pickable) {
+                true => make_room_for_readers(&mut st.picker, self.id, self.requests.blocks()),
+                false => Vec::new(),
+            };
+            let in_flight = self.requests.len() - background.len();
+            let room = target.saturating_sub(in_flight);
+            let blocks = match (room, background.is_empty()) {
+                (0, _) => Vec::new(),
+                (_, true) => st.picker.pick(self.id, &pickable, room),
+                (_, false) => st.picker.pick_for_readers(self.id, &pickable, room),
+            };
+            (background, blocks)
         };
+        if !background.is_empty() {
+            tracing::debug!(addr = %self.addr, n = background.len(), "cancelling background requests for a reader");
+        }
+        for b in background {
+            if self.requests.cancel(b) {
+                self.send(Message::Cancel(self.block_ref(b)));
+            }
+        }
         let now = Instant::now();
         for b in blocks {
             self.requests.sent(b, now);
@@ -450,34 +465,6 @@ impl Peer {
         self.check_health()
     }
 
-    /// A peer serves requests in order: background requests queued at it would hold up a
-    /// reader's blocks by as long as they take. When a reader could use this peer and its
-    /// queue is full, they are cancelled (given back to the picker) to make room.
-    fn make_room_for_readers(&mut self) {
-        let background: Vec<Block> = {
-            let pickable = self.requests.pickable(&self.has);
-            let mut st = self.shared.lock();
-            if !st.picker.has_reader_work(self.id, &pickable) {
-                return;
-            }
-            let background: Vec<Block> = (self.requests.blocks())
-                .filter(|b| !st.picker.is_wanted_by_reader(b.piece))
-                .collect();
-            for &b in &background {
-                st.picker.request_failed(self.id, b);
-            }
-            background
-        };
-        if !background.is_empty() {
-            tracing::debug!(addr = %self.addr, n = background.len(), "cancelling background requests for a reader");
-        }
-        for b in background {
-            if self.requests.cancel(b) {
-                self.send(Message::Cancel(self.block_ref(b)));
-            }
-        }
-    }
-
     /// Gives every request in flight back to the picker (choked, stalled or leaving).
     fn release_requests(&mut self) {
         let released = self.requests.release_all();
@@ -495,4 +482,21 @@ impl Peer {
         self.requests.release_all();
         self.shared.lock().peer_left(self.id, &self.has);
     }
+}
+
+/// A peer serves requests in order: background requests queued at it would hold up a reader's
+/// blocks by as long as they take. So when a reader could use the peer, those (`in_flight`
+/// that no reader wants) are given back to the picker, to be cancelled at the peer; returned.
+fn make_room_for_readers(
+    picker: &mut crate::picker::Picker,
+    peer: PeerId,
+    in_flight: impl Iterator<Item = Block>,
+) -> Vec<Block> {
+    let background: Vec<Block> = in_flight
+        .filter(|b| !picker.is_wanted_by_reader(b.piece))
+        .collect();
+    for &b in &background {
+        picker.request_failed(peer, b);
+    }
+    background
 }

@@ -12,11 +12,20 @@ use crate::bitfield::Bitfield;
 use crate::picker::Block;
 use crate::piece::{BLOCK_SIZE, PieceIndex};
 
-/// Bounds on requests in flight to one peer. The target follows the peer's rate: about one
-/// second of its data, so a read's urgent request never waits behind much background work,
-/// while a fast peer still has enough queued to fill the link.
+/// Bounds on requests in flight to one peer. The target follows the peer's rate: enough of its
+/// data to keep its link busy (a second of it while nobody reads, [`READER_QUEUE`] while a
+/// reader may need the link), never fewer than `MIN_QUEUE` before its rate is known.
 const MIN_QUEUE: usize = 8;
 pub(super) const MAX_QUEUE: usize = 400;
+/// While a reader may need the link: a peer serves requests in order, so whatever is queued
+/// there delays a read's next urgent block by as long as it takes to send. The queue holds
+/// this much of the peer's data, or two of its shortest round trips if longer (less would
+/// leave its link idle between our requests and the blocks, and its measured rate would only
+/// fall), at least `MIN_READER_QUEUE` blocks.
+const READER_QUEUE: Duration = Duration::from_millis(300);
+const MIN_READER_QUEUE: usize = 4;
+/// Without readers a queue holds this much of the peer's data: throughput first.
+const IDLE_QUEUE: Duration = Duration::from_secs(1);
 /// Blocks a peer may send that we never asked for, beyond those we asked for and then
 /// cancelled or gave up on (which may still arrive): more is a peer pushing data on us.
 const UNASKED_TOLERANCE: u32 = 2;
@@ -81,6 +90,9 @@ pub(super) struct Requests {
     unwritten: std::collections::VecDeque<(u64, Block)>,
     /// Smoothed time from our request to its block, over the blocks it delivered.
     avg_block: Option<Duration>,
+    /// The shortest time from a request to its block: about a round trip plus one block's
+    /// transfer, what the peer needs at least to answer.
+    min_block: Option<Duration>,
     /// Requests the picker took as late, with when they were sent: each request is reported
     /// once (a block asked again later is a new request).
     reported_late: HashMap<Block, Instant>,
@@ -111,6 +123,7 @@ impl Requests {
             queued: 0,
             unwritten: std::collections::VecDeque::new(),
             avg_block: None,
+            min_block: None,
             reported_late: HashMap::new(),
             last_block: now,
             newest_answered: None,
@@ -138,13 +151,20 @@ impl Requests {
         self.snubbed
     }
 
-    /// Requests to keep in flight at a download rate of `rate` bytes/s: about a second of it.
-    pub(super) fn target(&self, rate: f64) -> usize {
+    /// Requests to keep in flight at a download rate of `rate` bytes/s: a second of it, or
+    /// while `readers` may need the link, [`READER_QUEUE`] of it (or two round trips).
+    pub(super) fn target(&self, rate: f64, readers: bool) -> usize {
         if self.snubbed {
-            1
-        } else {
-            ((rate / f64::from(BLOCK_SIZE)) as usize).clamp(MIN_QUEUE, MAX_QUEUE)
+            return 1;
         }
+        let blocks = |d: Duration| (rate * d.as_secs_f64() / f64::from(BLOCK_SIZE)).ceil() as usize;
+        if !readers || rate <= 0.0 {
+            return blocks(IDLE_QUEUE).clamp(MIN_QUEUE, MAX_QUEUE);
+        }
+        let span = READER_QUEUE
+            .max(self.min_block.unwrap_or_default() * 2)
+            .min(IDLE_QUEUE);
+        blocks(span).clamp(MIN_READER_QUEUE, MAX_QUEUE)
     }
 
     /// A request for `b` was queued for the writer.
@@ -200,6 +220,7 @@ impl Requests {
         };
         self.newest_answered = self.newest_answered.max(Some(sent));
         let took = now.saturating_duration_since(sent);
+        self.min_block = Some(self.min_block.map_or(took, |m| m.min(took)));
         self.avg_block = Some(match self.avg_block {
             None => took,
             Some(avg) => avg.mul_f64(0.75) + took.mul_f64(0.25),
@@ -371,18 +392,41 @@ mod tests {
     fn the_queue_target_follows_the_rate_and_a_snub() {
         let t0 = Instant::now();
         let mut r = Requests::new(t0);
-        assert_eq!(r.target(0.0), MIN_QUEUE);
-        assert_eq!(r.target(f64::from(BLOCK_SIZE) * 100.0), 100);
-        assert_eq!(r.target(1e12), MAX_QUEUE);
+        assert_eq!(r.target(0.0, false), MIN_QUEUE);
+        assert_eq!(r.target(f64::from(BLOCK_SIZE) * 100.0, false), 100);
+        assert_eq!(r.target(1e12, false), MAX_QUEUE);
         r.sent(block(0, 0), t0);
         assert_eq!(
             r.check_stall(t0 + Duration::from_secs(9), TIMEOUT, STALLS),
             Stall::Stalled
         );
-        assert_eq!(r.target(1e12), 1, "snubbed: one at a time");
+        assert_eq!(r.target(1e12, false), 1, "snubbed: one at a time");
+        assert_eq!(r.target(1e12, true), 1, "snubbed: one at a time");
         r.sent(block(0, 1), t0 + Duration::from_secs(9));
         r.received(block(0, 1), t0 + Duration::from_secs(10));
         assert!(!r.is_snubbed(), "a delivered block ends the snub");
+    }
+
+    #[test]
+    fn while_a_reader_may_need_the_link_the_queue_is_shallow_but_covers_round_trips() {
+        let t0 = Instant::now();
+        let mut r = Requests::new(t0);
+        let rate = f64::from(BLOCK_SIZE) * 100.0;
+        assert_eq!(r.target(0.0, true), MIN_QUEUE, "rate unknown");
+        assert_eq!(r.target(rate, true), 30, "300 ms of 100 blocks/s");
+        assert_eq!(r.target(f64::from(BLOCK_SIZE), true), MIN_READER_QUEUE);
+        // Blocks take at least 400 ms to come: two of those round trips are queued.
+        r.sent(block(0, 0), t0);
+        r.received(block(0, 0), t0 + Duration::from_millis(400));
+        assert_eq!(r.target(rate, true), 80);
+        // Never more than without a reader.
+        r.sent(block(0, 1), t0);
+        r.received(block(0, 1), t0 + Duration::from_secs(3));
+        assert_eq!(r.target(rate, true), 80, "the shortest answer counts");
+        let mut slow = Requests::new(t0);
+        slow.sent(block(0, 0), t0);
+        slow.received(block(0, 0), t0 + Duration::from_secs(2));
+        assert_eq!(slow.target(rate, true), slow.target(rate, false));
     }
 
     #[test]
