@@ -6,7 +6,9 @@
 //! - `announcer`: the task of one torrent: every tier at once, BEP 12 order, backoff. It owns
 //!   the trackers' status and publishes it on a `watch` channel that `btfs status` reads.
 //! - `mod.rs`: [`announce`], which picks the protocol by the URL's scheme.
-//! - `udp`: BEP 15 (connect, then announce), with the connection ids kept in [`Clients`].
+//! - `udp`: BEP 15 (connect, then announce), with the connection ids kept in [`Clients`];
+//!   over both families when the tracker's name has addresses of both (IPv6 peers come only
+//!   over IPv6).
 //! - `http`: BEP 3 requests over HTTP(S).
 //! - `reply`: the bencoded reply of an HTTP tracker, compact (BEP 23) or dictionary peers,
 //!   `peers6` (BEP 7); read with serde_bencode after `crate::bencode` checked it.

@@ -2,6 +2,12 @@
 //!
 //! Every reply is checked for its transaction id (packets carrying another one are strays and
 //! ignored) and its action; an error action becomes [`TrackerError::Failure`].
+//!
+//! A tracker answers with peers of the family it is reached over (6-byte IPv4 entries, or
+//! 18-byte IPv6 ones over IPv6), and learns our address of that family only. So a tracker
+//! whose host name has addresses of both families is announced to over each, at once, and
+//! the peers of both answers are merged; one family failing (a machine without IPv6) leaves
+//! the other's answer.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -36,12 +42,80 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Large enough for any sane peer list (a 1500-byte MTU holds ~240 IPv4 peers).
 const RECV_BUF: usize = 64 * 1024;
 
+/// Once one family's tracker address answered, how long the other's answer is waited for
+/// (it is not worth holding up the peers of the first for longer).
+const OTHER_FAMILY_WAIT: Duration = Duration::from_secs(3);
+
 pub(super) async fn announce(
     url: &Url,
     req: &AnnounceRequest,
     clients: &Clients,
 ) -> Result<AnnounceResponse, TrackerError> {
-    let addr = resolve(url).await?;
+    match resolve(url).await?[..] {
+        [addr] => announce_to(addr, req, clients).await,
+        [v4, v6] => announce_both(v4, v6, req, clients).await,
+        _ => Err(TrackerError::Resolve(url.to_string())),
+    }
+}
+
+/// Announces over IPv4 to `v4` and over IPv6 to `v6` at once: the merged answers of both, or
+/// one's answer if the other failed or did not come within [`OTHER_FAMILY_WAIT`] of it; if
+/// both failed, the IPv4 failure.
+async fn announce_both(
+    v4: SocketAddr,
+    v6: SocketAddr,
+    req: &AnnounceRequest,
+    clients: &Clients,
+) -> Result<AnnounceResponse, TrackerError> {
+    let (over4, over6) = (announce_to(v4, req, clients), announce_to(v6, req, clients));
+    let (mut over4, mut over6) = (std::pin::pin!(over4), std::pin::pin!(over6));
+    let (first, first_is_v4) = tokio::select! {
+        r = &mut over4 => (r, true),
+        r = &mut over6 => (r, false),
+    };
+    let other = match first_is_v4 {
+        true => over6,
+        false => over4,
+    };
+    match first {
+        Ok(answer) => match tokio::time::timeout(OTHER_FAMILY_WAIT, other).await {
+            Ok(Ok(second)) => Ok(merge(answer, second)),
+            Ok(Err(e)) => {
+                tracing::debug!("tracker: one family's announce failed: {e}");
+                Ok(answer)
+            }
+            Err(_) => Ok(answer),
+        },
+        Err(e) => match other.await {
+            Ok(answer) => {
+                tracing::debug!("tracker: one family's announce failed: {e}");
+                Ok(answer)
+            }
+            Err(other) => Err(if first_is_v4 { e } else { other }),
+        },
+    }
+}
+
+/// One answer from the answers of both families: the peers of both, the larger swarm counts
+/// (a peer with both addresses is counted by each), the first's intervals.
+fn merge(mut a: AnnounceResponse, b: AnnounceResponse) -> AnnounceResponse {
+    for p in b.peers {
+        if !a.peers.contains(&p) {
+            a.peers.push(p);
+        }
+    }
+    a.seeders = a.seeders.max(b.seeders);
+    a.leechers = a.leechers.max(b.leechers);
+    a.warning = a.warning.or(b.warning);
+    a
+}
+
+/// One announce to `addr`, over its family.
+async fn announce_to(
+    addr: SocketAddr,
+    req: &AnnounceRequest,
+    clients: &Clients,
+) -> Result<AnnounceResponse, TrackerError> {
     let bind: SocketAddr = if addr.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -87,13 +161,15 @@ pub(super) async fn announce(
     Err(TrackerError::Timeout)
 }
 
-async fn resolve(url: &Url) -> Result<SocketAddr, TrackerError> {
+/// The tracker's address: the one of an IP URL, or of a host name the first of each family
+/// (IPv4 first).
+async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, TrackerError> {
     let port = url
         .port()
         .ok_or_else(|| TrackerError::InvalidUrl(format!("{url}: UDP tracker URL has no port")))?;
     match url.host() {
-        Some(Host::Ipv4(ip)) => Ok((ip, port).into()),
-        Some(Host::Ipv6(ip)) => Ok((ip, port).into()),
+        Some(Host::Ipv4(ip)) => Ok(vec![(ip, port).into()]),
+        Some(Host::Ipv6(ip)) => Ok(vec![(ip, port).into()]),
         Some(Host::Domain(host)) => {
             let lookup =
                 tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)));
@@ -102,13 +178,13 @@ async fn resolve(url: &Url) -> Result<SocketAddr, TrackerError> {
                 .map_err(|_| TrackerError::Resolve(format!("{host}: timed out")))?
                 .map_err(|e| TrackerError::Resolve(format!("{host}: {e}")))?
                 .collect();
-            // Prefer IPv4: most trackers and peers still live there.
-            addrs
-                .iter()
-                .find(|a| a.is_ipv4())
-                .or(addrs.first())
-                .copied()
-                .ok_or_else(|| TrackerError::Resolve(host.to_string()))
+            let v4 = addrs.iter().find(|a| a.is_ipv4());
+            let v6 = addrs.iter().find(|a| a.is_ipv6());
+            let both: Vec<SocketAddr> = v4.into_iter().chain(v6).copied().collect();
+            match both.is_empty() {
+                true => Err(TrackerError::Resolve(host.to_string())),
+                false => Ok(both),
+            }
         }
         None => Err(TrackerError::InvalidUrl(format!("{url}: no host"))),
     }
@@ -345,9 +421,21 @@ mod tests {
 
     impl FakeTracker {
         async fn new() -> Self {
-            let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            Self::on("127.0.0.1:0").await
+        }
+
+        async fn on(addr: &str) -> Self {
+            let sock = tokio::net::UdpSocket::bind(addr).await.unwrap();
             let url = format!("udp://{}/announce", sock.local_addr().unwrap());
             Self { sock, url }
+        }
+
+        /// Answers one whole announce (connect, then announce) with `peers`.
+        async fn serve(&self, conn_id: u64, peers: &[u8]) {
+            self.accept_connect(conn_id).await;
+            let (p, from) = self.recv_announce(conn_id).await;
+            self.send(&announce_reply(be_u32(&p, 12), peers), from)
+                .await;
         }
 
         async fn recv(&self) -> (Vec<u8>, SocketAddr) {
@@ -500,7 +588,7 @@ mod tests {
     async fn short_reply_to_our_transaction_is_malformed() {
         let tracker = FakeTracker::new().await;
         let clients = Arc::new(Clients::new().unwrap());
-        // Also resolves a host name (from /etc/hosts; IPv4 preferred).
+        // Also resolves a host name (from /etc/hosts; its IPv6 address, if any, is nobody's).
         let port = tracker.sock.local_addr().unwrap().port();
         let task = spawn_announce(&format!("udp://localhost:{port}"), &clients);
         let (p, from) = tracker.recv().await;
@@ -530,6 +618,60 @@ mod tests {
             matches!(&e, TrackerError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused),
             "{e}"
         );
+    }
+
+    /// BEP 15 over IPv6: a tracker reached over IPv6 answers with 18-byte IPv6 peers.
+    #[tokio::test]
+    async fn a_tracker_reached_over_ipv6_answers_with_ipv6_peers() {
+        let tracker = FakeTracker::on("[::1]:0").await;
+        let clients = Arc::new(Clients::new().unwrap());
+        let task = spawn_announce(&tracker.url, &clients);
+        let mut peers = vec![0x20, 0x01, 0x0d, 0xb8];
+        peers.extend_from_slice(&[0; 11]);
+        peers.extend_from_slice(&[1, 0x1a, 0xe1]);
+        tracker.serve(3, &peers).await;
+        let r = within(task).await.unwrap().unwrap();
+        assert_eq!(r.peers, vec!["[2001:db8::1]:6881".parse().unwrap()]);
+    }
+
+    /// A host name with addresses of both families: announced over each, the answers merged;
+    /// a family that fails leaves the other's answer.
+    #[tokio::test]
+    async fn both_families_of_a_tracker_are_announced_to_and_their_peers_merged() {
+        let v4 = FakeTracker::on("127.0.0.1:0").await;
+        let v6 = FakeTracker::on("[::1]:0").await;
+        let clients = Clients::new().unwrap();
+        let (a4, a6) = (v4.sock.local_addr().unwrap(), v6.sock.local_addr().unwrap());
+        let req = request();
+        let both = announce_both(a4, a6, &req, &clients);
+        let mut peer6 = vec![0x20, 0x01, 0x0d, 0xb8];
+        peer6.extend_from_slice(&[0; 11]);
+        peer6.extend_from_slice(&[2, 0, 80]);
+        let serve = async {
+            tokio::join!(
+                v4.serve(4, b"\x01\x02\x03\x04\x1a\xe1"),
+                v6.serve(6, &peer6)
+            )
+        };
+        let (r, _) = within(async { tokio::join!(both, serve) }).await;
+        let mut peers = r.unwrap().peers;
+        peers.sort();
+        let want: Vec<SocketAddr> = vec![
+            "1.2.3.4:6881".parse().unwrap(),
+            "[2001:db8::2]:80".parse().unwrap(),
+        ];
+        assert_eq!(peers, want);
+
+        // IPv6 unreachable (nobody on that port: refused at once): IPv4's answer alone.
+        let closed6 = {
+            let s = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
+            s.local_addr().unwrap()
+        };
+        let clients = Clients::new().unwrap();
+        let both = announce_both(a4, closed6, &req, &clients);
+        let serve = v4.serve(5, b"\x01\x02\x03\x05\x1a\xe1");
+        let (r, ()) = within(async { tokio::join!(both, serve) }).await;
+        assert_eq!(r.unwrap().peers, vec!["1.2.3.5:6881".parse().unwrap()]);
     }
 
     #[tokio::test]
