@@ -13,8 +13,8 @@
 //!   mounting, unmounting, noticing the kernel side end.
 //! - [`session`]: the tokio engine of one torrent; its own map is at the top of
 //!   `session/mod.rs`. `host`: the listening ports (TCP, and uTP on the UDP port the DHT
-//!   shares, on every IPv4 and IPv6 address or those `--bind` names) and peer id shared by a
-//!   process's sessions; `stream`: a connection's bytes
+//!   shares, on every IPv4 and IPv6 address or those `--bind` names: `listen`) and peer id
+//!   shared by a process's sessions; `stream`: a connection's bytes
 //!   whatever the transport; `shared`: what its tasks share and the lock order; `state`: the
 //!   state behind the lock, made of owners (`residency`: where verified pieces live, and what
 //!   we announce; `peers`; `readers` with `window`; `assembly`); `read`: reads; `connect`

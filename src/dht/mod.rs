@@ -16,7 +16,7 @@
 //!   one per family.
 //! - [`krpc`]: pure encode/decode of the KRPC queries, responses and errors.
 //! - `tests/`: whole-node tests (`mod.rs`), KRPC by hand (`krpc.rs`) and by property
-//!   (`props.rs`).
+//!   (`props.rs`), the two families' tables (`routing.rs`).
 //!
 //! # Tasks
 //! ```text

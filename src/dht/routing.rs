@@ -10,9 +10,8 @@
 //!   only queried us is a stranger until it answers a ping (anyone can spoof a query).
 //! - Each id appears at most once across all buckets and replacement caches, and so does each
 //!   address.
-//! - A table holds the nodes of one address family: a node that speaks both families keeps
-//!   two tables with one id ([`Tables`], BEP 32), and an IPv4 node and an IPv6 node are two
-//!   nodes even when they share an id.
+//! - A table holds one address family's nodes: a node of both keeps two tables under one id
+//!   ([`Tables`], BEP 32), where an id may appear once in each.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -344,8 +343,7 @@ impl RoutingTable {
     }
 }
 
-/// A routing table per address family, with one id (BEP 32): what goes into each is the
-/// caller's to keep apart, by the family of each node's address.
+/// A routing table per address family under one id (BEP 32), picked by a node's address.
 #[derive(Debug, Clone)]
 pub struct Tables([RoutingTable; 2]);
 
@@ -598,52 +596,5 @@ mod tests {
             let r = random_id_in_bucket(&OWN, i, false, &mut rng);
             assert_eq!(common_prefix_len(&OWN, &r), i);
         }
-    }
-
-    #[test]
-    fn each_family_has_a_table_of_its_own_under_one_id() {
-        let now = Instant::now();
-        let mut t = Tables::new(OWN, now);
-        let v4 = info(0x80, 1);
-        let v6 = NodeInfo {
-            id: v4.id,
-            addr: "[2001:db8::1]:6881".parse().unwrap(),
-        };
-        assert_eq!(t.for_addr(&v4.addr).responded(v4, now), Insert::Added);
-        assert_eq!(
-            t.for_addr(&v6.addr).responded(v6, now),
-            Insert::Added,
-            "one id, two DHTs: not a node that moved"
-        );
-        assert_eq!(t.of(Family::V4).closest(&v4.id, K, now), vec![v4]);
-        assert_eq!(t.of(Family::V6).closest(&v4.id, K, now), vec![v6]);
-        // The IPv6 table fills and splits as an IPv4 one does.
-        for first in [0x80, 0x40, 0x20] {
-            for n in 2..12u8 {
-                let mut id = id(first, n);
-                id[18] = 6;
-                let addr = SocketAddr::new(
-                    std::net::Ipv6Addr::new(0x2001, 0xdb8, first.into(), 0, 0, 0, 0, n.into())
-                        .into(),
-                    6881,
-                );
-                t.for_addr(&addr).responded(NodeInfo { id, addr }, now);
-            }
-        }
-        let v6_table = t.of(Family::V6);
-        assert_eq!(
-            v6_table.buckets.len(),
-            4,
-            "three full buckets and the one holding our id"
-        );
-        assert_eq!(v6_table.nodes().count(), 3 * K);
-        assert!(v6_table.nodes().all(|n| n.info.addr.is_ipv6()));
-        assert_eq!(t.of(Family::V4).nodes().count(), 1);
-        // A node that fails over IPv6 goes bad there only.
-        for _ in 0..2 {
-            t.for_addr(&v6.addr).failed(v6.addr, now);
-        }
-        assert!(!t.of(Family::V6).closest(&v6.id, 100, now).contains(&v6));
-        assert_eq!(t.of(Family::V4).good_count(now), 1);
     }
 }

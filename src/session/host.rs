@@ -16,8 +16,7 @@
 //! The accept loops end when the last [`Host`] handle is dropped.
 
 use std::collections::HashMap;
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +25,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::SessionError;
 use super::encryption::{self, Encryption};
+use super::listen;
 use super::stream::PeerStream;
 use super::transport::Dialer;
 use crate::net::Family;
@@ -39,16 +39,6 @@ use crate::wire::mse::{self, Serving};
 const BACKLOG: usize = 64;
 /// Connections accepted whose handshake has not come yet, at most (see [`Host::bind_limited`]).
 pub const DEFAULT_PENDING: usize = 64;
-/// Tries at a port number free for TCP and UDP on every address when any will do (port 0).
-const PORT_TRIES: usize = 20;
-/// Pending connections the kernel queues on each TCP listener (tokio's default).
-const LISTEN_BACKLOG: i32 = 1024;
-/// What a host listens on with no address given: every IPv4 address, and every IPv6 address
-/// where the machine has IPv6.
-const DEFAULT_LISTEN: [IpAddr; 2] = [
-    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-    IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-];
 
 /// A connection whose handshake named a registered torrent; ours is not sent yet.
 pub(crate) struct Incoming {
@@ -144,26 +134,16 @@ impl Host {
     }
 
     /// Binds the TCP port and the UDP port numbered `port` (0: one free on every address) on
-    /// each address of `ips`, as `opts` asks, and starts accepting. With no address:
-    /// [`DEFAULT_LISTEN`], where IPv6 that cannot be bound (a machine without it) is left
-    /// out with a warning. Bound first, before any metadata fetch, so that trackers learn the
+    /// each address of `ips`, as `opts` asks, and starts accepting. With no address: every
+    /// IPv4 and IPv6 address, where IPv6 that cannot be bound (a machine without it) is left
+    /// out with a warning (see `listen.rs`). Bound first, before any metadata fetch, so that trackers learn the
     /// real port and a port in use fails at once.
     pub async fn bind_all(
         ips: &[IpAddr],
         port: u16,
         opts: HostOptions,
     ) -> Result<Host, SessionError> {
-        // Each address once, none optional; none given: the defaults, IPv6 optional.
-        let mut wanted: Vec<(IpAddr, bool)> = Vec::new();
-        for ip in ips {
-            if !wanted.iter().any(|(w, _)| w == ip) {
-                wanted.push((*ip, false));
-            }
-        }
-        if wanted.is_empty() {
-            wanted = DEFAULT_LISTEN.map(|ip| (ip, ip.is_ipv6())).to_vec();
-        }
-        let bound = bind_ports(&wanted, port, &opts).await?;
+        let bound = listen::bind_all(ips, port, opts.tcp, opts.utp || opts.udp).await?;
         let port = bound.first().map_or(port, |b| b.addr.port());
         let udp: Vec<UdpPort> = bound.iter().filter_map(|b| b.udp.clone()).collect();
         let first = bound
@@ -280,98 +260,6 @@ async fn accept_loop(
     }
 }
 
-/// What one address got: its TCP listener and UDP port, as asked.
-struct Bound {
-    addr: SocketAddr,
-    tcp: Option<TcpListener>,
-    udp: Option<UdpPort>,
-}
-
-/// Binds TCP and UDP on every address of `wanted` (each with whether it may be left out) on
-/// one port number; with port 0, the number the first TCP listener picked must be free
-/// everywhere else too, else another is tried.
-async fn bind_ports(
-    wanted: &[(IpAddr, bool)],
-    port: u16,
-    opts: &HostOptions,
-) -> Result<Vec<Bound>, SessionError> {
-    let fail = |at: SocketAddr, source: io::Error| match source.kind() {
-        io::ErrorKind::AddrInUse => SessionError::PortInUse { port: at.port() },
-        _ => SessionError::Listen { addr: at, source },
-    };
-    let want_udp = opts.utp || opts.udp;
-    let sockets = wanted.len() * (usize::from(opts.tcp) + usize::from(want_udp));
-    let tries = match port == 0 && sockets > 1 {
-        true => PORT_TRIES,
-        false => 1,
-    };
-    'tries: for _ in 0..tries {
-        let mut bound: Vec<Bound> = Vec::new();
-        let mut number = port;
-        for &(ip, optional) in wanted {
-            let at = SocketAddr::new(ip, number);
-            match bind_one(at, opts.tcp, want_udp).await {
-                Ok(b) => {
-                    number = b.addr.port();
-                    bound.push(b);
-                }
-                // The number picked is taken here: start again with another.
-                Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries > 1 => continue 'tries,
-                Err(e) if optional => {
-                    tracing::warn!("not listening on {at}: {e}");
-                }
-                Err(e) => return Err(fail(at, e)),
-            }
-        }
-        return Ok(bound);
-    }
-    Err(SessionError::PortInUse { port: 0 })
-}
-
-/// Binds TCP and UDP (as asked) on `at`, with one port number.
-async fn bind_one(at: SocketAddr, tcp: bool, udp: bool) -> io::Result<Bound> {
-    let listener = match tcp {
-        true => Some(listen_tcp(at)?),
-        false => None,
-    };
-    let at = match &listener {
-        Some(l) => l.local_addr()?,
-        None => at,
-    };
-    let udp = match udp {
-        true => Some(UdpPort::bind(at).await?),
-        false => None,
-    };
-    let addr = match (&listener, &udp) {
-        (None, Some(u)) => u.local_addr()?,
-        _ => at,
-    };
-    Ok(Bound {
-        addr,
-        tcp: listener,
-        udp,
-    })
-}
-
-/// A TCP listener on `at`, IPv6-only if `at` is IPv6 (so the IPv4 listener of the same number
-/// can exist beside it), with the address reuse tokio's own `bind` sets.
-fn listen_tcp(at: SocketAddr) -> io::Result<TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(
-        Domain::for_address(at),
-        Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    if at.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&at.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    TcpListener::from_std(socket.into())
-}
-
 /// Takes uTP connections as `accept_loop` takes TCP ones (the same bound on those pending).
 async fn accept_utp(
     utp: Utp,
@@ -472,6 +360,7 @@ async fn route(stream: PeerStream, addr: SocketAddr, routes: Routes, within: Dur
 mod tests {
     use super::*;
     use crate::wire::write_handshake;
+    use std::net::Ipv6Addr;
     use tokio::net::TcpStream;
 
     #[tokio::test]
@@ -620,50 +509,5 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ours.recv().await.unwrap().theirs.peer_id, [4; 20]);
-    }
-
-    #[tokio::test]
-    async fn named_addresses_are_bound_each_once_and_one_in_use_fails() {
-        let ips: Vec<IpAddr> = vec![
-            "::1".parse().unwrap(),
-            "127.0.0.1".parse().unwrap(),
-            "::1".parse().unwrap(),
-        ];
-        let opts = HostOptions {
-            udp: true,
-            ..HostOptions::tcp(Duration::from_secs(5))
-        };
-        let host = Host::bind_all(&ips, 0, opts).await.unwrap();
-        let port = host.port();
-        assert_eq!(
-            host.local_addrs(),
-            &[
-                SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
-                SocketAddr::from(([127, 0, 0, 1], port))
-            ]
-        );
-        // A named address is no optional default: a port taken there is an error.
-        let again = Host::bind_all(&ips[..1], port, opts).await;
-        assert!(
-            matches!(again, Err(SessionError::PortInUse { port: p }) if p == port),
-            "{:?}",
-            again.err()
-        );
-    }
-
-    /// Where IPv6 cannot be bound (here: its port taken; on a machine without IPv6, the
-    /// socket refused), the default listens on IPv4 alone rather than failing.
-    #[tokio::test]
-    async fn the_default_does_without_ipv6_that_cannot_be_bound() {
-        let taken = listen_tcp("[::]:0".parse().unwrap()).unwrap();
-        let port = taken.local_addr().unwrap().port();
-        let host = Host::bind_all(&[], port, HostOptions::tcp(Duration::from_secs(5)))
-            .await
-            .expect("IPv4 alone");
-        assert_eq!(
-            host.local_addrs(),
-            &[SocketAddr::from(([0, 0, 0, 0], port))]
-        );
-        assert!(host.udp(Family::V6).is_none());
     }
 }

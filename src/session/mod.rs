@@ -34,6 +34,7 @@ mod disk;
 mod disk_io;
 mod encryption;
 mod host;
+mod listen;
 mod peer;
 mod peers;
 mod read;

@@ -15,8 +15,9 @@
 //! - `clients`: [`Clients`], what all announces share: the HTTP client, UDP connection ids.
 //! - `types`: [`AnnounceRequest`], [`AnnounceResponse`], [`TrackerError`], interval bounds.
 //! - `tests/`: dispatch and shared helpers (`mod.rs`), the announcer against scripted
-//!   trackers (`announcer.rs`), HTTP requests and replies (`http.rs`, `props.rs`), both
-//!   protocols against a real opentracker (`opentracker.rs`); UDP's sit in `udp.rs`.
+//!   trackers (`announcer.rs`), HTTP requests and replies (`http.rs`, `props.rs`), UDP
+//!   against a scripted tracker, over IPv4 and IPv6 (`udp.rs`), both protocols against a
+//!   real opentracker (`opentracker.rs`).
 //!
 //! Info-hashes and peer ids are raw `[u8; 20]` so this module depends on nothing above
 //! `bencode`.

@@ -5,6 +5,7 @@
 
 mod krpc;
 mod props;
+mod routing;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};

@@ -6,6 +6,7 @@ mod announcer;
 mod http;
 mod opentracker;
 mod props;
+mod udp;
 
 use std::future::Future;
 use std::net::SocketAddr;
