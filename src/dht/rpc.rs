@@ -366,6 +366,7 @@ fn resolve(inner: &Arc<Inner>, tid: &[u8], src: SocketAddr, result: Result<Respo
             return;
         }
         let pending = st.pending.remove(&tid);
+        let now = Instant::now();
         if let Ok(r) = &result
             && !st.routers.contains(&src)
         {
@@ -373,18 +374,19 @@ fn resolve(inner: &Arc<Inner>, tid: &[u8], src: SocketAddr, result: Result<Respo
                 id: r.id,
                 addr: src,
             };
-            let now = Instant::now();
             if let Insert::Cached { ping } = st.tables.for_addr(&src).responded(node, now) {
                 to_ping = ping;
             }
+            inner
+                .ready
+                .send_if_modified(|ready| !std::mem::replace(ready, true));
+        }
+        if let Ok(r) = &result {
             for family in Family::ALL.into_iter().filter(|f| *f != Family::of(&src)) {
                 if inner.socket(family).is_some() && st.tables.of(family).good_count(now) < K {
                     to_ping.extend(r.nodes_of(family).iter().take(K).copied());
                 }
             }
-            inner
-                .ready
-                .send_if_modified(|ready| !std::mem::replace(ready, true));
         }
         pending
     };
