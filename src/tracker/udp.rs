@@ -4,10 +4,8 @@
 //! ignored) and its action; an error action becomes [`TrackerError::Failure`].
 //!
 //! A tracker answers with peers of the family it is reached over (6-byte IPv4 entries, or
-//! 18-byte IPv6 ones over IPv6), and learns our address of that family only. So a tracker
-//! whose host name has addresses of both families is announced to over each, at once, and
-//! the peers of both answers are merged; one family failing (a machine without IPv6) leaves
-//! the other's answer.
+//! 18-byte IPv6 ones over IPv6): one with addresses of both families is announced to over
+//! each we listen on (`families.rs`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,6 +15,7 @@ use tokio::time::{Instant, timeout_at};
 use url::{Host, Url};
 
 use super::clients::Clients;
+use super::families::{self, announce_both};
 use super::reply::compact_peers;
 use super::types::{AnnounceRequest, AnnounceResponse, Event, TrackerError, clamp_interval};
 
@@ -36,82 +35,34 @@ const RETRANSMIT_WAITS: [Duration; 4] = [
     Duration::from_secs(16),
 ];
 
-/// The system resolver may retry for long; an announce should not wait on it for longer.
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Large enough for any sane peer list (a 1500-byte MTU holds ~240 IPv4 peers).
 const RECV_BUF: usize = 64 * 1024;
-
-/// Once one family's tracker address answered, how long the other's answer is waited for
-/// (it is not worth holding up the peers of the first for longer).
-const OTHER_FAMILY_WAIT: Duration = Duration::from_secs(3);
 
 pub(super) async fn announce(
     url: &Url,
     req: &AnnounceRequest,
     clients: &Clients,
 ) -> Result<AnnounceResponse, TrackerError> {
-    match resolve(url).await?[..] {
+    let port = url
+        .port()
+        .ok_or_else(|| TrackerError::InvalidUrl(format!("{url}: UDP tracker URL has no port")))?;
+    let addrs = match url.host() {
+        Some(Host::Ipv4(ip)) => vec![(ip, port).into()],
+        Some(Host::Ipv6(ip)) => vec![(ip, port).into()],
+        Some(Host::Domain(host)) => families::resolve(clients, host, port).await?,
+        None => return Err(TrackerError::InvalidUrl(format!("{url}: no host"))),
+    };
+    match req.families.pick(&addrs)[..] {
         [addr] => announce_to(addr, req, clients).await,
-        [v4, v6] => announce_both(v4, v6, req, clients).await,
+        [v4, v6] => {
+            announce_both(announce_to(v4, req, clients), announce_to(v6, req, clients)).await
+        }
         _ => Err(TrackerError::Resolve(url.to_string())),
     }
 }
 
-/// Announces over IPv4 to `v4` and over IPv6 to `v6` at once: the merged answers of both, or
-/// one's answer if the other failed or did not come within [`OTHER_FAMILY_WAIT`] of it; if
-/// both failed, the IPv4 failure.
-pub(super) async fn announce_both(
-    v4: SocketAddr,
-    v6: SocketAddr,
-    req: &AnnounceRequest,
-    clients: &Clients,
-) -> Result<AnnounceResponse, TrackerError> {
-    let (over4, over6) = (announce_to(v4, req, clients), announce_to(v6, req, clients));
-    let (mut over4, mut over6) = (std::pin::pin!(over4), std::pin::pin!(over6));
-    let (first, first_is_v4) = tokio::select! {
-        r = &mut over4 => (r, true),
-        r = &mut over6 => (r, false),
-    };
-    let other = match first_is_v4 {
-        true => over6,
-        false => over4,
-    };
-    match first {
-        Ok(answer) => match tokio::time::timeout(OTHER_FAMILY_WAIT, other).await {
-            Ok(Ok(second)) => Ok(merge(answer, second)),
-            Ok(Err(e)) => {
-                tracing::debug!("tracker: one family's announce failed: {e}");
-                Ok(answer)
-            }
-            Err(_) => Ok(answer),
-        },
-        Err(e) => match other.await {
-            Ok(answer) => {
-                tracing::debug!("tracker: one family's announce failed: {e}");
-                Ok(answer)
-            }
-            Err(other) => Err(if first_is_v4 { e } else { other }),
-        },
-    }
-}
-
-/// One answer from the answers of both families: the peers of both, the larger swarm counts
-/// (a peer with both addresses is counted by each), the first's intervals.
-fn merge(mut a: AnnounceResponse, b: AnnounceResponse) -> AnnounceResponse {
-    for p in b.peers {
-        if !a.peers.contains(&p) {
-            a.peers.push(p);
-        }
-    }
-    a.seeders = a.seeders.max(b.seeders);
-    a.leechers = a.leechers.max(b.leechers);
-    a.warning = a.warning.or(b.warning);
-    a
-}
-
 /// One announce to `addr`, over its family.
-async fn announce_to(
+pub(super) async fn announce_to(
     addr: SocketAddr,
     req: &AnnounceRequest,
     clients: &Clients,
@@ -159,35 +110,6 @@ async fn announce_to(
         }
     }
     Err(TrackerError::Timeout)
-}
-
-/// The tracker's address: the one of an IP URL, or of a host name the first of each family
-/// (IPv4 first).
-async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, TrackerError> {
-    let port = url
-        .port()
-        .ok_or_else(|| TrackerError::InvalidUrl(format!("{url}: UDP tracker URL has no port")))?;
-    match url.host() {
-        Some(Host::Ipv4(ip)) => Ok(vec![(ip, port).into()]),
-        Some(Host::Ipv6(ip)) => Ok(vec![(ip, port).into()]),
-        Some(Host::Domain(host)) => {
-            let lookup =
-                tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)));
-            let addrs: Vec<SocketAddr> = lookup
-                .await
-                .map_err(|_| TrackerError::Resolve(format!("{host}: timed out")))?
-                .map_err(|e| TrackerError::Resolve(format!("{host}: {e}")))?
-                .collect();
-            let v4 = addrs.iter().find(|a| a.is_ipv4());
-            let v6 = addrs.iter().find(|a| a.is_ipv6());
-            let both: Vec<SocketAddr> = v4.into_iter().chain(v6).copied().collect();
-            match both.is_empty() {
-                true => Err(TrackerError::Resolve(host.to_string())),
-                false => Ok(both),
-            }
-        }
-        None => Err(TrackerError::InvalidUrl(format!("{url}: no host"))),
-    }
 }
 
 /// Waits until `wait` has passed for the reply to transaction `tid`; returns its length in

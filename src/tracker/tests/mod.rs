@@ -56,6 +56,7 @@ fn request() -> AnnounceRequest {
         event: Event::Started,
         num_want: 50,
         key: 7,
+        families: crate::tracker::Families::BOTH,
     }
 }
 

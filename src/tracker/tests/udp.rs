@@ -2,13 +2,14 @@
 //! retransmission, strays, connection ids, errors, and IPv6 (a tracker reached over IPv6, and
 //! one reached over both families).
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Freeze, within};
 use crate::tracker::udp::*;
-use crate::tracker::{AnnounceRequest, AnnounceResponse, Clients, Event, TrackerError};
+use crate::tracker::{AnnounceRequest, AnnounceResponse, Clients, Event, Families, TrackerError};
 
 fn request() -> AnnounceRequest {
     AnnounceRequest {
@@ -21,6 +22,7 @@ fn request() -> AnnounceRequest {
         event: Event::Started,
         num_want: u32::MAX,
         key: 0x0102_0304,
+        families: Families::BOTH,
     }
 }
 
@@ -334,27 +336,35 @@ async fn a_tracker_reached_over_ipv6_answers_with_ipv6_peers() {
     assert_eq!(r.peers, vec!["[2001:db8::1]:6881".parse().unwrap()]);
 }
 
-/// A host name with addresses of both families: announced over each, the answers merged;
-/// a family that fails leaves the other's answer.
+/// A host name with addresses of both families: announced to over each, the answers merged;
+/// listening on IPv4 alone, over IPv4 alone; a family that fails leaves the other's answer.
 #[tokio::test]
 async fn both_families_of_a_tracker_are_announced_to_and_their_peers_merged() {
     let v4 = FakeTracker::on("127.0.0.1:0").await;
-    let v6 = FakeTracker::on("[::1]:0").await;
-    let clients = Clients::new().unwrap();
-    let (a4, a6) = (v4.sock.local_addr().unwrap(), v6.sock.local_addr().unwrap());
-    let req = request();
-    let both = announce_both(a4, a6, &req, &clients);
+    let port = v4.sock.local_addr().unwrap().port();
+    let v6 = FakeTracker::on(&format!("[::1]:{port}")).await;
+    let hosts = HashMap::from([(
+        "tracker.test".to_string(),
+        vec![
+            IpAddr::from([127, 0, 0, 1]),
+            IpAddr::from(Ipv6Addr::LOCALHOST),
+        ],
+    )]);
+    let url = format!("udp://tracker.test:{port}/announce");
+    let announce = |req: AnnounceRequest| {
+        let (url, clients) = (url.clone(), Clients::with_hosts(hosts.clone()).unwrap());
+        tokio::spawn(async move { crate::tracker::announce(&url, &req, &clients).await })
+    };
     let mut peer6 = vec![0x20, 0x01, 0x0d, 0xb8];
     peer6.extend_from_slice(&[0; 11]);
     peer6.extend_from_slice(&[2, 0, 80]);
-    let serve = async {
-        tokio::join!(
-            v4.serve(4, b"\x01\x02\x03\x04\x1a\xe1"),
-            v6.serve(6, &peer6)
-        )
-    };
-    let (r, _) = within(async { tokio::join!(both, serve) }).await;
-    let mut peers = r.unwrap().peers;
+
+    let task = announce(request());
+    tokio::join!(
+        v4.serve(4, b"\x01\x02\x03\x04\x1a\xe1"),
+        v6.serve(6, &peer6)
+    );
+    let mut peers = within(task).await.unwrap().unwrap().peers;
     peers.sort();
     let want: Vec<SocketAddr> = vec![
         "1.2.3.4:6881".parse().unwrap(),
@@ -362,16 +372,29 @@ async fn both_families_of_a_tracker_are_announced_to_and_their_peers_merged() {
     ];
     assert_eq!(peers, want);
 
-    // IPv6 unreachable (nobody on that port: refused at once): IPv4's answer alone.
-    let closed6 = {
-        let s = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
-        s.local_addr().unwrap()
+    let v4_only = AnnounceRequest {
+        families: Families {
+            v4: true,
+            v6: false,
+        },
+        ..request()
     };
-    let clients = Clients::new().unwrap();
-    let both = announce_both(a4, closed6, &req, &clients);
-    let serve = v4.serve(5, b"\x01\x02\x03\x05\x1a\xe1");
-    let (r, ()) = within(async { tokio::join!(both, serve) }).await;
-    assert_eq!(r.unwrap().peers, vec!["1.2.3.5:6881".parse().unwrap()]);
+    let task = announce(v4_only);
+    v4.serve(5, b"\x01\x02\x03\x05\x1a\xe1").await;
+    let r = within(task).await.unwrap().unwrap();
+    assert_eq!(r.peers, vec!["1.2.3.5:6881".parse().unwrap()]);
+    let mut buf = [0u8; 64];
+    assert!(
+        v6.sock.try_recv_from(&mut buf).is_err(),
+        "nothing was sent over IPv6"
+    );
+
+    // Nobody on the IPv6 port (refused at once): IPv4's answer alone.
+    drop(v6);
+    let task = announce(request());
+    v4.serve(7, b"\x01\x02\x03\x07\x1a\xe1").await;
+    let r = within(task).await.unwrap().unwrap();
+    assert_eq!(r.peers, vec!["1.2.3.7:6881".parse().unwrap()]);
 }
 
 #[tokio::test]
