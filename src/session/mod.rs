@@ -228,7 +228,8 @@ impl Session {
             trackers: spawn_announcer(
                 weak.clone(),
                 &torrent,
-                AnnounceParams::new(torrent.info_hash.0, host.peer_id(), host.port()),
+                AnnounceParams::new(torrent.info_hash.0, host.peer_id(), host.port())
+                    .listening_on(host.local_addrs()),
                 discovery::tagged(&discovered, PeerSource::Tracker),
                 shutdown.subscribe(),
                 announced_tx,
