@@ -9,7 +9,9 @@
 # PASS/FAIL. Options go to scripts/bench/all.py (see --help), e.g.
 #   scripts/bench.sh --runs 3 --json /tmp/bench.json
 # Each part runs alone too: scripts/bench/{file,video,magnet,webseed,encryption,utp}.py (after
-# a build).
+# a build). A seventh part, thin (scripts/bench/thin.py), runs only with --with thin (15-20
+# min): seeders with capped uplinks behind a relay that adds latency, each client's first
+# byte, seek, mpv first frames and stalls against the bandwidth bound.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

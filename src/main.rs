@@ -93,6 +93,12 @@ struct MountArgs {
     /// ways. disable: plaintext only.
     #[arg(long, default_value = "allow", value_name = "POLICY", value_parser = encryption_policy())]
     encryption: session::Encryption,
+    /// What to fetch when no read waits. open-files: the rest of files being watched (read
+    /// 16 MiB or half their size), then the files next to them, until 2 minutes after the last
+    /// read; a probe (thumbnailer, `file`) fetches only what it reads. torrent: everything,
+    /// rarest first, while the cache has room. off: only what is read.
+    #[arg(long, default_value = "open-files", value_name = "POLICY", value_parser = background_policy())]
+    background: session::Background,
     /// Connect to this peer as well as those trackers find (repeatable).
     #[arg(long = "peer", value_name = "IP:PORT")]
     peers: Vec<SocketAddr>,
@@ -205,6 +211,7 @@ fn run(cli: Cli) -> Result<()> {
                     max_upload_rate: args.max_upload_rate,
                     no_upload: args.no_upload,
                     encryption: args.encryption,
+                    background: args.background,
                     disk_cache: args.cache_dir.map(|dir| session::DiskCacheConfig {
                         dir,
                         budget: args.disk_cache_size,
@@ -282,6 +289,12 @@ fn encryption_policy() -> impl clap::builder::TypedValueParser<Value = session::
     use clap::builder::TypedValueParser;
     let names = session::Encryption::ALL.map(|e| e.name());
     clap::builder::PossibleValuesParser::new(names).try_map(|s| s.parse::<session::Encryption>())
+}
+
+fn background_policy() -> impl clap::builder::TypedValueParser<Value = session::Background> {
+    use clap::builder::TypedValueParser;
+    let names = session::Background::ALL.map(|b| b.name());
+    clap::builder::PossibleValuesParser::new(names).try_map(|s| s.parse::<session::Background>())
 }
 
 fn init_logging(verbose: u8) {

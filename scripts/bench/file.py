@@ -48,13 +48,13 @@ def check(args, p):
         p.error("--size >= 2M")
 
 
-def ttfb(bench, client, swarm):
+def ttfb(bench, client, swarm, metric="ttfb"):
     def fn(m):
-        bench.record(client, "ttfb", first_byte(m, bench.args.read_timeout) - m.ready_at)
-    bench.measure(client, "ttfb", fn, swarm)
+        bench.record(client, metric, first_byte(m, bench.args.read_timeout) - m.ready_at)
+    bench.measure(client, metric, fn, swarm)
 
 
-def seek(bench, client, swarm, offset):
+def seek(bench, client, swarm, offset, metric="seek"):
     with open(swarm.file, "rb") as f:
         f.seek(offset)
         want = f.read(MiB)
@@ -77,8 +77,8 @@ def seek(bench, client, swarm, offset):
             if buf != want:
                 raise MetricFailed("bytes at offset %d differ from the source" % offset)
             return t1 - t0
-        bench.record(client, "seek", guarded(m, bench.args.read_timeout, body))
-    bench.measure(client, "seek", fn, swarm)
+        bench.record(client, metric, guarded(m, bench.args.read_timeout, body))
+    bench.measure(client, metric, fn, swarm)
 
 
 def seq(bench, client, swarm, sha1, tmpfs_file):

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from harness.cli import run_alone
 from harness.measure import guarded, watch_rchar
-from harness.procs import MetricFailed, log, run as run_tool, tail
+from harness.procs import MetricFailed, log, run as run_tool
 from harness.report import parse_rate
 from harness.swarm import Swarm
 
@@ -45,53 +45,75 @@ def check(args, p):
 
 
 def make_video(args, path):
+    return encode_video(path, args.video_seconds, args.video_bitrate)
+
+
+def encode_video(path, seconds, bitrate, fps=25, vbv_secs=2.0):
+    """An mp4 of `seconds` at `bitrate` bits/s and `fps` frames/s, a keyframe every 2 s;
+    its size. `vbv_secs`: x264's rate buffer, in seconds of the bitrate; below 2 it also
+    starts nearly empty (as streaming encodes do), so the first second is no bigger than
+    the others."""
+    vbv = ["-bufsize", str(int(vbv_secs * bitrate))]
+    if vbv_secs < 2:
+        vbv += ["-rc_init_occupancy", str(bitrate // 8)]
     t0 = time.monotonic()
     # Noise keeps x264 at the bitrate asked for (a test pattern alone compresses to far
     # less); no +faststart, so the index (moov) is at the end and a player reads there
     # first, as with many real downloads.
     run_tool([FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-              "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=25,noise=alls=12:allf=t+u",
+              "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=%d,noise=alls=12:allf=t+u" % fps,
               "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-              "-t", str(args.video_seconds), "-c:v", "libx264", "-preset", "ultrafast",
-              "-b:v", str(args.video_bitrate), "-maxrate", str(args.video_bitrate),
-              "-bufsize", str(2 * args.video_bitrate), "-g", "50", "-pix_fmt", "yuv420p",
-              "-c:a", "aac", "-b:a", "128k", path])
+              "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast",
+              "-b:v", str(bitrate), "-maxrate", str(bitrate)] + vbv + [
+              "-g", str(2 * fps), "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k", path])
     size = os.path.getsize(path)
     log("video: %s, %d s, %.1f Mbit/s, %.1f MB, made in %.0f s"
-        % (os.path.basename(path), args.video_seconds, size * 8 / args.video_seconds / 1e6,
+        % (os.path.basename(path), seconds, size * 8 / seconds / 1e6,
            size / 1e6, time.monotonic() - t0))
     return size
+
+
+MPV_ARGV = [MPV, "--no-config", "--vo=null", "--ao=null", "--msg-time",
+            "--msg-level=all=status,cplayer=v"]
+
+
+def mpv_on_mount(bench, client, m, args):
+    """`mpv ARGS FILE` on the mount, guarded like any read; its log."""
+    held = {}
+
+    def body(progress):
+        p, held["log"] = bench.spawn_tool(MPV_ARGV + args + [m.path], "%s-mpv" % client,
+                                          stdout=None)
+        held["p"] = p
+        watch_rchar(p, progress)
+        return p.wait()
+
+    try:
+        rc = guarded(m, bench.args.read_timeout, body)
+    finally:
+        if "p" in held:
+            bench.procs.stop(held["p"])
+    with open(held["log"], errors="replace") as f:
+        text = f.read()
+    if rc != 0 or shown_at(text) is None:
+        raise MetricFailed("mpv exited %s%s: %s" % (
+            rc, "" if shown_at(text) is not None else " with no frame shown", text[-600:]))
+    return text
+
+
+def shown_at(text):
+    """mpv's clock (s) at its first frame shown at the start position, from its log."""
+    shown = re.search(r"^\[\s*([\d.]+)\]\s*\[cplayer\] first video frame after "
+                      r"restart shown", text, re.M)
+    return float(shown.group(1)) if shown else None
 
 
 def first_frame(bench, client, swarm, start, metric):
     """mpv on a fresh mount: seconds from mpv's start to its first video frame at the
     start position (mpv's own clock, --msg-time), after which --frames=1 quits."""
     def fn(m):
-        argv = [MPV, "--no-config", "--vo=null", "--ao=null", "--frames=1", "--msg-time",
-                "--msg-level=all=status,cplayer=v"]
-        if start:
-            argv.append("--start=" + start)
-        argv.append(m.path)
-        held = {}
-
-        def body(progress):
-            p, held["log"] = bench.spawn_tool(argv, "%s-mpv" % client, stdout=None)
-            held["p"] = p
-            watch_rchar(p, progress)
-            return p.wait()
-
-        try:
-            rc = guarded(m, bench.args.read_timeout, body)
-        finally:
-            if "p" in held:
-                bench.procs.stop(held["p"])
-        text = tail(held["log"], 400)
-        shown = re.search(r"^\[\s*([\d.]+)\]\s*\[cplayer\] first video frame after "
-                          r"restart shown", text, re.M)
-        if rc != 0 or not shown:
-            raise MetricFailed("mpv exited %s%s: %s" % (
-                rc, "" if shown else " with no frame shown", text[-600:]))
-        bench.record(client, metric, float(shown.group(1)))
+        args = ["--frames=1"] + (["--start=" + start] if start else [])
+        bench.record(client, metric, shown_at(mpv_on_mount(bench, client, m, args)))
     bench.measure(client, metric, fn, swarm)
 
 

@@ -4,6 +4,8 @@
   procs    processes we start, each ended by its PID; signals; free ports; VmHWM; CPU time
   mount    FUSE mounts: ready when /proc/self/mountinfo lists them, status xattr, unmount
   swarm    opentracker + libtorrent seeders of one file (scripts/swarm.py)
+  thinswarm  the same with capped uplinks, behind a relay that adds latency
+  bound    bandwidth bounds: the pieces a read or a player needs, over the swarm's rate
   dht      a tracker-less swarm on libtorrent DHT nodes (scripts/dht_nodes.py)
   web      nginx serving a folder: a web seed (BEP 19)
   netns    re-running a script in a private, loopback-only network namespace

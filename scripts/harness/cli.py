@@ -1,7 +1,9 @@
 """The benchmark's options and main(), shared by scripts/bench/all.py and each part's script.
 
 A part is a module with NAME, HELP (a line for --skip), TOOLS (programs it needs),
-add_options(parser), check(args, parser) and run(bench); its docstring says what it measures."""
+add_options(parser), check(args, parser) and run(bench); its docstring says what it measures.
+A part with OPTIONAL = True (a long one) runs in the all-parts run only when asked for with
+--with NAME; its own script always runs it."""
 
 import argparse
 import os
@@ -67,6 +69,12 @@ def parser(doc, parts):
         p.add_argument("--skip", action="append", default=[], choices=[x.NAME for x in parts],
                        help="skip a part: " + ", ".join(
                            "%s (%s)" % (x.NAME, x.HELP) for x in parts))
+        optional = [x for x in parts if getattr(x, "OPTIONAL", False)]
+        if optional:
+            p.add_argument("--with", dest="with_parts", action="append", default=[],
+                           choices=[x.NAME for x in optional],
+                           help="also run a part that is off by default: " + ", ".join(
+                               "%s (%s)" % (x.NAME, x.HELP) for x in optional))
     return p
 
 
@@ -74,7 +82,10 @@ def main(doc, parts):
     """Runs `parts` (modules, in order) on one work dir and prints one table; the exit code."""
     p = parser(doc, parts)
     args = p.parse_args()
-    parts = [part for part in parts if part.NAME not in getattr(args, "skip", [])]
+    chosen = getattr(args, "with_parts", [])
+    parts = [part for part in parts if part.NAME not in getattr(args, "skip", [])
+             and (len(parts) == 1 or not getattr(part, "OPTIONAL", False)
+                  or part.NAME in chosen)]
     if args.runs < 1:
         p.error("--runs >= 1")
     parse_size(args.cache_size)

@@ -50,6 +50,8 @@ class Bench:
         self.utp_size = None  # the utp part's file
         self.enc_size = None  # the encryption part's file
         self.tmp_dirs = []  # removed at the end, as the work dir is
+        # A part's own table, printed after the main one: fn() -> (lines, JSON value), by name.
+        self.reports = {}
 
     def record(self, client, metric, value):
         self.results[client].setdefault(metric, []).append(value)

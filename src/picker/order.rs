@@ -111,6 +111,12 @@ impl Picker {
         self.background = enabled;
     }
 
+    /// Whether background fetching is on (tests).
+    #[cfg(test)]
+    pub fn background_enabled(&self) -> bool {
+        self.background
+    }
+
     /// Where background fetching may start pieces (see the field); ranges are sorted and
     /// merged here.
     pub fn set_background_scope(&mut self, scope: Option<Vec<Range<u32>>>) {

@@ -10,7 +10,8 @@
 //! - a blocking-pool job hashes each completed piece before anyone sees a byte of it
 //!   (`verify.rs`);
 //! - the announcer (see `tracker::announcer`) reports to trackers and feeds the connector;
-//! - the rechoke task applies the choker's decisions once a second;
+//! - the tick task, once a second, applies the choker's decisions and asks the background
+//!   policy (`background.rs`) where fetching may go;
 //! - with `--cache-dir`, a writer task puts verified pieces on disk (`disk.rs`);
 //! - one task per web seed asks its HTTP server for the blocks the picker gives it
 //!   (`webseed/`).
@@ -27,6 +28,7 @@
 
 mod addrbook;
 mod assembly;
+mod background;
 mod connect;
 mod dial;
 mod discovery;
@@ -65,6 +67,7 @@ use crate::tracker::announcer::{self, AnnounceParams, Progress, TrackerStatus};
 use shared::Shared;
 use state::State;
 
+pub use background::Background;
 pub use discovery::{PeerSource, SourceCount};
 pub use disk::{DiskCacheConfig, DiskStats};
 pub use encryption::Encryption;
@@ -103,6 +106,8 @@ pub struct Config {
     pub peer_timeouts: PeerTimeouts,
     /// Keep verified pieces on disk too (`--cache-dir`); `None`: nothing touches the disk.
     pub disk_cache: Option<DiskCacheConfig>,
+    /// What to fetch when no reader is waiting (`--background`).
+    pub background: Background,
     /// The torrent's web seeds (BEP 19): whether to use them, and their limits.
     pub web_seeds: WebSeedConfig,
     /// Which connections are encrypted, both ways (`--encryption`).
@@ -125,6 +130,7 @@ impl Default for Config {
             no_upload: false,
             peer_timeouts: PeerTimeouts::default(),
             disk_cache: None,
+            background: Background::default(),
             web_seeds: WebSeedConfig::default(),
             encryption: Encryption::default(),
         }
@@ -210,7 +216,15 @@ impl Session {
             Some(c) => disk::open(c, torrent.info_hash.0, &geometry).await?,
             None => None,
         };
-        let mut state = State::new(geometry.clone(), config.cache_bytes);
+        let files = (torrent.info.files.iter())
+            .map(|f| geometry.pieces_in(f.offset, f.length))
+            .collect();
+        let mut state = State::new(
+            geometry.clone(),
+            config.cache_bytes,
+            config.background,
+            files,
+        );
         if let Some(o) = &opened {
             state.found_on_disk(o.pieces.iter().copied());
         }
@@ -256,9 +270,7 @@ impl Session {
             tokio::spawn(disk_io::write_loop(Arc::downgrade(&shared), end));
         }
         tokio::spawn(connect::run(shared.clone(), discovered_rx, incoming));
-        if !shared.config.no_upload {
-            tokio::spawn(rechoke(shared.clone()));
-        }
+        tokio::spawn(tick(shared.clone()));
         webseed::spawn_all(&shared);
         if !shared.config.peers.is_empty() {
             let _ = shared
@@ -343,7 +355,7 @@ impl Session {
             dht_nodes,
             dht_nodes_v4: dht_of(crate::net::Family::V4),
             dht_nodes_v6: dht_of(crate::net::Family::V6),
-            readers: st.readers.status(&s.torrent.info.files, &s.geometry),
+            readers: (st.readers).status(&s.torrent.info.files, &s.geometry, |p| st.picker.have(p)),
             longest_wait: st.readers.longest_wait(),
             disk_failing: s.disk.as_ref().and_then(disk::Disk::failing),
             web_seeds: st.web_seeds.status(tokio::time::Instant::now()),
@@ -421,9 +433,10 @@ fn spawn_announcer(
     status
 }
 
-/// Applies the choker's decisions once a second (it re-ranks every 10 s and rotates the
-/// optimistic unchoke every 30 s by itself).
-async fn rechoke(shared: Arc<Shared>) {
+/// Once a second: asks the background policy where fetching may go (it ends a while after
+/// the last read), and applies the choker's decisions (it re-ranks every 10 s and rotates the
+/// optimistic unchoke every 30 s by itself; nobody is unchoked with `--no-upload`).
+async fn tick(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -432,6 +445,12 @@ async fn rechoke(shared: Arc<Shared>) {
             _ = shutdown.changed() => return,
         }
         let mut st = shared.lock();
+        if st.readers.started() {
+            st.refresh_background(tokio::time::Instant::now());
+        }
+        if shared.config.no_upload {
+            continue;
+        }
         let seed = st.picker.have_bitfield().is_full();
         for (id, unchoke) in st.choker.tick(std::time::Instant::now(), seed) {
             st.peers.send(id, peers::PeerCmd::SetUnchoked(unchoke));

@@ -124,7 +124,8 @@ impl Session {
             let share = cfg.cache_bytes / 2 / st.readers.count().max(1) as u64;
             let max = cfg.max_readahead_bytes.min(share);
             let read = start..start + len;
-            let ahead = st.reader_moved(handle, read, file_end, cfg.readahead_bytes, max);
+            let file = f.offset..file_end;
+            let ahead = st.reader_moved(handle, read, file, cfg.readahead_bytes, max);
             if let Some(ahead) = ahead {
                 // The window's pieces on disk come into memory ahead of the reader.
                 disk_io::start_loads(s, &mut st, ahead.filter_map(|i| s.geometry.piece(i)));
@@ -153,6 +154,9 @@ impl Session {
                     .collect();
                 if held.is_none() && !asked {
                     asked = true;
+                    if let Some(r) = st.readers.get_mut(handle) {
+                        r.stalls += 1;
+                    }
                     st.readers.wait_started(urgent);
                     st.picker.set_reader(
                         urgent,

@@ -44,6 +44,10 @@ pub(crate) struct Reader {
     pub(crate) next: u64,
     /// Readahead window in bytes.
     pub(crate) window: u64,
+    /// Bytes read through this handle in all (a probe reads little; see `background`).
+    pub(crate) consumed: u64,
+    /// Reads that had to wait for data.
+    pub(crate) stalls: u64,
     /// Recent sequential reads: the window follows their rate.
     pace: Pace,
     /// The window's pieces as last told to the picker.
@@ -58,6 +62,8 @@ impl Reader {
             tail_id: None,
             next: start,
             window,
+            consumed: 0,
+            stalls: 0,
             pace: Pace::default(),
             readahead: 0..0,
         }
@@ -102,7 +108,7 @@ impl Reader {
 }
 
 /// Where one open file's reader stands (status and tests).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ReaderStatus {
     /// The file's path in the torrent, `/`-joined.
     pub path: String,
@@ -111,6 +117,11 @@ pub struct ReaderStatus {
     /// Offset in the file where the readahead window starts, and its size in bytes.
     pub window_start: u64,
     pub window: u64,
+    /// How far ahead of the position the data is held without a gap, in seconds of the
+    /// reader's consumption; `None` before it has a rate.
+    pub ahead_secs: Option<f64>,
+    /// Reads that had to wait for data.
+    pub stalls: u64,
 }
 
 /// Every open reader of a session, and the reads waiting for pieces.
@@ -176,12 +187,14 @@ impl Readers {
         self.waits.values().min().map(|t| t.elapsed())
     }
 
-    /// Each open reader, in the order they were opened.
+    /// Each open reader, in the order they were opened; `held`: whether a piece is held.
     pub(crate) fn status(
         &self,
         files: &[crate::metainfo::FileEntry],
         g: &Geometry,
+        held: impl Fn(crate::piece::PieceIndex) -> bool,
     ) -> Vec<ReaderStatus> {
+        let now = Instant::now();
         let mut out: Vec<(ReadHandle, ReaderStatus)> = (self.open.iter())
             .filter_map(|(&h, r)| {
                 let f = files.get(r.file)?;
@@ -195,6 +208,11 @@ impl Readers {
                         position: r.next.saturating_sub(f.offset),
                         window_start: window_start.saturating_sub(f.offset),
                         window: r.window,
+                        ahead_secs: (r.rate(now) > 0).then(|| {
+                            let held_to = held_until(g, r.next, f.offset + f.length, &held);
+                            (held_to - r.next) as f64 / r.rate(now) as f64
+                        }),
+                        stalls: r.stalls,
                     },
                 ))
             })
@@ -202,6 +220,24 @@ impl Readers {
         out.sort_by_key(|(h, _)| *h);
         out.into_iter().map(|(_, r)| r).collect()
     }
+}
+
+/// Where the data held without a gap from `pos` ends (at most `end`), looking no further than
+/// a few thousand pieces.
+fn held_until(
+    g: &Geometry,
+    pos: u64,
+    end: u64,
+    held: impl Fn(crate::piece::PieceIndex) -> bool,
+) -> u64 {
+    let mut at = pos;
+    for _ in 0..4096 {
+        let Some(p) = g.piece_at(at).filter(|&p| at < end && held(p)) else {
+            break;
+        };
+        at = g.piece_offset(p) + u64::from(g.piece_len(p));
+    }
+    at.min(end).max(pos)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use std::ops::Range;
 use bytes::Bytes;
 
 use super::assembly::{Assembling, Assembly, Sender};
+use super::background::{Background, Scope, Watching};
 use super::peers::{PeerCmd, Peers};
 use super::readers::{ReadHandle, Readers};
 use super::residency::{Change, Loads, Residency};
@@ -32,6 +33,10 @@ use crate::piece::{Geometry, PieceIndex};
 const UPLOAD_SLOTS: usize = 8;
 
 pub(crate) struct State {
+    /// The background policy and the files being watched; `scope`, where it last said
+    /// background fetching may go.
+    pub(crate) watching: Watching,
+    scope: Scope,
     pub(crate) picker: Picker,
     /// Whom we upload to; ticked by the rechoke task.
     pub(crate) choker: Choker<PeerId>,
@@ -45,10 +50,18 @@ pub(crate) struct State {
 
 impl State {
     /// Nothing held, no background fetching until the first read.
-    pub(crate) fn new(geometry: Geometry, cache_bytes: u64) -> Self {
+    /// `files`: each file's piece range, for the background policy.
+    pub(crate) fn new(
+        geometry: Geometry,
+        cache_bytes: u64,
+        background: Background,
+        files: Vec<Range<u32>>,
+    ) -> Self {
         let mut picker = Picker::new(geometry);
         picker.set_background(false);
         Self {
+            watching: Watching::new(background, files),
+            scope: Scope::Off,
             picker,
             choker: Choker::new(UPLOAD_SLOTS),
             residency: Residency::new(cache_bytes),
@@ -200,13 +213,22 @@ impl State {
         &mut self,
         handle: ReadHandle,
         read: Range<u64>,
-        file_end: u64,
+        file: Range<u64>,
         min: u64,
         max: u64,
     ) -> Option<Range<u32>> {
-        let r = self.readers.get_mut(handle)?;
         let now = tokio::time::Instant::now();
-        let ahead = r.advance(self.picker.geometry(), now, read, file_end, min, max)?;
+        let r = self.readers.get_mut(handle)?;
+        r.consumed += read.end - read.start;
+        let (index, consumed) = (r.file, r.consumed);
+        if self
+            .watching
+            .read(index, consumed, file.end - file.start, now)
+        {
+            self.refresh_background(now);
+        }
+        let r = self.readers.get_mut(handle)?;
+        let ahead = r.advance(self.picker.geometry(), now, read, file.end, min, max)?;
         let want = ReaderWant {
             urgent: 0..0,
             readahead: ahead.clone(),
@@ -221,16 +243,38 @@ impl State {
     /// mount only browsed downloads nothing.
     pub(crate) fn start_reading(&mut self) {
         if self.readers.start() {
-            self.update_background();
+            self.refresh_background(tokio::time::Instant::now());
         }
     }
 
-    /// Background (rarest-first) fetching runs after the first read and only while memory has
-    /// room, so it never churns the cache or evicts what readers will want.
+    /// Asks the background policy where fetching may go now (once a second, and when a file
+    /// becomes watched): it looks at what is held and at the time since the last read.
+    pub(crate) fn refresh_background(&mut self, now: tokio::time::Instant) {
+        let picker = &self.picker;
+        let held = |r: &Range<u32>| {
+            let g = picker.geometry();
+            r.clone().filter_map(|i| g.piece(i)).all(|p| picker.have(p))
+        };
+        let scope = self.watching.scope(now, held);
+        if scope != self.scope {
+            self.picker.set_background_scope(match &scope {
+                Scope::Pieces(ranges) => Some(ranges.clone()),
+                Scope::Torrent | Scope::Off => None,
+            });
+            self.scope = scope;
+            self.peers.refill_all();
+        }
+        self.update_background();
+    }
+
+    /// Background fetching (see `background.rs` for where) runs after the first read and only
+    /// while memory has room, so it never churns the cache or evicts what readers will want.
     pub(crate) fn update_background(&mut self) {
         // Pieces being assembled hold memory already (reserved in the store); two more fit.
         let room = 2 * u64::from(self.picker.geometry().piece_length());
-        let enabled = self.readers.started() && self.residency.memory_has_room_for(room);
+        let enabled = self.readers.started()
+            && self.scope != Scope::Off
+            && self.residency.memory_has_room_for(room);
         self.picker.set_background(enabled);
     }
 
@@ -270,7 +314,12 @@ mod tests {
         for seed in 0..30 {
             let mut rng = StdRng::seed_from_u64(seed);
             let g = Geometry::new(PIECE, u64::from(PIECE) * 12).unwrap();
-            let mut st = State::new(g.clone(), u64::from(PIECE) * 3);
+            let mut st = State::new(
+                g.clone(),
+                u64::from(PIECE) * 3,
+                Background::default(),
+                std::iter::once(0..12).collect(),
+            );
             let (tx, mut rx) = mpsc::unbounded_channel();
             st.peers
                 .admit("10.0.0.1:1".parse().unwrap(), PeerSource::Tracker, tx, 10)

@@ -148,13 +148,18 @@ impl WebSeedReport {
     }
 }
 
-/// One open file: where its reader is and the window fetched ahead of it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One open file: where its reader is, the window fetched ahead of it, how far ahead the data
+/// is (seconds of the reader's consumption) and how often a read had to wait.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReaderReport {
     pub path: String,
     pub position: u64,
     pub window_start: u64,
     pub window: u64,
+    #[serde(default)]
+    pub ahead_secs: Option<f64>,
+    #[serde(default)]
+    pub stalls: u64,
 }
 
 impl Report {
@@ -217,6 +222,8 @@ impl Report {
                     position: r.position,
                     window_start: r.window_start,
                     window: r.window,
+                    ahead_secs: r.ahead_secs,
+                    stalls: r.stalls,
                 })
                 .collect(),
             warnings: Vec::new(),
@@ -273,9 +280,10 @@ impl Report {
         }
         line("rerequested_blocks", &self.rerequested_blocks);
         for r in &self.readers {
+            let ahead = r.ahead_secs.map_or("-".to_string(), |s| format!("{s:.1}s"));
             let v = format!(
-                "{} position={} window_start={} window={}",
-                r.path, r.position, r.window_start, r.window
+                "{} position={} window_start={} window={} ahead={} stalls={}",
+                r.path, r.position, r.window_start, r.window, ahead, r.stalls
             );
             line("reader", &v);
         }

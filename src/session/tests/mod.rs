@@ -91,11 +91,14 @@ fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)
 }
 
+/// A session of `content` with these peers; background fetching torrent-wide once reading
+/// starts (as these tests expect; `streaming.rs` tests the other policies).
 async fn start(content: &Content, peers: &[&FakePeer], cache_bytes: u64) -> Session {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         peers: peers.iter().map(|p| p.addr).collect(),
         cache_bytes,
+        background: crate::session::Background::Torrent,
         ..Config::default()
     };
     let host = host_for(&config).await;

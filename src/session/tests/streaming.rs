@@ -1,8 +1,9 @@
 //! Streaming when the swarm is the bottleneck: what a reader needs goes ahead of background
 //! work already queued at a peer, and readers share by deadline.
 
-use super::fake_peer::{Behavior, FakePeer};
+use super::fake_peer::{Behavior, Content, FakePeer};
 use super::*;
+use crate::session::Background;
 
 /// A peer serves requests in order. The background work queued at it is cancelled when a read
 /// needs the peer, so the read's blocks are not served after all of it; every byte is right.
@@ -24,5 +25,102 @@ async fn a_read_cancels_background_requests_queued_ahead_of_it() {
         seen.cancels >= 1,
         "no background request was cancelled: {seen:?}"
     );
+    stop(session).await;
+}
+
+/// Four files of 2 MiB in 64 KiB pieces (32 pieces each, none shared between files).
+fn four_files() -> Arc<Content> {
+    content(23, 64 * 1024, &[2 << 20, 2 << 20, 2 << 20, 2 << 20])
+}
+
+async fn start_policy(c: &Content, peer: &FakePeer, background: Background) -> Session {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        peers: vec![peer.addr],
+        cache_bytes: BIG_CACHE,
+        background,
+        ..Config::default()
+    };
+    let host = host_for(&config).await;
+    Session::start(c.torrent.clone(), config, &host)
+        .await
+        .expect("session starts")
+}
+
+/// The pieces the peer was asked for, as the files they belong to.
+fn files_fetched(peer: &FakePeer) -> std::collections::BTreeSet<u32> {
+    let per_file = 32;
+    (peer.counters().sent_by_piece.keys())
+        .map(|p| p / per_file)
+        .collect()
+}
+
+/// A probe (head and tail of a file, as a thumbnailer or `file` reads) fetches what it reads
+/// and its readahead, nothing more: background fetching never starts for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_probe_never_turns_into_a_download() {
+    let c = four_files();
+    let peer = FakePeer::start(ip(2), c.clone(), Behavior::Honest).await;
+    let session = start_policy(&c, &peer, Background::OpenFiles).await;
+    let h = session.open_reader(0);
+    check_read(&session, &c, h, 0, 0, 4096).await;
+    check_read(&session, &c, h, 0, (2 << 20) - 4096, 4096).await;
+    session.close_reader(h);
+    {
+        let mut st = session.shared.lock();
+        st.refresh_background(tokio::time::Instant::now());
+        assert!(
+            !st.picker.background_enabled(),
+            "background started for a probe"
+        );
+    }
+    assert_eq!(files_fetched(&peer), [0].into(), "other files were fetched");
+    stop(session).await;
+}
+
+/// A file read for real (half of it here) is fetched to its end in the background, then the
+/// file next to it; files further away never are.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rest_of_a_watched_file_then_its_neighbour() {
+    let c = four_files();
+    let peer = FakePeer::start(ip(2), c.clone(), Behavior::Honest).await;
+    let session = start_policy(&c, &peer, Background::OpenFiles).await;
+    let h = session.open_reader(0);
+    let mut offset = 0;
+    while offset < 1 << 20 {
+        check_read(&session, &c, h, 0, offset, 64 * 1024).await;
+        offset += 64 * 1024;
+    }
+    eventually(&session, "files 0 and 1 fetched", |s| {
+        s.verified_pieces >= 64
+    })
+    .await;
+    let fetched = files_fetched(&peer);
+    assert_eq!(
+        fetched,
+        [0, 1].into(),
+        "fetched pieces of files {fetched:?}"
+    );
+    stop(session).await;
+}
+
+/// `off`: only what is read, even of a file read whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn background_off_fetches_only_what_is_read() {
+    let c = four_files();
+    let peer = FakePeer::start(ip(2), c.clone(), Behavior::Honest).await;
+    let session = start_policy(&c, &peer, Background::Off).await;
+    let h = session.open_reader(1);
+    let mut offset = 0;
+    while offset < 2 << 20 {
+        check_read(&session, &c, h, 1, offset, 256 * 1024).await;
+        offset += 256 * 1024;
+    }
+    {
+        let mut st = session.shared.lock();
+        st.refresh_background(tokio::time::Instant::now());
+        assert!(!st.picker.background_enabled());
+    }
+    assert_eq!(files_fetched(&peer), [1].into());
     stop(session).await;
 }

@@ -74,7 +74,8 @@ async fn the_window_follows_the_reading_rate_and_a_seek_resets_it() {
         let old_piece = g.piece((old_window / u64::from(PIECE)) as u32 + 1).unwrap();
         (
             st.picker.is_wanted_by_reader(old_piece),
-            st.readers.status(&c.torrent.info.files, g),
+            st.readers
+                .status(&c.torrent.info.files, g, |p| st.picker.have(p)),
         )
     };
     assert!(
