@@ -7,11 +7,14 @@ learns. Bootstrap routers are never used (`dht_bootstrap_nodes` is empty); the n
 other with `add_dht_node`, which pings and then adds a node to the routing table.
 
     dht_nodes.py --count N --first-ip 127.0.0.10 --port 6900 [--timeout 60]
+    dht_nodes.py --count N --first-ip ::1 --port 6900          (an IPv6 DHT, BEP 32)
 
-Node I (0-based) listens on 127.0.0.(10+I):6900 (UDP for the DHT). The script prints
-`node I IP:PORT` per node, then `ready` once every node has the others in its routing table
-(or `error ...` and exits 1 after --timeout seconds). Then it reads commands from stdin, one
-per line, and answers each with one line:
+Node I (0-based) listens on 127.0.0.(10+I):6900 (UDP for the DHT). With an IPv6 first address
+(a namespace's loopback has only ::1), every node listens on it, node I on port 6900+I. The
+script prints `node I IP:PORT` per node (`node I [::1]:6900` for IPv6), then `ready` once every
+node has the others in its routing table (or `error ...` and exits 1 after --timeout seconds).
+Then it reads commands from stdin, one per line, and answers each with one line (addresses
+IP:PORT, or [IP]:PORT for IPv6):
 
     add I IP:PORT           node I adds a DHT node (e.g. ours)   -> ok
     nodes I                 routing table size of node I         -> nodes I COUNT
@@ -72,11 +75,16 @@ LOOPBACK_DHT = {
 }
 
 
+def endpoint(ip, port):
+    """IP:PORT, with the IPv6 address in brackets."""
+    return ("[%s]:%d" if ":" in str(ip) else "%s:%d") % (ip, port)
+
+
 def settings(lt, ip, port):
     """Settings for a node of a private DHT on loopback."""
     return dict(
         LOOPBACK_DHT,
-        listen_interfaces="%s:%d" % (ip, port),
+        listen_interfaces=endpoint(ip, port),
         outgoing_interfaces=ip,
         enable_lsd=False,
         enable_upnp=False,
@@ -91,7 +99,7 @@ def settings(lt, ip, port):
 
 def parse_addr(text):
     host, port = text.rsplit(":", 1)
-    return host, int(port)
+    return host.strip("[]"), int(port)
 
 
 def seed(lt, ses, work, n):
@@ -130,19 +138,22 @@ def main():
         say("error libtorrent missing: run with /usr/bin/python3 (apt-get install python3-libtorrent)")
         return 1
 
-    first = ipaddress.IPv4Address(args.first_ip)
-    ips = [str(first + i) for i in range(args.count)]
-    for ip in ips:
-        if not ipaddress.IPv4Address(ip).is_loopback:
+    first = ipaddress.ip_address(args.first_ip)
+    if first.version == 6:
+        nodes = [(str(first), args.port + i) for i in range(args.count)]
+    else:
+        nodes = [(str(first + i), args.port) for i in range(args.count)]
+    for ip, _ in nodes:
+        if not ipaddress.ip_address(ip).is_loopback:
             say("error %s is not a loopback address" % ip)
             return 1
-    sessions = [lt.session(settings(lt, ip, args.port)) for ip in ips]
-    for i, ip in enumerate(ips):
-        say("node %d %s:%d" % (i, ip, args.port))
+    sessions = [lt.session(settings(lt, ip, port)) for ip, port in nodes]
+    for i, (ip, port) in enumerate(nodes):
+        say("node %d %s" % (i, endpoint(ip, port)))
     for i, s in enumerate(sessions):
-        for j, ip in enumerate(ips):
+        for j, node in enumerate(nodes):
             if i != j:
-                s.add_dht_node((ip, args.port))
+                s.add_dht_node(node)
 
     # lookups in progress: node index -> [info-hash, deadline, next query time, peers]
     lookups = {}
@@ -158,10 +169,11 @@ def main():
                     look = lookups[i]
                     if str(a.info_hash) == str(look[0]):
                         for ip, port in a.peers():
-                            look[3].add("%s:%d" % (ip, port))
+                            look[3].add(endpoint(ip, port))
                 elif isinstance(a, lt.dht_announce_alert):
-                    log("node %d stored %s:%d for %s" % (i, a.ip, a.port, a.info_hash))
-                    stored.setdefault(str(a.info_hash), set()).add("%s:%d" % (a.ip, a.port))
+                    peer = endpoint(a.ip, a.port)
+                    log("node %d stored %s for %s" % (i, peer, a.info_hash))
+                    stored.setdefault(str(a.info_hash), set()).add(peer)
 
     deadline = time.monotonic() + args.timeout
     while True:

@@ -2,7 +2,8 @@
 """A real BitTorrent swarm on loopback for btfs's integration tests and benchmarks.
 
 libtorrent (an independent implementation) makes the torrents, seeds and leeches;
-Debian's opentracker tracks. Everything binds to 127.0.0.0/8 only. Run it with
+Debian's opentracker tracks. Everything binds to 127.0.0.0/8 only (or ::1: --bind takes an
+IPv6 address too, and IP:PORT arguments are [IPV6]:PORT then). Run it with
 Debian's python (/usr/bin/python3), which has the python3-libtorrent module.
 
 Subcommands:
@@ -200,7 +201,7 @@ def base_settings(bind, port, transport="tcp"):
     """Settings for a session on one loopback address, with nothing discovered but
     what the test hands it, speaking `transport` (tcp, utp or both) in and out."""
     settings = {
-        "listen_interfaces": "%s:%d" % (bind, port),
+        "listen_interfaces": endpoint(bind, port),
         "outgoing_interfaces": bind,
         "enable_dht": False,
         "enable_lsd": False,
@@ -434,13 +435,19 @@ def write_ready(args):
     if args.ready_file:
         tmp = args.ready_file + ".tmp"
         with open(tmp, "w") as f:
-            f.write("%s:%d\n" % (args.bind, args.port))
+            f.write(endpoint(args.bind, args.port) + "\n")
         os.rename(tmp, args.ready_file)
 
 
 def parse_peer(s):
+    """IP:PORT or [IPV6]:PORT -> (IP, PORT)."""
     host, _, port = s.rpartition(":")
-    return host, int(port)
+    return host.strip("[]"), int(port)
+
+
+def endpoint(ip, port):
+    """IP:PORT, with an IPv6 address in brackets."""
+    return ("[%s]:%d" if ":" in str(ip) else "%s:%d") % (ip, port)
 
 
 def wait_dht_nodes(ses, stop, deadline):
@@ -506,7 +513,7 @@ def leech(args):
             elif args.dht_node and isinstance(a, L.dht_reply_alert):
                 log("DHT: %s" % a.message())
             elif (args.dht_node or args.pex) and isinstance(a, L.peer_connect_alert):
-                connected.add("%s:%d" % (a.endpoint[0], a.endpoint[1]))
+                connected.add(endpoint(a.endpoint[0], a.endpoint[1]))
                 log("%s: %s" % (type(a).__name__, a.message()))
             elif isinstance(a, (L.peer_error_alert, L.peer_ban_alert, L.peer_connect_alert,
                                 L.peer_disconnected_alert, L.torrent_error_alert,
@@ -572,7 +579,7 @@ def pex_hub(args):
                 rc = 1
                 stop.flag = True
         busy = L.peer_info.connecting | L.peer_info.handshake
-        connected = {"%s:%d" % p.ip for p in h.get_peer_info() if not p.flags & busy}
+        connected = {endpoint(*p.ip) for p in h.get_peer_info() if not p.flags & busy}
         if not want <= connected and time.monotonic() - last_connect > 2:
             for p in want - connected:
                 h.connect_peer(parse_peer(p))

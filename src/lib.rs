@@ -12,8 +12,9 @@
 //!   fuser adapter (each callback replies once; reads reply from a tokio task); `kernel`:
 //!   mounting, unmounting, noticing the kernel side end.
 //! - [`session`]: the tokio engine of one torrent; its own map is at the top of
-//!   `session/mod.rs`. `host`: the listening port (TCP, and uTP on the UDP port the DHT
-//!   shares) and peer id shared by a process's sessions; `stream`: a connection's bytes
+//!   `session/mod.rs`. `host`: the listening ports (TCP, and uTP on the UDP port the DHT
+//!   shares, on every IPv4 and IPv6 address or those `--bind` names: `listen`) and peer id
+//!   shared by a process's sessions; `stream`: a connection's bytes
 //!   whatever the transport; `shared`: what its tasks share and the lock order; `state`: the
 //!   state behind the lock, made of owners (`residency`: where verified pieces live, and what
 //!   we announce; `peers`; `readers` with `window`; `assembly`); `read`: reads; `connect`
@@ -36,8 +37,9 @@
 //!   Mainline DHT node: KRPC, routing table, lookups, saved state) and [`lsd`] (local service
 //!   discovery, BEP 14: `message` parsed and formatted, `policy` of when to announce and what to
 //!   take in, multicast `socket`s).
-//! - [`net`]: the UDP port the DHT and uTP share (`udp`: one socket, datagrams told apart by
-//!   their first byte) and uTP on it (`utp`, the `librqbit-utp` crate).
+//! - [`net`]: the UDP ports the DHT and uTP share (`udp`: one socket per address, datagrams
+//!   told apart by their first byte) and uTP on them (`utp`, the `librqbit-utp` crate, one
+//!   endpoint over both families); `Family`, IPv4 or IPv6.
 //! - [`wire`]: peer messages, pure encode/decode (`message`, `handshake`, `extension`) and
 //!   their tokio framing (`conn`, with the handshake exchange); `mse`: protocol encryption
 //!   (Diffie-Hellman, RC4) under them, over any byte stream.
@@ -64,7 +66,8 @@
 //! rechoke task (1 s): choker decisions --SetUnchoked--> peer tasks
 //! app::mount tick (1 s): status::Live (rates, said-once alerts), the status line
 //! status socket --accept--> report as JSON --> `btfs status`
-//! DHT node: its receive loop and maintenance task, shared by every session (Config::dht)
+//! DHT node: a receive loop per family and the maintenance task, shared by every session
+//!           (Config::dht)
 //! LSD task (lsd): multicast announces of every registered torrent, peers others announce
 //!           --mpsc per torrent, tagged Lsd--> connector; shared by every session (Config::lsd)
 //! UDP port (net::udp): one receive task --first byte--> DHT channel | uTP channel (librqbit-utp)

@@ -55,12 +55,13 @@ struct MountArgs {
     torrent: String,
     /// An existing, empty directory to mount at.
     mountpoint: PathBuf,
-    /// TCP port for incoming peers (0: any free port).
+    /// Port for incoming peers, TCP and UDP, on every --bind address (0: any free port).
     #[arg(long, default_value_t = 6881)]
     port: u16,
-    /// Address to listen on for incoming peers.
-    #[arg(long, default_value = "0.0.0.0")]
-    bind: IpAddr,
+    /// Address to listen on for incoming peers, IPv4 or IPv6 (repeatable) [default: every
+    /// IPv4 and every IPv6 address; IPv4 alone where the machine has no IPv6].
+    #[arg(long = "bind", value_name = "IP")]
+    bind: Vec<IpAddr>,
     /// Most peers connected at once.
     #[arg(long, default_value_t = 80)]
     max_peers: usize,
@@ -126,7 +127,8 @@ struct MountArgs {
     /// Do not download from the torrent's web seeds (HTTP servers in its url-list, BEP 19).
     #[arg(long)]
     no_web_seeds: bool,
-    /// Bootstrap the DHT from this node instead of the public routers (repeatable).
+    /// Bootstrap the DHT from this node instead of the public routers (repeatable; an IPv6
+    /// node as [ADDR]:PORT).
     #[arg(long = "dht-bootstrap", value_name = "HOST:PORT")]
     dht_bootstrap: Vec<String>,
     /// The DHT routing table kept between mounts [default: ~/.local/state/btfs/dht.state].
@@ -190,12 +192,17 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(dir) = &args.cache_dir {
                 btfs::store::disk::check_dir(dir)?;
             }
+            let first_bind = args.bind.first().copied();
             let config = MountConfig {
                 mountpoint: args.mountpoint,
+                bind: args.bind,
                 allow_other: args.allow_other,
                 status_line: !args.quiet && !args.daemon,
                 session: session::Config {
-                    listen: SocketAddr::new(args.bind, args.port),
+                    listen: SocketAddr::new(
+                        first_bind.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+                        args.port,
+                    ),
                     max_peers: args.max_peers,
                     cache_bytes: args.cache_size,
                     peers: args.peers,

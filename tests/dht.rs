@@ -3,7 +3,8 @@
 //! (`swarm.py seed --dht-node`), and the real `btfs` binary bootstrapped from one of those
 //! nodes. Each test runs in its own loopback-only network namespace (common::netns), where
 //! the whole DHT lives on 127.0.0.0/8: libtorrent nodes on 127.0.0.10.., seeder i on
-//! 127.0.i.1, btfs on 127.0.0.1, a libtorrent leecher on 127.0.0.200.
+//! 127.0.i.1, btfs on 127.0.0.1, a libtorrent leecher on 127.0.0.200. The IPv6 DHT (BEP 32)
+//! lives on ::1 alone: nodes on ports 6900.., seeders and btfs on ports of their own.
 //!
 //! btfs logs at debug level (unless RUST_LOG says otherwise), and a failing test shows its
 //! log with those of every libtorrent process.
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -27,6 +28,8 @@ use common::{Mount, btfs, free_port, run, sha1_file};
 /// libtorrent DHT nodes: enough that lookups walk several hops, few enough to start quickly.
 const NODES: usize = 5;
 const FIRST_NODE_IP: &str = "127.0.0.10";
+/// The IPv6 DHT's nodes all live on ::1 (a namespace's only IPv6 address), one port each.
+const FIRST_NODE_IP6: &str = "::1";
 const NODE_PORT: u16 = 6900;
 /// Hang detectors only: no test expects anything to take this long.
 /// Seeders hash 3 MB and announce every 10 s (swarm.py DHT_ANNOUNCE_INTERVAL).
@@ -54,13 +57,14 @@ struct DhtNodes {
 }
 
 impl DhtNodes {
-    fn start(dir: &Path) -> DhtNodes {
+    /// The nodes from `first_ip` on (IPv4: one address each; IPv6: one port each).
+    fn start(dir: &Path, first_ip: &str) -> DhtNodes {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dht_nodes.py");
         let log = dir.join("dht_nodes.log");
         let err = fs::File::create(&log).unwrap_or_else(|e| panic!("create {log:?}: {e}"));
         let mut child = Command::new("/usr/bin/python3")
             .arg(script)
-            .args(["--count", &NODES.to_string(), "--first-ip", FIRST_NODE_IP])
+            .args(["--count", &NODES.to_string(), "--first-ip", first_ip])
             .args(["--port", &NODE_PORT.to_string(), "--timeout", "90"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -149,6 +153,8 @@ impl Drop for DhtNodes {
 
 /// Data, a torrent without trackers, the DHT nodes, and seeders that announced there.
 struct World {
+    /// All on ::1, in the IPv6 DHT (else on 127.0.0.0/8).
+    ipv6: bool,
     nodes: DhtNodes,
     seeders: Vec<(SocketAddr, Background)>,
     torrent: PathBuf,
@@ -158,8 +164,25 @@ struct World {
     dir: tempfile::TempDir,
 }
 
+/// A port on ::1 free for both TCP and UDP right now (the kernel picks it).
+fn free_port6() -> u16 {
+    for _ in 0..100 {
+        let tcp = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).expect("bind [::1]:0");
+        let port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
+        if port != 0 && UdpSocket::bind((Ipv6Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both TCP and UDP on ::1");
+}
+
 impl World {
     fn start(seeders: usize) -> World {
+        Self::start_on(false, seeders)
+    }
+
+    /// `seeders` seeders announced in the DHT of IPv6 (on ::1) or of IPv4.
+    fn start_on(ipv6: bool, seeders: usize) -> World {
         let dir = tempfile::Builder::new()
             .prefix("btfs-dht-")
             .tempdir()
@@ -178,8 +201,10 @@ impl World {
         .trim()
         .to_string();
         assert_eq!(info_hash.len(), 40, "make-torrent printed {info_hash:?}");
-        let nodes = DhtNodes::start(dir.path());
+        let first = if ipv6 { FIRST_NODE_IP6 } else { FIRST_NODE_IP };
+        let nodes = DhtNodes::start(dir.path(), first);
         let mut world = World {
+            ipv6,
             nodes,
             seeders: Vec::new(),
             torrent,
@@ -189,15 +214,20 @@ impl World {
         };
         // From here on a panic drops `world`, which ends every process.
         for i in 1..=seeders {
-            let ip = Ipv4Addr::new(127, 0, i as u8, 1);
-            let addr = SocketAddr::from((ip, free_port(ip)));
+            let addr = match ipv6 {
+                true => SocketAddr::from((Ipv6Addr::LOCALHOST, free_port6())),
+                false => {
+                    let ip = Ipv4Addr::new(127, 0, i as u8, 1);
+                    SocketAddr::from((ip, free_port(ip)))
+                }
+            };
             let mut cmd = swarm_py();
             cmd.arg("seed")
                 .arg(&world.torrent)
                 .arg(world.dir.path().join("data"))
                 .args([
                     "--bind",
-                    &ip.to_string(),
+                    &addr.ip().to_string(),
                     "--port",
                     &addr.port().to_string(),
                 ])
@@ -240,15 +270,15 @@ impl World {
         }
     }
 
-    /// `btfs mount TARGET` on loopback, its DHT bootstrapped from the first libtorrent node
-    /// only (it must learn the others through it), its table saved in the mount's scratch dir.
+    /// `btfs mount TARGET` on loopback (127.0.0.1, or ::1 alone for the IPv6 DHT), its DHT
+    /// bootstrapped from the first libtorrent node only (it must learn the others through
+    /// it), its table saved in the mount's scratch dir (`dht.state`).
     fn mount(&self, target: &str, extra: &[&str]) -> Mount {
         let bootstrap = self.nodes.addrs[0].to_string();
+        let bind = if self.ipv6 { "::1" } else { "127.0.0.1" };
         Mount::with_args(btfs(), |mnt, scratch| {
             let mut args: Vec<OsString> = vec!["mount".into(), target.into(), mnt.into()];
-            args.extend(
-                ["--port", "0", "--bind", "127.0.0.1", "-q", "--no-lsd"].map(OsString::from),
-            );
+            args.extend(["--port", "0", "--bind", bind, "-q", "--no-lsd"].map(OsString::from));
             args.extend(["--dht-bootstrap".into(), bootstrap.into()]);
             args.extend(["--dht-state".into(), scratch.join("dht.state").into()]);
             args.extend(extra.iter().map(OsString::from));
@@ -439,6 +469,41 @@ fn a_libtorrent_leecher_finds_us_through_the_dht_and_downloads_from_us() {
             );
             let exit = m.unmount();
             assert!(exit.is_some_and(|e| e.success()), "{exit:?}\n{report}");
+        },
+    );
+}
+
+/// BEP 32: the seeders announced only in a DHT of libtorrent nodes on ::1, and btfs listens
+/// on [::1] alone, bootstrapped from one of those nodes: it finds them there, every file reads
+/// right, `btfs status` counts the nodes as IPv6 ones, and the table saved at unmount holds
+/// them as IPv6 nodes.
+#[test]
+fn a_torrent_without_trackers_streams_through_the_ipv6_dht() {
+    in_netns(
+        "a_torrent_without_trackers_streams_through_the_ipv6_dht",
+        || {
+            let world = World::start_on(true, 2);
+            let torrent = world.torrent.to_str().expect("utf-8 path").to_string();
+            let mut m = world.mount(&torrent, &[]);
+            world.assert_files_match(&m);
+            let s = m.status();
+            let failure = world.failure(&m);
+            assert!(status_u64(&s, "dht_nodes_v6") >= 1, "{s:?}\n{failure}");
+            assert_eq!(status_u64(&s, "dht_nodes_v4"), 0, "{s:?}");
+            assert_eq!(
+                status_u64(&s, "dht_nodes"),
+                status_u64(&s, "dht_nodes_v6"),
+                "{s:?}"
+            );
+            let exit = m.unmount_in_place();
+            assert!(exit.is_some_and(|e| e.success()), "{exit:?}\n{failure}");
+            let scratch = m.path().parent().expect("mount dir").join("scratch");
+            let state = fs::read(scratch.join("dht.state")).expect("the DHT table saved");
+            assert!(
+                state.windows(8).any(|w| w == b"6:nodes6"),
+                "IPv6 nodes saved: {}",
+                String::from_utf8_lossy(&state)
+            );
         },
     );
 }

@@ -18,7 +18,8 @@ use crate::app::status::socket::{StatusSocket, canonical_mountpoint};
 use crate::dht::{Dht, DhtConfig, SavedState};
 use crate::fs::{self, Backend, FileSpec, FsError, InodeTable, MountOptions};
 use crate::metainfo::Torrent;
-use crate::net::udp::{Protocol, UdpPort};
+use crate::net::Family;
+use crate::net::udp::Protocol;
 use crate::session::{self, Host, HostOptions, ReadError, ReadHandle, Session, SessionError};
 
 #[derive(Debug, Error)]
@@ -41,6 +42,9 @@ pub enum MountError {
 
 pub struct MountConfig {
     pub mountpoint: PathBuf,
+    /// `--bind`: the addresses to listen on, with the port of `session.listen`; empty: every
+    /// IPv4 and IPv6 address (IPv6 only where the machine has it).
+    pub bind: Vec<std::net::IpAddr>,
     pub allow_other: bool,
     /// Draw the one-line live status on stderr (when it is a terminal).
     pub status_line: bool,
@@ -76,9 +80,17 @@ pub fn default_dht_state() -> Option<std::path::PathBuf> {
     Some(base.join("btfs").join("dht.state"))
 }
 
-/// The DHT node on the UDP port with the TCP listener's number (BEP 5), shared with uTP,
-/// bootstrapped from the saved table first, then the configured nodes or the public routers.
-fn start_dht(settings: &DhtSettings, port: &UdpPort) -> Result<Dht, MountError> {
+/// The DHT node on the UDP ports with the TCP listener's number (BEP 5; BEP 32 on IPv6),
+/// shared with uTP, bootstrapped from the saved table first, then the configured nodes or the
+/// public routers. `None` without a UDP port.
+fn start_dht(settings: &DhtSettings, host: &Host) -> Result<Option<Dht>, MountError> {
+    let channels: Vec<_> = (Family::ALL.iter())
+        .filter_map(|f| host.udp(*f))
+        .map(|p| p.channel(Protocol::Dht))
+        .collect();
+    if channels.is_empty() {
+        return Ok(None);
+    }
     let mut dht_config = DhtConfig::default();
     if !settings.bootstrap.is_empty() {
         dht_config.bootstrap = settings.bootstrap.clone();
@@ -89,13 +101,16 @@ fn start_dht(settings: &DhtSettings, port: &UdpPort) -> Result<Dht, MountError> 
             Err(e) => tracing::debug!("no saved DHT table: {e}"),
         }
     }
-    Dht::start(port.channel(Protocol::Dht), dht_config).map_err(|e| MountError::Dht(e.to_string()))
+    Dht::start_all(channels, dht_config)
+        .map(Some)
+        .map_err(|e| MountError::Dht(e.to_string()))
 }
 
-/// Local service discovery on the listen address's interfaces; a machine where it cannot run
-/// (no multicast interface, the port refused) mounts without it.
-fn start_lsd(listen: std::net::IpAddr) -> Option<crate::lsd::Lsd> {
-    match crate::lsd::Lsd::start(listen) {
+/// Local service discovery on the interfaces of the addresses listened on; a machine where it
+/// cannot run (no multicast interface, the port refused) mounts without it.
+fn start_lsd(host: &Host) -> Option<crate::lsd::Lsd> {
+    let ips: Vec<std::net::IpAddr> = host.local_addrs().iter().map(|a| a.ip()).collect();
+    match crate::lsd::Lsd::start(&ips) {
         Ok(lsd) => Some(lsd),
         Err(e) => {
             tracing::warn!("no local service discovery: {e}");
@@ -108,7 +123,7 @@ fn start_lsd(listen: std::net::IpAddr) -> Option<crate::lsd::Lsd> {
 async fn add_torrent_nodes(dht: &Dht, torrent: &Torrent) {
     for (host, port) in &torrent.nodes {
         if let Ok(addrs) = tokio::net::lookup_host((host.as_str(), *port)).await {
-            for a in addrs.filter(|a| a.is_ipv4()) {
+            for a in addrs {
                 dht.add_node(a);
             }
         }
@@ -221,13 +236,14 @@ pub async fn run(
         utp: config.utp,
         udp: config.dht.is_some(),
     };
-    let host = Host::bind_with(config.session.listen, host_options).await?;
-    let dht = match (&config.dht, host.udp()) {
-        (Some(settings), Some(port)) => Some(start_dht(settings, port)?),
-        _ => None,
+    let port = config.session.listen.port();
+    let host = Host::bind_all(&config.bind, port, host_options).await?;
+    let dht = match &config.dht {
+        Some(settings) => start_dht(settings, &host)?,
+        None => None,
     };
     if config.lsd {
-        config.session.lsd = start_lsd(config.session.listen.ip());
+        config.session.lsd = start_lsd(&host);
     }
     let torrent = match preloaded {
         Some(t) => t,

@@ -6,9 +6,12 @@
 //! candidates that have not failed; query those not yet asked, at most [`ALPHA`] at a time; the
 //! lookup is done when all of them have answered. A failure lets the next candidate in, and
 //! an answer brings closer ones, so the window walks towards the target and stops there.
+//!
+//! A lookup walks one family's DHT (BEP 32): it starts from that family's table and follows
+//! that family's nodes (`nodes` or `nodes6`) only; a node that speaks both runs one of each.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -18,6 +21,7 @@ use tracing::debug;
 use super::krpc::{NodeId, NodeInfo, Query, Response};
 use super::routing::{K, distance};
 use super::rpc::{Inner, QueryError, query};
+use crate::net::Family;
 
 /// Queries a lookup keeps in flight at once.
 pub const ALPHA: usize = 4;
@@ -46,18 +50,26 @@ struct Candidate {
 pub struct LookupState {
     own: NodeId,
     target: NodeId,
+    /// The DHT walked: nodes of the other family are not candidates.
+    family: Family,
     /// Keyed by XOR distance to the target, so iteration runs closest first.
     candidates: BTreeMap<NodeId, Candidate>,
-    addrs: HashSet<SocketAddrV4>,
+    addrs: HashSet<SocketAddr>,
     in_flight: usize,
     queried: usize,
 }
 
 impl LookupState {
-    pub fn new(own: NodeId, target: NodeId, start: impl IntoIterator<Item = NodeInfo>) -> Self {
+    pub fn new(
+        own: NodeId,
+        target: NodeId,
+        family: Family,
+        start: impl IntoIterator<Item = NodeInfo>,
+    ) -> Self {
         let mut state = LookupState {
             own,
             target,
+            family,
             candidates: BTreeMap::new(),
             addrs: HashSet::new(),
             in_flight: 0,
@@ -69,11 +81,12 @@ impl LookupState {
         state
     }
 
-    /// A node heard of (from the table or a response). Ours, duplicates and, when full, nodes
-    /// farther than every waiting candidate are ignored.
+    /// A node heard of (from the table or a response). Ours, duplicates, the other family's
+    /// and, when full, nodes farther than every waiting candidate are ignored.
     pub fn add(&mut self, info: NodeInfo) {
         let key = distance(&info.id, &self.target);
         if info.id == self.own
+            || Family::of(&info.addr) != self.family
             || self.addrs.contains(&info.addr)
             || self.candidates.contains_key(&key)
             || info.addr.port() == 0
@@ -136,7 +149,7 @@ impl LookupState {
 
     pub fn responded(&mut self, asked: NodeInfo, response: &Response) {
         self.settle(asked, Progress::Responded, response.token.clone());
-        for node in &response.nodes {
+        for node in response.nodes_of(self.family) {
             self.add(*node);
         }
     }
@@ -174,26 +187,26 @@ impl LookupState {
     }
 }
 
-/// Runs one iterative lookup for `target`, from the table's closest nodes plus `extra`.
-/// With `peers`, it is a `get_peers` lookup and sends each response's new peers there as they
-/// come (a closed channel only stops the sending).
+/// Runs one iterative lookup for `target` in `family`'s DHT, from its table's closest nodes
+/// plus `extra` (those of that family). With `peers`, it is a `get_peers` lookup and sends
+/// each response's new peers there as they come (a closed channel only stops the sending).
 pub(super) async fn run(
     inner: &Arc<Inner>,
+    family: Family,
     target: NodeId,
     mut peers: Option<&mpsc::Sender<Vec<SocketAddr>>>,
     extra: Vec<NodeInfo>,
 ) -> LookupState {
-    let start = inner.lookup_start(&target);
-    let mut look = LookupState::new(inner.id, target, start.into_iter().chain(extra));
+    let start = inner.lookup_start(family, &target);
+    let mut look = LookupState::new(inner.id, target, family, start.into_iter().chain(extra));
     let get_peers = peers.is_some();
     let mut seen_peers = HashSet::new();
     if let Some(tx) = peers {
         // Peers others announced to us count as much as those the lookup finds.
         let stored: Vec<SocketAddr> = inner
-            .stored_peers(&target)
+            .stored_peers(family, &target)
             .into_iter()
             .filter(|p| seen_peers.insert(*p))
-            .map(SocketAddr::V4)
             .collect();
         if !stored.is_empty() && tx.send(stored).await.is_err() {
             peers = None;
@@ -202,15 +215,18 @@ pub(super) async fn run(
     let mut set = JoinSet::new();
     loop {
         while let Some(node) = look.next() {
+            let want = inner.want(family);
             let q = if get_peers {
                 Query::GetPeers {
                     id: inner.id,
                     info_hash: target,
+                    want,
                 }
             } else {
                 Query::FindNode {
                     id: inner.id,
                     target,
+                    want,
                 }
             };
             let inner = inner.clone();
@@ -229,7 +245,7 @@ pub(super) async fn run(
                     .values
                     .iter()
                     .filter(|p| usable_peer(p) && seen_peers.insert(**p))
-                    .map(|p| SocketAddr::V4(*p))
+                    .copied()
                     .collect();
                 if let Some(tx) = peers.filter(|_| !fresh.is_empty())
                     && tx.send(fresh).await.is_err()
@@ -243,6 +259,7 @@ pub(super) async fn run(
     }
     debug!(
         target = %hex(&target),
+        %family,
         queried = look.queried,
         peers = seen_peers.len(),
         done = look.is_done(),
@@ -251,9 +268,13 @@ pub(super) async fn run(
     look
 }
 
-fn usable_peer(p: &SocketAddrV4) -> bool {
+fn usable_peer(p: &SocketAddr) -> bool {
     let ip = p.ip();
-    p.port() != 0 && !ip.is_unspecified() && !ip.is_broadcast() && !ip.is_multicast()
+    let broadcast = match ip {
+        std::net::IpAddr::V4(v4) => v4.is_broadcast(),
+        std::net::IpAddr::V6(_) => false,
+    };
+    p.port() != 0 && !ip.is_unspecified() && !broadcast && !ip.is_multicast()
 }
 
 /// Announces `port` for `info_hash` to the closest nodes of a finished `get_peers` lookup
@@ -285,7 +306,7 @@ pub(super) async fn announce(
             accepted += 1;
         }
     }
-    debug!(info_hash = %hex(&info_hash), port, accepted, "DHT announce done");
+    debug!(info_hash = %hex(&info_hash), family = %look.family, port, accepted, "DHT announce done");
     accepted
 }
 
@@ -296,7 +317,7 @@ fn hex(id: &NodeId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, SocketAddrV4};
 
     const TARGET: NodeId = [0; 20];
 
@@ -305,7 +326,7 @@ mod tests {
         id[0] = first;
         NodeInfo {
             id,
-            addr: SocketAddrV4::new(Ipv4Addr::new(127, 0, 1, first), 7000),
+            addr: SocketAddrV4::new(Ipv4Addr::new(127, 0, 1, first), 7000).into(),
         }
     }
 
@@ -313,8 +334,8 @@ mod tests {
         Response {
             id: [0xee; 20],
             nodes,
-            values: vec![],
             token: Some(token.to_vec()),
+            ..Response::default()
         }
     }
 
@@ -324,7 +345,12 @@ mod tests {
 
     #[test]
     fn queries_alpha_at_a_time_closest_first() {
-        let mut look = LookupState::new([0xff; 20], TARGET, (1..=10).map(|i| node(i * 10)));
+        let mut look = LookupState::new(
+            [0xff; 20],
+            TARGET,
+            Family::V4,
+            (1..=10).map(|i| node(i * 10)),
+        );
         let first = drain(&mut look);
         assert_eq!(first, vec![node(10), node(20), node(30), node(40)]);
         assert!(!look.is_done());
@@ -334,7 +360,7 @@ mod tests {
 
     #[test]
     fn converges_on_the_k_closest_that_answer() {
-        let mut look = LookupState::new([0xff; 20], TARGET, (100..=110).map(node));
+        let mut look = LookupState::new([0xff; 20], TARGET, Family::V4, (100..=110).map(node));
         // The first answer reveals 8 much closer nodes; the far ones then never get asked.
         let close: Vec<NodeInfo> = (1..=8).map(node).collect();
         let asked = drain(&mut look);
@@ -368,7 +394,7 @@ mod tests {
     #[test]
     fn ignores_our_id_duplicates_and_stops_at_the_query_cap() {
         let own = node(5);
-        let mut look = LookupState::new(own.id, TARGET, [own, node(1), node(1)]);
+        let mut look = LookupState::new(own.id, TARGET, Family::V4, [own, node(1), node(1)]);
         let mut batch = drain(&mut look);
         assert_eq!(batch, vec![node(1)]);
         // Hostile nodes keep inventing ever closer nodes: the lookup still ends.
@@ -383,7 +409,8 @@ mod tests {
                             id[16..].copy_from_slice(&(u32::MAX - n * 4 - i).to_be_bytes());
                             id
                         },
-                        addr: SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 + n * 4 + i), 1000),
+                        addr: SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 + n * 4 + i), 1000)
+                            .into(),
                     })
                     .collect();
                 look.responded(asked, &reply(invented, b""));

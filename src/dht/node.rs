@@ -1,9 +1,13 @@
-//! The DHT node: bootstrap, the periodic upkeep of the routing table, and the [`Dht`] handle
+//! The DHT node: bootstrap, the periodic upkeep of the routing tables, and the [`Dht`] handle
 //! the session holds. Queries go out through [`super::rpc`]; lookups through [`super::lookup`].
+//!
+//! A node on sockets of both families takes part in both DHTs with one id (BEP 32): each
+//! family's table is bootstrapped, refreshed and looked up in on its own, and a `get_peers`
+//! walks both at once.
 
 use std::collections::HashSet;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,9 +17,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::debug;
 
-use super::krpc::{NodeId, Query};
+use super::krpc::{NodeId, NodeInfo, Query};
 use super::lookup;
 use super::rpc::{Inner, query, spawn_ping};
+use crate::net::Family;
 use crate::net::udp::{Channel, Protocol, UdpPort};
 
 /// Public routers for a first bootstrap (a mount with no saved nodes).
@@ -27,8 +32,8 @@ pub const DEFAULT_BOOTSTRAP: &[&str] = &[
 ];
 /// Upkeep period: peer-store expiry, pings of questionable nodes, stale bucket refresh.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
-/// Seeds queried at bootstrap (a saved table holds at most 160 x 8 nodes).
-const MAX_SEEDS: usize = 256;
+/// Seeds queried at bootstrap (a saved table holds at most 160 x 8 nodes of each family).
+const MAX_SEEDS: usize = 512;
 /// Peer batches a `get_peers` lookup may queue before it waits for the session to read.
 const PEER_BATCHES: usize = 32;
 
@@ -36,7 +41,8 @@ const PEER_BATCHES: usize = 32;
 pub struct DhtConfig {
     /// Bootstrap routers, `host:port`. They are queried but never enter the routing table.
     pub bootstrap: Vec<String>,
-    /// Known nodes: a saved table ([`super::SavedState`]) or a torrent's `nodes`.
+    /// Known nodes of either family: a saved table ([`super::SavedState`]) or a torrent's
+    /// `nodes`.
     pub nodes: Vec<SocketAddr>,
     /// Our node id; random when `None` (pass the saved one to keep our place in the DHT).
     pub id: Option<NodeId>,
@@ -59,30 +65,24 @@ impl Default for DhtConfig {
 pub enum DhtError {
     #[error("DHT socket: {0}")]
     Socket(#[from] io::Error),
-    #[error("DHT socket is bound to {0}; only IPv4 is supported")]
-    NotIpv4(SocketAddr),
+    #[error("the DHT has no UDP socket to run on")]
+    NoSocket,
 }
 
-/// Config nodes plus resolved routers, IPv4 only. Routers are remembered as such.
-async fn resolve_seeds(inner: &Inner, config: &DhtConfig) -> Vec<SocketAddrV4> {
-    let mut seeds: Vec<SocketAddrV4> = config
-        .nodes
-        .iter()
-        .filter_map(|a| match a {
-            SocketAddr::V4(v4) => Some(*v4),
-            SocketAddr::V6(_) => None,
-        })
-        .collect();
+/// Config nodes plus resolved routers, of the families we have a socket of. Routers are
+/// remembered as such.
+async fn resolve_seeds(inner: &Inner, config: &DhtConfig) -> Vec<SocketAddr> {
+    let families = inner.families();
+    let ours = |a: &SocketAddr| families.contains(&Family::of(a));
+    let mut seeds: Vec<SocketAddr> = config.nodes.iter().copied().filter(ours).collect();
     for host in &config.bootstrap {
         let resolved =
             tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host(host)).await;
         match resolved {
             Ok(Ok(addrs)) => {
-                for a in addrs {
-                    if let SocketAddr::V4(v4) = a {
-                        inner.state().routers.insert(v4);
-                        seeds.push(v4);
-                    }
+                for a in addrs.filter(ours) {
+                    inner.state().routers.insert(a);
+                    seeds.push(a);
                 }
             }
             Ok(Err(e)) => debug!(host, "DHT router did not resolve: {e}"),
@@ -94,9 +94,10 @@ async fn resolve_seeds(inner: &Inner, config: &DhtConfig) -> Vec<SocketAddrV4> {
     seeds
 }
 
-/// Asks every seed for the nodes near our id (their answers fill the table), then walks
-/// towards our id: the nodes near us are the ones that will ask us, and we them.
-async fn bootstrap(inner: &Arc<Inner>, seeds: &[SocketAddrV4]) {
+/// Asks every seed for the nodes near our id (their answers fill the tables), then walks
+/// towards our id in each family: the nodes near us are the ones that will ask us, and we
+/// them.
+async fn bootstrap(inner: &Arc<Inner>, seeds: &[SocketAddr]) {
     let mut set = JoinSet::new();
     for &addr in seeds.iter().take(MAX_SEEDS) {
         let inner = inner.clone();
@@ -104,21 +105,51 @@ async fn bootstrap(inner: &Arc<Inner>, seeds: &[SocketAddrV4]) {
             let q = Query::FindNode {
                 id: inner.id,
                 target: inner.id,
+                want: inner.want(Family::of(&addr)),
             };
             query(&inner, addr, q).await
         });
     }
-    let mut found = Vec::new();
+    let mut found: Vec<NodeInfo> = Vec::new();
     while let Some(joined) = set.join_next().await {
         if let Ok(Ok(r)) = joined {
             found.extend(r.nodes);
+            found.extend(r.nodes6);
         }
     }
-    lookup::run(inner, inner.id, None, found).await;
+    each_family(inner, |family| {
+        let found = found.iter().filter(|n| Family::of(&n.addr) == family);
+        lookup::run(inner, family, inner.id, None, found.copied().collect())
+    })
+    .await;
+    let st = inner.state();
     debug!(
-        nodes = inner.state().table.nodes().count(),
+        v4 = st.tables.of(Family::V4).nodes().count(),
+        v6 = st.tables.of(Family::V6).nodes().count(),
         "DHT bootstrap done"
     );
+}
+
+/// Runs `f` for each family the node has a socket of, at once.
+async fn each_family<F, Fut>(inner: &Inner, f: F) -> Vec<Fut::Output>
+where
+    F: Fn(Family) -> Fut,
+    Fut: std::future::Future,
+{
+    let families = inner.families();
+    let mut futs: Vec<_> = families.into_iter().map(f).map(Box::pin).collect();
+    let mut outs = Vec::new();
+    match futs.len() {
+        0 => {}
+        1 => outs.push(futs.remove(0).await),
+        _ => {
+            let b = futs.remove(1);
+            let a = futs.remove(0);
+            let (a, b) = tokio::join!(a, b);
+            outs.extend([a, b]);
+        }
+    }
+    outs
 }
 
 /// Bootstrap, then upkeep every minute until shutdown.
@@ -127,37 +158,58 @@ async fn maintain(inner: Arc<Inner>, config: DhtConfig) {
         let seeds = resolve_seeds(&inner, &config).await;
         bootstrap(&inner, &seeds).await;
         inner.set_ready();
-        let sparse = inner.state().table.sparse_targets(&mut rand::rng());
-        for target in sparse {
-            lookup::run(&inner, target, None, Vec::new()).await;
-        }
+        each_family(&inner, |family| {
+            let inner = &inner;
+            async move {
+                let sparse = inner
+                    .state()
+                    .tables
+                    .of(family)
+                    .sparse_targets(&mut rand::rng());
+                for target in sparse {
+                    lookup::run(inner, family, target, None, Vec::new()).await;
+                }
+            }
+        })
+        .await;
         let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;
             let now = Instant::now();
-            let (targets, questionable, empty) = {
+            {
                 let mut st = inner.state();
                 st.server.peers.expire(now);
                 st.server.limiter.forget_idle(now);
-                let targets = st.table.refresh_targets(now, &mut rand::rng());
-                (
-                    targets,
-                    st.table.questionable(now),
-                    st.table.nodes().next().is_none(),
-                )
-            };
-            for node in questionable {
-                spawn_ping(&inner, node.addr);
             }
-            if empty {
-                debug!("DHT routing table empty: bootstrapping again");
+            let empty = each_family(&inner, |family| {
+                let inner = &inner;
+                async move {
+                    let (targets, questionable, empty) = {
+                        let mut st = inner.state();
+                        let table = st.tables.of_mut(family);
+                        let targets = table.refresh_targets(now, &mut rand::rng());
+                        (
+                            targets,
+                            table.questionable(now),
+                            table.nodes().next().is_none(),
+                        )
+                    };
+                    for node in questionable {
+                        spawn_ping(inner, node.addr);
+                    }
+                    for target in targets {
+                        lookup::run(inner, family, target, None, Vec::new()).await;
+                    }
+                    empty
+                }
+            })
+            .await;
+            if empty.iter().any(|e| *e) {
+                debug!("a DHT routing table is empty: bootstrapping again");
                 let seeds = resolve_seeds(&inner, &config).await;
                 bootstrap(&inner, &seeds).await;
-            }
-            for target in targets {
-                lookup::run(&inner, target, None, Vec::new()).await;
             }
         }
     };
@@ -188,28 +240,44 @@ impl Drop for ShutdownOnDrop {
 impl std::fmt::Debug for Dht {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dht")
-            .field("local_addr", &self.inner.local_addr().ok())
+            .field("local_addrs", &self.inner.local_addrs().ok())
             .finish_non_exhaustive()
     }
 }
 
 impl Dht {
-    /// Starts the node on a socket of its own (IPv4): the receive task, then bootstrap and
-    /// upkeep in the background. Call within a tokio runtime.
+    /// Starts the node on a socket of its own (either family): the receive task, then
+    /// bootstrap and upkeep in the background. Call within a tokio runtime.
     pub fn bind(socket: UdpSocket, config: DhtConfig) -> Result<Dht, DhtError> {
         Dht::start(UdpPort::new(socket).channel(Protocol::Dht), config)
     }
 
-    /// Starts the node on the DHT's channel of a shared UDP port (IPv4), as `bind` does.
+    /// Starts the node on the DHT's channel of a shared UDP port, as `bind` does.
     pub fn start(socket: Channel, config: DhtConfig) -> Result<Dht, DhtError> {
-        let local = socket.local_addr()?;
-        if !local.is_ipv4() {
-            return Err(DhtError::NotIpv4(local));
+        Dht::start_all([socket], config)
+    }
+
+    /// Starts the node on the DHT's channels of shared UDP ports, the first of each family: in
+    /// both DHTs (BEP 32) with IPv4 and IPv6 ones. Call within a tokio runtime.
+    pub fn start_all(
+        sockets: impl IntoIterator<Item = Channel>,
+        config: DhtConfig,
+    ) -> Result<Dht, DhtError> {
+        let mut by_family: [Option<Channel>; 2] = [None, None];
+        for socket in sockets {
+            let local = socket.local_addr()?;
+            let slot = &mut by_family[Family::of(&local).index()];
+            if slot.is_none() {
+                debug!(%local, "DHT node on it");
+                *slot = Some(socket);
+            }
+        }
+        if by_family.iter().all(Option::is_none) {
+            return Err(DhtError::NoSocket);
         }
         let id = config.id.unwrap_or_else(rand::random);
-        let inner = Inner::start(socket, id, config.read_only);
+        let inner = Inner::start(by_family, id, config.read_only);
         tokio::spawn(maintain(inner.clone(), config));
-        debug!(%local, "DHT node started");
         Ok(Dht {
             _last_handle: Arc::new(ShutdownOnDrop(inner.clone())),
             inner,
@@ -220,37 +288,49 @@ impl Dht {
         self.inner.id
     }
 
+    /// The address of its first socket (IPv4 if it has one).
     pub fn local_addr(&self) -> Result<SocketAddr, DhtError> {
-        Ok(self.inner.local_addr()?)
+        let addrs = self.inner.local_addrs()?;
+        addrs.first().copied().ok_or(DhtError::NoSocket)
     }
 
-    /// Good nodes in the routing table (the status line's "DHT: N nodes").
+    /// The address of each socket, IPv4 first.
+    pub fn local_addrs(&self) -> Result<Vec<SocketAddr>, DhtError> {
+        Ok(self.inner.local_addrs()?)
+    }
+
+    /// Good nodes in both routing tables (the status line's "DHT: N nodes").
     pub fn node_count(&self) -> usize {
-        self.inner.state().table.good_count(Instant::now())
+        Family::ALL.iter().map(|f| self.node_count_of(*f)).sum()
     }
 
-    /// Addresses of the table's nodes that are not bad, to save for the next start.
+    /// Good nodes in the routing table of `family`.
+    pub fn node_count_of(&self, family: Family) -> usize {
+        let st = self.inner.state();
+        st.tables.of(family).good_count(Instant::now())
+    }
+
+    /// Addresses of the tables' nodes that are not bad (IPv4 first), to save for the next
+    /// start.
     pub fn routing_nodes(&self) -> Vec<SocketAddr> {
         let now = Instant::now();
         let st = self.inner.state();
-        st.table
-            .closest(&self.inner.id, usize::MAX, now)
-            .into_iter()
-            .map(|n| SocketAddr::V4(n.addr))
+        (Family::ALL.iter())
+            .flat_map(|f| st.tables.of(*f).closest(&self.inner.id, usize::MAX, now))
+            .map(|n| n.addr)
             .collect()
     }
 
-    /// Pings a node learnt elsewhere (a peer's BEP 5 `port` message); it joins the table if
-    /// it answers.
+    /// Pings a node learnt elsewhere (a peer's BEP 5 `port` message); it joins the table of
+    /// its family if it answers. A node of a family we have no socket of is left alone.
     pub fn add_node(&self, addr: SocketAddr) {
-        if let SocketAddr::V4(v4) = addr {
-            spawn_ping(&self.inner, v4);
-        }
+        spawn_ping(&self.inner, addr);
     }
 
-    /// Runs one `get_peers` lookup for `info_hash` (after the first bootstrap), sending peers
-    /// in batches as responses bring them; with a port, then announces it to the closest
-    /// nodes that gave tokens. The channel closes when all that is done.
+    /// Runs one `get_peers` lookup for `info_hash` in each family's DHT at once (after the
+    /// first bootstrap), sending peers in batches as responses bring them; with a port, then
+    /// announces it to the closest nodes of each that gave tokens. The channel closes when all
+    /// that is done.
     pub fn get_peers(
         &self,
         info_hash: NodeId,
@@ -261,10 +341,17 @@ impl Dht {
         tokio::spawn(async move {
             let work = async {
                 inner.wait_ready().await;
-                let look = lookup::run(&inner, info_hash, Some(&tx), Vec::new()).await;
-                if let Some(port) = announce_port {
-                    lookup::announce(&inner, info_hash, port, &look).await;
-                }
+                each_family(&inner, |family| {
+                    let (inner, tx) = (&inner, &tx);
+                    async move {
+                        let look = lookup::run(inner, family, info_hash, Some(tx), Vec::new());
+                        let look = look.await;
+                        if let Some(port) = announce_port {
+                            lookup::announce(inner, info_hash, port, &look).await;
+                        }
+                    }
+                })
+                .await;
             };
             tokio::select! {
                 _ = inner.wait_shutdown() => {}

@@ -10,12 +10,15 @@
 //!   only queried us is a stranger until it answers a ping (anyone can spoof a query).
 //! - Each id appears at most once across all buckets and replacement caches, and so does each
 //!   address.
+//! - A table holds one address family's nodes: a node of both keeps two tables under one id
+//!   ([`Tables`], BEP 32), where an id may appear once in each.
 
 use std::collections::VecDeque;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::krpc::{NodeId, NodeInfo};
+use crate::net::Family;
 
 /// Nodes per bucket (BEP 5's k); also how many closest nodes a lookup converges on.
 pub const K: usize = 8;
@@ -219,7 +222,7 @@ impl RoutingTable {
 
     /// A query to `addr` went unanswered. A node that turns bad gives its slot to the most
     /// recently seen node of the replacement cache.
-    pub fn failed(&mut self, addr: SocketAddrV4, now: Instant) {
+    pub fn failed(&mut self, addr: SocketAddr, now: Instant) {
         for bucket in &mut self.buckets {
             bucket.replacements.retain(|n| n.info.addr != addr);
             let Some(i) = bucket.nodes.iter().position(|n| n.info.addr == addr) else {
@@ -340,6 +343,33 @@ impl RoutingTable {
     }
 }
 
+/// A routing table per address family under one id (BEP 32), picked by a node's address.
+#[derive(Debug, Clone)]
+pub struct Tables([RoutingTable; 2]);
+
+impl Tables {
+    pub fn new(own: NodeId, now: Instant) -> Tables {
+        Tables([RoutingTable::new(own, now), RoutingTable::new(own, now)])
+    }
+
+    pub fn of(&self, family: Family) -> &RoutingTable {
+        &self.0[family.index()]
+    }
+
+    pub fn of_mut(&mut self, family: Family) -> &mut RoutingTable {
+        &mut self.0[family.index()]
+    }
+
+    /// The table `addr`'s node belongs in.
+    pub fn for_addr(&mut self, addr: &SocketAddr) -> &mut RoutingTable {
+        self.of_mut(Family::of(addr))
+    }
+
+    pub fn own_id(&self) -> NodeId {
+        self.0[0].own_id()
+    }
+}
+
 /// An id sharing exactly `prefix` leading bits with `own` (at least `prefix` for the last
 /// bucket), random after that.
 fn random_id_in_bucket(
@@ -378,7 +408,7 @@ mod tests {
     fn info(first: u8, n: u8) -> NodeInfo {
         NodeInfo {
             id: id(first, n),
-            addr: SocketAddrV4::new([127, 0, first, n].into(), 6881),
+            addr: SocketAddr::from(([127, 0, first, n], 6881)),
         }
     }
 

@@ -1,7 +1,8 @@
-//! The routing table saved between mounts, so the next start bootstraps from nodes that were
+//! The routing tables saved between mounts, so the next start bootstraps from nodes that were
 //! alive minutes ago instead of from the public routers, and keeps its place (node id) in the
-//! DHT. The file is small (at most 1,280 nodes x 6 bytes), written whole and renamed into place:
-//! `d2:id20:<our id>5:nodes<6-byte compact IPv4 addresses>e`.
+//! DHT. The file is small (at most 1,280 nodes of each family), written whole and renamed into
+//! place: `d2:id20:<our id>5:nodes<6-byte compact IPv4 addresses>6:nodes6<18-byte compact IPv6
+//! addresses>e` (`nodes6` left out when there are none; a file without it reads as IPv4 only).
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,7 +12,8 @@ use thiserror::Error;
 
 use super::node::{Dht, DhtConfig};
 use crate::bencode::{self, Encoder};
-use crate::dht::krpc::{COMPACT_PEER_LEN, NodeId, decode_peer, encode_peer};
+use crate::dht::krpc::{COMPACT_PEER_LEN, COMPACT_PEER6_LEN, NodeId, decode_peer, encode_peer};
+use crate::net::Family;
 
 #[derive(Debug, Error)]
 pub enum StateError {
@@ -28,7 +30,7 @@ pub enum StateError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SavedState {
     pub id: NodeId,
-    /// IPv4 only (the DHT speaks only IPv4).
+    /// Both families' nodes.
     pub nodes: Vec<SocketAddr>,
 }
 
@@ -48,23 +50,20 @@ impl SavedState {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let compact: Vec<u8> = self
-            .nodes
-            .iter()
-            .filter_map(|a| match a {
-                SocketAddr::V4(v4) => Some(encode_peer(*v4)),
-                SocketAddr::V6(_) => None,
-            })
-            .flatten()
-            .collect();
-        Encoder::new()
-            .begin_dict()
-            .str("id")
-            .bytes(&self.id)
-            .str("nodes")
-            .bytes(&compact)
-            .end()
-            .finish()
+        let compact = |family: Family| -> Vec<u8> {
+            (self.nodes.iter())
+                .filter(|a| Family::of(a) == family)
+                .flat_map(|a| encode_peer(*a))
+                .collect()
+        };
+        let nodes6 = compact(Family::V6);
+        let mut e = Encoder::new();
+        e.begin_dict().str("id").bytes(&self.id);
+        e.str("nodes").bytes(&compact(Family::V4));
+        if !nodes6.is_empty() {
+            e.str("nodes6").bytes(&nodes6);
+        }
+        e.end().finish()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<SavedState, &'static str> {
@@ -79,10 +78,16 @@ impl SavedState {
             .and_then(|v| v.as_bytes())
             .filter(|b| b.len() % COMPACT_PEER_LEN == 0)
             .ok_or("`nodes` is not a list of 6-byte addresses")?;
-        let nodes = compact
-            .chunks_exact(COMPACT_PEER_LEN)
+        let compact6 = match v.get("nodes6") {
+            None => &[][..],
+            Some(v) => v
+                .as_bytes()
+                .filter(|b| b.len() % COMPACT_PEER6_LEN == 0)
+                .ok_or("`nodes6` is not a list of 18-byte addresses")?,
+        };
+        let nodes = (compact.chunks_exact(COMPACT_PEER_LEN))
+            .chain(compact6.chunks_exact(COMPACT_PEER6_LEN))
             .filter_map(decode_peer)
-            .map(SocketAddr::V4)
             .collect();
         Ok(SavedState { id, nodes })
     }
@@ -126,13 +131,14 @@ mod tests {
             nodes: vec![
                 "127.0.0.2:6881".parse().unwrap(),
                 "10.0.0.1:65535".parse().unwrap(),
+                "[::1]:6882".parse().unwrap(),
             ],
         };
         state.save(&path).unwrap();
-        assert_eq!(
-            std::fs::read(&path).unwrap(),
-            b"d2:id20:abcdefghij01234567895:nodes12:\x7f\x00\x00\x02\x1a\xe1\x0a\x00\x00\x01\xff\xffe"
-        );
+        let mut want = b"d2:id20:abcdefghij01234567895:nodes12:\x7f\x00\x00\x02\x1a\xe1\x0a\x00\x00\x01\xff\xff6:nodes618:".to_vec();
+        want.extend_from_slice(&[0; 15]);
+        want.extend_from_slice(b"\x01\x1a\xe2e");
+        assert_eq!(std::fs::read(&path).unwrap(), want);
         assert_eq!(SavedState::load(&path).unwrap(), state);
         let mut config = DhtConfig {
             bootstrap: vec![],
@@ -141,6 +147,14 @@ mod tests {
         state.clone().apply(&mut config);
         assert_eq!(config.id, Some(state.id));
         assert_eq!(config.nodes, state.nodes);
+    }
+
+    #[test]
+    fn a_file_without_nodes6_reads_as_ipv4_only() {
+        let old = b"d2:id20:abcdefghij01234567895:nodes6:\x7f\x00\x00\x02\x1a\xe1e";
+        let state = SavedState::decode(old).unwrap();
+        assert_eq!(state.nodes, vec!["127.0.0.2:6881".parse().unwrap()]);
+        assert_eq!(state.encode(), old, "no nodes6 written when there are none");
     }
 
     #[test]
@@ -155,6 +169,7 @@ mod tests {
             &b"garbage"[..],
             b"d2:id3:abc5:nodes0:e",
             b"d2:id20:abcdefghij01234567895:nodes5:12345e",
+            b"d2:id20:abcdefghij01234567895:nodes0:6:nodes66:123456e",
         ] {
             std::fs::write(&path, bad).unwrap();
             assert!(matches!(

@@ -91,21 +91,20 @@ impl Drop for Registration {
 }
 
 impl Lsd {
-    /// Joins the group of the listen address's family (both, for the unspecified IPv6
-    /// address: that listener takes IPv4 too) on its interfaces, and starts the task. Fails
-    /// only if no family could be set up; call it inside a tokio runtime.
-    pub fn start(listen: IpAddr) -> Result<Lsd, LsdError> {
+    /// Joins the group of each family listened on (the first address of each in `listen`) on
+    /// that address's interfaces (every interface for an unspecified address), and starts the
+    /// task. Fails only if no family could be set up; call it inside a tokio runtime.
+    pub fn start(listen: &[IpAddr]) -> Result<Lsd, LsdError> {
         let mut channels = Vec::new();
         let mut failed = None;
-        let v4 = match listen {
-            IpAddr::V4(a) => Some(a),
-            IpAddr::V6(a) if a.is_unspecified() => Some(std::net::Ipv4Addr::UNSPECIFIED),
+        let v4 = listen.iter().find_map(|ip| match ip {
+            IpAddr::V4(a) => Some(*a),
             IpAddr::V6(_) => None,
-        };
-        let v6 = match listen {
-            IpAddr::V6(a) => Some(a),
+        });
+        let v6 = listen.iter().find_map(|ip| match ip {
+            IpAddr::V6(a) => Some(*a),
             IpAddr::V4(_) => None,
-        };
+        });
         let opened = v4.map(Channel::v4).into_iter().chain(v6.map(Channel::v6));
         for channel in opened {
             match channel {

@@ -89,9 +89,10 @@ struct Inner {
 }
 
 impl UdpPort {
-    /// Binds `addr` and starts receiving. Call within a tokio runtime.
+    /// Binds `addr` and starts receiving; an IPv6 address is bound IPv6-only, so that the
+    /// IPv4 socket of the same port number can exist beside it. Call within a tokio runtime.
     pub async fn bind(addr: SocketAddr) -> io::Result<UdpPort> {
-        Ok(UdpPort::new(UdpSocket::bind(addr).await?))
+        Ok(UdpPort::new(bind_socket(addr)?))
     }
 
     /// Takes over a bound socket and starts receiving. Call within a tokio runtime.
@@ -238,6 +239,22 @@ impl std::fmt::Debug for Channel {
     }
 }
 
+/// A UDP socket on `addr`, IPv6-only if `addr` is IPv6.
+fn bind_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 /// The receive task: each datagram to its protocol's queue, until the port is dropped.
 async fn receive(socket: Arc<UdpSocket>, routes: Routes, mut stopped: watch::Receiver<()>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -363,6 +380,30 @@ mod tests {
         }
         other.send_to(b"d1:ye", at).await.unwrap();
         assert_eq!(&within(dht.recv()).await.unwrap().data[..], b"d1:ye");
+    }
+
+    #[tokio::test]
+    async fn ipv4_and_ipv6_ports_of_one_number_live_side_by_side() {
+        let v6 = UdpPort::bind("[::]:0".parse().unwrap()).await.unwrap();
+        let port = v6.local_addr().unwrap().port();
+        let v4 = UdpPort::bind(SocketAddr::from(([0, 0, 0, 0], port)))
+            .await
+            .expect("the IPv6 socket is IPv6-only");
+        let (d6, d4) = (v6.channel(Protocol::Dht), v4.channel(Protocol::Dht));
+        let other6 = UdpSocket::bind("[::1]:0").await.unwrap();
+        let other4 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        other6.send_to(b"d1:6e", ("::1", port)).await.unwrap();
+        other4.send_to(b"d1:4e", ("127.0.0.1", port)).await.unwrap();
+        let got6 = within(d6.recv()).await.unwrap();
+        assert_eq!(
+            (&got6.data[..], got6.from),
+            (&b"d1:6e"[..], other6.local_addr().unwrap())
+        );
+        let got4 = within(d4.recv()).await.unwrap();
+        assert_eq!(
+            (&got4.data[..], got4.from),
+            (&b"d1:4e"[..], other4.local_addr().unwrap())
+        );
     }
 
     #[tokio::test]

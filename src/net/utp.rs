@@ -15,12 +15,14 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use librqbit_utp::{SocketOpts, Transport};
 use tokio_util::sync::CancellationToken;
 
+use super::Family;
 use super::udp::{Channel, Protocol, UdpPort};
 
 pub use librqbit_utp::UtpStream;
@@ -31,10 +33,61 @@ const INACTIVITY: Duration = Duration::from_secs(60);
 /// The receive window of each connection: about what TCP's autotuning reaches on a fast link.
 const WINDOW: usize = 2 * 1024 * 1024;
 
-/// uTP's side of the port, as the crate wants its transport.
+/// uTP's side of the ports, as the crate wants its transport: one channel per address
+/// family, so one uTP endpoint serves IPv4 and IPv6 peers alike (the crate keys connections
+/// by the remote address, and sizes packets by the remote's family).
 pub struct UtpTransport {
-    channel: Channel,
+    /// At most one channel per family, IPv4 first.
+    channels: Vec<(Family, Channel)>,
     local: SocketAddr,
+    /// Where the next receive starts looking, so a busy family cannot starve the other.
+    next: AtomicUsize,
+}
+
+impl UtpTransport {
+    fn channel_to(&self, target: SocketAddr) -> io::Result<&Channel> {
+        let family = Family::of(&target);
+        (self.channels.iter())
+            .find(|(f, _)| *f == family)
+            .map(|(_, c)| c)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::AddrNotAvailable,
+                    format!("no {family} UDP port for uTP"),
+                )
+            })
+    }
+
+    /// The next datagram of any family, copied into `buf` (cut to its length).
+    fn poll_recv_from(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<(usize, SocketAddr)>> {
+        let n = self.channels.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let (mut closed, mut last_error) = (0, None);
+        for i in 0..n {
+            let (_, channel) = &self.channels[(start + i) % n];
+            match channel.poll_recv(cx) {
+                Poll::Ready(Ok(d)) => {
+                    let len = d.data.len().min(buf.len());
+                    buf[..len].copy_from_slice(&d.data[..len]);
+                    return Poll::Ready(Ok((len, d.from)));
+                }
+                Poll::Ready(Err(e)) => {
+                    closed += 1;
+                    last_error = Some(e);
+                }
+                Poll::Pending => {}
+            }
+        }
+        // Over once every port is closed; until then, the others still receive.
+        match last_error {
+            Some(e) if closed == n => Poll::Ready(Err(e)),
+            _ => Poll::Pending,
+        }
+    }
 }
 
 impl librqbit_dualstack_sockets::PollSendToVectored for UtpTransport {
@@ -44,7 +97,10 @@ impl librqbit_dualstack_sockets::PollSendToVectored for UtpTransport {
         bufs: &[io::IoSlice<'_>],
         target: SocketAddr,
     ) -> Poll<io::Result<usize>> {
-        self.channel.poll_send_to_vectored(cx, bufs, target)
+        match self.channel_to(target) {
+            Ok(c) => c.poll_send_to_vectored(cx, bufs, target),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 }
 
@@ -53,7 +109,7 @@ impl Transport for UtpTransport {
         &'a self,
         buf: &'a mut [u8],
     ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + Sync + 'a {
-        self.channel.recv_from(buf)
+        std::future::poll_fn(move |cx| self.poll_recv_from(cx, buf))
     }
 
     fn send_to<'a>(
@@ -61,7 +117,7 @@ impl Transport for UtpTransport {
         buf: &'a [u8],
         target: SocketAddr,
     ) -> impl Future<Output = io::Result<usize>> + Send + Sync + 'a {
-        std::future::poll_fn(move |cx| self.channel.poll_send_to(cx, buf, target))
+        std::future::poll_fn(move |cx| self.poll_send_to(cx, buf, target))
     }
 
     fn poll_send_to(
@@ -70,7 +126,10 @@ impl Transport for UtpTransport {
         buf: &[u8],
         target: SocketAddr,
     ) -> Poll<io::Result<usize>> {
-        self.channel.poll_send_to(cx, buf, target)
+        match self.channel_to(target) {
+            Ok(c) => c.poll_send_to(cx, buf, target),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 
     fn bind_addr(&self) -> SocketAddr {
@@ -112,10 +171,32 @@ impl Drop for Inner {
 impl Utp {
     /// Starts uTP on `port`, taking its uTP datagrams from now on. Call within a tokio runtime.
     pub fn start(port: &UdpPort) -> io::Result<Utp> {
-        let local = port.local_addr()?;
+        Self::start_all(std::slice::from_ref(port))
+    }
+
+    /// Starts one uTP endpoint on `ports`: the first port of each family, whose uTP datagrams
+    /// it takes from now on; it dials each peer from the port of the peer's family. Call
+    /// within a tokio runtime.
+    pub fn start_all(ports: &[UdpPort]) -> io::Result<Utp> {
+        let mut channels: Vec<(Family, Channel)> = Vec::new();
+        let mut local = None;
+        for port in ports {
+            let at = port.local_addr()?;
+            let family = Family::of(&at);
+            if channels.iter().any(|(f, _)| *f == family) {
+                continue;
+            }
+            local.get_or_insert(at);
+            channels.push((family, port.channel(Protocol::Utp)));
+        }
+        channels.sort_by_key(|(f, _)| *f);
+        let Some(local) = local else {
+            return Err(io::Error::other("uTP: no UDP port"));
+        };
         let transport = UtpTransport {
-            channel: port.channel(Protocol::Utp),
+            channels,
             local,
+            next: AtomicUsize::new(0),
         };
         let stop = CancellationToken::new();
         let window = std::num::NonZeroUsize::new(WINDOW);
@@ -199,5 +280,50 @@ mod tests {
             .expect("hang");
         chatter.await.unwrap();
         drop(sender.await.unwrap());
+    }
+
+    /// One endpoint on an IPv4 and an IPv6 port: it accepts from and dials to both families,
+    /// each from the port of its family.
+    #[tokio::test]
+    async fn one_endpoint_speaks_both_families() {
+        let p4 = UdpPort::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let p6 = UdpPort::bind("[::1]:0".parse().unwrap()).await.unwrap();
+        let dual = Utp::start_all(&[p4.clone(), p6.clone()]).unwrap();
+        let q4 = UdpPort::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let q6 = UdpPort::bind("[::1]:0".parse().unwrap()).await.unwrap();
+        let (u4, u6) = (Utp::start(&q4).unwrap(), Utp::start(&q6).unwrap());
+        let work = async {
+            for (peer, port, ours) in [(&u4, &q4, &p4), (&u6, &q6, &p6)] {
+                // In: the peer dials our port of its family (an answer waits for an accept).
+                let to = ours.local_addr().unwrap();
+                let (s, (mut got, from)) =
+                    tokio::join!(async { peer.connect(to).await.unwrap() }, async {
+                        dual.accept().await.unwrap()
+                    });
+                assert_eq!(from, port.local_addr().unwrap());
+                let mut s = s;
+                s.write_all(b"in").await.unwrap();
+                let mut buf = [0u8; 2];
+                got.read_exact(&mut buf).await.unwrap();
+                assert_eq!(&buf, b"in");
+                // Out: we dial it, from the port of its family.
+                let ((mut theirs, from), mut out) =
+                    tokio::join!(async { peer.accept().await.unwrap() }, async {
+                        dual.connect(port.local_addr().unwrap()).await.unwrap()
+                    });
+                assert_eq!(from, to);
+                out.write_all(b"out").await.unwrap();
+                let mut buf = [0u8; 3];
+                theirs.read_exact(&mut buf).await.unwrap();
+                assert_eq!(&buf, b"out");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), work)
+            .await
+            .expect("hang");
+        // A family without a port is refused at once.
+        let v4_only = Utp::start(&p4).unwrap();
+        let err = v4_only.connect(q6.local_addr().unwrap()).await;
+        assert!(err.is_err());
     }
 }

@@ -163,8 +163,11 @@ impl AddressBook {
         }
     }
 
-    /// `source` named `addr`. True if the address is new to the book.
+    /// `source` named `addr`. True if the address is new to the book. An IPv4-mapped IPv6
+    /// address (`::ffff:a.b.c.d`, as some peers write IPv4 ones into IPv6 lists) is kept as
+    /// the IPv4 address it is: our IPv6 sockets are IPv6-only, and one peer is one entry.
     pub(crate) fn learn(&mut self, addr: SocketAddr, source: PeerSource, now: Instant) -> bool {
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
         if let Some(e) = self.entries.get_mut(&addr) {
             e.sources |= source.bit();
             e.seen = now;
@@ -389,6 +392,20 @@ mod tests {
         // A read starving brings it back, soon.
         book.starving(t, STARVING_MAX_WAIT);
         assert!(book.any_due(t + STARVING_MAX_WAIT));
+    }
+
+    #[test]
+    fn an_ipv4_mapped_address_is_the_ipv4_address() {
+        let t0 = Instant::now();
+        let mut book = AddressBook::new(100);
+        let mapped: SocketAddr = "[::ffff:10.0.0.1]:1".parse().unwrap();
+        assert!(book.learn(mapped, PeerSource::Pex, t0));
+        assert!(!book.learn(a(1), PeerSource::Tracker, t0), "the same peer");
+        let six: SocketAddr = "[2001:db8::1]:1".parse().unwrap();
+        assert!(book.learn(six, PeerSource::Pex, t0));
+        let mut due: Vec<SocketAddr> = book.due(t0, 10).iter().map(|d| d.0).collect();
+        due.sort();
+        assert_eq!(due, [a(1), six]);
     }
 
     #[test]

@@ -8,11 +8,15 @@
 //! Peers reach us over TCP and over uTP (BEP 29) on the UDP port of the same number, which the
 //! DHT shares ([`Host::udp`]); either may be off. Connections from both are routed alike.
 //!
+//! A host listens on one or more addresses, all with one port number: by default every IPv4
+//! and every IPv6 address, each family on sockets of its own (IPv6 ones IPv6-only), so a
+//! machine without IPv6 still gets IPv4 (with a warning). One uTP endpoint serves every
+//! family, dialling each peer from the port of the peer's family.
+//!
 //! The accept loops end when the last [`Host`] handle is dropped.
 
 use std::collections::HashMap;
-use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,8 +25,10 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::SessionError;
 use super::encryption::{self, Encryption};
+use super::listen;
 use super::stream::PeerStream;
 use super::transport::Dialer;
+use crate::net::Family;
 use crate::net::udp::UdpPort;
 use crate::net::utp::Utp;
 use crate::sync::lock;
@@ -33,8 +39,6 @@ use crate::wire::mse::{self, Serving};
 const BACKLOG: usize = 64;
 /// Connections accepted whose handshake has not come yet, at most (see [`Host::bind_limited`]).
 pub const DEFAULT_PENDING: usize = 64;
-/// Tries at a port number free for both TCP and UDP when any will do (port 0).
-const PORT_TRIES: usize = 20;
 
 /// A connection whose handshake named a registered torrent; ours is not sent yet.
 pub(crate) struct Incoming {
@@ -90,7 +94,10 @@ pub struct Host {
 struct Inner {
     port: u16,
     peer_id: [u8; 20],
-    udp: Option<UdpPort>,
+    /// The addresses bound, with the port number.
+    addrs: Vec<SocketAddr>,
+    /// One UDP port per address bound, unless UDP is off.
+    udp: Vec<UdpPort>,
     dialer: Dialer,
     /// Locked briefly by the accept loop's handshake tasks and by `register`; never while
     /// another lock is held, never across an `.await`.
@@ -120,28 +127,40 @@ impl Host {
         Self::bind_with(addr, opts).await
     }
 
-    /// Binds the TCP port and the UDP port of the same number, as `opts` asks, and starts
-    /// accepting. Bound first, before any metadata fetch, so that trackers learn the real port
-    /// and a port in use fails at once.
+    /// Binds the TCP port and the UDP port of the same number on `addr`, as `opts` asks, and
+    /// starts accepting. See [`Host::bind_all`].
     pub async fn bind_with(addr: SocketAddr, opts: HostOptions) -> Result<Host, SessionError> {
-        let (listener, udp) = bind_ports(addr, &opts).await?;
-        let port = match (&listener, &udp) {
-            (Some(l), _) => l.local_addr(),
-            (None, Some(u)) => u.local_addr(),
-            (None, None) => Ok(addr),
-        }
-        .map_err(|source| SessionError::Listen { addr, source })?
-        .port();
-        let utp = match (&udp, opts.utp) {
-            (Some(u), true) => {
-                Some(Utp::start(u).map_err(|source| SessionError::Listen { addr, source })?)
-            }
+        Self::bind_all(&[addr.ip()], addr.port(), opts).await
+    }
+
+    /// Binds the TCP port and the UDP port numbered `port` (0: one free on every address) on
+    /// each address of `ips`, as `opts` asks, and starts accepting. With no address: every
+    /// IPv4 and IPv6 address, where IPv6 that cannot be bound (a machine without it) is left
+    /// out with a warning (see `listen.rs`). Bound first, before any metadata fetch, so that trackers learn the
+    /// real port and a port in use fails at once.
+    pub async fn bind_all(
+        ips: &[IpAddr],
+        port: u16,
+        opts: HostOptions,
+    ) -> Result<Host, SessionError> {
+        let bound = listen::bind_all(ips, port, opts.tcp, opts.utp || opts.udp).await?;
+        let port = bound.first().map_or(port, |b| b.addr.port());
+        let udp: Vec<UdpPort> = bound.iter().filter_map(|b| b.udp.clone()).collect();
+        let first = bound
+            .first()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], port)), |b| b.addr);
+        let utp = match (udp.is_empty(), opts.utp) {
+            (false, true) => Some(Utp::start_all(&udp).map_err(|source| SessionError::Listen {
+                addr: first,
+                source,
+            })?),
             _ => None,
         };
         let routes = Routes::default();
         let (stop, stopped) = watch::channel(());
         let pending = Arc::new(Semaphore::new(opts.pending.max(1)));
-        if let Some(l) = listener {
+        let addrs = bound.iter().map(|b| b.addr).collect();
+        for l in bound.into_iter().filter_map(|b| b.tcp) {
             let (routes, pending, stopped) = (routes.clone(), pending.clone(), stopped.clone());
             tokio::spawn(accept_loop(l, routes, opts.handshake, pending, stopped));
         }
@@ -153,6 +172,7 @@ impl Host {
             inner: Arc::new(Inner {
                 port,
                 peer_id: crate::wire::new_peer_id(),
+                addrs,
                 udp,
                 dialer: Dialer::new(opts.tcp, utp),
                 routes,
@@ -161,9 +181,15 @@ impl Host {
         })
     }
 
-    /// The UDP port (the number of the TCP one) for the DHT to share; `None` if not bound.
-    pub fn udp(&self) -> Option<&UdpPort> {
-        self.inner.udp.as_ref()
+    /// The first UDP port of `family` (the number of the TCP one), for the DHT to share;
+    /// `None` if none is bound.
+    pub fn udp(&self, family: Family) -> Option<&UdpPort> {
+        (self.inner.udp.iter()).find(|p| p.local_addr().is_ok_and(|a| Family::of(&a) == family))
+    }
+
+    /// The addresses listened on, with the port number.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.inner.addrs
     }
 
     /// How sessions dial peers: the transports this host speaks.
@@ -232,42 +258,6 @@ async fn accept_loop(
             _ = stopped.changed() => return,
         }
     }
-}
-
-/// Binds TCP and UDP on one port number; with port 0, the number TCP picked must be free for
-/// UDP too, else another is tried.
-async fn bind_ports(
-    addr: SocketAddr,
-    opts: &HostOptions,
-) -> Result<(Option<TcpListener>, Option<UdpPort>), SessionError> {
-    let fail = |at: SocketAddr, source: io::Error| match source.kind() {
-        io::ErrorKind::AddrInUse => SessionError::PortInUse { port: at.port() },
-        _ => SessionError::Listen { addr: at, source },
-    };
-    let want_udp = opts.utp || opts.udp;
-    let tries = match addr.port() == 0 && opts.tcp && want_udp {
-        true => PORT_TRIES,
-        false => 1,
-    };
-    for _ in 0..tries {
-        let listener = match opts.tcp {
-            true => Some(TcpListener::bind(addr).await.map_err(|e| fail(addr, e))?),
-            false => None,
-        };
-        if !want_udp {
-            return Ok((listener, None));
-        }
-        let at = match &listener {
-            Some(l) => l.local_addr().map_err(|e| fail(addr, e))?,
-            None => addr,
-        };
-        match UdpPort::bind(at).await {
-            Ok(udp) => return Ok((listener, Some(udp))),
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries > 1 => continue,
-            Err(e) => return Err(fail(at, e)),
-        }
-    }
-    Err(SessionError::PortInUse { port: 0 })
 }
 
 /// Takes uTP connections as `accept_loop` takes TCP ones (the same bound on those pending).
@@ -370,6 +360,7 @@ async fn route(stream: PeerStream, addr: SocketAddr, routes: Routes, within: Dur
 mod tests {
     use super::*;
     use crate::wire::write_handshake;
+    use std::net::Ipv6Addr;
     use tokio::net::TcpStream;
 
     #[tokio::test]
@@ -430,7 +421,7 @@ mod tests {
             .unwrap();
         let at = SocketAddr::from(([127, 0, 0, 1], host.port()));
         assert_eq!(
-            host.udp().unwrap().local_addr().unwrap(),
+            host.udp(Family::V4).unwrap().local_addr().unwrap(),
             at,
             "one port number"
         );
@@ -466,5 +457,57 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), closed)
             .await
             .expect("the port closes");
+    }
+
+    #[tokio::test]
+    async fn by_default_both_families_listen_on_one_port_number_and_route_alike() {
+        let opts = HostOptions {
+            utp: true,
+            udp: true,
+            ..HostOptions::tcp(Duration::from_secs(5))
+        };
+        let host = Host::bind_all(&[], 0, opts).await.unwrap();
+        let port = host.port();
+        let addrs = host.local_addrs();
+        assert_eq!(
+            addrs,
+            &[
+                SocketAddr::from(([0, 0, 0, 0], port)),
+                SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port)
+            ]
+        );
+        for family in Family::ALL {
+            let udp = host.udp(family).unwrap().local_addr().unwrap();
+            assert_eq!((Family::of(&udp), udp.port()), (family, port));
+        }
+        let mut ours = host.register([1; 20], Encryption::Allow);
+
+        let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+        let mut peer = TcpStream::connect(v6).await.unwrap();
+        write_handshake(&mut peer, &Handshake::new([1; 20], [6; 20]))
+            .await
+            .unwrap();
+        let got = ours.recv().await.unwrap();
+        assert_eq!(got.theirs.peer_id, [6; 20]);
+        assert_eq!(got.addr, peer.local_addr().unwrap());
+
+        let port6 = UdpPort::bind("[::1]:0".parse().unwrap()).await.unwrap();
+        let utp = Utp::start(&port6).unwrap();
+        let mut stream = utp.connect(v6).await.unwrap();
+        write_handshake(&mut stream, &Handshake::new([1; 20], [7; 20]))
+            .await
+            .unwrap();
+        let got = ours.recv().await.unwrap();
+        assert_eq!(got.theirs.peer_id, [7; 20]);
+        assert_eq!(got.addr, port6.local_addr().unwrap());
+        assert_eq!(got.stream.transport(), super::super::stream::Transport::Utp);
+
+        // And over IPv4, on the same number.
+        let v4 = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut peer = TcpStream::connect(v4).await.unwrap();
+        write_handshake(&mut peer, &Handshake::new([1; 20], [4; 20]))
+            .await
+            .unwrap();
+        assert_eq!(ours.recv().await.unwrap().theirs.peer_id, [4; 20]);
     }
 }

@@ -36,6 +36,7 @@ mod disk;
 mod disk_io;
 mod encryption;
 mod host;
+mod listen;
 mod peer;
 mod peers;
 mod read;
@@ -179,8 +180,11 @@ pub struct Stats {
     pub rerequests: u64,
     pub banned: usize,
     pub trackers: Vec<TrackerStatus>,
-    /// Good nodes in the DHT routing table; `None` without DHT.
+    /// Good nodes in the DHT routing tables; `None` without DHT.
     pub dht_nodes: Option<usize>,
+    /// Of them, in the IPv4 and in the IPv6 table (BEP 32).
+    pub dht_nodes_v4: Option<usize>,
+    pub dht_nodes_v6: Option<usize>,
     /// Each open file's reader, in the order they were opened.
     pub readers: Vec<ReaderStatus>,
     /// How long the oldest read still waiting for its pieces has waited.
@@ -238,7 +242,8 @@ impl Session {
             trackers: spawn_announcer(
                 weak.clone(),
                 &torrent,
-                AnnounceParams::new(torrent.info_hash.0, host.peer_id(), host.port()),
+                AnnounceParams::new(torrent.info_hash.0, host.peer_id(), host.port())
+                    .listening_on(host.local_addrs()),
                 discovery::tagged(&discovered, PeerSource::Tracker),
                 shutdown.subscribe(),
                 announced_tx,
@@ -321,6 +326,7 @@ impl Session {
         // Read before the state lock: nothing else is locked while it is held.
         let trackers = s.trackers.borrow().clone();
         let dht_nodes = s.config.dht.as_ref().map(|d| d.node_count());
+        let dht_of = |f| s.config.dht.as_ref().map(|d| d.node_count_of(f));
         let book = s.known.borrow().clone();
         let mut by_source = book.by_source;
         let st = s.lock();
@@ -347,6 +353,8 @@ impl Session {
             banned: st.peers.banned().len(),
             trackers,
             dht_nodes,
+            dht_nodes_v4: dht_of(crate::net::Family::V4),
+            dht_nodes_v6: dht_of(crate::net::Family::V6),
             readers: (st.readers).status(&s.torrent.info.files, &s.geometry, |p| st.picker.have(p)),
             longest_wait: st.readers.longest_wait(),
             disk_failing: s.disk.as_ref().and_then(disk::Disk::failing),

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::announce;
 use super::clients::Clients;
-use super::types::{AnnounceRequest, AnnounceResponse, Event, TrackerError};
+use super::types::{AnnounceRequest, AnnounceResponse, Event, Families, TrackerError};
 
 /// What stays the same across all announces of a torrent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +31,8 @@ pub struct AnnounceParams {
     pub key: u32,
     /// Peers wanted per announce; `u32::MAX` leaves it to the tracker.
     pub num_want: u32,
+    /// The address families we listen on (both, unless told otherwise).
+    pub families: Families,
 }
 
 impl AnnounceParams {
@@ -42,6 +44,15 @@ impl AnnounceParams {
             port,
             key: rand::random(),
             num_want: NUM_WANT,
+            families: Families::BOTH,
+        }
+    }
+
+    /// Announced as listening on the families of `addrs` only.
+    pub fn listening_on(self, addrs: &[std::net::SocketAddr]) -> Self {
+        Self {
+            families: Families::of(addrs),
+            ..self
         }
     }
 }
@@ -171,6 +182,7 @@ impl Ctx {
                 self.params.num_want
             },
             key: self.params.key,
+            families: self.params.families,
         }
     }
 

@@ -2,12 +2,36 @@
 
 use url::Url;
 
+use super::clients::Clients;
+use super::families::{self, announce_both};
 use super::reply::parse_reply;
 use super::types::{AnnounceRequest, AnnounceResponse, Event, TrackerError};
+use crate::net::Family;
 
 /// Tracker replies are a few kilobytes; anything this large is not a tracker reply.
 pub(super) const MAX_REPLY: usize = 1 << 20;
 
+/// Announces to the tracker at `base`: a host name over each family we listen on that it has
+/// an address of (see `families.rs`), an IP address as it is.
+pub(super) async fn announce_by_family(
+    clients: &Clients,
+    base: &Url,
+    req: &AnnounceRequest,
+) -> Result<AnnounceResponse, TrackerError> {
+    let Some(url::Host::Domain(host)) = base.host() else {
+        return announce(&clients.http, base, req).await;
+    };
+    let port = base.port_or_known_default().unwrap_or(80);
+    let addrs = families::resolve(clients, host, port).await?;
+    let over = |f: Family| announce(clients.http_over(f), base, req);
+    match req.families.pick(&addrs)[..] {
+        [a] => over(Family::of(&a)).await,
+        [_, _] => announce_both(over(Family::V4), over(Family::V6)).await,
+        _ => Err(TrackerError::Resolve(host.to_string())),
+    }
+}
+
+/// One announce with `client`.
 pub(super) async fn announce(
     client: &reqwest::Client,
     base: &Url,

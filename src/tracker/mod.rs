@@ -7,20 +7,25 @@
 //!   the trackers' status and publishes it on a `watch` channel that `btfs status` reads.
 //! - `mod.rs`: [`announce`], which picks the protocol by the URL's scheme.
 //! - `udp`: BEP 15 (connect, then announce), with the connection ids kept in [`Clients`].
-//! - `http`: BEP 3 requests over HTTP(S).
+//! - `http`: BEP 3 requests over HTTP(S). Both reach a tracker through `families`.
 //! - `reply`: the bencoded reply of an HTTP tracker, compact (BEP 23) or dictionary peers,
 //!   `peers6` (BEP 7); read with serde_bencode after `crate::bencode` checked it.
-//! - `clients`: [`Clients`], what all announces share: the HTTP client, UDP connection ids.
-//! - `types`: [`AnnounceRequest`], [`AnnounceResponse`], [`TrackerError`], interval bounds.
+//! - `families`: over IPv4 and IPv6: the tracker's addresses of the families we listen on
+//!   ([`Families`]), both announced to at once, the answers merged.
+//! - `clients`: [`Clients`], what all announces share: the HTTP clients, UDP connection ids.
+//! - `types`: [`AnnounceRequest`], [`AnnounceResponse`], [`TrackerError`], interval bounds,
+//!   [`Families`] (which of a tracker's addresses to reach).
 //! - `tests/`: dispatch and shared helpers (`mod.rs`), the announcer against scripted
-//!   trackers (`announcer.rs`), HTTP requests and replies (`http.rs`, `props.rs`), both
-//!   protocols against a real opentracker (`opentracker.rs`); UDP's sit in `udp.rs`.
+//!   trackers (`announcer.rs`), HTTP requests and replies (`http.rs`, `props.rs`), UDP
+//!   against a scripted tracker, over IPv4 and IPv6 (`udp.rs`), both protocols against a
+//!   real opentracker (`opentracker.rs`).
 //!
 //! Info-hashes and peer ids are raw `[u8; 20]` so this module depends on nothing above
 //! `bencode`.
 
 pub mod announcer;
 mod clients;
+mod families;
 mod http;
 mod reply;
 #[cfg(test)]
@@ -30,7 +35,7 @@ mod udp;
 
 pub use clients::Clients;
 pub use types::{
-    AnnounceRequest, AnnounceResponse, Event, MAX_INTERVAL, MIN_INTERVAL, TrackerError,
+    AnnounceRequest, AnnounceResponse, Event, Families, MAX_INTERVAL, MIN_INTERVAL, TrackerError,
 };
 
 /// Announces to one tracker, choosing the protocol by the URL's scheme.
@@ -42,7 +47,7 @@ pub async fn announce(
     let parsed =
         url::Url::parse(url).map_err(|e| TrackerError::InvalidUrl(format!("{url}: {e}")))?;
     match parsed.scheme() {
-        "http" | "https" => http::announce(&clients.http, &parsed, req).await,
+        "http" | "https" => http::announce_by_family(clients, &parsed, req).await,
         "udp" => udp::announce(&parsed, req, clients).await,
         other => Err(TrackerError::UnsupportedScheme(other.to_string())),
     }

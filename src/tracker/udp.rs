@@ -2,6 +2,10 @@
 //!
 //! Every reply is checked for its transaction id (packets carrying another one are strays and
 //! ignored) and its action; an error action becomes [`TrackerError::Failure`].
+//!
+//! A tracker answers with peers of the family it is reached over (6-byte IPv4 entries, or
+//! 18-byte IPv6 ones over IPv6): one with addresses of both families is announced to over
+//! each we listen on (`families.rs`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,13 +15,14 @@ use tokio::time::{Instant, timeout_at};
 use url::{Host, Url};
 
 use super::clients::Clients;
+use super::families::{self, announce_both};
 use super::reply::compact_peers;
 use super::types::{AnnounceRequest, AnnounceResponse, Event, TrackerError, clamp_interval};
 
-const PROTOCOL_ID: u64 = 0x0417_2710_1980;
-const ACTION_CONNECT: u32 = 0;
-const ACTION_ANNOUNCE: u32 = 1;
-const ACTION_ERROR: u32 = 3;
+pub(super) const PROTOCOL_ID: u64 = 0x0417_2710_1980;
+pub(super) const ACTION_CONNECT: u32 = 0;
+pub(super) const ACTION_ANNOUNCE: u32 = 1;
+pub(super) const ACTION_ERROR: u32 = 3;
 
 /// How long to wait for a reply before each (re)transmission. BEP 15 says 15 * 2^n seconds
 /// with n up to 8 (over an hour); a streaming client needs peers now, and other trackers and
@@ -30,9 +35,6 @@ const RETRANSMIT_WAITS: [Duration; 4] = [
     Duration::from_secs(16),
 ];
 
-/// The system resolver may retry for long; an announce should not wait on it for longer.
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Large enough for any sane peer list (a 1500-byte MTU holds ~240 IPv4 peers).
 const RECV_BUF: usize = 64 * 1024;
 
@@ -41,7 +43,30 @@ pub(super) async fn announce(
     req: &AnnounceRequest,
     clients: &Clients,
 ) -> Result<AnnounceResponse, TrackerError> {
-    let addr = resolve(url).await?;
+    let port = url
+        .port()
+        .ok_or_else(|| TrackerError::InvalidUrl(format!("{url}: UDP tracker URL has no port")))?;
+    let addrs = match url.host() {
+        Some(Host::Ipv4(ip)) => vec![(ip, port).into()],
+        Some(Host::Ipv6(ip)) => vec![(ip, port).into()],
+        Some(Host::Domain(host)) => families::resolve(clients, host, port).await?,
+        None => return Err(TrackerError::InvalidUrl(format!("{url}: no host"))),
+    };
+    match req.families.pick(&addrs)[..] {
+        [addr] => announce_to(addr, req, clients).await,
+        [v4, v6] => {
+            announce_both(announce_to(v4, req, clients), announce_to(v6, req, clients)).await
+        }
+        _ => Err(TrackerError::Resolve(url.to_string())),
+    }
+}
+
+/// One announce to `addr`, over its family.
+pub(super) async fn announce_to(
+    addr: SocketAddr,
+    req: &AnnounceRequest,
+    clients: &Clients,
+) -> Result<AnnounceResponse, TrackerError> {
     let bind: SocketAddr = if addr.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -87,33 +112,6 @@ pub(super) async fn announce(
     Err(TrackerError::Timeout)
 }
 
-async fn resolve(url: &Url) -> Result<SocketAddr, TrackerError> {
-    let port = url
-        .port()
-        .ok_or_else(|| TrackerError::InvalidUrl(format!("{url}: UDP tracker URL has no port")))?;
-    match url.host() {
-        Some(Host::Ipv4(ip)) => Ok((ip, port).into()),
-        Some(Host::Ipv6(ip)) => Ok((ip, port).into()),
-        Some(Host::Domain(host)) => {
-            let lookup =
-                tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)));
-            let addrs: Vec<SocketAddr> = lookup
-                .await
-                .map_err(|_| TrackerError::Resolve(format!("{host}: timed out")))?
-                .map_err(|e| TrackerError::Resolve(format!("{host}: {e}")))?
-                .collect();
-            // Prefer IPv4: most trackers and peers still live there.
-            addrs
-                .iter()
-                .find(|a| a.is_ipv4())
-                .or(addrs.first())
-                .copied()
-                .ok_or_else(|| TrackerError::Resolve(host.to_string()))
-        }
-        None => Err(TrackerError::InvalidUrl(format!("{url}: no host"))),
-    }
-}
-
 /// Waits until `wait` has passed for the reply to transaction `tid`; returns its length in
 /// `buf`, or `None` on timeout. Packets of other transactions are skipped.
 async fn recv_reply(
@@ -137,7 +135,7 @@ async fn recv_reply(
 
 /// `Ok(false)` for a stray packet (too short to carry a transaction id, or another one);
 /// `Ok(true)` for our reply with the expected action and at least the fixed-size header.
-fn is_reply_to(pkt: &[u8], tid: u32, action: u32) -> Result<bool, TrackerError> {
+pub(super) fn is_reply_to(pkt: &[u8], tid: u32, action: u32) -> Result<bool, TrackerError> {
     if pkt.len() < 8 || be_u32(pkt, 4) != tid {
         return Ok(false);
     }
@@ -164,11 +162,11 @@ fn is_reply_to(pkt: &[u8], tid: u32, action: u32) -> Result<bool, TrackerError> 
 }
 
 /// Reads a big-endian u32; callers checked the length.
-fn be_u32(b: &[u8], at: usize) -> u32 {
+pub(super) fn be_u32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn connect_request(tid: u32) -> [u8; 16] {
+pub(super) fn connect_request(tid: u32) -> [u8; 16] {
     let mut p = [0u8; 16];
     p[..8].copy_from_slice(&PROTOCOL_ID.to_be_bytes());
     p[8..12].copy_from_slice(&ACTION_CONNECT.to_be_bytes());
@@ -177,7 +175,7 @@ fn connect_request(tid: u32) -> [u8; 16] {
 }
 
 /// The connection id of a connect reply already checked by `is_reply_to`.
-fn parse_connect(pkt: &[u8]) -> Result<u64, TrackerError> {
+pub(super) fn parse_connect(pkt: &[u8]) -> Result<u64, TrackerError> {
     let id = pkt
         .get(8..16)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
@@ -185,7 +183,7 @@ fn parse_connect(pkt: &[u8]) -> Result<u64, TrackerError> {
     Ok(u64::from_be_bytes(id))
 }
 
-fn announce_request(conn_id: u64, tid: u32, req: &AnnounceRequest) -> [u8; 98] {
+pub(super) fn announce_request(conn_id: u64, tid: u32, req: &AnnounceRequest) -> [u8; 98] {
     let event: u32 = match req.event {
         Event::None => 0,
         Event::Completed => 1,
@@ -213,7 +211,7 @@ fn announce_request(conn_id: u64, tid: u32, req: &AnnounceRequest) -> [u8; 98] {
 
 /// An announce reply already checked by `is_reply_to`. BEP 15: peers are IPv6 (18 bytes
 /// each) exactly when the tracker was reached over IPv6.
-fn parse_announce(pkt: &[u8], ipv6: bool) -> Result<AnnounceResponse, TrackerError> {
+pub(super) fn parse_announce(pkt: &[u8], ipv6: bool) -> Result<AnnounceResponse, TrackerError> {
     let header = pkt
         .get(..20)
         .ok_or_else(|| TrackerError::Malformed("short UDP announce reply".into()))?;
@@ -226,318 +224,4 @@ fn parse_announce(pkt: &[u8], ipv6: bool) -> Result<AnnounceResponse, TrackerErr
         seeders: Some(be_u32(header, 16)),
         warning: None,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::tracker::tests::{Freeze, within};
-    use std::sync::Arc;
-
-    fn request() -> AnnounceRequest {
-        AnnounceRequest {
-            info_hash: [0xaa; 20],
-            peer_id: [0xbb; 20],
-            port: 0x1ae1,
-            uploaded: 3,
-            downloaded: 2,
-            left: 1,
-            event: Event::Started,
-            num_want: u32::MAX,
-            key: 0x0102_0304,
-        }
-    }
-
-    #[test]
-    fn encodes_connect_and_announce_packets() {
-        assert_eq!(
-            connect_request(0x1122_3344),
-            *b"\x00\x00\x04\x17\x27\x10\x19\x80\x00\x00\x00\x00\x11\x22\x33\x44"
-        );
-        let p = announce_request(0x0102_0304_0506_0708, 9, &request());
-        let mut want = Vec::new();
-        want.extend_from_slice(b"\x01\x02\x03\x04\x05\x06\x07\x08\0\0\0\x01\0\0\0\x09");
-        want.extend_from_slice(&[0xaa; 20]);
-        want.extend_from_slice(&[0xbb; 20]);
-        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 2]); // downloaded
-        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1]); // left
-        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 3]); // uploaded
-        want.extend_from_slice(&[0, 0, 0, 2]); // started
-        want.extend_from_slice(&[0, 0, 0, 0]); // ip
-        want.extend_from_slice(&[1, 2, 3, 4]); // key
-        want.extend_from_slice(&[0xff; 4]); // num_want -1
-        want.extend_from_slice(&[0x1a, 0xe1]);
-        assert_eq!(p.to_vec(), want);
-        for (event, code) in [
-            (Event::None, 0),
-            (Event::Completed, 1),
-            (Event::Started, 2),
-            (Event::Stopped, 3),
-        ] {
-            let req = AnnounceRequest {
-                event,
-                num_want: 50,
-                ..request()
-            };
-            let p = announce_request(1, 1, &req);
-            assert_eq!(be_u32(&p, 80), code);
-            assert_eq!(be_u32(&p, 92), 50);
-        }
-    }
-
-    #[test]
-    fn decodes_replies() {
-        let connect = b"\0\0\0\0\0\0\0\x07\x01\x02\x03\x04\x05\x06\x07\x08";
-        assert!(is_reply_to(connect, 7, ACTION_CONNECT).unwrap());
-        assert_eq!(parse_connect(connect).unwrap(), 0x0102_0304_0506_0708);
-
-        let announce = b"\0\0\0\x01\0\0\0\x07\0\0\x07\x08\0\0\0\x02\0\0\0\x05\
-                         \x01\x02\x03\x04\x1a\xe1\x0a\0\0\x01\0\x50";
-        assert!(is_reply_to(announce, 7, ACTION_ANNOUNCE).unwrap());
-        let r = parse_announce(announce, false).unwrap();
-        assert_eq!(r.interval, Duration::from_secs(1800));
-        assert_eq!((r.leechers, r.seeders), (Some(2), Some(5)));
-        let want: Vec<SocketAddr> = vec![
-            "1.2.3.4:6881".parse().unwrap(),
-            "10.0.0.1:80".parse().unwrap(),
-        ];
-        assert_eq!(r.peers, want);
-        // The same 12 peer bytes are not a whole IPv6 entry.
-        assert!(matches!(
-            parse_announce(announce, true),
-            Err(TrackerError::Malformed(_))
-        ));
-    }
-
-    #[test]
-    fn classifies_stray_error_and_short_replies() {
-        // Too short to carry a transaction id, or another transaction's: ignored.
-        assert!(!is_reply_to(b"\0\0\0\0\0\0\0", 7, ACTION_CONNECT).unwrap());
-        assert!(!is_reply_to(b"\0\0\0\0\0\0\0\x08\0\0\0\0\0\0\0\0", 7, ACTION_CONNECT).unwrap());
-        let err = is_reply_to(b"\0\0\0\x03\0\0\0\x07banned\0", 7, ACTION_ANNOUNCE).unwrap_err();
-        assert!(
-            matches!(&err, TrackerError::Failure(m) if m == "banned"),
-            "{err}"
-        );
-        let short = [
-            (&b"\0\0\0\0\0\0\0\x07\0\0\0"[..], ACTION_CONNECT),
-            (
-                &b"\0\0\0\x01\0\0\0\x07\0\0\x07\x08\0\0\0\x02\0\0\0"[..],
-                ACTION_ANNOUNCE,
-            ),
-            (&b"\0\0\0\x01\0\0\0\x07\0\0\0\0\0\0\0\0"[..], ACTION_CONNECT), // wrong action
-        ];
-        for (pkt, action) in short {
-            assert!(matches!(
-                is_reply_to(pkt, 7, action),
-                Err(TrackerError::Malformed(_))
-            ));
-        }
-    }
-
-    /// A scripted tracker: the test reads each datagram and decides what to send back.
-    /// While the `Freeze` guard lives, paused time does not auto-advance, so a real socket
-    /// can wait for I/O without the client's retransmit timers firing on their own.
-    struct FakeTracker {
-        sock: tokio::net::UdpSocket,
-        url: String,
-    }
-
-    impl FakeTracker {
-        async fn new() -> Self {
-            let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let url = format!("udp://{}/announce", sock.local_addr().unwrap());
-            Self { sock, url }
-        }
-
-        async fn recv(&self) -> (Vec<u8>, SocketAddr) {
-            let mut buf = [0u8; 2048];
-            let (n, from) = within(self.sock.recv_from(&mut buf)).await.unwrap();
-            (buf[..n].to_vec(), from)
-        }
-
-        /// Receives a connect request and answers it with `conn_id`; returns the tid.
-        async fn accept_connect(&self, conn_id: u64) -> u32 {
-            let (p, from) = self.recv().await;
-            assert_eq!(p.len(), 16);
-            assert_eq!(&p[..12], &connect_request(0)[..12], "not a connect request");
-            let tid = be_u32(&p, 12);
-            self.send(&connect_reply(tid, conn_id), from).await;
-            tid
-        }
-
-        /// Receives an announce and checks its connection id; returns the packet.
-        async fn recv_announce(&self, conn_id: u64) -> (Vec<u8>, SocketAddr) {
-            let (p, from) = self.recv().await;
-            assert_eq!(p.len(), 98, "not an announce: {p:?}");
-            assert_eq!(p[..8], conn_id.to_be_bytes());
-            assert_eq!(be_u32(&p, 8), ACTION_ANNOUNCE);
-            (p, from)
-        }
-
-        async fn send(&self, pkt: &[u8], to: SocketAddr) {
-            self.sock.send_to(pkt, to).await.unwrap();
-        }
-    }
-
-    fn connect_reply(tid: u32, conn_id: u64) -> Vec<u8> {
-        let mut r = vec![0, 0, 0, 0];
-        r.extend_from_slice(&tid.to_be_bytes());
-        r.extend_from_slice(&conn_id.to_be_bytes());
-        r
-    }
-
-    fn announce_reply(tid: u32, peers: &[u8]) -> Vec<u8> {
-        let mut r = vec![0, 0, 0, 1];
-        r.extend_from_slice(&tid.to_be_bytes());
-        r.extend_from_slice(&[0, 0, 0x07, 0x08, 0, 0, 0, 1, 0, 0, 0, 2]);
-        r.extend_from_slice(peers);
-        r
-    }
-
-    fn spawn_announce(
-        url: &str,
-        clients: &Arc<Clients>,
-    ) -> tokio::task::JoinHandle<Result<AnnounceResponse, TrackerError>> {
-        let (url, clients) = (url.to_string(), clients.clone());
-        tokio::spawn(async move { super::super::announce(&url, &request(), &clients).await })
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn retransmits_ignores_strays_and_reuses_connection_ids() {
-        let _freeze = Freeze::new().await;
-        let tracker = FakeTracker::new().await;
-        let clients = Arc::new(Clients::new().unwrap());
-
-        let task = spawn_announce(&tracker.url, &clients);
-        // The first connect request is lost: the client sends it again after 2 s.
-        let (first, _) = tracker.recv().await;
-        tokio::time::advance(Duration::from_secs(2)).await;
-        let (again, from) = tracker.recv().await;
-        assert_eq!(first, again, "a retransmission repeats the request");
-        let tid = be_u32(&again, 12);
-        // A reply to another transaction is ignored, the right one accepted.
-        tracker.send(&connect_reply(tid ^ 1, 666), from).await;
-        tracker.send(&connect_reply(tid, 77), from).await;
-        let (p, from) = tracker.recv_announce(77).await;
-        assert_eq!(p[16..98], announce_request(77, 0, &request())[16..98]);
-        let tid = be_u32(&p, 12);
-        tracker.send(&announce_reply(tid ^ 1, &[9; 6]), from).await;
-        tracker
-            .send(&announce_reply(tid, b"\x01\x02\x03\x04\x1a\xe1"), from)
-            .await;
-        let r = task.await.unwrap().unwrap();
-        assert_eq!(r.peers, vec!["1.2.3.4:6881".parse::<SocketAddr>().unwrap()]);
-        assert_eq!((r.leechers, r.seeders), (Some(1), Some(2)));
-
-        // Within a minute the connection id is reused: the next packet is an announce.
-        tokio::time::advance(Duration::from_secs(59)).await;
-        let task = spawn_announce(&tracker.url, &clients);
-        let (p, from) = tracker.recv_announce(77).await;
-        tracker
-            .send(&announce_reply(be_u32(&p, 12), &[]), from)
-            .await;
-        assert!(task.await.unwrap().unwrap().peers.is_empty());
-
-        // After it the client connects again.
-        tokio::time::advance(Duration::from_secs(1)).await;
-        let task = spawn_announce(&tracker.url, &clients);
-        tracker.accept_connect(78).await;
-        let (p, from) = tracker.recv_announce(78).await;
-        tracker
-            .send(&announce_reply(be_u32(&p, 12), &[]), from)
-            .await;
-        task.await.unwrap().unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn error_action_is_a_failure_and_forgets_the_connection() {
-        let _freeze = Freeze::new().await;
-        let tracker = FakeTracker::new().await;
-        let clients = Arc::new(Clients::new().unwrap());
-
-        let task = spawn_announce(&tracker.url, &clients);
-        tracker.accept_connect(5).await;
-        let (p, from) = tracker.recv_announce(5).await;
-        let mut err = vec![0, 0, 0, 3];
-        err.extend_from_slice(&p[12..16]);
-        err.extend_from_slice(b"torrent not registered");
-        tracker.send(&err, from).await;
-        let e = task.await.unwrap().unwrap_err();
-        assert!(
-            matches!(&e, TrackerError::Failure(m) if m == "torrent not registered"),
-            "{e}"
-        );
-
-        // The next announce starts with a fresh connect.
-        let task = spawn_announce(&tracker.url, &clients);
-        tracker.accept_connect(6).await;
-        let (p, from) = tracker.recv_announce(6).await;
-        tracker
-            .send(&announce_reply(be_u32(&p, 12), &[]), from)
-            .await;
-        task.await.unwrap().unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn gives_up_after_the_last_retransmission() {
-        let _freeze = Freeze::new().await;
-        let tracker = FakeTracker::new().await;
-        let clients = Arc::new(Clients::new().unwrap());
-        let task = spawn_announce(&tracker.url, &clients);
-        for wait in [2, 4, 8, 16] {
-            let (p, _) = tracker.recv().await;
-            assert_eq!(be_u32(&p, 8), ACTION_CONNECT);
-            tokio::time::advance(Duration::from_secs(wait)).await;
-        }
-        assert!(matches!(
-            within(task).await.unwrap(),
-            Err(TrackerError::Timeout)
-        ));
-    }
-
-    #[tokio::test]
-    async fn short_reply_to_our_transaction_is_malformed() {
-        let tracker = FakeTracker::new().await;
-        let clients = Arc::new(Clients::new().unwrap());
-        // Also resolves a host name (from /etc/hosts; IPv4 preferred).
-        let port = tracker.sock.local_addr().unwrap().port();
-        let task = spawn_announce(&format!("udp://localhost:{port}"), &clients);
-        let (p, from) = tracker.recv().await;
-        tracker
-            .send(&connect_reply(be_u32(&p, 12), 1)[..12], from)
-            .await;
-        assert!(matches!(
-            task.await.unwrap(),
-            Err(TrackerError::Malformed(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn closed_port_fails_at_once() {
-        // The ICMP port-unreachable reaches the connected socket as an error: no need to
-        // wait for the retransmissions.
-        let port = {
-            let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            s.local_addr().unwrap().port()
-        };
-        let clients = Clients::new().unwrap();
-        let url = format!("udp://127.0.0.1:{port}/announce");
-        let e = within(super::super::announce(&url, &request(), &clients))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&e, TrackerError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused),
-            "{e}"
-        );
-    }
-
-    #[tokio::test]
-    async fn url_without_port_fails_cleanly() {
-        let clients = Clients::new().unwrap();
-        let e = super::super::announce("udp://127.0.0.1/announce", &request(), &clients)
-            .await
-            .unwrap_err();
-        assert!(matches!(e, TrackerError::InvalidUrl(_)), "{e}");
-    }
 }

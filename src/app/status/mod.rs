@@ -59,8 +59,13 @@ pub struct Report {
     /// require encryption.
     pub refused_plaintext: u64,
     pub banned_peers: usize,
-    /// Good nodes in the DHT routing table; `None` without DHT.
+    /// Good nodes in the DHT routing tables; `None` without DHT.
     pub dht_nodes: Option<usize>,
+    /// Of them, in the IPv4 and in the IPv6 table.
+    #[serde(default)]
+    pub dht_nodes_v4: Option<usize>,
+    #[serde(default)]
+    pub dht_nodes_v6: Option<usize>,
     /// The disk cache (`--cache-dir`); `None` without one.
     pub disk_cache: Option<DiskStats>,
     /// Blocks a read waited on that were asked of a second peer because the first was late.
@@ -186,6 +191,8 @@ impl Report {
             refused_plaintext: s.refused_plaintext,
             banned_peers: s.banned,
             dht_nodes: s.dht_nodes,
+            dht_nodes_v4: s.dht_nodes_v4,
+            dht_nodes_v6: s.dht_nodes_v6,
             disk_cache: s.disk,
             rerequested_blocks: s.rerequests,
             trackers: s
@@ -261,8 +268,10 @@ impl Report {
         line("hash_failures", &self.hash_failures);
         line("refused_plaintext", &self.refused_plaintext);
         line("banned_peers", &self.banned_peers);
-        let dht = self.dht_nodes.map_or("off".to_string(), |n| n.to_string());
-        line("dht_nodes", &dht);
+        let off = |n: Option<usize>| n.map_or("off".to_string(), |n| n.to_string());
+        line("dht_nodes", &off(self.dht_nodes));
+        line("dht_nodes_v4", &off(self.dht_nodes_v4));
+        line("dht_nodes_v6", &off(self.dht_nodes_v6));
         if let Some(d) = &self.disk_cache {
             line("disk_cache_used_bytes", &d.used);
             line("disk_cache_budget_bytes", &d.budget);

@@ -3,7 +3,7 @@
 
 use crate::bencode::BencodeError;
 use crate::dht::krpc::{
-    Body, ERROR_GENERIC, KrpcError, Message, NodeId, NodeInfo, Query, Response,
+    Body, ERROR_GENERIC, KrpcError, Message, NodeId, NodeInfo, Query, Response, Want,
 };
 
 const ID_A: &NodeId = b"abcdefghij0123456789";
@@ -46,6 +46,7 @@ fn bep5_examples_round_trip() {
             query(Query::FindNode {
                 id: *ID_A,
                 target: *ID_M,
+                want: Want::OWN,
             }),
         ),
         (
@@ -53,6 +54,7 @@ fn bep5_examples_round_trip() {
             query(Query::GetPeers {
                 id: *ID_A,
                 info_hash: *ID_M,
+                want: Want::OWN,
             }),
         ),
         (
@@ -129,7 +131,7 @@ fn compact_nodes_and_explicit_port_round_trip() {
         id: *ID_A,
         nodes: nodes.clone(),
         token: Some(vec![1, 2]),
-        values: vec![],
+        ..Response::default()
     });
     let bytes = msg.encode();
     let mut expected = b"d1:rd2:id20:abcdefghij01234567895:nodes52:".to_vec();
@@ -226,16 +228,141 @@ fn malformed_packets_are_typed_errors() {
 }
 
 #[test]
-fn ipv6_and_odd_peers_in_values_are_skipped() {
+fn ipv6_peers_in_values_are_read_and_odd_ones_skipped() {
     let mut packet = b"d1:rd2:id20:abcdefghij01234567896:valuesl18:".to_vec();
-    packet.extend_from_slice(&[1; 18]);
+    packet.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    packet.extend_from_slice(&[0; 11]);
+    packet.extend_from_slice(&[1, 0x1a, 0xe1]);
     packet.extend_from_slice(b"6:");
     packet.extend_from_slice(&[127, 0, 0, 9, 0, 80]);
-    packet.extend_from_slice(b"i5eee1:t2:aa1:y1:re");
+    packet.extend_from_slice(b"7:1234567i5eee1:t2:aa1:y1:re");
     let Body::Response(r) = Message::decode(&packet).unwrap().body else {
         panic!("not a response");
     };
-    assert_eq!(r.values, vec!["127.0.0.9:80".parse().unwrap()]);
+    assert_eq!(
+        r.values,
+        vec![
+            "[2001:db8::1]:6881".parse().unwrap(),
+            "127.0.0.9:80".parse().unwrap()
+        ]
+    );
+}
+
+/// BEP 32: IPv6 nodes travel in `nodes6` (38 bytes each), IPv4 ones in `nodes`, both in one
+/// response when both were wanted; `want` is a list of `n4`/`n6`, left out when the querier
+/// wants its own family only.
+#[test]
+fn nodes6_and_want_encode_byte_for_byte() {
+    let v4 = NodeInfo {
+        id: [7; 20],
+        addr: "127.0.0.2:6881".parse().unwrap(),
+    };
+    let v6 = NodeInfo {
+        id: [8; 20],
+        addr: "[::1]:6882".parse().unwrap(),
+    };
+    let msg = response(Response {
+        id: *ID_A,
+        nodes: vec![v4],
+        nodes6: vec![v6],
+        ..Response::default()
+    });
+    let bytes = msg.encode();
+    let mut expected = b"d1:rd2:id20:abcdefghij01234567895:nodes26:".to_vec();
+    expected.extend_from_slice(&[7; 20]);
+    expected.extend_from_slice(&[127, 0, 0, 2, 0x1a, 0xe1]);
+    expected.extend_from_slice(b"6:nodes638:");
+    expected.extend_from_slice(&[8; 20]);
+    expected.extend_from_slice(&[0; 15]);
+    expected.extend_from_slice(&[1, 0x1a, 0xe2]);
+    expected.extend_from_slice(b"e1:t2:aa1:y1:re");
+    assert_eq!(bytes, expected);
+    assert_eq!(Message::decode(&bytes), Ok(msg));
+
+    // A node of the wrong family in either list is left out, not written in the wrong size.
+    let mixed = response(Response {
+        id: *ID_A,
+        nodes: vec![v6],
+        nodes6: vec![v4],
+        ..Response::default()
+    });
+    assert_eq!(
+        mixed.encode(),
+        b"d1:rd2:id20:abcdefghij0123456789e1:t2:aa1:y1:re"
+    );
+
+    // A trailing partial entry of nodes6 is ignored, as one of nodes is.
+    let mut partial = b"d1:rd2:id20:abcdefghij01234567896:nodes640:".to_vec();
+    partial.extend_from_slice(&[8; 20]);
+    partial.extend_from_slice(&[0; 15]);
+    partial.extend_from_slice(&[1, 0x1a, 0xe2, 9, 9]);
+    partial.extend_from_slice(b"e1:t2:aa1:y1:re");
+    let Body::Response(r) = Message::decode(&partial).unwrap().body else {
+        panic!("not a response");
+    };
+    assert_eq!(r.nodes6, vec![v6]);
+
+    let cases: Vec<(&[u8], Query)> = vec![
+        (
+            b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz1234564:wantl2:n42:n6ee1:q9:find_node1:t2:aa1:y1:qe",
+            Query::FindNode {
+                id: *ID_A,
+                target: *ID_M,
+                want: Want::BOTH,
+            },
+        ),
+        (
+            b"d1:ad2:id20:abcdefghij01234567899:info_hash20:mnopqrstuvwxyz1234564:wantl2:n6ee1:q9:get_peers1:t2:aa1:y1:qe",
+            Query::GetPeers {
+                id: *ID_A,
+                info_hash: *ID_M,
+                want: Want {
+                    n4: false,
+                    n6: true,
+                },
+            },
+        ),
+    ];
+    for (bytes, q) in cases {
+        let text = String::from_utf8_lossy(bytes);
+        assert_eq!(query(q.clone()).encode(), bytes, "{text}");
+        assert_eq!(Message::decode(bytes), Ok(query(q)), "{text}");
+    }
+    // Entries we do not know, and a `want` that is no list, say nothing.
+    for want in [&b"l2:n52:xxe"[..], b"2:n4", b"i4e"] {
+        let mut q =
+            b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz1234564:want".to_vec();
+        q.extend_from_slice(want);
+        q.extend_from_slice(b"e1:q9:find_node1:t2:aa1:y1:qe");
+        let Body::Query { query, .. } = Message::decode(&q).unwrap().body else {
+            panic!("not a query");
+        };
+        assert_eq!(
+            query,
+            Query::FindNode {
+                id: *ID_A,
+                target: *ID_M,
+                want: Want::OWN
+            },
+            "{}",
+            String::from_utf8_lossy(want)
+        );
+    }
+}
+
+#[test]
+fn want_names_the_families_of_the_answer() {
+    use crate::net::Family::{V4, V6};
+    for over in [V4, V6] {
+        assert!(Want::OWN.includes(over, over));
+        assert!(Want::BOTH.includes(V4, over) && Want::BOTH.includes(V6, over));
+    }
+    assert!(!Want::OWN.includes(V6, V4));
+    let n6 = Want {
+        n4: false,
+        n6: true,
+    };
+    assert!(n6.includes(V6, V4) && !n6.includes(V4, V4));
 }
 
 /// Every truncation and every single-byte corruption of valid packets decodes or fails
@@ -248,7 +375,11 @@ fn mangled_packets_never_panic() {
             id: [4; 20],
             addr: "127.0.0.1:1".parse().unwrap(),
         }],
-        values: vec!["127.0.0.1:2".parse().unwrap()],
+        nodes6: vec![NodeInfo {
+            id: [5; 20],
+            addr: "[::1]:1".parse().unwrap(),
+        }],
+        values: vec!["127.0.0.1:2".parse().unwrap(), "[::1]:2".parse().unwrap()],
         token: Some(vec![9; 8]),
     })
     .encode();

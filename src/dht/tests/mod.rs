@@ -5,6 +5,7 @@
 
 mod krpc;
 mod props;
+mod routing;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
@@ -17,6 +18,8 @@ use tokio::sync::mpsc;
 
 use super::krpc::{Body, Message, Query};
 use super::{Dht, DhtConfig, NodeId, SavedState, spawn_announce_loop};
+use crate::net::Family;
+use crate::net::udp::{Protocol, UdpPort};
 
 fn config(nodes: Vec<SocketAddr>) -> DhtConfig {
     DhtConfig {
@@ -97,6 +100,86 @@ async fn own_nodes_bootstrap_from_each_other_and_find_an_announce() {
     restarted.shutdown();
     assert!(lookup(&restarted, info_hash, None).await.is_empty());
     for d in &nodes {
+        d.shutdown();
+    }
+}
+
+/// A node on an IPv4 and an IPv6 port of its own (BEP 32), bootstrapping from `nodes`.
+async fn dual_node(v4: &str, nodes: Vec<SocketAddr>) -> Dht {
+    let p4 = UdpPort::bind(SocketAddr::new(v4.parse().unwrap(), 0))
+        .await
+        .unwrap();
+    let p6 = UdpPort::bind("[::1]:0".parse().unwrap()).await.unwrap();
+    let sockets = [p4.channel(Protocol::Dht), p6.channel(Protocol::Dht)];
+    Dht::start_all(sockets, config(nodes)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_nodes_bootstrap_from_each_other_and_find_an_ipv6_announce() {
+    let mut nodes: Vec<Dht> = Vec::new();
+    for _ in 0..6 {
+        let seeds = nodes
+            .iter()
+            .take(2)
+            .map(|d| d.local_addr().unwrap())
+            .collect();
+        nodes.push(node_on("::1", seeds).await);
+    }
+    eventually("every IPv6 node knows 3 others", 20, || {
+        nodes.iter().all(|d| d.node_count_of(Family::V6) >= 3)
+    })
+    .await;
+    assert!(nodes.iter().all(|d| d.node_count_of(Family::V4) == 0));
+
+    let info_hash: NodeId = rand::random();
+    assert!(lookup(&nodes[4], info_hash, Some(4242)).await.is_empty());
+    let announced: SocketAddr = "[::1]:4242".parse().unwrap();
+    for finder in [&nodes[0], &nodes[5]] {
+        assert_eq!(
+            lookup(finder, info_hash, None).await,
+            HashSet::from([announced])
+        );
+    }
+    let saved = SavedState::of(&nodes[5]);
+    assert!(saved.nodes.len() >= 3 && saved.nodes.iter().all(SocketAddr::is_ipv6));
+    assert_eq!(SavedState::decode(&saved.encode()), Ok(saved));
+    for d in &nodes {
+        d.shutdown();
+    }
+}
+
+/// BEP 32's `want`: a node that knows a single IPv4 node learns the IPv6 DHT from it (it asks
+/// for both families while its IPv6 table is thin), then finds a peer announced in each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_node_learns_the_ipv6_dht_through_an_ipv4_node() {
+    let a = dual_node("127.0.0.80", Vec::new()).await;
+    let mut others = Vec::new();
+    for i in 1..=3 {
+        let seeds = a.local_addrs().unwrap();
+        others.push(dual_node(&format!("127.0.0.{}", 80 + i), seeds).await);
+    }
+    eventually("A knows the others in both families", 20, || {
+        a.node_count_of(Family::V4) >= 3 && a.node_count_of(Family::V6) >= 3
+    })
+    .await;
+    let a_v4 = a.local_addrs().unwrap()[0];
+    assert!(a_v4.is_ipv4());
+    let newcomer = dual_node("127.0.0.90", vec![a_v4]).await;
+    eventually(
+        "the newcomer learns IPv6 nodes from IPv4 answers",
+        20,
+        || newcomer.node_count_of(Family::V6) >= 2,
+    )
+    .await;
+
+    let info_hash: NodeId = rand::random();
+    assert!(lookup(&others[2], info_hash, Some(4343)).await.is_empty());
+    let both: HashSet<SocketAddr> = HashSet::from([
+        "127.0.0.83:4343".parse().unwrap(),
+        "[::1]:4343".parse().unwrap(),
+    ]);
+    assert_eq!(lookup(&newcomer, info_hash, None).await, both);
+    for d in others.iter().chain([&a, &newcomer]) {
         d.shutdown();
     }
 }

@@ -1,14 +1,22 @@
 //! Property tests of KRPC: any datagram decodes to a message or an error, never a panic, and
 //! every message we can send decodes back to itself.
 
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use proptest::prelude::*;
 
-use crate::dht::krpc::{Body, Message, NodeId, NodeInfo, Query, Response};
+use crate::dht::krpc::{Body, Message, NodeId, NodeInfo, Query, Response, Want};
 
-fn peer() -> impl Strategy<Value = SocketAddrV4> {
-    any::<([u8; 4], u16)>().prop_map(|(ip, port)| SocketAddrV4::new(ip.into(), port))
+fn peer4() -> impl Strategy<Value = SocketAddr> {
+    any::<([u8; 4], u16)>().prop_map(|(ip, port)| SocketAddrV4::new(ip.into(), port).into())
+}
+
+fn peer6() -> impl Strategy<Value = SocketAddr> {
+    any::<([u8; 16], u16)>().prop_map(|(ip, port)| SocketAddrV6::new(ip.into(), port, 0, 0).into())
+}
+
+fn want() -> impl Strategy<Value = Want> {
+    any::<(bool, bool)>().prop_map(|(n4, n6)| Want { n4, n6 })
 }
 
 fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
@@ -19,8 +27,12 @@ fn query() -> impl Strategy<Value = Query> {
     let id = any::<NodeId>;
     prop_oneof![
         id().prop_map(|id| Query::Ping { id }),
-        (id(), id()).prop_map(|(id, target)| Query::FindNode { id, target }),
-        (id(), id()).prop_map(|(id, info_hash)| Query::GetPeers { id, info_hash }),
+        (id(), id(), want()).prop_map(|(id, target, want)| Query::FindNode { id, target, want }),
+        (id(), id(), want()).prop_map(|(id, info_hash, want)| Query::GetPeers {
+            id,
+            info_hash,
+            want
+        }),
         (id(), id(), any::<u16>(), any::<bool>(), bytes(20)).prop_map(
             |(id, info_hash, port, implied_port, token)| Query::AnnouncePeer {
                 id,
@@ -39,22 +51,29 @@ fn query() -> impl Strategy<Value = Query> {
     ]
 }
 
+fn node(peer: impl Strategy<Value = SocketAddr>) -> impl Strategy<Value = NodeInfo> {
+    (any::<NodeId>(), peer).prop_map(|(id, addr)| NodeInfo { id, addr })
+}
+
 fn body() -> impl Strategy<Value = Body> {
-    let node = (any::<NodeId>(), peer()).prop_map(|(id, addr)| NodeInfo { id, addr });
     prop_oneof![
         (query(), any::<bool>()).prop_map(|(query, read_only)| Body::Query { query, read_only }),
         (
             any::<NodeId>(),
-            prop::collection::vec(node, 0..8),
-            prop::collection::vec(peer(), 0..8),
+            prop::collection::vec(node(peer4()), 0..8),
+            prop::collection::vec(node(peer6()), 0..8),
+            prop::collection::vec(prop_oneof![peer4(), peer6()], 0..8),
             prop::option::of(bytes(20)),
         )
-            .prop_map(|(id, nodes, values, token)| Body::Response(Response {
-                id,
-                nodes,
-                values,
-                token,
-            })),
+            .prop_map(
+                |(id, nodes, nodes6, values, token)| Body::Response(Response {
+                    id,
+                    nodes,
+                    nodes6,
+                    values,
+                    token,
+                })
+            ),
         (any::<i64>(), any::<String>()).prop_map(|(code, message)| Body::Error { code, message }),
     ]
 }

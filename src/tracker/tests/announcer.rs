@@ -82,6 +82,7 @@ fn params() -> AnnounceParams {
         peer_id: *b"-BF0001-peeridpeerid",
         port: 6881,
         key: 0x1234_5678,
+        families: crate::tracker::Families::BOTH,
         num_want: 50,
     }
 }

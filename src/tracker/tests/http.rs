@@ -22,6 +22,7 @@ fn request(event: Event) -> AnnounceRequest {
         event,
         num_want: 50,
         key: 0xdead_beef,
+        families: crate::tracker::Families::BOTH,
     }
 }
 
@@ -271,8 +272,13 @@ fn non_canonical_integers_repeated_keys_and_garbage_after_are_judged_like_bencod
 
 /// Serves one raw HTTP response on 127.0.0.1; the task returns the request head.
 async fn serve_once(response: Vec<u8>) -> (Url, tokio::task::JoinHandle<String>) {
+    serve_once_on("127.0.0.1:0", response).await
+}
+
+/// [`serve_once`] on `addr`.
+async fn serve_once_on(addr: &str, response: Vec<u8>) -> (Url, tokio::task::JoinHandle<String>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let url = Url::parse(&format!(
         "http://{}/ann?x=1",
         listener.local_addr().unwrap()
@@ -341,6 +347,49 @@ async fn error_statuses_keep_the_trackers_reason_when_it_gives_one() {
         .await
         .unwrap_err();
     assert!(matches!(e, TrackerError::Malformed(_)), "{e}");
+}
+
+/// A host name with addresses of both families is announced to over each (through a client
+/// that resolves it to that family only); the peers of both answers (IPv4 `peers`, IPv6
+/// `peers6`) are merged.
+#[tokio::test]
+async fn a_tracker_with_both_families_is_announced_to_over_each() {
+    use std::collections::HashMap;
+    use std::net::{IpAddr, Ipv6Addr};
+    let (url4, server4) = serve_once(response(
+        "200 OK",
+        b"d8:intervali60e5:peers6:\x01\x02\x03\x04\x1a\xe1e",
+    ))
+    .await;
+    let port = url4.port().unwrap();
+    let mut body6 = b"d8:intervali60e5:peers0:6:peers618:".to_vec();
+    body6.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    body6.extend_from_slice(&[0; 11]);
+    body6.extend_from_slice(&[1, 0x1a, 0xe1, b'e']);
+    let (_, server6) = serve_once_on(&format!("[::1]:{port}"), response("200 OK", &body6)).await;
+    let hosts = HashMap::from([(
+        "tracker.test".to_string(),
+        vec![
+            IpAddr::from([127, 0, 0, 1]),
+            IpAddr::from(Ipv6Addr::LOCALHOST),
+        ],
+    )]);
+    let clients = Clients::with_hosts(hosts).unwrap();
+    let url = format!("http://tracker.test:{port}/ann?x=1");
+    let r = crate::tracker::announce(&url, &request(Event::Started), &clients)
+        .await
+        .unwrap();
+    let mut peers = r.peers;
+    peers.sort();
+    let want: Vec<SocketAddr> = vec![
+        "1.2.3.4:6881".parse().unwrap(),
+        "[2001:db8::1]:6881".parse().unwrap(),
+    ];
+    assert_eq!(peers, want);
+    for server in [server4, server6] {
+        let head = server.await.unwrap();
+        assert!(head.starts_with("GET /ann?x=1&info_hash="), "{head}");
+    }
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod announcer;
 mod http;
 mod opentracker;
 mod props;
+mod udp;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -55,6 +56,7 @@ fn request() -> AnnounceRequest {
         event: Event::Started,
         num_want: 50,
         key: 7,
+        families: crate::tracker::Families::BOTH,
     }
 }
 

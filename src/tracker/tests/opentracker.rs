@@ -122,6 +122,7 @@ fn request(hash: [u8; 20], peer_id: [u8; 20], port: u16, event: Event) -> Announ
         event,
         num_want: 50,
         key: u32::from(port),
+        families: crate::tracker::Families::BOTH,
     }
 }
 
