@@ -188,7 +188,22 @@ impl Picker {
     /// some reader wants (urgent or readahead, not deferred) that nobody has been asked for yet:
     /// exactly what `pick` would give it first.
     pub fn has_reader_work(&self, peer: PeerId, peer_has: &Bitfield) -> bool {
-        self.deadline_order.iter().any(|&(_, p)| {
+        self.has_free_blocks(&self.deadline_order, peer, peer_has)
+    }
+
+    /// Like `has_reader_work`, for the pieces a blocked read waits on only.
+    pub fn has_urgent_work(&self, peer: PeerId, peer_has: &Bitfield) -> bool {
+        let urgent = self.deadline_order.partition_point(|(d, _)| d.is_urgent());
+        self.has_free_blocks(&self.deadline_order[..urgent], peer, peer_has)
+    }
+
+    fn has_free_blocks(
+        &self,
+        pieces: &[(Deadline, PieceIndex)],
+        peer: PeerId,
+        peer_has: &Bitfield,
+    ) -> bool {
+        pieces.iter().any(|&(_, p)| {
             peer_has.get(p.get())
                 && !self.deferred.contains(&p)
                 && self.may_claim(p, peer)

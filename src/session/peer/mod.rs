@@ -29,7 +29,7 @@ use super::peers::PeerCmd;
 use super::stream::PeerStream;
 use super::{Shared, verify};
 use crate::bitfield::Bitfield;
-use crate::picker::{Block, PeerId};
+use crate::picker::{Block, PeerId, Picker};
 use crate::piece::BLOCK_SIZE;
 use crate::wire::{BlockRef, HandshakeError, Message, MessageReader, MessageWriter, WireError};
 use extended::Extensions;
@@ -384,8 +384,9 @@ impl Peer {
     }
 
     /// Tops up requests in flight to the queue target (`Requests::target`): what keeps this
-    /// peer's link busy, shallower while a reader may need it. Background requests queued
-    /// here are cancelled first when a reader could use this peer (`make_room_for_readers`).
+    /// peer's link busy, shallower while a reader may need it. Requests queued here ahead of a
+    /// reader's are cancelled first (`make_room`): background ones when a reader could use this
+    /// peer, all but urgent ones when a blocked read could.
     fn refill(&mut self) {
         if self.choked || !self.interested {
             return;
@@ -398,9 +399,16 @@ impl Peer {
             if let Some(reqq) = self.ext.their_reqq {
                 target = target.min(reqq as usize);
             }
-            let background = match readers && st.picker.has_reader_work(self.id, &pickable) {
-                true => make_room_for_readers(&mut st.picker, self.id, self.requests.blocks()),
-                false => Vec::new(),
+            let background = if !readers {
+                Vec::new()
+            } else if st.picker.has_urgent_work(self.id, &pickable) {
+                let urgent = |p: &Picker, b: &Block| p.is_urgent(b.piece);
+                make_room(&mut st.picker, self.id, self.requests.blocks(), urgent)
+            } else if st.picker.has_reader_work(self.id, &pickable) {
+                let wanted = |p: &Picker, b: &Block| p.is_wanted_by_reader(b.piece);
+                make_room(&mut st.picker, self.id, self.requests.blocks(), wanted)
+            } else {
+                Vec::new()
             };
             let in_flight = self.requests.len() - background.len();
             let room = target.saturating_sub(in_flight);
@@ -412,7 +420,7 @@ impl Peer {
             (background, blocks)
         };
         if !background.is_empty() {
-            tracing::debug!(addr = %self.addr, n = background.len(), "cancelling background requests for a reader");
+            tracing::debug!(addr = %self.addr, n = background.len(), "cancelling requests queued ahead of a reader's");
         }
         for b in background {
             if self.requests.cancel(b) {
@@ -484,19 +492,20 @@ impl Peer {
     }
 }
 
-/// A peer serves requests in order: background requests queued at it would hold up a reader's
-/// blocks by as long as they take. So when a reader could use the peer, those (`in_flight`
-/// that no reader wants) are given back to the picker, to be cancelled at the peer; returned.
-fn make_room_for_readers(
-    picker: &mut crate::picker::Picker,
+/// A peer serves requests in order: whatever is queued at it holds up a reader's blocks by as
+/// long as it takes to send. So when a reader could use the peer, the requests in flight that
+/// do not `keep` (background ones for readahead, everything not urgent for a blocked read) are
+/// given back to the picker, to be cancelled at the peer, and returned; those still wanted are
+/// asked again behind the reader's.
+fn make_room(
+    picker: &mut Picker,
     peer: PeerId,
     in_flight: impl Iterator<Item = Block>,
+    keep: impl Fn(&Picker, &Block) -> bool,
 ) -> Vec<Block> {
-    let background: Vec<Block> = in_flight
-        .filter(|b| !picker.is_wanted_by_reader(b.piece))
-        .collect();
-    for &b in &background {
+    let give_back: Vec<Block> = in_flight.filter(|b| !keep(picker, b)).collect();
+    for &b in &give_back {
         picker.request_failed(peer, b);
     }
-    background
+    give_back
 }

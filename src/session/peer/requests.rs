@@ -104,6 +104,9 @@ pub(super) struct Requests {
     delivered: u64,
     /// Blocks we asked for and then cancelled or gave up on: they may still arrive.
     late_allowed: u32,
+    /// The latest blocks we cancelled, oldest first: a `reject_request` for one of them
+    /// answers the cancel even when the block was asked again since (it is queued behind).
+    cancelled: std::collections::VecDeque<Block>,
     /// Blocks that arrived unasked beyond `late_allowed`.
     unasked: u32,
     /// A peer that let requests time out gets one request at a time until it delivers again.
@@ -130,6 +133,7 @@ impl Requests {
             stalls: 0,
             delivered: 0,
             late_allowed: 0,
+            cancelled: std::collections::VecDeque::new(),
             unasked: 0,
             snubbed: false,
             rejected: Vec::new(),
@@ -236,6 +240,10 @@ impl Requests {
         let had = self.in_flight.remove(&b).is_some();
         if had {
             self.late_allowed += 1;
+            if self.cancelled.len() >= MAX_QUEUE {
+                self.cancelled.pop_front();
+            }
+            self.cancelled.push_back(b);
         }
         had
     }
@@ -252,6 +260,13 @@ impl Requests {
 
     /// The peer rejected a request for `b` (Fast).
     pub(super) fn rejected(&mut self, b: Option<Block>, now: Instant) -> Rejection {
+        if let Some(b) = b
+            && let Some(i) = self.cancelled.iter().position(|c| *c == b)
+        {
+            self.cancelled.remove(i);
+            self.late_allowed = self.late_allowed.saturating_sub(1);
+            return Rejection::Tolerated;
+        }
         if let Some(b) = b
             && self.in_flight.remove(&b).is_some()
         {
@@ -485,6 +500,24 @@ mod tests {
             assert_eq!(r.rejected(None, t0), Rejection::Tolerated);
         }
         assert_eq!(r.rejected(None, t0), Rejection::Flood);
+    }
+
+    #[test]
+    fn a_reject_answering_a_cancel_spares_the_same_block_asked_again() {
+        let t0 = Instant::now();
+        let mut r = Requests::new(t0);
+        let has = Bitfield::full(8);
+        r.sent(block(3, 0), t0);
+        assert!(r.cancel(block(3, 0)));
+        // Asked again behind a reader's blocks, before the peer answered the cancel.
+        r.sent(block(3, 0), t0);
+        assert_eq!(r.rejected(Some(block(3, 0)), t0), Rejection::Tolerated);
+        assert_eq!(r.len(), 1, "the new request stands");
+        assert!(r.pickable(&has).get(3), "no backoff for the piece");
+        assert_eq!(r.received(block(3, 0), t0), Arrival::Asked);
+        // A second reject is for the request itself.
+        r.sent(block(3, 1), t0);
+        assert_eq!(r.rejected(Some(block(3, 1)), t0), Rejection::Ours);
     }
 
     #[test]
