@@ -36,6 +36,7 @@ mod disk;
 mod disk_io;
 mod encryption;
 mod host;
+mod media;
 mod peer;
 mod peers;
 mod read;
