@@ -37,6 +37,7 @@ mod disk_io;
 mod encryption;
 mod host;
 mod listen;
+mod media;
 mod peer;
 mod peers;
 mod read;

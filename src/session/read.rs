@@ -9,6 +9,7 @@
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
+use super::media::{Index, find_index, is_media};
 use super::readers::{ReadHandle, Reader};
 use super::{Session, Shared, disk_io};
 use crate::picker::{ReaderId, ReaderWant};
@@ -21,24 +22,28 @@ pub enum ReadError {
     NoSuchFile,
 }
 
-/// How much of a media file's head and tail is fetched as soon as it is opened.
-const MEDIA_PREFETCH: u64 = 2 * 1024 * 1024;
+/// How much of a media file's head is fetched as soon as it is opened.
+const MEDIA_HEAD: u64 = 2 * 1024 * 1024;
 
-/// Files players open: they read the header, then the index at the end (mp4 `moov`, mkv cues),
-/// then the first frames.
-fn is_media(path: &[String]) -> bool {
-    const EXTENSIONS: &[&str] = &[
-        "mkv", "mp4", "m4v", "avi", "webm", "mov", "wmv", "flv", "ts", "m2ts", "mpg", "mpeg",
-        "ogv", "3gp", "mp3", "flac", "m4a", "ogg", "opus", "wav", "aac",
-    ];
-    path.last()
-        .and_then(|name| name.rsplit_once('.'))
-        .is_some_and(|(_, ext)| EXTENSIONS.iter().any(|e| ext.eq_ignore_ascii_case(e)))
-}
+/// How much of a media file's end is fetched at open, before its head says where the index is
+/// (players jump there second: an mkv's cues, the `moov` of an mp4 written without faststart).
+const MEDIA_TAIL: u64 = 1024 * 1024;
+
+/// The most of an mp4's index, from its `moov` on, fetched ahead of the player; a quarter of the
+/// cache at most too.
+const MEDIA_INDEX_MAX: u64 = 64 * 1024 * 1024;
+
+/// The rate, bytes/s, the index want claims: so fast that each of its pieces is due at once
+/// (a deadline of 0 ms; see `rebuild_deadlines`), like the head's first piece and after it by
+/// index, before the head's second piece. The player needs both before its first frame.
+const INDEX_RATE: u64 = 1_000_000_000_000;
+const _: () = assert!(MEDIA_INDEX_MAX * 1000 < INDEX_RATE);
 
 impl Session {
     /// A new reader for `file`; each open file handle gets its own. Opening a media file
-    /// starts fetching its head and tail at once.
+    /// starts fetching its head and tail at once, in the order a player reads them: the first
+    /// piece, the tail, the rest of the head. The first read of the head narrows the tail down
+    /// to the index (`probe_media`).
     pub fn open_reader(&self, file: usize) -> ReadHandle {
         let s = &self.shared;
         let mut st = s.lock();
@@ -50,8 +55,8 @@ impl Session {
         let mut reader = Reader::new(file, window_id, f.offset, s.config.readahead_bytes);
         if is_media(&f.path) && f.length > 0 {
             let g = &s.geometry;
-            let head = g.pieces_in(f.offset, f.length.min(MEDIA_PREFETCH));
-            let tail_len = f.length.min(MEDIA_PREFETCH);
+            let head = g.pieces_in(f.offset, f.length.min(MEDIA_HEAD));
+            let tail_len = f.length.min(MEDIA_TAIL);
             let tail = g.pieces_in(f.offset + f.length - tail_len, tail_len);
             let tail_id = st.readers.want_id();
             st.picker.set_reader(
@@ -67,10 +72,11 @@ impl Session {
                 ReaderWant {
                     urgent: 0..0,
                     readahead: tail,
-                    rate: 0,
+                    rate: INDEX_RATE,
                 },
             );
             reader.tail_id = Some(tail_id);
+            reader.probe_pending = true;
             reader.readahead = head;
             st.start_reading();
             st.peers.refill_all();
@@ -179,11 +185,77 @@ impl Session {
                 held
             };
             if let Some(held) = held {
+                self.probe_media(handle, file, &held, pieces.start);
                 return Ok(copy_out(s, &held, pieces.start, start, len));
             }
             tokio::select! {
                 _ = verified.changed() => {}
                 _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// The first read of a media file's head (`held`, from piece `first` on): where the head
+    /// says the index is decides what of the end is fetched. The index in the head: nothing
+    /// (the player never jumps to the end first). After the media data: that, from its start
+    /// on, instead of a guess at the tail. Unknown: the tail stays. Once per handle.
+    fn probe_media(&self, handle: ReadHandle, file: usize, held: &[Bytes], first: u32) {
+        let s = &self.shared;
+        let g = &s.geometry;
+        let Some(f) = s.torrent.info.files.get(file) else {
+            return;
+        };
+        if g.piece_at(f.offset).map(|p| p.get()) != Some(first) {
+            return;
+        }
+        {
+            let mut st = s.lock();
+            let Some(r) = st.readers.get_mut(handle).filter(|r| r.file == file) else {
+                return;
+            };
+            if !std::mem::take(&mut r.probe_pending) {
+                return;
+            }
+        }
+        let held_len: u64 = held.iter().map(|b| b.len() as u64).sum();
+        let held_end = (u64::from(first) * u64::from(g.piece_length()) + held_len)
+            .min(f.offset + f.length)
+            .min(f.offset + MEDIA_HEAD);
+        let head = copy_out(s, held, first, f.offset, held_end - f.offset);
+        let index = find_index(&head, f.length);
+        let path = f.path.join("/");
+        let mut st = s.lock();
+        let Some(r) = st.readers.get_mut(handle) else {
+            return;
+        };
+        let Some(tail_id) = r.tail_id else {
+            return;
+        };
+        match index {
+            Index::InHead(at) => {
+                tracing::debug!(%path, moov = at, "media index in the head: no tail fetched");
+                r.tail_id = None;
+                st.picker.remove_reader(tail_id);
+            }
+            Index::After(at) => {
+                let len = f
+                    .length
+                    .saturating_sub(at)
+                    .min(MEDIA_INDEX_MAX.min(s.config.cache_bytes / 4));
+                let index = g.pieces_in(f.offset + at, len);
+                tracing::debug!(%path, from = at, len, ?index, "media index after the data");
+                st.picker.set_reader(
+                    tail_id,
+                    ReaderWant {
+                        urgent: 0..0,
+                        readahead: index,
+                        rate: INDEX_RATE,
+                    },
+                );
+                st.peers.refill_all();
+            }
+            Index::Unknown => {
+                tracing::debug!(%path, head = head.len(), "media index unknown: tail kept");
             }
         }
     }

@@ -38,8 +38,11 @@ pub(crate) struct Reader {
     /// Its readahead window in the picker.
     pub(crate) window_id: ReaderId,
     /// Media files: the tail fetched at open (players read the index there before the first
-    /// frame), kept wanted until close.
+    /// frame), kept wanted until close; the head's first read narrows it to the index, or
+    /// drops it (`None`) when the index is in the head.
     pub(crate) tail_id: Option<ReaderId>,
+    /// Media files: the first read of the head has yet to say where the index is (`media.rs`).
+    pub(crate) probe_pending: bool,
     /// Torrent offset right after the previous read: a read starting there is sequential.
     pub(crate) next: u64,
     /// Readahead window in bytes.
@@ -60,6 +63,7 @@ impl Reader {
             file,
             window_id,
             tail_id: None,
+            probe_pending: false,
             next: start,
             window,
             consumed: 0,

@@ -129,6 +129,8 @@ pub(super) struct Counters {
     pub interested: usize,
     pub requests: usize,
     pub blocks_sent: usize,
+    /// Pieces in the order the session first asked for a block of them (the pick order).
+    pub first_requests: Vec<u32>,
     /// Blocks sent, by piece index.
     pub sent_by_piece: std::collections::BTreeMap<u32, usize>,
     /// Requests naming something that is not a block of the torrent; the session must send none.
@@ -373,7 +375,12 @@ impl Conn {
                     self.counters.send_modify(|c| c.interested += 1);
                 }
                 Message::Request(r) => {
-                    self.counters.send_modify(|c| c.requests += 1);
+                    self.counters.send_modify(|c| {
+                        c.requests += 1;
+                        if !c.first_requests.contains(&r.index) {
+                            c.first_requests.push(r.index);
+                        }
+                    });
                     let Some(data) = self.block(r) else {
                         self.counters.send_modify(|c| c.bad_requests += 1);
                         continue;

@@ -9,6 +9,7 @@ mod fake_peer;
 mod fast;
 mod late;
 mod liars;
+mod media;
 mod scale;
 mod stalls;
 mod streaming;
