@@ -27,7 +27,9 @@ const MEDIA_HEAD: u64 = 2 * 1024 * 1024;
 
 /// How much of a media file's end is fetched at open, before its head says where the index is
 /// (players jump there second: an mkv's cues, the `moov` of an mp4 written without faststart).
-const MEDIA_TAIL: u64 = 1024 * 1024;
+/// Little: an mp4's head soon says where its index really starts, and what is fetched beyond
+/// it costs the first frame as much as what it needs.
+const MEDIA_TAIL: u64 = 256 * 1024;
 
 /// The most of an mp4's index, from its `moov` on, fetched ahead of the player; a quarter of the
 /// cache at most too.
@@ -55,12 +57,14 @@ impl Session {
         let mut reader = Reader::new(file, window_id, f.offset, s.config.readahead_bytes);
         if is_media(&f.path) && f.length > 0 {
             let g = &s.geometry;
-            let head = g.pieces_in(f.offset, f.length.min(MEDIA_HEAD));
+            let head_len = f.length.min(MEDIA_HEAD);
+            let head = g.pieces_in(f.offset, head_len);
             let tail_len = f.length.min(MEDIA_TAIL);
             let tail = g.pieces_in(f.offset + f.length - tail_len, tail_len);
+            let head_id = st.readers.want_id();
             let tail_id = st.readers.want_id();
             st.picker.set_reader(
-                window_id,
+                head_id,
                 ReaderWant {
                     urgent: 0..0,
                     readahead: head.clone(),
@@ -75,9 +79,10 @@ impl Session {
                     rate: INDEX_RATE,
                 },
             );
+            reader.head_id = Some(head_id);
             reader.tail_id = Some(tail_id);
+            reader.opening = Some((f.offset + head_len, f.offset + f.length - tail_len));
             reader.probe_pending = true;
-            reader.readahead = head;
             st.start_reading();
             st.peers.refill_all();
         }
@@ -89,8 +94,8 @@ impl Session {
         let mut st = self.shared.lock();
         if let Some(r) = st.readers.remove(handle) {
             st.picker.remove_reader(r.window_id);
-            if let Some(t) = r.tail_id {
-                st.picker.remove_reader(t);
+            for id in [r.head_id, r.tail_id].into_iter().flatten() {
+                st.picker.remove_reader(id);
             }
         }
     }
@@ -131,6 +136,7 @@ impl Session {
             let max = cfg.max_readahead_bytes.min(share);
             let read = start..start + len;
             let file = f.offset..file_end;
+            end_opening(&mut st, handle, start);
             let ahead = st.reader_moved(handle, read, file, cfg.readahead_bytes, max);
             if let Some(ahead) = ahead {
                 // The window's pieces on disk come into memory ahead of the reader.
@@ -235,6 +241,9 @@ impl Session {
             Index::InHead(at) => {
                 tracing::debug!(%path, moov = at, "media index in the head: no tail fetched");
                 r.tail_id = None;
+                if let Some((_, tail)) = &mut r.opening {
+                    *tail = f.offset + f.length;
+                }
                 st.picker.remove_reader(tail_id);
             }
             Index::After(at) => {
@@ -244,6 +253,9 @@ impl Session {
                     .min(MEDIA_INDEX_MAX.min(s.config.cache_bytes / 4));
                 let index = g.pieces_in(f.offset + at, len);
                 tracing::debug!(%path, from = at, len, ?index, "media index after the data");
+                if let Some((_, tail)) = &mut r.opening {
+                    *tail = f.offset + at;
+                }
                 st.picker.set_reader(
                     tail_id,
                     ReaderWant {
@@ -258,6 +270,26 @@ impl Session {
                 tracing::debug!(%path, head = head.len(), "media index unknown: tail kept");
             }
         }
+    }
+}
+
+/// A media reader's first read neither in its head nor at its tail (a frame past the head, a
+/// seek target): the player has opened the file, so what was fetched for the opening is no
+/// longer wanted ahead of that read.
+fn end_opening(st: &mut super::state::State, handle: ReadHandle, at: u64) {
+    let Some(r) = st.readers.get_mut(handle) else {
+        return;
+    };
+    let Some((head_end, tail_start)) = r.opening else {
+        return;
+    };
+    if at < head_end || at >= tail_start {
+        return;
+    }
+    r.opening = None;
+    let ids = [r.head_id.take(), r.tail_id.take()];
+    for id in ids.into_iter().flatten() {
+        st.picker.remove_reader(id);
     }
 }
 

@@ -38,11 +38,18 @@ pub(crate) struct Reader {
     /// Its readahead window in the picker.
     pub(crate) window_id: ReaderId,
     /// Media files: the tail fetched at open (players read the index there before the first
-    /// frame), kept wanted until close; the head's first read narrows it to the index, or
+    /// frame), kept wanted while opening; the head's first read narrows it to the index, or
     /// drops it (`None`) when the index is in the head.
     pub(crate) tail_id: Option<ReaderId>,
     /// Media files: the first read of the head has yet to say where the index is (`media.rs`).
     pub(crate) probe_pending: bool,
+    /// Media files: the head fetched at open, kept wanted while the player opens the file
+    /// (head, index, back to the first frames) even as its window jumps to the index.
+    pub(crate) head_id: Option<ReaderId>,
+    /// Media files, while opening: where the head ends and the tail (or index) begins,
+    /// torrent offsets. The first read between them ends the opening: the head and tail wants
+    /// are dropped, and the window alone follows the reader.
+    pub(crate) opening: Option<(u64, u64)>,
     /// Torrent offset right after the previous read: a read starting there is sequential.
     pub(crate) next: u64,
     /// Readahead window in bytes.
@@ -64,6 +71,8 @@ impl Reader {
             window_id,
             tail_id: None,
             probe_pending: false,
+            head_id: None,
+            opening: None,
             next: start,
             window,
             consumed: 0,
