@@ -17,7 +17,8 @@
 //!   shared by a process's sessions; `stream`: a connection's bytes
 //!   whatever the transport; `shared`: what its tasks share and the lock order; `state`: the
 //!   state behind the lock, made of owners (`residency`: where verified pieces live, and what
-//!   we announce; `peers`; `readers` with `window`; `assembly`); `read`: reads; `connect`
+//!   we announce; `peers`; `readers` with `window`; `assembly`); `read`: reads (`media`:
+//!   what a player reads first when it opens a video, an mp4's index found); `connect`
 //!   with `discovery`: incoming and outgoing connections (`dial`: one outgoing connection,
 //!   over uTP or TCP as `transport` races them, the first through the handshake kept,
 //!   encrypted or not as `encryption`, the `--encryption` policy, says); `peer/`: one

@@ -18,7 +18,8 @@
 //!
 //! Readers (`read.rs`) never talk to peers: they state what they want in the picker, poke the
 //! peers to refill their request queues, and wait on `verified` until memory holds every piece
-//! they need.
+//! they need. Opening a media file wants what a player reads first, in its order: the head,
+//! the index at the end (`media.rs` finds an mp4's `moov` from the head), the first frames.
 //!
 //! The boundary: a session owns one torrent's peers, pieces and readers. What a process shares
 //! between torrents comes from outside: the [`Host`] (listening port, peer id), the DHT node

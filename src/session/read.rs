@@ -11,6 +11,7 @@ use thiserror::Error;
 
 use super::media::{Index, find_index, is_media};
 use super::readers::{ReadHandle, Reader};
+use super::state::State;
 use super::{Session, Shared, disk_io};
 use crate::picker::{ReaderId, ReaderWant};
 
@@ -144,10 +145,11 @@ impl Session {
             }
             st.readers.want_id()
         };
-        // Drops the read's urgent want on every exit, including cancellation.
-        let _guard = UrgentGuard {
+        // Drops the read's want on every exit, including cancellation.
+        let _guard = WaitGuard {
             shared: s,
-            id: urgent,
+            handle,
+            key: (start, urgent),
         };
         let mut asked = false;
         loop {
@@ -166,18 +168,25 @@ impl Session {
                     .collect();
                 if held.is_none() && !asked {
                     asked = true;
-                    if let Some(r) = st.readers.get_mut(handle) {
-                        r.stalls += 1;
-                    }
                     st.readers.wait_started(urgent);
-                    st.picker.set_reader(
-                        urgent,
-                        ReaderWant {
-                            urgent: pieces.clone(),
-                            readahead: 0..0,
-                            rate: 0,
-                        },
-                    );
+                    match st.readers.get_mut(handle) {
+                        Some(r) => {
+                            r.waiting.insert((start, urgent), pieces.clone());
+                            if r.waiting.keys().next() == Some(&(start, urgent)) {
+                                r.stalls += 1;
+                            }
+                            restate_waits(&mut st, handle);
+                        }
+                        // A handle the session does not know: this read alone.
+                        None => st.picker.set_reader(
+                            urgent,
+                            ReaderWant {
+                                urgent: pieces.clone(),
+                                readahead: 0..0,
+                                rate: 0,
+                            },
+                        ),
+                    }
                     st.peers.refill_all();
                 }
                 // After the urgent want, so loaded pieces are kept even in a full store.
@@ -276,7 +285,7 @@ impl Session {
 /// A media reader's first read neither in its head nor at its tail (a frame past the head, a
 /// seek target): the player has opened the file, so what was fetched for the opening is no
 /// longer wanted ahead of that read.
-fn end_opening(st: &mut super::state::State, handle: ReadHandle, at: u64) {
+fn end_opening(st: &mut State, handle: ReadHandle, at: u64) {
     let Some(r) = st.readers.get_mut(handle) else {
         return;
     };
@@ -315,15 +324,55 @@ fn copy_out(s: &Shared, held: &[Bytes], first_piece: u32, start: u64, len: u64) 
     out.freeze()
 }
 
-struct UrgentGuard<'a> {
-    shared: &'a Shared,
-    id: ReaderId,
+/// A handle's reads waiting for data, as wants in the picker. The reader waits on the lowest:
+/// the kernel sends its readahead (up to `read_ahead_kb` beyond) as reads at the same moment,
+/// which nobody waits on yet. So only the lowest is urgent; each other is wanted from the
+/// lowest's pieces on at the reader's rate, by when the reader gets there, behind what it
+/// needs sooner (a media file's index). When the lowest is served the next becomes urgent.
+fn restate_waits(st: &mut State, handle: ReadHandle) {
+    let now = tokio::time::Instant::now();
+    let Some(r) = st.readers.get_mut(handle) else {
+        return;
+    };
+    let rate = r.rate(now);
+    let mut waits = r.waiting.iter().map(|(&(_, id), p)| (id, p.clone()));
+    let Some((first, needed)) = waits.next() else {
+        return;
+    };
+    let rest: Vec<_> = waits.collect();
+    let urgent = ReaderWant {
+        urgent: needed.clone(),
+        readahead: 0..0,
+        rate: 0,
+    };
+    st.picker.set_reader(first, urgent);
+    for (id, pieces) in rest {
+        let ahead = ReaderWant {
+            urgent: 0..0,
+            readahead: needed.start..pieces.end,
+            rate,
+        };
+        st.picker.set_reader(id, ahead);
+    }
 }
 
-impl Drop for UrgentGuard<'_> {
+struct WaitGuard<'a> {
+    shared: &'a Shared,
+    handle: ReadHandle,
+    key: (u64, ReaderId),
+}
+
+impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
         let mut st = self.shared.lock();
-        st.picker.remove_reader(self.id);
-        st.readers.wait_ended(self.id);
+        let id = self.key.1;
+        st.picker.remove_reader(id);
+        st.readers.wait_ended(id);
+        if let Some(r) = st.readers.get_mut(self.handle)
+            && r.waiting.remove(&self.key).is_some()
+        {
+            restate_waits(&mut st, self.handle);
+            st.peers.refill_all();
+        }
     }
 }

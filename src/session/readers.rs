@@ -56,8 +56,11 @@ pub(crate) struct Reader {
     pub(crate) window: u64,
     /// Bytes read through this handle in all (a probe reads little; see `background`).
     pub(crate) consumed: u64,
-    /// Reads that had to wait for data.
+    /// Reads that had to wait for data while no read before them did: the reader waited on
+    /// them (the kernel's readahead waits too, on reads after the one the reader needs).
     pub(crate) stalls: u64,
+    /// The reads of this handle waiting for data, by offset: the pieces each needs.
+    pub(crate) waiting: std::collections::BTreeMap<(u64, ReaderId), Range<u32>>,
     /// Recent sequential reads: the window follows their rate.
     pace: Pace,
     /// The window's pieces as last told to the picker.
@@ -77,6 +80,7 @@ impl Reader {
             window,
             consumed: 0,
             stalls: 0,
+            waiting: std::collections::BTreeMap::new(),
             pace: Pace::default(),
             readahead: 0..0,
         }

@@ -124,3 +124,48 @@ async fn background_off_fetches_only_what_is_read() {
     assert_eq!(files_fetched(&peer), [1].into());
     stop(session).await;
 }
+
+/// The kernel sends its readahead as reads right behind the one a reader waits on. Only the
+/// lowest waiting read of a handle is urgent; the others are wanted by distance (behind, say, a
+/// media file's index), and the next becomes urgent once the one before it is served or gone.
+/// One stall: the reader waited once.
+#[tokio::test(start_paused = true)]
+async fn only_the_lowest_waiting_read_of_a_handle_is_urgent() {
+    let c = content(29, 64 * 1024, &[2 << 20]);
+    let session = start(&c, &[], BIG_CACHE).await;
+    let h = session.open_reader(0);
+    let g = c.torrent.info.geometry.clone();
+    let read = |offset: u64| {
+        let session = session.clone();
+        tokio::spawn(async move { session.read(h, 0, offset, 64 * 1024).await })
+    };
+    let demand = read(5 * 64 * 1024);
+    let readahead = read(9 * 64 * 1024);
+    let (p5, p9) = (g.piece(5).unwrap(), g.piece(9).unwrap());
+    within("both reads wait", async {
+        let waiting = || {
+            let mut st = session.shared.lock();
+            st.readers.get_mut(h).map_or(0, |r| r.waiting.len())
+        };
+        while waiting() < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    {
+        let st = session.shared.lock();
+        assert!(st.picker.is_urgent(p5), "the read waited on is urgent");
+        assert!(!st.picker.is_urgent(p9), "the kernel's readahead is not");
+        assert!(st.picker.is_wanted_by_reader(p9));
+    }
+    demand.abort();
+    let _ = demand.await;
+    assert!(session.shared.lock().picker.is_urgent(p9), "next in line");
+    let readers = session.stats().readers;
+    assert_eq!(readers.len(), 1);
+    assert_eq!(readers[0].stalls, 1, "{readers:?}");
+    readahead.abort();
+    let _ = readahead.await;
+    session.close_reader(h);
+    stop(session).await;
+}
