@@ -18,6 +18,11 @@ pub struct ReaderWant {
     pub readahead: Range<u32>,
     /// How fast the reader consumes, bytes/s; 0 when unknown (taken as [`UNKNOWN_RATE`]).
     pub rate: u64,
+    /// How much later than the start of the reader's need this want begins: its urgent ranks
+    /// count from `lead`, its readahead deadlines from `lead` ms. 0 for what a reader needs
+    /// first; more for what it will need after something else (a read the kernel sent ahead
+    /// of the one the reader waits on, wanted by its distance from it).
+    pub lead: u32,
 }
 
 /// The rate a reader is assumed to read at before it has a measured one: a few seconds of
@@ -229,10 +234,11 @@ impl Picker {
             };
             // Milliseconds until the reader reaches the start of the piece `rank` pieces in.
             let until = |rank: u32| {
-                let ms = u64::from(rank) * piece * 1000 / rate;
+                let ms = u64::from(rank) * piece * 1000 / rate + u64::from(want.lead);
                 Deadline::Readahead(u32::try_from(ms).unwrap_or(u32::MAX))
             };
-            let urgent = clip(&want.urgent).map(|i| (i, Deadline::Urgent(i - want.urgent.start)));
+            let rank = |i: u32| want.lead.saturating_add(i - want.urgent.start);
+            let urgent = clip(&want.urgent).map(|i| (i, Deadline::Urgent(rank(i))));
             let ahead = clip(&want.readahead).map(|i| (i, until(i - want.readahead.start)));
             for (i, d) in urgent.chain(ahead) {
                 let Some(p) = self.geometry.piece(i) else {

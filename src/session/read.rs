@@ -6,14 +6,17 @@
 //! it follows the reader's consumption rate while reads are sequential and snaps back on a
 //! seek, and the old window stops mattering at once because `set_reader` replaces it.
 
+use std::collections::BTreeMap;
+use std::ops::Range;
+
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
 use super::media::{Index, find_index, is_media};
-use super::readers::{ReadHandle, Reader};
+use super::readers::{ReadHandle, Reader, Wait};
 use super::state::State;
 use super::{Session, Shared, disk_io};
-use crate::picker::{ReaderId, ReaderWant};
+use crate::picker::{ReaderId, ReaderWant, UNKNOWN_RATE};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ReadError {
@@ -36,11 +39,21 @@ const MEDIA_TAIL: u64 = 256 * 1024;
 /// cache at most too.
 const MEDIA_INDEX_MAX: u64 = 64 * 1024 * 1024;
 
-/// The rate, bytes/s, the index want claims: so fast that each of its pieces is due at once
-/// (a deadline of 0 ms; see `rebuild_deadlines`), like the head's first piece and after it by
-/// index, before the head's second piece. The player needs both before its first frame.
-const INDEX_RATE: u64 = 1_000_000_000_000;
-const _: () = assert!(MEDIA_INDEX_MAX * 1000 < INDEX_RATE);
+/// The urgent rank a waiting read the reader may not wait on yet starts at (see
+/// `restate_waits`): after every want of what a reader needs first, a read or a media file's
+/// index, which span fewer pieces.
+const AFTER_FIRST_NEEDS: u32 = 1 << 16;
+
+/// A media file's index: urgent from the open on, after the head's first piece (by index)
+/// and before anything else of the head. The player needs both before its first frame.
+fn index_want(pieces: Range<u32>) -> ReaderWant {
+    ReaderWant {
+        urgent: pieces,
+        readahead: 0..0,
+        rate: 0,
+        lead: 0,
+    }
+}
 
 impl Session {
     /// A new reader for `file`; each open file handle gets its own. Opening a media file
@@ -64,22 +77,16 @@ impl Session {
             let tail = g.pieces_in(f.offset + f.length - tail_len, tail_len);
             let head_id = st.readers.want_id();
             let tail_id = st.readers.want_id();
-            st.picker.set_reader(
-                head_id,
-                ReaderWant {
-                    urgent: 0..0,
-                    readahead: head.clone(),
-                    rate: 0,
-                },
-            );
-            st.picker.set_reader(
-                tail_id,
-                ReaderWant {
-                    urgent: 0..0,
-                    readahead: tail,
-                    rate: INDEX_RATE,
-                },
-            );
+            // The first piece is what the player reads first: urgent, before the index.
+            let first = head.start..(head.start + 1).min(head.end);
+            let head_want = ReaderWant {
+                urgent: first.clone(),
+                readahead: first.end..head.end,
+                rate: 0,
+                lead: 0,
+            };
+            st.picker.set_reader(head_id, head_want);
+            st.picker.set_reader(tail_id, index_want(tail));
             reader.head_id = Some(head_id);
             reader.tail_id = Some(tail_id);
             reader.opening = Some((f.offset + head_len, f.offset + f.length - tail_len));
@@ -137,14 +144,19 @@ impl Session {
             let max = cfg.max_readahead_bytes.min(share);
             let read = start..start + len;
             let file = f.offset..file_end;
+            let jump = st
+                .readers
+                .get_mut(handle)
+                .is_some_and(|r| r.is_jump(start, len));
             end_opening(&mut st, handle, start);
             let ahead = st.reader_moved(handle, read, file, cfg.readahead_bytes, max);
             if let Some(ahead) = ahead {
                 // The window's pieces on disk come into memory ahead of the reader.
                 disk_io::start_loads(s, &mut st, ahead.filter_map(|i| s.geometry.piece(i)));
             }
-            st.readers.want_id()
+            (st.readers.want_id(), jump)
         };
+        let (urgent, jump) = urgent;
         // Drops the read's want on every exit, including cancellation.
         let _guard = WaitGuard {
             shared: s,
@@ -171,8 +183,17 @@ impl Session {
                     st.readers.wait_started(urgent);
                     match st.readers.get_mut(handle) {
                         Some(r) => {
-                            r.waiting.insert((start, urgent), pieces.clone());
-                            if r.waiting.keys().next() == Some(&(start, urgent)) {
+                            let key = (start, urgent);
+                            let wait = Wait {
+                                pieces: pieces.clone(),
+                                jump,
+                                waited_on: false,
+                            };
+                            r.waiting.insert(key, wait);
+                            if anchor(&r.waiting) == Some(key)
+                                && let Some(w) = r.waiting.get_mut(&key)
+                            {
+                                w.waited_on = true;
                                 r.stalls += 1;
                             }
                             restate_waits(&mut st, handle);
@@ -184,6 +205,7 @@ impl Session {
                                 urgent: pieces.clone(),
                                 readahead: 0..0,
                                 rate: 0,
+                                lead: 0,
                             },
                         ),
                     }
@@ -265,14 +287,7 @@ impl Session {
                 if let Some((_, tail)) = &mut r.opening {
                     *tail = f.offset + at;
                 }
-                st.picker.set_reader(
-                    tail_id,
-                    ReaderWant {
-                        urgent: 0..0,
-                        readahead: index,
-                        rate: INDEX_RATE,
-                    },
-                );
+                st.picker.set_reader(tail_id, index_want(index));
                 st.peers.refill_all();
             }
             Index::Unknown => {
@@ -324,35 +339,59 @@ fn copy_out(s: &Shared, held: &[Bytes], first_piece: u32, start: u64, len: u64) 
     out.freeze()
 }
 
-/// A handle's reads waiting for data, as wants in the picker. The reader waits on the lowest:
-/// the kernel sends its readahead (up to `read_ahead_kb` beyond) as reads at the same moment,
-/// which nobody waits on yet. So only the lowest is urgent; each other is wanted from the
-/// lowest's pieces on at the reader's rate, by when the reader gets there, behind what it
-/// needs sooner (a media file's index). When the lowest is served the next becomes urgent.
+/// The read of a handle the reader waits on, of those `waiting`: the newest seek among them,
+/// else the lowest (the kernel sends its readahead as reads right behind the one the reader
+/// needs, at once, and after a seek the reads before it wait for nobody).
+fn anchor(waiting: &BTreeMap<(u64, ReaderId), Wait>) -> Option<(u64, ReaderId)> {
+    let newest_jump = (waiting.iter())
+        .filter(|(_, w)| w.jump)
+        .map(|(k, _)| *k)
+        .max_by_key(|&(_, id)| id);
+    newest_jump.or_else(|| waiting.keys().next().copied())
+}
+
+/// A handle's reads waiting for data, as wants in the picker. Only the one the reader waits on
+/// (`anchor`) is urgent; each other is wanted by when the reader gets to it, its distance from
+/// that one at the reader's rate, behind what the reader needs sooner (a media file's index).
+/// When the anchor is served the next one takes its place, after what a reader needs first
+/// (`AFTER_FIRST_NEEDS`) unless the reader was seen waiting on it.
 fn restate_waits(st: &mut State, handle: ReadHandle) {
     let now = tokio::time::Instant::now();
     let Some(r) = st.readers.get_mut(handle) else {
         return;
     };
-    let rate = r.rate(now);
-    let mut waits = r.waiting.iter().map(|(&(_, id), p)| (id, p.clone()));
-    let Some((first, needed)) = waits.next() else {
+    let Some((at, anchor_id)) = anchor(&r.waiting) else {
         return;
     };
-    let rest: Vec<_> = waits.collect();
-    let urgent = ReaderWant {
-        urgent: needed.clone(),
-        readahead: 0..0,
-        rate: 0,
-    };
-    st.picker.set_reader(first, urgent);
-    for (id, pieces) in rest {
-        let ahead = ReaderWant {
-            urgent: 0..0,
-            readahead: needed.start..pieces.end,
-            rate,
-        };
-        st.picker.set_reader(id, ahead);
+    let rate = r.rate(now);
+    let speed = if rate == 0 { UNKNOWN_RATE } else { rate };
+    let wants: Vec<(ReaderId, ReaderWant)> = (r.waiting.iter())
+        .map(|(&(offset, id), w)| {
+            let want = if id == anchor_id {
+                ReaderWant {
+                    urgent: w.pieces.clone(),
+                    readahead: 0..0,
+                    rate: 0,
+                    lead: if w.waited_on || w.jump {
+                        0
+                    } else {
+                        AFTER_FIRST_NEEDS
+                    },
+                }
+            } else {
+                let ms = u128::from(offset.abs_diff(at)) * 1000 / u128::from(speed);
+                ReaderWant {
+                    urgent: 0..0,
+                    readahead: w.pieces.clone(),
+                    rate,
+                    lead: u32::try_from(ms).unwrap_or(u32::MAX),
+                }
+            };
+            (id, want)
+        })
+        .collect();
+    for (id, want) in wants {
+        st.picker.set_reader(id, want);
     }
 }
 

@@ -32,6 +32,20 @@ impl ReadHandle {
     }
 }
 
+/// A read of a handle waiting for data.
+pub(crate) struct Wait {
+    pub(crate) pieces: Range<u32>,
+    /// It started away from where the handle's reads were (`Reader::is_jump`): a seek, which
+    /// the reader waits on, unlike the kernel's readahead continuing earlier reads.
+    pub(crate) jump: bool,
+    /// It was the read the reader waits on when it came (see `read.rs`, `restate_waits`).
+    pub(crate) waited_on: bool,
+}
+
+/// Reads this close to where the last one ended still count as sequential: the kernel's
+/// readahead sends a few reads at once, slightly out of order.
+const SEQUENTIAL_SLACK: u64 = 256 * 1024;
+
 /// One open file handle.
 pub(crate) struct Reader {
     pub(crate) file: usize,
@@ -59,8 +73,8 @@ pub(crate) struct Reader {
     /// Reads that had to wait for data while no read before them did: the reader waited on
     /// them (the kernel's readahead waits too, on reads after the one the reader needs).
     pub(crate) stalls: u64,
-    /// The reads of this handle waiting for data, by offset: the pieces each needs.
-    pub(crate) waiting: std::collections::BTreeMap<(u64, ReaderId), Range<u32>>,
+    /// The reads of this handle waiting for data, by torrent offset.
+    pub(crate) waiting: std::collections::BTreeMap<(u64, ReaderId), Wait>,
     /// Recent sequential reads: the window follows their rate.
     pace: Pace,
     /// The window's pieces as last told to the picker.
@@ -86,6 +100,12 @@ impl Reader {
         }
     }
 
+    /// Whether a read of `len` bytes at torrent offset `start` is a seek: not near where the
+    /// last read ended.
+    pub(crate) fn is_jump(&self, start: u64, len: u64) -> bool {
+        start.abs_diff(self.next) > len.max(SEQUENTIAL_SLACK)
+    }
+
     /// Bytes/s this reader has been consuming lately (0 right after a seek).
     pub(crate) fn rate(&self, now: Instant) -> u64 {
         self.pace.rate(now)
@@ -104,9 +124,7 @@ impl Reader {
         max: u64,
     ) -> Option<Range<u32>> {
         let (start, len) = (read.start, read.end - read.start);
-        // Kernel readahead sends a few reads at once, slightly out of order: near the last
-        // position still counts as sequential.
-        if start.abs_diff(self.next) > len.max(256 * 1024) {
+        if self.is_jump(start, len) {
             self.pace.reset();
         }
         self.pace.record(now, len);

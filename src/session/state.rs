@@ -233,6 +233,7 @@ impl State {
             urgent: 0..0,
             readahead: ahead.clone(),
             rate: r.rate(now),
+            lead: 0,
         };
         self.picker.set_reader(r.window_id, want);
         self.peers.refill_all();

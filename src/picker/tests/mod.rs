@@ -71,6 +71,7 @@ pub(super) fn want(urgent: Range<u32>, readahead: Range<u32>) -> ReaderWant {
         urgent,
         readahead,
         rate: 0,
+        lead: 0,
     }
 }
 
@@ -440,6 +441,31 @@ fn pick_for_readers_leaves_background_alone_and_background_on() {
     assert_eq!(pieces(&p.pick(A, &all(&p), 8)), vec![0, 2, 3]);
 }
 
+#[test]
+fn a_lead_puts_a_want_after_others_of_its_class() {
+    let mut p = picker(8, 1);
+    p.set_background(false);
+    // Urgent: the index (lead 0) before a read the kernel sent ahead (lead 1).
+    p.set_reader(R1, want(6..7, 0..0));
+    p.set_reader(
+        R2,
+        ReaderWant {
+            lead: 1,
+            ..want(1..2, 0..0)
+        },
+    );
+    // Readahead: 3 s out at 1 MB/s from its lead of 500 ms, behind a plain window's piece 5.
+    p.set_reader(
+        ReaderId(3),
+        ReaderWant {
+            lead: 500,
+            ..want(0..0, 2..3)
+        },
+    );
+    p.set_reader(ReaderId(4), want(0..0, 5..6));
+    assert_eq!(pieces(&p.pick(A, &all(&p), 8)), vec![6, 1, 5, 2]);
+}
+
 // ---- releasing requests -----------------------------------------------------------------------
 
 #[test]
@@ -795,6 +821,7 @@ fn readers_share_by_deadline_at_their_rates() {
             urgent: 0..0,
             readahead: 0..10,
             rate: 10_000_000,
+            lead: 0,
         },
     );
     p.set_reader(
@@ -803,6 +830,7 @@ fn readers_share_by_deadline_at_their_rates() {
             urgent: 0..0,
             readahead: 50..53,
             rate: 1_000_000,
+            lead: 0,
         },
     );
     let order = pieces(&p.pick(A, &all(&p), 64 * 13));

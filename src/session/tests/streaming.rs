@@ -126,11 +126,11 @@ async fn background_off_fetches_only_what_is_read() {
 }
 
 /// The kernel sends its readahead as reads right behind the one a reader waits on. Only the
-/// lowest waiting read of a handle is urgent; the others are wanted by distance (behind, say, a
-/// media file's index), and the next becomes urgent once the one before it is served or gone.
-/// One stall: the reader waited once.
+/// lowest waiting read of a handle is urgent, or a seek, newer than it; the others are wanted
+/// by distance (behind, say, a media file's index), and the next becomes urgent once the one
+/// before it is served or gone. A stall is a read the reader waited on.
 #[tokio::test(start_paused = true)]
-async fn only_the_lowest_waiting_read_of_a_handle_is_urgent() {
+async fn only_the_read_a_reader_waits_on_is_urgent() {
     let c = content(29, 64 * 1024, &[2 << 20]);
     let session = start(&c, &[], BIG_CACHE).await;
     let h = session.open_reader(0);
@@ -164,8 +164,25 @@ async fn only_the_lowest_waiting_read_of_a_handle_is_urgent() {
     let readers = session.stats().readers;
     assert_eq!(readers.len(), 1);
     assert_eq!(readers[0].stalls, 1, "{readers:?}");
-    readahead.abort();
-    let _ = readahead.await;
+    // A seek: the reader waits on it, not on the read before it.
+    let p25 = g.piece(25).unwrap();
+    let seek = read(25 * 64 * 1024);
+    within("the seek waits", async {
+        while !session.shared.lock().picker.is_urgent(p25) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    {
+        let st = session.shared.lock();
+        assert!(!st.picker.is_urgent(p9), "the read before the seek is not");
+        assert!(st.picker.is_wanted_by_reader(p9), "but still wanted");
+    }
+    assert_eq!(session.stats().readers[0].stalls, 2);
+    for t in [seek, readahead] {
+        t.abort();
+        let _ = t.await;
+    }
     session.close_reader(h);
     stop(session).await;
 }
