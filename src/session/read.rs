@@ -16,7 +16,7 @@ use super::media::{Index, find_index, is_media};
 use super::readers::{ReadHandle, Reader, Wait};
 use super::state::State;
 use super::{Session, Shared, disk_io};
-use crate::picker::{ReaderId, ReaderWant, UNKNOWN_RATE};
+use crate::picker::{ReaderId, ReaderWant};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ReadError {
@@ -190,12 +190,19 @@ impl Session {
                                 waited_on: false,
                             };
                             r.waiting.insert(key, wait);
-                            if anchor(&r.waiting) == Some(key)
-                                && let Some(w) = r.waiting.get_mut(&key)
-                            {
+                            let waited_on = anchor(&r.waiting) == Some(key);
+                            if waited_on && let Some(w) = r.waiting.get_mut(&key) {
                                 w.waited_on = true;
                                 r.stalls += 1;
                             }
+                            tracing::trace!(
+                                offset,
+                                len,
+                                jump,
+                                waited_on,
+                                waiting = r.waiting.len(),
+                                "read waits"
+                            );
                             restate_waits(&mut st, handle);
                         }
                         // A handle the session does not know: this read alone.
@@ -350,42 +357,33 @@ fn anchor(waiting: &BTreeMap<(u64, ReaderId), Wait>) -> Option<(u64, ReaderId)> 
     newest_jump.or_else(|| waiting.keys().next().copied())
 }
 
-/// A handle's reads waiting for data, as wants in the picker. Only the one the reader waits on
-/// (`anchor`) is urgent; each other is wanted by when the reader gets to it, its distance from
-/// that one at the reader's rate, behind what the reader needs sooner (a media file's index).
-/// When the anchor is served the next one takes its place, after what a reader needs first
-/// (`AFTER_FIRST_NEEDS`) unless the reader was seen waiting on it.
+/// A handle's reads waiting for data, as urgent wants in the picker (each holds up a FUSE
+/// request), in the order the reader needs them: first the one it waits on (`anchor`), then
+/// the others by their distance from it in pieces, after what readers need first (a media
+/// file's index: `AFTER_FIRST_NEEDS`). The anchor itself comes after those too when the
+/// reader was not seen waiting on it (the kernel's readahead, next in line once the read
+/// before it was served).
 fn restate_waits(st: &mut State, handle: ReadHandle) {
-    let now = tokio::time::Instant::now();
     let Some(r) = st.readers.get_mut(handle) else {
         return;
     };
-    let Some((at, anchor_id)) = anchor(&r.waiting) else {
+    let Some((_, anchor_id)) = anchor(&r.waiting) else {
         return;
     };
-    let rate = r.rate(now);
-    let speed = if rate == 0 { UNKNOWN_RATE } else { rate };
+    let from = r.waiting.iter().find(|((_, id), _)| *id == anchor_id);
+    let from = from.map_or(0, |(_, w)| w.pieces.start);
     let wants: Vec<(ReaderId, ReaderWant)> = (r.waiting.iter())
-        .map(|(&(offset, id), w)| {
-            let want = if id == anchor_id {
-                ReaderWant {
-                    urgent: w.pieces.clone(),
-                    readahead: 0..0,
-                    rate: 0,
-                    lead: if w.waited_on || w.jump {
-                        0
-                    } else {
-                        AFTER_FIRST_NEEDS
-                    },
-                }
-            } else {
-                let ms = u128::from(offset.abs_diff(at)) * 1000 / u128::from(speed);
-                ReaderWant {
-                    urgent: 0..0,
-                    readahead: w.pieces.clone(),
-                    rate,
-                    lead: u32::try_from(ms).unwrap_or(u32::MAX),
-                }
+        .map(|(&(_, id), w)| {
+            let lead = match id == anchor_id {
+                true if w.waited_on || w.jump => 0,
+                true => AFTER_FIRST_NEEDS,
+                false => AFTER_FIRST_NEEDS.saturating_add(w.pieces.start.abs_diff(from)),
+            };
+            let want = ReaderWant {
+                urgent: w.pieces.clone(),
+                readahead: 0..0,
+                rate: 0,
+                lead,
             };
             (id, want)
         })

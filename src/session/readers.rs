@@ -42,9 +42,15 @@ pub(crate) struct Wait {
     pub(crate) waited_on: bool,
 }
 
-/// Reads this close to where the last one ended still count as sequential: the kernel's
-/// readahead sends a few reads at once, slightly out of order.
-const SEQUENTIAL_SLACK: u64 = 256 * 1024;
+/// A read this close to where the last one ended still counts as sequential for the rate:
+/// the kernel's readahead sends a few reads at once, slightly out of order.
+const PACE_SLACK: u64 = 256 * 1024;
+
+/// A read this close to where the last one ended (beyond its own length), or to a read still
+/// waiting, is no seek the reader waits on: the kernel's readahead (4 MiB at our mount's
+/// `read_ahead_kb`) sends reads up to about twice that far ahead, several at once and out of
+/// order.
+const SEEK_SLACK: u64 = 8 * 1024 * 1024;
 
 /// One open file handle.
 pub(crate) struct Reader {
@@ -100,10 +106,11 @@ impl Reader {
         }
     }
 
-    /// Whether a read of `len` bytes at torrent offset `start` is a seek: not near where the
-    /// last read ended.
+    /// Whether a read of `len` bytes at torrent offset `start` is a seek: near neither where
+    /// the last read ended nor a read still waiting.
     pub(crate) fn is_jump(&self, start: u64, len: u64) -> bool {
-        start.abs_diff(self.next) > len.max(SEQUENTIAL_SLACK)
+        let near = |at: u64| start.abs_diff(at) <= len.saturating_add(SEEK_SLACK);
+        !near(self.next) && !self.waiting.keys().any(|&(at, _)| near(at))
     }
 
     /// Bytes/s this reader has been consuming lately (0 right after a seek).
@@ -124,7 +131,7 @@ impl Reader {
         max: u64,
     ) -> Option<Range<u32>> {
         let (start, len) = (read.start, read.end - read.start);
-        if self.is_jump(start, len) {
+        if start.abs_diff(self.next) > len.max(PACE_SLACK) {
             self.pace.reset();
         }
         self.pace.record(now, len);

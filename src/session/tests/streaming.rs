@@ -125,61 +125,55 @@ async fn background_off_fetches_only_what_is_read() {
     stop(session).await;
 }
 
-/// The kernel sends its readahead as reads right behind the one a reader waits on. Only the
-/// lowest waiting read of a handle is urgent, or a seek, newer than it; the others are wanted
-/// by distance (behind, say, a media file's index), and the next becomes urgent once the one
-/// before it is served or gone. A stall is a read the reader waited on.
+/// The kernel sends its readahead as reads right behind the one a reader waits on: every
+/// waiting read is urgent, the one the reader waits on first (the lowest, or a seek newer than
+/// it), the others by their distance from it. A stall is a read the reader waited on.
 #[tokio::test(start_paused = true)]
-async fn only_the_read_a_reader_waits_on_is_urgent() {
-    let c = content(29, 64 * 1024, &[2 << 20]);
+async fn the_read_a_reader_waits_on_comes_first() {
+    let c = content(29, 64 * 1024, &[32 << 20]);
     let session = start(&c, &[], BIG_CACHE).await;
     let h = session.open_reader(0);
     let g = c.torrent.info.geometry.clone();
-    let read = |offset: u64| {
+    let read = |piece: u64| {
         let session = session.clone();
-        tokio::spawn(async move { session.read(h, 0, offset, 64 * 1024).await })
+        tokio::spawn(async move { session.read(h, 0, piece * 64 * 1024, 64 * 1024).await })
     };
-    let demand = read(5 * 64 * 1024);
-    let readahead = read(9 * 64 * 1024);
-    let (p5, p9) = (g.piece(5).unwrap(), g.piece(9).unwrap());
-    within("both reads wait", async {
-        let waiting = || {
-            let mut st = session.shared.lock();
-            st.readers.get_mut(h).map_or(0, |r| r.waiting.len())
-        };
-        while waiting() < 2 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    {
-        let st = session.shared.lock();
-        assert!(st.picker.is_urgent(p5), "the read waited on is urgent");
-        assert!(!st.picker.is_urgent(p9), "the kernel's readahead is not");
-        assert!(st.picker.is_wanted_by_reader(p9));
-    }
-    demand.abort();
-    let _ = demand.await;
-    assert!(session.shared.lock().picker.is_urgent(p9), "next in line");
-    let readers = session.stats().readers;
-    assert_eq!(readers.len(), 1);
-    assert_eq!(readers[0].stalls, 1, "{readers:?}");
-    // A seek: the reader waits on it, not on the read before it.
-    let p25 = g.piece(25).unwrap();
-    let seek = read(25 * 64 * 1024);
-    within("the seek waits", async {
-        while !session.shared.lock().picker.is_urgent(p25) {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    {
-        let st = session.shared.lock();
-        assert!(!st.picker.is_urgent(p9), "the read before the seek is not");
-        assert!(st.picker.is_wanted_by_reader(p9), "but still wanted");
-    }
+    let waiting = |n: usize| {
+        let session = session.clone();
+        within("reads wait", async move {
+            loop {
+                let now = {
+                    let mut st = session.shared.lock();
+                    st.readers.get_mut(h).map_or(0, |r| r.waiting.len())
+                };
+                if now >= n {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+    };
+    // What a peer with every piece would be asked for first, a piece's blocks at a time.
+    let next_pieces = |n: usize| {
+        let mut st = session.shared.lock();
+        let all = crate::bitfield::Bitfield::full(g.piece_count());
+        let blocks = st.picker.pick(crate::picker::PeerId(999), &all, 4 * n);
+        let mut pieces: Vec<u32> = blocks.iter().map(|b| b.piece.get()).collect();
+        pieces.dedup();
+        pieces
+    };
+    // The read waited on (piece 10), then the kernel's readahead behind it (11): one stall.
+    let demand = read(10);
+    waiting(1).await;
+    let ahead = read(11);
+    waiting(2).await;
+    assert_eq!(session.stats().readers[0].stalls, 1);
+    // A seek far ahead while they wait: the reader waits on it, then on what is nearest it.
+    let seek = read(300);
+    waiting(3).await;
+    assert_eq!(next_pieces(3), vec![300, 11, 10]);
     assert_eq!(session.stats().readers[0].stalls, 2);
-    for t in [seek, readahead] {
+    for t in [ahead, demand, seek] {
         t.abort();
         let _ = t.await;
     }
