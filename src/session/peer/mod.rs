@@ -395,7 +395,7 @@ impl Peer {
             let pickable = self.requests.pickable(&self.has);
             let mut st = self.shared.lock();
             let readers = st.picker.has_readers();
-            let mut target = self.requests.target(self.rates.down(), readers);
+            let mut target = self.requests.target(self.rates.down_for_queue(), readers);
             if let Some(reqq) = self.ext.their_reqq {
                 target = target.min(reqq as usize);
             }

@@ -12,6 +12,8 @@ pub(super) struct Rates {
     /// Block bytes received since the last tick, and the smoothed download rate (bytes/s).
     received: u64,
     down: f64,
+    /// Block bytes received in the last whole second.
+    last_second: u64,
     /// Block bytes the writer task has sent (it counts them), as of the last tick, and the
     /// smoothed upload rate.
     sent: Arc<AtomicU64>,
@@ -32,6 +34,7 @@ impl Rates {
     /// Once a second: folds the last second into the smoothed rates.
     pub(super) fn tick(&mut self) {
         self.down = (1.0 - NEWEST) * self.down + NEWEST * self.received as f64;
+        self.last_second = self.received;
         self.received = 0;
         let sent = self.sent.load(Ordering::Relaxed);
         self.up = (1.0 - NEWEST) * self.up + NEWEST * sent.saturating_sub(self.sent_at_tick) as f64;
@@ -41,6 +44,12 @@ impl Rates {
     /// Smoothed bytes/s received from the peer.
     pub(super) fn down(&self) -> f64 {
         self.down
+    }
+
+    /// What to size the request queue by: the smoothed rate, or the last second's if higher
+    /// (the smoothed rate lags behind a peer speeding up, as every new one does).
+    pub(super) fn down_for_queue(&self) -> f64 {
+        self.down.max(self.last_second as f64)
     }
 
     /// Smoothed bytes/s sent to the peer.
@@ -68,5 +77,10 @@ mod tests {
             (r.down() - 60_000.0).abs() < 1.0,
             "a quiet second weighs in"
         );
+        let mut fresh = Rates::default();
+        fresh.received(300_000);
+        fresh.tick();
+        assert!((fresh.down() - 120_000.0).abs() < 1.0);
+        assert_eq!(fresh.down_for_queue(), 300_000.0, "not the lagging average");
     }
 }

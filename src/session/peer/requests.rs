@@ -21,9 +21,9 @@ pub(super) const MAX_QUEUE: usize = 400;
 /// there delays a read's next urgent block by as long as it takes to send. The queue holds
 /// this much of the peer's data, or two of its shortest round trips if longer (less would
 /// leave its link idle between our requests and the blocks, and its measured rate would only
-/// fall), at least `MIN_READER_QUEUE` blocks.
+/// fall), at least `MIN_QUEUE` blocks (a rate measured while the peer was still speeding up
+/// must not shrink the queue that would let it speed up).
 const READER_QUEUE: Duration = Duration::from_millis(300);
-const MIN_READER_QUEUE: usize = 4;
 /// Without readers a queue holds this much of the peer's data: throughput first.
 const IDLE_QUEUE: Duration = Duration::from_secs(1);
 /// Blocks a peer may send that we never asked for, beyond those we asked for and then
@@ -168,7 +168,7 @@ impl Requests {
         let span = READER_QUEUE
             .max(self.min_block.unwrap_or_default() * 2)
             .min(IDLE_QUEUE);
-        blocks(span).clamp(MIN_READER_QUEUE, MAX_QUEUE)
+        blocks(span).clamp(MIN_QUEUE, MAX_QUEUE)
     }
 
     /// A request for `b` was queued for the writer.
@@ -429,7 +429,7 @@ mod tests {
         let rate = f64::from(BLOCK_SIZE) * 100.0;
         assert_eq!(r.target(0.0, true), MIN_QUEUE, "rate unknown");
         assert_eq!(r.target(rate, true), 30, "300 ms of 100 blocks/s");
-        assert_eq!(r.target(f64::from(BLOCK_SIZE), true), MIN_READER_QUEUE);
+        assert_eq!(r.target(f64::from(BLOCK_SIZE), true), MIN_QUEUE);
         // Blocks take at least 400 ms to come: two of those round trips are queued.
         r.sent(block(0, 0), t0);
         r.received(block(0, 0), t0 + Duration::from_millis(400));
