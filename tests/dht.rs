@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -23,7 +23,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::netns::{Background, in_loopback_netns, swarm_py};
-use common::{Mount, btfs, free_port, run, sha1_file};
+use common::{Mount, btfs, files_under, free_port, run, sha1_file};
 
 /// libtorrent DHT nodes: enough that lookups walk several hops, few enough to start quickly.
 const NODES: usize = 5;
@@ -164,18 +164,6 @@ struct World {
     dir: tempfile::TempDir,
 }
 
-/// A port on ::1 free for both TCP and UDP right now (the kernel picks it).
-fn free_port6() -> u16 {
-    for _ in 0..100 {
-        let tcp = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).expect("bind [::1]:0");
-        let port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
-        if port != 0 && UdpSocket::bind((Ipv6Addr::LOCALHOST, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both TCP and UDP on ::1");
-}
-
 impl World {
     fn start(seeders: usize) -> World {
         Self::start_on(false, seeders)
@@ -215,7 +203,7 @@ impl World {
         // From here on a panic drops `world`, which ends every process.
         for i in 1..=seeders {
             let addr = match ipv6 {
-                true => SocketAddr::from((Ipv6Addr::LOCALHOST, free_port6())),
+                true => SocketAddr::from((Ipv6Addr::LOCALHOST, free_port(Ipv6Addr::LOCALHOST))),
                 false => {
                     let ip = Ipv4Addr::new(127, 0, i as u8, 1);
                     SocketAddr::from((ip, free_port(ip)))
@@ -288,24 +276,10 @@ impl World {
 
     /// Every file of the torrent as (path relative to the data folder's parent, length).
     fn files(&self) -> Vec<(PathBuf, u64)> {
-        let parent = self.data_path.parent().expect("data parent");
-        let mut out = Vec::new();
-        let mut stack = vec![self.data_path.clone()];
-        while let Some(p) = stack.pop() {
-            if p.is_dir() {
-                for entry in fs::read_dir(&p).unwrap_or_else(|e| panic!("read {p:?}: {e}")) {
-                    stack.push(entry.expect("dir entry").path());
-                }
-            } else {
-                let len = fs::metadata(&p).expect("stat").len();
-                out.push((
-                    p.strip_prefix(parent).expect("under parent").to_path_buf(),
-                    len,
-                ));
-            }
-        }
-        out.sort();
-        out
+        files_under(
+            &self.data_path,
+            self.data_path.parent().expect("data parent"),
+        )
     }
 
     fn total_size(&self) -> u64 {

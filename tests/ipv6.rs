@@ -11,7 +11,7 @@ mod common;
 
 use std::ffi::OsString;
 use std::fs;
-use std::net::{Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::mpsc;
@@ -19,7 +19,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::netns::{Background, in_loopback_netns, swarm_py};
-use common::{Mount, btfs, run, sha1_file};
+use common::{Mount, btfs, files_under, free_port, run, sha1_file};
 
 /// Hang detectors only: no test expects anything to take this long.
 const READY: Duration = Duration::from_secs(120);
@@ -30,18 +30,6 @@ const READ_DEADLINE: Duration = Duration::from_secs(180);
 fn in_netns(test: &str, body: impl FnOnce()) {
     let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "btfs=debug".to_string());
     in_loopback_netns(test, &[("RUST_LOG", &log)], body);
-}
-
-/// A port on ::1 free for both TCP and UDP right now (the kernel picks it).
-fn free_port6() -> u16 {
-    for _ in 0..100 {
-        let tcp = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).expect("bind [::1]:0");
-        let port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
-        if port != 0 && UdpSocket::bind((Ipv6Addr::LOCALHOST, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both TCP and UDP on ::1");
 }
 
 /// A torrent without trackers, its data, and the libtorrent processes of one test, all on
@@ -85,7 +73,7 @@ impl World {
         let n = self.peers.len();
         let name = format!("{cmd}{n}");
         let ready = self.dir.path().join(format!("{name}.ready"));
-        let addr = SocketAddr::from((Ipv6Addr::LOCALHOST, free_port6()));
+        let addr = SocketAddr::from((Ipv6Addr::LOCALHOST, free_port(Ipv6Addr::LOCALHOST)));
         let mut c = swarm_py();
         c.arg(cmd).arg(&self.torrent);
         if data {
@@ -168,22 +156,10 @@ impl World {
 
     /// Every file of the torrent as (path relative to the data folder's parent, length).
     fn files(&self) -> Vec<(PathBuf, u64)> {
-        let parent = self.data_path.parent().expect("data parent");
-        let mut out = Vec::new();
-        let mut stack = vec![self.data_path.clone()];
-        while let Some(p) = stack.pop() {
-            if p.is_dir() {
-                for entry in fs::read_dir(&p).unwrap_or_else(|e| panic!("read {p:?}: {e}")) {
-                    stack.push(entry.expect("dir entry").path());
-                }
-            } else {
-                let len = fs::metadata(&p).expect("stat").len();
-                let rel = p.strip_prefix(parent).expect("under parent");
-                out.push((rel.to_path_buf(), len));
-            }
-        }
-        out.sort();
-        out
+        files_under(
+            &self.data_path,
+            self.data_path.parent().expect("data parent"),
+        )
     }
 
     fn total_size(&self) -> u64 {

@@ -2,9 +2,12 @@
 //!
 //! A read states what it needs in the picker (its pieces as urgent, under a want of its own so
 //! parallel reads of one handle never overwrite each other), pokes the peers, and waits until
-//! memory holds all of them. The handle's reader (`readers.rs`) carries the readahead window:
-//! it follows the reader's consumption rate while reads are sequential and snaps back on a
-//! seek, and the old window stops mattering at once because `set_reader` replaces it.
+//! memory holds all of them. A handle's waiting reads come in the order the reader needs them:
+//! the one it waits on first, the kernel's readahead behind it after (`restate_waits`). The
+//! handle's reader (`readers.rs`) carries the readahead window: it follows the reader's
+//! consumption rate while reads are sequential and snaps back on a seek, and the old window
+//! stops mattering at once because `set_reader` replaces it. Opening a media file wants what a
+//! player reads first (`open_reader`, `probe_media`, `end_opening`).
 
 use std::collections::BTreeMap;
 use std::ops::Range;

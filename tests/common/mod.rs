@@ -33,7 +33,7 @@ pub use web::{Nginx, WebSeeded, web_seed_url};
 
 use std::ffi::OsString;
 use std::fs;
-use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::net::{IpAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::sleep;
@@ -211,7 +211,8 @@ fn swarm_cmd() -> Command {
 }
 
 /// A port free for both TCP and UDP on `ip` right now (the kernel picks it).
-pub fn free_port(ip: Ipv4Addr) -> u16 {
+pub fn free_port(ip: impl Into<IpAddr>) -> u16 {
+    let ip = ip.into();
     for _ in 0..100 {
         let tcp = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}:0: {e}"));
         let port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -220,6 +221,26 @@ pub fn free_port(ip: Ipv4Addr) -> u16 {
         }
     }
     panic!("no port free for both TCP and UDP on {ip}");
+}
+
+/// Every file under `data_path` (a file or a folder) as (path relative to `parent`, length),
+/// sorted: a torrent's files as a test's fixtures laid them out.
+pub fn files_under(data_path: &Path, parent: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![data_path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let meta = fs::metadata(&p).unwrap_or_else(|e| panic!("stat {p:?}: {e}"));
+        if meta.is_dir() {
+            for entry in fs::read_dir(&p).unwrap_or_else(|e| panic!("read {p:?}: {e}")) {
+                stack.push(entry.unwrap_or_else(|e| panic!("read {p:?}: {e}")).path());
+            }
+        } else {
+            let rel = p.strip_prefix(parent).unwrap_or(&p).to_path_buf();
+            out.push((rel, meta.len()));
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Every file of the swarm's torrent, read through the mount with `sha1sum`'s equal, matches

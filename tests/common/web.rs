@@ -196,22 +196,7 @@ impl WebSeeded {
 
     /// Every file as (path relative to `data_parent`, length), sorted.
     pub fn files(&self) -> Vec<(PathBuf, u64)> {
-        let parent = self.data_parent();
-        let mut out = Vec::new();
-        let mut stack = vec![self.data_path.clone()];
-        while let Some(p) = stack.pop() {
-            let meta = fs::metadata(&p).unwrap_or_else(|e| panic!("stat {p:?}: {e}"));
-            if meta.is_dir() {
-                for entry in fs::read_dir(&p).unwrap_or_else(|e| panic!("read {p:?}: {e}")) {
-                    stack.push(entry.unwrap_or_else(|e| panic!("read {p:?}: {e}")).path());
-                }
-            } else {
-                let rel = p.strip_prefix(&parent).unwrap_or(&p).to_path_buf();
-                out.push((rel, meta.len()));
-            }
-        }
-        out.sort();
-        out
+        super::files_under(&self.data_path, &self.data_parent())
     }
 
     /// A copy of the data in a new folder (under this fixture's temp dir), for a second

@@ -6,12 +6,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sha1::{Digest, Sha1};
 
 use super::fake_peer::{Behavior, Content, FakePeer};
-use super::{check_read, host_for, ip, join, within};
-use crate::bencode::Encoder;
-use crate::metainfo::Torrent;
+use super::{check_read, host_for, ip, join, single_file, within};
 use crate::session::{Background, Config, Session};
 
 const KIB: u64 = 1024;
@@ -38,29 +35,7 @@ fn movie(boxes: &[(u64, u64, &[u8; 4])]) -> Arc<Content> {
     for &(at, size, kind) in boxes {
         data[at as usize..at as usize + 8].copy_from_slice(&boxed(size, kind));
     }
-    let pieces: Vec<u8> = data
-        .chunks(PIECE as usize)
-        .flat_map(|c| <[u8; 20]>::from(Sha1::digest(c)))
-        .collect();
-    let mut e = Encoder::new();
-    e.begin_dict()
-        .str("info")
-        .begin_dict()
-        .str("length")
-        .int(LEN as i64)
-        .str("name")
-        .str("movie.mp4")
-        .str("piece length")
-        .int(i64::from(PIECE))
-        .str("pieces")
-        .bytes(&pieces)
-        .end()
-        .end();
-    let torrent = Torrent::from_bytes(&e.finish()).expect("test torrent parses");
-    Arc::new(Content {
-        torrent: Arc::new(torrent),
-        data,
-    })
+    single_file("movie.mp4", PIECE, data)
 }
 
 /// Written without faststart: `mdat` from 24, `moov` in the last 300 KiB (pieces 30 and 31).

@@ -83,6 +83,35 @@ fn content_with(seed: u64, piece_len: u32, files: &[u64], private: bool) -> Arc<
     })
 }
 
+/// A single-file torrent `name` of `length` bytes in `piece_len` pieces with these SHA1s.
+fn single_file_torrent(name: &str, piece_len: u32, length: u64, pieces: &[u8]) -> Arc<Torrent> {
+    let mut e = Encoder::new();
+    e.begin_dict()
+        .str("info")
+        .begin_dict()
+        .str("length")
+        .int(length as i64)
+        .str("name")
+        .str(name)
+        .str("piece length")
+        .int(i64::from(piece_len))
+        .str("pieces")
+        .bytes(pieces)
+        .end()
+        .end();
+    Arc::new(Torrent::from_bytes(&e.finish()).expect("test torrent parses"))
+}
+
+/// A single-file torrent of `data`.
+fn single_file(name: &str, piece_len: u32, data: Vec<u8>) -> Arc<Content> {
+    let pieces: Vec<u8> = data
+        .chunks(piece_len as usize)
+        .flat_map(|c| <[u8; 20]>::from(Sha1::digest(c)))
+        .collect();
+    let torrent = single_file_torrent(name, piece_len, data.len() as u64, &pieces);
+    Arc::new(Content { torrent, data })
+}
+
 /// 32 KiB pieces (2 blocks each), 31 of them; the file boundary is inside piece 9.
 fn two_files() -> Arc<Content> {
     content(1, 32 * 1024, &[300_000, 700_001])

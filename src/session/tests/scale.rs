@@ -26,23 +26,9 @@ fn zeros(pieces_n: u32) -> Arc<Content> {
     for _ in 0..pieces_n {
         pieces.extend_from_slice(&hash);
     }
-    let mut e = Encoder::new();
-    e.begin_dict()
-        .str("info")
-        .begin_dict()
-        .str("length")
-        .int(i64::from(pieces_n) * i64::from(PIECE))
-        .str("name")
-        .str("zeros")
-        .str("piece length")
-        .int(i64::from(PIECE))
-        .str("pieces")
-        .bytes(&pieces)
-        .end()
-        .end();
-    let torrent = Torrent::from_bytes(&e.finish()).expect("torrent");
+    let length = u64::from(pieces_n) * u64::from(PIECE);
     Arc::new(Content {
-        torrent: Arc::new(torrent),
+        torrent: single_file_torrent("zeros", PIECE, length, &pieces),
         data: Vec::new(),
     })
 }
