@@ -23,7 +23,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::netns::{Background, in_loopback_netns, swarm_py};
-use common::{Mount, btfs, files_under, free_port, run, sha1_file};
+use common::{Mount, assert_tree_matches, btfs, files_under, free_port, run, sha1_file};
 
 /// libtorrent DHT nodes: enough that lookups walk several hops, few enough to start quickly.
 const NODES: usize = 5;
@@ -40,6 +40,9 @@ const OUR_ANNOUNCE_SECS: u64 = 180;
 const LEECH_SECS: u64 = 180;
 
 /// `body` inside a loopback-only network namespace, with btfs logging at debug level.
+/// How long reading every file may take before the test fails instead of hanging.
+const READ_DEADLINE: Duration = Duration::from_secs(180);
+
 fn in_netns(test: &str, body: impl FnOnce()) {
     let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "btfs=debug".to_string());
     in_loopback_netns(test, &[("RUST_LOG", &log)], body);
@@ -288,21 +291,10 @@ impl World {
 
     /// Reads every file through the mount with `sha1sum` and compares it with the source.
     fn assert_files_match(&self, m: &Mount) {
-        let parent = self.data_path.parent().expect("data parent");
         let files = self.files();
         assert!(files.len() > 5, "{files:?}");
-        for (rel, len) in files {
-            let dst = m.path().join(&rel);
-            let meta = fs::metadata(&dst)
-                .unwrap_or_else(|e| panic!("stat {dst:?}: {e}\n{}", self.failure(m)));
-            assert_eq!(meta.len(), len, "size of {dst:?}");
-            assert_eq!(
-                sha1_file(&dst),
-                sha1_file(&parent.join(&rel)),
-                "content of {dst:?}\n{}",
-                self.failure(m)
-            );
-        }
+        let parent = self.data_path.parent().expect("data parent");
+        assert_tree_matches(m.path(), parent, &files, READ_DEADLINE, || self.failure(m));
     }
 
     /// Every libtorrent process's log.

@@ -10,16 +10,14 @@
 mod common;
 
 use std::ffi::OsString;
-use std::fs;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::mpsc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::netns::{Background, in_loopback_netns, swarm_py};
-use common::{Mount, btfs, files_under, free_port, run, sha1_file};
+use common::{Mount, assert_tree_matches, btfs, files_under, free_port, run, sha1_file};
 
 /// Hang detectors only: no test expects anything to take this long.
 const READY: Duration = Duration::from_secs(120);
@@ -166,30 +164,12 @@ impl World {
         self.files().iter().map(|(_, len)| len).sum()
     }
 
-    /// Reads every file through the mount with `sha1sum` (in a thread, so a read that never
-    /// completes fails the test rather than hanging it) and compares it with the source.
+    /// Reads every file through the mount with `sha1sum` and compares it with the source.
     fn assert_files_match(&self, m: &Mount) {
         let files = self.files();
         assert!(files.len() > 5, "{files:?}");
-        let (mnt, jobs) = (m.path().to_path_buf(), files.clone());
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for (rel, len) in jobs {
-                let dst = mnt.join(&rel);
-                let got = fs::metadata(&dst).map(|meta| (meta.len(), sha1_file(&dst)));
-                let _ = tx.send((rel, len, got.map_err(|e| e.to_string())));
-            }
-        });
         let parent = self.data_path.parent().expect("data parent");
-        let deadline = Instant::now() + READ_DEADLINE;
-        for _ in &files {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (rel, len, got) = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("a read never finished\n{}", self.failure(m)));
-            let src = sha1_file(&parent.join(&rel));
-            assert_eq!(got, Ok((len, src)), "{rel:?}\n{}", self.failure(m));
-        }
+        assert_tree_matches(m.path(), parent, &files, READ_DEADLINE, || self.failure(m));
     }
 
     fn logs(&self) -> String {

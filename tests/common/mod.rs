@@ -243,6 +243,37 @@ pub fn files_under(data_path: &Path, parent: &Path) -> Vec<(PathBuf, u64)> {
     out
 }
 
+/// Reads each of `files` (paths relative to `parent`, with lengths) under `mnt` with
+/// `sha1sum`, in a thread so that a read that never completes fails the test within
+/// `deadline` instead of hanging it, and asserts size and content equal the source under
+/// `parent`; `why` says what a failure shows (logs).
+pub fn assert_tree_matches(
+    mnt: &Path,
+    parent: &Path,
+    files: &[(PathBuf, u64)],
+    deadline: Duration,
+    why: impl Fn() -> String,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (mnt, jobs) = (mnt.to_path_buf(), files.to_vec());
+    std::thread::spawn(move || {
+        for (rel, len) in jobs {
+            let dst = mnt.join(&rel);
+            let got = fs::metadata(&dst).map(|meta| (meta.len(), sha1_file(&dst)));
+            let _ = tx.send((rel, len, got.map_err(|e| e.to_string())));
+        }
+    });
+    let until = Instant::now() + deadline;
+    for _ in files {
+        let left = until.saturating_duration_since(Instant::now());
+        let (rel, len, got) = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("a read never finished\n{}", why()));
+        let src = sha1_file(&parent.join(&rel));
+        assert_eq!(got, Ok((len, src)), "{rel:?}\n{}", why());
+    }
+}
+
 /// Every file of the swarm's torrent, read through the mount with `sha1sum`'s equal, matches
 /// its source in size and content.
 pub fn assert_all_files_match(m: &Mount, swarm: &Swarm) {
