@@ -51,6 +51,8 @@ pub(crate) struct PeerEntry {
     encrypted: bool,
     /// Its connection runs over uTP, not TCP.
     utp: bool,
+    /// The peer id from its handshake.
+    peer_id: Option<[u8; 20]>,
 }
 
 impl PeerEntry {
@@ -69,6 +71,7 @@ impl PeerEntry {
             worth: Worth::new(Instant::now(), !outgoing),
             encrypted: false,
             utp: false,
+            peer_id: None,
         }
     }
 
@@ -86,6 +89,17 @@ impl PeerEntry {
         }
         Some((addr, PexFlags(flags)))
     }
+}
+
+/// What to do with a new connection to a peer id already connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Duplicate {
+    /// No other connection to it.
+    None,
+    /// Keep the other one; this one goes.
+    RefuseNew,
+    /// This one stays; the other (this id) goes.
+    ReplaceOld(PeerId),
 }
 
 /// Why a peer was not admitted.
@@ -135,6 +149,42 @@ impl Peers {
         let id = PeerId(self.next_id);
         self.connected.insert(id, PeerEntry::new(addr, source, cmd));
         Ok(id)
+    }
+
+    /// One client reached twice (over TCP and uTP, or each side dialling the other at once)
+    /// would be asked for every block twice: one connection per peer id. Of a crossed pair
+    /// (one ours, one theirs) the one opened by the side with the higher peer id stays, which
+    /// both sides work out alike, so they keep the same one; of two opened the same way, the
+    /// older stays.
+    pub(crate) fn duplicate(
+        &self,
+        theirs: &[u8; 20],
+        ours: &[u8; 20],
+        outgoing: bool,
+    ) -> Duplicate {
+        let Some((&old, entry)) =
+            (self.connected.iter()).find(|(_, e)| e.peer_id.as_ref() == Some(theirs))
+        else {
+            return Duplicate::None;
+        };
+        let old_outgoing = entry.source != PeerSource::Incoming;
+        if old_outgoing == outgoing {
+            return Duplicate::RefuseNew;
+        }
+        // The connection we opened stays when our id is the higher.
+        let keep_ours = ours > theirs;
+        if keep_ours == outgoing {
+            Duplicate::ReplaceOld(old)
+        } else {
+            Duplicate::RefuseNew
+        }
+    }
+
+    /// The peer id a connected peer's handshake carried.
+    pub(crate) fn set_peer_id(&mut self, id: PeerId, peer_id: [u8; 20]) {
+        if let Some(e) = self.connected.get_mut(&id) {
+            e.peer_id = Some(peer_id);
+        }
     }
 
     /// Marks a peer's connection as encrypted, for the count in the status.
@@ -297,6 +347,45 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn one_connection_per_peer_id_and_both_sides_keep_the_same_one() {
+        let (cmd, _rx) = mpsc::unbounded_channel();
+        let (low, high) = ([1u8; 20], [9u8; 20]);
+        // We are `high`; the peer `low` is connected by our dial.
+        let mut us = Peers::default();
+        assert_eq!(us.duplicate(&low, &high, true), Duplicate::None);
+        let ours = us
+            .admit(addr("10.0.0.1:6881"), PeerSource::Tracker, cmd.clone(), 8)
+            .unwrap();
+        us.set_peer_id(ours, low);
+        // Its dial to us arrives: ours (opened by the higher id) stays.
+        assert_eq!(us.duplicate(&low, &high, false), Duplicate::RefuseNew);
+        // The same way again (uTP after TCP): the older stays.
+        assert_eq!(us.duplicate(&low, &high, true), Duplicate::RefuseNew);
+        assert_eq!(
+            us.duplicate(&[5; 20], &high, true),
+            Duplicate::None,
+            "another peer"
+        );
+        // The peer `low` sees the same pair the other way round: our dial, its incoming, stays.
+        let mut them = Peers::default();
+        let theirs = them
+            .admit(addr("10.0.0.2:6881"), PeerSource::Tracker, cmd.clone(), 8)
+            .unwrap();
+        them.set_peer_id(theirs, high);
+        assert_eq!(
+            them.duplicate(&high, &low, false),
+            Duplicate::ReplaceOld(theirs)
+        );
+        // Had the incoming one come first there, the dial arriving second is refused.
+        let mut later = Peers::default();
+        let incoming = later
+            .admit(addr("10.0.0.2:5000"), PeerSource::Incoming, cmd, 8)
+            .unwrap();
+        later.set_peer_id(incoming, high);
+        assert_eq!(later.duplicate(&high, &low, true), Duplicate::RefuseNew);
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub(crate) enum PeerError {
     Handshake(#[from] HandshakeError),
     #[error("connected to ourselves")]
     SelfConnection,
+    #[error("already connected to this peer over another connection")]
+    Duplicate,
     #[error("peer is banned")]
     Banned,
     #[error("too many peers")]
