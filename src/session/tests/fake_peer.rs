@@ -178,6 +178,11 @@ impl FakePeer {
         let listener = socket.listen(128).expect("listen");
         let addr = listener.local_addr().expect("fake peer address");
         let (tx, counters) = watch::channel(Counters::default());
+        // Each fake is a client of its own: its own peer id, on every connection.
+        static FAKES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = FAKES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut peer_id = *b"-FAKE01-fakefakefake";
+        peer_id[8..12].copy_from_slice(&n.to_be_bytes());
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
             // Shared by all connections: a liar that reconnects does not lie twice per piece.
@@ -187,6 +192,7 @@ impl FakePeer {
                 let conn = Conn {
                     content: content.clone(),
                     behavior,
+                    peer_id,
                     counters: tx.clone(),
                     poisoned: poisoned.clone(),
                 };
@@ -284,6 +290,7 @@ fn block_of(content: &Content, r: BlockRef) -> Option<Bytes> {
 struct Conn {
     content: Arc<Content>,
     behavior: Behavior,
+    peer_id: [u8; 20],
     counters: watch::Sender<Counters>,
     poisoned: Arc<std::sync::Mutex<HashSet<u32>>>,
 }
@@ -304,7 +311,7 @@ impl Conn {
         if self.behavior == Behavior::Abuse(Abuse::WrongInfoHash) {
             info_hash[0] ^= 0xff;
         }
-        let mut ours = Handshake::new(info_hash, *b"-FAKE01-fakefakefake");
+        let mut ours = Handshake::new(info_hash, self.peer_id);
         if !self.behavior.fast() {
             ours.reserved[7] &= !0x04;
         }
