@@ -27,7 +27,8 @@
 //!   cache handle and its tasks; `webseed/`: web seeds (BEP 19), HTTP servers the picker asks
 //!   like peers (`layout`: the URL of each file; `blocks`; `http`; `health`: backoff and
 //!   dropping; `registry`: what status shows).
-//! - [`magnet`]: `link` parses magnet links; `metadata`: the BEP 9 state machine assembling
+//! - [`magnet`]: `link` parses magnet links; `hints`: its trackers and web seeds added to the
+//!   torrent's; `metadata`: the BEP 9 state machine assembling
 //!   and serving the info dictionary; `fetch`: the phase before a session that gets it.
 //! - Policy, pure state machines with time passed in: [`picker`] (which block to ask whom for
 //!   next; `order`: the one comparator), [`choker`] (whom we upload to), [`ratelimit`] (token

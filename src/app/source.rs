@@ -86,7 +86,7 @@ pub async fn resolve(
                 && t.info_hash == m.info_hash
             {
                 tracing::info!("metadata from cache: {}", path.display());
-                return Ok((with_magnet_trackers(t, m), Vec::new()));
+                return Ok((m.add_hints_to(t), Vec::new()));
             }
             let tty = std::io::stderr().is_terminal();
             let (info, peers) = fetch_info(
@@ -118,12 +118,12 @@ pub async fn resolve(
             if tty {
                 eprint!("\r\x1b[K");
             }
-            let bytes = torrent_file(&info.raw, &m.trackers);
+            let bytes = torrent_file(&info.raw, m);
             let torrent = Torrent::from_bytes(&bytes)?;
             if let Some(path) = &cached {
                 save(path, &bytes);
             }
-            Ok((with_magnet_trackers(torrent, m), peers))
+            Ok((m.add_hints_to(torrent), peers))
         }
     }
 }
@@ -142,28 +142,27 @@ fn cache_path(dir: &Path, hash: InfoHash) -> PathBuf {
     dir.join(format!("{hash}.torrent"))
 }
 
-/// A `.torrent` holding exactly the fetched info bytes (so its info-hash is the link's).
-fn torrent_file(info_raw: &[u8], trackers: &[String]) -> Vec<u8> {
+/// A `.torrent` holding exactly the fetched info bytes (so its info-hash is the link's), with
+/// the link's trackers and web seeds beside it, where a `.torrent` keeps them.
+fn torrent_file(info_raw: &[u8], m: &Magnet) -> Vec<u8> {
     let mut e = Encoder::new();
     e.begin_dict();
-    if !trackers.is_empty() {
+    if !m.trackers.is_empty() {
         e.str("announce-list").begin_list();
-        for t in trackers {
+        for t in &m.trackers {
             e.begin_list().str(t).end();
         }
         e.end();
     }
-    e.str("info").raw(info_raw).end().finish()
-}
-
-/// The link's trackers count too when the metadata came from the cache.
-fn with_magnet_trackers(mut t: Torrent, m: &Magnet) -> Torrent {
-    for tr in &m.trackers {
-        if !t.trackers.iter().flatten().any(|x| x == tr) {
-            t.trackers.push(vec![tr.clone()]);
+    e.str("info").raw(info_raw);
+    if !m.web_seeds.is_empty() {
+        e.str("url-list").begin_list();
+        for w in &m.web_seeds {
+            e.str(w);
         }
+        e.end();
     }
-    t
+    e.end().finish()
 }
 
 /// Written through a temporary file, so a crash never leaves half a torrent under the name.
