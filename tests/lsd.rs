@@ -92,9 +92,19 @@ fn two_mounts_of_one_torrent_find_each_other() {
         // Listening on ::1 too (the IPv6 group has no interface here: loopback does no
         // multicast) leaves the IPv4 announces as they were.
         let second = mount(swarm.torrent(), &["--bind", "::1"]);
-        // The only peer there is to connect to is the first mount.
-        let found = wait_lsd_peer(&second, mounted, |(c, _)| c >= 1, "the second mount");
-        eprintln!("the second mount connected to the first by LSD {found:?} after it was mounted");
+        // The only peer there is to connect to is the first mount. Each learns of the other
+        // by LSD and dials it; one connection stays (one per peer id), which may be the
+        // first mount's: then it is an incoming one here.
+        let found = wait_lsd_peer(&second, mounted, |(_, k)| k >= 1, "the second mount");
+        eprintln!("the second mount learnt of the first by LSD {found:?} after it was mounted");
+        while second.status_u64("peers") == 0 {
+            assert!(
+                mounted.elapsed() < FOUND,
+                "not connected\n{}",
+                second.stderr()
+            );
+            sleep(Duration::from_millis(10));
+        }
         assert_all_files_match(&second, &swarm);
     });
 }
