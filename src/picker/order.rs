@@ -196,12 +196,6 @@ impl Picker {
         self.has_free_blocks(&self.deadline_order, peer, peer_has)
     }
 
-    /// Like `has_reader_work`, for the pieces a blocked read waits on only.
-    pub fn has_urgent_work(&self, peer: PeerId, peer_has: &Bitfield) -> bool {
-        let urgent = self.deadline_order.partition_point(|(d, _)| d.is_urgent());
-        self.has_free_blocks(&self.deadline_order[..urgent], peer, peer_has)
-    }
-
     fn has_free_blocks(
         &self,
         pieces: &[(Deadline, PieceIndex)],

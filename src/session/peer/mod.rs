@@ -386,13 +386,15 @@ impl Peer {
     }
 
     /// Tops up requests in flight to the queue target (`Requests::target`): what keeps this
-    /// peer's link busy, shallower while a reader may need it. Requests queued here ahead of a
-    /// reader's are cancelled first (`make_room`): background ones when a reader could use this
-    /// peer, all but urgent ones when a blocked read could.
+    /// peer's link busy, shallower while a reader may need it. Background requests queued here
+    /// are cancelled first when a reader could use this peer (`make_room`). Readahead queued
+    /// ahead of a blocked read is not: cancelling it for every blocked read cost a fast swarm
+    /// a sixth of its throughput, and shallow queues bound what it delays.
     fn refill(&mut self) {
         if self.choked || !self.interested {
             return;
         }
+        let now = Instant::now();
         let (background, blocks) = {
             let pickable = self.requests.pickable(&self.has);
             let mut st = self.shared.lock();
@@ -403,9 +405,6 @@ impl Peer {
             }
             let background = if !readers {
                 Vec::new()
-            } else if st.picker.has_urgent_work(self.id, &pickable) {
-                let urgent = |p: &Picker, b: &Block| p.is_urgent(b.piece);
-                make_room(&mut st.picker, self.id, self.requests.blocks(), urgent)
             } else if st.picker.has_reader_work(self.id, &pickable) {
                 let wanted = |p: &Picker, b: &Block| p.is_wanted_by_reader(b.piece);
                 make_room(&mut st.picker, self.id, self.requests.blocks(), wanted)
@@ -429,7 +428,6 @@ impl Peer {
                 self.send(Message::Cancel(self.block_ref(b)));
             }
         }
-        let now = Instant::now();
         for b in blocks {
             self.requests.sent(b, now);
             self.send(Message::Request(self.block_ref(b)));
@@ -496,9 +494,8 @@ impl Peer {
 
 /// A peer serves requests in order: whatever is queued at it holds up a reader's blocks by as
 /// long as it takes to send. So when a reader could use the peer, the requests in flight that
-/// do not `keep` (background ones for readahead, everything not urgent for a blocked read) are
-/// given back to the picker, to be cancelled at the peer, and returned; those still wanted are
-/// asked again behind the reader's.
+/// do not `keep` (background ones) are given back to the picker, to be cancelled at the peer,
+/// and returned.
 fn make_room(
     picker: &mut Picker,
     peer: PeerId,
