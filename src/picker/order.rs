@@ -108,6 +108,12 @@ impl Picker {
         self.rebuild_deadlines();
     }
 
+    /// `set_reader` for several at once, the order rebuilt once.
+    pub fn set_readers(&mut self, wants: impl IntoIterator<Item = (ReaderId, ReaderWant)>) {
+        self.readers.extend(wants);
+        self.rebuild_deadlines();
+    }
+
     pub fn remove_reader(&mut self, reader: ReaderId) {
         if self.readers.remove(&reader).is_some() {
             self.rebuild_deadlines();
@@ -403,6 +409,16 @@ impl Picker {
             return;
         }
         let mut mine = self.in_flight(peer);
+        // No block is deeper at its peer than that peer's whole queue: when no other queue is
+        // that much longer than ours (a steady stream), there is nothing to take.
+        let deepest = (self.in_flight.iter())
+            .filter(|(q, _)| **q != peer)
+            .map(|(_, set)| set.len())
+            .max()
+            .unwrap_or(0);
+        if mine + SPREAD_MARGIN > deepest {
+            return;
+        }
         // Each requested urgent block with the fewest blocks ahead of it at any of its peers.
         let mut seen: HashMap<PeerId, usize> = HashMap::new();
         let mut candidates: Vec<(usize, Block)> = Vec::new();

@@ -391,9 +391,7 @@ fn restate_waits(st: &mut State, handle: ReadHandle) {
             (id, want)
         })
         .collect();
-    for (id, want) in wants {
-        st.picker.set_reader(id, want);
-    }
+    st.picker.set_readers(wants);
 }
 
 struct WaitGuard<'a> {
