@@ -91,17 +91,6 @@ impl PeerEntry {
     }
 }
 
-/// What to do with a new connection to a peer id already connected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Duplicate {
-    /// No other connection to it.
-    None,
-    /// Keep the other one; this one goes.
-    RefuseNew,
-    /// This one stays; the other (this id) goes.
-    ReplaceOld(PeerId),
-}
-
 /// Why a peer was not admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
@@ -151,33 +140,15 @@ impl Peers {
         Ok(id)
     }
 
-    /// One client reached twice (over TCP and uTP, or each side dialling the other at once)
-    /// would be asked for every block twice: one connection per peer id. Of a crossed pair
-    /// (one ours, one theirs) the one opened by the side with the higher peer id stays, which
-    /// both sides work out alike, so they keep the same one; of two opened the same way, the
-    /// older stays.
-    pub(crate) fn duplicate(
-        &self,
-        theirs: &[u8; 20],
-        ours: &[u8; 20],
-        outgoing: bool,
-    ) -> Duplicate {
-        let Some((&old, entry)) =
-            (self.connected.iter()).find(|(_, e)| e.peer_id.as_ref() == Some(theirs))
-        else {
-            return Duplicate::None;
-        };
-        let old_outgoing = entry.source != PeerSource::Incoming;
-        if old_outgoing == outgoing {
-            return Duplicate::RefuseNew;
-        }
-        // The connection we opened stays when our id is the higher.
-        let keep_ours = ours > theirs;
-        if keep_ours == outgoing {
-            Duplicate::ReplaceOld(old)
-        } else {
-            Duplicate::RefuseNew
-        }
+    /// Whether a new connection (`outgoing` or not) duplicates one to the same peer id made the
+    /// same way: one client reached twice over TCP and uTP, which would be asked for every
+    /// block twice. Such a second connection is refused; the first stays. A crossed pair (each
+    /// side dialled the other) is left alone: the other side may drop one by its own rule
+    /// (libtorrent does), and our dropping the other one too would leave none.
+    pub(crate) fn is_duplicate(&self, theirs: &[u8; 20], outgoing: bool) -> bool {
+        (self.connected.values()).any(|e| {
+            e.peer_id.as_ref() == Some(theirs) && (e.source != PeerSource::Incoming) == outgoing
+        })
     }
 
     /// The peer id a connected peer's handshake carried.
@@ -350,42 +321,26 @@ mod tests {
     }
 
     #[test]
-    fn one_connection_per_peer_id_and_both_sides_keep_the_same_one() {
+    fn a_second_connection_made_the_same_way_to_one_peer_id_is_a_duplicate() {
         let (cmd, _rx) = mpsc::unbounded_channel();
-        let (low, high) = ([1u8; 20], [9u8; 20]);
-        // We are `high`; the peer `low` is connected by our dial.
-        let mut us = Peers::default();
-        assert_eq!(us.duplicate(&low, &high, true), Duplicate::None);
-        let ours = us
+        let peer = [1u8; 20];
+        let mut peers = Peers::default();
+        assert!(!peers.is_duplicate(&peer, true));
+        let ours = peers
             .admit(addr("10.0.0.1:6881"), PeerSource::Tracker, cmd.clone(), 8)
             .unwrap();
-        us.set_peer_id(ours, low);
-        // Its dial to us arrives: ours (opened by the higher id) stays.
-        assert_eq!(us.duplicate(&low, &high, false), Duplicate::RefuseNew);
-        // The same way again (uTP after TCP): the older stays.
-        assert_eq!(us.duplicate(&low, &high, true), Duplicate::RefuseNew);
-        assert_eq!(
-            us.duplicate(&[5; 20], &high, true),
-            Duplicate::None,
-            "another peer"
+        peers.set_peer_id(ours, peer);
+        assert!(peers.is_duplicate(&peer, true), "uTP after TCP, both ours");
+        assert!(
+            !peers.is_duplicate(&peer, false),
+            "a crossed pair is left alone"
         );
-        // The peer `low` sees the same pair the other way round: our dial, its incoming, stays.
-        let mut them = Peers::default();
-        let theirs = them
-            .admit(addr("10.0.0.2:6881"), PeerSource::Tracker, cmd.clone(), 8)
+        assert!(!peers.is_duplicate(&[5; 20], true), "another peer");
+        let theirs = peers
+            .admit(addr("10.0.0.1:5000"), PeerSource::Incoming, cmd, 8)
             .unwrap();
-        them.set_peer_id(theirs, high);
-        assert_eq!(
-            them.duplicate(&high, &low, false),
-            Duplicate::ReplaceOld(theirs)
-        );
-        // Had the incoming one come first there, the dial arriving second is refused.
-        let mut later = Peers::default();
-        let incoming = later
-            .admit(addr("10.0.0.2:5000"), PeerSource::Incoming, cmd, 8)
-            .unwrap();
-        later.set_peer_id(incoming, high);
-        assert_eq!(later.duplicate(&high, &low, true), Duplicate::RefuseNew);
+        peers.set_peer_id(theirs, peer);
+        assert!(peers.is_duplicate(&peer, false), "it dialled us twice");
     }
 
     #[test]

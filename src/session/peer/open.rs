@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::extended::Extensions;
 use super::{Peer, PeerError, writer};
 use crate::session::host::Incoming;
-use crate::session::peers::{Duplicate, PeerCmd, Refusal};
+use crate::session::peers::Refusal;
 use crate::session::stream::{PeerStream, Transport};
 use crate::session::{PeerSource, Shared};
 use crate::wire::{Handshake, HandshakeError, Role, exchange_handshakes, write_handshake};
@@ -92,15 +92,12 @@ pub(super) async fn connected(
         if shared.is_shutting_down() {
             return Err(PeerError::Shutdown);
         }
-        let outgoing = source != PeerSource::Incoming;
-        let old = match st
+        if st
             .peers
-            .duplicate(&theirs.peer_id, &shared.peer_id, outgoing)
+            .is_duplicate(&theirs.peer_id, source != PeerSource::Incoming)
         {
-            Duplicate::RefuseNew => return Err(PeerError::Duplicate),
-            Duplicate::ReplaceOld(old) => Some(old),
-            Duplicate::None => None,
-        };
+            return Err(PeerError::Duplicate);
+        }
         let id = (st.peers)
             .admit(addr, source, cmd_tx, shared.config.max_peers)
             .map_err(|r| match r {
@@ -108,10 +105,6 @@ pub(super) async fn connected(
                 Refusal::Full => PeerError::Full,
             })?;
         st.peers.set_peer_id(id, theirs.peer_id);
-        if let Some(old) = old {
-            tracing::debug!(%addr, "a second connection to one peer: the older one goes");
-            st.peers.send(old, PeerCmd::Disconnect);
-        }
         if stream.is_encrypted() {
             st.peers.set_encrypted(id);
         }
