@@ -61,7 +61,8 @@ pub(crate) struct Disk {
     store: Arc<Mutex<DiskStore>>,
     queue: mpsc::UnboundedSender<(PieceIndex, Bytes)>,
     queued: AtomicU64,
-    used: AtomicU64,
+    /// The store's bytes in use, as it publishes them.
+    used: Arc<AtomicU64>,
     budget: u64,
     /// Failed writes or reads, and pieces that failed their check on load.
     errors: AtomicU64,
@@ -121,7 +122,7 @@ impl Disk {
     /// pieces to write from, and says on `written` that it is done with.
     pub(crate) fn new(opened: Opened) -> (Disk, WriterEnd) {
         let budget = opened.store.budget();
-        let used = opened.store.used_bytes();
+        let used = opened.store.used_gauge();
         let store = Arc::new(Mutex::new(opened.store));
         let (queue, rx) = mpsc::unbounded_channel();
         let (written_tx, written) = watch::channel(false);
@@ -129,7 +130,7 @@ impl Disk {
             store: store.clone(),
             queue,
             queued: AtomicU64::new(0),
-            used: AtomicU64::new(used),
+            used,
             budget,
             errors: AtomicU64::new(0),
             bad_pieces: AtomicU64::new(0),
@@ -150,19 +151,17 @@ impl Disk {
         self.store.clone()
     }
 
-    /// A write of `len` queued bytes finished; the store now uses `used` bytes.
-    pub(crate) fn wrote(&self, len: u64, used: u64, result: Option<&DiskStoreError>) {
+    /// A write of `len` queued bytes finished.
+    pub(crate) fn wrote(&self, len: u64, result: Option<&DiskStoreError>) {
         self.queued.fetch_sub(len, Ordering::Relaxed);
-        self.used.store(used, Ordering::Relaxed);
         self.failing.send_replace(result.map(|e| e.to_string()));
         if let Some(e) = result {
             self.error("writing a piece", e);
         }
     }
 
-    /// A load finished; the store now uses `used` bytes (a bad piece was deleted).
-    pub(crate) fn loaded(&self, used: u64, bad: bool) {
-        self.used.store(used, Ordering::Relaxed);
+    /// A load finished (a bad piece was deleted).
+    pub(crate) fn loaded(&self, bad: bool) {
         if bad {
             self.bad_pieces.fetch_add(1, Ordering::Relaxed);
         }
@@ -171,10 +170,6 @@ impl Disk {
     /// Waits for a turn to read a file (see `loads`).
     pub(crate) async fn load_turn(&self) -> Option<SemaphorePermit<'_>> {
         self.loads.acquire().await.ok()
-    }
-
-    pub(crate) fn used(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
     }
 
     pub(crate) fn stats(&self) -> DiskStats {

@@ -66,23 +66,18 @@ async fn write_one(
 ) -> bool {
     let len = data.len() as u64;
     let store = store.clone();
-    let put = tokio::task::spawn_blocking(move || {
-        let mut ds = lock(&store);
-        let r = ds.put(p.get(), &data);
-        (r, ds.used_bytes())
-    })
-    .await;
+    let put = tokio::task::spawn_blocking(move || lock(&store).put(p.get(), &data)).await;
     let Some(shared) = shared.upgrade() else {
         return false;
     };
     let Some(disk) = &shared.disk else {
         return false;
     };
-    let Ok((result, used)) = put else {
-        disk.wrote(len, disk.used(), None);
+    let Ok(result) = put else {
+        disk.wrote(len, None);
         return false;
     };
-    disk.wrote(len, used, result.as_ref().err());
+    disk.wrote(len, result.as_ref().err());
     if let Ok(evicted) = result {
         let evicted: Vec<PieceIndex> = (evicted.into_iter())
             .filter_map(|i| shared.geometry.piece(i))
@@ -151,7 +146,7 @@ async fn run_load(shared: Arc<Shared>, p: PieceIndex) {
     let turn = disk.load_turn().await;
     let loaded = tokio::task::spawn_blocking(move || {
         let got = lock(&store).get(p.get());
-        let outcome = match got {
+        match got {
             Ok(Some(data)) => {
                 // Hashed outside the lock so writes go on meanwhile.
                 let ok = data.len() == len && <[u8; 20]>::from(Sha1::digest(&data)) == expected;
@@ -164,17 +159,12 @@ async fn run_load(shared: Arc<Shared>, p: PieceIndex) {
             }
             Ok(None) => Loaded::Gone,
             Err(e) => Loaded::Failed(e),
-        };
-        let used = lock(&store).used_bytes();
-        (outcome, used)
+        }
     })
     .await;
     drop(turn);
-    let (outcome, used) = match loaded {
-        Ok(r) => r,
-        Err(_) => (Loaded::Gone, disk.used()),
-    };
-    disk.loaded(used, matches!(outcome, Loaded::Bad));
+    let outcome = loaded.unwrap_or(Loaded::Gone);
+    disk.loaded(matches!(outcome, Loaded::Bad));
     let data = match outcome {
         Loaded::Good(data) => Some(Bytes::from(data)),
         Loaded::Bad => {

@@ -25,6 +25,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,9 @@ pub struct DiskStore {
     piece_length: u32,
     budget: u64,
     used: u64,
+    /// `used`, published as it changes (under the owner's lock): a reader without the lock
+    /// never sees an older value after a newer one.
+    gauge: Arc<AtomicU64>,
     entries: HashMap<u32, Entry>,
     /// Oldest first; ties (coarse mtimes at open) broken by piece index.
     lru: BTreeSet<(SystemTime, u32)>,
@@ -95,6 +100,7 @@ impl DiskStore {
             piece_length,
             budget,
             used: 0,
+            gauge: Arc::new(AtomicU64::new(0)),
             entries: HashMap::new(),
             lru: BTreeSet::new(),
             last_stamp: SystemTime::UNIX_EPOCH,
@@ -244,6 +250,11 @@ impl DiskStore {
         self.used
     }
 
+    /// `used_bytes`, readable without the store: always the latest value.
+    pub fn used_gauge(&self) -> Arc<AtomicU64> {
+        self.gauge.clone()
+    }
+
     pub fn budget(&self) -> u64 {
         self.budget
     }
@@ -255,6 +266,7 @@ impl DiskStore {
 
     fn insert(&mut self, piece: u32, entry: Entry) {
         self.used += u64::from(entry.len);
+        self.gauge.store(self.used, Ordering::Relaxed);
         self.lru.insert((entry.stamp, piece));
         self.entries.insert(piece, entry);
     }
@@ -263,6 +275,7 @@ impl DiskStore {
     fn forget(&mut self, piece: u32) -> Option<Entry> {
         let entry = self.entries.remove(&piece)?;
         self.used -= u64::from(entry.len);
+        self.gauge.store(self.used, Ordering::Relaxed);
         self.lru.remove(&(entry.stamp, piece));
         Some(entry)
     }
@@ -377,6 +390,11 @@ mod tests {
         assert!(!store.remove(3).expect("remove again"));
         assert_eq!(store.get(3).expect("get"), None);
         assert_eq!(store.used_bytes(), 42);
+        // What stats read without the lock follows every change.
+        let gauge = store.used_gauge();
+        assert_eq!(gauge.load(std::sync::atomic::Ordering::Relaxed), 42);
+        store.put(5, &piece(2, 100)).expect("put");
+        assert_eq!(gauge.load(std::sync::atomic::Ordering::Relaxed), 142);
     }
 
     #[test]
