@@ -16,6 +16,7 @@ PACKAGES=(
     attr               # getfattr/setfattr
     psmisc             # fuser
     iproute2           # ss
+    strace             # tests/stream.rs: the xattr calls `ls -l` makes on a mount
     nginx-light        # a real HTTP server for web seeds (BEP 19): tests/webseed.rs, the bench
 )
 

@@ -391,6 +391,11 @@ fn mounted_tree_lists_and_reads_like_files() {
     assert_eq!(short.raw_os_error(), Some(libc::ERANGE));
     let on_file = getxattr(&fx.path("a.bin"), STATUS_XATTR, 100).expect_err("xattr on file");
     assert_eq!(on_file.raw_os_error(), Some(libc::ENODATA));
+    // Namespaces with no attribute at all say so, on the root and on files.
+    for path in [fx.root(), fx.path("a.bin")] {
+        let label = getxattr(&path, "security.selinux", 100).expect_err("a label");
+        assert_eq!(label.raw_os_error(), Some(libc::EOPNOTSUPP), "{path:?}");
+    }
     assert_eq!(listxattr(&fx.root()), b"user.btfs.status\0");
     assert_eq!(listxattr(&fx.path("a.bin")), b"");
 
