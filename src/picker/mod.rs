@@ -26,6 +26,7 @@
 //! started before fresh, rarest first, lowest index last. Endgame duplicates only urgent blocks:
 //! those their peer is late with (`mark_late`) and those queued deep at a busier peer.
 
+mod interest;
 mod order;
 #[cfg(test)]
 mod tests;
@@ -35,6 +36,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use crate::bitfield::Bitfield;
 use crate::piece::{Geometry, PieceIndex};
 
+pub use interest::Interest;
 use order::Deadline;
 pub use order::{ReaderWant, UNKNOWN_RATE};
 
@@ -128,6 +130,9 @@ pub struct Picker {
     rarity: BTreeSet<(u32, PieceIndex)>,
     /// Pieces Missing or Partial: a seed is interesting while this is not zero.
     needed_count: u32,
+    /// How many times a piece became needed again (we had it or were verifying it): a peer
+    /// found to have nothing we need stays so while this is unchanged (`interest`).
+    regained: u64,
     /// Blocks each peer has been asked for and not yet delivered.
     in_flight: HashMap<PeerId, BTreeSet<Block>>,
     readers: HashMap<ReaderId, ReaderWant>,
@@ -171,6 +176,7 @@ impl Picker {
             seeds: HashSet::new(),
             rarity: geometry.pieces().map(|p| (0, p)).collect(),
             needed_count: n,
+            regained: 0,
             in_flight: HashMap::new(),
             readers: HashMap::new(),
             deadlines: HashMap::new(),
@@ -436,8 +442,8 @@ impl Picker {
         self.in_flight.get(&peer).into_iter().flatten().copied()
     }
 
-    /// Whether the peer has a piece we neither have nor are verifying; O(1) for a seed, else
-    /// O(pieces / 64).
+    /// The scan `interest` saves: the tests' reference.
+    #[cfg(test)]
     pub fn is_interesting(&self, peer_has: &Bitfield) -> bool {
         if peer_has.is_full() {
             return self.needed_count > 0;
@@ -456,7 +462,10 @@ impl Picker {
         let is_needed = |s| matches!(s, PieceState::Missing | PieceState::Partial);
         match (is_needed(old), is_needed(s)) {
             (true, false) => self.needed_count -= 1,
-            (false, true) => self.needed_count += 1,
+            (false, true) => {
+                self.needed_count += 1;
+                self.regained += 1;
+            }
             _ => {}
         }
         let key = (self.availability[p.as_usize()], p);
@@ -545,6 +554,12 @@ impl Words {
             *last &= !((1u64 << spare) - 1);
         }
         Self(w)
+    }
+
+    fn get(&self, i: u32) -> bool {
+        self.0
+            .get((i / 64) as usize)
+            .is_some_and(|w| w & (1u64 << (63 - i % 64)) != 0)
     }
 
     fn put(&mut self, i: u32, on: bool) {

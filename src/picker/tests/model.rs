@@ -1,5 +1,6 @@
 //! A random walk over picker events: after every step the invariants in the module doc hold, and
-//! `pick` returns exactly what sorting every candidate piece by `order_key` would.
+//! `pick` returns exactly what sorting every candidate piece by `order_key` would, and each
+//! peer's remembered `interest` what a full scan would.
 
 use std::collections::BTreeSet;
 
@@ -182,6 +183,7 @@ fn pick_follows_the_comparator_in_random_states() {
             p.peer_bitfield(q, &b);
             has.push(b);
         }
+        let mut hints = vec![Interest::default(); peers.len()];
         for step in 0..40 {
             let who = rand(5) as usize;
             match rand(10) {
@@ -234,6 +236,13 @@ fn pick_follows_the_comparator_in_random_states() {
                     let piece = idx(&p, rand(n));
                     p.piece_evicted(piece);
                 }
+                7 if rand(2) == 0 => {
+                    let piece = idx(&p, rand(n));
+                    if has[who].set(piece.get()) {
+                        p.peer_have(peers[who], piece);
+                        p.peer_announced(piece, &mut hints[who]);
+                    }
+                }
                 _ => {
                     let max = 1 + rand(6) as usize;
                     let want = reference(&p, peers[who], &has[who], max);
@@ -242,6 +251,11 @@ fn pick_follows_the_comparator_in_random_states() {
                 }
             }
             check_invariants(&p);
+            // Each peer's remembered interest answers as a full scan would.
+            for (q, hint) in hints.iter_mut().enumerate() {
+                let scan = p.is_interesting(&has[q]);
+                assert_eq!(p.interest(&has[q], hint), scan, "step {step}, peer {q}");
+            }
         }
     }
 }

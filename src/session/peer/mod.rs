@@ -29,7 +29,7 @@ use super::peers::PeerCmd;
 use super::stream::PeerStream;
 use super::{Shared, verify};
 use crate::bitfield::Bitfield;
-use crate::picker::{Block, PeerId, Picker};
+use crate::picker::{Block, Interest, PeerId, Picker};
 use crate::piece::BLOCK_SIZE;
 use crate::wire::{BlockRef, HandshakeError, Message, MessageReader, MessageWriter, WireError};
 use extended::Extensions;
@@ -47,6 +47,8 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(90);
 /// `have`s for pieces the peer already announced, beyond one per piece of the torrent: more is
 /// a flood.
 const REDUNDANT_HAVE_SLACK: u32 = 1000;
+/// Commands taken from the queue at once (then the peer's socket and timers get a turn).
+const COMMAND_BATCH: usize = 64;
 
 /// Why a connection ended; logged at debug level, never shown as an error to the user.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +88,8 @@ struct Peer {
     requests_written: Arc<AtomicU64>,
     /// The pieces it has.
     has: Bitfield,
+    /// What the last "has it anything we need?" learnt, so the next is O(1).
+    interest: Interest,
     /// Some message that states pieces (`bitfield`, `have`, `piece`) came: a `bitfield` now
     /// would break BEP 3 (it may only be the first).
     announced: bool,
@@ -125,6 +129,7 @@ impl Peer {
             out,
             requests_written: Arc::default(),
             has: Bitfield::new(n),
+            interest: Interest::default(),
             announced: false,
             redundant_haves: 0,
             last_useful: now,
@@ -204,30 +209,19 @@ impl Peer {
                         throttle = Some((Instant::now(), wait));
                     }
                 }
-                cmd = cmds.recv() => match cmd {
-                    // Interest first: a piece that failed its check or was evicted is needed
-                    // again, and `refill` asks nothing of a peer we told we are not interested.
-                    Some(PeerCmd::Refill) => self.update_interest(),
-                    Some(PeerCmd::Have { piece, durable }) => {
-                        if self.ext.fast || durable {
-                            self.send(Message::Have(piece.get()));
-                        }
+                cmd = cmds.recv() => {
+                    // Commands queued together are applied together: the refills and haves
+                    // among them (a verified piece sends both to every peer) need one interest
+                    // check and one refill, not one each.
+                    let mut recheck = self.on_command(cmd)?;
+                    for _ in 1..COMMAND_BATCH {
+                        let Ok(more) = cmds.try_recv() else { break };
+                        recheck |= self.on_command(Some(more))?;
+                    }
+                    if recheck {
                         self.update_interest();
                     }
-                    Some(PeerCmd::Durable(piece)) => {
-                        if !self.ext.fast {
-                            self.send(Message::Have(piece.get()));
-                        }
-                    }
-                    Some(PeerCmd::Cancel(b)) => {
-                        if self.requests.cancel(b) {
-                            self.send(Message::Cancel(self.block_ref(b)));
-                        }
-                    }
-                    Some(PeerCmd::SetUnchoked(u)) => self.set_unchoked(u),
-                    Some(PeerCmd::Drop) => return Err(PeerError::Useless),
-                    Some(PeerCmd::Disconnect) | None => return Err(PeerError::Shutdown),
-                },
+                }
                 _ = tick.tick() => {
                     self.on_tick(throttle.is_some())?;
                     if last_keepalive.elapsed() >= KEEPALIVE_EVERY {
@@ -294,6 +288,7 @@ impl Peer {
                 if self.has.set(i) {
                     let mut st = self.shared.lock();
                     st.picker.peer_have(self.id, p);
+                    st.picker.peer_announced(p, &mut self.interest);
                     if self.has.is_full() {
                         st.peers.mark_seed(self.id);
                     }
@@ -366,12 +361,42 @@ impl Peer {
         }
         drop(st);
         self.has = bf;
+        self.interest.reset();
         self.update_interest();
         Ok(())
     }
 
+    /// Applies a command from the session; true if interest (and so the queue) needs a look.
+    /// Interest first: a piece that failed its check or was evicted is needed again, and
+    /// `refill` asks nothing of a peer we told we are not interested.
+    fn on_command(&mut self, cmd: Option<PeerCmd>) -> Result<bool, PeerError> {
+        match cmd {
+            Some(PeerCmd::Refill) => return Ok(true),
+            Some(PeerCmd::Have { piece, durable }) => {
+                if self.ext.fast || durable {
+                    self.send(Message::Have(piece.get()));
+                }
+                return Ok(true);
+            }
+            Some(PeerCmd::Durable(piece)) => {
+                if !self.ext.fast {
+                    self.send(Message::Have(piece.get()));
+                }
+            }
+            Some(PeerCmd::Cancel(b)) => {
+                if self.requests.cancel(b) {
+                    self.send(Message::Cancel(self.block_ref(b)));
+                }
+            }
+            Some(PeerCmd::SetUnchoked(u)) => self.set_unchoked(u),
+            Some(PeerCmd::Drop) => return Err(PeerError::Useless),
+            Some(PeerCmd::Disconnect) | None => return Err(PeerError::Shutdown),
+        }
+        Ok(false)
+    }
+
     fn update_interest(&mut self) {
-        let want = self.shared.lock().picker.is_interesting(&self.has);
+        let want = (self.shared.lock().picker).interest(&self.has, &mut self.interest);
         if want != self.interested {
             self.interested = want;
             self.send(if want {
