@@ -32,6 +32,11 @@ local file (median of --runs). The stall bound: the least stall if the swarm del
 rest of the 300 frames' pieces in order of need from the first frame on (0 when the swarm
 outruns the bitrate); playback's: frame0's bound, the local file's playback and the stall
 bound.
+The ideal column (--thin-ideal): the cap-based bound assumes every seeder sends at its cap
+from the first byte, which a capped libtorrent seeder does not do for a new connection
+(scripts/seeder_ramp.py). So before each run a raw client (harness/ideal.py) fetches each
+metric's pieces on fresh connections to every seeder, perfectly pipelined, verifying nothing;
+its time (plus mpv's local time, plus one round trip for 70%) is what this swarm allows.
 Targets (issue 11, ours): seek and frame0 within 1.1x the bound, frame70 within 1.3x,
 stalls under 5% of the playback time; first byte has none. Debian's are for comparison.
 Takes 15-20 minutes (Debian's btfs needs up to a minute for some reads): scripts/bench.sh
@@ -44,6 +49,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -52,6 +58,7 @@ import video as video_part
 from harness import MiB
 from harness.bound import FFPROBE, Pieces, VideoMap
 from harness.cli import run_alone
+from harness.ideal import fetch_time
 from harness.procs import MetricFailed, log
 from harness.report import median, parse_rate, parse_size
 from harness.thinswarm import LINK_SLACK, ThinSwarm
@@ -89,6 +96,8 @@ def add_options(p):
                    help="thin part: torrent piece length (1M)")
     p.add_argument("--thin-play-frames", type=int, default=300,
                    help="thin part: frames mpv plays for the stall time (300: 10 s)")
+    p.add_argument("--thin-ideal", type=int, default=1,
+                   help="thin part: measure the ideal client before each run (1; 0: no)")
     p.add_argument("--thin-rate-check", type=float, default=8.0,
                    help="thin part: seconds of the plain libtorrent download that checks "
                         "the caps, per delay (8; 0: none)")
@@ -166,6 +175,7 @@ class Thin:
         self.pieces = Pieces(os.path.getsize(swarm.file), args.thin_piece_length)
         self.local = {"frame0": [], "frame70": [], "play": []}
         self.measured = {}  # delay -> plain libtorrent download rate, bytes/s
+        self.ideal = {}  # key(delay, metric) -> the ideal client's fetch time, per run
         self.seek_pieces = []  # per run
         self.start = vmap.start_pieces(self.pieces)
         self.need = {"ttfb": {0}, "frame0": self.start,
@@ -195,14 +205,46 @@ class Thin:
             b = None if local is None else b + local
         return b
 
+    def measure_ideal(self, delay, run):
+        """The ideal client's time for each metric's pieces on fresh connections (before the
+        clients of `run`, as each of them meets the swarm: a second after its last use)."""
+        addrs = [relay for relay, _ in self.swarm.routes]
+        info_hash = bytes.fromhex(self.swarm.info_hash)
+        for metric, _, _, _ in ROWS:
+            if metric not in self.need and metric != "seek":
+                continue
+            pieces = self.seek_pieces[run] if metric == "seek" else self.need[metric]
+            time.sleep(1.0)
+            t = fetch_time(addrs, info_hash, sorted(pieces), self.pieces.length,
+                           self.pieces.size)
+            self.ideal.setdefault(key(delay, metric), []).append(t)
+        log("ideal client, delay %g ms, run %d: %s" % (delay, run + 1, {
+            m: round(self.ideal[key(delay, m)][-1], 3) for m in ("ttfb", "seek", "frame0",
+                                                                 "frame70")}))
+
+    def ideal_bound(self, metric, delay, run):
+        """The ideal client's time for `run`, as a bound on `metric`: plus the round trip
+        it could overlap and a player cannot (where mpv seeks is known once it asks), plus
+        mpv's local time. None where not measured."""
+        vals = self.ideal.get(key(delay, metric), [])
+        if run >= len(vals):
+            return None
+        b = vals[run] + (2 * delay / 1000.0 if metric == "frame70" else 0.0)
+        if metric in self.local:
+            local = median(self.local[metric])
+            b = None if local is None else b + local
+        return b
+
     def stall_bound(self):
         return self.vmap.stall_bound(self.pieces, self.start, self.rate,
                                      self.bench.args.thin_play_frames)
 
-    def ratio(self, client, metric, delay):
-        """Median over the runs of value / bound (the seek's bound differs per run)."""
+    def ratio(self, client, metric, delay, ideal=False):
+        """Median over the runs of value / bound (the seek's bound differs per run; the
+        ideal client's, per run for every metric)."""
         vals = self.bench.results[client].get(key(delay, metric), [])
-        bounds = [self.bound(metric, delay, r) for r in range(len(vals))]
+        bound = self.ideal_bound if ideal else self.bound
+        bounds = [bound(metric, delay, r) for r in range(len(vals))]
         return median([v / b if v is not None and b else None for v, b in zip(vals, bounds)])
 
     def report(self):
@@ -222,8 +264,9 @@ class Thin:
                "rate": self.rate, "measured_rate": self.measured,
                "piece_length": self.pieces.length, "size": self.pieces.size,
                "local": self.local, "delays": {}}
-        head = "%-30s | %9s | %9s | %6s | %9s | %6s | %-9s | %s" % (
-            "metric", "bound", "ours", "/bound", "debian", "/bound", "target", "ours")
+        fmt = "%-30s | %8s | %8s | %8s | %6s | %6s | %8s | %6s | %6s | %-7s | %s"
+        head = fmt % ("metric", "bound", "ideal", "ours", "/bound", "/ideal", "debian",
+                      "/bound", "/ideal", "target", "ours: bound, ideal")
         for delay in args.thin_delay_list:
             lines += ["", "delay %g ms each way (RTT %g ms):" % (delay, 2 * delay), head,
                       "-" * len(head)]
@@ -232,15 +275,22 @@ class Thin:
                 o = median(res["ours"].get(key(delay, metric), []))
                 d = median(res["debian"].get(key(delay, metric), []))
                 ro, rd = self.ratio("ours", metric, delay), self.ratio("debian", metric, delay)
+                io_, id_ = (self.ratio(c, metric, delay, ideal=True) for c in ("ours", "debian"))
                 b = median([self.bound(metric, delay, r) for r in range(len(self.seek_pieces))]
                            ) if metric == "seek" else self.bound(metric, delay)
-                verdict = "" if target is None else (
-                    "n/a" if ro is None else ("PASS" if ro <= target else "FAIL"))
-                lines.append("%-30s | %9s | %9s | %6s | %9s | %6s | %-9s | %s" % (
-                    label, secs(b), secs(o), times(ro), secs(d), times(rd),
-                    "<= %.1fx" % target if target else "", verdict))
-                rows.append({"metric": metric, "bound": b, "ours": o, "debian": d,
+                ib = median([self.ideal_bound(metric, delay, r)
+                             for r in range(len(self.ideal.get(key(delay, metric), [])))])
+
+                def judge(r):
+                    return "n/a" if r is None else ("PASS" if r <= target else "FAIL")
+                verdict = "" if target is None else "%s, %s" % (judge(ro), judge(io_))
+                lines.append(fmt % (
+                    label, secs(b), secs(ib), secs(o), times(ro), times(io_), secs(d),
+                    times(rd), times(id_), "<= %.1fx" % target if target else "", verdict))
+                rows.append({"metric": metric, "bound": b, "ideal": ib, "ours": o, "debian": d,
                              "ours_ratio": ro, "debian_ratio": rd, "target": target,
+                             "ours_ideal_ratio": io_, "debian_ideal_ratio": id_,
+                             "ideal_runs": self.ideal.get(key(delay, metric), []),
                              "verdict": verdict,
                              "ours_runs": res["ours"].get(key(delay, metric), []),
                              "debian_runs": res["debian"].get(key(delay, metric), [])})
@@ -252,13 +302,13 @@ class Thin:
             sb = self.stall_bound()
             verdict = "n/a" if stall["ours"] is None else (
                 "PASS" if stall["ours"] < STALL_TARGET * playback else "FAIL")
-            lines.append("%-30s | %9s | %9s | %6s | %9s | %6s | %-9s | %s" % (
-                "stalls in %d frames (%g s)" % (args.thin_play_frames, playback), secs(sb),
-                secs(stall["ours"]), pct(stall["ours"], playback), secs(stall["debian"]),
-                pct(stall["debian"], playback), "< %d%%" % (STALL_TARGET * 100), verdict))
-            lines.append("%-30s | %9s | %9s | %6s | %9s | %6s |" % (
-                "  (mpv's own buffering count)", "", secs(waits.get("ours")), "",
-                secs(waits.get("debian")), ""))
+            lines.append(fmt % (
+                "stalls in %d frames (%g s)" % (args.thin_play_frames, playback), secs(sb), "",
+                secs(stall["ours"]), pct(stall["ours"], playback), "", secs(stall["debian"]),
+                pct(stall["debian"], playback), "", "< %d%%" % (STALL_TARGET * 100), verdict))
+            lines.append(fmt % (
+                "  (mpv's own buffering count)", "", "", secs(waits.get("ours")), "", "",
+                secs(waits.get("debian")), "", "", "", ""))
             rows.append({"metric": "stall", "bound": sb, "ours": stall["ours"],
                          "debian": stall["debian"], "playback": playback,
                          "target": STALL_TARGET, "verdict": verdict,
@@ -268,7 +318,9 @@ class Thin:
         lines.append("(bound: the whole pieces a read needs over the swarm's cap %.2f MB/s less "
                      "%.1f s, plus 2 round trips (3 for 70%%), plus mpv's time on the local file; "
                      "/bound: median of each run's time over its bound; stall: playback time "
-                     "beyond the local file's %.2f s; targets for ours)"
+                     "beyond the local file's %.2f s; ideal: a raw client's fetch of the same "
+                     "pieces on fresh connections just before each run (harness/ideal.py), "
+                     "plus a round trip for 70%%, plus mpv's local time; targets for ours)"
                      % (self.rate / 1e6, LINK_SLACK, median(self.local["play"]) or 0))
         return lines, doc
 
@@ -316,6 +368,8 @@ def run(bench):
                 % (delay, "%.2f MB/s" % (thin.measured["%g" % delay] / 1e6)
                    if thin.measured["%g" % delay] else "nothing", thin.rate / 1e6))
         for r, client in bench.order():
+            if args.thin_ideal and len(thin.ideal.get(key(delay, "seek"), [])) == r:
+                thin.measure_ideal(delay, r)
             log("delay %g ms, run %d/%d: %s" % (delay, r + 1, args.runs, client))
             swarm.keep_announced()
             file_part.ttfb(bench, client, swarm, key(delay, "ttfb"))
