@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -15,9 +15,14 @@ const SEEDERS: usize = 3;
 const PEERS_DEADLINE: Duration = Duration::from_secs(60);
 
 fn status(args: &[&std::ffi::OsStr]) -> Output {
+    status_env(args, &[])
+}
+
+fn status_env(args: &[&std::ffi::OsStr], env: &[(&str, &Path)]) -> Output {
     Command::new(btfs())
         .arg("status")
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run btfs status")
 }
@@ -178,8 +183,27 @@ fn status_shows_what_the_mount_did_and_goes_away_with_it() {
 #[test]
 fn status_of_a_killed_mount_reports_and_removes_its_stale_socket() {
     let swarm = Swarm::start(SwarmOptions::default());
-    let m = mount_btfs(swarm.torrent(), &[]);
-    let socket = btfs::app::status::socket::socket_for(m.path()).expect("resolve the mountpoint");
+    // A runtime dir of its own: `btfs status` of every mount, run by another test meanwhile,
+    // would find this socket stale and remove it first.
+    let runtime = tempfile::tempdir().expect("tempdir");
+    let env = [("XDG_RUNTIME_DIR", runtime.path())];
+    let status = |args: &[&std::ffi::OsStr]| status_env(args, &env);
+    let m = Mount::with_env(
+        btfs(),
+        |mnt, _| {
+            let mut args: Vec<std::ffi::OsString> =
+                vec!["mount".into(), swarm.torrent().into(), mnt.into()];
+            args.extend(common::MOUNT_ARGS.iter().map(Into::into));
+            args
+        },
+        &env,
+    );
+    let socket = runtime.path().join("btfs").join(
+        btfs::app::status::socket::socket_for(m.path())
+            .expect("resolve the mountpoint")
+            .file_name()
+            .expect("a socket name"),
+    );
     ok_stdout(&status(&[m.path().as_os_str()]));
     let pid = i32::try_from(m.pid()).expect("a pid");
     // SAFETY: kill(2) on the PID of the child the Mount owns and has not reaped.

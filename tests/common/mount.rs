@@ -40,6 +40,15 @@ impl Mount {
     /// scratch dir is for the program's own data) and waits until the mountpoint is a
     /// FUSE mount. Panics with the program's stderr if it exits first or never mounts.
     pub fn with_args(program: &Path, args: impl FnOnce(&Path, &Path) -> Vec<OsString>) -> Mount {
+        Mount::with_env(program, args, &[])
+    }
+
+    /// [`Mount::with_args`], with `env` set for the program.
+    pub fn with_env(
+        program: &Path,
+        args: impl FnOnce(&Path, &Path) -> Vec<OsString>,
+        env: &[(&str, &Path)],
+    ) -> Mount {
         let dir = tempfile::Builder::new()
             .prefix("btfs-mount-")
             .tempdir()
@@ -58,6 +67,7 @@ impl Mount {
         let args = args(&mnt, &scratch);
         let child = Command::new(program)
             .args(&args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)
