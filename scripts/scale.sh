@@ -4,7 +4,7 @@
 # mount and list times and peak RSS for a torrent of 100,000 files and one of 1,000,000
 # pieces (scripts/bounds.py). Numbers only; the tests check correctness.
 #   scripts/scale.sh                 # both
-#   BTFS_SCALE_PIECES=100000 BTFS_SCALE_PEERS=200 scripts/scale.sh
+#   BTFS_SCALE_PIECES=100000 BTFS_SCALE_PEERS=200 BTFS_SCALE_EMPTY=100 scripts/scale.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release

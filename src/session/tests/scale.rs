@@ -1,6 +1,8 @@
 //! The scale benchmark (not a test: `scripts/scale.sh` runs it with `--ignored`): CPU per
 //! verified piece in a torrent of 1,000,000 pieces with 500 peers, all in this process (fake
 //! peers serving zeros). Prints its numbers; asserts only that the bytes are right.
+//! `BTFS_SCALE_EMPTY` adds peers that have nothing: each verified piece asks each of them
+//! whether it has anything we need (with a scan of the piece set, that was the cost).
 
 use std::time::Instant;
 
@@ -11,7 +13,8 @@ const PIECE: u32 = 16 * 1024;
 /// Bytes read from the start of the file, a MiB at a time.
 const READ: u64 = 64 * 1024 * 1024;
 
-/// `BTFS_SCALE_PIECES` and `BTFS_SCALE_PEERS` override the defaults (1,000,000 and 500).
+/// `BTFS_SCALE_PIECES`, `BTFS_SCALE_PEERS` and `BTFS_SCALE_EMPTY` override the defaults
+/// (1,000,000, 500 and 0).
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -48,12 +51,19 @@ async fn scale_cpu_per_verified_piece() {
     const PIECES_DEFAULT: usize = 1_000_000;
     let pieces_n = setting("BTFS_SCALE_PIECES", PIECES_DEFAULT) as u32;
     let peers_n = setting("BTFS_SCALE_PEERS", 500);
+    let empty_n = setting("BTFS_SCALE_EMPTY", 0);
     let c = zeros(pieces_n);
     let mut peers = Vec::new();
-    for i in 0..peers_n {
+    for i in 0..peers_n + empty_n {
         let at = std::net::Ipv4Addr::new(127, 10 + (i / 250) as u8, (i % 250) as u8, 1);
-        peers.push(FakePeer::start(at, c.clone(), Behavior::Honest).await);
+        let behavior = if i < peers_n {
+            Behavior::Honest
+        } else {
+            Behavior::Empty
+        };
+        peers.push(FakePeer::start(at, c.clone(), behavior).await);
     }
+    let peers_n = peers_n + empty_n;
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         peers: peers.iter().map(|p| p.addr).collect(),
@@ -80,7 +90,7 @@ async fn scale_cpu_per_verified_piece() {
     let (cpu, wall) = (cpu_seconds() - cpu0, wall0.elapsed());
     let verified = session.stats().verified_pieces;
     println!(
-        "scale: {pieces_n} pieces, {peers_n} peers: read {} MiB in {:.2} s; {verified} pieces \
+        "scale: {pieces_n} pieces, {peers_n} peers ({empty_n} with nothing): read {} MiB in {:.2} s; {verified} pieces \
          verified; CPU {:.2} s, {:.0} us per verified piece",
         READ >> 20,
         wall.as_secs_f64(),
