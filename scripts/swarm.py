@@ -35,10 +35,12 @@ Subcommands:
       connections only, in and out; disabled: plaintext only.
   leech TORRENT OUTDIR --bind IP --peer IP:PORT ... [--timeout S] [--stop-after-hash-fails N]
         [--dht-node IP:PORT ...] [--pex] [--transport tcp|utp|both]
-        [--encryption enabled|forced|disabled]
+        [--encryption enabled|forced|disabled] [--port P] [--ready-file F]
       downloads from the given peers only; prints a JSON summary on stdout ("payload_rate":
       payload bytes/s from the first payload seen to the end, once any arrived).
       Exit 0 when complete, 2 on timeout, 3 once N hash failures were seen.
+      --port: listen there (default: any free port); then --peer is optional, for a leecher
+      that only waits to be dialled. --ready-file: written once it listens.
       With --dht-node (then --peer is optional): also from the peers its DHT lookups find,
       and the summary gains "peers": every address it connected to.
       With --pex: also from the peers they name in PEX messages (BEP 11); the summary
@@ -469,12 +471,12 @@ def wait_dht_nodes(ses, stop, deadline):
 def leech(args):
     L = lt()
     stop = Stop()
-    if not args.peer and not args.dht_node:
-        sys.exit("swarm.py leech: give --peer or --dht-node")
+    if not args.peer and not args.dht_node and not args.port:
+        sys.exit("swarm.py leech: give --peer, --dht-node or --port")
     if args.dht_node:
-        ses = dht_session(L, args.bind, 0, args.dht_node, args.transport)
+        ses = dht_session(L, args.bind, args.port, args.dht_node, args.transport)
     else:
-        ses = L.session(base_settings(args.bind, 0, args.transport))
+        ses = L.session(base_settings(args.bind, args.port, args.transport))
     apply_encryption(L, ses, args.encryption)
     atp = L.add_torrent_params()
     atp.ti = L.torrent_info(args.torrent)
@@ -517,8 +519,15 @@ def leech(args):
                 log("%s: %s" % (type(a).__name__, a.message()))
             elif isinstance(a, (L.peer_error_alert, L.peer_ban_alert, L.peer_connect_alert,
                                 L.peer_disconnected_alert, L.torrent_error_alert,
-                                L.file_error_alert)):
+                                L.file_error_alert, L.incoming_connection_alert,
+                                L.listen_failed_alert)):
                 log("%s: %s" % (type(a).__name__, a.message()))
+            elif isinstance(a, L.listen_succeeded_alert):
+                log("listening: %s" % a.message())
+                if a.socket_type == L.socket_type_t.tcp:
+                    write_ready(args)
+            if isinstance(a, L.listen_failed_alert) and a.socket_type == L.socket_type_t.tcp:
+                stop.flag = True
         st = h.status()
         if st.is_seeding:
             rc = 0
@@ -822,6 +831,9 @@ def main():
                    help="IP:PORT of a DHT node: also find peers through the DHT")
     s.add_argument("--pex", action="store_true",
                    help="also connect to peers named in PEX messages")
+    s.add_argument("--port", type=int, default=0,
+                   help="listen port (default: any); with it, --peer is optional")
+    s.add_argument("--ready-file", help="written once it listens")
     add_encryption_arg(s)
     s.set_defaults(fn=leech)
 

@@ -282,7 +282,9 @@ impl Swarm {
     /// Starts seeder `i` (1-based) on 127.0.i.1:`port`.
     fn spawn_seeder_at(&self, i: usize, port: u16) -> (SocketAddr, Option<Proc>) {
         let ip = Ipv4Addr::new(127, 0, i as u8, 1);
-        let corrupt = i > self.opts.seeders - self.opts.corrupt_seeders;
+        // Seeders added later (`add_seeder`) are honest.
+        let corrupt =
+            (self.opts.seeders - self.opts.corrupt_seeders..self.opts.seeders).contains(&(i - 1));
         let ready = self.dir.path().join(format!("seeder{i}.ready"));
         let _ = fs::remove_file(&ready);
         let log = self.dir.path().join(format!("seeder{i}.log"));
@@ -488,6 +490,75 @@ impl Swarm {
             );
             sleep(POLL);
         }
+    }
+
+    /// Starts one more honest seeder, on the next address 127.0.x.1 and a new port, and waits
+    /// until it is a seed (and, with a live tracker, announced); returns its address.
+    pub fn add_seeder(&mut self) -> SocketAddr {
+        let i = self.seeders.len() + 1;
+        assert!(i <= 254, "one 127.0.x.1 address per seeder");
+        let seeder = self.spawn_seeder(i);
+        let addr = seeder.0;
+        self.seeders.push(seeder);
+        let ready = self.dir.path().join(format!("seeder{i}.ready"));
+        let deadline = Instant::now() + READY_DEADLINE;
+        while !ready.exists() {
+            let exited = self.seeders[i - 1]
+                .1
+                .as_mut()
+                .is_none_or(|p| p.exited().is_some());
+            assert!(
+                !exited && Instant::now() < deadline,
+                "seeder {i} never became ready at {addr}:\n{}",
+                self.logs()
+            );
+            sleep(POLL);
+        }
+        addr
+    }
+
+    /// Starts a libtorrent leecher on `ip` with nothing of the torrent (an empty download
+    /// folder) that dials `peers` (again whenever it has no peer) and is dialled at the
+    /// address returned, once it listens there. It downloads from whoever has pieces and
+    /// runs until it has everything or the swarm ends.
+    pub fn start_leecher(&mut self, ip: Ipv4Addr, peers: &[SocketAddr]) -> SocketAddr {
+        let n = self.others.len();
+        let ready = self.dir.path().join(format!("leecher{n}.ready"));
+        let out = self.dir.path().join(format!("leecher{n}"));
+        fs::create_dir_all(&out).unwrap_or_else(|e| panic!("mkdir {out:?}: {e}"));
+        for attempt in 1..=PORT_TRIES {
+            let port = free_port(ip);
+            let mut cmd = swarm_cmd();
+            cmd.arg("leech")
+                .arg(&self.torrent)
+                .arg(&out)
+                .args(["--bind", &ip.to_string()])
+                .args(["--port", &port.to_string()])
+                .args(["--timeout", "3600"])
+                .arg("--ready-file")
+                .arg(&ready);
+            for p in peers {
+                cmd.args(["--peer", &p.to_string()]);
+            }
+            let log = self.dir.path().join(format!("leecher{n}.log"));
+            let mut p = Proc::spawn(&format!("leecher{n}"), &mut cmd, log);
+            let deadline = Instant::now() + READY_DEADLINE;
+            loop {
+                if ready.exists() {
+                    self.others.push(p);
+                    return SocketAddr::from((ip, port));
+                }
+                if p.exited().is_some() || Instant::now() >= deadline {
+                    let text = p.log_text();
+                    terminate_all(&mut [&mut p.child]);
+                    // Most likely its port was taken between free_port and its bind.
+                    assert!(attempt < PORT_TRIES, "leecher never listened:\n{text}");
+                    break;
+                }
+                sleep(POLL);
+            }
+        }
+        unreachable!("every attempt returned or panicked")
     }
 
     /// Stops the tracker (both its ports then refuse or ignore announces).
