@@ -2,9 +2,10 @@
 //! lookup (and announce) after another, for as long as the torrent is mounted.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::krpc::NodeId;
@@ -15,16 +16,21 @@ pub const REANNOUNCE: Duration = Duration::from_secs(15 * 60);
 /// The announce loop's first retry while no peer is found, doubling up to `RETRY_MAX`.
 const RETRY_MIN: Duration = Duration::from_secs(30);
 const RETRY_MAX: Duration = Duration::from_secs(120);
+/// A wish for more peers (`more`) starts the next lookup early, but no sooner than this after
+/// the last one began.
+pub const EARLY_FLOOR: Duration = Duration::from_secs(60);
 
 /// Repeats `get_peers` (announcing `port`, when given) for a torrent until `shutdown`:
 /// every [`REANNOUNCE`] once a lookup found peers, and after 30 s, 60 s, 120 s, 120 s ...
-/// while lookups find none (a fresh DHT is still filling its table). Peers go to `peers_tx`;
-/// the loop also ends when that channel closes.
+/// while lookups find none (a fresh DHT is still filling its table), sooner when `more` says
+/// the session needs peers (see [`EARLY_FLOOR`]). Peers go to `peers_tx`; the loop also ends
+/// when that channel closes.
 pub fn spawn_announce_loop(
     dht: Dht,
     info_hash: NodeId,
     port: Option<u16>,
     peers_tx: mpsc::Sender<Vec<SocketAddr>>,
+    more: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -33,6 +39,7 @@ pub fn spawn_announce_loop(
             if *shutdown.borrow() {
                 return;
             }
+            let began = tokio::time::Instant::now();
             let mut rx = dht.get_peers(info_hash, port);
             let mut found = false;
             loop {
@@ -57,9 +64,13 @@ pub fn spawn_announce_loop(
                 retry = (retry * 2).min(RETRY_MAX);
                 wait
             };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => return,
+            let mut next = tokio::time::Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next) => break,
+                    () = more.notified() => next = next.min(began + EARLY_FLOOR),
+                    _ = shutdown.changed() => return,
+                }
             }
         }
     })

@@ -93,7 +93,15 @@ pub async fn fetch_info(
             downloaded: 0,
             left: 16 * 1024,
         });
-        announcer::spawn(tiers, params, left, peers_tx.clone(), trackers_stop_rx);
+        let more = Arc::default();
+        announcer::spawn(
+            tiers,
+            params,
+            left,
+            peers_tx.clone(),
+            more,
+            trackers_stop_rx,
+        );
     }
     if let Some(dht) = dht {
         crate::dht::spawn_announce_loop(
@@ -101,6 +109,7 @@ pub async fn fetch_info(
             magnet.info_hash.0,
             Some(listen_port),
             peers_tx.clone(),
+            Arc::default(),
             stop_trackers.subscribe(),
         );
     }

@@ -21,6 +21,9 @@ use crate::wire::HandshakeError;
 
 /// Addresses one session remembers (libtorrent keeps 3,000 by default).
 const MAX_KNOWN: usize = 3000;
+/// How long a read starves before trackers and the DHT are asked for peers early (they
+/// still keep to their minimum intervals: `tracker::announcer::EARLY_FLOOR`).
+const ASK_FOR_PEERS_AFTER: Duration = Duration::from_secs(5);
 
 /// What a connection task tells the connector.
 enum Event {
@@ -45,6 +48,7 @@ pub(crate) async fn run(
     // Dials started and not yet admitted or ended: they will need a slot.
     let mut dialling: HashSet<SocketAddr> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut starving_since: Option<Instant> = None;
     loop {
         tokio::select! {
             addrs = discovered.recv() => {
@@ -90,7 +94,15 @@ pub(crate) async fn run(
             }
             _ = tick.tick() => {
                 let now = Instant::now();
-                turn_over(&shared, &mut book, now);
+                let starving = turn_over(&shared, &mut book, now);
+                let since = *starving_since.get_or_insert(now);
+                if !starving {
+                    starving_since = None;
+                } else if now - since >= ASK_FOR_PEERS_AFTER {
+                    // The peers we know cannot serve the read: trackers and the DHT may know
+                    // newer ones (a swarm whose seeders left and others arrived).
+                    shared.want_peers.notify_waiters();
+                }
                 shared.known.send_replace(BookStats::of(&book));
             }
             _ = shared.redial.notified() => {
@@ -104,19 +116,19 @@ pub(crate) async fn run(
 }
 
 /// A read waiting with nobody to serve it revives given-up addresses; with every slot taken,
-/// useless peers make room for addresses we have not tried.
-fn turn_over(shared: &Shared, book: &mut AddressBook, now: Instant) {
+/// useless peers make room for addresses we have not tried. Returns whether a read starves.
+fn turn_over(shared: &Shared, book: &mut AddressBook, now: Instant) -> bool {
     let st = shared.lock();
     let starving = st.starving();
     if starving {
         book.starving(now, super::addrbook::STARVING_MAX_WAIT);
     }
     if st.peers.len() < shared.config.max_peers {
-        return;
+        return starving;
     }
     let due = book.due_count(now);
     if due == 0 {
-        return;
+        return starving;
     }
     let worths = st.peers.worths();
     for id in turnover::victims(&worths, now, due, starving) {
@@ -124,6 +136,7 @@ fn turn_over(shared: &Shared, book: &mut AddressBook, now: Instant) {
         st.peers.send(id, PeerCmd::Drop);
     }
     drop(st);
+    starving
 }
 
 /// Starts dials for what is due, while there is room.

@@ -234,6 +234,7 @@ impl Session {
         let (discovered, discovered_rx) = mpsc::channel(64);
         let (shutdown, _) = watch::channel(false);
         let (announced_tx, announced_stop) = watch::channel(true);
+        let want_peers: Arc<tokio::sync::Notify> = Arc::default();
         let (disk, writer) = opened.map(disk::Disk::new).unzip();
         let shared = Arc::new_cyclic(|weak| Shared {
             peer_id: host.peer_id(),
@@ -247,6 +248,7 @@ impl Session {
                 AnnounceParams::new(torrent.info_hash.0, host.peer_id(), host.port())
                     .listening_on(host.local_addrs()),
                 discovery::tagged(&discovered, PeerSource::Tracker),
+                want_peers.clone(),
                 shutdown.subscribe(),
                 announced_tx,
             ),
@@ -264,6 +266,7 @@ impl Session {
             discovered,
             known: watch::channel(Default::default()).0,
             redial: tokio::sync::Notify::new(),
+            want_peers,
             read_buffers: Default::default(),
             uploads_queued: Default::default(),
             config,
@@ -288,6 +291,7 @@ impl Session {
                     shared.torrent.info_hash.0,
                     Some(shared.listen_port),
                     discovery::tagged(&shared.discovered, PeerSource::Dht),
+                    shared.want_peers.clone(),
                     shared.shutdown.subscribe(),
                 );
             }
@@ -406,6 +410,7 @@ fn spawn_announcer(
     torrent: &Torrent,
     params: AnnounceParams,
     peers: mpsc::Sender<Vec<SocketAddr>>,
+    more: Arc<tokio::sync::Notify>,
     shutdown: watch::Receiver<bool>,
     done: watch::Sender<bool>,
 ) -> watch::Receiver<Vec<TrackerStatus>> {
@@ -427,7 +432,7 @@ fn spawn_announcer(
             left: total,
         },
     });
-    let (handle, status) = announcer::spawn(tiers, params, progress, peers, shutdown);
+    let (handle, status) = announcer::spawn(tiers, params, progress, peers, more, shutdown);
     tokio::spawn(async move {
         let _ = handle.await;
         done.send_replace(true);

@@ -71,6 +71,9 @@ pub(crate) struct Shared {
     /// Wakes the connector to redial known peers now: a read waits and no peer is connected
     /// (seeds drop a peer that looked like a seed, and our cache may have evicted since).
     pub(crate) redial: Notify,
+    /// Wakes the trackers and the DHT to look for peers early: a read starves and every known
+    /// address was tried (they still keep to their own minimum intervals).
+    pub(crate) want_peers: Arc<Notify>,
     /// Block bytes queued for every peer's socket together (bounded, see `peer/upload.rs`).
     pub(crate) uploads_queued: Arc<AtomicUsize>,
     /// Bytes held by the read buffers of all peer connections: bounded per connection by the

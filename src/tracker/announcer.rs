@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::{debug, info, warn};
@@ -85,6 +85,10 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Retry delay after a tier's first failed round; it doubles with each further failure.
 pub const RETRY_FIRST: Duration = Duration::from_secs(10);
 pub const RETRY_MAX: Duration = Duration::from_secs(30 * 60);
+/// While the session wants peers it cannot find (a read starves and every known address was
+/// tried), a tier announces again once its tracker's `min interval` has passed, but never
+/// sooner than this after its last answer.
+pub const EARLY_FLOOR: Duration = Duration::from_secs(60);
 
 /// The trackers' status as the announcer publishes it: one entry per distinct URL, in
 /// announce-list order. Readers `borrow()` a snapshot; the last one stays after the task ends.
@@ -93,14 +97,17 @@ pub type StatusReceiver = watch::Receiver<Vec<TrackerStatus>>;
 /// Starts announcing. `progress` is called at each announce (keep it cheap and
 /// non-blocking). Returns the task and its [`StatusReceiver`]. The task ends when `shutdown`
 /// becomes true (or its sender is dropped), after telling the trackers `stopped`.
+/// `more` wakes the announcer when the session needs peers it cannot find: each tier then
+/// asks again as soon as its tracker allows (see [`EARLY_FLOOR`]).
 pub fn spawn(
     tiers: Vec<Vec<String>>,
     params: AnnounceParams,
     progress: Arc<dyn Fn() -> Progress + Send + Sync>,
     peers_tx: mpsc::Sender<Vec<std::net::SocketAddr>>,
+    more: Arc<Notify>,
     shutdown: watch::Receiver<bool>,
 ) -> (JoinHandle<()>, StatusReceiver) {
-    spawn_inner(tiers, params, progress, peers_tx, shutdown, true)
+    spawn_inner(tiers, params, progress, peers_tx, more, shutdown, true)
 }
 
 /// `shuffle: false` keeps the given order, for tests.
@@ -109,6 +116,7 @@ pub(super) fn spawn_inner(
     params: AnnounceParams,
     progress: Arc<dyn Fn() -> Progress + Send + Sync>,
     peers_tx: mpsc::Sender<Vec<std::net::SocketAddr>>,
+    more: Arc<Notify>,
     shutdown: watch::Receiver<bool>,
     shuffle: bool,
 ) -> (JoinHandle<()>, StatusReceiver) {
@@ -150,6 +158,7 @@ pub(super) fn spawn_inner(
         params,
         progress,
         peers_tx,
+        more,
         status,
         clients,
     });
@@ -160,6 +169,8 @@ struct Ctx {
     params: AnnounceParams,
     progress: Arc<dyn Fn() -> Progress + Send + Sync>,
     peers_tx: mpsc::Sender<Vec<std::net::SocketAddr>>,
+    /// The session wants more peers now.
+    more: Arc<Notify>,
     /// Written only here, by the tier tasks; the session reads it through its receiver.
     status: watch::Sender<Vec<TrackerStatus>>,
     clients: Clients,
@@ -287,11 +298,15 @@ async fn run_tier(
             a = announce_tier(&ctx, &mut trackers, progress, told_complete) => a,
         };
         let now = Instant::now();
-        let next = match answer {
+        // The soonest a wish for more peers may bring the next announce forward to.
+        let mut earliest = None;
+        let mut next = match answer {
             Some(resp) => {
                 failures = 0;
                 told_complete |= progress.left == 0;
-                let next = now + resp.interval.max(resp.min_interval.unwrap_or_default());
+                let min = resp.min_interval.unwrap_or_default();
+                earliest = Some(now + min.max(EARLY_FLOOR));
+                let next = now + resp.interval.max(min);
                 // Only the front tracker is announced to next; the rest are fallbacks.
                 for (i, t) in trackers.iter().enumerate() {
                     ctx.update(t.index, |s| {
@@ -317,12 +332,27 @@ async fn run_tier(
                 next
             }
         };
-        tokio::select! {
-            biased;
-            () = stopping(&mut shutdown) => break,
-            () = sleep_until(next) => {}
+        loop {
+            tokio::select! {
+                biased;
+                () = stopping(&mut shutdown) => return owed(trackers),
+                () = sleep_until(next) => break,
+                () = ctx.more.notified() => {
+                    if let Some(soon) = earliest.filter(|&e| e < next) {
+                        next = soon.max(Instant::now());
+                        if let Some(t) = trackers.first() {
+                            ctx.update(t.index, |s| s.next_announce = Some(next.into_std()));
+                        }
+                    }
+                }
+            }
         }
     }
+    owed(trackers)
+}
+
+/// The trackers that heard `started` and so are owed `stopped`.
+fn owed(mut trackers: Vec<Tracker>) -> Vec<Tracker> {
     trackers.retain(|t| t.started);
     trackers
 }

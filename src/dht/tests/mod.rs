@@ -196,7 +196,8 @@ async fn announce_loop_streams_peers_and_stops_on_shutdown() {
     lookup(&a, info_hash, Some(7000)).await;
     let (tx, mut rx) = mpsc::channel(8);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let task = spawn_announce_loop(b.clone(), info_hash, Some(7001), tx, stop_rx);
+    let more = std::sync::Arc::default();
+    let task = spawn_announce_loop(b.clone(), info_hash, Some(7001), tx, more, stop_rx);
     // a's announce went to b's peer store: b's first lookup starts with it.
     let first = rx.recv().await.unwrap();
     assert_eq!(

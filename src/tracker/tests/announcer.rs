@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use super::{Freeze, within};
 use crate::sync::lock;
 use crate::tracker::announcer::{
-    AnnounceParams, NUM_WANT, Progress, RETRY_MAX, STOP_TIMEOUT, TrackerStatus, retry_delay,
-    spawn_inner,
+    AnnounceParams, EARLY_FLOOR, NUM_WANT, Progress, RETRY_MAX, STOP_TIMEOUT, TrackerStatus,
+    retry_delay, spawn_inner,
 };
 
 /// A scripted HTTP tracker: the test reads each request and decides the answer.
@@ -89,6 +89,8 @@ fn params() -> AnnounceParams {
 
 struct Harness {
     progress: Arc<Mutex<Progress>>,
+    /// The session's wish for more peers.
+    more: Arc<tokio::sync::Notify>,
     peers_rx: mpsc::Receiver<Vec<SocketAddr>>,
     stop: watch::Sender<bool>,
     status: watch::Receiver<Vec<TrackerStatus>>,
@@ -103,16 +105,19 @@ fn start(tiers: Vec<Vec<String>>, left: u64) -> Harness {
     let (peers_tx, peers_rx) = mpsc::channel(4);
     let (stop, stop_rx) = watch::channel(false);
     let p = progress.clone();
+    let more: Arc<tokio::sync::Notify> = Arc::default();
     let (handle, status) = spawn_inner(
         tiers,
         params(),
         Arc::new(move || *lock(&p)),
         peers_tx,
+        more.clone(),
         stop_rx,
         false,
     );
     Harness {
         progress,
+        more,
         peers_rx,
         stop,
         status,
@@ -210,6 +215,52 @@ async fn started_reannounce_completed_and_stopped() {
     reply(s, &ok_body(60, None, b"")).await;
     within(h.handle).await.unwrap();
     assert_eq!(h.status.borrow()[0].next_announce, None);
+}
+
+/// A session that needs peers brings the next announce forward, as far as the tracker's
+/// `min interval` (or, without one, [`EARLY_FLOOR`]) allows, and no further.
+#[tokio::test(start_paused = true)]
+async fn a_wish_for_peers_announces_early_within_the_trackers_minimum() {
+    let _freeze = Freeze::new().await;
+    let tracker = FakeHttp::new().await;
+    let mut h = start(vec![vec![tracker.url.clone()]], 1000);
+    let (_, s) = tracker.next().await;
+    let t0 = Instant::now();
+    reply(s, &ok_body(1800, Some(300), PEER_A)).await;
+    h.peers().await;
+    h.wait_status(|st| st[0].next_announce == at(t0, 1800))
+        .await;
+
+    tokio::time::advance(Duration::from_secs(10)).await;
+    h.more.notify_waiters();
+    h.wait_status(|st| st[0].next_announce == at(t0, 300)).await;
+    tokio::time::advance(Duration::from_secs(289)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(
+        h.status()[0].next_announce,
+        at(t0, 300),
+        "not before the minimum"
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let (q, s) = tracker.next().await;
+    assert!(!q.contains_key("event"), "{q:?}");
+    let t1 = Instant::now();
+    // Without a minimum from the tracker: no sooner than the floor after its answer.
+    reply(s, &ok_body(1800, None, PEER_B)).await;
+    h.peers().await;
+    h.more.notify_waiters();
+    let floor = EARLY_FLOOR.as_secs();
+    h.wait_status(|st| st[0].next_announce == at(t1, floor))
+        .await;
+    tokio::time::advance(EARLY_FLOOR).await;
+    let (_, s) = tracker.next().await;
+    reply(s, &ok_body(1800, None, b"")).await;
+
+    h.stop.send(true).unwrap();
+    let (q, s) = tracker.next().await;
+    assert_eq!(q["event"], "stopped");
+    reply(s, &ok_body(60, None, b"")).await;
+    within(h.handle).await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
