@@ -1,13 +1,14 @@
-"""The ideal client: what a swarm delivers to fresh connections at best, measured on it.
+"""The ideal client: what a swarm delivers at best, measured on it.
 
 A bound computed from the seeders' caps assumes each sends at its cap from the first byte.
 Real seeders do not: a capped libtorrent seeder gives a new connection about half its cap in
 its first second (scripts/seeder_ramp.py). So the thin-swarm bench also measures, on the
 same swarm and just before the clients, a raw client that no real one can beat: it connects
-to every seeder at once, asks for nothing but the blocks of the pieces a read needs, keeps
-QUEUE requests in flight at each, spreads the last blocks over every connection (endgame),
-and verifies nothing. Its time, from the first connect to the last block, is what the swarm
-allows for those pieces, round trips and ramp included.
+to every seeder, waits until each has unchoked it, and only then starts the clock and asks
+for the blocks of the pieces a read needs, QUEUE in flight at each, the last ones spread
+over every connection (endgame); it verifies nothing. Its time, from the first request to
+the last block, is what the swarm allows for those pieces (a client that connected as the
+mount came up, before the read, has no more to wait for).
 """
 
 import socket
@@ -32,6 +33,10 @@ class _Fetch:
         self.finished = threading.Event()
         self.last = None
         self.socks = []
+        self.unchoked = 0
+        self.ready = threading.Event()  # every connection unchoked (or gave up)
+        self.go = threading.Event()  # the clock runs: ask
+        self.waiting = 0  # connections still to unchoke or fail
 
     def take(self, conn):
         """The next block for `conn`: a fresh one, else (endgame) one asked of others only."""
@@ -68,11 +73,22 @@ def _recv_exact(s, n):
     return bytes(b)
 
 
+def _settled(fetch, unchoked):
+    """One connection is unchoked (or failed): when all are, the clock may start."""
+    with fetch.lock:
+        fetch.unchoked += unchoked
+        fetch.waiting -= 1
+        if fetch.waiting == 0:
+            fetch.ready.set()
+
+
 def _connection(addr, info_hash, peer_id, fetch, piece_len, size, errors):
+    settled = False
     try:
         s = socket.create_connection(addr, timeout=TIMEOUT)
     except OSError as e:
         errors.append("%s: %s" % (addr, e))
+        _settled(fetch, 0)
         return
     with fetch.lock:
         fetch.socks.append(s)
@@ -83,6 +99,10 @@ def _connection(addr, info_hash, peer_id, fetch, piece_len, size, errors):
         s.sendall(struct.pack(">IB", 1, 2))  # interested
         choked, in_flight = True, 0
         while not fetch.finished.is_set():
+            if not choked and not settled:
+                settled = True
+                _settled(fetch, 1)
+                fetch.go.wait(TIMEOUT)
             while not choked and in_flight < QUEUE:
                 b = fetch.take(addr)
                 if b is None:
@@ -108,25 +128,33 @@ def _connection(addr, info_hash, peer_id, fetch, piece_len, size, errors):
         if not fetch.finished.is_set():
             errors.append("%s: %s" % (addr, e))
     finally:
+        if not settled:
+            _settled(fetch, 0)
         s.close()
 
 
 def fetch_time(addrs, info_hash, pieces, piece_len, size, peer_id=b"-ID0001-000000000000"):
-    """Seconds from the first connect until every block of `pieces` (in order) arrived over
-    fresh connections to `addrs`; None if it did not finish within TIMEOUT."""
+    """Seconds from the first request (every connection to `addrs` open and unchoked) until
+    every block of `pieces` (in order) arrived; raises if it did not finish within TIMEOUT
+    or a seeder never unchoked."""
     blocks = []
     for p in pieces:
         plen = min(piece_len, size - p * piece_len)
         blocks += [(p, o) for o in range(0, plen, BLOCK)]
     fetch = _Fetch(blocks)
+    fetch.waiting = len(addrs)
     errors = []
-    start = time.monotonic()
     threads = [threading.Thread(target=_connection, daemon=True,
                                 args=(a, info_hash, peer_id[:12] + b"%08d" % i, fetch,
                                       piece_len, size, errors))
                for i, a in enumerate(addrs)]
     for t in threads:
         t.start()
+    fetch.ready.wait(TIMEOUT)
+    if fetch.unchoked < len(addrs):
+        errors.append("only %d of %d seeders unchoked" % (fetch.unchoked, len(addrs)))
+    start = time.monotonic()
+    fetch.go.set()
     fetch.finished.wait(TIMEOUT)
     fetch.finished.set()
     with fetch.lock:
@@ -137,6 +165,6 @@ def fetch_time(addrs, info_hash, pieces, piece_len, size, peer_id=b"-ID0001-0000
                 pass
     for t in threads:
         t.join(5)
-    if fetch.last is None:
+    if fetch.last is None or fetch.unchoked < len(addrs):
         raise RuntimeError("the ideal client did not get its pieces: %s" % "; ".join(errors))
     return fetch.last - start
