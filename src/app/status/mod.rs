@@ -6,7 +6,9 @@
 //!
 //! [`Live`] is the mount's side: it samples the session once a second for the transfer rates
 //! and the said-once warnings ([`crate::app::alerts`]). [`socket`] serves reports and asks for them.
+//! A mount of several torrents reports their sum, with one entry per torrent ([`library`]).
 
+pub mod library;
 mod rate;
 pub mod socket;
 
@@ -20,8 +22,17 @@ use crate::app::alerts::{Alerts, Condition};
 use crate::session::{DiskStats, Session, SourceCount, Stats, WebSeedState, WebSeedStatus};
 use crate::units::format_bytes;
 
+pub use library::{LibraryLive, TorrentReport};
 pub use rate::RateMeter;
 pub use socket::StatusError;
+
+/// What a mount reports (status socket, root attribute, status line): one torrent's [`Live`],
+/// or a library's ([`LibraryLive`]).
+pub trait Reporter: Send + Sync + 'static {
+    /// Once a second: sample the rates, say (once) what went wrong.
+    fn tick(&self);
+    fn report(&self) -> Report;
+}
 
 /// One mount's state, as `btfs status` shows it. Sizes in bytes, rates in bytes/s.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -77,6 +88,10 @@ pub struct Report {
     pub readers: Vec<ReaderReport>,
     /// Problems raised now, in plain words.
     pub warnings: Vec<String>,
+    /// A mount of several torrents: each of them (the fields above are their sums); empty
+    /// for a mount of one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub torrents: Vec<TorrentReport>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +242,7 @@ impl Report {
                 })
                 .collect(),
             warnings: Vec::new(),
+            torrents: Vec::new(),
         }
     }
 
@@ -301,6 +317,7 @@ impl Report {
         for w in &self.warnings {
             line("warning", w);
         }
+        library::torrents_text(&self.torrents, &mut out);
         out
     }
 
@@ -341,11 +358,14 @@ impl Report {
 
     /// A short block for the list of every mount: where, what, the summary, the warnings.
     pub fn to_short(&self) -> String {
+        let hash = match self.info_hash.as_str() {
+            "" => String::new(),
+            h => format!("{h}, "),
+        };
         let mut out = format!(
-            "{}: {} ({}, pid {})\n  {}\n",
+            "{}: {} ({hash}pid {})\n  {}\n",
             self.mountpoint.display(),
             self.name,
-            self.info_hash,
             self.pid,
             self.summary_line()
         );
@@ -406,6 +426,16 @@ impl Live {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         crate::sync::lock(&self.inner)
+    }
+}
+
+impl Reporter for Live {
+    fn tick(&self) {
+        Live::tick(self);
+    }
+
+    fn report(&self) -> Report {
+        Live::report(self)
     }
 }
 
