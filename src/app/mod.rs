@@ -1,8 +1,10 @@
-//! The commands, above the engine: `btfs mount` ([`mount`]), `btfs status` ([`status`]), where a
+//! The commands, above the engine: `btfs mount` ([`mount`]; the FUSE backends over sessions:
+//! [`backend`]), `btfs status` ([`status`]), where a
 //! torrent comes from ([`source`]: a file, a URL, a magnet link) and the problems said once to
 //! the user ([`alerts`]).
 
 pub mod alerts;
+pub mod backend;
 pub mod limits;
 pub mod mount;
 pub mod source;

@@ -7,9 +7,27 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Live, Report, Reporter};
+use super::{Live, Report};
 use crate::session::DiskStats;
 use crate::units::format_bytes;
+
+/// What a mount reports (status socket, root attribute, status line): one torrent's [`Live`],
+/// or a library's ([`LibraryLive`]).
+pub trait Reporter: Send + Sync + 'static {
+    /// Once a second: sample the rates, say (once) what went wrong.
+    fn tick(&self);
+    fn report(&self) -> Report;
+}
+
+impl Reporter for Live {
+    fn tick(&self) {
+        Live::tick(self);
+    }
+
+    fn report(&self) -> Report {
+        Live::report(self)
+    }
+}
 
 /// One torrent of a library mount, as `btfs status` lists it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -22,17 +22,9 @@ use crate::app::alerts::{Alerts, Condition};
 use crate::session::{DiskStats, Session, SourceCount, Stats, WebSeedState, WebSeedStatus};
 use crate::units::format_bytes;
 
-pub use library::{LibraryLive, TorrentReport};
+pub use library::{LibraryLive, Reporter, TorrentReport};
 pub use rate::RateMeter;
 pub use socket::StatusError;
-
-/// What a mount reports (status socket, root attribute, status line): one torrent's [`Live`],
-/// or a library's ([`LibraryLive`]).
-pub trait Reporter: Send + Sync + 'static {
-    /// Once a second: sample the rates, say (once) what went wrong.
-    fn tick(&self);
-    fn report(&self) -> Report;
-}
 
 /// One mount's state, as `btfs status` shows it. Sizes in bytes, rates in bytes/s.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -426,16 +418,6 @@ impl Live {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         crate::sync::lock(&self.inner)
-    }
-}
-
-impl Reporter for Live {
-    fn tick(&self) {
-        Live::tick(self);
-    }
-
-    fn report(&self) -> Report {
-        Live::report(self)
     }
 }
 
