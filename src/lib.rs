@@ -4,6 +4,8 @@
 //! checks there is no import circle)
 //! - [`app`]: the commands above the engine. [`app::mount`]: `btfs mount`, a session behind a
 //!   FUSE mount, signals, the live status line, `--daemon`, the order of shutdown;
+//!   [`app::library`]: several torrents in one mount, a folder and a session each on one
+//!   host; [`app::backend`]: the FUSE backends over sessions;
 //!   [`app::status`]: `btfs status` (`socket`: the per-mount unix socket; `rate`: rates over
 //!   the last seconds); [`app::source`]: a `.torrent` file, URL or magnet link to a torrent;
 //!   [`app::alerts`]: problems said once.

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use btfs::app::library;
 use btfs::app::mount::{self, MountConfig};
 use btfs::app::source::{self, Target};
 use btfs::app::status;
@@ -31,7 +32,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Mount a torrent (a .torrent file, an http(s) URL of one, or a magnet link) at a
-    /// directory; its files appear at once and download as they are read.
+    /// directory; its files appear at once and download as they are read. Several torrents:
+    /// each is a folder under the directory.
     Mount(Box<MountArgs>),
     /// Show what running mounts are doing: peers by source, rates, pieces, cache, trackers,
     /// readers. Without MOUNTPOINT: every mount of this user.
@@ -51,8 +53,11 @@ enum Command {
 
 #[derive(Args)]
 struct MountArgs {
-    /// A .torrent file, an http(s):// URL of one, or a magnet: link.
-    torrent: String,
+    /// A .torrent file, an http(s):// URL of one, or a magnet: link. With several, each
+    /// torrent is a folder named after it; one that cannot be loaded is left out (said on
+    /// stderr) and the others are mounted.
+    #[arg(value_name = "TORRENT", required = true)]
+    torrents: Vec<String>,
     /// An existing, empty directory to mount at.
     mountpoint: PathBuf,
     /// Port for incoming peers, TCP and UDP, on every --bind address (0: any free port).
@@ -65,7 +70,7 @@ struct MountArgs {
     /// Most peers connected at once.
     #[arg(long, default_value_t = 80)]
     max_peers: usize,
-    /// Memory for verified pieces (e.g. 256M, 1G).
+    /// Memory for verified pieces (e.g. 256M, 1G); with several torrents, split between them.
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     cache_size: u64,
     /// Also keep verified pieces on disk here (a subdirectory per torrent), so a remount or a
@@ -185,9 +190,17 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Status { mountpoint, json } => status(mountpoint, json),
         Command::Mount(args) => {
-            let args = *args;
-            let target = Target::parse(&args.torrent)?;
-            let preloaded = target.load_local()?;
+            let mut args = *args;
+            // One source: its files at the top, and a bad one fails at once.
+            let single = match args.torrents.as_slice() {
+                [one] => {
+                    let target = Target::parse(one)?;
+                    let preloaded = target.load_local()?;
+                    Some((target, preloaded))
+                }
+                _ => None,
+            };
+            let sources = std::mem::take(&mut args.torrents);
             mount::check_mountpoint(&args.mountpoint)?;
             if let Some(dir) = &args.cache_dir {
                 btfs::store::disk::check_dir(dir)?;
@@ -245,7 +258,12 @@ fn run(cli: Cli) -> Result<()> {
                 .thread_name("btfs")
                 .build()
                 .context("cannot start the async runtime")?;
-            let result = runtime.block_on(mount::run(target, preloaded, config, ready));
+            let result = match single {
+                Some((target, preloaded)) => {
+                    runtime.block_on(mount::run(target, preloaded, config, ready))
+                }
+                None => runtime.block_on(library::run(sources, config, ready)),
+            };
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
             result.map_err(Into::into)
         }

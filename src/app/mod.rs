@@ -1,8 +1,11 @@
-//! The commands, above the engine: `btfs mount` ([`mount`]), `btfs status` ([`status`]), where a
-//! torrent comes from ([`source`]: a file, a URL, a magnet link) and the problems said once to
-//! the user ([`alerts`]).
+//! The commands, above the engine: `btfs mount` ([`mount`]; several torrents in one mount:
+//! [`library`]; the FUSE backends over sessions: [`backend`]), `btfs status` ([`status`]),
+//! where a torrent comes from ([`source`]: a file, a URL, a magnet link) and the problems said
+//! once to the user ([`alerts`]).
 
 pub mod alerts;
+pub mod backend;
+pub mod library;
 pub mod limits;
 pub mod mount;
 pub mod source;

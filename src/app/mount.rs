@@ -1,6 +1,7 @@
 //! `btfs mount`: a session and a FUSE mount glued together, run until a signal or an external
 //! unmount, then taken down in the order that never leaves a reader hanging: fail pending reads,
-//! unmount, tell the trackers.
+//! unmount, tell the trackers. The steps are public so that a mount of several torrents
+//! (`app::library`) takes the same ones: [`start_net`], sessions, [`serve`].
 
 use std::io::{IsTerminal, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -11,16 +12,17 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::app::backend::{SessionBackend, TorrentFiles};
 use crate::app::limits;
 use crate::app::source::{self, ResolveOptions, SourceError, Target};
-use crate::app::status::Live;
 use crate::app::status::socket::{StatusSocket, canonical_mountpoint};
+use crate::app::status::{Live, Reporter};
 use crate::dht::{Dht, DhtConfig, SavedState};
 use crate::fs::{self, Backend, FileSpec, FsError, InodeTable, MountOptions};
 use crate::metainfo::Torrent;
 use crate::net::Family;
 use crate::net::udp::Protocol;
-use crate::session::{self, Host, HostOptions, ReadError, ReadHandle, Session, SessionError};
+use crate::session::{self, Host, HostOptions, Session, SessionError};
 
 #[derive(Debug, Error)]
 pub enum MountError {
@@ -38,6 +40,8 @@ pub enum MountError {
     Interrupted,
     #[error("cannot start the DHT: {0}")]
     Dht(String),
+    #[error("none of the {0} torrents could be mounted (each is said above)")]
+    NothingToMount(usize),
 }
 
 pub struct MountConfig {
@@ -120,7 +124,7 @@ fn start_lsd(host: &Host) -> Option<crate::lsd::Lsd> {
 }
 
 /// A torrent's `nodes` (BEP 5) join the routing table once the torrent is known.
-async fn add_torrent_nodes(dht: &Dht, torrent: &Torrent) {
+pub async fn add_torrent_nodes(dht: &Dht, torrent: &Torrent) {
     for (host, port) in &torrent.nodes {
         if let Ok(addrs) = tokio::net::lookup_host((host.as_str(), *port)).await {
             for a in addrs {
@@ -135,91 +139,39 @@ pub fn check_mountpoint(path: &Path) -> Result<(), FsError> {
     fs::preflight(path).map(|_| ())
 }
 
-/// Serves FUSE reads from the session: file ids of the table map to torrent file indices
-/// (padding files are hidden, so the two numberings differ).
-struct SessionBackend {
-    session: Session,
-    files: Vec<usize>,
-    live: Arc<Live>,
-    /// `--read-timeout`: fail a read with EIO once no data arrived for this long.
-    read_timeout: Option<Duration>,
+/// Ctrl-C and SIGTERM, listened for from the start so that either ends the mount at any step.
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
 }
 
-impl Backend for SessionBackend {
-    fn open(&self, file: usize) -> u64 {
-        self.session.open_reader(self.files[file]).as_raw()
+impl Signals {
+    pub fn new() -> Result<Signals, MountError> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).map_err(MountError::Signals)?,
+            term: signal(SignalKind::terminate()).map_err(MountError::Signals)?,
+        })
     }
 
-    fn release(&self, handle: u64) {
-        self.session.close_reader(ReadHandle::from_raw(handle));
-    }
-
-    fn read(
-        &self,
-        handle: u64,
-        file: usize,
-        offset: u64,
-        len: u32,
-    ) -> impl std::future::Future<Output = Result<bytes::Bytes, fuser::Errno>> + Send + 'static
-    {
-        let session = self.session.clone();
-        let file = self.files[file];
-        let timeout = self.read_timeout;
-        async move {
-            let read = session.read(ReadHandle::from_raw(handle), file, offset, len);
-            let result = match timeout {
-                None => read.await,
-                Some(limit) => tokio::select! {
-                    r = read => r,
-                    () = no_progress_for(&session, limit) => {
-                        tracing::warn!(
-                            "a read waited {}s with no data arriving: failing it (--read-timeout)",
-                            limit.as_secs()
-                        );
-                        return Err(fuser::Errno::EIO);
-                    }
-                },
-            };
-            result.map_err(|e| match e {
-                ReadError::Shutdown => fuser::Errno::EIO,
-                ReadError::NoSuchFile => fuser::Errno::ENOENT,
-            })
-        }
-    }
-
-    fn status(&self) -> String {
-        self.live.report().to_text()
-    }
-}
-
-/// Resolves once the session has received no data at all for `limit`: a read waiting then
-/// cannot progress (a slow swarm still counts as progress, however long a piece takes).
-async fn no_progress_for(session: &Session, limit: Duration) {
-    let step = (limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
-    let mut last = session.downloaded_bytes();
-    let mut since = tokio::time::Instant::now();
-    loop {
-        tokio::time::sleep(step).await;
-        let now = session.downloaded_bytes();
-        if now != last {
-            last = now;
-            since = tokio::time::Instant::now();
-        } else if since.elapsed() >= limit {
-            return;
+    /// Resolves at the next Ctrl-C or SIGTERM.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
         }
     }
 }
 
-/// Mounts, then serves until Ctrl-C, SIGTERM or an external `fusermount3 -u`. `preloaded` is
-/// the torrent when the target was a local file (already read to fail early).
-pub async fn run(
-    target: Target,
-    preloaded: Option<Torrent>,
-    mut config: MountConfig,
-    ready: Option<Daemon>,
-) -> Result<(), MountError> {
-    let mut sigint = signal(SignalKind::interrupt()).map_err(MountError::Signals)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(MountError::Signals)?;
+/// What the torrents of a process share: the listening ports and the DHT node (and the LSD
+/// task, set into `config.session.lsd`).
+pub struct Net {
+    pub host: Host,
+    pub dht: Option<Dht>,
+}
+
+/// Raises the descriptor limit (fewer peers if it stays low), binds the ports, starts the DHT
+/// and local service discovery.
+pub async fn start_net(config: &mut MountConfig) -> Result<Net, MountError> {
     let fds = limits::budget(limits::raise_fd_limit(), config.session.max_peers);
     if fds.peers < config.session.max_peers {
         tracing::warn!(
@@ -245,63 +197,122 @@ pub async fn run(
     if config.lsd {
         config.session.lsd = start_lsd(&host);
     }
+    Ok(Net { host, dht })
+}
+
+/// How a URL or magnet link is turned into a torrent in this mount; `progress`: draw the
+/// magnet fetch's progress line (one fetch at a time only).
+pub fn resolve_options(config: &MountConfig, net: &Net, progress: bool) -> ResolveOptions {
+    ResolveOptions {
+        peers: config.session.peers.clone(),
+        listen_port: net.host.port(),
+        metadata_timeout: config.metadata_timeout,
+        cache_dir: config.metadata_cache.clone(),
+        dht: net.dht.clone(),
+        utp: net.host.utp(),
+        progress,
+    }
+}
+
+/// Mounts, then serves until Ctrl-C, SIGTERM or an external `fusermount3 -u`. `preloaded` is
+/// the torrent when the target was a local file (already read to fail early).
+pub async fn run(
+    target: Target,
+    preloaded: Option<Torrent>,
+    mut config: MountConfig,
+    ready: Option<Daemon>,
+) -> Result<(), MountError> {
+    let mut signals = Signals::new()?;
+    let net = start_net(&mut config).await?;
     let torrent = match preloaded {
         Some(t) => t,
         None => {
-            let opts = ResolveOptions {
-                peers: config.session.peers.clone(),
-                listen_port: host.port(),
-                metadata_timeout: config.metadata_timeout,
-                cache_dir: config.metadata_cache.clone(),
-                dht: dht.clone(),
-                utp: host.utp(),
-            };
+            let opts = resolve_options(&config, &net, true);
             let (_never, interrupt) = tokio::sync::watch::channel(false);
             let (torrent, peers) = tokio::select! {
                 r = source::resolve(&target, &opts, interrupt) => r?,
-                _ = sigint.recv() => return Err(MountError::Interrupted),
-                _ = sigterm.recv() => return Err(MountError::Interrupted),
+                () = signals.recv() => return Err(MountError::Interrupted),
             };
             config.session.peers.extend(peers);
             torrent
         }
     };
-    if let Some(d) = &dht {
+    if let Some(d) = &net.dht {
         add_torrent_nodes(d, &torrent).await;
     }
-    config.session.dht = dht.clone();
-    let (specs, files): (Vec<FileSpec>, Vec<usize>) = torrent
-        .info
-        .files
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| !f.padding)
-        .map(|(i, f)| {
-            (
-                FileSpec {
-                    path: f.path.clone(),
-                    length: f.length,
-                },
-                i,
-            )
+    config.session.dht = net.dht.clone();
+    let specs: Vec<FileSpec> = (torrent.info.files.iter())
+        .filter(|f| !f.padding)
+        .map(|f| FileSpec {
+            path: f.path.clone(),
+            length: f.length,
         })
-        .unzip();
+        .collect();
     let table = InodeTable::new(&specs)?;
 
     let name = torrent.info.name.clone();
-    let time = torrent
-        .creation_date
-        .and_then(|d| u64::try_from(d).ok())
-        .map(|d| std::time::UNIX_EPOCH + Duration::from_secs(d));
-    let session = Session::start(Arc::new(torrent), config.session, &host).await?;
-    let mut opts = MountOptions::new(format!("btfs:{name}"));
+    let time = creation_time(&torrent);
+    let session = Session::start(Arc::new(torrent), config.session.clone(), &net.host).await?;
+    let canonical = canonical_mountpoint(&config.mountpoint).unwrap_or(config.mountpoint.clone());
+    let live = Arc::new(Live::new(session.clone(), canonical));
+    let backend = Arc::new(SessionBackend {
+        torrent: TorrentFiles::visible(session.clone(), config.read_timeout),
+        live: live.clone(),
+    });
+    let served = Served {
+        sessions: vec![session],
+        backend,
+        table,
+        live,
+        fsname: format!("btfs:{name}"),
+        time,
+    };
+    serve(&config, net, signals, served, ready).await
+}
+
+/// A torrent's creation date, shown as every file's time.
+pub fn creation_time(torrent: &Torrent) -> Option<std::time::SystemTime> {
+    let secs = u64::try_from(torrent.creation_date?).ok()?;
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// What a mount serves, its sessions started: the tree, the backend reading from them, and
+/// what reports on them.
+pub struct Served<B, R> {
+    pub sessions: Vec<Session>,
+    pub backend: Arc<B>,
+    pub table: InodeTable,
+    pub live: Arc<R>,
+    /// Shown by `mount` and `df`.
+    pub fsname: String,
+    /// Every inode's time; `None`: now.
+    pub time: Option<std::time::SystemTime>,
+}
+
+/// Mounts `served` and serves until Ctrl-C, SIGTERM or an external unmount, then takes it down
+/// in the order that leaves no reader hanging.
+pub async fn serve<B: Backend, R: Reporter>(
+    config: &MountConfig,
+    net: Net,
+    mut signals: Signals,
+    served: Served<B, R>,
+    ready: Option<Daemon>,
+) -> Result<(), MountError> {
+    let Served {
+        sessions,
+        backend,
+        table,
+        live,
+        fsname,
+        time,
+    } = served;
+    let mut opts = MountOptions::new(fsname);
     opts.allow_other = config.allow_other;
     if let Some(t) = time {
         opts.owner.time = t;
     }
     // The status socket exists before the mount appears, so whoever sees the mount can ask it.
     let canonical = canonical_mountpoint(&config.mountpoint).unwrap_or(config.mountpoint.clone());
-    let live = Arc::new(Live::new(session.clone(), canonical.clone()));
     let (status_stop, status_stopped) = tokio::sync::watch::channel(false);
     let _status_socket = match StatusSocket::bind(&canonical) {
         Ok(mut socket) => {
@@ -313,12 +324,6 @@ pub async fn run(
             None
         }
     };
-    let backend = Arc::new(SessionBackend {
-        session: session.clone(),
-        files,
-        live: live.clone(),
-        read_timeout: config.read_timeout,
-    });
     let rt = tokio::runtime::Handle::current();
     let mountpoint = config.mountpoint.clone();
     let mounted =
@@ -328,12 +333,12 @@ pub async fn run(
     let mounted = match mounted {
         Ok(m) => m,
         Err(e) => {
-            session.shutdown().await;
+            shutdown_all(&sessions).await;
             return Err(e.into());
         }
     };
     tracing::info!(
-        port = session.listen_port(),
+        port = net.host.port(),
         "ready: {}",
         config.mountpoint.display()
     );
@@ -346,8 +351,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            () = signals.recv() => break,
             _ = ended.wait_for(|e| *e) => {
                 tracing::info!("unmounted from outside");
                 break;
@@ -371,23 +375,35 @@ pub async fn run(
     }
     // Blocked reads fail first, so no open file keeps the mount busy; then unmount; then the
     // trackers hear `stopped` (bounded wait).
-    session.stop();
+    for s in &sessions {
+        s.stop();
+    }
     status_stop.send_replace(true);
     let unmounted = tokio::task::spawn_blocking(move || mounted.unmount())
         .await
         .expect("unmount task panicked");
-    session.shutdown().await;
-    if let (Some(d), Some(settings)) = (&dht, &config.dht)
+    shutdown_all(&sessions).await;
+    if let (Some(d), Some(settings)) = (&net.dht, &config.dht)
         && let Some(path) = &settings.state_file
         && let Err(e) = SavedState::of(d).save(path)
     {
         tracing::warn!("cannot save the DHT table: {e}");
     }
-    if let Some(d) = &dht {
+    if let Some(d) = &net.dht {
         d.shutdown();
     }
     unmounted?;
     Ok(())
+}
+
+/// Every session's `shutdown` at once (each bounded in time).
+pub async fn shutdown_all(sessions: &[Session]) {
+    let mut all = tokio::task::JoinSet::new();
+    for s in sessions {
+        let s = s.clone();
+        all.spawn(async move { s.shutdown().await });
+    }
+    while all.join_next().await.is_some() {}
 }
 
 /// The live status line on stderr, redrawn in place.

@@ -65,6 +65,9 @@ pub struct ResolveOptions {
     pub dht: Option<crate::dht::Dht>,
     /// Reaches peers that speak only uTP.
     pub utp: Option<crate::net::utp::Utp>,
+    /// Draw a magnet fetch's progress on stderr when it is a terminal (not when several
+    /// sources resolve at once: their lines would overwrite each other).
+    pub progress: bool,
 }
 
 /// The torrent behind `target`, plus peers already found (magnets).
@@ -88,7 +91,7 @@ pub async fn resolve(
                 tracing::info!("metadata from cache: {}", path.display());
                 return Ok((m.add_hints_to(t), Vec::new()));
             }
-            let tty = std::io::stderr().is_terminal();
+            let tty = opts.progress && std::io::stderr().is_terminal();
             let (info, peers) = fetch_info(
                 m,
                 &opts.peers,

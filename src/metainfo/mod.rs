@@ -9,7 +9,7 @@
 //! Everything in a torrent file is hostile input: bad values give a [`MetainfoError`] naming what
 //! failed, file names are made safe in `paths`, and nothing here panics on any input.
 
-mod paths;
+pub mod paths;
 mod summary;
 
 use std::collections::HashSet;

@@ -6,7 +6,9 @@
 //!
 //! [`Live`] is the mount's side: it samples the session once a second for the transfer rates
 //! and the said-once warnings ([`crate::app::alerts`]). [`socket`] serves reports and asks for them.
+//! A mount of several torrents reports their sum, with one entry per torrent ([`library`]).
 
+pub mod library;
 mod rate;
 pub mod socket;
 
@@ -20,6 +22,7 @@ use crate::app::alerts::{Alerts, Condition};
 use crate::session::{DiskStats, Session, SourceCount, Stats, WebSeedState, WebSeedStatus};
 use crate::units::format_bytes;
 
+pub use library::{LibraryLive, Reporter, TorrentReport};
 pub use rate::RateMeter;
 pub use socket::StatusError;
 
@@ -77,6 +80,10 @@ pub struct Report {
     pub readers: Vec<ReaderReport>,
     /// Problems raised now, in plain words.
     pub warnings: Vec<String>,
+    /// A mount of several torrents: each of them (the fields above are their sums); empty
+    /// for a mount of one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub torrents: Vec<TorrentReport>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +234,7 @@ impl Report {
                 })
                 .collect(),
             warnings: Vec::new(),
+            torrents: Vec::new(),
         }
     }
 
@@ -301,6 +309,7 @@ impl Report {
         for w in &self.warnings {
             line("warning", w);
         }
+        library::torrents_text(&self.torrents, &mut out);
         out
     }
 
@@ -341,11 +350,14 @@ impl Report {
 
     /// A short block for the list of every mount: where, what, the summary, the warnings.
     pub fn to_short(&self) -> String {
+        let hash = match self.info_hash.as_str() {
+            "" => String::new(),
+            h => format!("{h}, "),
+        };
         let mut out = format!(
-            "{}: {} ({}, pid {})\n  {}\n",
+            "{}: {} ({hash}pid {})\n  {}\n",
             self.mountpoint.display(),
             self.name,
-            self.info_hash,
             self.pid,
             self.summary_line()
         );

@@ -20,7 +20,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
-use super::{Live, Report};
+use super::{Report, Reporter};
 
 /// How long `btfs status` waits for a mount's answer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -179,7 +179,7 @@ impl StatusSocket {
 
     /// Answers every connection with a report until `shutdown` turns true. The socket file
     /// stays until this `StatusSocket` is dropped.
-    pub fn serve(&mut self, live: Arc<Live>, mut shutdown: watch::Receiver<bool>) {
+    pub fn serve<R: Reporter>(&mut self, live: Arc<R>, mut shutdown: watch::Receiver<bool>) {
         let Some(listener) = self.listener.take() else {
             return;
         };
