@@ -69,12 +69,8 @@ impl UtpTransport {
         let (mut closed, mut last_error) = (0, None);
         for i in 0..n {
             let (_, channel) = &self.channels[(start + i) % n];
-            match channel.poll_recv(cx) {
-                Poll::Ready(Ok(d)) => {
-                    let len = d.data.len().min(buf.len());
-                    buf[..len].copy_from_slice(&d.data[..len]);
-                    return Poll::Ready(Ok((len, d.from)));
-                }
+            match channel.poll_recv_from(cx, buf) {
+                Poll::Ready(Ok(got)) => return Poll::Ready(Ok(got)),
                 Poll::Ready(Err(e)) => {
                     closed += 1;
                     last_error = Some(e);
@@ -187,7 +183,7 @@ impl Utp {
                 continue;
             }
             local.get_or_insert(at);
-            channels.push((family, port.channel(Protocol::Utp)));
+            channels.push((family, port.reader(Protocol::Utp)));
         }
         channels.sort_by_key(|(f, _)| *f);
         let Some(local) = local else {
