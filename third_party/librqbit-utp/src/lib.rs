@@ -6,7 +6,7 @@
 //
 // rfc8985 (draft, 2021) - RACK algorithm
 
-// TODO: LEDBAT congestion control
+// LEDBAT congestion control (RFC 6817): src/congestion/ledbat.rs, the default.
 
 #[macro_use]
 mod macros;

@@ -50,6 +50,8 @@ type StreamRecvKey = (SocketAddr, ConnectionId);
 pub enum CongestionControllerKind {
     #[default]
     Cubic,
+    /// LEDBAT (RFC 6817), as BEP 29 asks of uTP: yields to other traffic by queuing delay.
+    Ledbat,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -61,9 +63,15 @@ pub struct CongestionConfig {
 impl CongestionConfig {
     pub(crate) fn create(&self, now: Instant, rmss: usize) -> Box<dyn CongestionController> {
         use crate::congestion::cubic::Cubic;
+        use crate::congestion::ledbat::Ledbat;
         use crate::congestion::tracing::TracingController;
 
         match (self.kind, self.tracing) {
+            (CongestionControllerKind::Ledbat, true) => {
+                tracing::debug!("enabling congestion tracing");
+                Box::new(TracingController::new(Ledbat::new(rmss)))
+            }
+            (CongestionControllerKind::Ledbat, false) => Box::new(Ledbat::new(rmss)),
             (CongestionControllerKind::Cubic, true) => {
                 tracing::debug!("enabling congestion tracing");
                 Box::new(TracingController::new(Cubic::new(now, rmss)))

@@ -1197,6 +1197,10 @@ impl<T: Transport, Env: UtpEnvironment> VirtualSocket<T, Env> {
         }
         self.congestion_controller
             .set_remote_window(msg.header.wnd_size as usize);
+        self.congestion_controller.on_delay_sample(
+            self.this_poll.now,
+            msg.header.timestamp_difference_microseconds,
+        );
         self.congestion_controller.on_ack(
             self.this_poll.now,
             result.on_ack_result.acked_bytes,

@@ -1,4 +1,5 @@
 pub mod cubic;
+pub mod ledbat;
 pub mod tracing;
 
 use std::time::Instant;
@@ -28,4 +29,9 @@ pub trait CongestionController: Send + Sync + core::fmt::Debug {
     fn on_enter_recovery(&mut self, now: Instant);
 
     fn set_remote_window(&mut self, win: usize);
+
+    /// The one-way delay the peer measured on the last packet of ours it received
+    /// (`timestamp_difference_microseconds`, offset by the two clocks' difference; 0 when
+    /// it had none). Called before `on_ack` for each packet that carries one.
+    fn on_delay_sample(&mut self, now: Instant, their_delay_us: u32) {}
 }
