@@ -80,7 +80,8 @@
 //! ```
 //! # Locks
 //! Each session has one state lock (`Shared::state`), held for short synchronous steps and
-//! never across an `.await`; no other lock is taken while it is held. The other mutexes are
+//! never across an `.await`; no other lock is taken while it is held but the memory pool's, a
+//! leaf (the budget the sessions of a library share). The other mutexes are
 //! leaves listed at `session/shared.rs`. Every `std::sync::Mutex` is taken with [`sync::lock`].
 //!
 //! # Tests

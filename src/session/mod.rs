@@ -39,6 +39,7 @@ mod encryption;
 mod host;
 mod listen;
 mod media;
+mod memory;
 mod peer;
 mod peers;
 mod read;
@@ -87,6 +88,9 @@ pub struct Config {
     pub max_peers: usize,
     /// Byte budget of the in-memory piece store.
     pub cache_bytes: u64,
+    /// A memory budget shared with other sessions (a library's torrents), least recently
+    /// used across them; `None`: a budget of `cache_bytes` of the session's own.
+    pub memory: Option<crate::store::MemoryPool>,
     /// Extra peers to connect to at start (besides trackers).
     pub peers: Vec<SocketAddr>,
     /// Pieces fetched ahead of a sequential reader at first, and at least; the window grows
@@ -122,6 +126,7 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 6881)),
             max_peers: 80,
             cache_bytes: 256 * 1024 * 1024,
+            memory: None,
             peers: Vec::new(),
             readahead_bytes: 4 * 1024 * 1024,
             max_readahead_bytes: 64 * 1024 * 1024,
@@ -221,12 +226,12 @@ impl Session {
         let files = (torrent.info.files.iter())
             .map(|f| geometry.pieces_in(f.offset, f.length))
             .collect();
-        let mut state = State::new(
-            geometry.clone(),
-            config.cache_bytes,
-            config.background,
-            files,
-        );
+        let memory = match &config.memory {
+            Some(pool) => crate::store::Store::join(pool),
+            None => crate::store::Store::new(config.cache_bytes),
+        };
+        let evictions = memory.evictions();
+        let mut state = State::new(geometry.clone(), memory, config.background, files);
         if let Some(o) = &opened {
             state.found_on_disk(o.pieces.iter().copied());
         }
@@ -276,6 +281,7 @@ impl Session {
         }
         tokio::spawn(connect::run(shared.clone(), discovered_rx, incoming));
         tokio::spawn(tick(shared.clone()));
+        tokio::spawn(memory::take_evictions(shared.clone(), evictions));
         webseed::spawn_all(&shared);
         if !shared.config.peers.is_empty() {
             let _ = shared

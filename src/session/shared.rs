@@ -3,8 +3,11 @@
 //!
 //! # Locks
 //! - `Shared::state` is the session's one state lock. It is held for short synchronous steps,
-//!   never across an `.await`, and **no other lock of btfs is taken while it is held**: the
-//!   other locks are leaves, each taken alone.
+//!   never across an `.await`, and **no other lock of btfs is taken while it is held**, but
+//!   one: the memory pool's (`store::pool`), a leaf under it. The other locks are leaves,
+//!   each taken alone. No session ever takes another session's state lock: the pool evicts
+//!   another torrent's pieces by itself and that session takes the news under its own lock
+//!   (`memory.rs`).
 //! - The leaves: the disk store (`disk.rs`, locked only on the blocking pool), the host's
 //!   routes (`host.rs`), each rate limit's bucket (`ratelimit.rs`, a tokio mutex held while a
 //!   task waits for its tokens: the wait is the point), the DHT node's state (`dht/`), the UDP
