@@ -385,7 +385,10 @@ impl Session {
         let s = &self.shared;
         s.shutdown.send_replace(true);
         // Under the lock peers are admitted with: none slips in after this.
-        s.lock().peers.broadcast(|| peers::PeerCmd::Disconnect);
+        let mut st = s.lock();
+        st.peers.broadcast(|| peers::PeerCmd::Disconnect);
+        // Its memory goes to the torrents sharing the budget.
+        st.residency.release_memory();
     }
 
     /// `stop`, then tells trackers we stopped and finishes queued disk-cache writes, each

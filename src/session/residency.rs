@@ -69,6 +69,11 @@ impl Residency {
             .collect()
     }
 
+    /// The session stopped: memory holds nothing of it any more, nor will (disk stays).
+    pub(crate) fn release_memory(&mut self) {
+        self.memory.release();
+    }
+
     /// What this torrent's readers want (piece ranges), kept from other torrents' evictions.
     pub(crate) fn protect(&mut self, ranges: Vec<std::ops::Range<u32>>) {
         self.memory.protect(ranges);

@@ -185,10 +185,17 @@ impl Store {
     }
 }
 
-impl Drop for Store {
-    /// Its pieces leave the pool: the bytes go to the other stores.
-    fn drop(&mut self) {
+impl Store {
+    /// Leaves the pool for good (its torrent stopped): its pieces go, their bytes to the other
+    /// stores, and nothing is stored again.
+    pub fn release(&mut self) {
         self.pool.lock().leave(self.id, self.held.drain());
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -358,6 +365,33 @@ mod tests {
         assert_eq!(s.used_bytes(), 2 * PIECE);
         let r = s.insert(idx(2), data(2), false, none);
         assert_eq!(r.evicted, vec![idx(1)]);
+    }
+
+    #[test]
+    fn another_stores_eviction_frees_bytes_at_once_and_is_taken_once() {
+        let pool = MemoryPool::new(2 * PIECE);
+        let mut a = Store::join(&pool);
+        let mut b = Store::join(&pool);
+        a.insert(idx(0), data(0), false, none);
+        b.insert(idx(0), data(0), false, none);
+        b.insert(idx(1), data(1), false, none);
+        // a's piece was the oldest: its bytes are gone, a still counts it held until told.
+        assert_eq!((a.used_bytes(), b.used_bytes()), (0, 2 * PIECE));
+        assert!(a.get(idx(0)).is_none() && a.peek(idx(0)).is_none());
+        assert!(a.contains(idx(0)));
+        assert_eq!(a.take_evicted(), vec![idx(0)]);
+        assert!(!a.contains(idx(0)) && a.is_empty());
+        // b's reader protects piece 1: a's insert takes b's piece 0 only.
+        b.protect(vec![1..2]);
+        let r = a.insert(idx(5), data(5), false, none);
+        assert_eq!(r.evicted, vec![]);
+        assert_eq!(b.take_evicted(), vec![idx(0)]);
+        // A stopped store frees its bytes and stores nothing more.
+        b.release();
+        assert_eq!(pool.used(), PIECE);
+        assert!(!b.insert(idx(2), data(2), false, none).stored);
+        drop(b);
+        assert_eq!(pool.used(), PIECE);
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod fast;
 mod late;
 mod liars;
 mod media;
+mod pool;
 mod scale;
 mod stalls;
 mod streaming;
