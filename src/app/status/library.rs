@@ -174,7 +174,8 @@ fn sum(mountpoint: PathBuf, parts: Vec<(String, Report)>, left_out: &[String]) -
         out.verified_bytes += r.verified_bytes;
         out.total_bytes += r.total_bytes;
         out.cache_used_bytes += r.cache_used_bytes;
-        out.cache_budget_bytes += r.cache_budget_bytes;
+        // One memory budget, shared by every torrent (`store::pool`): each reports it whole.
+        out.cache_budget_bytes = out.cache_budget_bytes.max(r.cache_budget_bytes);
         out.hash_failures += r.hash_failures;
         out.refused_plaintext += r.refused_plaintext;
         out.banned_peers += r.banned_peers;
@@ -305,7 +306,9 @@ mod tests {
         assert_eq!((r.peers, r.known_peers), (3, 5));
         assert_eq!(r.peer_sources[0].connected, 3);
         assert_eq!((r.verified_pieces, r.total_pieces), (3, 14));
-        assert_eq!((r.download_rate, r.cache_budget_bytes), (200, 100));
+        // Rates add up; the memory budget is one, shared.
+        assert_eq!((r.download_rate, r.cache_budget_bytes), (200, 50));
+        assert_eq!(r.cache_used_bytes, 10);
         assert_eq!(r.dht_nodes, Some(7), "one DHT node, counted once");
         assert_eq!(r.info_hash, "");
         assert_eq!(r.readers[1].path, "a (2)/sub/a.bin");
