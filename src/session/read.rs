@@ -122,6 +122,7 @@ impl Session {
         offset: u64,
         len: u32,
     ) -> Result<Bytes, ReadError> {
+        self.read_starts();
         let s = &self.shared;
         let f = s
             .torrent

@@ -47,6 +47,8 @@ pub(crate) struct State {
     pub(crate) assembling: Assembling,
     pub(crate) readers: Readers,
     pub(crate) web_seeds: WebSeeds,
+    /// Asleep (`idle.rs`): no peers admitted, no background fetching.
+    pub(crate) asleep: bool,
 }
 
 impl State {
@@ -71,6 +73,7 @@ impl State {
             assembling: Assembling::default(),
             readers: Readers::default(),
             web_seeds: WebSeeds::default(),
+            asleep: false,
         }
     }
 
@@ -318,6 +321,7 @@ impl State {
         // Pieces being assembled hold memory already (reserved in the store); two more fit.
         let room = 2 * u64::from(self.picker.geometry().piece_length());
         let enabled = self.readers.started()
+            && !self.asleep
             && self.scope != Scope::Off
             && self.residency.memory_has_room_for(room);
         self.picker.set_background(enabled);

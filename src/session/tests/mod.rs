@@ -7,6 +7,7 @@ mod crowd;
 mod disk;
 mod fake_peer;
 mod fast;
+mod idle;
 mod late;
 mod liars;
 mod media;
