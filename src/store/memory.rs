@@ -382,7 +382,7 @@ mod tests {
         assert_eq!(a.take_evicted(), vec![idx(0)]);
         assert!(!a.contains(idx(0)) && a.is_empty());
         // b's reader protects piece 1: a's insert takes b's piece 0 only.
-        b.protect(vec![1..2]);
+        b.protect(std::iter::once(1..2).collect());
         let r = a.insert(idx(5), data(5), false, none);
         assert_eq!(r.evicted, vec![]);
         assert_eq!(b.take_evicted(), vec![idx(0)]);

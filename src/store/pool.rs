@@ -366,7 +366,7 @@ mod tests {
         let (mut b, x, y, _) = two(3 * PIECE);
         b.insert(y, idx(0), data(), false, none);
         b.insert(y, idx(1), data(), false, none);
-        b.protect(y, vec![0..2]);
+        b.protect(y, std::iter::once(0..2).collect());
         b.insert(x, idx(0), data(), false, none);
         // Only x's own piece is evictable; background data is refused rather than take y's.
         let r = b.insert(x, idx(1), data(), false, |q| q == idx(0));
@@ -448,8 +448,11 @@ mod tests {
                 match rng.random_range(0..5) {
                     0 => {
                         let start = rng.random_range(0..8);
-                        let ranges = vec![start..start + rng.random_range(0..3)];
-                        b.protect(m, ranges.into_iter().filter(|r| !r.is_empty()).collect());
+                        let range = start..start + rng.random_range(0..3);
+                        b.protect(
+                            m,
+                            std::iter::once(range).filter(|r| !r.is_empty()).collect(),
+                        );
                     }
                     1 => b.set_reserved(m, rng.random_range(0..2) * PIECE / 2),
                     _ => {
