@@ -112,6 +112,8 @@ pub(super) struct Books {
     pieces: LruCache<(MemberId, PieceIndex), Bytes>,
     used: u64,
     reserved: u64,
+    /// Open readers of every member.
+    readers: usize,
     members: HashMap<MemberId, Book>,
     next: u64,
 }
@@ -123,6 +125,7 @@ impl Books {
             pieces: LruCache::unbounded(),
             used: 0,
             reserved: 0,
+            readers: 0,
             members: HashMap::new(),
             next: 0,
         }
@@ -157,6 +160,7 @@ impl Books {
         }
         if let Some(book) = self.members.remove(&m) {
             self.reserved -= book.reserved;
+            self.readers -= book.readers;
         }
     }
 
@@ -187,13 +191,14 @@ impl Books {
 
     pub(super) fn set_readers(&mut self, m: MemberId, n: usize) {
         if let Some(book) = self.members.get_mut(&m) {
+            self.readers = self.readers - book.readers + n;
             book.readers = n;
         }
     }
 
     /// Open readers of every member.
     pub(super) fn readers(&self) -> usize {
-        self.members.values().map(|b| b.readers).sum()
+        self.readers
     }
 
     /// Whether `bytes` more fit without evicting anything.
@@ -297,6 +302,8 @@ impl Books {
         }
         let reserved: u64 = self.members.values().map(|b| b.reserved).sum();
         assert_eq!(reserved, self.reserved);
+        let readers: usize = self.members.values().map(|b| b.readers).sum();
+        assert_eq!(readers, self.readers);
     }
 }
 
@@ -401,7 +408,11 @@ mod tests {
         b.insert(x, idx(0), data(), false, none);
         let r = b.insert(x, idx(1), data(), false, none);
         assert_eq!(r.own, [idx(0)]);
+        b.set_readers(x, 1);
+        b.set_readers(y, 2);
+        assert_eq!(b.readers(), 3, "every member's readers count");
         b.leave(y, []);
+        assert_eq!(b.readers(), 1);
         assert!(b.has_room_for(2 * PIECE));
         b.check();
     }
@@ -454,7 +465,10 @@ mod tests {
                             std::iter::once(range).filter(|r| !r.is_empty()).collect(),
                         );
                     }
-                    1 => b.set_reserved(m, rng.random_range(0..2) * PIECE / 2),
+                    1 => {
+                        b.set_reserved(m, rng.random_range(0..2) * PIECE / 2);
+                        b.set_readers(m, rng.random_range(0..3));
+                    }
                     _ => {
                         let p = idx(rng.random_range(0..10));
                         let must_keep = rng.random_bool(0.1);
