@@ -172,16 +172,19 @@ fn leave_out(left_out: &mut Vec<String>, source: &str, e: &dyn std::fmt::Display
     left_out.push(format!("not mounted: {source}: {e}"));
 }
 
-/// Each torrent's share of the process's budgets: `--cache-size`, `--max-peers` (already cut
-/// to what the descriptor limit allows) and the rate caps are totals for the process, split
-/// evenly between the `n` torrents, so the process stays within them however many there are
-/// (a torrent gets at least one peer and one byte per second). Until budgets are shared least
-/// recently used across torrents, an idle torrent's share is not lent to a busy one.
-/// `--disk-cache-size` is per torrent already (its own subdirectory of `--cache-dir`).
+/// Each torrent's share of the process's budgets: `--cache-size` is one memory pool every
+/// torrent's pieces share, least recently used across torrents (a torrent's readers' windows
+/// kept from the others); `--max-peers` (already cut to what the descriptor limit allows) and
+/// the rate caps are totals for the process, split evenly between the `n` torrents, so the
+/// process stays within them however many there are (a torrent gets at least one peer and one
+/// byte per second). `--disk-cache-size` is per torrent already (its own subdirectory of
+/// `--cache-dir`).
 pub fn split_budgets(config: &session::Config, n: usize) -> session::Config {
     let n64 = n.max(1) as u64;
     let mut share = config.clone();
-    share.cache_bytes = config.cache_bytes / n64;
+    if share.memory.is_none() {
+        share.memory = Some(crate::store::MemoryPool::new(config.cache_bytes));
+    }
     share.max_peers = (config.max_peers / n.max(1)).max(1);
     share.max_download_rate = config.max_download_rate.map(|r| (r / n64).max(1));
     share.max_upload_rate = config.max_upload_rate.map(|r| (r / n64).max(1));
@@ -335,7 +338,7 @@ mod tests {
     }
 
     #[test]
-    fn budgets_are_split_never_given_whole_to_each() {
+    fn budgets_are_split_or_shared_never_given_whole_to_each() {
         let total = session::Config {
             cache_bytes: 300,
             max_peers: 80,
@@ -344,12 +347,25 @@ mod tests {
             ..session::Config::default()
         };
         let share = split_budgets(&total, 3);
-        assert_eq!(share.cache_bytes, 100);
+        // One pool of the whole budget, shared: a clone of the share is the same pool.
+        let pool = share.memory.clone().expect("a shared memory pool");
+        assert_eq!(pool.budget(), 300);
+        let other = share.clone().memory.unwrap();
+        let mut a = crate::store::Store::join(&pool);
+        let b = crate::store::Store::join(&other);
+        let p = crate::piece::Geometry::new(100, 1000)
+            .unwrap()
+            .piece(0)
+            .unwrap();
+        a.insert(p, bytes::Bytes::from(vec![0; 200]), false, |_| false);
+        assert!(
+            b.has_room_for(100) && !b.has_room_for(101),
+            "one budget for both"
+        );
         assert_eq!(share.max_peers, 26);
         assert_eq!(share.max_download_rate, Some(333));
         assert_eq!(share.max_upload_rate, None);
         let many = split_budgets(&total, 1000);
         assert_eq!((many.max_peers, many.max_download_rate), (1, Some(1)));
-        assert_eq!(split_budgets(&total, 1).cache_bytes, 300);
     }
 }
