@@ -106,9 +106,14 @@ struct MountArgs {
     #[arg(long, default_value = "open-files", value_name = "POLICY", value_parser = background_policy())]
     background: session::Background,
     /// A torrent with no read for this long sleeps: no peers, no announces, no background
-    /// fetching, until the next read wakes it (e.g. 90s, 5m, 1h; 0: never).
-    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = btfs::units::parse_duration)]
-    idle_after: std::time::Duration,
+    /// fetching, until the next read wakes it (e.g. 90s, 5m, 1h; 0: never). Default: 5m in a
+    /// mount of several torrents; never for a single torrent, which seeds as long as it is
+    /// mounted.
+    #[arg(long, value_name = "DURATION", value_parser = btfs::units::parse_duration)]
+    idle_after: Option<std::time::Duration>,
+    /// Never let a torrent sleep: keep its peers and keep seeding while mounted.
+    #[arg(long, conflicts_with = "idle_after")]
+    seed: bool,
     /// Connect to this peer as well as those trackers find (repeatable).
     #[arg(long = "peer", value_name = "IP:PORT")]
     peers: Vec<SocketAddr>,
@@ -211,6 +216,7 @@ fn run(cli: Cli) -> Result<()> {
                 btfs::store::disk::check_dir(dir)?;
             }
             let first_bind = args.bind.first().copied();
+            let idle_after = idle_after(&args, single.is_none());
             let config = MountConfig {
                 mountpoint: args.mountpoint,
                 bind: args.bind,
@@ -230,7 +236,7 @@ fn run(cli: Cli) -> Result<()> {
                     no_upload: args.no_upload,
                     encryption: args.encryption,
                     background: args.background,
-                    idle_after: Some(args.idle_after).filter(|d| !d.is_zero()),
+                    idle_after,
                     disk_cache: args.cache_dir.map(|dir| session::DiskCacheConfig {
                         dir,
                         budget: args.disk_cache_size,
@@ -307,6 +313,18 @@ fn status(mountpoint: Option<PathBuf>, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// When an idle torrent sleeps (`None`: never). A library sleeps what is not read after 5
+/// minutes by default; a single torrent is the whole mount and keeps seeding, as before.
+fn idle_after(args: &MountArgs, library: bool) -> Option<std::time::Duration> {
+    const LIBRARY_IDLE: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+    if args.seed {
+        return None;
+    }
+    args.idle_after
+        .or(library.then_some(LIBRARY_IDLE))
+        .filter(|d| !d.is_zero())
 }
 
 fn encryption_policy() -> impl clap::builder::TypedValueParser<Value = session::Encryption> {

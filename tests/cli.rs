@@ -139,6 +139,26 @@ fn a_missing_mountpoint_is_one_clear_line() {
 }
 
 #[test]
+fn seeding_and_an_idle_time_are_refused_together_and_help_says_when_torrents_sleep() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mnt = tmp.path().to_str().expect("utf-8 path");
+    let t = fixture("lt_multi_hybrid.torrent");
+    let out = btfs_output(&["mount", &t, mnt, "--seed", "--idle-after", "5m"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--seed") && err.contains("--idle-after"),
+        "{err}"
+    );
+    let help = btfs_output(&["mount", "--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("--seed") && text.contains("never for a single torrent"),
+        "{text}"
+    );
+}
+
+#[test]
 fn a_port_in_use_is_one_clear_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port().to_string();
