@@ -326,10 +326,11 @@ pub async fn serve<B: Backend, R: Reporter>(
     };
     let rt = tokio::runtime::Handle::current();
     let mountpoint = config.mountpoint.clone();
-    let mounted =
-        tokio::task::spawn_blocking(move || fs::mount(backend, table, &mountpoint, opts, rt))
-            .await
-            .expect("mount task panicked");
+    let mounted = tokio::task::spawn_blocking(move || {
+        fs::mount(backend, Arc::new(table), &mountpoint, opts, rt)
+    })
+    .await
+    .expect("mount task panicked");
     let mounted = match mounted {
         Ok(m) => m,
         Err(e) => {
