@@ -316,7 +316,7 @@ pub async fn serve<B: Backend, R: Reporter>(
     let (status_stop, status_stopped) = tokio::sync::watch::channel(false);
     let _status_socket = match StatusSocket::bind(&canonical) {
         Ok(mut socket) => {
-            socket.serve(live.clone(), status_stopped);
+            socket.serve(live.clone(), None, status_stopped);
             Some(socket)
         }
         Err(e) => {
