@@ -5,8 +5,10 @@
 
 pub mod alerts;
 pub mod backend;
+pub mod catalog;
 pub mod library;
 pub mod limits;
 pub mod mount;
 pub mod source;
 pub mod status;
+pub mod watch;
