@@ -172,6 +172,10 @@ struct MountArgs {
     /// a folder, following the directory while mounted (implies --library).
     #[arg(long, value_name = "DIR")]
     watch: Option<PathBuf>,
+    /// Where a library keeps the torrents added with `btfs add`, to mount them again at the
+    /// next mount of the same mountpoint [default: ~/.local/state/btfs].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Detach once the mount is ready and keep serving in the background.
     #[arg(long)]
     daemon: bool,
@@ -247,6 +251,10 @@ fn run(cli: Cli) -> Result<()> {
                     Some(dir) => Some(watch_dir(&dir)?),
                     None => None,
                 },
+                state_dir: args
+                    .state_dir
+                    .take()
+                    .or_else(btfs::app::saved::default_state_dir),
             };
             let as_library = library.explicit || library.watch.is_some();
             // One source: its files at the top, and a bad one fails at once.

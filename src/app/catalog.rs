@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::app::backend::{LibraryBackend, TorrentFiles};
 use crate::app::mount::add_torrent_nodes;
+use crate::app::saved::Saved;
 use crate::app::source::{self, ResolveOptions, Target};
 use crate::app::status::request::{Command, Control, Reply, Request};
 use crate::app::status::{LibraryLive, Live};
@@ -56,6 +57,8 @@ pub struct Shared {
     pub resolve: Arc<ResolveOptions>,
     /// The canonical mountpoint, as reports name it.
     pub mountpoint: PathBuf,
+    /// Where torrents added with `btfs add` are kept for the next mount (`--state-dir`).
+    pub saved: Option<Saved>,
 }
 
 /// The torrents of a library mount and the tree, backend and report that show them.
@@ -211,6 +214,9 @@ impl Library {
             }
         };
         entry.session.stop();
+        if let (Origin::Added, Some(saved)) = (&entry.origin, &self.shared.saved) {
+            saved.forget(&entry.info_hash);
+        }
         self.backend.remove(entry.first_file);
         let (folders, name) = (self.folders.clone(), entry.folder.clone());
         tokio::task::spawn_blocking(move || folders.remove(&name))
@@ -220,6 +226,32 @@ impl Library {
         tracing::info!("unmounted {}", entry.folder);
         tokio::spawn(async move { entry.session.shutdown().await });
         Ok(())
+    }
+
+    /// Keeps the torrent just added in `folder` from `source` for the next mount.
+    fn keep(&self, folder: &str, source: &str) {
+        let Some(saved) = &self.shared.saved else {
+            return;
+        };
+        let hash = (crate::sync::lock(&self.entries).iter())
+            .find(|e| e.folder == folder)
+            .map(|e| e.info_hash);
+        if let Some(hash) = hash
+            && let Err(e) = saved.save(&hash, source)
+        {
+            tracing::warn!("{source}: cannot keep it for the next mount (--state-dir): {e}");
+        }
+    }
+
+    /// Adds the torrents `btfs add` added at an earlier mount of this mountpoint, one after
+    /// the other (a refusal is said as any other).
+    pub async fn restore(&self) {
+        let Some(saved) = &self.shared.saved else {
+            return;
+        };
+        for source in saved.load() {
+            let _ = self.add_source(&source, Origin::Added).await;
+        }
     }
 
     /// The folder of the torrent that came from `origin`, if one is mounted.
@@ -258,7 +290,10 @@ impl Library {
         match request {
             Request::Status => Reply::Error("ask for the report with an empty request".into()),
             Request::Add { source } => match self.add_source(&source, Origin::Added).await {
-                Ok(folder) => Reply::Ok(format!("{source}: mounted at {mnt}/{folder}")),
+                Ok(folder) => {
+                    self.keep(&folder, &source);
+                    Reply::Ok(format!("{source}: mounted at {mnt}/{folder}"))
+                }
                 Err(line) => Reply::Error(line),
             },
             Request::Remove { name } => match self.remove(&name).await {

@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 
 use crate::app::catalog::{Library, Origin, Shared};
 use crate::app::mount::{self, Daemon, MountConfig, MountError, Served, Signals, start_net};
+use crate::app::saved::Saved;
 use crate::app::source::{self, ResolveOptions, SourceError, Target};
 use crate::app::status::LibraryLive;
 use crate::app::status::socket::canonical_mountpoint;
@@ -42,6 +43,8 @@ pub struct LibraryOptions {
     pub explicit: bool,
     /// `--watch DIR`: its `.torrent` and `.magnet` files are the library's too.
     pub watch: Option<PathBuf>,
+    /// `--state-dir`: where torrents added with `btfs add` are kept between mounts.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Mounts every source that loads, each in its folder, and serves until Ctrl-C, SIGTERM or an
@@ -69,6 +72,7 @@ pub async fn run(
         session: config.session.clone(),
         read_timeout: config.read_timeout,
         resolve: opts,
+        saved: (options.state_dir.as_deref()).map(|d| Saved::new(d, &canonical)),
         mountpoint: canonical,
     };
     let library = Arc::new(Library::new(shared, live.clone(), kept.len()));
@@ -83,6 +87,8 @@ pub async fn run(
     if folders.is_empty() && !keep_empty {
         return Err(MountError::NothingToMount(sources.len()));
     }
+    let restoring = library.clone();
+    tokio::spawn(async move { restoring.restore().await });
     if let Some(dir) = options.watch {
         tokio::spawn(crate::app::watch::run(library.clone(), dir));
     }
