@@ -20,12 +20,14 @@ use common::{
 const HANG: Duration = Duration::from_secs(120);
 
 /// `btfs mount <sources...> <mnt>` with the test flags and `extra`, waiting until mounted.
+/// Its kept torrents (`--state-dir`) go in the mount's scratch directory, never the user's.
 fn mount_library(sources: &[&Path], extra: &[&str]) -> Mount {
-    Mount::with_args(btfs(), |mnt, _scratch| {
+    Mount::with_args(btfs(), |mnt, scratch| {
         let mut args: Vec<OsString> = vec!["mount".into()];
         args.extend(sources.iter().map(|s| s.as_os_str().to_owned()));
         args.push(mnt.into());
         args.extend(MOUNT_ARGS.iter().chain(extra).map(OsString::from));
+        args.extend(["--state-dir".into(), scratch.join("state").into()]);
         args
     })
 }
@@ -363,4 +365,62 @@ fn help_tells_of_add_remove_library_and_watch() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// With `--state-dir`, the torrents added with `btfs add` come back at the next mount of the
+/// mountpoint (a .torrent file's bytes are kept: the file given is gone by then), and one
+/// removed with `btfs remove` does not.
+#[test]
+fn torrents_added_at_runtime_survive_a_remount() {
+    let (kept, dropped) = std::thread::scope(|s| {
+        let a = s.spawn(|| swarm(Layout::Multi, 300_000, 81, None));
+        let b = s.spawn(|| swarm(Layout::Single, 200_000, 82, None));
+        (a.join().expect("a swarm"), b.join().expect("a swarm"))
+    });
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let state = scratch.path().join("state");
+    let copy = scratch.path().join("copy.torrent");
+    fs::copy(kept.torrent(), &copy).expect("copy the torrent");
+    let args = |mnt: &Path| -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["mount".into(), mnt.into()];
+        args.extend(MOUNT_ARGS.iter().map(OsString::from));
+        args.extend([
+            "--library".into(),
+            "--state-dir".into(),
+            state.clone().into(),
+        ]);
+        args
+    };
+    let mut m = Mount::with_args(btfs(), |mnt, _| args(mnt));
+    for source in [&copy, dropped.torrent()] {
+        let out = add(&m, source);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            text(&out.stderr),
+            m.stderr()
+        );
+    }
+    let out = remove(&m, "single.bin");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    fs::remove_file(&copy).expect("delete the copy");
+    assert!(m.unmount_in_place().is_some_and(|s| s.success()));
+
+    let again = args(m.path());
+    m.restart(btfs(), &again);
+    eventually(&m, "the kept torrent back", || root_names(&m) == ["multi"]);
+    assert_folder_reads(&m, "multi", &kept);
+    // Only the one kept: the removed one is forgotten, not merely slow to come back.
+    let kept_files: Vec<_> = fs::read_dir(state.join("library"))
+        .expect("the kept torrents' directory")
+        .flat_map(|d| fs::read_dir(d.expect("an entry").path()).expect("a mount's directory"))
+        .map(|e| e.expect("an entry").file_name())
+        .collect();
+    assert_eq!(kept_files.len(), 1, "{kept_files:?}");
+    assert!(
+        (kept_files[0].to_string_lossy()).starts_with(kept.info_hash()),
+        "{kept_files:?}"
+    );
+    assert!(!m.stderr().contains("left out"), "{}", m.stderr());
+    assert!(m.unmount().is_some_and(|s| s.success()));
 }
