@@ -373,6 +373,14 @@ fn status(mountpoint: Option<PathBuf>, json: bool) -> Result<()> {
 fn status_of_one(mountpoint: &std::path::Path, name: &str, json: bool) -> Result<()> {
     let report = status::socket::query(mountpoint)?;
     let Some((torrent, readers)) = status::library::one_torrent(&report, name) else {
+        if report.torrents.is_empty() && !report.info_hash.is_empty() {
+            anyhow::bail!(
+                "{} serves one torrent ({}): `btfs status {}` shows it",
+                mountpoint.display(),
+                report.name,
+                mountpoint.display()
+            );
+        }
         let names: Vec<&str> = report.torrents.iter().map(|t| t.folder.as_str()).collect();
         anyhow::bail!(
             "no torrent in folder {name:?} of {} (its torrents: {})",

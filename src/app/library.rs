@@ -65,7 +65,8 @@ pub async fn run(
     let mut left_out = Vec::new();
     let kept = keep_first_of_each(&sources, resolved, &mut left_out);
     let canonical = canonical_mountpoint(&config.mountpoint).unwrap_or(config.mountpoint.clone());
-    let live = Arc::new(LibraryLive::new(Vec::new(), left_out, canonical.clone()));
+    let live = LibraryLive::new(Vec::new(), left_out, canonical.clone());
+    let live = Arc::new(live.with_listen_port(net.host.port()));
     let shared = Shared {
         host: net.host.clone(),
         dht: net.dht.clone(),

@@ -88,11 +88,14 @@ pub struct LibraryLive {
     /// said in every report, the latest [`MAX_LEFT_OUT`] only.
     left_out: Mutex<Vec<String>>,
     mountpoint: PathBuf,
+    /// The process's listen port, said even when no torrent is mounted.
+    listen_port: u16,
 }
 
 impl LibraryLive {
     pub fn new(torrents: Vec<(String, Live)>, left_out: Vec<String>, mountpoint: PathBuf) -> Self {
         LibraryLive {
+            listen_port: 0,
             torrents: Mutex::new(
                 torrents
                     .into_iter()
@@ -102,6 +105,12 @@ impl LibraryLive {
             left_out: Mutex::new(left_out),
             mountpoint,
         }
+    }
+
+    /// The process's listen port, for the report of a library with no torrent.
+    pub fn with_listen_port(mut self, port: u16) -> Self {
+        self.listen_port = port;
+        self
     }
 
     /// A torrent mounted in `folder`.
@@ -140,7 +149,11 @@ impl Reporter for LibraryLive {
             .map(|(folder, live)| (folder, live.report()))
             .collect();
         let left_out = crate::sync::lock(&self.left_out).clone();
-        sum(self.mountpoint.clone(), parts, &left_out)
+        let mut report = sum(self.mountpoint.clone(), parts, &left_out);
+        if report.torrents.is_empty() {
+            report.listen_port = self.listen_port;
+        }
+        report
     }
 }
 
