@@ -91,7 +91,8 @@ struct MountArgs {
     /// Most peers connected at once.
     #[arg(long, default_value_t = 80)]
     max_peers: usize,
-    /// Memory for verified pieces (e.g. 256M, 1G); with several torrents, split between them.
+    /// Memory for verified pieces (e.g. 256M, 1G); with several torrents, one budget shared by
+    /// all, least recently used across them (a torrent's readers keep their windows).
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     cache_size: u64,
     /// Also keep verified pieces on disk here (a subdirectory per torrent), so a remount or a
@@ -125,6 +126,10 @@ struct MountArgs {
     /// rarest first, while the cache has room. off: only what is read.
     #[arg(long, default_value = "open-files", value_name = "POLICY", value_parser = background_policy())]
     background: session::Background,
+    /// A torrent with no read for this long sleeps: no peers, no announces, no background
+    /// fetching, until the next read wakes it (e.g. 90s, 5m, 1h; 0: never).
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = btfs::units::parse_duration)]
+    idle_after: std::time::Duration,
     /// Connect to this peer as well as those trackers find (repeatable).
     #[arg(long = "peer", value_name = "IP:PORT")]
     peers: Vec<SocketAddr>,
@@ -291,6 +296,7 @@ fn run(cli: Cli) -> Result<()> {
                     no_upload: args.no_upload,
                     encryption: args.encryption,
                     background: args.background,
+                    idle_after: Some(args.idle_after).filter(|d| !d.is_zero()),
                     disk_cache: args.cache_dir.map(|dir| session::DiskCacheConfig {
                         dir,
                         budget: args.disk_cache_size,

@@ -24,28 +24,8 @@ use common::{
 /// Only a hang detector: nothing here is expected to take this long.
 const HANG: Duration = Duration::from_secs(120);
 
-/// The mount's `user.btfs.status` attribute, read with `getfattr`. The text may grow between
-/// getfattr's size probe and its read (ERANGE, e.g. a reader opened): then it asks again.
-fn status_text(m: &Mount) -> String {
-    for _ in 0..10 {
-        let out = Command::new("getfattr")
-            .args(["--only-values", "-n", "user.btfs.status"])
-            .arg(m.path())
-            .stdin(Stdio::null())
-            .output()
-            .expect("getfattr");
-        if out.status.success() {
-            return String::from_utf8_lossy(&out.stdout).into_owned();
-        }
-        sleep(Duration::from_millis(50));
-    }
-    run(Command::new("getfattr")
-        .args(["--only-values", "-n", "user.btfs.status"])
-        .arg(m.path()))
-}
-
 fn status_value(m: &Mount, key: &str) -> String {
-    let text = status_text(m);
+    let text = m.status_text();
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{key}: ")))
         .unwrap_or_else(|| panic!("status has no {key}:\n{text}"))
@@ -63,7 +43,7 @@ fn eventually(m: &Mount, what: &str, mut cond: impl FnMut() -> bool) {
         assert!(
             Instant::now() < deadline,
             "never: {what}\nstatus:\n{}\nbtfs:\n{}",
-            status_text(m),
+            m.status_text(),
             m.stderr()
         );
         sleep(Duration::from_millis(100));
@@ -192,7 +172,7 @@ fn read_timeout_fails_a_read_that_cannot_progress_and_the_mount_stays_usable() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Input/output error"), "dd said: {err}");
     // Still usable: metadata answers, and once the seeder is back, reads do too.
-    assert!(status_text(&m).contains("verified_pieces: 0"));
+    assert!(m.status_text().contains("verified_pieces: 0"));
     assert!(fs::read_dir(m.path()).expect("readdir").count() > 0);
     swarm.restart_seeder(0);
     let deadline = Instant::now() + HANG;
@@ -224,7 +204,7 @@ fn blocked_cats(file: &Path, n: usize) -> Vec<Reaped> {
 }
 
 fn reader_lines(m: &Mount) -> usize {
-    status_text(m)
+    m.status_text()
         .lines()
         .filter(|l| l.starts_with("reader: "))
         .count()

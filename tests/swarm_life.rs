@@ -21,26 +21,8 @@ use common::{
 /// Only a hang detector: nothing here is expected to take this long.
 const HANG: Duration = Duration::from_secs(120);
 
-/// The mount's `user.btfs.status` attribute, read with `getfattr`. The text may grow between
-/// getfattr's size probe and its read (ERANGE): then it asks again.
-fn status_text(m: &Mount) -> String {
-    for _ in 0..10 {
-        let out = Command::new("getfattr")
-            .args(["--only-values", "-n", "user.btfs.status"])
-            .arg(m.path())
-            .stdin(Stdio::null())
-            .output()
-            .expect("getfattr");
-        if out.status.success() {
-            return String::from_utf8_lossy(&out.stdout).into_owned();
-        }
-        sleep(Duration::from_millis(50));
-    }
-    panic!("getfattr never read the status of {:?}", m.path());
-}
-
 fn status_value(m: &Mount, key: &str) -> String {
-    let text = status_text(m);
+    let text = m.status_text();
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{key}: ")))
         .unwrap_or_else(|| panic!("status has no {key}:\n{text}"))
@@ -67,7 +49,7 @@ fn by_source(m: &Mount, source: &str) -> (u64, u64) {
 fn report(m: &Mount, swarm: &Swarm) -> String {
     format!(
         "status:\n{}\nbtfs:\n{}\n{}",
-        status_text(m),
+        m.status_text(),
         m.stderr(),
         swarm.logs()
     )
@@ -121,7 +103,7 @@ fn a_crowd_of_empty_leechers_in_every_slot_makes_way_for_the_seeders() {
     eventually(&m, &swarm, "the crowd holds every slot", || {
         status_u64(&m, "peers") == SLOTS as u64
     });
-    assert_eq!(by_source(&m, "tracker"), (0, 0), "{}", status_text(&m));
+    assert_eq!(by_source(&m, "tracker"), (0, 0), "{}", m.status_text());
 
     // The seeders come up and announce; btfs hears of them when it retries the tracker.
     swarm.restart_tracker();

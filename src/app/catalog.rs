@@ -50,8 +50,8 @@ struct Entry {
 pub struct Shared {
     pub host: Host,
     pub dht: Option<Dht>,
-    /// The process's totals (`--cache-size`, `--max-peers`, rate caps), shared out by
-    /// [`split_budgets`].
+    /// The process's totals (`--cache-size`, one memory pool; `--max-peers` and rate caps,
+    /// shared out by [`split_budgets`]).
     pub session: session::Config,
     pub read_timeout: Option<Duration>,
     pub resolve: Arc<ResolveOptions>,
@@ -80,7 +80,12 @@ pub struct Library {
 
 impl Library {
     /// `expected`: how many torrents are about to be added (their budgets are split as one).
-    pub fn new(shared: Shared, live: Arc<LibraryLive>, expected: usize) -> Library {
+    pub fn new(mut shared: Shared, live: Arc<LibraryLive>, expected: usize) -> Library {
+        // One pool for every torrent, however late it comes.
+        if shared.session.memory.is_none() {
+            let pool = crate::store::MemoryPool::new(shared.session.cache_bytes);
+            shared.session.memory = Some(pool);
+        }
         Library {
             folders: Arc::new(Folders::new()),
             backend: Arc::new(LibraryBackend::new(live.clone())),
@@ -304,17 +309,21 @@ impl Library {
     }
 }
 
-/// Each torrent's share of the process's budgets: `--cache-size`, `--max-peers` (already cut
-/// to what the descriptor limit allows) and the rate caps are totals for the process, split
-/// evenly between the `n` torrents, so the process stays within them however many there are
-/// (a torrent gets at least one peer and one byte per second). A torrent added while mounted
-/// gets the share of the torrents then mounted; the others keep theirs. Until budgets are
-/// shared least recently used across torrents, an idle torrent's share is not lent to a busy
-/// one. `--disk-cache-size` is per torrent already (its own subdirectory of `--cache-dir`).
+/// Each torrent's share of the process's budgets: `--cache-size` is one memory pool every
+/// torrent's pieces share, least recently used across torrents (a torrent's readers' windows
+/// kept from the others); `--max-peers` (already cut to what the descriptor limit allows) and
+/// the rate caps are totals for the process, split evenly between the `n` torrents, so the
+/// process stays within them however many there are (a torrent gets at least one peer and one
+/// byte per second). A torrent added while mounted gets the share of the torrents then
+/// mounted; the others keep theirs. `--disk-cache-size` is per torrent already (its own
+/// subdirectory of `--cache-dir`). Shares of one `config` share its pool: give it one first
+/// when shares are taken more than once ([`Library::new`] does).
 pub fn split_budgets(config: &session::Config, n: usize) -> session::Config {
     let n64 = n.max(1) as u64;
     let mut share = config.clone();
-    share.cache_bytes = config.cache_bytes / n64;
+    if share.memory.is_none() {
+        share.memory = Some(crate::store::MemoryPool::new(config.cache_bytes));
+    }
     share.max_peers = (config.max_peers / n.max(1)).max(1);
     share.max_download_rate = config.max_download_rate.map(|r| (r / n64).max(1));
     share.max_upload_rate = config.max_upload_rate.map(|r| (r / n64).max(1));
@@ -374,7 +383,7 @@ mod tests {
     }
 
     #[test]
-    fn budgets_are_split_never_given_whole_to_each() {
+    fn budgets_are_split_or_shared_never_given_whole_to_each() {
         let total = session::Config {
             cache_bytes: 300,
             max_peers: 80,
@@ -383,13 +392,43 @@ mod tests {
             ..session::Config::default()
         };
         let share = split_budgets(&total, 3);
-        assert_eq!(share.cache_bytes, 100);
+        // One pool of the whole budget, shared: a clone of the share is the same pool.
+        let pool = share.memory.clone().expect("a shared memory pool");
+        assert_eq!(pool.budget(), 300);
+        let other = share.clone().memory.unwrap();
+        let mut a = crate::store::Store::join(&pool);
+        let b = crate::store::Store::join(&other);
+        let p = crate::piece::Geometry::new(100, 1000)
+            .unwrap()
+            .piece(0)
+            .unwrap();
+        a.insert(p, bytes::Bytes::from(vec![0; 200]), false, |_| false);
+        assert!(
+            b.has_room_for(100) && !b.has_room_for(101),
+            "one budget for both"
+        );
         assert_eq!(share.max_peers, 26);
         assert_eq!(share.max_download_rate, Some(333));
         assert_eq!(share.max_upload_rate, None);
         let many = split_budgets(&total, 1000);
         assert_eq!((many.max_peers, many.max_download_rate), (1, Some(1)));
-        assert_eq!(split_budgets(&total, 1).cache_bytes, 300);
-        assert_eq!(split_budgets(&total, 0).cache_bytes, 300);
+    }
+
+    #[test]
+    fn torrents_added_one_by_one_share_the_library_pool() {
+        let mut config = session::Config {
+            cache_bytes: 300,
+            ..session::Config::default()
+        };
+        config.memory = Some(crate::store::MemoryPool::new(config.cache_bytes));
+        let (a, b) = (split_budgets(&config, 1), split_budgets(&config, 2));
+        let mut first = crate::store::Store::join(&a.memory.expect("the pool"));
+        let second = crate::store::Store::join(&b.memory.expect("the pool"));
+        let p = crate::piece::Geometry::new(100, 1000)
+            .unwrap()
+            .piece(0)
+            .unwrap();
+        first.insert(p, bytes::Bytes::from(vec![0; 250]), false, |_| false);
+        assert!(!second.has_room_for(51), "one budget for both");
     }
 }

@@ -8,6 +8,11 @@
 //! whose channel is full (UDP may drop; both protocols retry). Every channel sends on the
 //! socket directly.
 //!
+//! uTP's channel is made the socket's reader ([`UdpPort::reader`]): while it lives, the
+//! receive task waits and uTP receives straight into its own buffer, passing the DHT's few
+//! datagrams on to the DHT's queue. At uTP's rates (a datagram per 1.4 kB) a hop through a
+//! task and a queue per datagram cost a good part of uTP's CPU.
+//!
 //! The socket stays open while the port or any of its channels is held; the receive task ends
 //! with the last of them.
 
@@ -18,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use tokio::io::Interest;
+use tokio::io::{Interest, ReadBuf};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
@@ -71,6 +76,9 @@ pub struct Datagram {
 
 /// Each protocol's queue, with a number telling a channel from the one that replaced it.
 type Routes = Arc<Mutex<[Option<(u64, mpsc::Sender<Datagram>)>; 2]>>;
+/// Datagrams of other protocols a reader passes on within one poll before it lets other
+/// tasks run.
+const READER_BUDGET: usize = 64;
 
 /// The shared socket and its receive task; cheap to clone.
 #[derive(Clone)]
@@ -84,8 +92,9 @@ struct Inner {
     /// another lock is held, never across an `.await`.
     routes: Routes,
     next_channel: std::sync::atomic::AtomicU64,
-    /// Dropped with the last handle: the receive task sees it and ends.
-    _stop: watch::Sender<()>,
+    /// The channel that reads the socket itself, if any (its id): the receive task waits
+    /// while there is one. Dropped with the last handle: the receive task sees it and ends.
+    reader: watch::Sender<Option<u64>>,
 }
 
 impl UdpPort {
@@ -103,14 +112,14 @@ impl UdpPort {
         }
         let socket = Arc::new(socket);
         let routes = Routes::default();
-        let (stop, stopped) = watch::channel(());
-        tokio::spawn(receive(socket.clone(), routes.clone(), stopped));
+        let (reader, reader_rx) = watch::channel(None);
+        tokio::spawn(receive(socket.clone(), routes.clone(), reader_rx));
         UdpPort {
             inner: Arc::new(Inner {
                 socket,
                 routes,
                 next_channel: Default::default(),
-                _stop: stop,
+                reader,
             }),
         }
     }
@@ -135,6 +144,16 @@ impl UdpPort {
             id,
             rx: Mutex::new(rx),
         }
+    }
+
+    /// Like [`UdpPort::channel`], but the channel reads the socket itself while it lives
+    /// (the module doc says why): only [`Channel::poll_recv_from`] receives from the socket,
+    /// so its owner must keep polling that for the other protocols to receive. Replaces an
+    /// earlier reader.
+    pub fn reader(&self, protocol: Protocol) -> Channel {
+        let channel = self.channel(protocol);
+        self.inner.reader.send_replace(Some(channel.id));
+        channel
     }
 }
 
@@ -168,12 +187,49 @@ impl Channel {
         }
     }
 
+    /// The next datagram of this protocol, copied into `buf` (cut to its length); a reader
+    /// ([`UdpPort::reader`]) takes it from the socket, passing on the others' datagrams.
+    pub fn poll_recv_from(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<(usize, SocketAddr)>> {
+        // Queued first: what the receive task took before this reader, or after it ended.
+        if let Poll::Ready(r) = self.poll_recv(cx) {
+            return Poll::Ready(r.map(|d| {
+                let n = d.data.len().min(buf.len());
+                buf[..n].copy_from_slice(&d.data[..n]);
+                (n, d.from)
+            }));
+        }
+        if *self.port.inner.reader.borrow() != Some(self.id) {
+            return Poll::Pending;
+        }
+        let socket = &self.port.inner.socket;
+        for _ in 0..READER_BUDGET {
+            let mut read = ReadBuf::new(buf);
+            let from = match ready!(socket.poll_recv_from(cx, &mut read)) {
+                Ok(from) => from,
+                // An ICMP error for an earlier send ("port unreachable" and the like): it is
+                // reported once; the socket goes on.
+                Err(e) => {
+                    tracing::trace!("UDP receive: {e}");
+                    continue;
+                }
+            };
+            let packet = read.filled();
+            if classify(packet) == Some(self.protocol) {
+                return Poll::Ready(Ok((packet.len(), from)));
+            }
+            route(&self.port.inner.routes, packet, from);
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
     /// Like `UdpSocket::recv_from`: the next datagram copied into `buf` (cut to its length).
     pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        let d = self.recv().await?;
-        let n = d.data.len().min(buf.len());
-        buf[..n].copy_from_slice(&d.data[..n]);
-        Ok((n, d.from))
+        poll_fn(|cx| self.poll_recv_from(cx, buf)).await
     }
 
     pub async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
@@ -227,6 +283,14 @@ impl Drop for Channel {
         if slot.as_ref().is_some_and(|(id, _)| *id == self.id) {
             *slot = None;
         }
+        drop(routes);
+        (self.port.inner.reader).send_if_modified(|r| {
+            let mine = *r == Some(self.id);
+            if mine {
+                *r = None;
+            }
+            mine
+        });
     }
 }
 
@@ -255,10 +319,17 @@ fn bind_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// The receive task: each datagram to its protocol's queue, until the port is dropped.
-async fn receive(socket: Arc<UdpSocket>, routes: Routes, mut stopped: watch::Receiver<()>) {
+/// The receive task: each datagram to its protocol's queue, until the port is dropped; it
+/// waits while a channel reads the socket itself.
+async fn receive(socket: Arc<UdpSocket>, routes: Routes, mut reader: watch::Receiver<Option<u64>>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
+        if reader.borrow_and_update().is_some() {
+            if reader.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
         let (len, from) = tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
                 Ok(got) => got,
@@ -270,24 +341,31 @@ async fn receive(socket: Arc<UdpSocket>, routes: Routes, mut stopped: watch::Rec
                     continue;
                 }
             },
-            _ = stopped.changed() => return,
+            r = reader.changed() => match r {
+                Ok(()) => continue,
+                Err(_) => return,
+            },
         };
-        let packet = &buf[..len];
-        let Some(protocol) = classify(packet) else {
-            tracing::trace!(%from, len, "dropped a UDP datagram of no protocol we speak");
-            continue;
-        };
-        let tx = match &lock(&routes)[protocol.slot()] {
-            Some((_, tx)) => tx.clone(),
-            None => continue,
-        };
-        let datagram = Datagram {
-            data: Bytes::copy_from_slice(packet),
-            from,
-        };
-        if tx.try_send(datagram).is_err() {
-            tracing::trace!(%from, ?protocol, "UDP queue full: datagram dropped");
-        }
+        route(&routes, &buf[..len], from);
+    }
+}
+
+/// Puts a datagram on its protocol's queue, if anyone listens and there is room.
+fn route(routes: &Routes, packet: &[u8], from: SocketAddr) {
+    let Some(protocol) = classify(packet) else {
+        tracing::trace!(%from, len = packet.len(), "dropped a UDP datagram of no protocol we speak");
+        return;
+    };
+    let tx = match &lock(routes)[protocol.slot()] {
+        Some((_, tx)) => tx.clone(),
+        None => return,
+    };
+    let datagram = Datagram {
+        data: Bytes::copy_from_slice(packet),
+        from,
+    };
+    if tx.try_send(datagram).is_err() {
+        tracing::trace!(%from, ?protocol, "UDP queue full: datagram dropped");
     }
 }
 
@@ -367,6 +445,54 @@ mod tests {
         assert_eq!((&buf[..n], from), (&b"d1:xe"[..], at));
         let (n, from) = within(other.recv_from(&mut buf)).await.unwrap();
         assert_eq!((&buf[..n], from), (&b"\x21headtail"[..], at));
+    }
+
+    /// While uTP's reader lives it takes the socket's datagrams and passes the DHT's on; once
+    /// it is dropped, the receive task serves every channel again.
+    #[tokio::test]
+    async fn a_reader_passes_the_others_datagrams_on_and_hands_the_socket_back() {
+        let port = UdpPort::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let at = port.local_addr().unwrap();
+        let dht = port.channel(Protocol::Dht);
+        let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let utp_packet = |i: u8| {
+            let mut p = vec![0x41; 20];
+            p.push(i);
+            p
+        };
+        let reader = port.reader(Protocol::Utp);
+        for i in 0..10u8 {
+            other.send_to(&utp_packet(i), at).await.unwrap();
+            other
+                .send_to(format!("d1:i{i}e").as_bytes(), at)
+                .await
+                .unwrap();
+        }
+        let mut buf = [0u8; 64];
+        for i in 0..10u8 {
+            let (n, from) = within(reader.recv_from(&mut buf)).await.unwrap();
+            assert_eq!(
+                (&buf[..n], from),
+                (&utp_packet(i)[..], other.local_addr().unwrap())
+            );
+        }
+        // The last DHT datagram came after the last uTP one: it waits in the socket until the
+        // reader is polled again, or gone.
+        for i in 0..9u8 {
+            let d = within(dht.recv()).await.unwrap();
+            assert_eq!(&d.data[..], format!("d1:i{i}e").as_bytes());
+        }
+        drop(reader);
+        assert_eq!(&within(dht.recv()).await.unwrap().data[..], b"d1:i9e");
+
+        let utp = port.channel(Protocol::Utp);
+        other.send_to(b"d1:ze", at).await.unwrap();
+        other.send_to(&utp_packet(99), at).await.unwrap();
+        assert_eq!(&within(dht.recv()).await.unwrap().data[..], b"d1:ze");
+        assert_eq!(
+            &within(utp.recv()).await.unwrap().data[..],
+            &utp_packet(99)[..]
+        );
     }
 
     #[tokio::test]

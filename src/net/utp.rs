@@ -4,10 +4,10 @@
 //! released often, with tests of its state machine (retransmission, fast retransmit, selective
 //! ACK, Nagle, MTU probing, flow control) and interop tests against libutp; it does selective
 //! ACKs and path-MTU probing, and its `Transport` trait lets it run over our [`Channel`] rather
-//! than a socket of its own, which is what puts it on the DHT's port. Its congestion control
-//! is CUBIC, not LEDBAT (LEDBAT is on its list of things to do): a LEDBAT peer still paces
-//! what it sends us by the delays we echo, but our uploads over uTP do not yield to other
-//! traffic the way LEDBAT would. The alternatives: `libutp-rs2` binds BitTorrent Inc.'s C++
+//! than a socket of its own, which is what puts it on the DHT's port. It comes with CUBIC only;
+//! we carry it in `third_party/librqbit-utp` with a LEDBAT controller added (RFC 6817, as
+//! BEP 29 asks), which we select: our uploads over uTP yield to other traffic by the queuing
+//! delay the peer echoes. The alternatives: `libutp-rs2` binds BitTorrent Inc.'s C++
 //! libutp (LEDBAT) behind one global lock and an `anyhow` API, a young wrapper made to test
 //! against; ethereum's `utp-rs` is alpha, sends fixed 1 KiB packets and caps a stream at about
 //! 1 MB; `utp`/`async-utp`/`tokio-utp` are unmaintained.
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use librqbit_utp::{SocketOpts, Transport};
+use librqbit_utp::{CongestionConfig, CongestionControllerKind, SocketOpts, Transport};
 use tokio_util::sync::CancellationToken;
 
 use super::Family;
@@ -69,12 +69,8 @@ impl UtpTransport {
         let (mut closed, mut last_error) = (0, None);
         for i in 0..n {
             let (_, channel) = &self.channels[(start + i) % n];
-            match channel.poll_recv(cx) {
-                Poll::Ready(Ok(d)) => {
-                    let len = d.data.len().min(buf.len());
-                    buf[..len].copy_from_slice(&d.data[..len]);
-                    return Poll::Ready(Ok((len, d.from)));
-                }
+            match channel.poll_recv_from(cx, buf) {
+                Poll::Ready(Ok(got)) => return Poll::Ready(Ok(got)),
                 Poll::Ready(Err(e)) => {
                     closed += 1;
                     last_error = Some(e);
@@ -187,7 +183,7 @@ impl Utp {
                 continue;
             }
             local.get_or_insert(at);
-            channels.push((family, port.channel(Protocol::Utp)));
+            channels.push((family, port.reader(Protocol::Utp)));
         }
         channels.sort_by_key(|(f, _)| *f);
         let Some(local) = local else {
@@ -204,6 +200,10 @@ impl Utp {
             vsock_rx_bufsize_bytes: window,
             vsock_tx_bufsize_bytes_max: window,
             remote_inactivity_timeout: Some(INACTIVITY),
+            congestion: CongestionConfig {
+                kind: CongestionControllerKind::Ledbat,
+                tracing: false,
+            },
             cancellation_token: stop.clone(),
             ..Default::default()
         };

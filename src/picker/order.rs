@@ -168,6 +168,17 @@ impl Picker {
         self.deadlines.contains_key(&p)
     }
 
+    /// The pieces readers want (urgent and readahead ranges, unmerged): exactly those
+    /// `is_wanted_by_reader` says yes to, for stores that cannot ask.
+    pub fn reader_ranges(&self) -> Vec<Range<u32>> {
+        let n = self.geometry.piece_count();
+        (self.readers.values())
+            .flat_map(|w| [w.urgent.clone(), w.readahead.clone()])
+            .map(|r| r.start..r.end.min(n))
+            .filter(|r| !r.is_empty())
+            .collect()
+    }
+
     /// A blocked read waits on this piece (the store may go over budget to keep it).
     pub fn is_urgent(&self, p: PieceIndex) -> bool {
         self.deadlines.get(&p).is_some_and(|d| d.is_urgent())

@@ -64,7 +64,8 @@ pub(crate) async fn run(
             }
             conn = incoming.recv() => {
                 let Some(conn) = conn else { return };
-                if shared.lock().peers.is_banned(conn.addr.ip()) {
+                // Asleep: nobody comes in (a read wakes us and we dial them).
+                if shared.idle.is_asleep() || shared.lock().peers.is_banned(conn.addr.ip()) {
                     continue;
                 }
                 let addr = conn.addr;
@@ -146,6 +147,9 @@ fn dial_due(
     dialling: &mut HashSet<SocketAddr>,
     events: &mpsc::UnboundedSender<(SocketAddr, Event)>,
 ) {
+    if shared.idle.is_asleep() {
+        return;
+    }
     let now = Instant::now();
     let room = {
         let st = shared.lock();

@@ -37,14 +37,17 @@ mod disk;
 mod disk_io;
 mod encryption;
 mod host;
+mod idle;
 mod listen;
 mod media;
+mod memory;
 mod peer;
 mod peers;
 mod read;
 mod readers;
 mod residency;
 mod shared;
+mod sleep;
 mod state;
 mod stream;
 #[cfg(test)]
@@ -57,7 +60,7 @@ mod window;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -87,6 +90,9 @@ pub struct Config {
     pub max_peers: usize,
     /// Byte budget of the in-memory piece store.
     pub cache_bytes: u64,
+    /// A memory budget shared with other sessions (a library's torrents), least recently
+    /// used across them; `None`: a budget of `cache_bytes` of the session's own.
+    pub memory: Option<crate::store::MemoryPool>,
     /// Extra peers to connect to at start (besides trackers).
     pub peers: Vec<SocketAddr>,
     /// Pieces fetched ahead of a sequential reader at first, and at least; the window grows
@@ -114,6 +120,8 @@ pub struct Config {
     pub web_seeds: WebSeedConfig,
     /// Which connections are encrypted, both ways (`--encryption`).
     pub encryption: Encryption,
+    /// Sleep after this long without a read (`--idle-after`, see `idle.rs`); `None`: never.
+    pub idle_after: Option<Duration>,
 }
 
 impl Default for Config {
@@ -122,6 +130,7 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 6881)),
             max_peers: 80,
             cache_bytes: 256 * 1024 * 1024,
+            memory: None,
             peers: Vec::new(),
             readahead_bytes: 4 * 1024 * 1024,
             max_readahead_bytes: 64 * 1024 * 1024,
@@ -135,6 +144,7 @@ impl Default for Config {
             background: Background::default(),
             web_seeds: WebSeedConfig::default(),
             encryption: Encryption::default(),
+            idle_after: None,
         }
     }
 }
@@ -195,6 +205,8 @@ pub struct Stats {
     pub disk_failing: Option<String>,
     /// The torrent's web seeds, in `url-list` order (empty with `--no-web-seeds`).
     pub web_seeds: Vec<WebSeedStatus>,
+    /// Asleep after `Config::idle_after` without a read: no peers, no announces.
+    pub asleep: bool,
 }
 
 /// A handle to a running session; cheap to clone.
@@ -221,37 +233,28 @@ impl Session {
         let files = (torrent.info.files.iter())
             .map(|f| geometry.pieces_in(f.offset, f.length))
             .collect();
-        let mut state = State::new(
-            geometry.clone(),
-            config.cache_bytes,
-            config.background,
-            files,
-        );
+        let memory = match &config.memory {
+            Some(pool) => crate::store::Store::join(pool),
+            None => crate::store::Store::new(config.cache_bytes),
+        };
+        let evictions = memory.evictions();
+        let mut state = State::new(geometry.clone(), memory, config.background, files);
         if let Some(o) = &opened {
             state.found_on_disk(o.pieces.iter().copied());
         }
         let incoming = host.register(torrent.info_hash.0, config.encryption);
         let (discovered, discovered_rx) = mpsc::channel(64);
         let (shutdown, _) = watch::channel(false);
-        let (announced_tx, announced_stop) = watch::channel(true);
         let want_peers: Arc<tokio::sync::Notify> = Arc::default();
         let (disk, writer) = opened.map(disk::Disk::new).unzip();
-        let shared = Arc::new_cyclic(|weak| Shared {
+        let shared = Arc::new(Shared {
             peer_id: host.peer_id(),
             listen_port: host.port(),
             dialer: host.dialer(),
             state: Mutex::new(state),
             disk,
-            trackers: spawn_announcer(
-                weak.clone(),
-                &torrent,
-                AnnounceParams::new(torrent.info_hash.0, host.peer_id(), host.port())
-                    .listening_on(host.local_addrs()),
-                discovery::tagged(&discovered, PeerSource::Tracker),
-                want_peers.clone(),
-                shutdown.subscribe(),
-                announced_tx,
-            ),
+            trackers: watch::channel(Vec::new()).0,
+            idle: idle::Idle::new(),
             torrent,
             geometry,
             verified: watch::channel(0).0,
@@ -262,7 +265,7 @@ impl Session {
             refused_plaintext: AtomicU64::new(0),
             down_limit: Arc::new(RateLimit::new(config.max_download_rate)),
             up_limit: Arc::new(RateLimit::new(config.max_upload_rate)),
-            announced_stop,
+            announcers: watch::channel(0).0,
             discovered,
             known: watch::channel(Default::default()).0,
             redial: tokio::sync::Notify::new(),
@@ -276,37 +279,22 @@ impl Session {
         }
         tokio::spawn(connect::run(shared.clone(), discovered_rx, incoming));
         tokio::spawn(tick(shared.clone()));
+        tokio::spawn(memory::take_evictions(shared.clone(), evictions));
         webseed::spawn_all(&shared);
         if !shared.config.peers.is_empty() {
             let _ = shared
                 .discovered
                 .try_send((PeerSource::Manual, shared.config.peers.clone()));
         }
-        if let Some(dht) = &shared.config.dht {
-            if shared.torrent.info.private {
-                tracing::info!("private torrent: no DHT (BEP 27)");
-            } else {
-                crate::dht::spawn_announce_loop(
-                    dht.clone(),
-                    shared.torrent.info_hash.0,
-                    Some(shared.listen_port),
-                    discovery::tagged(&shared.discovered, PeerSource::Dht),
-                    shared.want_peers.clone(),
-                    shared.shutdown.subscribe(),
-                );
-            }
+        if shared.torrent.info.private && shared.config.dht.is_some() {
+            tracing::info!("private torrent: no DHT (BEP 27)");
         }
-        if let Some(lsd) = &shared.config.lsd {
-            if shared.torrent.info.private {
-                tracing::info!("private torrent: no local service discovery (BEP 27)");
-            } else {
-                lsd.spawn_announce(
-                    shared.torrent.info_hash,
-                    shared.listen_port,
-                    discovery::tagged(&shared.discovered, PeerSource::Lsd),
-                    shared.shutdown.subscribe(),
-                );
-            }
+        if shared.torrent.info.private && shared.config.lsd.is_some() {
+            tracing::info!("private torrent: no local service discovery (BEP 27)");
+        }
+        spawn_discovery(&shared, host, shared.idle.period_end());
+        if let Some(after) = shared.config.idle_after {
+            tokio::spawn(sleep::run(shared.clone(), after));
         }
         Ok(Session {
             shared,
@@ -365,6 +353,15 @@ impl Session {
             longest_wait: st.readers.longest_wait(),
             disk_failing: s.disk.as_ref().and_then(disk::Disk::failing),
             web_seeds: st.web_seeds.status(tokio::time::Instant::now()),
+            asleep: s.idle.is_asleep(),
+        }
+    }
+
+    /// A read starts: a sleeping session wakes (`idle.rs`).
+    fn read_starts(&self) {
+        let s = &self.shared;
+        if s.idle.read_starts() {
+            sleep::wake(s, |end| spawn_discovery(s, &self._host, end));
         }
     }
 
@@ -379,7 +376,11 @@ impl Session {
         let s = &self.shared;
         s.shutdown.send_replace(true);
         // Under the lock peers are admitted with: none slips in after this.
-        s.lock().peers.broadcast(|| peers::PeerCmd::Disconnect);
+        s.idle.end_period();
+        let mut st = s.lock();
+        st.peers.broadcast(|| peers::PeerCmd::Disconnect);
+        // Its memory goes to the torrents sharing the budget.
+        st.residency.release_memory();
     }
 
     /// `stop`, then tells trackers we stopped and finishes queued disk-cache writes, each
@@ -387,9 +388,9 @@ impl Session {
     pub async fn shutdown(&self) {
         self.stop();
         let s = &self.shared;
-        let mut announced = s.announced_stop.clone();
+        let mut announced = s.announcers.subscribe();
         let announced = async {
-            let done = announced.wait_for(|&d| d);
+            let done = announced.wait_for(|&n| n == 0);
             let _ = tokio::time::timeout(Duration::from_millis(1500), done).await;
         };
         let drained = async {
@@ -402,25 +403,47 @@ impl Session {
     }
 }
 
-/// Starts the tracker announcer for the session being built (`shared`: it reaches the session
-/// only for its progress, by then built); `done` flips to true when it has said `stopped` (it
-/// starts true: without trackers there is nothing to wait for). Returns each tracker's status.
-fn spawn_announcer(
-    shared: Weak<Shared>,
-    torrent: &Torrent,
-    params: AnnounceParams,
-    peers: mpsc::Sender<Vec<SocketAddr>>,
-    more: Arc<tokio::sync::Notify>,
-    shutdown: watch::Receiver<bool>,
-    done: watch::Sender<bool>,
-) -> watch::Receiver<Vec<TrackerStatus>> {
-    let tiers = torrent.trackers.clone();
-    if tiers.is_empty() {
-        return watch::channel(Vec::new()).1;
+/// Starts what announces the torrent and looks for peers (trackers, the DHT, local service
+/// discovery; not for a private torrent but its trackers), until `end` flips: at shutdown,
+/// or when the torrent falls asleep (`idle.rs`; a wake starts them again).
+fn spawn_discovery(shared: &Arc<Shared>, host: &Host, end: watch::Receiver<bool>) {
+    let params = AnnounceParams::new(shared.torrent.info_hash.0, host.peer_id(), host.port())
+        .listening_on(host.local_addrs());
+    spawn_announcer(shared, params, end.clone());
+    let private = shared.torrent.info.private;
+    if let Some(dht) = shared.config.dht.as_ref().filter(|_| !private) {
+        crate::dht::spawn_announce_loop(
+            dht.clone(),
+            shared.torrent.info_hash.0,
+            Some(shared.listen_port),
+            discovery::tagged(&shared.discovered, PeerSource::Dht),
+            shared.want_peers.clone(),
+            end.clone(),
+        );
     }
-    done.send_replace(false);
-    let total = torrent.info.geometry.total_length();
-    let progress = Arc::new(move || match shared.upgrade() {
+    if let Some(lsd) = shared.config.lsd.as_ref().filter(|_| !private) {
+        lsd.spawn_announce(
+            shared.torrent.info_hash,
+            shared.listen_port,
+            discovery::tagged(&shared.discovered, PeerSource::Lsd),
+            end,
+        );
+    }
+}
+
+/// Starts the tracker announcer, until `end` flips; each tracker's status goes to
+/// `Shared::trackers`, and `Shared::announcers` counts it until it has said `stopped`.
+fn spawn_announcer(shared: &Arc<Shared>, params: AnnounceParams, end: watch::Receiver<bool>) {
+    let tiers = shared.torrent.trackers.clone();
+    if tiers.is_empty() {
+        return;
+    }
+    shared.announcers.send_modify(|n| *n += 1);
+    let peers = discovery::tagged(&shared.discovered, PeerSource::Tracker);
+    let more = shared.want_peers.clone();
+    let total = shared.torrent.info.geometry.total_length();
+    let weak = Arc::downgrade(shared);
+    let progress = Arc::new(move || match weak.upgrade() {
         Some(s) => Progress {
             uploaded: s.uploaded.load(Ordering::Relaxed),
             downloaded: s.downloaded.load(Ordering::Relaxed),
@@ -432,12 +455,22 @@ fn spawn_announcer(
             left: total,
         },
     });
-    let (handle, status) = announcer::spawn(tiers, params, progress, peers, more, shutdown);
+    let (handle, mut status) = announcer::spawn(tiers, params, progress, peers, more, end);
+    shared
+        .trackers
+        .send_replace(status.borrow_and_update().clone());
+    let shared = Arc::downgrade(shared);
     tokio::spawn(async move {
+        // Ends when the announcer does (its status sender goes with it).
+        while status.changed().await.is_ok() {
+            let Some(s) = shared.upgrade() else { return };
+            s.trackers.send_replace(status.borrow_and_update().clone());
+        }
         let _ = handle.await;
-        done.send_replace(true);
+        if let Some(s) = shared.upgrade() {
+            s.announcers.send_modify(|n| *n -= 1);
+        }
     });
-    status
 }
 
 /// Once a second: asks the background policy where fetching may go (it ends a while after

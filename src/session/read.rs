@@ -88,8 +88,8 @@ impl Session {
                 rate: 0,
                 lead: 0,
             };
-            st.picker.set_reader(head_id, head_want);
-            st.picker.set_reader(tail_id, index_want(tail));
+            st.set_reader(head_id, head_want);
+            st.set_reader(tail_id, index_want(tail));
             reader.head_id = Some(head_id);
             reader.tail_id = Some(tail_id);
             reader.opening = Some((f.offset + head_len, f.offset + f.length - tail_len));
@@ -98,15 +98,17 @@ impl Session {
             st.peers.refill_all();
         }
         st.readers.insert(handle, reader);
+        st.readers_changed();
         handle
     }
 
     pub fn close_reader(&self, handle: ReadHandle) {
         let mut st = self.shared.lock();
         if let Some(r) = st.readers.remove(handle) {
-            st.picker.remove_reader(r.window_id);
+            st.readers_changed();
+            st.remove_reader(r.window_id);
             for id in [r.head_id, r.tail_id].into_iter().flatten() {
-                st.picker.remove_reader(id);
+                st.remove_reader(id);
             }
         }
     }
@@ -120,6 +122,7 @@ impl Session {
         offset: u64,
         len: u32,
     ) -> Result<Bytes, ReadError> {
+        self.read_starts();
         let s = &self.shared;
         let f = s
             .torrent
@@ -142,8 +145,10 @@ impl Session {
             st.start_reading();
             let cfg = &s.config;
             // The readers' windows together take at most half the cache: beyond that they
-            // would evict each other before being read. More readers, smaller windows.
-            let share = cfg.cache_bytes / 2 / st.readers.count().max(1) as u64;
+            // would evict each other before being read. More readers, smaller windows; the
+            // readers of every torrent sharing the memory budget count.
+            let readers = st.residency.readers_sharing_memory().max(1) as u64;
+            let share = st.residency.memory_budget() / 2 / readers;
             let max = cfg.max_readahead_bytes.min(share);
             let read = start..start + len;
             let file = f.offset..file_end;
@@ -209,7 +214,7 @@ impl Session {
                             restate_waits(&mut st, handle);
                         }
                         // A handle the session does not know: this read alone.
-                        None => st.picker.set_reader(
+                        None => st.set_reader(
                             urgent,
                             ReaderWant {
                                 urgent: pieces.clone(),
@@ -285,7 +290,7 @@ impl Session {
                 if let Some((_, tail)) = &mut r.opening {
                     *tail = f.offset + f.length;
                 }
-                st.picker.remove_reader(tail_id);
+                st.remove_reader(tail_id);
             }
             Index::After(at) => {
                 let len = f
@@ -297,7 +302,7 @@ impl Session {
                 if let Some((_, tail)) = &mut r.opening {
                     *tail = f.offset + at;
                 }
-                st.picker.set_reader(tail_id, index_want(index));
+                st.set_reader(tail_id, index_want(index));
                 st.peers.refill_all();
             }
             Index::Unknown => {
@@ -323,7 +328,7 @@ fn end_opening(st: &mut State, handle: ReadHandle, at: u64) {
     r.opening = None;
     let ids = [r.head_id.take(), r.tail_id.take()];
     for id in ids.into_iter().flatten() {
-        st.picker.remove_reader(id);
+        st.remove_reader(id);
     }
 }
 
@@ -391,7 +396,7 @@ fn restate_waits(st: &mut State, handle: ReadHandle) {
             (id, want)
         })
         .collect();
-    st.picker.set_readers(wants);
+    st.set_readers(wants);
 }
 
 struct WaitGuard<'a> {
@@ -404,7 +409,7 @@ impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
         let mut st = self.shared.lock();
         let id = self.key.1;
-        st.picker.remove_reader(id);
+        st.remove_reader(id);
         st.readers.wait_ended(id);
         if let Some(r) = st.readers.get_mut(self.handle)
             && r.waiting.remove(&self.key).is_some()

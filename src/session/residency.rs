@@ -51,11 +51,42 @@ pub(crate) struct Residency {
 }
 
 impl Residency {
-    pub(crate) fn new(memory_budget: u64) -> Self {
+    /// Nothing held; `memory`, this torrent's store (its budget maybe shared with others).
+    pub(crate) fn new(memory: Store) -> Self {
         Self {
-            memory: Store::new(memory_budget),
+            memory,
             disk: HashSet::new(),
         }
+    }
+
+    /// Pieces other torrents' inserts evicted from memory since the last call: gone unless the
+    /// disk holds them.
+    pub(crate) fn taken_by_others(&mut self) -> Vec<Change> {
+        let taken = self.memory.take_evicted();
+        (taken.into_iter())
+            .filter(|q| !self.disk.contains(q))
+            .map(Change::Gone)
+            .collect()
+    }
+
+    /// The session stopped: memory holds nothing of it any more, nor will (disk stays).
+    pub(crate) fn release_memory(&mut self) {
+        self.memory.release();
+    }
+
+    /// What this torrent's readers want (piece ranges), kept from other torrents' evictions.
+    pub(crate) fn protect(&mut self, ranges: Vec<std::ops::Range<u32>>) {
+        self.memory.protect(ranges);
+    }
+
+    /// This torrent's open readers, counted with every torrent's sharing the memory.
+    pub(crate) fn set_readers(&mut self, n: usize) {
+        self.memory.set_readers(n);
+    }
+
+    /// Open readers of every torrent sharing the memory budget.
+    pub(crate) fn readers_sharing_memory(&self) -> usize {
+        self.memory.readers_in_pool()
     }
 
     /// Memory or disk holds `p`: we can serve it.
@@ -197,7 +228,7 @@ impl Residency {
     #[cfg(test)]
     pub(crate) fn drop_memory(&mut self) -> Vec<Change> {
         let held: Vec<PieceIndex> = self.memory.pieces().collect();
-        self.memory = Store::new(self.memory.budget());
+        self.memory = Store::join(&self.memory.pool().clone());
         held.into_iter()
             .filter(|p| !self.disk.contains(p))
             .map(Change::Gone)
@@ -324,7 +355,7 @@ mod tests {
 
     #[test]
     fn a_verified_piece_is_held_once_and_announced() {
-        let mut r = Residency::new(u64::from(PIECE) * 2);
+        let mut r = Residency::new(Store::new(u64::from(PIECE) * 2));
         assert_eq!(r.verified(piece(0), data(), false, |_| false), [held(0)]);
         assert!(r.holds(piece(0)) && r.in_memory(piece(0)));
         assert_eq!(r.verified(piece(0), data(), false, |_| false), []);
@@ -332,7 +363,7 @@ mod tests {
 
     #[test]
     fn memory_eviction_is_gone_unless_on_disk() {
-        let mut r = Residency::new(u64::from(PIECE));
+        let mut r = Residency::new(Store::new(u64::from(PIECE)));
         r.verified(piece(0), data(), false, |_| false);
         r.written(piece(0), &[]);
         r.verified(piece(1), data(), false, |_| false);
@@ -347,7 +378,7 @@ mod tests {
 
     #[test]
     fn a_piece_no_reader_wants_is_not_kept_when_memory_is_protected() {
-        let mut r = Residency::new(u64::from(PIECE));
+        let mut r = Residency::new(Store::new(u64::from(PIECE)));
         r.verified(piece(0), data(), false, |_| false);
         assert_eq!(
             r.verified(piece(1), data(), false, |q| q == piece(0)),
@@ -362,7 +393,7 @@ mod tests {
 
     #[test]
     fn written_after_memory_dropped_it_is_held_again() {
-        let mut r = Residency::new(u64::from(PIECE));
+        let mut r = Residency::new(Store::new(u64::from(PIECE)));
         r.verified(piece(0), data(), false, |_| false);
         assert_eq!(
             r.verified(piece(1), data(), false, |_| false)[0],
@@ -384,7 +415,7 @@ mod tests {
     fn changes_track_holdings_exactly() {
         for seed in 0..50 {
             let mut rng = StdRng::seed_from_u64(seed);
-            let mut r = Residency::new(u64::from(PIECE) * 3);
+            let mut r = Residency::new(Store::new(u64::from(PIECE) * 3));
             let mut held = BTreeSet::new();
             let mut told = Announced::default();
             let first = r.found_on_disk([piece(5), piece(6)]);

@@ -3,8 +3,11 @@
 //!
 //! # Locks
 //! - `Shared::state` is the session's one state lock. It is held for short synchronous steps,
-//!   never across an `.await`, and **no other lock of btfs is taken while it is held**: the
-//!   other locks are leaves, each taken alone.
+//!   never across an `.await`, and **no other lock of btfs is taken while it is held**, but
+//!   one: the memory pool's (`store::pool`), a leaf under it. The other locks are leaves,
+//!   each taken alone. No session ever takes another session's state lock: the pool evicts
+//!   another torrent's pieces by itself and that session takes the news under its own lock
+//!   (`memory.rs`). The sleep lock (`idle.rs`) is taken before a state lock, never under one.
 //! - The leaves: the disk store (`disk.rs`, locked only on the blocking pool), the host's
 //!   routes (`host.rs`), each rate limit's bucket (`ratelimit.rs`, a tokio mutex held while a
 //!   task waits for its tokens: the wait is the point), the DHT node's state (`dht/`), the UDP
@@ -58,10 +61,12 @@ pub(crate) struct Shared {
     pub(crate) down_limit: Arc<RateLimit>,
     pub(crate) up_limit: Arc<RateLimit>,
     /// Each tracker's last result, kept by the announcer task; empty without trackers.
-    pub(crate) trackers: watch::Receiver<Vec<TrackerStatus>>,
-    /// Flips to true when the announcer has said `stopped` (or gave up): shutdown waits on it,
+    pub(crate) trackers: watch::Sender<Vec<TrackerStatus>>,
+    /// Announcers that have not yet said `stopped` (or given up): shutdown waits for none,
     /// bounded, so `stopped` reaches the trackers.
-    pub(crate) announced_stop: watch::Receiver<bool>,
+    pub(crate) announcers: watch::Sender<usize>,
+    /// Asleep or awake (`idle.rs`).
+    pub(crate) idle: super::idle::Idle,
     /// The disk cache, if `--cache-dir` was given.
     pub(crate) disk: Option<Disk>,
     /// Addresses learned from discovery, tagged with their source, consumed by the connector.

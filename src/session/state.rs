@@ -26,8 +26,9 @@ use super::residency::{Change, Loads, Residency};
 use super::webseed::registry::WebSeeds;
 use crate::bitfield::Bitfield;
 use crate::choker::Choker;
-use crate::picker::{Block, PeerId, Picker, ReaderWant};
+use crate::picker::{Block, PeerId, Picker, ReaderId, ReaderWant};
 use crate::piece::{Geometry, PieceIndex};
+use crate::store::Store;
 
 /// Peers we upload to at once (one of them the optimistic unchoke).
 const UPLOAD_SLOTS: usize = 8;
@@ -46,6 +47,8 @@ pub(crate) struct State {
     pub(crate) assembling: Assembling,
     pub(crate) readers: Readers,
     pub(crate) web_seeds: WebSeeds,
+    /// Asleep (`idle.rs`): no peers admitted, no background fetching.
+    pub(crate) asleep: bool,
 }
 
 impl State {
@@ -53,7 +56,7 @@ impl State {
     /// `files`: each file's piece range, for the background policy.
     pub(crate) fn new(
         geometry: Geometry,
-        cache_bytes: u64,
+        memory: Store,
         background: Background,
         files: Vec<Range<u32>>,
     ) -> Self {
@@ -64,12 +67,13 @@ impl State {
             scope: Scope::Off,
             picker,
             choker: Choker::new(UPLOAD_SLOTS),
-            residency: Residency::new(cache_bytes),
+            residency: Residency::new(memory),
             loads: Loads::default(),
             peers: Peers::default(),
             assembling: Assembling::default(),
             readers: Readers::default(),
             web_seeds: WebSeeds::default(),
+            asleep: false,
         }
     }
 
@@ -87,6 +91,48 @@ impl State {
                 Change::NotKept(p) => self.picker.piece_not_kept(p),
             }
         }
+    }
+
+    /// Pieces other torrents sharing the memory budget evicted: gone unless on disk, fetched
+    /// again when wanted. Returns whether any was.
+    pub(crate) fn memory_taken(&mut self) -> bool {
+        let changes = self.residency.taken_by_others();
+        if changes.is_empty() {
+            return false;
+        }
+        self.apply(changes);
+        self.update_background();
+        self.peers.refill_all();
+        true
+    }
+
+    /// A reader's want in the picker (`picker::Picker::set_reader`), and the store told what
+    /// readers now protect.
+    pub(crate) fn set_reader(&mut self, id: ReaderId, want: ReaderWant) {
+        self.picker.set_reader(id, want);
+        self.publish_protection();
+    }
+
+    pub(crate) fn set_readers(&mut self, wants: impl IntoIterator<Item = (ReaderId, ReaderWant)>) {
+        self.picker.set_readers(wants);
+        self.publish_protection();
+    }
+
+    pub(crate) fn remove_reader(&mut self, id: ReaderId) {
+        self.picker.remove_reader(id);
+        self.publish_protection();
+    }
+
+    /// Other torrents sharing the memory budget never evict what our readers want.
+    fn publish_protection(&mut self) {
+        let ranges = self.picker.reader_ranges();
+        self.residency.protect(ranges);
+    }
+
+    /// The open readers changed: counted with other torrents' for the size of windows.
+    pub(crate) fn readers_changed(&mut self) {
+        let n = self.readers.count();
+        self.residency.set_readers(n);
     }
 
     /// The pieces a disk cache held when the session started.
@@ -235,7 +281,8 @@ impl State {
             rate: r.rate(now),
             lead: 0,
         };
-        self.picker.set_reader(r.window_id, want);
+        let id = r.window_id;
+        self.set_reader(id, want);
         self.peers.refill_all();
         Some(ahead)
     }
@@ -274,6 +321,7 @@ impl State {
         // Pieces being assembled hold memory already (reserved in the store); two more fit.
         let room = 2 * u64::from(self.picker.geometry().piece_length());
         let enabled = self.readers.started()
+            && !self.asleep
             && self.scope != Scope::Off
             && self.residency.memory_has_room_for(room);
         self.picker.set_background(enabled);
@@ -317,7 +365,7 @@ mod tests {
             let g = Geometry::new(PIECE, u64::from(PIECE) * 12).unwrap();
             let mut st = State::new(
                 g.clone(),
-                u64::from(PIECE) * 3,
+                Store::new(u64::from(PIECE) * 3),
                 Background::default(),
                 std::iter::once(0..12).collect(),
             );

@@ -1,12 +1,18 @@
-//! Verified pieces in memory, least-recently-used first out, within a byte budget.
+//! Verified pieces in memory, least-recently-used first out, within a byte budget that may be
+//! shared with other torrents' stores (a [`MemoryPool`], see `pool.rs`).
 //!
 //! Pieces are [`Bytes`]: a reply copying from a piece holds its own reference, so eviction only
 //! drops the store's handle and never frees bytes under a reader. What may be evicted is the
 //! caller's call (`protected`: typically "some reader wants it"); the store only counts bytes.
 
-use bytes::Bytes;
-use lru::LruCache;
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::Arc;
 
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::pool::{MemberId, MemoryPool};
 use crate::piece::PieceIndex;
 
 /// What `insert` did.
@@ -15,51 +21,107 @@ pub struct Insert {
     /// False: the piece did not fit without evicting protected pieces and nobody waits on it,
     /// so it was dropped.
     pub stored: bool,
-    /// Pieces evicted to make room, least recently used first: tell the picker.
+    /// This store's pieces evicted to make room, least recently used first: tell the picker.
+    /// (Pieces of other stores of the pool that went are theirs to take: [`Store::take_evicted`].)
     pub evicted: Vec<PieceIndex>,
 }
 
+/// One torrent's pieces in a [`MemoryPool`]: the bytes and the budget are the pool's, shared
+/// least recently used with the pool's other stores.
 pub struct Store {
-    /// Unbounded by count; the byte budget is enforced here, in `insert`.
-    pieces: LruCache<PieceIndex, Bytes>,
-    used: u64,
-    budget: u64,
-    /// Bytes of the budget taken by others (pieces being assembled): the pieces get the rest.
-    reserved: u64,
+    pool: MemoryPool,
+    id: MemberId,
+    /// The pieces this store was last told it holds: its own inserts less its own evictions
+    /// and what [`Store::take_evicted`] returned. A piece another store evicted stays here
+    /// until taken, though its bytes are gone (`get` and `peek` say so at once).
+    held: HashSet<PieceIndex>,
+    wake: Arc<Notify>,
 }
 
 impl Store {
+    /// A store with a pool of its own (one torrent, the whole budget).
     pub fn new(budget_bytes: u64) -> Self {
+        Self::join(&MemoryPool::new(budget_bytes))
+    }
+
+    /// A new store sharing `pool`'s budget.
+    pub fn join(pool: &MemoryPool) -> Self {
+        let wake = Arc::new(Notify::new());
+        let id = pool.lock().join(wake.clone());
         Self {
-            pieces: LruCache::unbounded(),
-            used: 0,
-            budget: budget_bytes,
-            reserved: 0,
+            pool: pool.clone(),
+            id,
+            held: HashSet::new(),
+            wake,
         }
+    }
+
+    pub fn pool(&self) -> &MemoryPool {
+        &self.pool
+    }
+
+    /// Notified when another store of the pool evicted pieces of this one: take them with
+    /// [`Store::take_evicted`].
+    pub fn evictions(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Pieces other stores evicted since the last call; they are no longer held.
+    pub fn take_evicted(&mut self) -> Vec<PieceIndex> {
+        let gone = self.pool.lock().take_evicted(self.id);
+        for p in &gone {
+            self.held.remove(p);
+        }
+        gone
+    }
+
+    /// What this torrent's readers want (piece ranges): no other store evicts those pieces.
+    pub fn protect(&mut self, mut ranges: Vec<Range<u32>>) {
+        ranges.retain(|r| !r.is_empty());
+        ranges.sort_unstable_by_key(|r| r.start);
+        let mut merged: Vec<Range<u32>> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        self.pool.lock().protect(self.id, merged);
+    }
+
+    /// This torrent's open readers; [`Store::readers_in_pool`] counts every store's.
+    pub fn set_readers(&mut self, n: usize) {
+        self.pool.lock().set_readers(self.id, n);
+    }
+
+    pub fn readers_in_pool(&self) -> usize {
+        self.pool.lock().readers()
     }
 
     /// Takes `bytes` of the budget for memory held elsewhere (pieces being put together): the
     /// next inserts evict down to what is left.
     pub fn set_reserved(&mut self, bytes: u64) {
-        self.reserved = bytes;
+        self.pool.lock().set_reserved(self.id, bytes);
     }
 
     /// The piece, marked as just used.
     pub fn get(&mut self, p: PieceIndex) -> Option<Bytes> {
-        self.pieces.get(&p).cloned()
+        self.pool.lock().get(self.id, p)
     }
 
     /// The piece, without touching its recency (uploads should not keep pieces alive).
     pub fn peek(&self, p: PieceIndex) -> Option<Bytes> {
-        self.pieces.peek(&p).cloned()
+        self.pool.lock().peek(self.id, p)
     }
 
+    /// Held, as far as this store was told (see the field).
     pub fn contains(&self, p: PieceIndex) -> bool {
-        self.pieces.contains(&p)
+        self.held.contains(&p)
     }
 
-    /// Stores a verified piece, evicting least-recently-used pieces that are not `protected`
-    /// until it fits the budget.
+    /// Stores a verified piece, evicting least-recently-used pieces of any store of the pool
+    /// that are not protected until it fits the budget (`protected`: this torrent's readers'
+    /// wants; the other stores' are what they last said with [`Store::protect`]).
     ///
     /// When it cannot fit without evicting protected pieces: with `must_keep` (a read waits on
     /// it) every unprotected piece goes and it is stored over budget anyway, since a read must
@@ -76,75 +138,64 @@ impl Store {
         must_keep: bool,
         protected: impl Fn(PieceIndex) -> bool,
     ) -> Insert {
-        if self.pieces.get(&p).is_some() {
-            return Insert {
-                stored: true,
-                evicted: Vec::new(),
-            };
+        let placed = self
+            .pool
+            .lock()
+            .insert(self.id, p, data, must_keep, protected);
+        for q in &placed.own {
+            self.held.remove(q);
         }
-        let len = data.len() as u64;
-        let excess = (self.used + self.reserved + len).saturating_sub(self.budget);
-        // Victims in eviction order, found before evicting anything so a refusal changes nothing.
-        let mut victims = Vec::new();
-        let mut freed = 0u64;
-        for (&q, bytes) in self.pieces.iter().rev() {
-            if freed >= excess {
-                break;
-            }
-            if !protected(q) {
-                victims.push(q);
-                freed += bytes.len() as u64;
-            }
+        if placed.stored {
+            self.held.insert(p);
         }
-        if freed < excess && !must_keep {
-            return Insert::default();
-        }
-        for &q in &victims {
-            if let Some(bytes) = self.pieces.pop(&q) {
-                self.used -= bytes.len() as u64;
-            }
-        }
-        if self.used + self.reserved + len > self.budget {
-            tracing::debug!(
-                piece = %p,
-                used = self.used + self.reserved + len,
-                budget = self.budget,
-                "store over budget to keep a piece a reader waits on"
-            );
-        }
-        self.used += len;
-        self.pieces.put(p, data);
         Insert {
-            stored: true,
-            evicted: victims,
+            stored: placed.stored,
+            evicted: placed.own,
         }
     }
 
+    /// Bytes of this store's pieces.
     pub fn used_bytes(&self) -> u64 {
-        self.used
+        self.pool.lock().member_used(self.id)
     }
 
+    /// The pool's budget, shared with its other stores.
     pub fn budget(&self) -> u64 {
-        self.budget
+        self.pool.lock().budget()
     }
 
-    /// The pieces held, most recently used first.
+    /// The pieces held (see `contains`), in no order.
     pub fn pieces(&self) -> impl Iterator<Item = PieceIndex> + '_ {
-        self.pieces.iter().map(|(p, _)| *p)
+        self.held.iter().copied()
     }
 
     pub fn len(&self) -> usize {
-        self.pieces.len()
+        self.held.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pieces.is_empty()
+        self.held.is_empty()
     }
 
-    /// Whether `bytes` more fit without evicting anything (`used + reserved + bytes <= budget`).
-    /// The session turns background fetching off while this is false for a piece.
+    /// Whether `bytes` more fit in the pool without evicting anything (`used + reserved +
+    /// bytes <= budget`, over every store). The session turns background fetching off while
+    /// this is false for a piece.
     pub fn has_room_for(&self, bytes: u64) -> bool {
-        (self.used + self.reserved).saturating_add(bytes) <= self.budget
+        self.pool.lock().has_room_for(bytes)
+    }
+}
+
+impl Store {
+    /// Leaves the pool for good (its torrent stopped): its pieces go, their bytes to the other
+    /// stores, and nothing is stored again.
+    pub fn release(&mut self) {
+        self.pool.lock().leave(self.id, self.held.drain());
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -314,6 +365,33 @@ mod tests {
         assert_eq!(s.used_bytes(), 2 * PIECE);
         let r = s.insert(idx(2), data(2), false, none);
         assert_eq!(r.evicted, vec![idx(1)]);
+    }
+
+    #[test]
+    fn another_stores_eviction_frees_bytes_at_once_and_is_taken_once() {
+        let pool = MemoryPool::new(2 * PIECE);
+        let mut a = Store::join(&pool);
+        let mut b = Store::join(&pool);
+        a.insert(idx(0), data(0), false, none);
+        b.insert(idx(0), data(0), false, none);
+        b.insert(idx(1), data(1), false, none);
+        // a's piece was the oldest: its bytes are gone, a still counts it held until told.
+        assert_eq!((a.used_bytes(), b.used_bytes()), (0, 2 * PIECE));
+        assert!(a.get(idx(0)).is_none() && a.peek(idx(0)).is_none());
+        assert!(a.contains(idx(0)));
+        assert_eq!(a.take_evicted(), vec![idx(0)]);
+        assert!(!a.contains(idx(0)) && a.is_empty());
+        // b's reader protects piece 1: a's insert takes b's piece 0 only.
+        b.protect(std::iter::once(1..2).collect());
+        let r = a.insert(idx(5), data(5), false, none);
+        assert_eq!(r.evicted, vec![]);
+        assert_eq!(b.take_evicted(), vec![idx(0)]);
+        // A stopped store frees its bytes and stores nothing more.
+        b.release();
+        assert_eq!(pool.used(), PIECE);
+        assert!(!b.insert(idx(2), data(2), false, none).stored);
+        drop(b);
+        assert_eq!(pool.used(), PIECE);
     }
 
     #[test]

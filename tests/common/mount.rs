@@ -117,14 +117,32 @@ impl Mount {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
-    /// The mount's `user.btfs.status` attribute, read with the ordinary `getfattr` tool, as
-    /// `key: value` pairs (a key that repeats keeps its last value).
-    pub fn status(&self) -> HashMap<String, String> {
-        let out = super::run(
+    /// The mount's `user.btfs.status` attribute, read with the ordinary `getfattr` tool. The
+    /// text may grow between getfattr's size probe and its read (ERANGE, e.g. a reader
+    /// opened): then it asks again.
+    pub fn status_text(&self) -> String {
+        for _ in 0..10 {
+            let out = Command::new("getfattr")
+                .args(["--only-values", "-n", "user.btfs.status"])
+                .arg(&self.mnt)
+                .stdin(Stdio::null())
+                .output()
+                .expect("getfattr");
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        super::run(
             Command::new("getfattr")
                 .args(["--only-values", "-n", "user.btfs.status"])
                 .arg(&self.mnt),
-        );
+        )
+    }
+
+    /// [`Mount::status_text`] as `key: value` pairs (a key that repeats keeps its last value).
+    pub fn status(&self) -> HashMap<String, String> {
+        let out = self.status_text();
         out.lines()
             .filter_map(|l| l.split_once(": "))
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -30,6 +30,11 @@ impl Reporter for Live {
     }
 }
 
+/// What a report's `state` says.
+pub(crate) fn state_name(asleep: bool) -> &'static str {
+    if asleep { "asleep" } else { "active" }
+}
+
 /// One torrent of a library mount, as `btfs status` lists it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TorrentReport {
@@ -37,6 +42,9 @@ pub struct TorrentReport {
     pub folder: String,
     pub name: String,
     pub info_hash: String,
+    /// `active` or `asleep`.
+    #[serde(default)]
+    pub state: String,
     pub peers: usize,
     pub known_peers: usize,
     pub download_rate: u64,
@@ -58,6 +66,7 @@ impl TorrentReport {
             folder: folder.to_string(),
             name: r.name.clone(),
             info_hash: r.info_hash.clone(),
+            state: r.state.clone(),
             peers: r.peers,
             known_peers: r.known_peers,
             download_rate: r.download_rate,
@@ -189,6 +198,7 @@ fn sum(mountpoint: PathBuf, parts: Vec<(String, Report)>, left_out: &[String]) -
     let first = parts.first().map(|(_, r)| r);
     let mut out = Report {
         name: format!("library of {} torrents", parts.len()),
+        state: state_name(true).to_string(),
         info_hash: String::new(),
         mountpoint,
         pid: std::process::id(),
@@ -228,6 +238,9 @@ fn sum(mountpoint: PathBuf, parts: Vec<(String, Report)>, left_out: &[String]) -
     }
     for (folder, r) in parts {
         out.torrents.push(TorrentReport::of(&folder, &r));
+        if r.state != state_name(true) {
+            out.state = r.state.clone();
+        }
         out.peers += r.peers;
         out.encrypted_peers += r.encrypted_peers;
         out.known_peers += r.known_peers;
@@ -248,7 +261,8 @@ fn sum(mountpoint: PathBuf, parts: Vec<(String, Report)>, left_out: &[String]) -
         out.verified_bytes += r.verified_bytes;
         out.total_bytes += r.total_bytes;
         out.cache_used_bytes += r.cache_used_bytes;
-        out.cache_budget_bytes += r.cache_budget_bytes;
+        // One memory budget, shared by every torrent (`store::pool`): each reports it whole.
+        out.cache_budget_bytes = out.cache_budget_bytes.max(r.cache_budget_bytes);
         out.hash_failures += r.hash_failures;
         out.refused_plaintext += r.refused_plaintext;
         out.banned_peers += r.banned_peers;
@@ -291,6 +305,7 @@ pub(super) fn torrents_text(torrents: &[TorrentReport], out: &mut String) {
         let mut line = |k: &str, v: &dyn std::fmt::Display| out.push_str(&format!("  {k}: {v}\n"));
         line("name", &t.name);
         line("info_hash", &t.info_hash);
+        line("state", &t.state);
         line("peers", &t.peers);
         line("known_peers", &t.known_peers);
         line(
@@ -321,6 +336,7 @@ mod tests {
     fn report(name: &str, peers: usize, verified: u32, total: u32) -> Report {
         Report {
             name: name.into(),
+            state: "active".into(),
             info_hash: format!("{name}-hash"),
             mountpoint: "/mnt/x".into(),
             pid: 1,
@@ -379,7 +395,9 @@ mod tests {
         assert_eq!((r.peers, r.known_peers), (3, 5));
         assert_eq!(r.peer_sources[0].connected, 3);
         assert_eq!((r.verified_pieces, r.total_pieces), (3, 14));
-        assert_eq!((r.download_rate, r.cache_budget_bytes), (200, 100));
+        // Rates add up; the memory budget is one, shared.
+        assert_eq!((r.download_rate, r.cache_budget_bytes), (200, 50));
+        assert_eq!(r.cache_used_bytes, 10);
         assert_eq!(r.dht_nodes, Some(7), "one DHT node, counted once");
         assert_eq!(r.info_hash, "");
         assert_eq!(r.readers[1].path, "a (2)/sub/a.bin");

@@ -31,6 +31,10 @@ pub use socket::StatusError;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub name: String,
+    /// `active`, or `asleep` after `--idle-after` without a read (a library: `active` while
+    /// any torrent is).
+    #[serde(default)]
+    pub state: String,
     pub info_hash: String,
     pub mountpoint: PathBuf,
     pub pid: u32,
@@ -175,6 +179,7 @@ impl Report {
         let t = session.torrent();
         Report {
             name: t.info.name.clone(),
+            state: library::state_name(s.asleep).to_string(),
             info_hash: t.info_hash.to_string(),
             mountpoint,
             pid: std::process::id(),
@@ -245,6 +250,7 @@ impl Report {
         let mut out = String::new();
         let mut line = |k: &str, v: &dyn std::fmt::Display| out.push_str(&format!("{k}: {v}\n"));
         line("name", &self.name);
+        line("state", &self.state);
         line("info_hash", &self.info_hash);
         line("mountpoint", &self.mountpoint.display());
         line("pid", &self.pid);

@@ -88,8 +88,9 @@ pub(super) async fn connected(
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (id, have) = {
         let mut st = shared.lock();
-        // Checked under the lock `stop` takes to disconnect everyone: no peer slips in after.
-        if shared.is_shutting_down() {
+        // Checked under the lock `stop` (and falling asleep) takes to disconnect everyone: no
+        // peer slips in after.
+        if shared.is_shutting_down() || st.asleep {
             return Err(PeerError::Shutdown);
         }
         if st

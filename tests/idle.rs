@@ -1,0 +1,115 @@
+//! Idle torrents sleep (`--idle-after`), on a real library mount served by libtorrent seeders
+//! on loopback: with no read, each torrent drops its peers (`btfs status` says `state:
+//! asleep`, 0 peers); a read of one wakes it and returns the right bytes, the other sleeps on.
+
+mod common;
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{
+    Layout, MOUNT_ARGS, Mount, Swarm, SwarmOptions, Tracker, assert_tree_matches, btfs,
+    files_under, run,
+};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn swarm(size: u64, seed: u64) -> Swarm {
+    Swarm::start(SwarmOptions {
+        layout: Layout::Single,
+        size,
+        piece_length: 32 * 1024,
+        seeders: 1,
+        trackers: vec![Tracker::Http],
+        data_seed: seed,
+        ..SwarmOptions::default()
+    })
+}
+
+fn json_status(m: &Mount) -> serde_json::Value {
+    let out = run(Command::new(btfs())
+        .args(["status", "--json"])
+        .arg(m.path()));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"))
+}
+
+/// Each torrent's (state, peers), in folder order.
+fn states(report: &serde_json::Value) -> Vec<(String, u64)> {
+    (report["torrents"]
+        .as_array()
+        .expect("a torrents list")
+        .iter())
+    .map(|t| {
+        let state = t["state"].as_str().expect("a state").to_string();
+        (state, t["peers"].as_u64().expect("peers"))
+    })
+    .collect()
+}
+
+/// Polls the status until `cond` holds for the torrents' (state, peers).
+fn wait_for(m: &Mount, what: &str, cond: impl Fn(&[(String, u64)]) -> bool) {
+    let start = Instant::now();
+    loop {
+        let report = json_status(m);
+        if cond(&states(&report)) {
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what}: not after {DEADLINE:?}: {report:#}\n{}",
+            m.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn read_folder(m: &Mount, folder: &str, swarm: &Swarm) {
+    let parent = swarm.data_parent();
+    let files = files_under(swarm.data_path(), &parent);
+    assert_tree_matches(&m.path().join(folder), &parent, &files, DEADLINE, || {
+        format!("{folder}\n{}", m.stderr())
+    });
+}
+
+#[test]
+fn idle_torrents_sleep_and_a_read_wakes_one_with_right_bytes() {
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| swarm(2 << 20, 61));
+        let b = s.spawn(|| swarm(1 << 20, 62));
+        (a.join().expect("swarm a"), b.join().expect("swarm b"))
+    });
+    let m = Mount::with_args(btfs(), |mnt, _| {
+        let mut args: Vec<OsString> = vec!["mount".into()];
+        args.extend([a.torrent(), b.torrent()].map(|p: &Path| p.as_os_str().to_owned()));
+        args.push(mnt.into());
+        args.extend(MOUNT_ARGS.iter().map(OsString::from));
+        args.extend(["--idle-after", "2s"].map(OsString::from));
+        args
+    });
+    // Nothing read: both fall asleep, their peers dropped.
+    wait_for(&m, "both asleep with no peers", |t| {
+        t.iter()
+            .all(|(state, peers)| state == "asleep" && *peers == 0)
+    });
+    let text = run(Command::new(btfs()).arg("status").arg(m.path()));
+    assert!(text.contains("  state: asleep\n"), "{text}");
+
+    // A read of the first wakes it: every byte right, the second sleeps on.
+    read_folder(&m, "single.bin", &a);
+    let report = json_status(&m);
+    let torrents = report["torrents"].as_array().expect("a torrents list");
+    // Nothing was fetched before it slept (no read): the bytes came after the wake.
+    assert!(
+        torrents[0]["downloaded_bytes"].as_u64() >= Some(2 << 20),
+        "{report:#}"
+    );
+    assert_eq!(torrents[1]["downloaded_bytes"].as_u64(), Some(0));
+    assert_eq!(states(&report)[1], ("asleep".to_string(), 0), "{report:#}");
+    // And it sleeps again once reads stop.
+    wait_for(&m, "the first asleep again", |t| {
+        t[0].0 == "asleep" && t[0].1 == 0
+    });
+    assert!(m.unmount().is_some_and(|s| s.success()));
+}
