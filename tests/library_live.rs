@@ -163,6 +163,16 @@ fn torrents_are_added_while_another_is_read_and_removed_while_a_read_waits() {
     });
     let report = torrent_status(&m, "multi (2)").expect("status of the added torrent");
     assert_eq!(report["info_hash"], second.info_hash(), "{report:#}");
+    let one = btfs_run(&[&"status".into(), &m.path().into(), &"multi (2)".into()]);
+    let one = text(&one.stdout);
+    assert!(
+        one.starts_with("torrent: multi (2)\n  name: multi\n"),
+        "{one}"
+    );
+    assert!(
+        !one.contains("torrent: multi\n"),
+        "only the one asked for:\n{one}"
+    );
 
     let out = add(&m, dead.torrent());
     assert!(
