@@ -279,7 +279,7 @@ fn a_watch_directory_is_followed_while_mounted() {
 /// `btfs mount --library` with no torrent shows an empty root; a broken torrent, a missing
 /// file and a duplicate added at runtime each make `btfs add` exit non-zero with one line
 /// saying why, and the mount goes on; `btfs remove` of an unknown name fails the same way; a
-/// mount of one torrent refuses `btfs add`.
+/// torrent removed can be added again; a mount of one torrent refuses `btfs add`.
 #[test]
 fn bad_torrents_added_at_runtime_are_refused_and_the_mount_goes_on() {
     let good = swarm(Layout::Single, 200_000, 71, None);
@@ -321,6 +321,16 @@ fn bad_torrents_added_at_runtime_are_refused_and_the_mount_goes_on() {
     let out = remove(&m, "single.bin");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(root_names(&m), Vec::<String>::new());
+    // Removed, then added again at once: a new session, read right again.
+    let out = add(&m, good.torrent());
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        m.stderr()
+    );
+    assert_eq!(root_names(&m), ["single.bin"]);
+    assert_folder_reads(&m, "single.bin", &good);
 
     let single = common::mount_btfs(good.torrent(), &[]);
     refused(add(&single, &broken), "--library");

@@ -9,6 +9,7 @@
 //! folder goes and the kernel is told; the session's goodbyes (trackers hear `stopped`) finish
 //! in the background. Changes are made one at a time; resolving a source is not part of one.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,6 +77,10 @@ pub struct Library {
     closed: AtomicBool,
     /// Torrents the budgets are split between at least (the mount's sources).
     expected: usize,
+    /// Sessions of removed torrents still saying goodbye (trackers, disk writes), by
+    /// info-hash: the same torrent added again waits for its old session to be gone, so two
+    /// never share its disk cache. Locked for a map operation only.
+    stopping: Mutex<HashMap<InfoHash, tokio::task::JoinHandle<()>>>,
 }
 
 impl Library {
@@ -95,6 +100,7 @@ impl Library {
             changing: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
             expected,
+            stopping: Mutex::new(HashMap::new()),
         }
     }
 
@@ -156,6 +162,10 @@ impl Library {
                 torrent.info_hash
             );
             return Err(self.refused(source, &why));
+        }
+        let old = crate::sync::lock(&self.stopping).remove(&torrent.info_hash);
+        if let Some(old) = old {
+            let _ = old.await;
         }
         if let Some(d) = &self.shared.dht {
             add_torrent_nodes(d, &torrent).await;
@@ -229,7 +239,11 @@ impl Library {
             .expect("removing a folder does not panic");
         self.live.remove(&entry.folder);
         tracing::info!("unmounted {}", entry.folder);
-        tokio::spawn(async move { entry.session.shutdown().await });
+        let session = entry.session;
+        let goodbye = tokio::spawn(async move { session.shutdown().await });
+        let mut stopping = crate::sync::lock(&self.stopping);
+        stopping.retain(|_, h| !h.is_finished());
+        stopping.insert(entry.info_hash, goodbye);
         Ok(())
     }
 
