@@ -5,12 +5,15 @@
 //! - [`app`]: the commands above the engine. [`app::mount`]: `btfs mount`, a session behind a
 //!   FUSE mount, signals, the live status line, `--daemon`, the order of shutdown;
 //!   [`app::library`]: several torrents in one mount, a folder and a session each on one
-//!   host; [`app::backend`]: the FUSE backends over sessions;
-//!   [`app::status`]: `btfs status` (`socket`: the per-mount unix socket; `rate`: rates over
-//!   the last seconds); [`app::source`]: a `.torrent` file, URL or magnet link to a torrent;
+//!   host ([`app::catalog`]: the set, changed while mounted; [`app::watch`]: `--watch DIR`;
+//!   [`app::saved`]: `--state-dir`); [`app::backend`]: the FUSE backends over sessions;
+//!   [`app::status`]: `btfs status` (`socket`: the per-mount unix socket, which also takes
+//!   `btfs add` and `btfs remove` as `request`s; `rate`: rates over the last seconds); [`app::source`]: a `.torrent` file, URL or magnet link to a torrent;
 //!   [`app::alerts`]: problems said once.
 //! - [`fs`]: the FUSE filesystem, knowing files and a `Backend` that turns `(file, offset,
-//!   len)` into verified bytes, nothing of peers. `inode`: the pure inode table; `fuse`: the
+//!   len)` into verified bytes, nothing of peers. `inode`: the pure inode table; `folders`: a
+//!   library's root whose folders come and go (the kernel told through fuser's `Notifier`);
+//!   `tree`: what the adapter asks of either; `fuse`: the
 //!   fuser adapter (each callback replies once; reads reply from a tokio task); `kernel`:
 //!   mounting, unmounting, noticing the kernel side end.
 //! - [`session`]: the tokio engine of one torrent; its own map is at the top of
@@ -74,6 +77,9 @@
 //! rechoke task (1 s): choker decisions --SetUnchoked--> peer tasks
 //! app::mount tick (1 s): status::Live (rates, said-once alerts), the status line
 //! status socket --accept--> report as JSON --> `btfs status`
+//!           --add/remove (mpsc Control, oneshot reply)--> app::catalog task per request
+//!           --> source resolved, Session::start, fs::Folders add (kernel told) | stop, remove
+//! watch task (1 s, --watch DIR) --> app::catalog add/remove
 //! DHT node: a receive loop per family and the maintenance task, shared by every session
 //!           (Config::dht)
 //! LSD task (lsd): multicast announces of every registered torrent, peers others announce

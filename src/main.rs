@@ -40,9 +40,30 @@ enum Command {
     Status {
         /// The mountpoint of a running `btfs mount`.
         mountpoint: Option<PathBuf>,
+        /// One torrent of a library mount: its folder's name.
+        #[arg(requires = "mountpoint")]
+        name: Option<String>,
         /// One JSON object, for scripts.
         #[arg(long)]
         json: bool,
+    },
+    /// Add a torrent to a running library mount (one of several torrents, or mounted with
+    /// --library or --watch): it appears as a folder. Exits non-zero, saying why, if it
+    /// cannot be mounted (a bad source, a torrent already mounted).
+    Add {
+        /// The mountpoint of a running library mount.
+        mountpoint: PathBuf,
+        /// A .torrent file, an http(s):// URL of one, or a magnet: link; read by the mount.
+        #[arg(value_name = "TORRENT|MAGNET|URL")]
+        source: String,
+    },
+    /// Remove a torrent from a running library mount: its folder goes, reads still waiting on
+    /// it fail, the others are not disturbed.
+    Remove {
+        /// The mountpoint of a running library mount.
+        mountpoint: PathBuf,
+        /// The torrent's folder under the mountpoint.
+        name: String,
     },
     /// Print what a .torrent file holds: name, info-hash, sizes, trackers and files.
     Info {
@@ -53,10 +74,10 @@ enum Command {
 
 #[derive(Args)]
 struct MountArgs {
-    /// A .torrent file, an http(s):// URL of one, or a magnet: link. With several, each
-    /// torrent is a folder named after it; one that cannot be loaded is left out (said on
-    /// stderr) and the others are mounted.
-    #[arg(value_name = "TORRENT", required = true)]
+    /// A .torrent file, an http(s):// URL of one, or a magnet: link. With several (or with
+    /// --library or --watch), each torrent is a folder named after it; one that cannot be
+    /// loaded is left out (said on stderr) and the others are mounted.
+    #[arg(value_name = "TORRENT", required_unless_present_any = ["library", "watch"])]
     torrents: Vec<String>,
     /// An existing, empty directory to mount at.
     mountpoint: PathBuf,
@@ -153,6 +174,18 @@ struct MountArgs {
     /// from any peer; by default a read waits (players prefer waiting).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     read_timeout: Option<u64>,
+    /// Mount a library even of one torrent or none: each torrent a folder, and `btfs add` and
+    /// `btfs remove` change the set while mounted.
+    #[arg(long)]
+    library: bool,
+    /// Mount every *.torrent file (and every *.magnet file holding one magnet link) in DIR as
+    /// a folder, following the directory while mounted (implies --library).
+    #[arg(long, value_name = "DIR")]
+    watch: Option<PathBuf>,
+    /// Where a library keeps the torrents added with `btfs add`, to mount them again at the
+    /// next mount of the same mountpoint [default: ~/.local/state/btfs].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Detach once the mount is ready and keep serving in the background.
     #[arg(long)]
     daemon: bool,
@@ -198,12 +231,45 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", t.summary());
             Ok(())
         }
-        Command::Status { mountpoint, json } => status(mountpoint, json),
+        Command::Status {
+            mountpoint,
+            name,
+            json,
+        } => match name {
+            Some(name) => status_of_one(&mountpoint.expect("clap requires it"), &name, json),
+            None => status(mountpoint, json),
+        },
+        Command::Add { mountpoint, source } => {
+            // A relative path names a file from here; the mount process has its own directory.
+            let source = match Target::parse(&source)? {
+                Target::File(p) => std::path::absolute(&p)
+                    .with_context(|| format!("cannot resolve {}", p.display()))?
+                    .to_string_lossy()
+                    .into_owned(),
+                _ => source,
+            };
+            change(&mountpoint, status::request::Request::Add { source })
+        }
+        Command::Remove { mountpoint, name } => {
+            change(&mountpoint, status::request::Request::Remove { name })
+        }
         Command::Mount(args) => {
             let mut args = *args;
+            let library = library::LibraryOptions {
+                explicit: args.library,
+                watch: match args.watch.take() {
+                    Some(dir) => Some(watch_dir(&dir)?),
+                    None => None,
+                },
+                state_dir: args
+                    .state_dir
+                    .take()
+                    .or_else(btfs::app::saved::default_state_dir),
+            };
+            let as_library = library.explicit || library.watch.is_some();
             // One source: its files at the top, and a bad one fails at once.
             let single = match args.torrents.as_slice() {
-                [one] => {
+                [one] if !as_library => {
                     let target = Target::parse(one)?;
                     let preloaded = target.load_local()?;
                     Some((target, preloaded))
@@ -274,7 +340,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some((target, preloaded)) => {
                     runtime.block_on(mount::run(target, preloaded, config, ready))
                 }
-                None => runtime.block_on(library::run(sources, config, ready)),
+                None => runtime.block_on(library::run(sources, config, library, ready)),
             };
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
             result.map_err(Into::into)
@@ -325,6 +391,63 @@ fn idle_after(args: &MountArgs, library: bool) -> Option<std::time::Duration> {
     args.idle_after
         .or(library.then_some(LIBRARY_IDLE))
         .filter(|d| !d.is_zero())
+}
+
+/// `btfs status MOUNT NAME`: one torrent of a library mount.
+fn status_of_one(mountpoint: &std::path::Path, name: &str, json: bool) -> Result<()> {
+    let report = status::socket::query(mountpoint)?;
+    let Some((torrent, readers)) = status::library::one_torrent(&report, name) else {
+        if report.torrents.is_empty() && !report.info_hash.is_empty() {
+            anyhow::bail!(
+                "{} serves one torrent ({}): `btfs status {}` shows it",
+                mountpoint.display(),
+                report.name,
+                mountpoint.display()
+            );
+        }
+        let names: Vec<&str> = report.torrents.iter().map(|t| t.folder.as_str()).collect();
+        anyhow::bail!(
+            "no torrent in folder {name:?} of {} (its torrents: {})",
+            mountpoint.display(),
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+    };
+    if json {
+        let mut value = serde_json::to_value(&torrent)?;
+        value["readers"] = serde_json::to_value(&readers)?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{}", status::library::one_torrent_text(&torrent, &readers));
+    }
+    Ok(())
+}
+
+/// `btfs add` and `btfs remove`: the mount's answer on stdout, or its refusal as the error.
+fn change(mountpoint: &std::path::Path, request: status::request::Request) -> Result<()> {
+    match status::socket::send(mountpoint, &request)? {
+        status::request::Reply::Ok(line) => {
+            println!("{line}");
+            Ok(())
+        }
+        status::request::Reply::Error(line) => Err(anyhow::anyhow!(line)),
+    }
+}
+
+/// The watch directory, checked now (a typo fails at once) and made absolute.
+fn watch_dir(dir: &std::path::Path) -> Result<PathBuf> {
+    let canonical = dir
+        .canonicalize()
+        .with_context(|| format!("watch directory {}", dir.display()))?;
+    anyhow::ensure!(
+        canonical.is_dir(),
+        "watch directory {} is not a directory",
+        dir.display()
+    );
+    Ok(canonical)
 }
 
 fn encryption_policy() -> impl clap::builder::TypedValueParser<Value = session::Encryption> {

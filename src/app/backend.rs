@@ -1,13 +1,13 @@
 //! The [`fs::Backend`]s of a mount: how the FUSE layer's file ids reach sessions. One torrent
 //! ([`SessionBackend`]): file ids of the table map to the torrent's file indices (padding files
-//! are hidden, so the two numberings differ). Several ([`LibraryBackend`]): each file id maps
+//! are hidden, so the two numberings differ). A library ([`LibraryBackend`]): each file id maps
 //! to a torrent and its file, and each reader handle remembers its torrent.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -49,7 +49,7 @@ impl TorrentFiles {
         file: usize,
         offset: u64,
         len: u32,
-    ) -> impl Future<Output = Result<Bytes, fuser::Errno>> + Send + 'static {
+    ) -> impl Future<Output = Result<Bytes, fuser::Errno>> + Send + 'static + use<> {
         let session = self.session.clone();
         let file = self.files[file];
         let timeout = self.read_timeout;
@@ -124,59 +124,75 @@ impl<R: Reporter> Backend for SessionBackend<R> {
     }
 }
 
-/// Where a mount file id of a library is: which torrent, and which of its mount file ids.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Place {
-    pub torrent: usize,
-    pub file: usize,
-}
-
-/// Serves FUSE reads of a mount of several torrents: each file id goes to its torrent's
-/// session. Session reader handles are numbered per session, so the mount hands out its own
-/// and keeps which torrent and session handle each stands for.
+/// Serves FUSE reads of a library mount: each file id goes to its torrent's session. A
+/// torrent's files are numbered from its `first_file` on (ids never reused, see
+/// [`crate::fs::Folders`]); torrents come and go while mounted. Session reader handles are
+/// numbered per session, so the mount hands out its own and keeps which torrent and session
+/// handle each stands for.
 pub struct LibraryBackend<R> {
-    torrents: Vec<TorrentFiles>,
-    places: Vec<Place>,
-    /// Open handles: the mount's number -> (torrent, the session's handle). Locked briefly by
-    /// `open`, `release` and `read` (FUSE threads); never across an `.await`, nothing else
-    /// locked meanwhile.
-    handles: Mutex<HashMap<u64, (usize, ReadHandle)>>,
+    /// First file id -> its torrent. Read by every open and read, changed by add and remove;
+    /// held for a map operation only, never across an `.await`, nothing else locked meanwhile.
+    torrents: RwLock<BTreeMap<usize, Arc<TorrentFiles>>>,
+    /// Open handles: the mount's number -> (its torrent, the session's handle). Locked briefly
+    /// by `open`, `release` and `read` (FUSE threads), as `torrents` is.
+    handles: Mutex<HashMap<u64, (Arc<TorrentFiles>, ReadHandle)>>,
     next_handle: AtomicU64,
     live: Arc<R>,
 }
 
 impl<R> LibraryBackend<R> {
-    /// `places[id]` is where mount file id `id` is; every place must name a torrent of
-    /// `torrents` and one of its files.
-    pub fn new(torrents: Vec<TorrentFiles>, places: Vec<Place>, live: Arc<R>) -> Self {
-        debug_assert!((places.iter()).all(|p| {
-            torrents
-                .get(p.torrent)
-                .is_some_and(|t| p.file < t.files.len())
-        }));
+    pub fn new(live: Arc<R>) -> Self {
         LibraryBackend {
-            torrents,
-            places,
+            torrents: RwLock::new(BTreeMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             live,
         }
     }
+
+    /// Serves file ids `first_file..` from `torrent` (call before its folder appears).
+    pub fn insert(&self, first_file: usize, torrent: TorrentFiles) {
+        let mut map = self
+            .torrents
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.insert(first_file, Arc::new(torrent));
+    }
+
+    /// Stops serving the torrent at `first_file`: its files' reads and opens fail with ENOENT
+    /// from now on (reads already waiting end when its session stops).
+    pub fn remove(&self, first_file: usize) {
+        let mut map = self
+            .torrents
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.remove(&first_file);
+    }
+
+    /// The torrent of mount file id `file`, and the file's id within it.
+    fn find(&self, file: usize) -> Option<(Arc<TorrentFiles>, usize)> {
+        let map = self.torrents.read().unwrap_or_else(PoisonError::into_inner);
+        let (&first, torrent) = map.range(..=file).next_back()?;
+        let own = file - first;
+        (own < torrent.files.len()).then(|| (torrent.clone(), own))
+    }
 }
 
 impl<R: Reporter> Backend for LibraryBackend<R> {
     fn open(&self, file: usize) -> u64 {
-        let place = self.places[file];
-        let inner = self.torrents[place.torrent].open(place.file);
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        crate::sync::lock(&self.handles).insert(handle, (place.torrent, inner));
+        // A file whose torrent just went gets a handle that names no reader: reads say ENOENT.
+        if let Some((torrent, own)) = self.find(file) {
+            let inner = torrent.open(own);
+            crate::sync::lock(&self.handles).insert(handle, (torrent, inner));
+        }
         handle
     }
 
     fn release(&self, handle: u64) {
         let removed = crate::sync::lock(&self.handles).remove(&handle);
         if let Some((torrent, inner)) = removed {
-            self.torrents[torrent].session.close_reader(inner);
+            torrent.session.close_reader(inner);
         }
     }
 
@@ -187,14 +203,21 @@ impl<R: Reporter> Backend for LibraryBackend<R> {
         offset: u64,
         len: u32,
     ) -> impl Future<Output = Result<Bytes, fuser::Errno>> + Send + 'static {
-        let place = self.places[file];
-        let inner = crate::sync::lock(&self.handles)
-            .get(&handle)
-            .filter(|(t, _)| *t == place.torrent)
-            .map(|&(_, h)| h)
-            // A handle that names no open reader of this torrent reads without readahead.
-            .unwrap_or(ReadHandle::from_raw(u64::MAX));
-        self.torrents[place.torrent].read(inner, place.file, offset, len)
+        let read = self.find(file).map(|(torrent, own)| {
+            let inner = crate::sync::lock(&self.handles)
+                .get(&handle)
+                .filter(|(t, _)| Arc::ptr_eq(t, &torrent))
+                .map(|&(_, h)| h)
+                // A handle that names no open reader of this torrent reads without readahead.
+                .unwrap_or(ReadHandle::from_raw(u64::MAX));
+            torrent.read(inner, own, offset, len)
+        });
+        async move {
+            match read {
+                Some(read) => read.await,
+                None => Err(fuser::Errno::ENOENT),
+            }
+        }
     }
 
     fn status(&self) -> String {

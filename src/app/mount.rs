@@ -15,10 +15,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::app::backend::{SessionBackend, TorrentFiles};
 use crate::app::limits;
 use crate::app::source::{self, ResolveOptions, SourceError, Target};
+use crate::app::status::request::Control;
 use crate::app::status::socket::{StatusSocket, canonical_mountpoint};
 use crate::app::status::{Live, Reporter};
 use crate::dht::{Dht, DhtConfig, SavedState};
-use crate::fs::{self, Backend, FileSpec, FsError, InodeTable, MountOptions};
+use crate::fs::{self, Backend, FileSpec, FsError, InodeTable, MountOptions, Tree};
 use crate::metainfo::Torrent;
 use crate::net::Family;
 use crate::net::udp::Protocol;
@@ -253,6 +254,7 @@ pub async fn run(
     let name = torrent.info.name.clone();
     let time = creation_time(&torrent);
     let session = Session::start(Arc::new(torrent), config.session.clone(), &net.host).await?;
+    let all = session.clone();
     let canonical = canonical_mountpoint(&config.mountpoint).unwrap_or(config.mountpoint.clone());
     let live = Arc::new(Live::new(session.clone(), canonical));
     let backend = Arc::new(SessionBackend {
@@ -260,10 +262,11 @@ pub async fn run(
         live: live.clone(),
     });
     let served = Served {
-        sessions: vec![session],
+        sessions: Arc::new(move || vec![all.clone()]),
         backend,
-        table,
+        table: Arc::new(table),
         live,
+        control: None,
         fsname: format!("btfs:{name}"),
         time,
     };
@@ -278,11 +281,14 @@ pub fn creation_time(torrent: &Torrent) -> Option<std::time::SystemTime> {
 
 /// What a mount serves, its sessions started: the tree, the backend reading from them, and
 /// what reports on them.
-pub struct Served<B, R> {
-    pub sessions: Vec<Session>,
+pub struct Served<B, R, T> {
+    /// The sessions to stop at the end, as they are then (a library's change while mounted).
+    pub sessions: Arc<dyn Fn() -> Vec<Session> + Send + Sync>,
     pub backend: Arc<B>,
-    pub table: InodeTable,
+    pub table: Arc<T>,
     pub live: Arc<R>,
+    /// Where the status socket hands `add` and `remove` (a library's), if anywhere.
+    pub control: Option<Control>,
     /// Shown by `mount` and `df`.
     pub fsname: String,
     /// Every inode's time; `None`: now.
@@ -291,11 +297,11 @@ pub struct Served<B, R> {
 
 /// Mounts `served` and serves until Ctrl-C, SIGTERM or an external unmount, then takes it down
 /// in the order that leaves no reader hanging.
-pub async fn serve<B: Backend, R: Reporter>(
+pub async fn serve<B: Backend, R: Reporter, T: Tree>(
     config: &MountConfig,
     net: Net,
     mut signals: Signals,
-    served: Served<B, R>,
+    served: Served<B, R, T>,
     ready: Option<Daemon>,
 ) -> Result<(), MountError> {
     let Served {
@@ -303,6 +309,7 @@ pub async fn serve<B: Backend, R: Reporter>(
         backend,
         table,
         live,
+        control,
         fsname,
         time,
     } = served;
@@ -316,7 +323,7 @@ pub async fn serve<B: Backend, R: Reporter>(
     let (status_stop, status_stopped) = tokio::sync::watch::channel(false);
     let _status_socket = match StatusSocket::bind(&canonical) {
         Ok(mut socket) => {
-            socket.serve(live.clone(), status_stopped);
+            socket.serve(live.clone(), control, status_stopped);
             Some(socket)
         }
         Err(e) => {
@@ -333,7 +340,7 @@ pub async fn serve<B: Backend, R: Reporter>(
     let mounted = match mounted {
         Ok(m) => m,
         Err(e) => {
-            shutdown_all(&sessions).await;
+            shutdown_all(&sessions()).await;
             return Err(e.into());
         }
     };
@@ -373,12 +380,13 @@ pub async fn serve<B: Backend, R: Reporter>(
     if status {
         eprint!("\r\x1b[K");
     }
-    // Blocked reads fail first, so no open file keeps the mount busy; then unmount; then the
-    // trackers hear `stopped` (bounded wait).
+    // No more requests; blocked reads fail first, so no open file keeps the mount busy; then
+    // unmount; then the trackers hear `stopped` (bounded wait).
+    status_stop.send_replace(true);
+    let sessions = sessions();
     for s in &sessions {
         s.stop();
     }
-    status_stop.send_replace(true);
     let unmounted = tokio::task::spawn_blocking(move || mounted.unmount())
         .await
         .expect("unmount task panicked");

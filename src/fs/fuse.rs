@@ -3,7 +3,8 @@
 //!
 //! Nothing here blocks a FUSE thread on data: `read` hands its `ReplyData` to a task on the
 //! tokio runtime, so lookups, getattr and reads of cached data keep flowing while a read waits
-//! for the swarm. The tree never changes while mounted, hence the long TTLs and `KEEP_CACHE`.
+//! for the swarm. A torrent's files never change while mounted, hence the long TTLs and
+//! `KEEP_CACHE`; a library's root does, and its tree tells the kernel of each change.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -20,9 +21,11 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use super::Backend;
-use super::inode::{self, InodeTable, LookupError, NodeKind, Ownership};
+use super::inode::{self, DirEntry, LookupError, NodeKind, Ownership};
+use super::tree::Tree;
 
-/// How long the kernel may cache names and attributes: the tree is fixed while mounted.
+/// How long the kernel may cache names and attributes: a file never changes while mounted,
+/// and a folder that goes is invalidated in the kernel by its tree.
 const TTL: Duration = Duration::from_secs(3600);
 /// The one extended attribute, on the root only.
 pub(super) const STATUS_XATTR: &str = "user.btfs.status";
@@ -32,9 +35,9 @@ const STATFS_BLOCK: u32 = 4096;
 /// the network, so allow more than the kernel's default of 12.
 const MAX_BACKGROUND: u16 = 64;
 
-pub(super) struct FuseFs<B> {
+pub(super) struct FuseFs<B, T> {
     backend: Arc<B>,
-    table: InodeTable,
+    table: Arc<T>,
     owner: Ownership,
     rt: Handle,
     /// The status text each process's size probe (`getxattr` with size 0) was answered with:
@@ -47,8 +50,8 @@ pub(super) struct FuseFs<B> {
 /// read would otherwise stay forever).
 const MAX_STATUS_PROBES: usize = 64;
 
-impl<B: Backend> FuseFs<B> {
-    pub(super) fn new(backend: Arc<B>, table: InodeTable, owner: Ownership, rt: Handle) -> Self {
+impl<B: Backend, T: Tree> FuseFs<B, T> {
+    pub(super) fn new(backend: Arc<B>, table: Arc<T>, owner: Ownership, rt: Handle) -> Self {
         FuseFs {
             backend,
             table,
@@ -232,7 +235,7 @@ fn reply_xattr(value: Result<Vec<u8>, Errno>, size: u32, reply: ReplyXattr) {
     }
 }
 
-impl<B: Backend> Filesystem for FuseFs<B> {
+impl<B: Backend, T: Tree> Filesystem for FuseFs<B, T> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // The kernel offers its bdi readahead (128 KiB) and only lets us lower it; take all
         // of it here and raise the bdi through sysfs after mounting.
@@ -327,11 +330,12 @@ impl<B: Backend> Filesystem for FuseFs<B> {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.open_dir(ino) {
-            // The listing never changes: let the kernel cache it across opens.
-            Ok(()) => reply.opened(
+            // A listing that never changes: let the kernel cache it across opens.
+            Ok(()) if self.table.listing_fixed(ino) => reply.opened(
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
             ),
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
     }
@@ -344,13 +348,11 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(entries) = self.table.readdir(ino, offset) else {
-            return reply.error(Errno::ENOTDIR);
+        let mut add = |entry: &DirEntry<'_>, _: &FileAttr| {
+            reply.add(entry.ino, entry.next_offset, entry.kind, entry.name)
         };
-        for entry in entries {
-            if reply.add(entry.ino, entry.next_offset, entry.kind, entry.name) {
-                break;
-            }
+        if !self.table.readdir(ino, offset, &self.owner, &mut add) {
+            return reply.error(Errno::ENOTDIR);
         }
         reply.ok();
     }
@@ -363,24 +365,12 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(entries) = self.table.readdir(ino, offset) else {
-            return reply.error(Errno::ENOTDIR);
+        let mut add = |entry: &DirEntry<'_>, attr: &FileAttr| {
+            let (ino, next) = (entry.ino, entry.next_offset);
+            reply.add(ino, next, entry.name, &TTL, attr, Generation(0))
         };
-        for entry in entries {
-            let Some(attr) = self.table.attr(entry.ino, &self.owner) else {
-                continue;
-            };
-            let full = reply.add(
-                entry.ino,
-                entry.next_offset,
-                entry.name,
-                &TTL,
-                &attr,
-                Generation(0),
-            );
-            if full {
-                break;
-            }
+        if !self.table.readdir(ino, offset, &self.owner, &mut add) {
+            return reply.error(Errno::ENOTDIR);
         }
         reply.ok();
     }
@@ -398,7 +388,7 @@ impl<B: Backend> Filesystem for FuseFs<B> {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let blocks = self.table.total_size().div_ceil(u64::from(STATFS_BLOCK));
-        let files = self.table.len() as u64;
+        let files = self.table.inodes() as u64;
         reply.statfs(blocks, 0, 0, files, 0, STATFS_BLOCK, 255, STATFS_BLOCK);
     }
 

@@ -27,7 +27,8 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use super::fuse::FuseFs;
-use super::inode::{InodeTable, Ownership};
+use super::inode::Ownership;
+use super::tree::Tree;
 use super::{Backend, FsError};
 
 /// How long `unmount` waits for the session threads once the kernel side is gone: they end
@@ -81,19 +82,21 @@ pub struct Mounted {
     conn: Option<u64>,
 }
 
-/// Mounts `table` read-only at `mountpoint`, serving data from `backend`; reads run on `rt`.
-/// Blocks while the kernel handshakes: call it outside async code or in `spawn_blocking`.
-pub fn mount<B: Backend>(
+/// Mounts `table` read-only at `mountpoint`, serving data from `backend`; reads run on `rt`;
+/// the tree is given the session's notifier to tell the kernel of its changes. Blocks while
+/// the kernel handshakes: call it outside async code or in `spawn_blocking`.
+pub fn mount<B: Backend, T: Tree>(
     backend: Arc<B>,
-    table: InodeTable,
+    table: Arc<T>,
     mountpoint: &Path,
     opts: MountOptions,
     rt: Handle,
 ) -> Result<Mounted, FsError> {
     let mountpoint = preflight(mountpoint)?;
-    let fs = FuseFs::new(backend, table, opts.owner, rt);
+    let fs = FuseFs::new(backend, table.clone(), opts.owner, rt);
     let mut session = Session::new(fs, &mountpoint, &session_config(&opts))
         .map_err(|e| mount_error(&mountpoint, e))?;
+    table.attach(session.notifier());
     let unmounter = session.unmount_callable();
     let (ended_tx, ended) = watch::channel(false);
     let session = std::thread::Builder::new()

@@ -1,6 +1,8 @@
 //! The read-only FUSE filesystem: a torrent's files as a directory tree.
 //!
 //! - [`inode`]: the immutable tree (inode numbers, attributes, directory listings); pure.
+//! - [`folders`]: a library's tree, a root whose folders (each an inode table) come and go
+//!   while mounted; [`tree`]: what the adapter asks of either.
 //! - `fuse`: the fuser adapter; answers metadata from the table, hands reads to the [`Backend`].
 //! - `mount`: mounting, unmounting, noticing an unmount done by someone else.
 //!
@@ -11,14 +13,18 @@
 use std::io;
 use std::path::PathBuf;
 
+pub mod folders;
 mod fuse;
 pub mod inode;
 mod kernel;
 #[cfg(test)]
 mod tests;
+pub mod tree;
 
+pub use folders::{Added, FolderError, Folders};
 pub use inode::{FileSpec, InodeTable, Ownership, TableError};
 pub use kernel::{MountOptions, Mounted, mount, preflight};
+pub use tree::Tree;
 
 /// Where file data comes from. Called from FUSE threads: `open`, `release` and `status` must
 /// return quickly; anything slow belongs in the future `read` returns.

@@ -4,10 +4,11 @@
 //! whole process, and [`Report::torrents`] holds one [`TorrentReport`] per torrent.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Live, Report};
+use super::{Live, ReaderReport, Report};
 use crate::session::DiskStats;
 use crate::units::format_bytes;
 
@@ -83,38 +84,111 @@ impl TorrentReport {
     }
 }
 
-/// The mount's side for a library: one [`Live`] per torrent, under its folder's name.
+/// Lines of sources left out kept at most: a watch directory of broken files must not grow
+/// every report without bound.
+const MAX_LEFT_OUT: usize = 50;
+
+/// The mount's side for a library: one [`Live`] per torrent, under its folder's name; torrents
+/// come and go while mounted. Each lock is held to copy or change its list, never with the
+/// other, never across an `.await`.
 pub struct LibraryLive {
-    torrents: Vec<(String, Live)>,
-    /// Sources left out at mount time, each a sentence naming it and why; said in every
-    /// report, as they hold for the life of the mount.
-    left_out: Vec<String>,
+    torrents: Mutex<Vec<(String, Arc<Live>)>>,
+    /// Sources left out (at mount time or added later), each a sentence naming it and why;
+    /// said in every report, the latest [`MAX_LEFT_OUT`] only.
+    left_out: Mutex<Vec<String>>,
     mountpoint: PathBuf,
+    /// The process's listen port, said even when no torrent is mounted.
+    listen_port: u16,
 }
 
 impl LibraryLive {
     pub fn new(torrents: Vec<(String, Live)>, left_out: Vec<String>, mountpoint: PathBuf) -> Self {
         LibraryLive {
-            torrents,
-            left_out,
+            listen_port: 0,
+            torrents: Mutex::new(
+                torrents
+                    .into_iter()
+                    .map(|(f, l)| (f, Arc::new(l)))
+                    .collect(),
+            ),
+            left_out: Mutex::new(left_out),
             mountpoint,
         }
+    }
+
+    /// The process's listen port, for the report of a library with no torrent.
+    pub fn with_listen_port(mut self, port: u16) -> Self {
+        self.listen_port = port;
+        self
+    }
+
+    /// A torrent mounted in `folder`.
+    pub fn add(&self, folder: String, live: Live) {
+        crate::sync::lock(&self.torrents).push((folder, Arc::new(live)));
+    }
+
+    /// The torrent in `folder` unmounted.
+    pub fn remove(&self, folder: &str) {
+        crate::sync::lock(&self.torrents).retain(|(f, _)| f != folder);
+    }
+
+    /// A source that could not be mounted, said in every report from now on.
+    pub fn leave_out(&self, line: String) {
+        let mut lines = crate::sync::lock(&self.left_out);
+        if lines.len() >= MAX_LEFT_OUT {
+            lines.remove(0);
+        }
+        lines.push(line);
     }
 }
 
 impl Reporter for LibraryLive {
     fn tick(&self) {
-        for (_, live) in &self.torrents {
+        let torrents: Vec<Arc<Live>> = (crate::sync::lock(&self.torrents).iter())
+            .map(|(_, l)| l.clone())
+            .collect();
+        for live in torrents {
             live.tick();
         }
     }
 
     fn report(&self) -> Report {
-        let parts = (self.torrents.iter())
-            .map(|(folder, live)| (folder.clone(), live.report()))
+        let torrents: Vec<(String, Arc<Live>)> = crate::sync::lock(&self.torrents).clone();
+        let parts = (torrents.into_iter())
+            .map(|(folder, live)| (folder, live.report()))
             .collect();
-        sum(self.mountpoint.clone(), parts, &self.left_out)
+        let left_out = crate::sync::lock(&self.left_out).clone();
+        let mut report = sum(self.mountpoint.clone(), parts, &left_out);
+        if report.torrents.is_empty() {
+            report.listen_port = self.listen_port;
+        }
+        report
     }
+}
+
+/// The torrent in `folder` of a library's report, and the readers of its files.
+pub fn one_torrent(report: &Report, folder: &str) -> Option<(TorrentReport, Vec<ReaderReport>)> {
+    let t = report.torrents.iter().find(|t| t.folder == folder)?;
+    let prefix = format!("{folder}/");
+    let readers = (report.readers.iter())
+        .filter(|r| r.path.starts_with(&prefix))
+        .cloned()
+        .collect();
+    Some((t.clone(), readers))
+}
+
+/// [`one_torrent`] as `btfs status MOUNT NAME` prints it: the torrent's block, then a line per
+/// reader.
+pub fn one_torrent_text(t: &TorrentReport, readers: &[ReaderReport]) -> String {
+    let mut out = String::new();
+    torrents_text(std::slice::from_ref(t), &mut out);
+    for r in readers {
+        out.push_str(&format!(
+            "  reader: {} position={} window={}\n",
+            r.path, r.position, r.window
+        ));
+    }
+    out
 }
 
 /// The library's report: the torrents' numbers added up, their lists joined (readers named by

@@ -10,6 +10,7 @@
 
 pub mod library;
 mod rate;
+pub mod request;
 pub mod socket;
 
 use std::path::PathBuf;

@@ -1,13 +1,15 @@
 //! The status socket: each running mount listens on a unix socket in the user's runtime
-//! directory, named after its mountpoint, and answers every connection with its [`Report`] as
-//! one line of JSON. `btfs status` finds a mount's socket from the mountpoint (or lists them
-//! all), so it needs no other registry of mounts.
+//! directory, named after its mountpoint, and answers a connection that asks nothing with its
+//! [`Report`] as one line of JSON; a library mount also takes `add` and `remove` requests
+//! ([`super::request`]). `btfs status` finds a mount's socket from the mountpoint (or lists
+//! them all), so it needs no other registry of mounts.
 //!
 //! A socket whose process was killed stays behind as a file nobody listens on: connecting is
 //! refused at once, and the asker removes it. A process that accepts but never answers is cut
 //! off by [`ANSWER_TIMEOUT`]; `btfs status` never hangs.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -16,14 +18,19 @@ use std::time::Duration;
 
 use sha1::{Digest, Sha1};
 use thiserror::Error;
-use tokio::io::AsyncWriteExt;
-use tokio::net::UnixListener;
-use tokio::sync::watch;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream as AsyncStream};
+use tokio::sync::{oneshot, watch};
 
+use super::request::{self, Control, MAX_REQUEST, Reply, Request};
 use super::{Report, Reporter};
 
 /// How long `btfs status` waits for a mount's answer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection may take to send its request (or to close its side, as `btfs
+/// status` does at once) before it is taken to ask for the report: a client that sends
+/// nothing and keeps its side open (btfs before requests existed) waits this long.
+const REQUEST_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Error)]
 pub enum StatusError {
@@ -177,9 +184,15 @@ impl StatusSocket {
         &self.path
     }
 
-    /// Answers every connection with a report until `shutdown` turns true. The socket file
+    /// Answers every connection until `shutdown` turns true: with a report, or for `add` and
+    /// `remove` with what `control` (a library's; `None` refuses them) replies. The socket file
     /// stays until this `StatusSocket` is dropped.
-    pub fn serve<R: Reporter>(&mut self, live: Arc<R>, mut shutdown: watch::Receiver<bool>) {
+    pub fn serve<R: Reporter>(
+        &mut self,
+        live: Arc<R>,
+        control: Option<Control>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let Some(listener) = self.listener.take() else {
             return;
         };
@@ -187,17 +200,8 @@ impl StatusSocket {
             loop {
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
-                        Ok((mut stream, _)) => {
-                            let mut json = serde_json::to_vec(&live.report())
-                                .expect("a report always serializes");
-                            json.push(b'\n');
-                            tokio::spawn(async move {
-                                let write = async {
-                                    stream.write_all(&json).await?;
-                                    stream.shutdown().await
-                                };
-                                let _ = tokio::time::timeout(ANSWER_TIMEOUT, write).await;
-                            });
+                        Ok((stream, _)) => {
+                            tokio::spawn(answer(stream, live.clone(), control.clone()));
                         }
                         Err(e) => {
                             tracing::debug!("status socket: {e}");
@@ -211,6 +215,46 @@ impl StatusSocket {
     }
 }
 
+/// Reads what the connection asks and answers it.
+async fn answer<R: Reporter>(mut stream: AsyncStream, live: Arc<R>, control: Option<Control>) {
+    let mut line = Vec::new();
+    let (rd, mut wr) = stream.split();
+    let mut rd = BufReader::new(rd.take(MAX_REQUEST as u64 + 1));
+    let read = rd.read_until(b'\n', &mut line);
+    let request = match tokio::time::timeout(REQUEST_WAIT, read).await {
+        Ok(Err(_)) => return,
+        Ok(Ok(_)) | Err(_) => request::parse(&line),
+    };
+    let mut out = match request {
+        Ok(Request::Status) => serde_json::to_vec(&live.report()),
+        Ok(r) => serde_json::to_vec(&ask_control(r, control).await),
+        Err(e) => serde_json::to_vec(&Reply::Error(e.to_string())),
+    }
+    .expect("an answer always serializes");
+    out.push(b'\n');
+    let write = async {
+        wr.write_all(&out).await?;
+        wr.shutdown().await
+    };
+    let _ = tokio::time::timeout(ANSWER_TIMEOUT, write).await;
+}
+
+async fn ask_control(request: Request, control: Option<Control>) -> Reply {
+    let Some(control) = control else {
+        return Reply::Error(
+            "this mount serves one torrent: mount with --library (or several torrents) to add \
+             and remove torrents"
+                .into(),
+        );
+    };
+    let gone = || Reply::Error("the mount is shutting down".into());
+    let (tx, rx) = oneshot::channel();
+    if control.send((request, tx)).await.is_err() {
+        return gone();
+    }
+    rx.await.unwrap_or_else(|_| gone())
+}
+
 impl Drop for StatusSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
@@ -219,6 +263,12 @@ impl Drop for StatusSocket {
 
 /// Asks the mount at `mountpoint` for its report.
 pub fn query(mountpoint: &Path) -> Result<Report, StatusError> {
+    let socket = locate(mountpoint)?;
+    ask(&socket, mountpoint)
+}
+
+/// The status socket of the mount at `mountpoint`, which must exist.
+fn locate(mountpoint: &Path) -> Result<PathBuf, StatusError> {
     let canonical = canonical_mountpoint(mountpoint).map_err(|source| StatusError::Resolve {
         path: mountpoint.to_path_buf(),
         source,
@@ -230,7 +280,27 @@ pub fn query(mountpoint: &Path) -> Result<Report, StatusError> {
             socket,
         });
     }
-    ask(&socket, mountpoint)
+    Ok(socket)
+}
+
+/// How long an `add` may take to be answered: resolving a magnet waits up to
+/// `--metadata-timeout` (2 minutes by default) for its metadata.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Sends `request` (`add`, `remove`) to the mount at `mountpoint` and waits for its reply.
+pub fn send(mountpoint: &Path, request: &Request) -> Result<Reply, StatusError> {
+    let socket = locate(mountpoint)?;
+    let buf = exchange(
+        &socket,
+        mountpoint,
+        &request::encode(request),
+        CHANGE_TIMEOUT,
+    )?;
+    serde_json::from_slice(&buf).map_err(|source| StatusError::Malformed {
+        path: mountpoint.to_path_buf(),
+        socket,
+        source,
+    })
 }
 
 /// Every running mount of this user, each with its report or why it has none (stale sockets
@@ -259,6 +329,22 @@ pub fn query_all() -> Result<Vec<Result<Report, StatusError>>, StatusError> {
 
 /// Connects, reads one JSON report. `name` is what errors call the mount.
 fn ask(socket: &Path, name: &Path) -> Result<Report, StatusError> {
+    let buf = exchange(socket, name, b"", ANSWER_TIMEOUT)?;
+    serde_json::from_slice(&buf).map_err(|source| StatusError::Malformed {
+        path: name.to_path_buf(),
+        socket: socket.to_path_buf(),
+        source,
+    })
+}
+
+/// Connects, sends `request` and closes our side, reads the answer (waiting at most `limit`
+/// for each read). `name` is what errors call the mount.
+fn exchange(
+    socket: &Path,
+    name: &Path,
+    request: &[u8],
+    limit: Duration,
+) -> Result<Vec<u8>, StatusError> {
     let no_answer = |source| StatusError::NoAnswer {
         path: name.to_path_buf(),
         socket: socket.to_path_buf(),
@@ -275,9 +361,10 @@ fn ask(socket: &Path, name: &Path) -> Result<Report, StatusError> {
         }
         Err(e) => return Err(no_answer(e)),
     };
-    stream
-        .set_read_timeout(Some(ANSWER_TIMEOUT))
-        .map_err(no_answer)?;
+    stream.write_all(request).map_err(no_answer)?;
+    // Closing our side says the request is whole (an empty one asks for the report).
+    stream.shutdown(Shutdown::Write).map_err(no_answer)?;
+    stream.set_read_timeout(Some(limit)).map_err(no_answer)?;
     let mut buf = Vec::new();
     stream.read_to_end(&mut buf).map_err(no_answer)?;
     if buf.is_empty() {
@@ -287,11 +374,7 @@ fn ask(socket: &Path, name: &Path) -> Result<Report, StatusError> {
             "closed the connection without answering",
         )));
     }
-    serde_json::from_slice(&buf).map_err(|source| StatusError::Malformed {
-        path: name.to_path_buf(),
-        socket: socket.to_path_buf(),
-        source,
-    })
+    Ok(buf)
 }
 
 #[cfg(test)]
@@ -325,6 +408,70 @@ mod tests {
         let err = ask(&path, Path::new("/mnt/x")).expect_err("nobody listens");
         assert!(matches!(err, StatusError::Stale { .. }), "{err}");
         assert!(!path.exists(), "the stale socket is removed");
+    }
+
+    /// What the mount answers on a connection where the client sends `request` (closing its
+    /// side after, unless `None`: a client that sends nothing and never closes).
+    async fn answered(control: Option<Control>, request: Option<&Request>) -> Vec<u8> {
+        use crate::app::status::LibraryLive;
+        let live = Arc::new(LibraryLive::new(vec![], vec![], "/mnt/x".into()));
+        let (server, mut client) = AsyncStream::pair().expect("a socket pair");
+        tokio::spawn(answer(server, live, control));
+        if let Some(r) = request {
+            client.write_all(&request::encode(r)).await.expect("send");
+            client.shutdown().await.expect("close our side");
+        }
+        let mut buf = Vec::new();
+        client.read_to_end(&mut buf).await.expect("an answer");
+        buf
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_nothing_gets_the_report() {
+        for request in [None, Some(&Request::Status)] {
+            let buf = answered(None, request).await;
+            let report: Report = serde_json::from_slice(&buf).expect("a report");
+            assert_eq!(report.mountpoint, Path::new("/mnt/x"));
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_reach_the_control_and_its_reply_comes_back() {
+        let remove = Request::Remove { name: "a".into() };
+        let refused = answered(None, Some(&remove)).await;
+        let refused: Reply = serde_json::from_slice(&refused).expect("a reply");
+        assert!(
+            matches!(&refused, Reply::Error(e) if e.contains("--library")),
+            "{refused:?}"
+        );
+
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<request::Command>(1);
+        let asked = tokio::spawn(async move {
+            let (request, reply) = rx.recv().await.expect("a request");
+            let _ = reply.send(Reply::Ok("gone".into()));
+            request
+        });
+        let reply = answered(Some(tx), Some(&remove)).await;
+        let reply: Reply = serde_json::from_slice(&reply).expect("a reply");
+        assert_eq!(reply, Reply::Ok("gone".into()));
+        assert_eq!(asked.await.expect("the control ran"), remove);
+
+        // Not a request: said, on a line of its own (the client's side still open).
+        let (server, mut client) = AsyncStream::pair().expect("a socket pair");
+        let live = Arc::new(crate::app::status::LibraryLive::new(
+            vec![],
+            vec![],
+            "/m".into(),
+        ));
+        tokio::spawn(answer(server, live, None));
+        client.write_all(b"hello\n").await.expect("send");
+        let mut buf = Vec::new();
+        client.read_to_end(&mut buf).await.expect("an answer");
+        let bad: Reply = serde_json::from_slice(&buf).expect("a reply");
+        assert!(
+            matches!(&bad, Reply::Error(e) if e.contains("not a request")),
+            "{bad:?}"
+        );
     }
 
     #[test]

@@ -199,8 +199,14 @@ impl Fixture {
         opts.threads = threads;
         let owner = opts.owner;
         let table = InodeTable::new(&files()).expect("table");
-        let mounted = mount(backend.clone(), table, &root, opts, rt.handle().clone())
-            .unwrap_or_else(|e| panic!("/dev/fuse exists but mounting failed: {e}"));
+        let mounted = mount(
+            backend.clone(),
+            Arc::new(table),
+            &root,
+            opts,
+            rt.handle().clone(),
+        )
+        .unwrap_or_else(|e| panic!("/dev/fuse exists but mounting failed: {e}"));
         assert_eq!(mounted.mountpoint(), root);
         Some(Fixture {
             mounted: Some(mounted),
@@ -426,7 +432,7 @@ fn mounted_tree_lists_and_reads_like_files() {
 
     let again = mount(
         fx.backend.clone(),
-        InodeTable::new(&specs).expect("table"),
+        Arc::new(InodeTable::new(&specs).expect("table")),
         &fx.root(),
         MountOptions::new("btfs:again"),
         fx.rt.handle().clone(),
