@@ -180,6 +180,10 @@ fn three_torrents_in_one_mount_are_read_at_once() {
     assert_eq!(report["total_pieces"].as_u64(), Some(pieces), "{report:#}");
     assert_eq!(report["mountpoint"].as_str(), m.path().to_str());
     let text = run(Command::new(btfs()).arg("status").arg(m.path()));
+    assert!(
+        !text.contains("info_hash: \n"),
+        "an empty info_hash line:\n{text}"
+    );
     for (folder, swarm) in &torrents {
         let block = format!("torrent: {folder}\n  name: ");
         assert!(text.contains(&block), "{text}");

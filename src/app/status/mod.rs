@@ -251,7 +251,10 @@ impl Report {
         let mut line = |k: &str, v: &dyn std::fmt::Display| out.push_str(&format!("{k}: {v}\n"));
         line("name", &self.name);
         line("state", &self.state);
-        line("info_hash", &self.info_hash);
+        if !self.info_hash.is_empty() {
+            // A library has one per torrent, in its block below.
+            line("info_hash", &self.info_hash);
+        }
         line("mountpoint", &self.mountpoint.display());
         line("pid", &self.pid);
         line("listen_port", &self.listen_port);
