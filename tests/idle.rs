@@ -9,31 +9,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{
-    Layout, MOUNT_ARGS, Mount, Swarm, SwarmOptions, Tracker, assert_tree_matches, btfs,
-    files_under, run,
-};
+use common::library::{assert_folder_reads, library_swarm, status_json};
+use common::{Layout, MOUNT_ARGS, Mount, btfs, run};
 
 const DEADLINE: Duration = Duration::from_secs(120);
-
-fn swarm(size: u64, seed: u64) -> Swarm {
-    Swarm::start(SwarmOptions {
-        layout: Layout::Single,
-        size,
-        piece_length: 32 * 1024,
-        seeders: 1,
-        trackers: vec![Tracker::Http],
-        data_seed: seed,
-        ..SwarmOptions::default()
-    })
-}
-
-fn json_status(m: &Mount) -> serde_json::Value {
-    let out = run(Command::new(btfs())
-        .args(["status", "--json"])
-        .arg(m.path()));
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"))
-}
 
 /// Each torrent's (state, peers), in folder order.
 fn states(report: &serde_json::Value) -> Vec<(String, u64)> {
@@ -52,7 +31,7 @@ fn states(report: &serde_json::Value) -> Vec<(String, u64)> {
 fn wait_for(m: &Mount, what: &str, cond: impl Fn(&[(String, u64)]) -> bool) {
     let start = Instant::now();
     loop {
-        let report = json_status(m);
+        let report = status_json(m);
         if cond(&states(&report)) {
             return;
         }
@@ -65,19 +44,11 @@ fn wait_for(m: &Mount, what: &str, cond: impl Fn(&[(String, u64)]) -> bool) {
     }
 }
 
-fn read_folder(m: &Mount, folder: &str, swarm: &Swarm) {
-    let parent = swarm.data_parent();
-    let files = files_under(swarm.data_path(), &parent);
-    assert_tree_matches(&m.path().join(folder), &parent, &files, DEADLINE, || {
-        format!("{folder}\n{}", m.stderr())
-    });
-}
-
 #[test]
 fn idle_torrents_sleep_and_a_read_wakes_one_with_right_bytes() {
     let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| swarm(2 << 20, 61));
-        let b = s.spawn(|| swarm(1 << 20, 62));
+        let a = s.spawn(|| library_swarm(Layout::Single, 2 << 20, 32 * 1024, 61, None));
+        let b = s.spawn(|| library_swarm(Layout::Single, 1 << 20, 32 * 1024, 62, None));
         (a.join().expect("swarm a"), b.join().expect("swarm b"))
     });
     let m = Mount::with_args(btfs(), |mnt, _| {
@@ -97,8 +68,8 @@ fn idle_torrents_sleep_and_a_read_wakes_one_with_right_bytes() {
     assert!(text.contains("  state: asleep\n"), "{text}");
 
     // A read of the first wakes it: every byte right, the second sleeps on.
-    read_folder(&m, "single.bin", &a);
-    let report = json_status(&m);
+    assert_folder_reads(&m, "single.bin", &a, DEADLINE);
+    let report = status_json(&m);
     let torrents = report["torrents"].as_array().expect("a torrents list");
     // Nothing was fetched before it slept (no read): the bytes came after the wake.
     assert!(

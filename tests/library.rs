@@ -6,65 +6,29 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{
-    Layout, MOUNT_ARGS, Mount, Swarm, SwarmOptions, Tracker, assert_tree_matches, btfs,
-    files_under, run,
-};
+use common::library::{folder_files, library_swarm, mount_library, root_names, status_json};
+use common::{Layout, MOUNT_ARGS, Mount, Swarm, assert_tree_matches, btfs, run};
 
 /// Reading a few MiB from loopback seeders; generous for slow CI (a hang detector only).
 const READ_DEADLINE: Duration = Duration::from_secs(120);
-
-/// `btfs mount <sources...> <mnt>` with the test flags and `extra`, waiting until mounted.
-fn mount_library(sources: &[&Path], extra: &[&str]) -> Mount {
-    Mount::with_args(btfs(), |mnt, _scratch| {
-        let mut args: Vec<OsString> = vec!["mount".into()];
-        args.extend(sources.iter().map(|s| s.as_os_str().to_owned()));
-        args.push(mnt.into());
-        args.extend(MOUNT_ARGS.iter().chain(extra).map(OsString::from));
-        args
-    })
-}
-
-/// A swarm of one seeder with its own tracker; `seed` makes the data differ between swarms.
-fn swarm(layout: Layout, size: u64, seed: u64) -> Swarm {
-    Swarm::start(SwarmOptions {
-        layout,
-        size,
-        piece_length: 32 * 1024,
-        seeders: 1,
-        trackers: vec![Tracker::Http],
-        data_seed: seed,
-        ..SwarmOptions::default()
-    })
-}
 
 /// Starts the swarms at once (each seeder hashes its data first).
 fn swarms(specs: &[(Layout, u64, u64)]) -> Vec<Swarm> {
     std::thread::scope(|s| {
         let started: Vec<_> = (specs.iter())
-            .map(|&(layout, size, seed)| s.spawn(move || swarm(layout, size, seed)))
+            .map(|&(layout, size, seed)| {
+                s.spawn(move || library_swarm(layout, size, 32 * 1024, seed, None))
+            })
             .collect();
         (started.into_iter())
             .map(|h| h.join().expect("a swarm started"))
             .collect()
     })
-}
-
-/// Where a swarm's files are relative to, and the files, as they must appear in its folder:
-/// a multi-file torrent's root folder is the library's folder; a single file is inside it.
-fn expected(swarm: &Swarm) -> (PathBuf, Vec<(PathBuf, u64)>) {
-    let parent = match swarm.options().layout {
-        Layout::Single => swarm.data_parent(),
-        _ => swarm.data_path().to_path_buf(),
-    };
-    let files = files_under(swarm.data_path(), &parent);
-    (parent, files)
 }
 
 /// Reads every file of every `(folder, swarm)` through the mount, one thread per torrent, all
@@ -74,7 +38,7 @@ fn read_all_at_once(m: &Mount, torrents: &[(&str, &Swarm)]) {
         for &(folder, swarm) in torrents {
             let dir = m.path().join(folder);
             s.spawn(move || {
-                let (parent, files) = expected(swarm);
+                let (parent, files) = folder_files(swarm);
                 assert_tree_matches(&dir, &parent, &files, READ_DEADLINE, || {
                     format!("{folder}\n{}", m.stderr())
                 });
@@ -111,7 +75,7 @@ fn ls_lr(mnt: &Path) -> BTreeSet<(PathBuf, String, u64)> {
 
 /// The regular files a swarm's torrent must show in `folder`, as `ls_lr` lists them.
 fn listed(mnt: &Path, folder: &str, swarm: &Swarm) -> BTreeSet<(PathBuf, String, u64)> {
-    let (_, files) = expected(swarm);
+    let (_, files) = folder_files(swarm);
     (files.into_iter())
         .map(|(rel, len)| {
             let path = mnt.join(folder).join(rel);
@@ -119,22 +83,6 @@ fn listed(mnt: &Path, folder: &str, swarm: &Swarm) -> BTreeSet<(PathBuf, String,
             (path.parent().expect("a parent").to_path_buf(), name, len)
         })
         .collect()
-}
-
-fn root_names(m: &Mount) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(m.path())
-        .expect("list the root")
-        .map(|e| e.expect("an entry").file_name().to_string_lossy().into())
-        .collect();
-    names.sort();
-    names
-}
-
-fn json_status(m: &Mount) -> serde_json::Value {
-    let out = run(Command::new(btfs())
-        .args(["status", "--json"])
-        .arg(m.path()));
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"))
 }
 
 /// Two single-file torrents of the same name and a multi-file one: three folders (the second
@@ -164,7 +112,7 @@ fn three_torrents_in_one_mount_are_read_at_once() {
     let torrents: Vec<(&str, &Swarm)> = folders.iter().copied().zip(&all).collect();
     read_all_at_once(&m, &torrents);
 
-    let report = json_status(&m);
+    let report = status_json(&m);
     let listed = report["torrents"].as_array().expect("a torrents list");
     assert_eq!(listed.len(), 3, "{report:#}");
     let mut pieces = 0;
@@ -242,7 +190,7 @@ fn bad_sources_are_left_out_and_the_others_mount() {
     assert!(!err.contains("panicked"), "{err}");
     read_all_at_once(&m, &[("multi", &all[0]), ("single.bin", &all[1])]);
 
-    let report = json_status(&m);
+    let report = status_json(&m);
     let warnings = report["warnings"].as_array().expect("warnings");
     let named =
         |needle: &str| (warnings.iter()).any(|w| w.as_str().is_some_and(|w| w.contains(needle)));
@@ -283,7 +231,7 @@ fn a_mount_of_only_bad_sources_fails() {
 /// from the seeder): one folder, and a line saying the second was the same torrent.
 #[test]
 fn the_same_torrent_twice_is_mounted_once() {
-    let s = swarm(Layout::Single, 500_000, 41);
+    let s = library_swarm(Layout::Single, 500_000, 32 * 1024, 41, None);
     let magnet = format!(
         "magnet:?xt=urn:btih:{}&tr={}",
         s.info_hash(),

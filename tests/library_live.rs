@@ -11,67 +11,13 @@ use std::process::{Command, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::{
-    Layout, MOUNT_ARGS, Mount, Reaped, Swarm, SwarmOptions, Tracker, assert_tree_matches, btfs,
-    files_under,
+use common::library::{
+    assert_folder_reads, folder_files, library_swarm, mount_library, root_names,
 };
+use common::{Layout, MOUNT_ARGS, Mount, Reaped, Swarm, assert_tree_matches, btfs};
 
 /// Generous for slow CI: a hang detector only, never a measure.
 const HANG: Duration = Duration::from_secs(120);
-
-/// `btfs mount <sources...> <mnt>` with the test flags and `extra`, waiting until mounted.
-/// Its kept torrents (`--state-dir`) go in the mount's scratch directory, never the user's.
-fn mount_library(sources: &[&Path], extra: &[&str]) -> Mount {
-    Mount::with_args(btfs(), |mnt, scratch| {
-        let mut args: Vec<OsString> = vec!["mount".into()];
-        args.extend(sources.iter().map(|s| s.as_os_str().to_owned()));
-        args.push(mnt.into());
-        args.extend(MOUNT_ARGS.iter().chain(extra).map(OsString::from));
-        args.extend(["--state-dir".into(), scratch.join("state").into()]);
-        args
-    })
-}
-
-/// A swarm of one seeder with its own tracker; `seed` makes the data differ between swarms.
-fn swarm(layout: Layout, size: u64, seed: u64, upload_limit: Option<u64>) -> Swarm {
-    Swarm::start(SwarmOptions {
-        layout,
-        size,
-        piece_length: 32 * 1024,
-        seeders: 1,
-        trackers: vec![Tracker::Http],
-        data_seed: seed,
-        upload_limit,
-        ..SwarmOptions::default()
-    })
-}
-
-/// Where a swarm's files are relative to, and the files, as its folder holds them.
-fn expected(swarm: &Swarm) -> (PathBuf, Vec<(PathBuf, u64)>) {
-    let parent = match swarm.options().layout {
-        Layout::Single => swarm.data_parent(),
-        _ => swarm.data_path().to_path_buf(),
-    };
-    let files = files_under(swarm.data_path(), &parent);
-    (parent, files)
-}
-
-/// Every file of `swarm` read through `folder` of the mount, compared by sha1sum.
-fn assert_folder_reads(m: &Mount, folder: &str, swarm: &Swarm) {
-    let (parent, files) = expected(swarm);
-    assert_tree_matches(&m.path().join(folder), &parent, &files, HANG, || {
-        format!("{folder}\n{}", m.stderr())
-    });
-}
-
-fn root_names(m: &Mount) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(m.path())
-        .expect("list the root")
-        .map(|e| e.expect("an entry").file_name().to_string_lossy().into())
-        .collect();
-    names.sort();
-    names
-}
 
 /// `btfs <args>`, its output.
 fn btfs_run(args: &[&OsString]) -> Output {
@@ -119,7 +65,7 @@ fn torrent_status(m: &Mount, name: &str) -> Option<serde_json::Value> {
 
 /// Every file of `swarm` among `files` read through `folder`, compared by sha1sum.
 fn assert_files_read(m: &Mount, folder: &str, swarm: &Swarm, files: &[(PathBuf, u64)]) {
-    let (parent, _) = expected(swarm);
+    let (parent, _) = folder_files(swarm);
     assert_tree_matches(&m.path().join(folder), &parent, files, HANG, || {
         format!("{folder}\n{}", m.stderr())
     });
@@ -133,20 +79,21 @@ fn assert_files_read(m: &Mount, folder: &str, swarm: &Swarm, files: &[(PathBuf, 
 #[test]
 fn torrents_are_added_while_another_is_read_and_removed_while_a_read_waits() {
     let (slow, second, mut dead) = std::thread::scope(|s| {
-        let slow = s.spawn(|| swarm(Layout::Multi, 1 << 20, 51, Some(256 * 1024)));
-        let second = s.spawn(|| swarm(Layout::Multi, 500_000, 52, None));
-        let dead = s.spawn(|| swarm(Layout::Single, 300_000, 53, None));
+        let slow =
+            s.spawn(|| library_swarm(Layout::Multi, 1 << 20, 32 * 1024, 51, Some(256 * 1024)));
+        let second = s.spawn(|| library_swarm(Layout::Multi, 500_000, 32 * 1024, 52, None));
+        let dead = s.spawn(|| library_swarm(Layout::Single, 300_000, 32 * 1024, 53, None));
         let join = |h: std::thread::ScopedJoinHandle<'_, Swarm>| h.join().expect("a swarm");
         (join(slow), join(second), join(dead))
     });
     dead.stop_seeder(0);
     let m = mount_library(&[slow.torrent()], &["--library"]);
     assert_eq!(root_names(&m), ["multi"], "{}", m.stderr());
-    let (_, second_files) = expected(&second);
+    let (_, second_files) = folder_files(&second);
     let (now, later) = second_files.split_at(second_files.len() / 2);
 
     std::thread::scope(|s| {
-        let reading = s.spawn(|| assert_folder_reads(&m, "multi", &slow));
+        let reading = s.spawn(|| assert_folder_reads(&m, "multi", &slow, HANG));
         let out = add(&m, second.torrent());
         assert!(
             out.status.success(),
@@ -228,8 +175,8 @@ fn torrents_are_added_while_another_is_read_and_removed_while_a_read_waits() {
 #[test]
 fn a_watch_directory_is_followed_while_mounted() {
     let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| swarm(Layout::Multi, 600_000, 61, None));
-        let b = s.spawn(|| swarm(Layout::Single, 400_000, 62, None));
+        let a = s.spawn(|| library_swarm(Layout::Multi, 600_000, 32 * 1024, 61, None));
+        let b = s.spawn(|| library_swarm(Layout::Single, 400_000, 32 * 1024, 62, None));
         (a.join().expect("a swarm"), b.join().expect("a swarm"))
     });
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -254,7 +201,7 @@ fn a_watch_directory_is_followed_while_mounted() {
     eventually(&m, "the .torrent file's folder", || {
         root_names(&m) == ["multi"]
     });
-    assert_folder_reads(&m, "multi", &a);
+    assert_folder_reads(&m, "multi", &a, HANG);
 
     let magnet = format!(
         "magnet:?xt=urn:btih:{}&tr={}\n",
@@ -265,14 +212,14 @@ fn a_watch_directory_is_followed_while_mounted() {
     eventually(&m, "the .magnet file's folder", || {
         root_names(&m) == ["multi", "single.bin"]
     });
-    assert_folder_reads(&m, "single.bin", &b);
+    assert_folder_reads(&m, "single.bin", &b, HANG);
 
     fs::remove_file(&dst).expect("delete");
     eventually(&m, "the deleted file's folder gone", || {
         root_names(&m) == ["single.bin"]
     });
     assert!(!m.stderr().contains("left out"), "{}", m.stderr());
-    assert_folder_reads(&m, "single.bin", &b);
+    assert_folder_reads(&m, "single.bin", &b, HANG);
     assert!(m.unmount().is_some_and(|s| s.success()));
 }
 
@@ -282,7 +229,7 @@ fn a_watch_directory_is_followed_while_mounted() {
 /// torrent removed can be added again; a mount of one torrent refuses `btfs add`.
 #[test]
 fn bad_torrents_added_at_runtime_are_refused_and_the_mount_goes_on() {
-    let good = swarm(Layout::Single, 200_000, 71, None);
+    let good = library_swarm(Layout::Single, 200_000, 32 * 1024, 71, None);
     let m = mount_library(&[], &["--library"]);
     assert_eq!(root_names(&m), Vec::<String>::new());
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -311,7 +258,7 @@ fn bad_torrents_added_at_runtime_are_refused_and_the_mount_goes_on() {
     refused(add(&m, good.torrent()), "the same torrent as");
     refused(remove(&m, "nope"), "no torrent in folder \"nope\"");
     assert_eq!(root_names(&m), ["single.bin"]);
-    assert_folder_reads(&m, "single.bin", &good);
+    assert_folder_reads(&m, "single.bin", &good, HANG);
     let status = text(&btfs_run(&[&"status".into(), &m.path().into()]).stdout);
     assert!(
         status.contains("broken.torrent"),
@@ -330,7 +277,7 @@ fn bad_torrents_added_at_runtime_are_refused_and_the_mount_goes_on() {
         m.stderr()
     );
     assert_eq!(root_names(&m), ["single.bin"]);
-    assert_folder_reads(&m, "single.bin", &good);
+    assert_folder_reads(&m, "single.bin", &good, HANG);
 
     let single = common::mount_btfs(good.torrent(), &[]);
     refused(add(&single, &broken), "--library");
@@ -381,8 +328,8 @@ fn help_tells_of_add_remove_library_and_watch() {
 #[test]
 fn torrents_added_at_runtime_survive_a_remount() {
     let (kept, dropped) = std::thread::scope(|s| {
-        let a = s.spawn(|| swarm(Layout::Multi, 300_000, 81, None));
-        let b = s.spawn(|| swarm(Layout::Single, 200_000, 82, None));
+        let a = s.spawn(|| library_swarm(Layout::Multi, 300_000, 32 * 1024, 81, None));
+        let b = s.spawn(|| library_swarm(Layout::Single, 200_000, 32 * 1024, 82, None));
         (a.join().expect("a swarm"), b.join().expect("a swarm"))
     });
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -417,7 +364,7 @@ fn torrents_added_at_runtime_survive_a_remount() {
     let again = args(m.path());
     m.restart(btfs(), &again);
     eventually(&m, "the kept torrent back", || root_names(&m) == ["multi"]);
-    assert_folder_reads(&m, "multi", &kept);
+    assert_folder_reads(&m, "multi", &kept, HANG);
     // Only the one kept: the removed one is forgotten, not merely slow to come back.
     let kept_files: Vec<_> = fs::read_dir(state.join("library"))
         .expect("the kept torrents' directory")

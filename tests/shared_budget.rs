@@ -5,49 +5,15 @@
 
 mod common;
 
-use std::ffi::OsString;
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{
-    Layout, MOUNT_ARGS, Mount, Swarm, SwarmOptions, Tracker, assert_tree_matches, btfs,
-    files_under, run,
-};
+use common::Layout;
+use common::library::{assert_folder_reads, library_swarm, mount_library, status_json};
 
 const READ_DEADLINE: Duration = Duration::from_secs(120);
 const MIB: u64 = 1 << 20;
 const BUDGET: u64 = 16 * MIB;
-
-fn mount_library(sources: &[&Path], extra: &[&str]) -> Mount {
-    Mount::with_args(btfs(), |mnt, _scratch| {
-        let mut args: Vec<OsString> = vec!["mount".into()];
-        args.extend(sources.iter().map(|s| s.as_os_str().to_owned()));
-        args.push(mnt.into());
-        args.extend(MOUNT_ARGS.iter().chain(extra).map(OsString::from));
-        args
-    })
-}
-
-fn swarm(size: u64, seed: u64) -> Swarm {
-    Swarm::start(SwarmOptions {
-        layout: Layout::Single,
-        size,
-        piece_length: 64 * 1024,
-        seeders: 1,
-        trackers: vec![Tracker::Http],
-        data_seed: seed,
-        ..SwarmOptions::default()
-    })
-}
-
-fn json_status(m: &Mount) -> serde_json::Value {
-    let out = run(Command::new(btfs())
-        .args(["status", "--json"])
-        .arg(m.path()));
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"))
-}
 
 /// Each torrent's cached bytes, in folder order.
 fn cached(report: &serde_json::Value) -> Vec<u64> {
@@ -59,19 +25,6 @@ fn cached(report: &serde_json::Value) -> Vec<u64> {
     .collect()
 }
 
-/// Reads the one file of `swarm` in `folder` through the mount, compared with its source.
-fn read_folder(m: &Mount, folder: &str, swarm: &Swarm) {
-    let parent = swarm.data_parent();
-    let files = files_under(swarm.data_path(), &parent);
-    assert_tree_matches(
-        &m.path().join(folder),
-        &parent,
-        &files,
-        READ_DEADLINE,
-        || format!("{folder}\n{}", m.stderr()),
-    );
-}
-
 /// Two 24 MiB torrents under a 16 MiB `--cache-size`, read one after the other: every byte
 /// right; the sum of the torrents' cached bytes within the budget at every poll of `btfs
 /// status --json`; the second takes more than half the budget (an even split would cap it
@@ -79,8 +32,8 @@ fn read_folder(m: &Mount, folder: &str, swarm: &Swarm) {
 #[test]
 fn two_torrents_larger_than_the_cache_share_one_budget() {
     let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| swarm(24 * MIB, 51));
-        let b = s.spawn(|| swarm(24 * MIB + 4321, 52));
+        let a = s.spawn(|| library_swarm(Layout::Single, 24 * MIB, 64 * 1024, 51, None));
+        let b = s.spawn(|| library_swarm(Layout::Single, 24 * MIB + 4321, 64 * 1024, 52, None));
         (a.join().expect("swarm a"), b.join().expect("swarm b"))
     });
     let m = mount_library(
@@ -88,7 +41,7 @@ fn two_torrents_larger_than_the_cache_share_one_budget() {
         &["--cache-size", "16M", "--max-readahead", "4M"],
     );
     let folders = ["single.bin", "single.bin (2)"];
-    let report = json_status(&m);
+    let report = status_json(&m);
     assert_eq!(
         report["cache_budget_bytes"].as_u64(),
         Some(BUDGET),
@@ -100,7 +53,7 @@ fn two_torrents_larger_than_the_cache_share_one_budget() {
         let poller = s.spawn(|| {
             let (mut polls, mut worst) = (0u32, 0u64);
             while !done.load(Ordering::Relaxed) {
-                let report = json_status(&m);
+                let report = status_json(&m);
                 let sum: u64 = cached(&report).iter().sum();
                 assert!(sum <= BUDGET, "{sum} cached over {BUDGET}: {report:#}");
                 worst = worst.max(sum);
@@ -110,9 +63,9 @@ fn two_torrents_larger_than_the_cache_share_one_budget() {
             (polls, worst)
         });
         let reads = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            read_folder(&m, folders[0], &a);
-            let first = cached(&json_status(&m));
-            read_folder(&m, folders[1], &b);
+            assert_folder_reads(&m, folders[0], &a, READ_DEADLINE);
+            let first = cached(&status_json(&m));
+            assert_folder_reads(&m, folders[1], &b, READ_DEADLINE);
             first
         }));
         done.store(true, Ordering::Relaxed);
@@ -126,7 +79,7 @@ fn two_torrents_larger_than_the_cache_share_one_budget() {
         polled
     });
     assert!(polls >= 3, "status polled {polls} times only");
-    let last = cached(&json_status(&m));
+    let last = cached(&status_json(&m));
     assert!(last.iter().sum::<u64>() <= BUDGET, "{last:?}");
     assert!(
         last[1] > BUDGET / 2,

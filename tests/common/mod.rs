@@ -9,7 +9,8 @@
 //! `mount_btfs` mounts with the binary under test (`btfs()`) and the flags every test mount
 //! shares (`MOUNT_ARGS`).
 //!
-//! `Nginx` (`web.rs`) serves a folder over HTTP for web seeds (BEP 19).
+//! `Nginx` (`web.rs`) serves a folder over HTTP for web seeds (BEP 19). `library.rs` mounts
+//! several torrents, each a folder (it reads `btfs status --json` with serde_json).
 //!
 //! Needs `scripts/setup.sh` (python3-libtorrent, opentracker, fuse3, nginx-light) and root
 //! (opentracker chroots; mounts). Std only plus `tempfile`, so it compiles without the btfs
@@ -19,6 +20,7 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod library;
 mod mount;
 pub mod netns;
 mod swarm;
