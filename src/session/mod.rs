@@ -480,6 +480,13 @@ async fn tick(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
+        if shared.idle.slept() {
+            // No peers to choke, nothing to fetch: no timer until a read wakes us.
+            tokio::select! {
+                _ = shared.idle.awake() => tick.reset(),
+                _ = shutdown.changed() => return,
+            }
+        }
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
