@@ -315,6 +315,11 @@ impl Session {
         self.shared.config.dht.is_some() && !self.shared.torrent.info.private
     }
 
+    /// Asleep (`--idle-after`): cheaper to ask than [`Session::stats`].
+    pub fn is_asleep(&self) -> bool {
+        self.shared.idle.is_asleep()
+    }
+
     pub fn stats(&self) -> Stats {
         let s = &self.shared;
         // Read before the state lock: nothing else is locked while it is held.

@@ -403,8 +403,14 @@ impl Live {
 
     /// Once a second: sample the transfer totals and say (once) what went wrong.
     pub fn tick(&self) {
-        let s = self.session.stats();
         let now = Instant::now();
+        if self.session.is_asleep() {
+            // No traffic to sample and no peers by design (nothing to say), and no `stats`
+            // taken: a library of a thousand sleeping torrents costs nothing each second.
+            self.lock().alerts.forget(Condition::NoPeers);
+            return;
+        }
+        let s = self.session.stats();
         let mut inner = self.lock();
         inner.rates.sample(now, s.downloaded, s.uploaded);
         for (condition, problem) in problems(&s, self.session.has_dht()) {
@@ -454,7 +460,8 @@ fn problems(s: &Stats, dht: bool) -> Vec<(Condition, Option<String>)> {
     });
     // A web seed that is not dropped is a source too: no peers is then no problem.
     let web_seed = (s.web_seeds.iter()).any(|w| !matches!(w.state, WebSeedState::Dropped { .. }));
-    let no_peers = (s.peers == 0 && !web_seed).then(|| {
+    // Asleep, a torrent has no peers by design.
+    let no_peers = (s.peers == 0 && !web_seed && !s.asleep).then(|| {
         let waiting = if s.longest_wait.is_some() {
             "; a read is waiting"
         } else {
@@ -537,6 +544,17 @@ mod tests {
         assert!(!holds(&s, Condition::ReadStalled));
         s.longest_wait = Some(READ_STALL);
         assert!(holds(&s, Condition::ReadStalled));
+    }
+
+    #[test]
+    fn a_sleeping_torrent_without_peers_is_no_problem() {
+        let mut s = Stats {
+            asleep: true,
+            ..Stats::default()
+        };
+        assert!(!holds(&s, Condition::NoPeers));
+        s.asleep = false;
+        assert!(holds(&s, Condition::NoPeers));
     }
 
     #[test]
