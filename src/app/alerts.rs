@@ -141,6 +141,15 @@ impl Alerts {
         change
     }
 
+    /// Forgets `condition` without a word: it no longer applies (a sleeping torrent has no
+    /// peers by design); should it hold again, its delay starts anew.
+    pub fn forget(&mut self, condition: Condition) {
+        if let Some((_, once, text)) = self.conditions.iter_mut().find(|(c, ..)| *c == condition) {
+            *once = Once::new(condition.delay());
+            text.clear();
+        }
+    }
+
     /// The sentences of the conditions raised now (for `btfs status`).
     pub fn raised(&self) -> Vec<String> {
         self.conditions
@@ -227,5 +236,28 @@ mod tests {
             Some(Change::Raised)
         );
         assert_eq!(a.raised(), vec!["no peers".to_string()]);
+    }
+
+    #[test]
+    fn a_forgotten_condition_is_quiet_and_waits_its_delay_again() {
+        let t0 = Instant::now();
+        let mut alerts = Alerts::default();
+        let no_peers = || Some("no peer".to_string());
+        assert_eq!(alerts.observe(t0, Condition::NoPeers, no_peers()), None);
+        let raised = alerts.observe(t0 + 60 * S, Condition::NoPeers, no_peers());
+        assert_eq!(raised, Some(Change::Raised));
+        alerts.forget(Condition::NoPeers);
+        assert!(alerts.raised().is_empty());
+        // Holding again: said only after its whole delay from now.
+        assert_eq!(
+            alerts.observe(t0 + 61 * S, Condition::NoPeers, no_peers()),
+            None
+        );
+        assert_eq!(
+            alerts.observe(t0 + 120 * S, Condition::NoPeers, no_peers()),
+            None
+        );
+        let again = alerts.observe(t0 + 121 * S, Condition::NoPeers, no_peers());
+        assert_eq!(again, Some(Change::Raised));
     }
 }

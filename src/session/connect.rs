@@ -50,6 +50,8 @@ pub(crate) async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut starving_since: Option<Instant> = None;
     loop {
+        // Asleep: no peers to turn over and no dials; the tick waits for the wake.
+        let slept = shared.idle.slept();
         tokio::select! {
             addrs = discovered.recv() => {
                 let Some((source, addrs)) = addrs else { return };
@@ -93,7 +95,8 @@ pub(crate) async fn run(
                     Event::IncomingEnded => book.incoming_ended(addr),
                 }
             }
-            _ = tick.tick() => {
+            _ = shared.idle.awake(), if slept => tick.reset(),
+            _ = tick.tick(), if !slept => {
                 let now = Instant::now();
                 let starving = turn_over(&shared, &mut book, now);
                 let since = *starving_since.get_or_insert(now);

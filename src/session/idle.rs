@@ -30,6 +30,10 @@ pub(crate) struct Idle {
     /// True while asleep, and briefly while the idle task decides (see the module doc).
     asleep: AtomicBool,
     period: Mutex<Period>,
+    /// True from a sleep to the next wake (never in between, unlike `asleep`): what the
+    /// session's periodic tasks wait on, so a sleeping torrent wakes no timer (a library of a
+    /// thousand sleeps at no cost).
+    slept: watch::Sender<bool>,
 }
 
 /// The current awake period, or sleep.
@@ -49,11 +53,24 @@ impl Idle {
                 asleep: false,
                 end: watch::channel(false).0,
             }),
+            slept: watch::channel(false).0,
         }
     }
 
     pub(crate) fn is_asleep(&self) -> bool {
         self.asleep.load(Ordering::SeqCst)
+    }
+
+    /// True from a sleep to the next wake.
+    pub(crate) fn slept(&self) -> bool {
+        *self.slept.borrow()
+    }
+
+    /// Returns once the session is awake: at once if it is, else at the next wake.
+    pub(crate) async fn awake(&self) {
+        let mut slept = self.slept.subscribe();
+        // The sender lives in `self`, which outlives this borrow.
+        let _ = slept.wait_for(|slept| !slept).await;
     }
 
     /// The receiver this awake period's discovery tasks end on.
@@ -101,6 +118,7 @@ impl Idle {
         }
         period.asleep = true;
         period.end.send_replace(true);
+        self.slept.send_replace(true);
         true
     }
 
@@ -115,6 +133,39 @@ impl Idle {
         period.end = watch::channel(false).0;
         wake();
         self.asleep.store(false, Ordering::SeqCst);
+        self.slept.send_replace(false);
         Some(period.end.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn awake_waits_from_a_sleep_to_the_next_wake() {
+        let idle = Idle::new();
+        idle.awake().await; // awake: at once
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(idle.try_sleep(Duration::from_secs(1), |_| true));
+        assert!(idle.slept());
+        let waiting = idle.awake();
+        tokio::pin!(waiting);
+        assert!(
+            futures_poll_once(waiting.as_mut()).await.is_none(),
+            "awake while asleep"
+        );
+        assert!(idle.wake(|| {}).is_some());
+        assert!(!idle.slept());
+        waiting.await;
+    }
+
+    /// Polls `f` once: its output if it is ready.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Output> {
+        tokio::select! {
+            biased;
+            out = f => Some(out),
+            _ = std::future::ready(()) => None,
+        }
     }
 }

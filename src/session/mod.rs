@@ -315,6 +315,11 @@ impl Session {
         self.shared.config.dht.is_some() && !self.shared.torrent.info.private
     }
 
+    /// Asleep (`--idle-after`): cheaper to ask than [`Session::stats`].
+    pub fn is_asleep(&self) -> bool {
+        self.shared.idle.is_asleep()
+    }
+
     pub fn stats(&self) -> Stats {
         let s = &self.shared;
         // Read before the state lock: nothing else is locked while it is held.
@@ -480,6 +485,13 @@ async fn tick(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
+        if shared.idle.slept() {
+            // No peers to choke, nothing to fetch: no timer until a read wakes us.
+            tokio::select! {
+                _ = shared.idle.awake() => tick.reset(),
+                _ = shutdown.changed() => return,
+            }
+        }
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,

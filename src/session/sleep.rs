@@ -11,11 +11,18 @@ use tokio::sync::watch;
 use super::peers::PeerCmd;
 use super::shared::Shared;
 
-/// The idle task: puts the session to sleep after `idle_after` without a read, until shutdown.
+/// The idle task: puts the session to sleep after `idle_after` without a read, until shutdown;
+/// asleep, it waits for the wake without ticking.
 pub(crate) async fn run(shared: Arc<Shared>, idle_after: Duration) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1).min(idle_after));
     loop {
+        if shared.idle.slept() {
+            tokio::select! {
+                _ = shared.idle.awake() => tick.reset(),
+                _ = shutdown.changed() => return,
+            }
+        }
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,

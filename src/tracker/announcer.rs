@@ -143,7 +143,7 @@ pub(super) fn spawn_inner(
             by_tier.push(tier);
         }
     }
-    let clients = match Clients::new() {
+    let clients = match Clients::shared() {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, "cannot announce to trackers");
@@ -173,7 +173,7 @@ struct Ctx {
     more: Arc<Notify>,
     /// Written only here, by the tier tasks; the session reads it through its receiver.
     status: watch::Sender<Vec<TrackerStatus>>,
-    clients: Clients,
+    clients: Arc<Clients>,
 }
 
 impl Ctx {

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -30,6 +30,19 @@ pub struct Clients {
 impl Clients {
     pub fn new() -> Result<Self, TrackerError> {
         Self::with_hosts(HashMap::new())
+    }
+
+    /// The process's one set, built at its first use and then shared by every announcer: each
+    /// HTTP client holds a TLS context with the system's root certificates, too much to build
+    /// per torrent (and again at each wake) in a library of a thousand; and a tracker's UDP
+    /// connection id serves all torrents announced to it.
+    pub fn shared() -> Result<Arc<Clients>, TrackerError> {
+        static SHARED: OnceLock<Arc<Clients>> = OnceLock::new();
+        if let Some(c) = SHARED.get() {
+            return Ok(c.clone());
+        }
+        let built = Arc::new(Self::new()?);
+        Ok(SHARED.get_or_init(|| built).clone())
     }
 
     /// [`Clients::new`] with `hosts` resolved to the addresses given.

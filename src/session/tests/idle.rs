@@ -47,5 +47,8 @@ async fn an_idle_torrent_sleeps_and_a_read_wakes_it_with_right_bytes() {
     peer.wait_for("the known peer dialled again", |c| c.connections > dialled)
         .await;
     session.close_reader(h);
+    // Its periodic tasks waited through the sleep without ticking and run again: with no
+    // read for a while it falls asleep once more.
+    eventually(&session, "asleep again", |s| s.asleep && s.peers == 0).await;
     stop(session).await;
 }

@@ -405,3 +405,34 @@ async fn url_without_port_fails_cleanly() {
         .unwrap_err();
     assert!(matches!(e, TrackerError::InvalidUrl(_)), "{e}");
 }
+
+#[tokio::test]
+async fn the_announcers_of_two_torrents_share_a_trackers_connection_id() {
+    use crate::tracker::announcer::{self, AnnounceParams, Progress};
+    let tracker = FakeTracker::new().await;
+    let start = |hash: u8| {
+        let (peers_tx, peers_rx) = tokio::sync::mpsc::channel(4);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let (handle, _status) = announcer::spawn(
+            vec![vec![tracker.url.clone()]],
+            AnnounceParams::new([hash; 20], [0xbb; 20], 6881),
+            Arc::new(Progress::default),
+            peers_tx,
+            Arc::default(),
+            stop_rx,
+        );
+        (handle, peers_rx, stop)
+    };
+    let first = start(1);
+    tracker.serve(77, b"\x01\x02\x03\x04\x1a\xe1").await;
+    // Another torrent's announcer reuses the connection id the first one got: its first
+    // packet is an announce, not a connect (one set of tracker clients per process).
+    let second = start(2);
+    let (p, from) = tracker.recv_announce(77).await;
+    assert_eq!(p[16..36], [2; 20], "the second torrent's info-hash");
+    tracker
+        .send(&announce_reply(be_u32(&p, 12), &[]), from)
+        .await;
+    first.0.abort();
+    second.0.abort();
+}
