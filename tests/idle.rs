@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::library::{assert_folder_reads, library_swarm, status_json};
+use common::library::{assert_folder_reads, status_json, two_swarms};
 use common::{Layout, MOUNT_ARGS, Mount, btfs, run};
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -46,11 +46,11 @@ fn wait_for(m: &Mount, what: &str, cond: impl Fn(&[(String, u64)]) -> bool) {
 
 #[test]
 fn idle_torrents_sleep_and_a_read_wakes_one_with_right_bytes() {
-    let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| library_swarm(Layout::Single, 2 << 20, 32 * 1024, 61, None));
-        let b = s.spawn(|| library_swarm(Layout::Single, 1 << 20, 32 * 1024, 62, None));
-        (a.join().expect("swarm a"), b.join().expect("swarm b"))
-    });
+    let (a, b) = two_swarms(
+        (Layout::Single, 2 << 20, 61),
+        (Layout::Single, 1 << 20, 62),
+        32 * 1024,
+    );
     let m = Mount::with_args(btfs(), |mnt, _| {
         let mut args: Vec<OsString> = vec!["mount".into()];
         args.extend([a.torrent(), b.torrent()].map(|p: &Path| p.as_os_str().to_owned()));

@@ -12,7 +12,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::library::{
-    assert_folder_reads, folder_files, library_swarm, mount_library, root_names,
+    assert_folder_reads, folder_files, library_swarm, mount_library, root_names, two_swarms,
 };
 use common::{Layout, MOUNT_ARGS, Mount, Reaped, Swarm, assert_tree_matches, btfs};
 
@@ -174,11 +174,11 @@ fn torrents_are_added_while_another_is_read_and_removed_while_a_read_waits() {
 /// away, the other staying.
 #[test]
 fn a_watch_directory_is_followed_while_mounted() {
-    let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| library_swarm(Layout::Multi, 600_000, 32 * 1024, 61, None));
-        let b = s.spawn(|| library_swarm(Layout::Single, 400_000, 32 * 1024, 62, None));
-        (a.join().expect("a swarm"), b.join().expect("a swarm"))
-    });
+    let (a, b) = two_swarms(
+        (Layout::Multi, 600_000, 61),
+        (Layout::Single, 400_000, 62),
+        32 * 1024,
+    );
     let scratch = tempfile::tempdir().expect("tempdir");
     let dir = scratch.path().join("watch");
     fs::create_dir(&dir).expect("mkdir");
@@ -327,11 +327,11 @@ fn help_tells_of_add_remove_library_and_watch() {
 /// removed with `btfs remove` does not.
 #[test]
 fn torrents_added_at_runtime_survive_a_remount() {
-    let (kept, dropped) = std::thread::scope(|s| {
-        let a = s.spawn(|| library_swarm(Layout::Multi, 300_000, 32 * 1024, 81, None));
-        let b = s.spawn(|| library_swarm(Layout::Single, 200_000, 32 * 1024, 82, None));
-        (a.join().expect("a swarm"), b.join().expect("a swarm"))
-    });
+    let (kept, dropped) = two_swarms(
+        (Layout::Multi, 300_000, 81),
+        (Layout::Single, 200_000, 82),
+        32 * 1024,
+    );
     let scratch = tempfile::tempdir().expect("tempdir");
     let state = scratch.path().join("state");
     let copy = scratch.path().join("copy.torrent");

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::Layout;
-use common::library::{assert_folder_reads, library_swarm, mount_library, status_json};
+use common::library::{assert_folder_reads, mount_library, status_json, two_swarms};
 
 const READ_DEADLINE: Duration = Duration::from_secs(120);
 const MIB: u64 = 1 << 20;
@@ -31,11 +31,11 @@ fn cached(report: &serde_json::Value) -> Vec<u64> {
 /// at half) from the first, which keeps what the second did not need.
 #[test]
 fn two_torrents_larger_than_the_cache_share_one_budget() {
-    let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| library_swarm(Layout::Single, 24 * MIB, 64 * 1024, 51, None));
-        let b = s.spawn(|| library_swarm(Layout::Single, 24 * MIB + 4321, 64 * 1024, 52, None));
-        (a.join().expect("swarm a"), b.join().expect("swarm b"))
-    });
+    let (a, b) = two_swarms(
+        (Layout::Single, 24 * MIB, 51),
+        (Layout::Single, 24 * MIB + 4321, 52),
+        64 * 1024,
+    );
     let m = mount_library(
         &[a.torrent(), b.torrent()],
         &["--cache-size", "16M", "--max-readahead", "4M"],

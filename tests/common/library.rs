@@ -82,3 +82,19 @@ pub fn status_json(m: &Mount) -> serde_json::Value {
         .arg(m.path()));
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"))
 }
+
+/// Two one-seeder swarms, `(layout, size, seed)` each, started at once (each seeder hashes its
+/// data first).
+pub fn two_swarms(
+    a: (Layout, u64, u64),
+    b: (Layout, u64, u64),
+    piece_length: u32,
+) -> (Swarm, Swarm) {
+    std::thread::scope(|s| {
+        let start = |(layout, size, seed): (Layout, u64, u64)| {
+            s.spawn(move || library_swarm(layout, size, piece_length, seed, None))
+        };
+        let (a, b) = (start(a), start(b));
+        (a.join().expect("a swarm"), b.join().expect("a swarm"))
+    })
+}
