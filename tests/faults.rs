@@ -24,18 +24,6 @@ use common::{
 /// Only a hang detector: nothing here is expected to take this long.
 const HANG: Duration = Duration::from_secs(120);
 
-fn status_value(m: &Mount, key: &str) -> String {
-    let text = m.status_text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
-        .unwrap_or_else(|| panic!("status has no {key}:\n{text}"))
-        .to_string()
-}
-
-fn status_u64(m: &Mount, key: &str) -> u64 {
-    status_value(m, key).parse().expect("a number")
-}
-
 /// Polls until `cond` holds; panics with `what`, the status and btfs's log if it never does.
 fn eventually(m: &Mount, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + HANG;
@@ -98,11 +86,11 @@ fn all_seeders_killed_mid_read_the_read_waits_and_completes_when_they_return() {
     let (file, original) = largest(&swarm, &m);
     let mut reader = spawn_sha1(&file);
     eventually(&m, "some data arrived", || {
-        status_u64(&m, "downloaded_bytes") > 0
+        m.status_u64("downloaded_bytes") > 0
     });
     swarm.stop_seeder(0);
     swarm.stop_seeder(1);
-    eventually(&m, "no peer connected", || status_u64(&m, "peers") == 0);
+    eventually(&m, "no peer connected", || m.status_u64("peers") == 0);
     assert!(
         reader.0.try_wait().expect("try_wait").is_none(),
         "the read waits while no seeder is up\n{}",
@@ -140,15 +128,15 @@ fn tracker_down_at_start_the_peer_flag_works_and_the_tracker_is_retried() {
     let (file, original) = largest(&swarm, &m);
     assert_eq!(sha1_file(&file), sha1_file(&original), "read via --peer");
     eventually(&m, "the tracker's failure shown", || {
-        status_value(&m, "tracker").contains("error")
+        m.status_value("tracker").contains("error")
     });
     swarm.restart_tracker();
     swarm.restart_seeder(1);
     eventually(&m, "the tracker answered", || {
-        status_value(&m, "tracker").contains("(ok, ")
+        m.status_value("tracker").contains("(ok, ")
     });
     eventually(&m, "the tracker's peer known", || {
-        status_u64(&m, "known_peers") >= 2
+        m.status_u64("known_peers") >= 2
     });
 }
 
@@ -320,8 +308,8 @@ fn loaded_mount() -> (Swarm, Stallers, Mount, Vec<Reaped>, u16) {
     let peers = stallers.peer_args();
     let peers: Vec<&str> = peers.iter().map(String::as_str).collect();
     let m = mount_btfs(swarm.torrent(), &peers);
-    let port: u16 = status_value(&m, "listen_port").parse().expect("port");
-    eventually(&m, "50 peers connected", || status_u64(&m, "peers") == 50);
+    let port: u16 = m.status_value("listen_port").parse().expect("port");
+    eventually(&m, "50 peers connected", || m.status_u64("peers") == 50);
     let (file, _) = largest(&swarm, &m);
     let cats = blocked_cats(&file, 8);
     eventually(&m, "8 readers open", || reader_lines(&m) == 8);

@@ -21,21 +21,9 @@ use common::{
 /// Only a hang detector: nothing here is expected to take this long.
 const HANG: Duration = Duration::from_secs(120);
 
-fn status_value(m: &Mount, key: &str) -> String {
-    let text = m.status_text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
-        .unwrap_or_else(|| panic!("status has no {key}:\n{text}"))
-        .to_string()
-}
-
-fn status_u64(m: &Mount, key: &str) -> u64 {
-    status_value(m, key).parse().expect("a number")
-}
-
 /// (connected, known) peers of one source, from `peers_<source>: N connected, M known`.
 fn by_source(m: &Mount, source: &str) -> (u64, u64) {
-    let v = status_value(m, &format!("peers_{source}"));
+    let v = m.status_value(&format!("peers_{source}"));
     let num = |word: &str| -> u64 {
         (v.split(", "))
             .find_map(|part| part.strip_suffix(&format!(" {word}")))
@@ -95,13 +83,13 @@ fn a_crowd_of_empty_leechers_in_every_slot_makes_way_for_the_seeders() {
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let m = mount_btfs(swarm.torrent(), &args);
-    let port: u16 = status_value(&m, "listen_port").parse().expect("a port");
+    let port: u16 = m.status_value("listen_port").parse().expect("a port");
     let btfs_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     for i in 0..DIALLING {
         swarm.start_leecher(Ipv4Addr::new(127, 0, 110 + i, 1), &[btfs_addr]);
     }
     eventually(&m, &swarm, "the crowd holds every slot", || {
-        status_u64(&m, "peers") == SLOTS as u64
+        m.status_u64("peers") == SLOTS as u64
     });
     assert_eq!(by_source(&m, "tracker"), (0, 0), "{}", m.status_text());
 
@@ -115,8 +103,8 @@ fn a_crowd_of_empty_leechers_in_every_slot_makes_way_for_the_seeders() {
     // piece. (They need not be connected still: with every piece btfs is a seed too, and
     // libtorrent drops seed-to-seed connections.)
     assert!(by_source(&m, "tracker").1 >= 2, "{}", why());
-    let total = status_u64(&m, "total_bytes");
-    assert!(status_u64(&m, "downloaded_bytes") >= total, "{}", why());
+    let total = m.status_u64("total_bytes");
+    assert!(m.status_u64("downloaded_bytes") >= total, "{}", why());
 }
 
 /// Hands the bytes a reader process writes to its stdout on to a file, only as far as it is
@@ -211,7 +199,7 @@ fn seeders_leaving_and_arriving_during_a_long_read() {
     eventually(&m, &swarm, "the new seeder connected to us", || {
         by_source(&m, "incoming").0 == 1
     });
-    let held = status_u64(&m, "verified_bytes");
+    let held = m.status_u64("verified_bytes");
     assert!(
         held < size - 2 * MIB,
         "btfs holds {held} bytes already: the read would not need the newcomer\n{}",

@@ -73,6 +73,25 @@ impl Idle {
         let _ = slept.wait_for(|slept| !slept).await;
     }
 
+    /// The next tick of a task that has nothing to do while the session sleeps: asleep, it
+    /// waits for the wake (no timer) and restarts `tick` from there. False at shutdown.
+    pub(crate) async fn next_awake_tick(
+        &self,
+        tick: &mut tokio::time::Interval,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        if self.slept() {
+            tokio::select! {
+                () = self.awake() => tick.reset(),
+                _ = shutdown.changed() => return false,
+            }
+        }
+        tokio::select! {
+            _ = tick.tick() => true,
+            _ = shutdown.changed() => false,
+        }
+    }
+
     /// The receiver this awake period's discovery tasks end on.
     pub(crate) fn period_end(&self) -> watch::Receiver<bool> {
         crate::sync::lock(&self.period).end.subscribe()

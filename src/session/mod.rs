@@ -484,18 +484,8 @@ fn spawn_announcer(shared: &Arc<Shared>, params: AnnounceParams, end: watch::Rec
 async fn tick(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        if shared.idle.slept() {
-            // No peers to choke, nothing to fetch: no timer until a read wakes us.
-            tokio::select! {
-                _ = shared.idle.awake() => tick.reset(),
-                _ = shutdown.changed() => return,
-            }
-        }
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
+    // Asleep: no peers to choke, nothing to fetch, no timer until a read wakes us.
+    while shared.idle.next_awake_tick(&mut tick, &mut shutdown).await {
         let mut st = shared.lock();
         if st.readers.started() {
             st.refresh_background(tokio::time::Instant::now());

@@ -16,17 +16,7 @@ use super::shared::Shared;
 pub(crate) async fn run(shared: Arc<Shared>, idle_after: Duration) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1).min(idle_after));
-    loop {
-        if shared.idle.slept() {
-            tokio::select! {
-                _ = shared.idle.awake() => tick.reset(),
-                _ = shutdown.changed() => return,
-            }
-        }
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
+    while shared.idle.next_awake_tick(&mut tick, &mut shutdown).await {
         let mut dropped = 0;
         let slept = shared.idle.try_sleep(idle_after, |_| {
             let mut st = shared.lock();

@@ -149,6 +149,15 @@ impl Mount {
             .collect()
     }
 
+    /// The first value of `key` in [`Mount::status_text`]; panics (with the text) if missing.
+    pub fn status_value(&self, key: &str) -> String {
+        let text = self.status_text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+            .unwrap_or_else(|| panic!("status has no {key}:\n{text}"))
+            .to_string()
+    }
+
     /// One number of [`Mount::status`]; panics (with our stderr) if it is missing.
     pub fn status_u64(&self, key: &str) -> u64 {
         let s = self.status();
