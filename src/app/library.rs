@@ -65,8 +65,14 @@ pub async fn run(
     let mut left_out = Vec::new();
     let kept = keep_first_of_each(&sources, resolved, &mut left_out);
     let canonical = canonical_mountpoint(&config.mountpoint).unwrap_or(config.mountpoint.clone());
+    // One pool for every torrent, however late it comes.
+    let pool = (config
+        .session
+        .memory
+        .get_or_insert_with(|| crate::store::MemoryPool::new(config.session.cache_bytes)))
+    .clone();
     let live = LibraryLive::new(Vec::new(), left_out, canonical.clone());
-    let live = Arc::new(live.with_listen_port(net.host.port()));
+    let live = Arc::new(live.with_listen_port(net.host.port()).with_memory(pool));
     let shared = Shared {
         host: net.host.clone(),
         dht: net.dht.clone(),

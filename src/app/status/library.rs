@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Live, ReaderReport, Report};
 use crate::session::DiskStats;
+use crate::store::MemoryPool;
 use crate::units::format_bytes;
 
 /// What a mount reports (status socket, root attribute, status line): one torrent's [`Live`],
@@ -99,12 +100,17 @@ pub struct LibraryLive {
     mountpoint: PathBuf,
     /// The process's listen port, said even when no torrent is mounted.
     listen_port: u16,
+    /// The memory budget every torrent shares: the mount's `cache_used_bytes` is read from it
+    /// at once, not added up from the torrents' reports, which are taken one after another
+    /// while pieces move between them.
+    memory: Option<MemoryPool>,
 }
 
 impl LibraryLive {
     pub fn new(torrents: Vec<(String, Live)>, left_out: Vec<String>, mountpoint: PathBuf) -> Self {
         LibraryLive {
             listen_port: 0,
+            memory: None,
             torrents: Mutex::new(
                 torrents
                     .into_iter()
@@ -119,6 +125,12 @@ impl LibraryLive {
     /// The process's listen port, for the report of a library with no torrent.
     pub fn with_listen_port(mut self, port: u16) -> Self {
         self.listen_port = port;
+        self
+    }
+
+    /// The memory pool the torrents share (see the field).
+    pub fn with_memory(mut self, pool: MemoryPool) -> Self {
+        self.memory = Some(pool);
         self
     }
 
@@ -161,6 +173,9 @@ impl Reporter for LibraryLive {
         let mut report = sum(self.mountpoint.clone(), parts, &left_out);
         if report.torrents.is_empty() {
             report.listen_port = self.listen_port;
+        }
+        if let Some(pool) = &self.memory {
+            report.cache_used_bytes = pool.used();
         }
         report
     }
