@@ -1,6 +1,7 @@
 //! Idle torrents sleep (`--idle-after`), on a real library mount served by libtorrent seeders
 //! on loopback: with no read, each torrent drops its peers (`btfs status` says `state:
 //! asleep`, 0 peers); a read of one wakes it and returns the right bytes, the other sleeps on.
+//! The wake needs no tracker: the seeder's address was kept while it slept.
 
 mod common;
 
@@ -46,7 +47,7 @@ fn wait_for(m: &Mount, what: &str, cond: impl Fn(&[(String, u64)]) -> bool) {
 
 #[test]
 fn idle_torrents_sleep_and_a_read_wakes_one_with_right_bytes() {
-    let (a, b) = two_swarms(
+    let (mut a, b) = two_swarms(
         (Layout::Single, 2 << 20, 61),
         (Layout::Single, 1 << 20, 62),
         32 * 1024,
@@ -66,8 +67,13 @@ fn idle_torrents_sleep_and_a_read_wakes_one_with_right_bytes() {
     });
     let text = run(Command::new(btfs()).arg("status").arg(m.path()));
     assert!(text.contains("  state: asleep\n"), "{text}");
+    let report = status_json(&m);
+    let known = report["torrents"][0]["known_peers"].as_u64();
+    assert!(known >= Some(1), "the seeder's address is kept: {report:#}");
 
-    // A read of the first wakes it: every byte right, the second sleeps on.
+    // A read of the first wakes it, with its tracker gone: the seeder it knew is dialled
+    // again. Every byte right, the second sleeps on.
+    a.stop_tracker();
     assert_folder_reads(&m, "single.bin", &a, DEADLINE);
     let report = status_json(&m);
     let torrents = report["torrents"].as_array().expect("a torrents list");

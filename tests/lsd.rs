@@ -4,17 +4,21 @@
 //! where the group reaches every process of the test and nothing else: announces sent on
 //! 127.0.0.1 go out on `lo` only, and nothing outside the namespace hears them.
 //!
+//! The IPv6 group (ff15::efc0:988f) is tested over IPv6 alone: mounts on ::1, and `lo` made to
+//! carry multicast (see [`ipv6_multicast_on_loopback`]).
+//!
 //! Each test prints how long discovery took (`--nocapture` shows it).
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
+use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::netns::{Background, in_loopback_netns, swarm_py};
-use common::{Mount, Swarm, SwarmOptions, assert_all_files_match, btfs, free_port};
+use common::{Mount, Swarm, SwarmOptions, assert_all_files_match, btfs, free_port, run};
 
 /// Hang detectors only: on loopback, discovery takes moments.
 const FOUND: Duration = Duration::from_secs(60);
@@ -34,7 +38,12 @@ fn swarm(seeders: usize) -> Swarm {
 /// `btfs mount` on 127.0.0.1 with local service discovery (on by default) as its only source
 /// besides `extra` (a read waiting longer than [`READ_TIMEOUT`] fails instead of hanging).
 fn mount(torrent: &Path, extra: &[&str]) -> Mount {
-    let mut args = vec!["--port", "0", "--bind", "127.0.0.1", "-q", "--no-dht"];
+    mount_on("127.0.0.1", torrent, extra)
+}
+
+/// [`mount`] listening on `bind` alone.
+fn mount_on(bind: &str, torrent: &Path, extra: &[&str]) -> Mount {
+    let mut args = vec!["--port", "0", "--bind", bind, "-q", "--no-dht"];
     args.extend(["--read-timeout", READ_TIMEOUT]);
     args.extend(extra);
     Mount::new(btfs(), torrent, &args)
@@ -109,6 +118,54 @@ fn two_mounts_of_one_torrent_find_each_other() {
     });
 }
 
+/// Lets the IPv6 group reach every process of the namespace through `lo`, as a LAN's
+/// interface carries it: `lo` does no multicast until told to, and the kernel has no route for
+/// the group there (sending fails: unreachable); along a route of type `multicast` the datagram
+/// is lost, along one of type `local` it comes back in to every member of the group.
+fn ipv6_multicast_on_loopback() {
+    run(Command::new("ip").args(["link", "set", "lo", "multicast", "on"]));
+    run(Command::new("ip").args(["-6", "route", "add", "local", "ff00::/8", "dev", "lo"]));
+}
+
+#[test]
+fn two_mounts_find_each_other_over_ipv6() {
+    in_netns("two_mounts_find_each_other_over_ipv6", || {
+        ipv6_multicast_on_loopback();
+        let swarm = swarm(0);
+        // A libtorrent seeder on ::1 that does no discovery: the first mount is told of it,
+        // reads everything, then it goes. Whatever the second mount reads comes from the
+        // first, found by LSD over IPv6: both listen on ::1 alone.
+        let (addr, mut seeder) = seeder(&swarm, Ipv6Addr::LOCALHOST.into(), "seeder6", &[]);
+        wait_seeding(&swarm, "seeder6", &mut seeder);
+        let first = mount_on("::1", swarm.torrent(), &["--peer", &addr.to_string()]);
+        assert_all_files_match(&first, &swarm);
+        seeder.stop();
+
+        let mounted = Instant::now();
+        let second = mount_on("::1", swarm.torrent(), &[]);
+        let found = wait_lsd_peer(&second, mounted, |(_, k)| k >= 1, "the second mount");
+        eprintln!("the second mount learnt of the first by LSD {found:?} after mounting");
+        // The address it learnt: the first mount's listening port on ::1.
+        let port = first.status()["listen_port"].clone();
+        assert!(
+            second
+                .stderr()
+                .contains(&format!("LSD: found a peer peer=[::1]:{port}")),
+            "the first mount found on [::1]:{port}\n{}",
+            second.stderr()
+        );
+        while second.status_u64("peers") == 0 {
+            assert!(
+                mounted.elapsed() < FOUND,
+                "not connected\n{}",
+                second.stderr()
+            );
+            sleep(Duration::from_millis(10));
+        }
+        assert_all_files_match(&second, &swarm);
+    });
+}
+
 #[test]
 fn btfs_and_a_libtorrent_seeder_find_each_other() {
     in_netns("btfs_and_a_libtorrent_seeder_find_each_other", || {
@@ -141,16 +198,7 @@ fn a_running_libtorrent_seeder_hears_btfs_arrive() {
     in_netns("a_running_libtorrent_seeder_hears_btfs_arrive", || {
         let swarm = swarm(0);
         let (_, mut seeder) = lsd_seeder(&swarm);
-        let ready = swarm.dir().join("lsd-seeder.ready");
-        let started = Instant::now();
-        while !ready.exists() {
-            assert!(
-                seeder.exited().is_none() && started.elapsed() < FOUND,
-                "the seeder never became a seed\n{}",
-                seeder.log_text()
-            );
-            sleep(Duration::from_millis(10));
-        }
+        wait_seeding(&swarm, "lsd-seeder", &mut seeder);
         // Its start-up announces went out to nobody; btfs's own reaches it.
         let mounted = Instant::now();
         let m = mount(swarm.torrent(), &[]);
@@ -164,8 +212,18 @@ fn a_running_libtorrent_seeder_hears_btfs_arrive() {
 /// A libtorrent seeder of the swarm's torrent on 127.0.1.1 with local service discovery on
 /// (and nothing else to find peers with); it writes `lsd-seeder.ready` once a seed.
 fn lsd_seeder(swarm: &Swarm) -> (SocketAddr, Background) {
-    let ip = Ipv4Addr::new(127, 0, 1, 1);
-    let addr = SocketAddr::from((ip, free_port(ip)));
+    seeder(
+        swarm,
+        Ipv4Addr::new(127, 0, 1, 1).into(),
+        "lsd-seeder",
+        &["--lsd"],
+    )
+}
+
+/// A libtorrent seeder of the swarm's torrent on `ip`, with `extra` options; it writes
+/// `<name>.ready` in the swarm's folder once a seed.
+fn seeder(swarm: &Swarm, ip: IpAddr, name: &str, extra: &[&str]) -> (SocketAddr, Background) {
+    let addr = SocketAddr::new(ip, free_port(ip));
     let mut cmd = swarm_py();
     cmd.arg("seed")
         .arg(swarm.torrent())
@@ -176,10 +234,25 @@ fn lsd_seeder(swarm: &Swarm) -> (SocketAddr, Background) {
             "--port",
             &addr.port().to_string(),
         ])
-        .args(["--lsd", "--no-wait-announce", "--ready-file"])
-        .arg(swarm.dir().join("lsd-seeder.ready"));
-    let log = swarm.dir().join("lsd-seeder.log");
-    (addr, Background::spawn("lsd-seeder", &mut cmd, log))
+        .args(extra)
+        .args(["--no-wait-announce", "--ready-file"])
+        .arg(swarm.dir().join(format!("{name}.ready")));
+    let log = swarm.dir().join(format!("{name}.log"));
+    (addr, Background::spawn(name, &mut cmd, log))
+}
+
+/// Waits for the `<name>.ready` file of [`seeder`].
+fn wait_seeding(swarm: &Swarm, name: &str, seeder: &mut Background) {
+    let ready = swarm.dir().join(format!("{name}.ready"));
+    let started = Instant::now();
+    while !ready.exists() {
+        assert!(
+            seeder.exited().is_none() && started.elapsed() < FOUND,
+            "the seeder never became a seed\n{}",
+            seeder.log_text()
+        );
+        sleep(Duration::from_millis(10));
+    }
 }
 
 /// Waits until libtorrent's log says it heard the mount's announce ("<== LSD: IP:PORT ih:

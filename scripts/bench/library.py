@@ -1,11 +1,13 @@
 #!/usr/bin/python3
-"""Benchmark: a library of many torrents in one mount, none of them with a peer.
+"""Benchmark: a library of many torrents in one mount: mount, listing, memory and CPU while
+asleep, and how fast a read wakes a sleeping torrent.
 
     scripts/bench/library.py [-n 1000] [--btfs target/release/btfs] [--mode watch|args|both]
+                             [--idle-after 1s] [--wake-one 3 --wake-together 3 ...]
 
 Makes N small distinct torrents (different random data; every third one of several files, the
 others of one file), each announcing to a tracker on loopback that is not there
-(http://127.0.0.1:1/announce), and mounts them all in one btfs process with `--idle-after 1s`,
+(http://127.0.0.1:1/announce), and mounts them all in one btfs process with `--idle-after` (1s),
 bound to 127.0.0.1, the DHT bootstrapping from a loopback port nobody listens on (so every
 torrent has a DHT announce loop, and nothing leaves the machine), no local service discovery.
 Either from a watch directory (`--watch DIR`) or all of them on the command line (`args`).
@@ -19,6 +21,12 @@ Prints, per mode:
   threads, fds   of the btfs process once all are asleep
   idle CPU    the process's CPU time (utime + stime) over --idle-secs once all are asleep, as
               a share of one core
+Then the wake part (library_wake.py, its doc says how; --wake-one 0 --wake-together 0 leaves
+it out): K more torrents in the library, each served by a libtorrent seeder behind a tracker,
+read once every torrent sleeps (one at a time, then several at once), against fresh
+single-torrent mounts of ours and Debian's btfs; in the last mode only (the tracker is stopped
+for the wakes). It runs in a loopback-only network namespace (harness/netns.py: Debian's btfs
+bootstraps its DHT from public routers).
 Numbers only, no thresholds. Everything it starts is ended by its PID, and its temp dir
 removed, on exit, on failure or Ctrl-C alike.
 """
@@ -34,8 +42,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from harness import MiB, REPO
-from harness.mount import is_fuse_mount
+import library_wake
+from harness import MiB, REPO, netns
+from harness.mount import is_fuse_mount, unmount_work
 from harness.procs import Interrupted, Procs, catch_signals, cpu_secs, ignore_signals, log, tail
 from harness.torrent import bencode
 
@@ -104,24 +113,30 @@ def listed(mnt, n):
         return False
 
 
-def all_asleep(btfs, mnt, n):
+def status_torrents(btfs, mnt):
+    """The torrents of `btfs status --json MNT`; [] if it fails."""
     out = subprocess.run([btfs, "status", "--json", mnt], capture_output=True, text=True)
     if out.returncode != 0:
-        return False
+        return []
     try:
-        torrents = json.loads(out.stdout).get("torrents", [])
+        return json.loads(out.stdout).get("torrents", [])
     except ValueError:
-        return False
+        return []
+
+
+def all_asleep(btfs, mnt, n):
+    torrents = status_torrents(btfs, mnt)
     return len(torrents) >= n and all(t.get("state") == "asleep" for t in torrents)
 
 
-def measure(args, procs, tmp, mode, torrents):
+def measure(args, procs, tmp, mode, torrents, live=None):
+    """One mount of the library; with `live` (the seeded torrents), the wakes too."""
     mnt = os.path.join(tmp, "mnt-" + mode)
     os.mkdir(mnt)
     state = os.path.join(tmp, "state-" + mode)
     log_path = os.path.join(tmp, "btfs-%s.log" % mode)
-    argv = [args.btfs, "mount", "--library", "--idle-after", "1s", "--bind", "127.0.0.1",
-            "--port", "0", "--no-lsd", "--quiet", "--state-dir", state,
+    argv = [args.btfs, "mount", "--library", "--idle-after", args.idle_after,
+            "--bind", "127.0.0.1", "--port", "0", "--no-lsd", "--quiet", "--state-dir", state,
             "--metadata-cache", os.path.join(tmp, "meta")]
     if args.no_dht:
         argv.append("--no-dht")
@@ -135,12 +150,13 @@ def measure(args, procs, tmp, mode, torrents):
     if args.rust_log:
         env["RUST_LOG"] = args.rust_log
     row = {"mode": mode}
+    n = args.n + (len(live.torrents) if live else 0)
     start = time.monotonic()
     proc = procs.spawn(argv, log_path, env=env)
     try:
         wait_for("the mount", proc, lambda: is_fuse_mount(mnt), log_path)
         row["mount_s"] = time.monotonic() - start
-        wait_for("every folder", proc, lambda: listed(mnt, args.n), log_path)
+        wait_for("every folder", proc, lambda: listed(mnt, n), log_path)
         row["root_s"] = time.monotonic() - start
         row["listed"] = proc_status(proc.pid)
         t = time.monotonic()
@@ -149,7 +165,7 @@ def measure(args, procs, tmp, mode, torrents):
         t = time.monotonic()
         subprocess.run([args.btfs, "status", mnt], stdout=subprocess.DEVNULL, check=True)
         row["status_s"] = time.monotonic() - t
-        wait_for("every torrent asleep", proc, lambda: all_asleep(args.btfs, mnt, args.n),
+        wait_for("every torrent asleep", proc, lambda: all_asleep(args.btfs, mnt, n),
                  log_path, poll=0.5)
         row["asleep_s"] = time.monotonic() - start
         time.sleep(1.0)  # the last ones' goodbyes (trackers told `stopped`) end
@@ -159,6 +175,15 @@ def measure(args, procs, tmp, mode, torrents):
         row["idle_cpu"] = (after - before) / args.idle_secs if None not in (before, after) else None
         row["asleep"] = proc_status(proc.pid)
         row["fds"] = open_fds(proc.pid)
+        if live:
+            report = {t["name"]: t for t in status_torrents(args.btfs, mnt)}
+            row["known"] = [report[live.name(i)]["known_peers"] for i in range(len(live.files))]
+
+            def abort():
+                procs.stop(proc, grace=2)
+                subprocess.run(["fusermount3", "-uz", mnt], check=False)
+            row["woken"] = library_wake.wake(live, args, proc, mnt,
+                                             lambda name: report[name]["folder"], abort)
     finally:
         subprocess.run(["fusermount3", "-u", mnt], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, check=False)
@@ -194,10 +219,15 @@ def main():
     p.add_argument("--no-dht", action="store_true", help="mount with --no-dht")
     p.add_argument("--rust-log", default="", help="RUST_LOG for btfs (its log in the temp dir)")
     p.add_argument("--keep-logs", metavar="DIR", help="copy btfs's logs here before cleaning up")
+    p.add_argument("--idle-after", default="1s", help="btfs mount --idle-after (1s)")
+    library_wake.add_options(p)
     args = p.parse_args()
     args.btfs = os.path.abspath(args.btfs)
     if args.n < 1:
         p.error("-n >= 1")
+    if min(args.wake_one, args.wake_together, args.wake_runs) < 0 or args.wake_size < 1:
+        p.error("--wake-one, --wake-together, --wake-runs >= 0; --wake-size >= 1")
+    netns.enter()
     catch_signals()
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="btfs-library-")
@@ -206,9 +236,22 @@ def main():
         t = time.monotonic()
         make_torrents(args.n, torrents)
         log("%d torrents made in %.1f s" % (args.n, time.monotonic() - t))
-        for mode in (["watch", "args"] if args.mode == "both" else [args.mode]):
+        live = fresh = None
+        if library_wake.wanted(args):
+            live = library_wake.Live(procs, tmp, args.wake_one + args.wake_together,
+                                     args.wake_size, torrents)
+            log("%d seeded torrents ready; fresh single-torrent mounts first" % len(live.files))
+            env = dict(os.environ, RUST_LOG=args.rust_log) if args.rust_log else None
+            fresh = library_wake.fresh(live, args, procs, tmp, env)
+        modes = ["watch", "args"] if args.mode == "both" else [args.mode]
+        for k, mode in enumerate(modes):
             log("mounting %d torrents (%s)" % (args.n, mode))
-            print_row(args.n, measure(args, procs, tmp, mode, torrents))
+            last = k == len(modes) - 1
+            row = measure(args, procs, tmp, mode, torrents, live if last else None)
+            print_row(args.n, row)
+            if "woken" in row:
+                library_wake.print_table(args.n, mode, row["woken"], row["known"], fresh,
+                                         args.wake_size)
     except Interrupted as e:
         log("interrupted (%s)" % e)
         return 1
@@ -219,11 +262,13 @@ def main():
             mnt = os.path.join(tmp, d)
             if d.startswith("mnt-") and is_fuse_mount(mnt):
                 subprocess.run(["fusermount3", "-uz", mnt], check=False)
+        unmount_work(tmp)  # the fresh single-torrent mounts
         if args.keep_logs:
             os.makedirs(args.keep_logs, exist_ok=True)
-            for f in os.listdir(tmp):
-                if f.endswith(".log"):
-                    shutil.copy(os.path.join(tmp, f), args.keep_logs)
+            for d in (tmp, os.path.join(tmp, "logs")):
+                for f in os.listdir(d) if os.path.isdir(d) else []:
+                    if f.endswith(".log"):
+                        shutil.copy(os.path.join(d, f), args.keep_logs)
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -1201,6 +1201,14 @@ impl<T: Transport, Env: UtpEnvironment> VirtualSocket<T, Env> {
             self.this_poll.now,
             msg.header.timestamp_difference_microseconds,
         );
+        if result.on_ack_result.acked_bytes > 0 {
+            // The segments it acknowledged are gone already: add them back.
+            self.congestion_controller.on_flight_size(
+                self.user_tx_segments
+                    .calc_flight_size(self.last_sent_seq_nr)
+                    + result.on_ack_result.acked_bytes,
+            );
+        }
         self.congestion_controller.on_ack(
             self.this_poll.now,
             result.on_ack_result.acked_bytes,

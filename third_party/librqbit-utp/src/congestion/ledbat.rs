@@ -14,6 +14,22 @@
 //! with no queue grows it by at most one MSS, i.e. one MSS per RTT; a queue past the target
 //! shrinks it as fast. A loss or a retransmission timeout halves it. It never goes below
 //! `MIN_CWND` segments, nor above the peer's receive window.
+//!
+//! Nor does it grow past what the sender uses: RFC 6817 caps the window at `flightsize +
+//! ALLOWED_INCREASE * MSS`. An upload that waits for requests or the disk would otherwise
+//! build up credit on delay samples that never saw it used, and spend it later as one burst
+//! into whatever queue there is then. Where the RFC's pseudo-code would misread this stream:
+//! - The flight size is the most in flight as any ACK arrived over the last round trip or
+//!   two, not at this ACK: the stream takes all the ACKs that came in a burst before it sends
+//!   again, so along a burst the flight shrinks ACK by ACK even for a sender that keeps its
+//!   window full, and a per-ACK cap would stop its growth after the burst's first ACK.
+//! - A window with less than one segment of it free counts as used whole: segments are
+//!   whole, so that rest could not be sent. So the window may end up to one ACK's growth past
+//!   the RFC's cap, never further. (A round trip's ACKs taken in one burst still lose a little
+//!   growth at whole segments: the burst's flight was sent on the window before it grew.)
+//! - The cap stops the growth only: a window above it (the sender used it a moment ago) is
+//!   kept, as libtorrent keeps it, rather than cut to the flight each time the upload pauses;
+//!   a queue over the target shrinks it as before.
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +49,9 @@ const CURRENT_FILTER: usize = 4;
 /// Window floor and start, in segments (RFC 6817: MIN_CWND, INIT_CWND).
 const MIN_CWND: f64 = 2.0;
 const INIT_CWND: f64 = 2.0;
+/// How far past the bytes in flight the window may grow, in segments (RFC 6817:
+/// ALLOWED_INCREASE, which SHOULD be 1).
+const ALLOWED_INCREASE: f64 = 1.0;
 
 /// `a` is earlier than `b` on a wrapping `u32` microsecond clock.
 fn earlier(a: u32, b: u32) -> bool {
@@ -41,6 +60,45 @@ fn earlier(a: u32, b: u32) -> bool {
 
 fn wrapping_min(a: u32, b: u32) -> u32 {
     if earlier(b, a) { b } else { a }
+}
+
+/// The most bytes in flight as an ACK arrived, in this round trip and the one before.
+#[derive(Clone, Copy, PartialEq)]
+struct Used {
+    /// When this round trip's began.
+    since: Instant,
+    this: f64,
+    before: f64,
+}
+
+impl Used {
+    fn new(now: Instant, flight: f64) -> Used {
+        Used {
+            since: now,
+            this: flight,
+            before: 0.,
+        }
+    }
+
+    /// `flight` was in flight as an ACK arrived at `now`; round trips last `rtt`.
+    fn note(&mut self, now: Instant, flight: f64, rtt: Duration) {
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed < rtt {
+            self.this = self.this.max(flight);
+            return;
+        }
+        // Two round trips without an ACK: what was used then says nothing of now.
+        let before = if elapsed < 2 * rtt { self.this } else { 0. };
+        *self = Used {
+            since: now,
+            this: flight,
+            before,
+        };
+    }
+
+    fn bytes(&self) -> f64 {
+        self.this.max(self.before)
+    }
 }
 
 /// `Copy` (fixed arrays, not queues): the crate's tracing wrapper compares copies.
@@ -53,6 +111,10 @@ pub struct Ledbat {
     mss: usize,
     /// The peer's receive window (bytes).
     rwnd: f64,
+    /// The bytes in flight as the ACK about to be taken arrived (`on_flight_size`).
+    flight: Option<f64>,
+    /// What the sender uses, from those; `None` until a caller says: no cap on growth then.
+    used: Option<Used>,
     /// (start of the minute, smallest sample in it), newest last.
     base: [Option<(Instant, u32)>; BASE_HISTORY],
     /// The latest samples, newest last.
@@ -85,6 +147,8 @@ impl Ledbat {
             ssthresh: f64::INFINITY,
             mss,
             rwnd: f64::INFINITY,
+            flight: None,
+            used: None,
             base: [None; BASE_HISTORY],
             current: [None; CURRENT_FILTER],
         }
@@ -151,16 +215,38 @@ impl CongestionController for Ledbat {
         push(&mut self.current, their_delay_us);
     }
 
-    fn on_ack(&mut self, _now: Instant, len: usize, _rtt: &RttEstimator) {
+    fn on_ack(&mut self, now: Instant, len: usize, rtt: &RttEstimator) {
         if len == 0 {
             return;
+        }
+        if let Some(flight) = self.flight.take() {
+            match &mut self.used {
+                Some(used) => used.note(now, flight, rtt.roundtrip_time()),
+                None => self.used = Some(Used::new(now, flight)),
+            }
         }
         // No delay known (a peer that echoes none): grow as if there were no queue; loss
         // still halves the window, as TCP's would be.
         let delay = self.queuing_delay().unwrap_or(Duration::ZERO);
         let off_target =
             ((TARGET.as_secs_f64() - delay.as_secs_f64()) / TARGET.as_secs_f64()).clamp(-1., 1.);
-        self.cwnd += GAIN * off_target * len as f64 * self.mss as f64 / self.cwnd;
+        let change = GAIN * off_target * len as f64 * self.mss as f64 / self.cwnd;
+        if change > 0. {
+            // Growth up to ALLOWED_INCREASE past what the sender uses, no further; a window
+            // above that already stays (see the module doc).
+            let mss = self.mss as f64;
+            let cap = self.used.map_or(f64::INFINITY, |u| {
+                let used = if u.bytes() + mss > self.cwnd {
+                    self.cwnd
+                } else {
+                    u.bytes()
+                };
+                used + ALLOWED_INCREASE * mss
+            });
+            self.cwnd = (self.cwnd + change).min(cap.max(self.cwnd));
+        } else {
+            self.cwnd += change;
+        }
         // Growth past the peer's window would be credit never used, and a burst later.
         self.cwnd = self.cwnd.min(self.rwnd.max(self.min_cwnd()));
         self.cwnd = self.cwnd.max(self.min_cwnd());
@@ -176,6 +262,10 @@ impl CongestionController for Ledbat {
 
     fn set_remote_window(&mut self, win: usize) {
         self.rwnd = win as f64;
+    }
+
+    fn on_flight_size(&mut self, bytes: usize) {
+        self.flight = Some(bytes as f64);
     }
 }
 
@@ -202,12 +292,42 @@ mod tests {
         }
     }
 
-    /// Acks one window's worth, one MSS at a time, each packet seeing `queue` of delay.
+    /// The round trip the tests' connections have.
+    const RTT: Duration = Duration::from_millis(50);
+
+    fn rtte() -> RttEstimator {
+        let mut rtte = RttEstimator::default();
+        rtte.sample(RTT);
+        rtte
+    }
+
+    /// Acks one window's worth, one MSS at a time, each packet seeing `queue` of delay; the
+    /// sender keeps its window full.
     fn one_rtt(l: &mut Ledbat, now: Instant, offset: u32, queue: Duration) {
-        let rtte = RttEstimator::default();
+        limited_rtt(l, now, offset, queue, usize::MAX);
+    }
+
+    /// [`one_rtt`] for a sender that keeps at most `limit` bytes in flight (it has no more to
+    /// send, or its window is smaller).
+    fn limited_rtt(l: &mut Ledbat, now: Instant, offset: u32, queue: Duration, limit: usize) {
+        let rtte = rtte();
         let packets = l.window() / MSS;
         for _ in 0..packets {
             l.on_delay_sample(now, offset.wrapping_add(queue.as_micros() as u32));
+            // Whole segments: a window's fraction of one is not sent.
+            l.on_flight_size((l.window() / MSS * MSS).min(limit));
+            l.on_ack(now, MSS, &rtte);
+        }
+    }
+
+    /// [`one_rtt`] with the window's ACKs taken in one burst, the sender sending nothing
+    /// between them: each finds one MSS less in flight than the one before.
+    fn burst_rtt(l: &mut Ledbat, now: Instant, offset: u32) {
+        let rtte = rtte();
+        let packets = l.window() / MSS;
+        for i in 0..packets {
+            l.on_delay_sample(now, offset);
+            l.on_flight_size((packets - i) * MSS);
             l.on_ack(now, MSS, &rtte);
         }
     }
@@ -326,6 +446,71 @@ mod tests {
         }
         let w = l.window();
         assert!(w > 2 * MSS && w <= 3 * MSS, "up to one MSS for the window acked: {w}");
+    }
+
+    #[test]
+    fn a_sender_with_little_to_send_grows_its_window_to_one_segment_past_it_and_no_further() {
+        let mut now = Instant::now();
+        let mut l = started(now, 99);
+        // No queue: only the flight size holds it, once the window has one segment free
+        // past it (up to one ACK's growth more).
+        for _ in 0..50 {
+            now += RTT;
+            limited_rtt(&mut l, now, 99, Duration::ZERO, 5 * MSS);
+        }
+        let held = l.window();
+        assert!((6 * MSS..6 * MSS + MSS / 5).contains(&held), "{held}");
+        for _ in 0..50 {
+            now += RTT;
+            limited_rtt(&mut l, now, 99, Duration::ZERO, 5 * MSS);
+        }
+        assert_eq!(l.window(), held);
+        // More to send: it grows again.
+        for _ in 0..10 {
+            now += RTT;
+            one_rtt(&mut l, now, 99, Duration::ZERO);
+        }
+        assert!(l.window() > 7 * MSS, "{}", l.window());
+    }
+
+    #[test]
+    fn a_full_window_whose_acks_come_in_bursts_keeps_growing() {
+        let mut now = Instant::now();
+        let mut l = started(now, 31);
+        for _ in 0..30 {
+            now += RTT;
+            burst_rtt(&mut l, now, 31);
+        }
+        // From two segments, 30 round trips: 23 (taken one by one: 29). A cap on the flight
+        // at each ACK would leave it under 10, one without whole segments at 17.
+        assert!(l.window() >= 20 * MSS, "{}", l.window());
+    }
+
+    #[test]
+    fn a_pause_in_sending_neither_grows_the_window_nor_cuts_it() {
+        let mut now = Instant::now();
+        let mut l = started(now, 4242);
+        for _ in 0..20 {
+            now += RTT;
+            one_rtt(&mut l, now, 4242, Duration::ZERO);
+        }
+        let used = l.window();
+        assert!(used >= 15 * MSS, "{used}");
+        // The upload waits for requests: two segments in flight, no queue. The round trip
+        // that saw the window used still lets it grow; after that it holds.
+        now += RTT;
+        limited_rtt(&mut l, now, 4242, Duration::ZERO, 2 * MSS);
+        let held = l.window();
+        assert!(held >= used && held <= used + MSS, "{used} -> {held}");
+        for _ in 0..50 {
+            now += RTT;
+            limited_rtt(&mut l, now, 4242, Duration::ZERO, 2 * MSS);
+        }
+        assert_eq!(l.window(), held, "neither grown nor cut to the flight");
+        // A queue over the target still shrinks it.
+        queue_becomes(&mut l, now, 4242, Duration::from_millis(150));
+        limited_rtt(&mut l, now, 4242, Duration::from_millis(150), 2 * MSS);
+        assert!(l.window() < held, "{held} -> {}", l.window());
     }
 
     #[test]

@@ -34,4 +34,8 @@ pub trait CongestionController: Send + Sync + core::fmt::Debug {
     /// (`timestamp_difference_microseconds`, offset by the two clocks' difference; 0 when
     /// it had none). Called before `on_ack` for each packet that carries one.
     fn on_delay_sample(&mut self, now: Instant, their_delay_us: u32) {}
+
+    /// The bytes in flight (sent and not acknowledged) as an ACK arrived, counting those it
+    /// acknowledges. Called before `on_ack` for each packet that acknowledges data.
+    fn on_flight_size(&mut self, bytes: usize) {}
 }

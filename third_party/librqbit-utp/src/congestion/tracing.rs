@@ -67,6 +67,10 @@ where
         self.inner.on_delay_sample(now, their_delay_us);
     }
 
+    fn on_flight_size(&mut self, bytes: usize) {
+        self.inner.on_flight_size(bytes);
+    }
+
     fn sshthresh(&self) -> usize {
         self.inner.sshthresh()
     }
