@@ -86,6 +86,7 @@ pub(crate) async fn run(
                         book.connected(addr);
                     }
                     Event::Dialled(outcome, worked) => {
+                        tracing::debug!(%addr, ?outcome, "dial ended");
                         dialling.remove(&addr);
                         book.finished(addr, outcome, Instant::now());
                         if let Some(w) = worked {
@@ -99,6 +100,9 @@ pub(crate) async fn run(
             _ = tick.tick(), if !slept => {
                 let now = Instant::now();
                 let starving = turn_over(&shared, &mut book, now);
+                if starving && starving_since.is_none() {
+                    tracing::debug!(known = book.len(), "a read starves: every known address is tried again");
+                }
                 let since = *starving_since.get_or_insert(now);
                 if !starving {
                     starving_since = None;
@@ -169,6 +173,7 @@ fn dial_due(
             book.finished(addr, Outcome::Banned, now);
             continue;
         }
+        tracing::debug!(%addr, ?source, ?worked, "dialling");
         dialling.insert(addr);
         let (shared, events) = (shared.clone(), events.clone());
         tokio::spawn(async move {
