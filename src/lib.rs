@@ -28,8 +28,8 @@
 //!   over uTP or TCP as `transport` races them, the first through the handshake kept,
 //!   encrypted or not as `encryption`, the `--encryption` policy, says); `peer/`: one
 //!   connection (`requests`, `rates`, `upload`, `extended`, `fast`, `health`, `pex`,
-//!   `writer`); `verify`: SHA1 of each completed piece; `memory`: our side of a memory budget
-//!   shared with other torrents (`store::pool`); `idle` and `sleep`: an idle torrent sleeps,
+//!   `writer`); `verify`: SHA1 of each completed piece; `memory`: our side of the memory and
+//!   disk budgets shared with other torrents (`store::pool`, `store::disk`); `idle` and `sleep`: an idle torrent sleeps,
 //!   a read wakes it; `disk` and `disk_io`: the disk
 //!   cache handle and its tasks; `webseed/`: web seeds (BEP 19), HTTP servers the picker asks
 //!   like peers (`layout`: the URL of each file; `blocks`; `http`; `health`: backoff and
@@ -42,8 +42,9 @@
 //!   buckets for the rate caps).
 //! - [`store`]: verified pieces at rest: `memory` (LRU by bytes, one torrent's part of a
 //!   `pool`, the memory budget shared by every torrent of the process, least recently used
-//!   across them) and `disk` (files, re-verified on load); neither knows where else a piece
-//!   lives.
+//!   across them) and `disk` (files, re-verified on load; one torrent's member of a disk
+//!   `pool` for the whole `--cache-dir`, whose `books` count every torrent's pieces, those of
+//!   torrents not mounted first out); neither knows where else a piece lives.
 //! - Discovery: [`tracker`] (`http`, `udp`, and the `announcer` task), [`dht`] (the
 //!   Mainline DHT node: KRPC, routing table, lookups, saved state) and [`lsd`] (local service
 //!   discovery, BEP 14: `message` parsed and formatted, `policy` of when to announce and what to
@@ -90,8 +91,8 @@
 //! ```
 //! # Locks
 //! Each session has one state lock (`Shared::state`), held for short synchronous steps and
-//! never across an `.await`; no other lock is taken while it is held but the memory pool's, a
-//! leaf (the budget the sessions of a library share). The other mutexes are
+//! never across an `.await`; no other lock is taken while it is held but the memory pool's and
+//! the disk pool's books, leaves (the budgets the sessions of a library share). The other mutexes are
 //! leaves listed at `session/shared.rs`. Every `std::sync::Mutex` is taken with [`sync::lock`].
 //!
 //! # Tests

@@ -99,7 +99,8 @@ struct MountArgs {
     /// second viewing need not download them again. Off by default.
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
-    /// Disk space for --cache-dir per torrent, least recently used pieces go first (e.g. 4G).
+    /// Disk space for the whole --cache-dir, shared by the mount's torrents (e.g. 4G): least
+    /// recently used pieces go first, those of torrents not mounted now before any other.
     #[arg(long, default_value = "4G", value_parser = parse_size, requires = "cache_dir")]
     disk_cache_size: u64,
     /// Largest readahead window a sequential reader grows to (e.g. 64M); the window covers
@@ -303,10 +304,8 @@ fn run(cli: Cli) -> Result<()> {
                     encryption: args.encryption,
                     background: args.background,
                     idle_after,
-                    disk_cache: args.cache_dir.map(|dir| session::DiskCacheConfig {
-                        dir,
-                        budget: args.disk_cache_size,
-                    }),
+                    disk_cache: (args.cache_dir)
+                        .map(|dir| session::DiskCacheConfig::new(dir, args.disk_cache_size)),
                     web_seeds: session::WebSeedConfig {
                         enabled: !args.no_web_seeds,
                         ..Default::default()

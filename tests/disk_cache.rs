@@ -37,11 +37,13 @@ fn swarm(seeders: usize) -> Swarm {
     })
 }
 
-/// The `.piece` files of the one torrent in `cache_dir`.
+/// The `.piece` files of the one torrent in `cache_dir` (its folder named by the info-hash;
+/// `.btfs-mounts` beside it says which torrents a running mount holds).
 fn piece_files(cache_dir: &Path) -> Vec<PathBuf> {
     let torrents: Vec<PathBuf> = fs::read_dir(cache_dir)
         .expect("read cache dir")
         .map(|e| e.expect("entry").path())
+        .filter(|p| p.file_name().is_some_and(|n| n.len() == 40))
         .collect();
     assert_eq!(torrents.len(), 1, "one info-hash directory: {torrents:?}");
     let mut pieces: Vec<PathBuf> = fs::read_dir(&torrents[0])

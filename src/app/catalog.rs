@@ -329,8 +329,8 @@ impl Library {
 /// the rate caps are totals for the process, split evenly between the `n` torrents, so the
 /// process stays within them however many there are (a torrent gets at least one peer and one
 /// byte per second). A torrent added while mounted gets the share of the torrents then
-/// mounted; the others keep theirs. `--disk-cache-size` is per torrent already (its own
-/// subdirectory of `--cache-dir`). Shares of one `config` share its pool: give it one first
+/// mounted; the others keep theirs. `--disk-cache-size` is one disk pool every clone of the
+/// config's `DiskCacheConfig` shares. Shares of one `config` share its pool: give it one first
 /// when shares are taken more than once ([`Library::new`] does).
 pub fn split_budgets(config: &session::Config, n: usize) -> session::Config {
     let n64 = n.max(1) as u64;

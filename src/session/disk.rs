@@ -6,17 +6,20 @@
 //!   (the disk is slower than the swarm). Errors are counted and the mount goes on from memory.
 //! - Shutdown: the writer stops taking new pieces, writes what was queued and says it is done;
 //!   [`Disk::drain`] waits for that, bounded.
+//! - The budget is the process's, one [`DiskPool`] for every session of a library: another
+//!   torrent's write may evict our pieces from disk (taken as memory's are, `memory.rs`), and
+//!   what our readers want is our floor there too (`Residency::protect`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Semaphore, SemaphorePermit, mpsc, watch};
+use tokio::sync::{Notify, OnceCell, Semaphore, SemaphorePermit, mpsc, watch};
 
 use crate::piece::{Geometry, PieceIndex};
-use crate::store::{DiskStore, DiskStoreError};
+use crate::store::{DiskFloor, DiskPool, DiskStore, DiskStoreError};
 
 /// Verified pieces waiting to be written, in bytes; more are dropped (not cached) meanwhile.
 const MAX_QUEUED: u64 = 64 * 1024 * 1024;
@@ -25,18 +28,37 @@ const MAX_LOADS: usize = 8;
 /// How long shutdown waits for queued writes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where and how much: `--cache-dir` and `--disk-cache-size`.
+/// Where and how much: `--cache-dir` and `--disk-cache-size`, a total for the directory.
+/// Every session started from clones of one config shares one [`DiskPool`], opened by the
+/// first to start.
 #[derive(Clone, Debug)]
 pub struct DiskCacheConfig {
     pub dir: PathBuf,
     pub budget: u64,
+    pool: Arc<OnceCell<DiskPool>>,
+}
+
+impl DiskCacheConfig {
+    pub fn new(dir: PathBuf, budget: u64) -> Self {
+        Self {
+            dir,
+            budget,
+            pool: Arc::default(),
+        }
+    }
 }
 
 /// Disk-store numbers for `Stats`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiskStats {
+    /// This torrent's pieces (a library's report: every torrent's).
     pub used: u64,
+    /// For the whole directory, shared by every torrent of the process.
     pub budget: u64,
+    /// Every piece the budget counts: the process's torrents' and those of torrents not
+    /// mounted now.
+    #[serde(default)]
+    pub dir_used: u64,
     pub errors: u64,
     /// Pieces found corrupt on disk (discarded and fetched again).
     pub bad_pieces: u64,
@@ -48,21 +70,29 @@ pub(crate) struct Opened {
     pub(crate) pieces: Vec<PieceIndex>,
 }
 
+impl Opened {
+    /// What tells the pool our readers' wants (`Residency::protect`).
+    pub(crate) fn floor(&self) -> DiskFloor {
+        self.store.floor()
+    }
+}
+
 /// The writer task's end of the queue (see `disk_io`).
 pub(crate) struct WriterEnd {
-    pub(crate) store: Arc<Mutex<DiskStore>>,
+    pub(crate) store: Arc<DiskStore>,
     pub(crate) queue: mpsc::UnboundedReceiver<(PieceIndex, Bytes)>,
     pub(crate) written: watch::Sender<bool>,
 }
 
 /// The disk side of a session, owned by `Shared`.
 pub(crate) struct Disk {
-    /// Locked only on the blocking pool (its methods do file I/O), never under the state lock.
-    store: Arc<Mutex<DiskStore>>,
+    /// Its methods do file I/O, on the blocking pool only, but for `take_evicted`.
+    store: Arc<DiskStore>,
     queue: mpsc::UnboundedSender<(PieceIndex, Bytes)>,
     queued: AtomicU64,
-    /// The store's bytes in use, as it publishes them.
+    /// The store's bytes in use, and the whole pool's, as they publish them.
     used: Arc<AtomicU64>,
+    dir_used: Arc<AtomicU64>,
     budget: u64,
     /// Failed writes or reads, and pieces that failed their check on load.
     errors: AtomicU64,
@@ -76,12 +106,15 @@ pub(crate) struct Disk {
     loads: Semaphore,
 }
 
-/// Opens the torrent's cache directory (on the blocking pool) and finds the pieces it holds
-/// that fit this torrent; `None` (with a warning) when the budget holds no piece.
+/// Opens the torrent's cache directory in the process's pool (both on the blocking pool; the
+/// pool first if this is its first torrent) and finds the pieces it holds that fit this
+/// torrent; `None` (with a warning) when the budget holds no piece. `wake` is notified when
+/// another torrent's write evicts our pieces.
 pub(crate) async fn open(
     config: &DiskCacheConfig,
     info_hash: [u8; 20],
     geometry: &Geometry,
+    wake: Arc<Notify>,
 ) -> Result<Option<Opened>, DiskStoreError> {
     let piece_length = geometry.piece_length();
     if config.budget < u64::from(piece_length) {
@@ -93,24 +126,36 @@ pub(crate) async fn open(
         return Ok(None);
     }
     let (dir, budget) = (config.dir.clone(), config.budget);
-    let mut store =
-        tokio::task::spawn_blocking(move || DiskStore::open(&dir, info_hash, piece_length, budget))
-            .await
-            .expect("disk cache open panicked")?;
-    let mut pieces = Vec::new();
-    for i in store.pieces() {
-        match geometry.piece(i) {
-            Some(p) => pieces.push(p),
-            // Not this torrent's piece (its name says so): never a real hit.
-            None => {
-                let _ = store.remove(i);
+    let pool = (config.pool)
+        .get_or_try_init(|| async move {
+            tokio::task::spawn_blocking(move || DiskPool::open(&dir, budget))
+                .await
+                .expect("disk cache open panicked")
+        })
+        .await?
+        .clone();
+    let pieces_of = geometry.clone();
+    let (store, pieces) = tokio::task::spawn_blocking(move || {
+        let store = pool.join(info_hash, piece_length, wake)?;
+        let mut pieces = Vec::new();
+        for i in store.pieces() {
+            match pieces_of.piece(i) {
+                Some(p) => pieces.push(p),
+                // Not this torrent's piece (its name says so): never a real hit.
+                None => {
+                    let _ = store.remove(i);
+                }
             }
         }
-    }
+        Ok::<_, DiskStoreError>((store, pieces))
+    })
+    .await
+    .expect("disk cache open panicked")?;
     tracing::info!(
         dir = %store.dir().display(),
         pieces = pieces.len(),
         used = store.used_bytes(),
+        dir_used = store.pool().used(),
         budget,
         "disk cache opened"
     );
@@ -123,7 +168,8 @@ impl Disk {
     pub(crate) fn new(opened: Opened) -> (Disk, WriterEnd) {
         let budget = opened.store.budget();
         let used = opened.store.used_gauge();
-        let store = Arc::new(Mutex::new(opened.store));
+        let dir_used = opened.store.pool().used_gauge();
+        let store = Arc::new(opened.store);
         let (queue, rx) = mpsc::unbounded_channel();
         let (written_tx, written) = watch::channel(false);
         let disk = Disk {
@@ -131,6 +177,7 @@ impl Disk {
             queue,
             queued: AtomicU64::new(0),
             used,
+            dir_used,
             budget,
             errors: AtomicU64::new(0),
             bad_pieces: AtomicU64::new(0),
@@ -146,9 +193,16 @@ impl Disk {
         (disk, end)
     }
 
-    /// The store, to lock on the blocking pool only.
-    pub(crate) fn store(&self) -> Arc<Mutex<DiskStore>> {
+    /// The store, to use on the blocking pool only.
+    pub(crate) fn store(&self) -> Arc<DiskStore> {
         self.store.clone()
+    }
+
+    /// Our pieces other torrents' writes evicted since the last call (no I/O): take them
+    /// under the state lock, so a piece written again meanwhile is never lost.
+    pub(crate) fn take_evicted(&self, geometry: &Geometry) -> Vec<PieceIndex> {
+        let gone = self.store.take_evicted();
+        gone.into_iter().filter_map(|i| geometry.piece(i)).collect()
     }
 
     /// A write of `len` queued bytes finished.
@@ -176,6 +230,7 @@ impl Disk {
         DiskStats {
             used: self.used.load(Ordering::Relaxed),
             budget: self.budget,
+            dir_used: self.dir_used.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             bad_pieces: self.bad_pieces.load(Ordering::Relaxed),
         }

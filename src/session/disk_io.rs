@@ -2,13 +2,14 @@
 //! loaded back for reads and uploads that miss memory.
 //!
 //! - Writes: one writer task takes the queued pieces (`Disk::save`) and puts them, one at a
-//!   time, on the blocking pool; what the disk evicts for them is no longer held.
+//!   time, on the blocking pool; what the disk evicts for them is no longer held. When it
+//!   ends (at shutdown, after the queue), the store leaves the process's disk pool.
 //! - Loads: the file is read on the blocking pool and its SHA1 checked on EVERY load (the disk
 //!   is not trusted: another process or a fault may have changed it), then it goes into memory.
 //!   A piece that fails is deleted and no longer held, so peers are asked for it; its bytes are
 //!   never served.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use sha1::{Digest, Sha1};
@@ -18,7 +19,6 @@ use super::disk::WriterEnd;
 use super::{Shared, State};
 use crate::piece::PieceIndex;
 use crate::store::{DiskStore, DiskStoreError};
-use crate::sync::lock;
 
 /// Writes queued pieces one at a time. At shutdown it takes no new pieces, writes those
 /// already queued, and says so on `written`.
@@ -54,19 +54,24 @@ pub(crate) async fn write_loop(shared: Weak<Shared>, end: WriterEnd) {
             break;
         }
     }
+    // Its pieces stay on disk for the next mount, the first to go for the other torrents.
+    let leaving = store.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || leaving.leave()).await {
+        tracing::debug!("disk cache: leaving the pool: {e}");
+    }
     written.send_replace(true);
 }
 
 /// Writes one piece and applies the outcome; false once the session is gone.
 async fn write_one(
     shared: &Weak<Shared>,
-    store: &Arc<Mutex<DiskStore>>,
+    store: &Arc<DiskStore>,
     p: PieceIndex,
     data: Bytes,
 ) -> bool {
     let len = data.len() as u64;
     let store = store.clone();
-    let put = tokio::task::spawn_blocking(move || lock(&store).put(p.get(), &data)).await;
+    let put = tokio::task::spawn_blocking(move || store.put(p.get(), &data)).await;
     let Some(shared) = shared.upgrade() else {
         return false;
     };
@@ -78,8 +83,11 @@ async fn write_one(
         return false;
     };
     disk.wrote(len, result.as_ref().err());
-    if let Ok(evicted) = result {
-        let evicted: Vec<PieceIndex> = (evicted.into_iter())
+    // Not stored (the disk is full of what may not go): it stays in memory only.
+    if let Ok(put) = result
+        && put.stored
+    {
+        let evicted: Vec<PieceIndex> = (put.evicted.into_iter())
             .filter_map(|i| shared.geometry.piece(i))
             .collect();
         shared.lock().disk_written(p, &evicted);
@@ -145,7 +153,7 @@ async fn run_load(shared: Arc<Shared>, p: PieceIndex) {
     let len = shared.geometry.piece_len(p) as usize;
     let turn = disk.load_turn().await;
     let loaded = tokio::task::spawn_blocking(move || {
-        let got = lock(&store).get(p.get());
+        let got = store.get(p.get());
         match got {
             Ok(Some(data)) => {
                 // Hashed outside the lock so writes go on meanwhile.
@@ -153,7 +161,7 @@ async fn run_load(shared: Arc<Shared>, p: PieceIndex) {
                 if ok {
                     Loaded::Good(data)
                 } else {
-                    let _ = lock(&store).remove(p.get());
+                    let _ = store.remove(p.get());
                     Loaded::Bad
                 }
             }

@@ -226,21 +226,22 @@ impl Session {
         host: &Host,
     ) -> Result<Session, SessionError> {
         let geometry = torrent.info.geometry.clone();
+        let memory = match &config.memory {
+            Some(pool) => crate::store::Store::join(pool),
+            None => crate::store::Store::new(config.cache_bytes),
+        };
+        // One task takes both pools' evictions.
+        let evictions = memory.evictions();
         let opened = match &config.disk_cache {
-            Some(c) => disk::open(c, torrent.info_hash.0, &geometry).await?,
+            Some(c) => disk::open(c, torrent.info_hash.0, &geometry, evictions.clone()).await?,
             None => None,
         };
         let files = (torrent.info.files.iter())
             .map(|f| geometry.pieces_in(f.offset, f.length))
             .collect();
-        let memory = match &config.memory {
-            Some(pool) => crate::store::Store::join(pool),
-            None => crate::store::Store::new(config.cache_bytes),
-        };
-        let evictions = memory.evictions();
         let mut state = State::new(geometry.clone(), memory, config.background, files);
         if let Some(o) = &opened {
-            state.found_on_disk(o.pieces.iter().copied());
+            state.disk_opened(o.floor(), o.pieces.iter().copied());
         }
         let incoming = host.register(torrent.info_hash.0, config.encryption);
         let (discovered, discovered_rx) = mpsc::channel(64);

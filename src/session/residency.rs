@@ -26,7 +26,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::piece::PieceIndex;
-use crate::store::Store;
+use crate::store::{DiskFloor, Store};
 
 /// A change of what we hold, to apply to the picker and the peers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +48,8 @@ pub(crate) struct Residency {
     /// Pieces the disk cache holds (its files), mirrored here so that nothing under the state
     /// lock touches the disk.
     disk: HashSet<PieceIndex>,
+    /// Tells the disk pool what our readers want (no I/O); `None` without a disk cache.
+    disk_floor: Option<DiskFloor>,
 }
 
 impl Residency {
@@ -56,7 +58,13 @@ impl Residency {
         Self {
             memory,
             disk: HashSet::new(),
+            disk_floor: None,
         }
+    }
+
+    /// The disk cache is open: our readers' wants are its floor too.
+    pub(crate) fn set_disk_floor(&mut self, floor: DiskFloor) {
+        self.disk_floor = Some(floor);
     }
 
     /// Pieces other torrents' inserts evicted from memory since the last call: gone unless the
@@ -74,8 +82,12 @@ impl Residency {
         self.memory.release();
     }
 
-    /// What this torrent's readers want (piece ranges), kept from other torrents' evictions.
+    /// What this torrent's readers want (piece ranges), kept from other torrents' evictions,
+    /// in memory and on disk.
     pub(crate) fn protect(&mut self, ranges: Vec<std::ops::Range<u32>>) {
+        if let Some(floor) = &self.disk_floor {
+            floor.protect(ranges.clone());
+        }
         self.memory.protect(ranges);
     }
 
@@ -213,7 +225,8 @@ impl Residency {
         changes
     }
 
-    /// The disk no longer holds `p` (evicted, failed its check on load, or unreadable).
+    /// The disk no longer holds `p` (evicted, by our write or another torrent's, failed its
+    /// check on load, or unreadable).
     pub(crate) fn disk_lost(&mut self, p: PieceIndex) -> Vec<Change> {
         let was = self.holds(p);
         self.disk.remove(&p);

@@ -4,11 +4,13 @@
 //! # Locks
 //! - `Shared::state` is the session's one state lock. It is held for short synchronous steps,
 //!   never across an `.await`, and **no other lock of btfs is taken while it is held**, but
-//!   one: the memory pool's (`store::pool`), a leaf under it. The other locks are leaves,
-//!   each taken alone. No session ever takes another session's state lock: the pool evicts
-//!   another torrent's pieces by itself and that session takes the news under its own lock
-//!   (`memory.rs`). The sleep lock (`idle.rs`) is taken before a state lock, never under one.
-//! - The leaves: the disk store (`disk.rs`, locked only on the blocking pool), the host's
+//!   two: the memory pool's (`store::pool`) and the disk pool's books (`store::disk`, no I/O
+//!   under them), leaves under it. The other locks are leaves, each taken alone. No session
+//!   ever takes another session's state lock: a pool evicts another torrent's pieces by
+//!   itself and that session takes the news under its own lock (`memory.rs`). The sleep lock
+//!   (`idle.rs`) is taken before a state lock, never under one.
+//! - The leaves: the disk pool's I/O lock (`store::disk`, taken only on the blocking pool,
+//!   with its books under it), the host's
 //!   routes (`host.rs`), each rate limit's bucket (`ratelimit.rs`, a tokio mutex held while a
 //!   task waits for its tokens: the wait is the point), the DHT node's state (`dht/`), the UDP
 //!   trackers' connection ids (`tracker/`), the status report's rate meters (`app/status`)

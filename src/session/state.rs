@@ -106,6 +106,21 @@ impl State {
         true
     }
 
+    /// Pieces other torrents sharing the disk budget evicted from disk: gone unless in memory.
+    /// Returns whether any was.
+    pub(crate) fn disk_taken(&mut self, gone: &[PieceIndex]) -> bool {
+        let changes: Vec<Change> = (gone.iter())
+            .flat_map(|&p| self.residency.disk_lost(p))
+            .collect();
+        if changes.is_empty() {
+            return false;
+        }
+        self.apply(changes);
+        self.update_background();
+        self.peers.refill_all();
+        true
+    }
+
     /// A reader's want in the picker (`picker::Picker::set_reader`), and the store told what
     /// readers now protect.
     pub(crate) fn set_reader(&mut self, id: ReaderId, want: ReaderWant) {
@@ -123,7 +138,7 @@ impl State {
         self.publish_protection();
     }
 
-    /// Other torrents sharing the memory budget never evict what our readers want.
+    /// Other torrents sharing the memory or disk budget never evict what our readers want.
     fn publish_protection(&mut self) {
         let ranges = self.picker.reader_ranges();
         self.residency.protect(ranges);
@@ -135,8 +150,15 @@ impl State {
         self.residency.set_readers(n);
     }
 
-    /// The pieces a disk cache held when the session started.
-    pub(crate) fn found_on_disk(&mut self, pieces: impl IntoIterator<Item = PieceIndex>) {
+    /// The disk cache opened: what our readers want is kept from other torrents' writes
+    /// through `floor`, and `pieces` are what it held when the session started.
+    pub(crate) fn disk_opened(
+        &mut self,
+        floor: crate::store::DiskFloor,
+        pieces: impl IntoIterator<Item = PieceIndex>,
+    ) {
+        self.residency.set_disk_floor(floor);
+        self.publish_protection();
         let changes = self.residency.found_on_disk(pieces);
         self.apply(changes);
     }

@@ -58,6 +58,9 @@ pub struct TorrentReport {
     pub total_bytes: u64,
     pub cache_used_bytes: u64,
     pub cache_budget_bytes: u64,
+    /// Its pieces in the disk cache (`--cache-dir`, whose budget the torrents share).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_cache_used_bytes: Option<u64>,
     pub warnings: Vec<String>,
 }
 
@@ -80,6 +83,7 @@ impl TorrentReport {
             total_bytes: r.total_bytes,
             cache_used_bytes: r.cache_used_bytes,
             cache_budget_bytes: r.cache_budget_bytes,
+            disk_cache_used_bytes: r.disk_cache.map(|d| d.used),
             warnings: r.warnings.clone(),
         }
     }
@@ -285,7 +289,9 @@ fn sum(mountpoint: PathBuf, parts: Vec<(String, Report)>, left_out: &[String]) -
         if let Some(d) = r.disk_cache {
             let o = out.disk_cache.get_or_insert(DiskStats::default());
             o.used += d.used;
-            o.budget += d.budget;
+            // One disk pool too: each reports its budget and its count of the directory.
+            o.budget = o.budget.max(d.budget);
+            o.dir_used = o.dir_used.max(d.dir_used);
             o.errors += d.errors;
             o.bad_pieces += d.bad_pieces;
         }
@@ -336,6 +342,9 @@ pub(super) fn torrents_text(torrents: &[TorrentReport], out: &mut String) {
         line("total_bytes", &t.total_bytes);
         line("cache_used_bytes", &t.cache_used_bytes);
         line("cache_budget_bytes", &t.cache_budget_bytes);
+        if let Some(d) = t.disk_cache_used_bytes {
+            line("disk_cache_used_bytes", &d);
+        }
         for w in &t.warnings {
             line("warning", w);
         }
@@ -401,10 +410,19 @@ mod tests {
 
     #[test]
     fn the_library_report_sums_the_torrents_and_lists_each() {
-        let parts = vec![
+        let disk = |used| DiskStats {
+            used,
+            budget: 1000,
+            dir_used: 700,
+            errors: 1,
+            bad_pieces: 0,
+        };
+        let mut parts = vec![
             ("a".to_string(), report("a", 2, 3, 10)),
             ("a (2)".to_string(), report("a", 1, 0, 4)),
         ];
+        parts[0].1.disk_cache = Some(disk(200));
+        parts[1].1.disk_cache = Some(disk(300));
         let left_out = vec!["not mounted: bad.torrent: not a torrent".to_string()];
         let r = sum("/mnt/x".into(), parts, &left_out);
         assert_eq!((r.peers, r.known_peers), (3, 5));
@@ -413,6 +431,13 @@ mod tests {
         // Rates add up; the memory budget is one, shared.
         assert_eq!((r.download_rate, r.cache_budget_bytes), (200, 50));
         assert_eq!(r.cache_used_bytes, 10);
+        // So does the disk: one budget and one directory, each torrent's bytes its own.
+        let d = r.disk_cache.expect("disk stats");
+        assert_eq!(
+            (d.used, d.budget, d.dir_used, d.errors),
+            (500, 1000, 700, 2)
+        );
+        assert_eq!(r.torrents[1].disk_cache_used_bytes, Some(300));
         assert_eq!(r.dht_nodes, Some(7), "one DHT node, counted once");
         assert_eq!(r.info_hash, "");
         assert_eq!(r.readers[1].path, "a (2)/sub/a.bin");
@@ -429,6 +454,11 @@ mod tests {
             text.contains("  verified_pieces: 3\n  total_pieces: 10\n"),
             "{text}"
         );
+        assert!(
+            text.contains("\ndisk_cache_dir_used_bytes: 700\n"),
+            "{text}"
+        );
+        assert!(text.contains("  disk_cache_used_bytes: 300\n"), "{text}");
         let json = serde_json::to_value(&r).expect("serializes");
         assert_eq!(json["torrents"][1]["folder"], "a (2)");
         let back: Report = serde_json::from_value(json).expect("reads back");

@@ -292,6 +292,7 @@ impl Report {
         line("dht_nodes_v6", &off(self.dht_nodes_v6));
         if let Some(d) = &self.disk_cache {
             line("disk_cache_used_bytes", &d.used);
+            line("disk_cache_dir_used_bytes", &d.dir_used);
             line("disk_cache_budget_bytes", &d.budget);
             line("disk_cache_errors", &d.errors);
             line("disk_cache_bad_pieces", &d.bad_pieces);
@@ -328,10 +329,11 @@ impl Report {
         let dht = self
             .dht_nodes
             .map_or(String::new(), |n| format!(" | DHT: {n} nodes"));
+        // The budget is the directory's: what it counts there, torrents not mounted included.
         let disk = self.disk_cache.map_or(String::new(), |d| {
             format!(
                 " | disk {}/{}",
-                format_bytes(d.used),
+                format_bytes(d.dir_used.max(d.used)),
                 format_bytes(d.budget)
             )
         });

@@ -16,10 +16,7 @@ async fn start_cached(content: &Content, peers: &[&FakePeer], dir: &Path) -> Ses
         listen: "127.0.0.1:0".parse().unwrap(),
         peers: peers.iter().map(|p| p.addr).collect(),
         cache_bytes: BIG_CACHE,
-        disk_cache: Some(DiskCacheConfig {
-            dir: dir.to_owned(),
-            budget: BIG_CACHE,
-        }),
+        disk_cache: Some(DiskCacheConfig::new(dir.to_owned(), BIG_CACHE)),
         ..Config::default()
     };
     let host = super::host_for(&config).await;

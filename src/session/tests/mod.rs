@@ -5,6 +5,7 @@
 
 mod crowd;
 mod disk;
+mod disk_pool;
 mod fake_peer;
 mod fast;
 mod idle;
