@@ -61,7 +61,7 @@ pub fn folder_files(swarm: &Swarm) -> (PathBuf, Vec<(PathBuf, u64)>) {
 pub fn assert_folder_reads(m: &Mount, folder: &str, swarm: &Swarm, deadline: Duration) {
     let (parent, files) = folder_files(swarm);
     assert_tree_matches(&m.path().join(folder), &parent, &files, deadline, || {
-        format!("{folder}\n{}", m.stderr())
+        format!("{folder}\n{}\nthe swarm:\n{}", m.stderr(), swarm.logs())
     });
 }
 
