@@ -125,6 +125,20 @@ impl Geometry {
     }
 }
 
+/// `ranges` sorted by start, empty ones dropped, overlapping and touching ones joined.
+pub fn merge_ranges(mut ranges: Vec<Range<u32>>) -> Vec<Range<u32>> {
+    ranges.retain(|r| !r.is_empty());
+    ranges.sort_unstable_by_key(|r| r.start);
+    let mut merged: Vec<Range<u32>> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +187,14 @@ mod tests {
         assert!(Geometry::new(0, 10).is_none());
         assert!(Geometry::new(10, 0).is_none());
         assert!(Geometry::new(1, u64::MAX).is_none());
+    }
+
+    #[test]
+    fn ranges_are_sorted_and_joined_where_they_meet() {
+        assert_eq!(
+            merge_ranges(vec![8..9, 3..3, 0..2, 2..4, 5..7, 6..8]),
+            [0..4, 5..9]
+        );
+        assert_eq!(merge_ranges(vec![]), [] as [Range<u32>; 0]);
     }
 }

@@ -135,18 +135,7 @@ impl Picker {
     /// Where background fetching may start pieces (see the field); ranges are sorted and
     /// merged here.
     pub fn set_background_scope(&mut self, scope: Option<Vec<Range<u32>>>) {
-        self.scope = scope.map(|mut ranges| {
-            ranges.retain(|r| !r.is_empty());
-            ranges.sort_unstable_by_key(|r| r.start);
-            let mut merged: Vec<Range<u32>> = Vec::with_capacity(ranges.len());
-            for r in ranges {
-                match merged.last_mut() {
-                    Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-                    _ => merged.push(r),
-                }
-            }
-            merged
-        });
+        self.scope = scope.map(crate::piece::merge_ranges);
     }
 
     /// Whether background fetching may start `p`.

@@ -97,13 +97,7 @@ impl State {
     /// again when wanted. Returns whether any was.
     pub(crate) fn memory_taken(&mut self) -> bool {
         let changes = self.residency.taken_by_others();
-        if changes.is_empty() {
-            return false;
-        }
-        self.apply(changes);
-        self.update_background();
-        self.peers.refill_all();
-        true
+        self.apply_losses(changes)
     }
 
     /// Pieces other torrents sharing the disk budget evicted from disk: gone unless in memory.
@@ -112,6 +106,12 @@ impl State {
         let changes: Vec<Change> = (gone.iter())
             .flat_map(|&p| self.residency.disk_lost(p))
             .collect();
+        self.apply_losses(changes)
+    }
+
+    /// Pieces another torrent took: applied, and what is fetched next follows. Returns whether
+    /// there were any.
+    fn apply_losses(&mut self, changes: Vec<Change>) -> bool {
         if changes.is_empty() {
             return false;
         }

@@ -76,16 +76,8 @@ impl Store {
     }
 
     /// What this torrent's readers want (piece ranges): no other store evicts those pieces.
-    pub fn protect(&mut self, mut ranges: Vec<Range<u32>>) {
-        ranges.retain(|r| !r.is_empty());
-        ranges.sort_unstable_by_key(|r| r.start);
-        let mut merged: Vec<Range<u32>> = Vec::with_capacity(ranges.len());
-        for r in ranges {
-            match merged.last_mut() {
-                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-                _ => merged.push(r),
-            }
-        }
+    pub fn protect(&mut self, ranges: Vec<Range<u32>>) {
+        let merged = crate::piece::merge_ranges(ranges);
         self.pool.lock().protect(self.id, merged);
     }
 

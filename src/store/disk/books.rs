@@ -217,16 +217,8 @@ impl Books {
     }
 
     /// What `t`'s readers want (piece ranges): no other member's put evicts those pieces.
-    pub(crate) fn protect(&mut self, t: Ticket, mut ranges: Vec<Range<u32>>) {
-        ranges.retain(|r| !r.is_empty());
-        ranges.sort_unstable_by_key(|r| r.start);
-        let mut merged: Vec<Range<u32>> = Vec::with_capacity(ranges.len());
-        for r in ranges {
-            match merged.last_mut() {
-                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-                _ => merged.push(r),
-            }
-        }
+    pub(crate) fn protect(&mut self, t: Ticket, ranges: Vec<Range<u32>>) {
+        let merged = crate::piece::merge_ranges(ranges);
         if let Some(m) = self.member_mut(t) {
             m.protected = merged;
         }
