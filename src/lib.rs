@@ -39,7 +39,8 @@
 //!   and serving the info dictionary; `fetch`: the phase before a session that gets it.
 //! - Policy, pure state machines with time passed in: [`picker`] (which block to ask whom for
 //!   next; `order`: the one comparator), [`choker`] (whom we upload to), [`ratelimit`] (token
-//!   buckets for the rate caps).
+//!   buckets for the rate caps), [`slots`] (`--max-peers` shared by a library's torrents: a
+//!   sleeping one holds none, one being read gets its fair share).
 //! - [`store`]: verified pieces at rest: `memory` (LRU by bytes, one torrent's part of a
 //!   `pool`, the memory budget shared by every torrent of the process, least recently used
 //!   across them) and `disk` (files, re-verified on load); neither knows where else a piece
@@ -113,6 +114,7 @@ pub mod picker;
 pub mod piece;
 pub mod ratelimit;
 pub mod session;
+pub mod slots;
 pub mod store;
 pub mod sync;
 pub mod tracker;
