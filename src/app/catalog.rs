@@ -8,6 +8,8 @@
 //! Removing: the session stops first (every read waiting on it fails at once), then the
 //! folder goes and the kernel is told; the session's goodbyes (trackers hear `stopped`) finish
 //! in the background. Changes are made one at a time; resolving a source is not part of one.
+//! At the mount's end, [`Library::settle`] waits for a change in flight and the goodbyes, so
+//! that a torrent added or removed meanwhile still tells its trackers `stopped`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +29,10 @@ use crate::fs::{FileSpec, Folders};
 use crate::metainfo::paths::MAX_COMPONENT_BYTES;
 use crate::metainfo::{InfoHash, Torrent};
 use crate::session::{self, Host, Session};
+
+/// How long the mount's end waits for a torrent being added (a name lookup of its DHT nodes,
+/// its disk cache opened) before going on without it.
+const SETTLE_WAIT: Duration = Duration::from_secs(5);
 
 /// Where a torrent of the library came from: a watched file is removed when the file goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -247,6 +253,22 @@ impl Library {
         Ok(())
     }
 
+    /// At the mount's end, after [`Library::close`] and the shutdown of the sessions then
+    /// mounted: waits for a change in flight (bounded), shuts down every session mounted now
+    /// (a torrent whose add was under way at the close; the others are done at once) and waits
+    /// for removed torrents' goodbyes, so every tracker that heard `started` hears `stopped`.
+    pub async fn settle(&self) {
+        let changing = tokio::time::timeout(SETTLE_WAIT, self.changing.lock()).await;
+        if changing.is_err() {
+            tracing::debug!("a torrent still being added at exit is left as it is");
+        }
+        crate::app::mount::shutdown_all(&self.sessions()).await;
+        let goodbyes: Vec<_> = crate::sync::lock(&self.stopping).drain().collect();
+        for (_, goodbye) in goodbyes {
+            let _ = goodbye.await;
+        }
+    }
+
     /// Keeps the torrent just added in `folder` from `source` for the next mount.
     fn keep(&self, folder: &str, source: &str) {
         let Some(saved) = &self.shared.saved else {
@@ -382,6 +404,9 @@ pub fn folder_files(t: &Torrent) -> Vec<FileSpec> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod shutdown_tests;
 
 #[cfg(test)]
 mod tests {
