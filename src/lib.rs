@@ -29,7 +29,8 @@
 //!   encrypted or not as `encryption`, the `--encryption` policy, says); `peer/`: one
 //!   connection (`requests`, `rates`, `upload`, `extended`, `fast`, `health`, `pex`,
 //!   `writer`); `verify`: SHA1 of each completed piece; `memory`: our side of a memory budget
-//!   shared with other torrents (`store::pool`); `idle` and `sleep`: an idle torrent sleeps,
+//!   shared with other torrents (`store::pool`); `caps`: the peer slots ([`slots`]) and rate
+//!   limits shared with them; `idle` and `sleep`: an idle torrent sleeps,
 //!   a read wakes it; `disk` and `disk_io`: the disk
 //!   cache handle and its tasks; `webseed/`: web seeds (BEP 19), HTTP servers the picker asks
 //!   like peers (`layout`: the URL of each file; `blocks`; `http`; `health`: backoff and

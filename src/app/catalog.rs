@@ -57,8 +57,8 @@ struct Entry {
 pub struct Shared {
     pub host: Host,
     pub dht: Option<Dht>,
-    /// The process's totals (`--cache-size`, one memory pool; `--max-peers` and rate caps,
-    /// shared out by [`split_budgets`]).
+    /// The process's totals (`--cache-size`, one memory pool; `--max-peers` and the rate
+    /// caps, one [`session::SharedCaps`]; see [`split_budgets`]).
     pub session: session::Config,
     pub read_timeout: Option<Duration>,
     pub resolve: Arc<ResolveOptions>,
@@ -96,6 +96,9 @@ impl Library {
         if shared.session.memory.is_none() {
             let pool = crate::store::MemoryPool::new(shared.session.cache_bytes);
             shared.session.memory = Some(pool);
+        }
+        if shared.session.caps.is_none() {
+            shared.session.caps = Some(shared_caps(&shared.session));
         }
         Library {
             folders: Arc::new(Folders::new()),
@@ -348,22 +351,27 @@ impl Library {
 /// Each torrent's share of the process's budgets: `--cache-size` is one memory pool every
 /// torrent's pieces share, least recently used across torrents (a torrent's readers' windows
 /// kept from the others); `--max-peers` (already cut to what the descriptor limit allows) and
-/// the rate caps are totals for the process, split evenly between the `n` torrents, so the
-/// process stays within them however many there are (a torrent gets at least one peer and one
-/// byte per second). A torrent added while mounted gets the share of the torrents then
-/// mounted; the others keep theirs. `--disk-cache-size` is per torrent already (its own
-/// subdirectory of `--cache-dir`). Shares of one `config` share its pool: give it one first
-/// when shares are taken more than once ([`Library::new`] does).
-pub fn split_budgets(config: &session::Config, n: usize) -> session::Config {
-    let n64 = n.max(1) as u64;
+/// the rate caps are totals for the process, shared as the torrents need them (one
+/// [`session::SharedCaps`]: a sleeping torrent holds no peer, one being read gets at least
+/// its fair share, every peer of every torrent waits in one queue per rate cap), so the
+/// process stays within them however many there are. `--disk-cache-size` is per torrent
+/// already (its own subdirectory of `--cache-dir`). Shares of one `config` share its pool and
+/// caps: give it them first when shares are taken more than once ([`Library::new`] does).
+pub fn split_budgets(config: &session::Config, _n: usize) -> session::Config {
     let mut share = config.clone();
     if share.memory.is_none() {
         share.memory = Some(crate::store::MemoryPool::new(config.cache_bytes));
     }
-    share.max_peers = (config.max_peers / n.max(1)).max(1);
-    share.max_download_rate = config.max_download_rate.map(|r| (r / n64).max(1));
-    share.max_upload_rate = config.max_upload_rate.map(|r| (r / n64).max(1));
+    if share.caps.is_none() {
+        share.caps = Some(shared_caps(config));
+    }
     share
+}
+
+/// The process's peer slots and rate caps, from `config`'s totals.
+fn shared_caps(config: &session::Config) -> session::SharedCaps {
+    let c = config;
+    session::SharedCaps::new(c.max_peers, c.max_download_rate, c.max_upload_rate)
 }
 
 /// A folder name for a torrent named `wanted` (already safe as a file name) beside `taken`:
@@ -422,10 +430,10 @@ mod tests {
     }
 
     #[test]
-    fn budgets_are_split_or_shared_never_given_whole_to_each() {
+    fn budgets_are_shared_never_given_whole_to_each() {
         let total = session::Config {
             cache_bytes: 300,
-            max_peers: 80,
+            max_peers: 3,
             max_download_rate: Some(1000),
             max_upload_rate: None,
             ..session::Config::default()
@@ -446,11 +454,18 @@ mod tests {
             b.has_room_for(100) && !b.has_room_for(101),
             "one budget for both"
         );
-        assert_eq!(share.max_peers, 26);
-        assert_eq!(share.max_download_rate, Some(333));
-        assert_eq!(share.max_upload_rate, None);
-        let many = split_budgets(&total, 1000);
-        assert_eq!((many.max_peers, many.max_download_rate), (1, Some(1)));
+        // One set of peer slots of the whole total: what one torrent holds, another cannot.
+        let caps = share.caps.clone().expect("shared caps");
+        let other = share.clone().caps.unwrap();
+        assert_eq!(caps.slots.total(), 3);
+        let (first, second) = (caps.slots.join(), other.slots.join());
+        first.update(false, false);
+        let held: Vec<_> = (0..3).filter_map(|_| second.take(false)).collect();
+        assert_eq!(held.len(), 3);
+        assert!(first.update(true, false) == 0 && first.take(false).is_none());
+        // One rate limit per direction for every torrent.
+        assert!(std::sync::Arc::ptr_eq(&caps.download, &other.download));
+        assert!(caps.download.is_limited() && !caps.upload.is_limited());
     }
 
     #[test]

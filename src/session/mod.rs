@@ -30,6 +30,7 @@
 mod addrbook;
 mod assembly;
 mod background;
+mod caps;
 mod connect;
 mod dial;
 mod discovery;
@@ -67,12 +68,12 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
 use crate::metainfo::Torrent;
-use crate::ratelimit::RateLimit;
 use crate::tracker::announcer::{self, AnnounceParams, Progress, TrackerStatus};
 use shared::Shared;
 use state::State;
 
 pub use background::Background;
+pub use caps::SharedCaps;
 pub use discovery::{PeerSource, SourceCount};
 pub use disk::{DiskCacheConfig, DiskStats};
 pub use encryption::Encryption;
@@ -108,6 +109,9 @@ pub struct Config {
     /// Caps in bytes/s; `None`: unlimited.
     pub max_download_rate: Option<u64>,
     pub max_upload_rate: Option<u64>,
+    /// Peer slots and rate caps shared with other sessions (a library's torrents, see
+    /// `caps.rs`); `None`: `max_peers` and the rate caps are this session's own.
+    pub caps: Option<SharedCaps>,
     /// Never upload (`--no-upload`): nobody is unchoked.
     pub no_upload: bool,
     /// When a peer counts as stalled or useless.
@@ -138,6 +142,7 @@ impl Default for Config {
             lsd: None,
             max_download_rate: None,
             max_upload_rate: None,
+            caps: None,
             no_upload: false,
             peer_timeouts: PeerTimeouts::default(),
             disk_cache: None,
@@ -247,6 +252,7 @@ impl Session {
         let (shutdown, _) = watch::channel(false);
         let want_peers: Arc<tokio::sync::Notify> = Arc::default();
         let (disk, writer) = opened.map(disk::Disk::new).unzip();
+        let (down_limit, up_limit) = caps::rate_limits(&config);
         let shared = Arc::new(Shared {
             peer_id: host.peer_id(),
             listen_port: host.port(),
@@ -263,8 +269,8 @@ impl Session {
             uploaded: AtomicU64::new(0),
             hash_failures: AtomicU64::new(0),
             refused_plaintext: AtomicU64::new(0),
-            down_limit: Arc::new(RateLimit::new(config.max_download_rate)),
-            up_limit: Arc::new(RateLimit::new(config.max_upload_rate)),
+            down_limit,
+            up_limit,
             announcers: watch::channel(0).0,
             discovered,
             known: watch::channel(Default::default()).0,

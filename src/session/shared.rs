@@ -11,8 +11,9 @@
 //! - The leaves: the disk store (`disk.rs`, locked only on the blocking pool), the host's
 //!   routes (`host.rs`), each rate limit's bucket (`ratelimit.rs`, a tokio mutex held while a
 //!   task waits for its tokens: the wait is the point), the DHT node's state (`dht/`), the UDP
-//!   trackers' connection ids (`tracker/`), the status report's rate meters (`app/status`)
-//!   and the FUSE status probes (`fs/fuse.rs`).
+//!   trackers' connection ids (`tracker/`), the peer slots a library's sessions share
+//!   (`slots.rs`), the status report's rate meters (`app/status`) and the FUSE status probes
+//!   (`fs/fuse.rs`).
 //! - Everything else moves by owning tasks and channels: tracker status and the disk's
 //!   condition are `watch` channels, counters are atomics.
 //!
