@@ -183,12 +183,14 @@ impl Library {
         cfg.dht = self.shared.dht.clone();
         cfg.peers.extend(peers);
         let files = folder_files(&torrent);
-        let (wanted, info_hash) = (torrent.info.name.clone(), torrent.info_hash);
+        let info_hash = torrent.info_hash;
+        // Named before it starts (changes are made one at a time): its log lines carry it.
+        let folder = free_name(&torrent.info.name, &self.folders.names());
+        cfg.log_name = Some(folder.clone());
         let session = match Session::start(Arc::new(torrent), cfg, &self.shared.host).await {
             Ok(s) => s,
             Err(e) => return Err(self.refused(source, &e)),
         };
-        let folder = free_name(&wanted, &self.folders.names());
         let (folders, backend) = (self.folders.clone(), self.backend.clone());
         let serve = TorrentFiles::visible(session.clone(), self.shared.read_timeout);
         let name = folder.clone();
@@ -414,7 +416,7 @@ pub fn folder_files(t: &Torrent) -> Vec<FileSpec> {
 }
 
 #[cfg(test)]
-mod shutdown_tests;
+mod live_tests;
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::addrbook::{AddressBook, BookStats, Outcome, Worked};
 use super::caps::Seat;
@@ -83,7 +84,7 @@ pub(crate) async fn run(
                     drop(slot);
                     let _ = events.send((addr, Event::IncomingEnded));
                 };
-                tokio::spawn(accept);
+                tokio::spawn(accept.in_current_span());
             }
             event = events.recv() => {
                 let Some((addr, event)) = event else { continue };
@@ -190,7 +191,7 @@ fn dial_due(
             drop(slot);
             let _ = events.send((addr, Event::Dialled(outcome, worked)));
         };
-        tokio::spawn(dial);
+        tokio::spawn(dial.in_current_span());
     }
 }
 

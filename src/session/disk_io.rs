@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 use bytes::Bytes;
 use sha1::{Digest, Sha1};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use super::disk::WriterEnd;
 use super::{Shared, State};
@@ -104,7 +105,7 @@ pub(crate) fn start_loads(
             continue;
         }
         if st.loads.begin(p, None) {
-            tokio::spawn(run_load(shared.clone(), p));
+            tokio::spawn(run_load(shared.clone(), p).in_current_span());
         }
     }
     all
@@ -123,7 +124,7 @@ pub(crate) async fn load(shared: &Arc<Shared>, p: PieceIndex) -> Option<Bytes> {
         }
         let (tx, rx) = oneshot::channel();
         if st.loads.begin(p, Some(tx)) {
-            tokio::spawn(run_load(shared.clone(), p));
+            tokio::spawn(run_load(shared.clone(), p).in_current_span());
         }
         rx
     };

@@ -66,6 +66,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use crate::metainfo::Torrent;
 use crate::tracker::announcer::{self, AnnounceParams, Progress, TrackerStatus};
@@ -112,6 +113,9 @@ pub struct Config {
     /// Peer slots and rate caps shared with other sessions (a library's torrents, see
     /// `caps.rs`); `None`: `max_peers` and the rate caps are this session's own.
     pub caps: Option<SharedCaps>,
+    /// The name every line this session logs carries (a library's folder); `None`: no name,
+    /// as for the one torrent of a mount.
+    pub log_name: Option<String>,
     /// Never upload (`--no-upload`): nobody is unchoked.
     pub no_upload: bool,
     /// When a peer counts as stalled or useless.
@@ -143,6 +147,7 @@ impl Default for Config {
             max_download_rate: None,
             max_upload_rate: None,
             caps: None,
+            log_name: None,
             no_upload: false,
             peer_timeouts: PeerTimeouts::default(),
             disk_cache: None,
@@ -230,6 +235,22 @@ impl Session {
         config: Config,
         host: &Host,
     ) -> Result<Session, SessionError> {
+        let span = match &config.log_name {
+            Some(name) => tracing::info_span!("torrent", name = %name),
+            None => tracing::Span::none(),
+        };
+        Self::start_in(torrent, config, host, span.clone())
+            .instrument(span)
+            .await
+    }
+
+    /// [`Session::start`] in the session's span: every task it starts carries it.
+    async fn start_in(
+        torrent: Arc<Torrent>,
+        config: Config,
+        host: &Host,
+        span: tracing::Span,
+    ) -> Result<Session, SessionError> {
         let geometry = torrent.info.geometry.clone();
         let opened = match &config.disk_cache {
             Some(c) => disk::open(c, torrent.info_hash.0, &geometry).await?,
@@ -278,14 +299,15 @@ impl Session {
             want_peers,
             read_buffers: Default::default(),
             uploads_queued: Default::default(),
+            span,
             config,
         });
         if let Some(end) = writer {
-            tokio::spawn(disk_io::write_loop(Arc::downgrade(&shared), end));
+            tokio::spawn(disk_io::write_loop(Arc::downgrade(&shared), end).in_current_span());
         }
-        tokio::spawn(connect::run(shared.clone(), discovered_rx, incoming));
-        tokio::spawn(tick(shared.clone()));
-        tokio::spawn(memory::take_evictions(shared.clone(), evictions));
+        tokio::spawn(connect::run(shared.clone(), discovered_rx, incoming).in_current_span());
+        tokio::spawn(tick(shared.clone()).in_current_span());
+        tokio::spawn(memory::take_evictions(shared.clone(), evictions).in_current_span());
         webseed::spawn_all(&shared);
         if !shared.config.peers.is_empty() {
             let _ = shared
@@ -300,7 +322,7 @@ impl Session {
         }
         spawn_discovery(&shared, host, shared.idle.period_end());
         if let Some(after) = shared.config.idle_after {
-            tokio::spawn(sleep::run(shared.clone(), after));
+            tokio::spawn(sleep::run(shared.clone(), after).in_current_span());
         }
         Ok(Session {
             shared,
@@ -310,6 +332,12 @@ impl Session {
 
     pub fn torrent(&self) -> &Arc<Torrent> {
         &self.shared.torrent
+    }
+
+    /// The span the session's log lines carry (none for the one torrent of a mount): reads
+    /// run in it too.
+    pub fn span(&self) -> &tracing::Span {
+        &self.shared.span
     }
 
     pub fn listen_port(&self) -> u16 {
@@ -372,6 +400,7 @@ impl Session {
     fn read_starts(&self) {
         let s = &self.shared;
         if s.idle.read_starts() {
+            let _span = s.span.enter();
             sleep::wake(s, |end| spawn_discovery(s, &self._host, end));
         }
     }
@@ -418,6 +447,8 @@ impl Session {
 /// discovery; not for a private torrent but its trackers), until `end` flips: at shutdown,
 /// or when the torrent falls asleep (`idle.rs`; a wake starts them again).
 fn spawn_discovery(shared: &Arc<Shared>, host: &Host, end: watch::Receiver<bool>) {
+    // Each task it starts carries the session's span (a wake comes from a read's task).
+    let _span = shared.span.enter();
     let params = AnnounceParams::new(shared.torrent.info_hash.0, host.peer_id(), host.port())
         .listening_on(host.local_addrs());
     spawn_announcer(shared, params, end.clone());
@@ -471,7 +502,7 @@ fn spawn_announcer(shared: &Arc<Shared>, params: AnnounceParams, end: watch::Rec
         .trackers
         .send_replace(status.borrow_and_update().clone());
     let shared = Arc::downgrade(shared);
-    tokio::spawn(async move {
+    let forward = async move {
         // Ends when the announcer does (its status sender goes with it).
         while status.changed().await.is_ok() {
             let Some(s) = shared.upgrade() else { return };
@@ -481,7 +512,8 @@ fn spawn_announcer(shared: &Arc<Shared>, params: AnnounceParams, end: watch::Rec
         if let Some(s) = shared.upgrade() {
             s.announcers.send_modify(|n| *n -= 1);
         }
-    });
+    };
+    tokio::spawn(forward.in_current_span());
 }
 
 /// Once a second: asks the background policy where fetching may go (it ends a while after

@@ -85,6 +85,9 @@ pub(crate) struct Shared {
     /// Bytes held by the read buffers of all peer connections: bounded per connection by the
     /// largest frame we accept, whatever a peer sends.
     pub(crate) read_buffers: Arc<AtomicUsize>,
+    /// Names the torrent in the session's log lines (`Config::log_name`); the tasks the
+    /// session starts run in it.
+    pub(crate) span: tracing::Span,
 }
 
 impl Shared {

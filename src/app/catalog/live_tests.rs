@@ -1,6 +1,6 @@
-//! A torrent whose add is under way when the mount ends still tells its trackers `stopped`:
-//! the add is held at a known point (waiting for an earlier session of the same torrent to
-//! say goodbye) while the mount closes, as `mount::serve` does, then let go.
+//! A library's sessions in-process, with HTTP trackers on loopback: what they log names
+//! their folder; a torrent whose add is under way when the mount ends still tells its
+//! trackers `stopped`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,13 +49,13 @@ async fn tracker() -> (String, Arc<Mutex<Vec<String>>>) {
     (url, heard)
 }
 
-/// A one-piece torrent announced to `url`.
-fn torrent(url: &str) -> Torrent {
+/// A one-piece torrent named `name` announced to `url` (`length` makes its info-hash).
+fn torrent(url: &str, name: &str, length: u32) -> Torrent {
     let b = |s: &str| format!("{}:{s}", s.len());
     let text = format!(
-        "d8:announce{}4:infod6:lengthi1000e4:name{}12:piece lengthi16384e6:pieces20:{}ee",
+        "d8:announce{}4:infod6:lengthi{length}e4:name{}12:piece lengthi16384e6:pieces20:{}ee",
         b(url),
-        b("late.bin"),
+        b(name),
         "x".repeat(20)
     );
     Torrent::from_bytes(text.as_bytes()).expect("a torrent")
@@ -103,7 +103,7 @@ async fn until(what: &str, cond: impl Fn() -> bool) {
 async fn a_torrent_added_while_the_mount_ends_tells_its_trackers_stopped() {
     let (url, heard) = tracker().await;
     let library = library().await;
-    let t = torrent(&url);
+    let t = torrent(&url, "late.bin", 1000);
     // An earlier session of the same torrent still saying goodbye: the add waits for it,
     // after its check that the mount is open.
     let (let_go, goodbye) = tokio::sync::oneshot::channel::<()>();
@@ -147,4 +147,97 @@ async fn a_torrent_added_while_the_mount_ends_tells_its_trackers_stopped() {
         heard.iter().any(|l| l.contains("event=stopped")),
         "the tracker never heard `stopped`: {heard:?}"
     );
+}
+
+/// What the tests' subscriber wrote, as the CLI's log writes it (no colours, no target).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        crate::sync::lock(&self.0).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&crate::sync::lock(&self.0)).into_owned()
+    }
+}
+
+/// Two torrents of one name whose tracker refuses every connection: each failure is said
+/// with the torrent's folder; a session of its own (a mount of one torrent) adds nothing.
+#[tokio::test(flavor = "current_thread")]
+async fn what_a_library_torrent_logs_names_its_folder() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_target(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // This thread's only: the runtime runs every task on it.
+    let _default = tracing::subscriber::set_default(subscriber);
+    // Two ports nobody listens on: the library's tracker, and that of the session alone.
+    let mut urls = Vec::new();
+    for _ in 0..2 {
+        let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        urls.push(format!(
+            "http://{}/announce",
+            closed.local_addr().expect("addr")
+        ));
+    }
+    let library = library().await;
+    for (i, length) in [1000, 2000].into_iter().enumerate() {
+        let t = torrent(&urls[0], "same", length);
+        let added = library.add("t", t, Vec::new(), Origin::Added).await;
+        assert_eq!(added, Ok(["same", "same (2)"][i].to_string()));
+    }
+    let host = Host::bind("127.0.0.1:0".parse().unwrap(), Duration::from_secs(5))
+        .await
+        .expect("a host");
+    let t = Arc::new(torrent(&urls[1], "alone", 3000));
+    let alone = Session::start(t, session::Config::default(), &host)
+        .await
+        .expect("a session");
+    let mut sessions = library.sessions();
+    sessions.push(alone.clone());
+    let failed = || {
+        sessions.iter().all(|s| {
+            let trackers = s.stats().trackers;
+            matches!(trackers.first().and_then(|t| t.last.as_ref()), Some(Err(_)))
+        })
+    };
+    until("every tracker failed once", failed).await;
+
+    let text = captured.text();
+    let failures = |url: &str| -> Vec<String> {
+        (text.lines())
+            .filter(|l| l.contains("tracker announce failed") && l.contains(url))
+            .map(String::from)
+            .collect()
+    };
+    let (library_lines, alone_lines) = (failures(&urls[0]), failures(&urls[1]));
+    for folder in ["same", "same (2)"] {
+        let named = format!(" WARN torrent{{name={folder}}}: tracker announce failed");
+        assert!(library_lines.iter().any(|l| l.contains(&named)), "{text}");
+    }
+    assert!(
+        library_lines.iter().all(|l| l.contains("torrent{")),
+        "{text}"
+    );
+    assert!(!alone_lines.is_empty(), "{text}");
+    assert!(
+        (alone_lines.iter()).all(|l| l.contains(" WARN tracker announce failed")),
+        "a session of its own says no name: {text}"
+    );
+    alone.shutdown().await;
+    library.close();
+    library.settle().await;
 }
