@@ -1,7 +1,7 @@
 //! Peer slots shared by the torrents of a process: `--max-peers` of a library mount is one
-//! total that the torrents share as they need it, not a part fixed per torrent at mount time
-//! (which gave a torrent being played 1 peer of 80 in a library of 100, while 99 sleeping ones
-//! kept shares they could not use). A pure state machine ([`SlotPolicy`]) under a leaf lock
+//! total that the torrents share as they need it, not a part fixed per torrent (an even split
+//! would leave a torrent being played 1 peer of 80 in a library of 100, while 99 sleeping ones
+//! hold shares they cannot use). A pure state machine ([`SlotPolicy`]) under a leaf lock
 //! ([`PeerSlots`]); a connection holds its [`Slot`] from its dial (or its arrival) to its end.
 //!
 //! # The policy

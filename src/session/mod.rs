@@ -23,7 +23,8 @@
 //!
 //! The boundary: a session owns one torrent's peers, pieces and readers. What a process shares
 //! between torrents comes from outside: the [`Host`] (listening port, peer id), the DHT node
-//! (`Config::dht`) and local service discovery (`Config::lsd`).
+//! (`Config::dht`), local service discovery (`Config::lsd`), and in a library the memory
+//! budget (`Config::memory`) and the peer slots and rate caps (`Config::caps`, `caps.rs`).
 //!
 //! State and locking: see `shared.rs` (the lock order) and `state.rs` (who owns what).
 
