@@ -29,7 +29,8 @@
 //!   encrypted or not as `encryption`, the `--encryption` policy, says); `peer/`: one
 //!   connection (`requests`, `rates`, `upload`, `extended`, `fast`, `health`, `pex`,
 //!   `writer`); `verify`: SHA1 of each completed piece; `memory`: our side of the memory and
-//!   disk budgets shared with other torrents (`store::pool`, `store::disk`); `idle` and `sleep`: an idle torrent sleeps,
+//!   disk budgets shared with other torrents (`store::pool`, `store::disk`); `caps`: the peer
+//!   slots ([`slots`]) and rate limits shared with them; `idle` and `sleep`: an idle torrent sleeps,
 //!   a read wakes it; `disk` and `disk_io`: the disk
 //!   cache handle and its tasks; `webseed/`: web seeds (BEP 19), HTTP servers the picker asks
 //!   like peers (`layout`: the URL of each file; `blocks`; `http`; `health`: backoff and
@@ -39,7 +40,8 @@
 //!   and serving the info dictionary; `fetch`: the phase before a session that gets it.
 //! - Policy, pure state machines with time passed in: [`picker`] (which block to ask whom for
 //!   next; `order`: the one comparator), [`choker`] (whom we upload to), [`ratelimit`] (token
-//!   buckets for the rate caps).
+//!   buckets for the rate caps), [`slots`] (`--max-peers` shared by a library's torrents: a
+//!   sleeping one holds none, one being read gets its fair share).
 //! - [`store`]: verified pieces at rest: `memory` (LRU by bytes, one torrent's part of a
 //!   `pool`, the memory budget shared by every torrent of the process, least recently used
 //!   across them) and `disk` (files, re-verified on load; one torrent's member of a disk
@@ -114,6 +116,7 @@ pub mod picker;
 pub mod piece;
 pub mod ratelimit;
 pub mod session;
+pub mod slots;
 pub mod store;
 pub mod sync;
 pub mod tracker;

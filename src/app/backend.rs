@@ -53,7 +53,8 @@ impl TorrentFiles {
         let session = self.session.clone();
         let file = self.files[file];
         let timeout = self.read_timeout;
-        async move {
+        let span = session.span().clone();
+        let read = async move {
             let read = session.read(handle, file, offset, len);
             let result = match timeout {
                 None => read.await,
@@ -72,7 +73,9 @@ impl TorrentFiles {
                 ReadError::Shutdown => fuser::Errno::EIO,
                 ReadError::NoSuchFile => fuser::Errno::ENOENT,
             })
-        }
+        };
+        // A library's reads name their torrent in what they log.
+        tracing::Instrument::instrument(read, span)
     }
 }
 

@@ -8,6 +8,8 @@
 //! Removing: the session stops first (every read waiting on it fails at once), then the
 //! folder goes and the kernel is told; the session's goodbyes (trackers hear `stopped`) finish
 //! in the background. Changes are made one at a time; resolving a source is not part of one.
+//! At the mount's end, [`Library::settle`] waits for a change in flight and the goodbyes, so
+//! that a torrent added or removed meanwhile still tells its trackers `stopped`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +29,10 @@ use crate::fs::{FileSpec, Folders};
 use crate::metainfo::paths::MAX_COMPONENT_BYTES;
 use crate::metainfo::{InfoHash, Torrent};
 use crate::session::{self, Host, Session};
+
+/// How long the mount's end waits for a torrent being added (a name lookup of its DHT nodes,
+/// its disk cache opened) before going on without it.
+const SETTLE_WAIT: Duration = Duration::from_secs(5);
 
 /// Where a torrent of the library came from: a watched file is removed when the file goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,8 +57,8 @@ struct Entry {
 pub struct Shared {
     pub host: Host,
     pub dht: Option<Dht>,
-    /// The process's totals (`--cache-size`, one memory pool; `--max-peers` and rate caps,
-    /// shared out by [`split_budgets`]).
+    /// The process's totals (`--cache-size`, one memory pool; `--max-peers` and the rate
+    /// caps, one [`session::SharedCaps`]; see [`split_budgets`]).
     pub session: session::Config,
     pub read_timeout: Option<Duration>,
     pub resolve: Arc<ResolveOptions>,
@@ -90,6 +96,9 @@ impl Library {
         if shared.session.memory.is_none() {
             let pool = crate::store::MemoryPool::new(shared.session.cache_bytes);
             shared.session.memory = Some(pool);
+        }
+        if shared.session.caps.is_none() {
+            shared.session.caps = Some(shared_caps(&shared.session));
         }
         Library {
             folders: Arc::new(Folders::new()),
@@ -174,12 +183,14 @@ impl Library {
         cfg.dht = self.shared.dht.clone();
         cfg.peers.extend(peers);
         let files = folder_files(&torrent);
-        let (wanted, info_hash) = (torrent.info.name.clone(), torrent.info_hash);
+        let info_hash = torrent.info_hash;
+        // Named before it starts (changes are made one at a time): its log lines carry it.
+        let folder = free_name(&torrent.info.name, &self.folders.names());
+        cfg.log_name = Some(folder.clone());
         let session = match Session::start(Arc::new(torrent), cfg, &self.shared.host).await {
             Ok(s) => s,
             Err(e) => return Err(self.refused(source, &e)),
         };
-        let folder = free_name(&wanted, &self.folders.names());
         let (folders, backend) = (self.folders.clone(), self.backend.clone());
         let serve = TorrentFiles::visible(session.clone(), self.shared.read_timeout);
         let name = folder.clone();
@@ -245,6 +256,22 @@ impl Library {
         stopping.retain(|_, h| !h.is_finished());
         stopping.insert(entry.info_hash, goodbye);
         Ok(())
+    }
+
+    /// At the mount's end, after [`Library::close`] and the shutdown of the sessions then
+    /// mounted: waits for a change in flight (bounded), shuts down every session mounted now
+    /// (a torrent whose add was under way at the close; the others are done at once) and waits
+    /// for removed torrents' goodbyes, so every tracker that heard `started` hears `stopped`.
+    pub async fn settle(&self) {
+        let changing = tokio::time::timeout(SETTLE_WAIT, self.changing.lock()).await;
+        if changing.is_err() {
+            tracing::debug!("a torrent still being added at exit is left as it is");
+        }
+        crate::app::mount::shutdown_all(&self.sessions()).await;
+        let goodbyes: Vec<_> = crate::sync::lock(&self.stopping).drain().collect();
+        for (_, goodbye) in goodbyes {
+            let _ = goodbye.await;
+        }
     }
 
     /// Keeps the torrent just added in `folder` from `source` for the next mount.
@@ -326,22 +353,28 @@ impl Library {
 /// Each torrent's share of the process's budgets: `--cache-size` is one memory pool every
 /// torrent's pieces share, least recently used across torrents (a torrent's readers' windows
 /// kept from the others); `--max-peers` (already cut to what the descriptor limit allows) and
-/// the rate caps are totals for the process, split evenly between the `n` torrents, so the
-/// process stays within them however many there are (a torrent gets at least one peer and one
-/// byte per second). A torrent added while mounted gets the share of the torrents then
-/// mounted; the others keep theirs. `--disk-cache-size` is one disk pool every clone of the
-/// config's `DiskCacheConfig` shares. Shares of one `config` share its pool: give it one first
-/// when shares are taken more than once ([`Library::new`] does).
-pub fn split_budgets(config: &session::Config, n: usize) -> session::Config {
-    let n64 = n.max(1) as u64;
+/// the rate caps are totals for the process, shared as the torrents need them (one
+/// [`session::SharedCaps`]: a sleeping torrent holds no peer, one being read gets at least
+/// its fair share, every peer of every torrent waits in one queue per rate cap), so the
+/// process stays within them however many there are. `--disk-cache-size` is one disk pool
+/// every clone of the config's `DiskCacheConfig` shares. Shares of one `config` share its
+/// pool and caps: give it them first when shares are taken more than once ([`Library::new`]
+/// does).
+pub fn split_budgets(config: &session::Config, _n: usize) -> session::Config {
     let mut share = config.clone();
     if share.memory.is_none() {
         share.memory = Some(crate::store::MemoryPool::new(config.cache_bytes));
     }
-    share.max_peers = (config.max_peers / n.max(1)).max(1);
-    share.max_download_rate = config.max_download_rate.map(|r| (r / n64).max(1));
-    share.max_upload_rate = config.max_upload_rate.map(|r| (r / n64).max(1));
+    if share.caps.is_none() {
+        share.caps = Some(shared_caps(config));
+    }
     share
+}
+
+/// The process's peer slots and rate caps, from `config`'s totals.
+fn shared_caps(config: &session::Config) -> session::SharedCaps {
+    let c = config;
+    session::SharedCaps::new(c.max_peers, c.max_download_rate, c.max_upload_rate)
 }
 
 /// A folder name for a torrent named `wanted` (already safe as a file name) beside `taken`:
@@ -384,6 +417,9 @@ pub fn folder_files(t: &Torrent) -> Vec<FileSpec> {
 }
 
 #[cfg(test)]
+mod live_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -397,10 +433,10 @@ mod tests {
     }
 
     #[test]
-    fn budgets_are_split_or_shared_never_given_whole_to_each() {
+    fn budgets_are_shared_never_given_whole_to_each() {
         let total = session::Config {
             cache_bytes: 300,
-            max_peers: 80,
+            max_peers: 3,
             max_download_rate: Some(1000),
             max_upload_rate: None,
             ..session::Config::default()
@@ -421,11 +457,18 @@ mod tests {
             b.has_room_for(100) && !b.has_room_for(101),
             "one budget for both"
         );
-        assert_eq!(share.max_peers, 26);
-        assert_eq!(share.max_download_rate, Some(333));
-        assert_eq!(share.max_upload_rate, None);
-        let many = split_budgets(&total, 1000);
-        assert_eq!((many.max_peers, many.max_download_rate), (1, Some(1)));
+        // One set of peer slots of the whole total: what one torrent holds, another cannot.
+        let caps = share.caps.clone().expect("shared caps");
+        let other = share.clone().caps.unwrap();
+        assert_eq!(caps.slots.total(), 3);
+        let (first, second) = (caps.slots.join(), other.slots.join());
+        first.update(false, false);
+        let held: Vec<_> = (0..3).filter_map(|_| second.take(false)).collect();
+        assert_eq!(held.len(), 3);
+        assert!(first.update(true, false) == 0 && first.take(false).is_none());
+        // One rate limit per direction for every torrent.
+        assert!(std::sync::Arc::ptr_eq(&caps.download, &other.download));
+        assert!(caps.download.is_limited() && !caps.upload.is_limited());
     }
 
     #[test]

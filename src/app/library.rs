@@ -113,7 +113,10 @@ pub async fn run(
         fsname: "btfs:library".to_string(),
         time: None,
     };
-    mount::serve(&config, net, signals, served, ready).await
+    let served = mount::serve(&config, net, signals, served, ready).await;
+    // A torrent added or removed while the mount ended says its goodbyes too.
+    library.settle().await;
+    served
 }
 
 /// Every source resolved at once, each result in its source's place; a failure is said as

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::krpc::NodeId;
 use super::node::Dht;
@@ -33,7 +34,8 @@ pub fn spawn_announce_loop(
     more: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
+    // In the span of the session that asked: its lines name the torrent.
+    let announcing = async move {
         let mut retry = RETRY_MIN;
         loop {
             if *shutdown.borrow() {
@@ -73,5 +75,6 @@ pub fn spawn_announce_loop(
                 }
             }
         }
-    })
+    };
+    tokio::spawn(announcing.in_current_span())
 }

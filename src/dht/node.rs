@@ -15,7 +15,7 @@ use thiserror::Error;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use super::krpc::{NodeId, NodeInfo, Query};
 use super::lookup;
@@ -338,7 +338,8 @@ impl Dht {
     ) -> mpsc::Receiver<Vec<SocketAddr>> {
         let (tx, rx) = mpsc::channel(PEER_BATCHES);
         let inner = self.inner.clone();
-        tokio::spawn(async move {
+        // In the caller's span (a session's: its lines name the torrent).
+        let lookups = async move {
             let work = async {
                 inner.wait_ready().await;
                 each_family(&inner, |family| {
@@ -357,7 +358,8 @@ impl Dht {
                 _ = inner.wait_shutdown() => {}
                 _ = work => {}
             }
-        });
+        };
+        tokio::spawn(lookups.in_current_span());
         rx
     }
 

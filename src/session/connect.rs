@@ -1,7 +1,8 @@
 //! The connector: one task that owns the session's address book (`addrbook.rs`), takes the
 //! incoming peers the host routes here, dials the addresses discovery finds while there is
 //! room, and turns useless peers over (`turnover.rs`) when every slot is taken and a read
-//! waits for peers it has not tried.
+//! waits for peers it has not tried. With slots shared by a library's torrents, every dial
+//! and incoming connection also holds one of the process's (`caps.rs`).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -10,8 +11,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::addrbook::{AddressBook, BookStats, Outcome, Worked};
+use super::caps::Seat;
 use super::dial;
 use super::host::Incoming;
 use super::peers::PeerCmd;
@@ -49,6 +52,7 @@ pub(crate) async fn run(
     let mut dialling: HashSet<SocketAddr> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut starving_since: Option<Instant> = None;
+    let mut seat = Seat::new(&shared.config);
     loop {
         // Asleep: no peers to turn over and no dials; the tick waits for the wake.
         let slept = shared.idle.slept();
@@ -70,13 +74,17 @@ pub(crate) async fn run(
                 if shared.idle.is_asleep() || shared.lock().peers.is_banned(conn.addr.ip()) {
                     continue;
                 }
+                // No slot of the process's for it: the connection closes.
+                let Ok(slot) = seat.incoming() else { continue };
                 let addr = conn.addr;
                 book.incoming(addr, Instant::now());
                 let (shared, events) = (shared.clone(), events_tx.clone());
-                tokio::spawn(async move {
+                let accept = async move {
                     let _ = peer::accept(shared, conn).await;
+                    drop(slot);
                     let _ = events.send((addr, Event::IncomingEnded));
-                });
+                };
+                tokio::spawn(accept.in_current_span());
             }
             event = events.recv() => {
                 let Some((addr, event)) = event else { continue };
@@ -99,10 +107,11 @@ pub(crate) async fn run(
             _ = shared.idle.awake(), if slept => tick.reset(),
             _ = tick.tick(), if !slept => {
                 let now = Instant::now();
-                let starving = turn_over(&shared, &mut book, now);
+                let starving = turn_over(&shared, &mut book, &seat, now);
                 if starving && starving_since.is_none() {
                     tracing::debug!(known = book.len(), "a read starves: every known address is tried again");
                 }
+                seat.tick(&shared, book.due_count(now) > 0, now);
                 let since = *starving_since.get_or_insert(now);
                 if !starving {
                     starving_since = None;
@@ -119,19 +128,22 @@ pub(crate) async fn run(
             }
             _ = shutdown.changed() => return,
         }
-        dial_due(&shared, &mut book, &mut dialling, &events_tx);
+        seat.set_awake(!shared.idle.slept());
+        dial_due(&shared, &mut book, &seat, &mut dialling, &events_tx);
     }
 }
 
 /// A read waiting with nobody to serve it revives given-up addresses; with every slot taken,
 /// useless peers make room for addresses we have not tried. Returns whether a read starves.
-fn turn_over(shared: &Shared, book: &mut AddressBook, now: Instant) -> bool {
+fn turn_over(shared: &Shared, book: &mut AddressBook, seat: &Seat, now: Instant) -> bool {
+    // Before the state lock: nothing is locked under it.
+    let process_full = seat.is_full();
     let st = shared.lock();
     let starving = st.starving();
     if starving {
         book.starving(now, super::addrbook::STARVING_MAX_WAIT);
     }
-    if st.peers.len() < shared.config.max_peers {
+    if st.peers.len() < shared.config.max_peers && !process_full {
         return starving;
     }
     let due = book.due_count(now);
@@ -151,6 +163,7 @@ fn turn_over(shared: &Shared, book: &mut AddressBook, now: Instant) -> bool {
 fn dial_due(
     shared: &Arc<Shared>,
     book: &mut AddressBook,
+    seat: &Seat,
     dialling: &mut HashSet<SocketAddr>,
     events: &mpsc::UnboundedSender<(SocketAddr, Event)>,
 ) {
@@ -168,7 +181,9 @@ fn dial_due(
     if room == 0 {
         return;
     }
-    for (addr, source, worked) in book.due(now, room) {
+    // A slot for each address due, no more: taking one for nothing would hold it from others.
+    let slots = seat.dials(room.min(book.due_count(now)));
+    for ((addr, source, worked), slot) in book.due(now, slots.len()).into_iter().zip(slots) {
         if shared.lock().peers.is_banned(addr.ip()) {
             book.finished(addr, Outcome::Banned, now);
             continue;
@@ -176,10 +191,12 @@ fn dial_due(
         tracing::debug!(%addr, ?source, ?worked, "dialling");
         dialling.insert(addr);
         let (shared, events) = (shared.clone(), events.clone());
-        tokio::spawn(async move {
+        let dial = async move {
             let (outcome, worked) = dial_one(shared, addr, source, worked, &events).await;
+            drop(slot);
             let _ = events.send((addr, Event::Dialled(outcome, worked)));
-        });
+        };
+        tokio::spawn(dial.in_current_span());
     }
 }
 

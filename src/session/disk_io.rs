@@ -14,6 +14,7 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use sha1::{Digest, Sha1};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use super::disk::WriterEnd;
 use super::{Shared, State};
@@ -112,7 +113,7 @@ pub(crate) fn start_loads(
             continue;
         }
         if st.loads.begin(p, None) {
-            tokio::spawn(run_load(shared.clone(), p));
+            tokio::spawn(run_load(shared.clone(), p).in_current_span());
         }
     }
     all
@@ -131,7 +132,7 @@ pub(crate) async fn load(shared: &Arc<Shared>, p: PieceIndex) -> Option<Bytes> {
         }
         let (tx, rx) = oneshot::channel();
         if st.loads.begin(p, Some(tx)) {
-            tokio::spawn(run_load(shared.clone(), p));
+            tokio::spawn(run_load(shared.clone(), p).in_current_span());
         }
         rx
     };

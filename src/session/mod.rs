@@ -23,13 +23,15 @@
 //!
 //! The boundary: a session owns one torrent's peers, pieces and readers. What a process shares
 //! between torrents comes from outside: the [`Host`] (listening port, peer id), the DHT node
-//! (`Config::dht`) and local service discovery (`Config::lsd`).
+//! (`Config::dht`), local service discovery (`Config::lsd`), and in a library the memory
+//! budget (`Config::memory`) and the peer slots and rate caps (`Config::caps`, `caps.rs`).
 //!
 //! State and locking: see `shared.rs` (the lock order) and `state.rs` (who owns what).
 
 mod addrbook;
 mod assembly;
 mod background;
+mod caps;
 mod connect;
 mod dial;
 mod discovery;
@@ -65,14 +67,15 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use crate::metainfo::Torrent;
-use crate::ratelimit::RateLimit;
 use crate::tracker::announcer::{self, AnnounceParams, Progress, TrackerStatus};
 use shared::Shared;
 use state::State;
 
 pub use background::Background;
+pub use caps::SharedCaps;
 pub use discovery::{PeerSource, SourceCount};
 pub use disk::{DiskCacheConfig, DiskStats};
 pub use encryption::Encryption;
@@ -108,6 +111,12 @@ pub struct Config {
     /// Caps in bytes/s; `None`: unlimited.
     pub max_download_rate: Option<u64>,
     pub max_upload_rate: Option<u64>,
+    /// Peer slots and rate caps shared with other sessions (a library's torrents, see
+    /// `caps.rs`); `None`: `max_peers` and the rate caps are this session's own.
+    pub caps: Option<SharedCaps>,
+    /// The name every line this session logs carries (a library's folder); `None`: no name,
+    /// as for the one torrent of a mount.
+    pub log_name: Option<String>,
     /// Never upload (`--no-upload`): nobody is unchoked.
     pub no_upload: bool,
     /// When a peer counts as stalled or useless.
@@ -138,6 +147,8 @@ impl Default for Config {
             lsd: None,
             max_download_rate: None,
             max_upload_rate: None,
+            caps: None,
+            log_name: None,
             no_upload: false,
             peer_timeouts: PeerTimeouts::default(),
             disk_cache: None,
@@ -225,6 +236,22 @@ impl Session {
         config: Config,
         host: &Host,
     ) -> Result<Session, SessionError> {
+        let span = match &config.log_name {
+            Some(name) => tracing::info_span!("torrent", name = %name),
+            None => tracing::Span::none(),
+        };
+        Self::start_in(torrent, config, host, span.clone())
+            .instrument(span)
+            .await
+    }
+
+    /// [`Session::start`] in the session's span: every task it starts carries it.
+    async fn start_in(
+        torrent: Arc<Torrent>,
+        config: Config,
+        host: &Host,
+        span: tracing::Span,
+    ) -> Result<Session, SessionError> {
         let geometry = torrent.info.geometry.clone();
         let memory = match &config.memory {
             Some(pool) => crate::store::Store::join(pool),
@@ -248,6 +275,7 @@ impl Session {
         let (shutdown, _) = watch::channel(false);
         let want_peers: Arc<tokio::sync::Notify> = Arc::default();
         let (disk, writer) = opened.map(disk::Disk::new).unzip();
+        let (down_limit, up_limit) = caps::rate_limits(&config);
         let shared = Arc::new(Shared {
             peer_id: host.peer_id(),
             listen_port: host.port(),
@@ -264,8 +292,8 @@ impl Session {
             uploaded: AtomicU64::new(0),
             hash_failures: AtomicU64::new(0),
             refused_plaintext: AtomicU64::new(0),
-            down_limit: Arc::new(RateLimit::new(config.max_download_rate)),
-            up_limit: Arc::new(RateLimit::new(config.max_upload_rate)),
+            down_limit,
+            up_limit,
             announcers: watch::channel(0).0,
             discovered,
             known: watch::channel(Default::default()).0,
@@ -273,14 +301,15 @@ impl Session {
             want_peers,
             read_buffers: Default::default(),
             uploads_queued: Default::default(),
+            span,
             config,
         });
         if let Some(end) = writer {
-            tokio::spawn(disk_io::write_loop(Arc::downgrade(&shared), end));
+            tokio::spawn(disk_io::write_loop(Arc::downgrade(&shared), end).in_current_span());
         }
-        tokio::spawn(connect::run(shared.clone(), discovered_rx, incoming));
-        tokio::spawn(tick(shared.clone()));
-        tokio::spawn(memory::take_evictions(shared.clone(), evictions));
+        tokio::spawn(connect::run(shared.clone(), discovered_rx, incoming).in_current_span());
+        tokio::spawn(tick(shared.clone()).in_current_span());
+        tokio::spawn(memory::take_evictions(shared.clone(), evictions).in_current_span());
         webseed::spawn_all(&shared);
         if !shared.config.peers.is_empty() {
             let _ = shared
@@ -295,7 +324,7 @@ impl Session {
         }
         spawn_discovery(&shared, host, shared.idle.period_end());
         if let Some(after) = shared.config.idle_after {
-            tokio::spawn(sleep::run(shared.clone(), after));
+            tokio::spawn(sleep::run(shared.clone(), after).in_current_span());
         }
         Ok(Session {
             shared,
@@ -305,6 +334,12 @@ impl Session {
 
     pub fn torrent(&self) -> &Arc<Torrent> {
         &self.shared.torrent
+    }
+
+    /// The span the session's log lines carry (none for the one torrent of a mount): reads
+    /// run in it too.
+    pub fn span(&self) -> &tracing::Span {
+        &self.shared.span
     }
 
     pub fn listen_port(&self) -> u16 {
@@ -367,6 +402,7 @@ impl Session {
     fn read_starts(&self) {
         let s = &self.shared;
         if s.idle.read_starts() {
+            let _span = s.span.enter();
             sleep::wake(s, |end| spawn_discovery(s, &self._host, end));
         }
     }
@@ -413,6 +449,8 @@ impl Session {
 /// discovery; not for a private torrent but its trackers), until `end` flips: at shutdown,
 /// or when the torrent falls asleep (`idle.rs`; a wake starts them again).
 fn spawn_discovery(shared: &Arc<Shared>, host: &Host, end: watch::Receiver<bool>) {
+    // Each task it starts carries the session's span (a wake comes from a read's task).
+    let _span = shared.span.enter();
     let params = AnnounceParams::new(shared.torrent.info_hash.0, host.peer_id(), host.port())
         .listening_on(host.local_addrs());
     spawn_announcer(shared, params, end.clone());
@@ -466,7 +504,7 @@ fn spawn_announcer(shared: &Arc<Shared>, params: AnnounceParams, end: watch::Rec
         .trackers
         .send_replace(status.borrow_and_update().clone());
     let shared = Arc::downgrade(shared);
-    tokio::spawn(async move {
+    let forward = async move {
         // Ends when the announcer does (its status sender goes with it).
         while status.changed().await.is_ok() {
             let Some(s) = shared.upgrade() else { return };
@@ -476,7 +514,8 @@ fn spawn_announcer(shared: &Arc<Shared>, params: AnnounceParams, end: watch::Rec
         if let Some(s) = shared.upgrade() {
             s.announcers.send_modify(|n| *n -= 1);
         }
-    });
+    };
+    tokio::spawn(forward.in_current_span());
 }
 
 /// Once a second: asks the background policy where fetching may go (it ends a while after

@@ -13,6 +13,7 @@ use super::discovery::{PeerSource, SourceCount};
 use super::turnover::Worth;
 use crate::picker::{Block, PeerId};
 use crate::piece::PieceIndex;
+use crate::slots::outgoing_reserve;
 use crate::wire::extension::PexFlags;
 
 /// Messages the session sends to one peer task.
@@ -305,11 +306,6 @@ impl Peers {
     pub(crate) fn any_serves_read(&self) -> bool {
         self.connected.values().any(|e| e.worth.serves_read())
     }
-}
-
-/// Slots kept for peers we dial: a fifth, and at least one from three slots up.
-pub(crate) fn outgoing_reserve(max: usize) -> usize {
-    if max < 3 { 0 } else { (max / 5).max(1) }
 }
 
 #[cfg(test)]

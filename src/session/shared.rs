@@ -13,8 +13,9 @@
 //!   with its books under it), the host's
 //!   routes (`host.rs`), each rate limit's bucket (`ratelimit.rs`, a tokio mutex held while a
 //!   task waits for its tokens: the wait is the point), the DHT node's state (`dht/`), the UDP
-//!   trackers' connection ids (`tracker/`), the status report's rate meters (`app/status`)
-//!   and the FUSE status probes (`fs/fuse.rs`).
+//!   trackers' connection ids (`tracker/`), the peer slots a library's sessions share
+//!   (`slots.rs`), the status report's rate meters (`app/status`) and the FUSE status probes
+//!   (`fs/fuse.rs`).
 //! - Everything else moves by owning tasks and channels: tracker status and the disk's
 //!   condition are `watch` channels, counters are atomics.
 //!
@@ -86,6 +87,9 @@ pub(crate) struct Shared {
     /// Bytes held by the read buffers of all peer connections: bounded per connection by the
     /// largest frame we accept, whatever a peer sends.
     pub(crate) read_buffers: Arc<AtomicUsize>,
+    /// Names the torrent in the session's log lines (`Config::log_name`); the tasks the
+    /// session starts run in it.
+    pub(crate) span: tracing::Span,
 }
 
 impl Shared {

@@ -31,7 +31,6 @@ pub(crate) async fn run(shared: Arc<Shared>, idle_after: Duration) {
         });
         if slept {
             tracing::info!(
-                torrent = %shared.torrent.info.name,
                 peers = dropped,
                 after = ?idle_after,
                 "no read for a while: the torrent sleeps"
@@ -49,7 +48,7 @@ pub(crate) fn wake(shared: &Shared, spawn_discovery: impl FnOnce(watch::Receiver
         st.update_background();
     });
     let Some(end) = end else { return };
-    tracing::info!(torrent = %shared.torrent.info.name, "a read wakes the torrent");
+    tracing::info!("a read wakes the torrent");
     shared.redial.notify_one();
     spawn_discovery(end);
 }

@@ -112,6 +112,26 @@ pub(crate) fn victims(
     faulty.into_iter().take(limit).map(|(.., id)| id).collect()
 }
 
+/// The `n` peers worth least, to give their slots back to another torrent's claim (no grace:
+/// the slots are owed): a peer serving a waiting read last, then one sending us data; among the
+/// rest the slowest first, incoming before outgoing, the newest first.
+pub(crate) fn least_useful(peers: &[(PeerId, Worth)], n: usize) -> Vec<PeerId> {
+    let mut ranked: Vec<_> = (peers.iter())
+        .map(|&(id, w)| {
+            let key = (
+                w.serves_read(),
+                w.delivers(),
+                w.rate,
+                !w.incoming,
+                std::cmp::Reverse(w.connected_at),
+            );
+            (key, id)
+        })
+        .collect();
+    ranked.sort_by_key(|&(key, _)| key);
+    ranked.into_iter().take(n).map(|(_, id)| id).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +197,32 @@ mod tests {
         // Just choked, without a starving read: kept.
         choker.choking_since = Some(now - S);
         assert!(victims(&[(PeerId(2), choker)], now, 4, false).is_empty());
+    }
+
+    #[test]
+    fn slots_owed_to_another_torrent_come_from_the_least_useful_peers() {
+        let t0 = Instant::now();
+        let mut serving = worth(t0, true);
+        serving.urgent = true;
+        let mut fast = worth(t0, false);
+        (fast.wanted, fast.rate) = (true, 100);
+        let mut slow = fast;
+        slow.rate = 10;
+        let idle_out = worth(t0, false);
+        let idle_in_new = worth(t0 + S, true);
+        let idle_in_old = worth(t0, true);
+        let peers = [
+            (PeerId(1), serving),
+            (PeerId(2), fast),
+            (PeerId(3), slow),
+            (PeerId(4), idle_out),
+            (PeerId(5), idle_in_old),
+            (PeerId(6), idle_in_new),
+        ];
+        let order = [6, 5, 4, 3, 2, 1].map(PeerId);
+        assert_eq!(least_useful(&peers, 6), order);
+        assert_eq!(least_useful(&peers, 2), order[..2]);
+        assert!(least_useful(&peers, 0).is_empty());
     }
 
     #[test]

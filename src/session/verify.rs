@@ -5,13 +5,15 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use tracing::Instrument;
+
 use super::Shared;
 use super::assembly::{Assembly, sha1};
 use crate::piece::PieceIndex;
 
 /// Hashes a completed piece off the async workers and applies the verdict.
 pub(crate) fn check(shared: Arc<Shared>, piece: PieceIndex, asm: Assembly) {
-    tokio::spawn(async move {
+    let verdict = async move {
         let expected = shared.torrent.info.piece_hashes[piece.as_usize()];
         let hashed = tokio::task::spawn_blocking(move || {
             let ok = sha1(asm.data()) == expected;
@@ -36,5 +38,6 @@ pub(crate) fn check(shared: Arc<Shared>, piece: PieceIndex, asm: Assembly) {
             shared.save_to_disk(piece, data);
         }
         shared.verified.send_modify(|g| *g += 1);
-    });
+    };
+    tokio::spawn(verdict.in_current_span());
 }

@@ -14,7 +14,7 @@ use rand::seq::SliceRandom;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep_until, timeout_at};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::announce;
 use super::clients::Clients;
@@ -162,7 +162,10 @@ pub(super) fn spawn_inner(
         status,
         clients,
     });
-    (tokio::spawn(run(ctx, by_tier, shutdown)), status_rx)
+    (
+        tokio::spawn(run(ctx, by_tier, shutdown).in_current_span()),
+        status_rx,
+    )
 }
 
 struct Ctx {
@@ -260,7 +263,7 @@ impl Tracker {
 async fn run(ctx: Arc<Ctx>, tiers: Vec<Vec<Tracker>>, shutdown: watch::Receiver<bool>) {
     let mut set = JoinSet::new();
     for tier in tiers {
-        set.spawn(run_tier(ctx.clone(), tier, shutdown.clone()));
+        set.spawn(run_tier(ctx.clone(), tier, shutdown.clone()).in_current_span());
     }
     // Tier tasks end only at shutdown, each returning the trackers owed `stopped`.
     let mut owed = Vec::new();
@@ -405,11 +408,12 @@ async fn send_stopped(ctx: &Arc<Ctx>, trackers: Vec<Tracker>) {
     let mut set = JoinSet::new();
     for t in trackers {
         let (ctx, req) = (ctx.clone(), req.clone());
-        set.spawn(async move {
+        let stopped = async move {
             if let Err(e) = announce(&t.url, &req, &ctx.clients).await {
                 debug!(tracker = %t.url, error = %e, "stopped announce failed");
             }
-        });
+        };
+        set.spawn(stopped.in_current_span());
     }
     let all = async { while set.join_next().await.is_some() {} };
     if timeout_at(deadline, all).await.is_err() {

@@ -408,6 +408,8 @@ impl Live {
 
     /// Once a second: sample the transfer totals and say (once) what went wrong.
     pub fn tick(&self) {
+        // A library's problems name their torrent.
+        let _span = self.session.span().enter();
         let now = Instant::now();
         if self.session.is_asleep() {
             // No traffic to sample and no peers by design (nothing to say), and no `stats`

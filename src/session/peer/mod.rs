@@ -162,12 +162,13 @@ impl Peer {
             sent_total: self.rates.sent_counter(),
             requests_written: self.requests_written.clone(),
         };
-        let mut writer = tokio::spawn(write_loop(
+        let writer = write_loop(
             MessageWriter::new(wr),
             inbox,
             counters,
             self.shared.up_limit.clone(),
-        ));
+        );
+        let mut writer = tokio::spawn(tracing::Instrument::in_current_span(writer));
         // Dropping a JoinHandle only detaches the task: without this, a writer blocked on a peer
         // that stopped reading would keep the socket (and the blocks queued for it) after we left.
         let _stop_writer = AbortOnDrop(writer.abort_handle());

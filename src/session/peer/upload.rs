@@ -145,14 +145,15 @@ impl Peer {
                 // Counted as queued while the disk is read, so a flood of requests for disk
                 // pieces is bounded like any other.
                 upload.queued.add(r.length as usize);
-                tokio::spawn(async move {
+                let load = async move {
                     let data = crate::session::disk_io::load(&upload.shared, p).await;
                     upload.queued.sub(r.length as usize);
                     match data {
                         Some(data) => upload.send(r, &data),
                         None => upload.reject(r),
                     }
-                });
+                };
+                tokio::spawn(tracing::Instrument::in_current_span(load));
             }
             // Announced once, no longer held (see `residency`).
             None => self.reject(r),

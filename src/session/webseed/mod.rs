@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
+use tracing::Instrument;
 use url::Url;
 
 use super::assembly::Sender;
@@ -154,7 +155,7 @@ fn spawn_one(shared: &Arc<Shared>, client: &reqwest::Client, url: &str) {
         last_downloaded: 0,
         ctx,
     };
-    tokio::spawn(seed.run(rx));
+    tokio::spawn(seed.run(rx).in_current_span());
 }
 
 /// What a web seed's requests share.
@@ -275,7 +276,9 @@ impl WebSeed {
                     since: now,
                     reported: HashSet::new(),
                 };
-                let handle = self.jobs.spawn(fetch_run(self.ctx.clone(), run));
+                let handle = self
+                    .jobs
+                    .spawn(fetch_run(self.ctx.clone(), run).in_current_span());
                 self.in_flight.insert(handle.id(), job);
             }
         }
