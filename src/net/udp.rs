@@ -19,6 +19,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
@@ -95,7 +96,12 @@ struct Inner {
     /// The channel that reads the socket itself, if any (its id): the receive task waits
     /// while there is one. Dropped with the last handle: the receive task sees it and ends.
     reader: watch::Sender<Option<u64>>,
+    /// The reader's id as `reader` holds it ([`NO_READER`] for none), read without a lock on
+    /// every datagram the reader takes.
+    reader_id: AtomicU64,
 }
+
+const NO_READER: u64 = u64::MAX;
 
 impl UdpPort {
     /// Binds `addr` and starts receiving; an IPv6 address is bound IPv6-only, so that the
@@ -120,6 +126,7 @@ impl UdpPort {
                 routes,
                 next_channel: Default::default(),
                 reader,
+                reader_id: AtomicU64::new(NO_READER),
             }),
         }
     }
@@ -152,6 +159,7 @@ impl UdpPort {
     /// earlier reader.
     pub fn reader(&self, protocol: Protocol) -> Channel {
         let channel = self.channel(protocol);
+        self.inner.reader_id.store(channel.id, Ordering::Release);
         self.inner.reader.send_replace(Some(channel.id));
         channel
     }
@@ -194,25 +202,21 @@ impl Channel {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<(usize, SocketAddr)>> {
-        // Queued first: what the receive task took before this reader, or after it ended.
-        if let Poll::Ready(r) = self.poll_recv(cx) {
-            return Poll::Ready(r.map(|d| {
-                let n = d.data.len().min(buf.len());
-                buf[..n].copy_from_slice(&d.data[..n]);
-                (n, d.from)
-            }));
-        }
-        if *self.port.inner.reader.borrow() != Some(self.id) {
-            return Poll::Pending;
+        if self.port.inner.reader_id.load(Ordering::Acquire) != self.id {
+            return self.poll_queued(cx, buf);
         }
         let socket = &self.port.inner.socket;
         for _ in 0..READER_BUDGET {
             let mut read = ReadBuf::new(buf);
-            let from = match ready!(socket.poll_recv_from(cx, &mut read)) {
-                Ok(from) => from,
+            let from = match socket.poll_recv_from(cx, &mut read) {
+                // The queue is looked at once the socket is dry (it holds what the receive task
+                // took before this reader, at most one datagram after), so that the queue's lock
+                // is not taken per datagram.
+                Poll::Pending => return self.poll_queued(cx, buf),
+                Poll::Ready(Ok(from)) => from,
                 // An ICMP error for an earlier send ("port unreachable" and the like): it is
                 // reported once; the socket goes on.
-                Err(e) => {
+                Poll::Ready(Err(e)) => {
                     tracing::trace!("UDP receive: {e}");
                     continue;
                 }
@@ -225,6 +229,21 @@ impl Channel {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// The next queued datagram of this protocol, copied into `buf` (cut to its length).
+    fn poll_queued(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<(usize, SocketAddr)>> {
+        self.poll_recv(cx).map(|r| {
+            r.map(|d| {
+                let n = d.data.len().min(buf.len());
+                buf[..n].copy_from_slice(&d.data[..n]);
+                (n, d.from)
+            })
+        })
     }
 
     /// Like `UdpSocket::recv_from`: the next datagram copied into `buf` (cut to its length).
@@ -288,6 +307,10 @@ impl Drop for Channel {
             let mine = *r == Some(self.id);
             if mine {
                 *r = None;
+                self.port
+                    .inner
+                    .reader_id
+                    .store(NO_READER, Ordering::Release);
             }
             mine
         });

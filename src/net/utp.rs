@@ -57,7 +57,23 @@ impl UtpTransport {
                 )
             })
     }
+}
 
+impl librqbit_dualstack_sockets::PollSendToVectored for UtpTransport {
+    fn poll_send_to_vectored(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+        target: SocketAddr,
+    ) -> Poll<io::Result<usize>> {
+        match self.channel_to(target) {
+            Ok(c) => c.poll_send_to_vectored(cx, bufs, target),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl Transport for UtpTransport {
     /// The next datagram of any family, copied into `buf` (cut to its length).
     fn poll_recv_from(
         &self,
@@ -83,29 +99,6 @@ impl UtpTransport {
             Some(e) if closed == n => Poll::Ready(Err(e)),
             _ => Poll::Pending,
         }
-    }
-}
-
-impl librqbit_dualstack_sockets::PollSendToVectored for UtpTransport {
-    fn poll_send_to_vectored(
-        &self,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-        target: SocketAddr,
-    ) -> Poll<io::Result<usize>> {
-        match self.channel_to(target) {
-            Ok(c) => c.poll_send_to_vectored(cx, bufs, target),
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-}
-
-impl Transport for UtpTransport {
-    fn recv_from<'a>(
-        &'a self,
-        buf: &'a mut [u8],
-    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + Sync + 'a {
-        std::future::poll_fn(move |cx| self.poll_recv_from(cx, buf))
     }
 
     fn send_to<'a>(

@@ -27,6 +27,7 @@ mod spawn_utils;
 mod stream;
 mod stream_dispatch;
 mod stream_rx;
+mod stream_set;
 mod stream_tx;
 mod stream_tx_segments;
 #[cfg(test)]

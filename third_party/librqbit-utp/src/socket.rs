@@ -32,6 +32,7 @@ use crate::{
     raw::{Type, UtpHeader},
     seq_nr::SeqNr,
     stream_dispatch::{StreamArgs, UtpStreamStarter},
+    stream_set::{InboxSender, StreamFuture, StreamSet, inbox},
     traits::{DefaultUtpEnvironment, Transport, UtpEnvironment},
     utils::{DropGuardSendBeforeDeath, FnDropGuard},
 };
@@ -220,6 +221,8 @@ pub(crate) enum ControlRequest {
     ConnectRequest(SocketAddr, ConnectToken, ConnectRequest),
     ConnectDropped(SocketAddr, ConnectToken),
 
+    /// An accepted stream, started by its acceptor: run it.
+    Start(StreamRecvKey, StreamFuture, tracing::Span),
     Shutdown(StreamRecvKey),
 }
 
@@ -231,6 +234,9 @@ impl std::fmt::Debug for ControlRequest {
             }
             ControlRequest::ConnectDropped(socket_addr, token) => {
                 write!(f, "ConnectDropped({socket_addr}, {token})")
+            }
+            ControlRequest::Start(key, ..) => {
+                write!(f, "Start({key:?})")
             }
             ControlRequest::Shutdown(key) => {
                 write!(f, "Shutdown({key:?})")
@@ -344,10 +350,56 @@ pub(crate) struct Dispatcher<T: Transport, E: UtpEnvironment> {
     accept_queue: AcceptQueue<T, E>,
 
     // TODO: we need to insert here only once!
-    pub(crate) streams: HashMap<StreamRecvKey, UnboundedSender<UtpMessage>>,
+    pub(crate) streams: HashMap<StreamRecvKey, StreamEntry>,
+    /// The streams' state machines, run in this task (see `stream_set`).
+    stream_set: StreamSet,
     connecting: HashMap<SocketAddr, ConnectingPerAddr>,
     control_rx: UnboundedReceiver<ControlRequest>,
     next_connection_id: SeqNr,
+}
+
+/// Where the dispatcher puts a stream's packets, and the stream's slot in the [`StreamSet`]
+/// once it runs (an accepted stream runs once its acceptor starts it).
+pub(crate) struct StreamEntry {
+    inbox: InboxSender,
+    slot: Option<usize>,
+}
+
+impl StreamEntry {
+    fn new(inbox: InboxSender) -> Self {
+        Self { inbox, slot: None }
+    }
+}
+
+/// Datagrams taken from the transport at most before the streams that got them are polled.
+const RECV_BATCH: usize = 64;
+
+/// Hands a packet to its stream, if one is registered under `key` (`None`); else gives it
+/// back for the slow path.
+fn route(
+    streams: &mut HashMap<StreamRecvKey, StreamEntry>,
+    stream_set: &mut StreamSet,
+    key: StreamRecvKey,
+    message: UtpMessage,
+) -> Option<UtpMessage> {
+    let Some(entry) = streams.get(&key) else {
+        return Some(message);
+    };
+    match entry.inbox.send(message) {
+        Ok(()) => {
+            if let Some(slot) = entry.slot {
+                stream_set.mark(slot);
+            }
+        }
+        Err(_) => {
+            trace!(
+                ?key,
+                "stream dead, but wasn't cleaned up yet, this is probably a race"
+            );
+            streams.remove(&key);
+        }
+    }
+    None
 }
 
 impl<T: Transport, E: UtpEnvironment> Dispatcher<T, E> {
@@ -365,6 +417,7 @@ impl<T: Transport, E: UtpEnvironment> Dispatcher<T, E> {
     async fn run_once(&mut self, read_buf: &mut [u8]) -> crate::Result<()> {
         self.cleanup_accept_queue()?;
 
+        let (socket, streams, stream_set) = (&self.socket, &mut self.streams, &mut self.stream_set);
         tokio::select! {
             accept = self.accept_queue.rx.recv(), if self.accept_queue.next_available_acceptor.is_none() => {
                 let accept = accept.unwrap();
@@ -374,20 +427,49 @@ impl<T: Transport, E: UtpEnvironment> Dispatcher<T, E> {
                 let control = control_request.unwrap();
                 self.on_control(control).await;
             },
-            recv = self.socket.transport.recv_from(read_buf) => {
-                let (len, addr) = recv.map_err(Error::Recv)?;
-                let message = match UtpMessage::deserialize(&read_buf[..len]) {
-                    Some(msg) => msg,
-                    None => {
-                        trace!(len, ?addr, "error deserializing and validating UTP message");
-                        return Ok(())
-                    }
-                };
+            other = std::future::poll_fn(|cx| Self::poll_io(socket, streams, stream_set, read_buf, cx)) => {
+                let (addr, message) = other?;
                 self.on_recv(addr, message).await?;
             }
         }
 
         Ok(())
+    }
+
+    /// Runs the streams that have work, and hands them the datagrams waiting in the
+    /// transport, a batch at a time, each stream polled once per batch rather than once per
+    /// packet. Ready with a packet that belongs to no stream (a SYN, an answer to our SYN,
+    /// junk), for the slow path; pending once streams and transport have nothing more.
+    fn poll_io(
+        socket: &UtpSocket<T, E>,
+        streams: &mut HashMap<StreamRecvKey, StreamEntry>,
+        stream_set: &mut StreamSet,
+        read_buf: &mut [u8],
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<crate::Result<(SocketAddr, UtpMessage)>> {
+        loop {
+            stream_set.poll(cx);
+            let mut received = 0;
+            while received < RECV_BATCH {
+                let (len, addr) = match socket.transport.poll_recv_from(cx, read_buf) {
+                    Poll::Ready(Ok(got)) => got,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Recv(e))),
+                    Poll::Pending => break,
+                };
+                received += 1;
+                let Some(message) = UtpMessage::deserialize(&read_buf[..len]) else {
+                    trace!(len, ?addr, "error deserializing and validating UTP message");
+                    continue;
+                };
+                let key = (addr, message.header.connection_id);
+                if let Some(message) = route(streams, stream_set, key, message) {
+                    return Poll::Ready(Ok((addr, message)));
+                }
+            }
+            if received == 0 {
+                return Poll::Pending;
+            }
+        }
     }
 
     // Get into a state where we can't match acceptors with cached SYNs anymore.
@@ -494,10 +576,20 @@ impl<T: Transport, E: UtpEnvironment> Dispatcher<T, E> {
                     Entry::Vacant(_) => {}
                 };
             }
+            ControlRequest::Start(key, fut, span) => self.start_stream(key, fut, span),
             ControlRequest::Shutdown(key) => {
                 trace!(?key, "removing stream");
                 self.streams.remove(&key);
             }
+        }
+    }
+
+    /// Runs a stream in this task; its packets so far wait in its inbox.
+    fn start_stream(&mut self, key: StreamRecvKey, fut: StreamFuture, span: tracing::Span) {
+        let slot = self.stream_set.insert(fut, span);
+        match self.streams.get_mut(&key) {
+            Some(entry) => entry.slot = Some(slot),
+            None => trace!(?key, "started a stream that is no longer routed to"),
         }
     }
 
@@ -541,16 +633,21 @@ impl<T: Transport, E: UtpEnvironment> Dispatcher<T, E> {
         };
 
         let now = self.env.now();
-        let (tx, rx) = unbounded_channel();
+        let (tx, rx) = inbox();
         let args = StreamArgs::new_outgoing(&msg.header, conn.start, now)
             .with_parent_span(conn.requester.created_span.clone());
 
         let recv_key = (addr, msg.header.connection_id);
-        if self.streams.insert(recv_key, tx).is_some() {
+        if self
+            .streams
+            .insert(recv_key, StreamEntry::new(tx))
+            .is_some()
+        {
             warn!(key=?recv_key, "bug: a stream already existed with key. It should have been checked beforehand.");
         }
 
-        let stream = UtpStreamStarter::new(&self.socket, addr, rx, args).start();
+        let (stream, fut, span) = UtpStreamStarter::new(&self.socket, addr, rx, args).into_parts();
+        self.start_stream(recv_key, fut, span);
         if conn.requester.tx.send(Ok(stream)).is_ok() {
             trace!(?recv_key, "created stream and passed to connector");
         } else {
@@ -578,11 +675,11 @@ impl<T: Transport, E: UtpEnvironment> Dispatcher<T, E> {
 
         let args = StreamArgs::new_incoming(self.env.random_u16().into(), &syn.header)
             .with_parent_span(accept.created_span.clone());
-        let (tx, rx) = unbounded_channel();
+        let (tx, rx) = inbox();
 
         let starter = UtpStreamStarter::new(&self.socket, syn.remote, rx, args);
 
-        self.streams.insert(recv_key, tx);
+        self.streams.insert(recv_key, StreamEntry::new(tx));
         match accept.tx.send(starter) {
             Ok(()) => {
                 trace!("created stream and passed to acceptor");
@@ -596,7 +693,9 @@ impl<T: Transport, E: UtpEnvironment> Dispatcher<T, E> {
         }
     }
 
-    async fn try_send_rst(&self, syn: Syn) {
+    // Takes the socket, not `&self`: a `&Dispatcher` held across the send would need the
+    // streams it runs to be `Sync`.
+    async fn try_send_rst(socket: &UtpSocket<T, E>, syn: Syn) {
         let mut buf: [u8; UTP_HEADER as usize] = [0; UTP_HEADER as usize];
         let packet = UtpHeader {
             htype: Type::ST_RESET,
@@ -606,7 +705,7 @@ impl<T: Transport, E: UtpEnvironment> Dispatcher<T, E> {
             ..Default::default()
         };
         if let Ok(len) = packet.serialize(&mut buf[..]) {
-            if let Err(e) = self.socket.transport.send_to(&buf[..len], syn.remote).await {
+            if let Err(e) = socket.transport.send_to(&buf[..len], syn.remote).await {
                 debug!(remote=?syn.remote, "error sending ST_RESET: {e:#}");
             }
         }
@@ -637,7 +736,7 @@ impl<T: Transport, E: UtpEnvironment> Dispatcher<T, E> {
             Some(syn) => {
                 debug!("dropping SYN, no more space to cache them and no acceptors available");
                 METRICS.cant_accept_syn.increment(1);
-                self.try_send_rst(syn).await;
+                Self::try_send_rst(&self.socket, syn).await;
                 Ok(())
             }
         }
@@ -654,16 +753,9 @@ impl<T: Transport, E: UtpEnvironment> Dispatcher<T, E> {
     async fn on_recv(&mut self, addr: SocketAddr, message: UtpMessage) -> crate::Result<()> {
         let key = (addr, message.header.connection_id);
 
-        if let Some(tx) = self.streams.get(&key) {
-            if tx.send(message).is_err() {
-                trace!(
-                    ?key,
-                    "stream dead, but wasn't cleaned up yet, this is probably a race"
-                );
-                self.streams.remove(&key);
-            }
+        let Some(message) = route(&mut self.streams, &mut self.stream_set, key, message) else {
             return Ok(());
-        }
+        };
 
         trace!(?key, "no matching live streams");
 
@@ -830,6 +922,7 @@ impl<T: Transport, Env: UtpEnvironment> UtpSocket<T, Env> {
             streams: Default::default(),
             connecting: Default::default(),
             next_connection_id: env.random_u16().into(),
+            stream_set: Default::default(),
             control_rx,
             socket: sock.clone(),
             env,

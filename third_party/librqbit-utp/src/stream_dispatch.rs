@@ -2,6 +2,7 @@
 mod tests;
 
 use std::{
+    collections::VecDeque,
     future::Future,
     io::IoSlice,
     net::SocketAddr,
@@ -13,8 +14,7 @@ use std::{
 };
 
 use ringbuf::traits::{Consumer, Observer};
-use tokio::{sync::mpsc::UnboundedReceiver, time::Sleep};
-use tokio_util::sync::CancellationToken;
+use tokio::time::Sleep;
 use tracing::{Level, debug, debug_span, event, trace, trace_span};
 
 use crate::{
@@ -32,9 +32,9 @@ use crate::{
     rtte::RttEstimator,
     seq_nr::SeqNr,
     socket::{ControlRequest, ValidatedSocketOpts},
-    spawn_utils::spawn_with_cancel,
     stream::UtpStream,
     stream_rx::{AssemblerAddRemoveResult, UserRx},
+    stream_set::{InboxReceiver, StreamFuture},
     stream_tx::{UserTx, UtpStreamWriteHalf},
     stream_tx_segments::{OnAckResult, PopExpiredProbe, Segments},
     traits::{Transport, UtpEnvironment},
@@ -171,11 +171,13 @@ struct VirtualSocket<T, Env> {
     // Used for immediate ACKs on 2 * RMSS threshold.
     consumed_but_unacked_bytes: usize,
 
-    // Incoming queue. The main UDP socket writes here, and we need to consume these
-    // as fast as possible.
+    // Incoming queue. The dispatcher puts packets here and polls us.
     //
     // TODO: make bounded
-    rx: UnboundedReceiver<UtpMessage>,
+    rx: InboxReceiver,
+    // Packets taken from `rx` and not processed yet (processing stops when the transport
+    // is full), kept between polls; its allocation is reused.
+    rx_batch: VecDeque<UtpMessage>,
     user_rx: UserRx,
 
     // The user ppayload that we haven't yet segmented into uTP messages.
@@ -939,10 +941,9 @@ impl<T: Transport, Env: UtpEnvironment> VirtualSocket<T, Env> {
         let mut result = ProcessIncomingMessageResult::default();
 
         let mut counter = 0u32;
-        while let Poll::Ready(msg) = self.rx.poll_recv(cx) {
-            let msg = match msg {
-                Some(msg) => msg,
-                None => {
+        'batches: loop {
+            if self.rx_batch.is_empty() {
+                if self.rx.take_all(&mut self.rx_batch).is_err() {
                     // This could happen only when we were removed from socket.streams(), of if socket dispatcher is dead.
                     // This should not have happened!
                     // But if it did, we won't be able to receive any more messages.
@@ -956,11 +957,16 @@ impl<T: Transport, Env: UtpEnvironment> VirtualSocket<T, Env> {
                         VirtualSocketState::Closed);
                     return Ok(());
                 }
-            };
-            result.update(&self.process_incoming_message(cx, msg)?);
-            counter += 1;
-            if self.state_is_closed() || self.this_poll.transport_pending {
-                break;
+                if self.rx_batch.is_empty() {
+                    break;
+                }
+            }
+            while let Some(msg) = self.rx_batch.pop_front() {
+                result.update(&self.process_incoming_message(cx, msg)?);
+                counter += 1;
+                if self.state_is_closed() || self.this_poll.transport_pending {
+                    break 'batches;
+                }
             }
         }
 
@@ -1661,28 +1667,35 @@ impl StreamArgs {
 pub(crate) struct UtpStreamStarter<T, E> {
     stream: UtpStream,
     vsock: VirtualSocket<T, E>,
-    cancellation_token: CancellationToken,
+    /// What the dispatcher routes this stream's packets by.
+    key: (SocketAddr, SeqNr),
 }
 
 impl<T: Transport, E: UtpEnvironment> UtpStreamStarter<T, E> {
+    /// Hands the stream's state machine to the dispatcher, which runs it (see `stream_set`).
     pub fn start(self) -> UtpStream {
-        let Self {
-            stream,
-            vsock,
-            cancellation_token,
-        } = self;
+        let key = self.key;
+        let control = self.vsock.socket.control_requests.clone();
+        let (stream, fut, span) = self.into_parts();
+        if control.send(ControlRequest::Start(key, fut, span)).is_err() {
+            trace!("dispatcher dead, stream not started");
+        }
+        stream
+    }
 
+    /// The user's stream, and the state machine with its span, for the dispatcher to run.
+    pub fn into_parts(self) -> (UtpStream, StreamFuture, tracing::Span) {
+        let Self { stream, vsock, .. } = self;
         let parent = vsock.parent_span.as_ref().and_then(|s| s.id());
         let span = debug_span!(parent: parent, "utp_stream", remote=?vsock.remote);
-        spawn_with_cancel(span, cancellation_token, vsock.run_forever());
-        stream
+        (stream, Box::pin(vsock.run_forever()), span)
     }
 
     // Exposed for tests.
     pub fn new(
         socket: &Arc<UtpSocket<T, E>>,
         remote: SocketAddr,
-        rx: UnboundedReceiver<UtpMessage>,
+        rx: InboxReceiver,
         args: StreamArgs,
     ) -> UtpStreamStarter<T, E> {
         let StreamArgs {
@@ -1715,8 +1728,6 @@ impl<T: Transport, E: UtpEnvironment> UtpStreamStarter<T, E> {
 
         let env = socket.env.copy();
         let now = env.now();
-
-        let cancellation_token = socket.cancellation_token.child_token();
 
         let vsock = VirtualSocket {
             state,
@@ -1760,6 +1771,7 @@ impl<T: Transport, E: UtpEnvironment> UtpStreamStarter<T, E> {
             rto_retransmissions: 0,
             consumed_but_unacked_bytes: 0,
             rx,
+            rx_batch: VecDeque::new(),
             user_tx_segments: Segments::new(seq_nr),
             user_tx,
             rtte: {
@@ -1802,7 +1814,7 @@ impl<T: Transport, E: UtpEnvironment> UtpStreamStarter<T, E> {
         UtpStreamStarter {
             stream,
             vsock,
-            cancellation_token,
+            key: (remote, conn_id_recv),
         }
     }
 

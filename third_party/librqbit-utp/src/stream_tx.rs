@@ -198,23 +198,17 @@ impl AsyncWrite for UtpStreamWriteHalf {
         Poll::Ready(Ok(count))
     }
 
+    /// Like TCP's: done once the bytes are in the send buffer, which the stream sends (and
+    /// resends) on its own. Waiting here for the peer to ACK them (as upstream does) held a
+    /// writer that flushes after each write for a round trip per write, and woke it per ACK.
     fn poll_flush(
         self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        _cx: &mut std::task::Context<'_>,
     ) -> Poll<Result<(), std::io::Error>> {
-        let mut g = self.user_tx.locked.write();
-
-        if self.user_tx.producer.lock().is_empty() {
-            return Poll::Ready(Ok(()));
-        }
-
-        if g.vsock_closed {
+        if self.user_tx.locked.read().vsock_closed && !self.user_tx.producer.lock().is_empty() {
             return Poll::Ready(Err(std::io::Error::other("socket died")));
         }
-
-        update_optional_waker(&mut g.writer_waker, cx);
-
-        Poll::Pending
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(

@@ -13,10 +13,21 @@ use crate::metrics::METRICS;
 ///
 /// Tests use mock transport.
 pub trait Transport: PollSendToVectored + Send + Sync + Unpin + 'static {
+    /// The next datagram, copied into `buf` (cut to its length); when none is waiting, `cx`
+    /// is woken once one is. The dispatcher takes every datagram waiting this way before it
+    /// runs the streams that got them.
+    fn poll_recv_from(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<(usize, SocketAddr)>>;
+
     fn recv_from<'a>(
         &'a self,
         buf: &'a mut [u8],
-    ) -> impl Future<Output = std::io::Result<(usize, SocketAddr)>> + Send + Sync + 'a;
+    ) -> impl Future<Output = std::io::Result<(usize, SocketAddr)>> + Send + Sync + 'a {
+        std::future::poll_fn(move |cx| self.poll_recv_from(cx, buf))
+    }
 
     fn send_to<'a>(
         &'a self,
@@ -36,11 +47,15 @@ pub trait Transport: PollSendToVectored + Send + Sync + Unpin + 'static {
 }
 
 impl Transport for UdpSocket {
-    fn recv_from<'a>(
-        &'a self,
-        buf: &'a mut [u8],
-    ) -> impl Future<Output = std::io::Result<(usize, SocketAddr)>> + Send + Sync + 'a {
-        UdpSocket::recv_from(self, buf)
+    fn poll_recv_from(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<(usize, SocketAddr)>> {
+        use librqbit_dualstack_sockets::addr::TryToV4;
+        let mut buf = tokio::io::ReadBuf::new(buf);
+        let addr = std::task::ready!(self.socket().poll_recv_from(cx, &mut buf))?;
+        Poll::Ready(Ok((buf.filled().len(), addr.try_to_ipv4())))
     }
 
     fn send_to<'a>(

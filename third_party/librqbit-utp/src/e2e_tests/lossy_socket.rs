@@ -58,11 +58,14 @@ impl<const LOSS_PCT: usize> LossyUdpSocket<LOSS_PCT> {
 }
 
 impl<const LOSS_PCT: usize> Transport for LossyUdpSocket<LOSS_PCT> {
-    fn recv_from<'a>(
-        &'a self,
-        buf: &'a mut [u8],
-    ) -> impl Future<Output = std::io::Result<(usize, SocketAddr)>> + Send + Sync + 'a {
-        UdpSocket::recv_from(&self.socket, buf)
+    fn poll_recv_from(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<(usize, SocketAddr)>> {
+        let mut buf = tokio::io::ReadBuf::new(buf);
+        let addr = std::task::ready!(self.socket.poll_recv_from(cx, &mut buf))?;
+        Poll::Ready(Ok((buf.filled().len(), addr)))
     }
 
     fn send_to<'a>(

@@ -19,7 +19,6 @@ use std::{
 };
 
 use futures::FutureExt;
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use crate::{
     SocketOpts, UtpSocket, UtpStream,
@@ -28,6 +27,7 @@ use crate::{
     raw::{Type::*, UtpHeader},
     seq_nr::SeqNr,
     stream_dispatch::{StreamArgs, UtpStreamStarter, VirtualSocket},
+    stream_set::{InboxSender, inbox},
     test_util::{ADDR_1, ADDR_2, env::MockUtpEnvironment, transport::RememberingTransport},
     traits::UtpEnvironment,
 };
@@ -47,7 +47,7 @@ struct TestVsock {
     _socket: Arc<UtpSocket<RememberingTransport, MockUtpEnvironment>>,
     vsock: VirtualSocket<RememberingTransport, MockUtpEnvironment>,
     stream: Option<UtpStream>,
-    tx: UnboundedSender<UtpMessage>,
+    tx: InboxSender,
 }
 
 impl TestVsock {
@@ -89,7 +89,7 @@ impl TestVsock {
 
     async fn process_all_available_incoming(&mut self) {
         std::future::poll_fn(|cx| {
-            if self.vsock.rx.is_empty() {
+            if self.vsock.rx.is_empty() && self.vsock.rx_batch.is_empty() {
                 return Poll::Ready(());
             }
             self.vsock.poll_unpin(cx).map(|r| r.unwrap())
@@ -130,7 +130,7 @@ impl TestVsock {
 fn make_test_vsock_args(opts: SocketOpts, args: StreamArgs, env: MockUtpEnvironment) -> TestVsock {
     let transport = RememberingTransport::new(ADDR_1);
     let socket = UtpSocket::new_with_opts(transport.clone(), env.clone(), opts).unwrap();
-    let (tx, rx) = unbounded_channel();
+    let (tx, rx) = inbox();
 
     let UtpStreamStarter { stream, vsock, .. } = UtpStreamStarter::new(&socket, ADDR_2, rx, args);
 

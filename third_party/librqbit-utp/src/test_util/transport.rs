@@ -1,10 +1,4 @@
-use std::{
-    collections::HashMap,
-    future::{Future, poll_fn},
-    net::SocketAddr,
-    sync::Arc,
-    task::Poll,
-};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, task::Poll};
 
 use librqbit_dualstack_sockets::PollSendToVectored;
 use parking_lot::Mutex;
@@ -107,12 +101,15 @@ impl MockUtpTransport {
 }
 
 impl Transport for MockUtpTransport {
-    async fn recv_from<'a>(&'a self, buf: &'a mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
-        let f = poll_fn(|cx| self.inner.locked.lock().rx.poll_recv(cx));
-        let (addr, data) = f.await.unwrap();
+    fn poll_recv_from(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<(usize, SocketAddr)>> {
+        let (addr, data) = std::task::ready!(self.inner.locked.lock().rx.poll_recv(cx)).unwrap();
         assert!(data.len() <= buf.len());
         buf[..data.len()].copy_from_slice(&data);
-        Ok((data.len(), addr))
+        Poll::Ready(Ok((data.len(), addr)))
     }
 
     async fn send_to<'a>(&'a self, buf: &'a [u8], target: SocketAddr) -> std::io::Result<usize> {
@@ -194,11 +191,12 @@ impl RememberingTransport {
 }
 
 impl Transport for RememberingTransport {
-    fn recv_from<'a>(
-        &'a self,
-        _buf: &'a mut [u8],
-    ) -> impl Future<Output = std::io::Result<(usize, SocketAddr)>> {
-        std::future::pending()
+    fn poll_recv_from(
+        &self,
+        _cx: &mut std::task::Context<'_>,
+        _buf: &mut [u8],
+    ) -> Poll<std::io::Result<(usize, SocketAddr)>> {
+        Poll::Pending
     }
 
     async fn send_to<'a>(&'a self, buf: &'a [u8], target: SocketAddr) -> std::io::Result<usize> {
