@@ -5,6 +5,7 @@
 //! IPv4 and IPv6 each have sockets of their own (an IPv6 socket is bound IPv6-only), so an
 //! address's [`Family`] says which socket it is reached through.
 
+mod recv_batch;
 pub mod udp;
 pub mod utp;
 

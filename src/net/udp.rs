@@ -9,9 +9,10 @@
 //! socket directly.
 //!
 //! uTP's channel is made the socket's reader ([`UdpPort::reader`]): while it lives, the
-//! receive task waits and uTP receives straight into its own buffer, passing the DHT's few
-//! datagrams on to the DHT's queue. At uTP's rates (a datagram per 1.4 kB) a hop through a
-//! task and a queue per datagram cost a good part of uTP's CPU.
+//! receive task waits and uTP receives straight into its own buffers, many datagrams to a
+//! system call ([`Channel::poll_recv_batch`]), passing the DHT's few datagrams on to the DHT's
+//! queue. At uTP's rates (a datagram per 1.4 kB) a hop through a task and a queue per datagram,
+//! or a system call per datagram, cost a good part of uTP's CPU.
 //!
 //! The socket stays open while the port or any of its channels is held; the receive task ends
 //! with the last of them.
@@ -28,6 +29,7 @@ use tokio::io::{Interest, ReadBuf};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
+use super::recv_batch::RecvBatch;
 use crate::sync::lock;
 
 /// Largest datagram read; KRPC stays under 1,500 bytes, uTP under the path MTU.
@@ -150,6 +152,7 @@ impl UdpPort {
             protocol,
             id,
             rx: Mutex::new(rx),
+            batch: Mutex::new(None),
         }
     }
 
@@ -180,6 +183,9 @@ pub struct Channel {
     id: u64,
     /// Locked only within a poll, never across an `.await`; one reader at a time in practice.
     rx: Mutex<mpsc::Receiver<Datagram>>,
+    /// A reader's slots for [`Channel::poll_recv_batch`], made on its first call; locked as
+    /// `rx` is.
+    batch: Mutex<Option<RecvBatch>>,
 }
 
 impl Channel {
@@ -229,6 +235,87 @@ impl Channel {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Up to `max` (at least 1) datagrams of this protocol, each handed to `on`: ready with
+    /// how many, or pending when none waits. A reader ([`UdpPort::reader`]) takes them from
+    /// the socket several to a system call (`recvmmsg`), passing on the others' datagrams.
+    pub fn poll_recv_batch(
+        &self,
+        cx: &mut Context<'_>,
+        max: usize,
+        on: &mut dyn FnMut(&[u8], SocketAddr),
+    ) -> Poll<io::Result<usize>> {
+        let max = max.max(1);
+        if self.port.inner.reader_id.load(Ordering::Acquire) != self.id {
+            return self.poll_queued_batch(cx, max, 0, on);
+        }
+        let socket = &self.port.inner.socket;
+        let mut batch = lock(&self.batch);
+        let batch = batch.get_or_insert_with(RecvBatch::new);
+        let mut handed = 0;
+        for _ in 0..READER_BUDGET {
+            match socket.poll_recv_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                // Dry: the queue's turn (see `poll_recv_from`).
+                Poll::Pending => return self.poll_queued_batch(cx, max, handed, on),
+            }
+            let n = match batch.recv(socket, max - handed) {
+                Ok(n) => n,
+                // Readiness was cleared: the next `poll_recv_ready` registers the waker.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                // An ICMP error for an earlier send, as in `poll_recv_from`.
+                Err(e) => {
+                    tracing::trace!("UDP receive: {e}");
+                    continue;
+                }
+            };
+            for (packet, from) in (0..n).filter_map(|i| batch.get(i)) {
+                if classify(packet) == Some(self.protocol) {
+                    on(packet, from);
+                    handed += 1;
+                } else {
+                    route(&self.port.inner.routes, packet, from);
+                }
+            }
+            if handed == max {
+                break;
+            }
+        }
+        if handed > 0 {
+            return Poll::Ready(Ok(handed));
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// What [`Channel::poll_recv_batch`] hands from the queue, `handed` already handed.
+    fn poll_queued_batch(
+        &self,
+        cx: &mut Context<'_>,
+        max: usize,
+        mut handed: usize,
+        on: &mut dyn FnMut(&[u8], SocketAddr),
+    ) -> Poll<io::Result<usize>> {
+        let mut rx = lock(&self.rx);
+        while handed < max {
+            match rx.poll_recv(cx) {
+                Poll::Ready(Some(d)) => {
+                    on(&d.data, d.from);
+                    handed += 1;
+                }
+                Poll::Ready(None) if handed == 0 => {
+                    return Poll::Ready(Err(io::Error::other("UDP port closed")));
+                }
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        if handed == 0 {
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(handed))
+        }
     }
 
     /// The next queued datagram of this protocol, copied into `buf` (cut to its length).

@@ -101,6 +101,39 @@ impl Transport for UtpTransport {
         }
     }
 
+    /// The datagrams waiting on any family's port, many per system call (the crate's default
+    /// would take them one `poll_recv_from` at a time).
+    fn poll_recv_batch(
+        &self,
+        cx: &mut Context<'_>,
+        _buf: &mut [u8],
+        max: usize,
+        on: &mut dyn FnMut(&[u8], SocketAddr),
+    ) -> Poll<io::Result<usize>> {
+        let n = self.channels.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let (mut handed, mut closed, mut last_error) = (0, 0, None);
+        for i in 0..n {
+            if handed == max {
+                break;
+            }
+            let (_, channel) = &self.channels[(start + i) % n];
+            match channel.poll_recv_batch(cx, max - handed, on) {
+                Poll::Ready(Ok(got)) => handed += got,
+                Poll::Ready(Err(e)) => {
+                    closed += 1;
+                    last_error = Some(e);
+                }
+                Poll::Pending => {}
+            }
+        }
+        match last_error {
+            _ if handed > 0 => Poll::Ready(Ok(handed)),
+            Some(e) if closed == n => Poll::Ready(Err(e)),
+            _ => Poll::Pending,
+        }
+    }
+
     fn send_to<'a>(
         &'a self,
         buf: &'a [u8],

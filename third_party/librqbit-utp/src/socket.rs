@@ -353,6 +353,8 @@ pub(crate) struct Dispatcher<T: Transport, E: UtpEnvironment> {
     pub(crate) streams: HashMap<StreamRecvKey, StreamEntry>,
     /// The streams' state machines, run in this task (see `stream_set`).
     stream_set: StreamSet,
+    /// Received packets waiting to be routed (see `poll_io`).
+    deferred: VecDeque<(SocketAddr, UtpMessage)>,
     connecting: HashMap<SocketAddr, ConnectingPerAddr>,
     control_rx: UnboundedReceiver<ControlRequest>,
     next_connection_id: SeqNr,
@@ -417,7 +419,12 @@ impl<T: Transport, E: UtpEnvironment> Dispatcher<T, E> {
     async fn run_once(&mut self, read_buf: &mut [u8]) -> crate::Result<()> {
         self.cleanup_accept_queue()?;
 
-        let (socket, streams, stream_set) = (&self.socket, &mut self.streams, &mut self.stream_set);
+        let (socket, streams, stream_set, deferred) = (
+            &self.socket,
+            &mut self.streams,
+            &mut self.stream_set,
+            &mut self.deferred,
+        );
         tokio::select! {
             accept = self.accept_queue.rx.recv(), if self.accept_queue.next_available_acceptor.is_none() => {
                 let accept = accept.unwrap();
@@ -427,7 +434,7 @@ impl<T: Transport, E: UtpEnvironment> Dispatcher<T, E> {
                 let control = control_request.unwrap();
                 self.on_control(control).await;
             },
-            other = std::future::poll_fn(|cx| Self::poll_io(socket, streams, stream_set, read_buf, cx)) => {
+            other = std::future::poll_fn(|cx| Self::poll_io(socket, streams, stream_set, deferred, read_buf, cx)) => {
                 let (addr, message) = other?;
                 self.on_recv(addr, message).await?;
             }
@@ -440,31 +447,59 @@ impl<T: Transport, E: UtpEnvironment> Dispatcher<T, E> {
     /// transport, a batch at a time, each stream polled once per batch rather than once per
     /// packet. Ready with a packet that belongs to no stream (a SYN, an answer to our SYN,
     /// junk), for the slow path; pending once streams and transport have nothing more.
+    ///
+    /// The packets of a batch that came after such a packet wait in `deferred`, routed (in
+    /// their order) once the slow path has dealt with it: it may have made their stream.
     fn poll_io(
         socket: &UtpSocket<T, E>,
         streams: &mut HashMap<StreamRecvKey, StreamEntry>,
         stream_set: &mut StreamSet,
+        deferred: &mut VecDeque<(SocketAddr, UtpMessage)>,
         read_buf: &mut [u8],
         cx: &mut std::task::Context<'_>,
     ) -> Poll<crate::Result<(SocketAddr, UtpMessage)>> {
         loop {
-            stream_set.poll(cx);
-            let mut received = 0;
-            while received < RECV_BATCH {
-                let (len, addr) = match socket.transport.poll_recv_from(cx, read_buf) {
-                    Poll::Ready(Ok(got)) => got,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Recv(e))),
-                    Poll::Pending => break,
-                };
-                received += 1;
-                let Some(message) = UtpMessage::deserialize(&read_buf[..len]) else {
-                    trace!(len, ?addr, "error deserializing and validating UTP message");
-                    continue;
-                };
+            while let Some((addr, message)) = deferred.pop_front() {
                 let key = (addr, message.header.connection_id);
                 if let Some(message) = route(streams, stream_set, key, message) {
                     return Poll::Ready(Ok((addr, message)));
                 }
+            }
+            stream_set.poll(cx);
+            let mut received = 0;
+            while received < RECV_BATCH && deferred.is_empty() {
+                let mut on = |packet: &[u8], addr: SocketAddr| {
+                    let Some(message) = UtpMessage::deserialize(packet) else {
+                        trace!(
+                            len = packet.len(),
+                            ?addr,
+                            "error deserializing and validating UTP message"
+                        );
+                        return;
+                    };
+                    if !deferred.is_empty() {
+                        deferred.push_back((addr, message));
+                        return;
+                    }
+                    let key = (addr, message.header.connection_id);
+                    if let Some(message) = route(streams, stream_set, key, message) {
+                        deferred.push_back((addr, message));
+                    }
+                };
+                match (socket.transport).poll_recv_batch(
+                    cx,
+                    read_buf,
+                    RECV_BATCH - received,
+                    &mut on,
+                ) {
+                    Poll::Ready(Ok(n)) => received += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Recv(e))),
+                    Poll::Pending => break,
+                }
+            }
+            // The first deferred packet is the one no stream took: the slow path's.
+            if let Some(first) = deferred.pop_front() {
+                return Poll::Ready(Ok(first));
             }
             if received == 0 {
                 return Poll::Pending;
@@ -923,6 +958,7 @@ impl<T: Transport, Env: UtpEnvironment> UtpSocket<T, Env> {
             connecting: Default::default(),
             next_connection_id: env.random_u16().into(),
             stream_set: Default::default(),
+            deferred: Default::default(),
             control_rx,
             socket: sock.clone(),
             env,
