@@ -40,10 +40,28 @@ impl RecvBatch {
 
     /// Takes up to `max` (at most [`BATCH`]) datagrams waiting on `socket` without waiting;
     /// how many (including dropped ones, see [`RecvBatch::get`]). `WouldBlock` when none
-    /// waits, which clears tokio's readiness (so a `poll_recv_ready` after it waits).
+    /// waits. The socket's tokio readiness is cleared once it is empty, so that a
+    /// `poll_recv_ready` after it waits.
+    ///
+    /// A call that got fewer than it asked for emptied the socket (a non-blocking `recvmmsg`
+    /// stops short only there): the readiness is cleared then and there, which saves the call
+    /// that would only have found it empty. A datagram that arrives after the call is a new
+    /// readiness event, which the clearing leaves alone (tokio clears only the event it saw).
     pub fn recv(&mut self, socket: &UdpSocket, max: usize) -> io::Result<usize> {
         let n = max.clamp(1, BATCH);
-        socket.try_io(Interest::READABLE, || self.recv_raw(socket.as_raw_fd(), n))
+        let mut short = 0;
+        let r = socket.try_io(Interest::READABLE, || {
+            let got = self.recv_raw(socket.as_raw_fd(), n)?;
+            if got < n {
+                short = got;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(got)
+        });
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => Ok(short),
+            r => r,
+        }
     }
 
     fn recv_raw(&mut self, fd: std::os::fd::RawFd, n: usize) -> io::Result<usize> {

@@ -261,6 +261,8 @@ impl Channel {
                 // Dry: the queue's turn (see `poll_recv_from`).
                 Poll::Pending => return self.poll_queued_batch(cx, max, handed, on),
             }
+            // Once a call empties the socket, the next `poll_recv_ready` registers the waker
+            // without a system call.
             let n = match batch.recv(socket, max - handed) {
                 Ok(n) => n,
                 // Readiness was cleared: the next `poll_recv_ready` registers the waker.
@@ -603,6 +605,65 @@ mod tests {
             &within(utp.recv()).await.unwrap().data[..],
             &utp_packet(99)[..]
         );
+    }
+
+    /// A reader's batches: its own datagrams in order, at most `max` a call, several per
+    /// call; the DHT's passed on; once the socket is empty it waits, and a datagram that
+    /// comes later wakes it.
+    #[tokio::test]
+    async fn a_reader_takes_its_datagrams_in_batches_and_passes_the_others_on() {
+        let port = UdpPort::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let at = port.local_addr().unwrap();
+        let dht = port.channel(Protocol::Dht);
+        let reader = port.reader(Protocol::Utp);
+        let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let utp_packet = |i: u8| {
+            let mut p = vec![0x41; 20];
+            p.push(i);
+            p
+        };
+        for i in 0..50u8 {
+            other.send_to(&utp_packet(i), at).await.unwrap();
+            if i % 10 == 0 {
+                other
+                    .send_to(format!("d1:i{i}e").as_bytes(), at)
+                    .await
+                    .unwrap();
+            }
+        }
+        let mut got = Vec::new();
+        let mut calls = 0;
+        while got.len() < 50 {
+            let n = within(poll_fn(|cx| {
+                reader.poll_recv_batch(cx, 20, &mut |packet, from| {
+                    assert_eq!(from, other.local_addr().unwrap());
+                    got.push(packet.to_vec());
+                })
+            }))
+            .await
+            .unwrap();
+            assert!((1..=20).contains(&n), "{n} handed");
+            calls += 1;
+        }
+        assert_eq!(got, (0..50).map(utp_packet).collect::<Vec<_>>());
+        assert!(calls < 50, "{calls} calls for 50 datagrams");
+        for i in (0..50u8).step_by(10) {
+            let d = within(dht.recv()).await.unwrap();
+            assert_eq!(&d.data[..], format!("d1:i{i}e").as_bytes());
+        }
+
+        let later = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            other.send_to(&utp_packet(99), at).await.unwrap();
+        });
+        let mut last = Vec::new();
+        within(poll_fn(|cx| {
+            reader.poll_recv_batch(cx, 20, &mut |packet, _| last.push(packet.to_vec()))
+        }))
+        .await
+        .unwrap();
+        assert_eq!(last, vec![utp_packet(99)]);
+        later.await.unwrap();
     }
 
     #[tokio::test]
