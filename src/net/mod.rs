@@ -6,6 +6,8 @@
 //! address's [`Family`] says which socket it is reached through.
 
 mod recv_batch;
+#[cfg(test)]
+mod tests;
 pub mod udp;
 pub mod utp;
 

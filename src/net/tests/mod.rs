@@ -1,0 +1,3 @@
+//! Tests of the shared UDP port; uTP's and the batch receive's are beside their code.
+
+mod udp;
