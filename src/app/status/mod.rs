@@ -296,6 +296,7 @@ impl Report {
             line("disk_cache_budget_bytes", &d.budget);
             line("disk_cache_errors", &d.errors);
             line("disk_cache_bad_pieces", &d.bad_pieces);
+            line("disk_cache_refused_pieces", &d.refused);
         }
         line("rerequested_blocks", &self.rerequested_blocks);
         for r in &self.readers {

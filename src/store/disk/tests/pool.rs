@@ -47,6 +47,7 @@ fn bytes_under(root: &Path) -> u64 {
 fn stored() -> Put {
     Put {
         stored: true,
+        refused: false,
         evicted: Vec::new(),
     }
 }
@@ -87,7 +88,11 @@ fn another_torrents_readers_window_is_its_floor() {
     }
     // All of b's pieces are what its readers want: a's write is refused, nothing goes.
     b.floor().protect(std::iter::once(0..3).collect());
-    assert_eq!(a.put(0, &piece(10)).expect("put"), Put::default());
+    let refused = Put {
+        refused: true,
+        ..Put::default()
+    };
+    assert_eq!(a.put(0, &piece(10)).expect("put"), refused);
     assert_eq!(b.pieces(), [0, 1, 2]);
     assert_eq!(bytes_under(tmp.path()), 3 * PIECE as u64);
     // b's reader moves on from piece 2: that one goes, though older ones are b's too.
