@@ -44,7 +44,7 @@ pub struct Report {
     /// Connected peers whose connection is RC4-encrypted (`--encryption`).
     pub encrypted_peers: usize,
     pub known_peers: usize,
-    /// The same per source (tracker, dht, pex, incoming, manual).
+    /// The same per source (tracker, dht, pex, lsd, incoming, manual, handshake).
     pub peer_sources: Vec<SourceCount>,
     /// Connected peers by transport.
     #[serde(default)]
