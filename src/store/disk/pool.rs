@@ -195,13 +195,19 @@ impl DiskPool {
     }
 
     /// Lists `dir`, a member now, as ours for other processes: one line appended, or the
-    /// whole list if a member left since it was last written. Call with `io` held.
+    /// whole list if a member left since it was last written (or the append failed: the list
+    /// was removed behind our back). Call with `io` held.
     fn publish_join(&self, dir: &[u8; 20]) -> Result<()> {
         if self.books().take_left() {
             return self.publish(false);
         }
-        let claims = &self.inner.claims;
-        claims.add(dir).map_err(io_err(&self.inner.root))
+        match self.inner.claims.add(dir) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, "disk cache: appending to our mounts list failed");
+                self.publish(false)
+            }
+        }
     }
 
     /// Bytes written to our list of directories so far.

@@ -266,4 +266,15 @@ fn each_join_adds_one_line_to_the_list_and_a_leave_takes_its_line_out() {
     let seen = other.others();
     assert_eq!(seen.len(), 1001);
     assert!(seen.contains(&hash(7)) && seen.contains(&hash(1000)));
+
+    // Our list removed behind our back: the next join writes it whole again.
+    let lists: Vec<_> = (fs::read_dir(tmp.path().join(".btfs-mounts")).expect("read"))
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "list"))
+        .collect();
+    for list in &lists {
+        fs::remove_file(list).expect("remove");
+    }
+    stores.push(join_n(1001));
+    assert_eq!(other.others().len(), 1002);
 }
