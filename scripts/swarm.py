@@ -421,6 +421,10 @@ def seed(args):
             break
         if seeding and announced and not ready:
             ready = True
+            # Peers it finds itself, as if a tracker had named them: it connects to them once.
+            for p in args.peer:
+                h.connect_peer(parse_peer(p))
+                log("connecting to %s" % p)
             write_ready(args)
             log("ready")
     del h
@@ -814,6 +818,9 @@ def main():
                    help="keep connections to upload-only peers (a pex-hub)")
     s.add_argument("--lsd", action="store_true",
                    help="local service discovery (multicast; in a network namespace only)")
+    s.add_argument("--peer", action="append", default=[],
+                   help="IP:PORT it connects to once it is a seed (the peer never learns of it "
+                        "otherwise)")
     add_encryption_arg(s)
     s.set_defaults(fn=seed)
 

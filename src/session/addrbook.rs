@@ -12,6 +12,12 @@
 //! The book is bounded ([`AddressBook::new`]'s limit): a new address past it takes the place
 //! of the one least worth keeping (given up on, then the most failed, then the oldest news);
 //! addresses being dialled or connected are never dropped.
+//!
+//! A peer that connected to us is known by its outgoing port, where nobody listens; the port
+//! its extended handshake names is learnt when the connection ends ([`AddressBook::listens`]),
+//! one per connection, and waits the backoff of how it ended, as a dialled one would. Its IP
+//! is the one it connected from, so a peer can only have us dial itself, and at most
+//! [`CLAIMS_PER_IP`] such addresses of one IP are kept.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,6 +44,9 @@ pub(crate) const MAX_FAILURES: u32 = 5;
 pub(crate) const STARVING_MAX_WAIT: Duration = Duration::from_secs(30);
 /// A connection that lasted this long was a good one: its failures are forgotten.
 const GOOD_CONNECTION: Duration = Duration::from_secs(60);
+/// Addresses of one IP known only from what peers connecting from it said (several clients
+/// behind one NAT); past this the oldest news is dropped for the newest.
+pub(crate) const CLAIMS_PER_IP: usize = 4;
 
 /// How one attempt at an address ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,6 +225,43 @@ impl AddressBook {
         }
     }
 
+    /// An incoming connection's peer said it listens at `addr` (its extended handshake `p`, at
+    /// the IP it connected from) and the connection ended with `outcome`: the address is
+    /// dialable after the backoff of that outcome, unless already connected or being dialled.
+    pub(crate) fn listens(&mut self, addr: SocketAddr, outcome: Outcome, now: Instant) {
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        if addr.port() == 0 {
+            return;
+        }
+        if !self.entries.contains_key(&addr) {
+            self.forget_old_claims(addr);
+        }
+        self.learn(addr, PeerSource::Handshake, now);
+        if self
+            .entries
+            .get(&addr)
+            .is_some_and(|e| e.status == Status::Idle)
+        {
+            self.finished(addr, outcome, now);
+        }
+    }
+
+    /// Keeps room for one more address of `addr`'s IP known only from a handshake (dead ones
+    /// are kept, so they stay dead; the book's limit bounds them).
+    fn forget_old_claims(&mut self, addr: SocketAddr) {
+        let only = PeerSource::Handshake.bit();
+        let mut claims: Vec<(Instant, SocketAddr)> = (self.entries.iter())
+            .filter(|(a, e)| a.ip() == addr.ip() && e.sources == only)
+            .filter(|(_, e)| matches!(e.status, Status::Idle | Status::GivenUp))
+            .map(|(a, e)| (e.seen, *a))
+            .collect();
+        claims.sort_unstable();
+        let excess = (claims.len() + 1).saturating_sub(CLAIMS_PER_IP);
+        for (_, a) in claims.into_iter().take(excess) {
+            self.entries.remove(&a);
+        }
+    }
+
     /// Up to `max` addresses to dial now, never tried ones first, then the longest waiting;
     /// each is marked as being dialled, with the source to credit a connection to and the kind
     /// of connection that worked there before.
@@ -355,168 +401,4 @@ fn first_source(sources: u8) -> Option<PeerSource> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn a(port: u16) -> SocketAddr {
-        SocketAddr::from(([10, 0, 0, 1], port))
-    }
-
-    const S: Duration = Duration::from_secs(1);
-
-    #[test]
-    fn a_refusing_peer_backs_off_and_is_given_up() {
-        let t0 = Instant::now();
-        let mut book = AddressBook::new(100);
-        book.learn(a(1), PeerSource::Tracker, t0);
-        let mut t = t0;
-        let mut waits = Vec::new();
-        loop {
-            let due = book.due(t, 10);
-            if due.is_empty() {
-                // Nothing due: jump to the next try, if there is one within a day.
-                let next = (0..86_400).map(|s| t + S * s).find(|&x| book.any_due(x));
-                match next {
-                    Some(x) => {
-                        waits.push((x - t).as_secs());
-                        t = x;
-                        continue;
-                    }
-                    None => break,
-                }
-            }
-            assert_eq!(due, [(a(1), PeerSource::Tracker, None)]);
-            book.finished(a(1), Outcome::Refused, t);
-        }
-        assert_eq!(waits, [60, 120, 240, 480], "then given up");
-        // A read starving brings it back, soon.
-        book.starving(t, STARVING_MAX_WAIT);
-        assert!(book.any_due(t + STARVING_MAX_WAIT));
-    }
-
-    #[test]
-    fn an_ipv4_mapped_address_is_the_ipv4_address() {
-        let t0 = Instant::now();
-        let mut book = AddressBook::new(100);
-        let mapped: SocketAddr = "[::ffff:10.0.0.1]:1".parse().unwrap();
-        assert!(book.learn(mapped, PeerSource::Pex, t0));
-        assert!(!book.learn(a(1), PeerSource::Tracker, t0), "the same peer");
-        let six: SocketAddr = "[2001:db8::1]:1".parse().unwrap();
-        assert!(book.learn(six, PeerSource::Pex, t0));
-        let mut due: Vec<SocketAddr> = book.due(t0, 10).iter().map(|d| d.0).collect();
-        due.sort();
-        assert_eq!(due, [a(1), six]);
-    }
-
-    #[test]
-    fn dead_addresses_stay_dead_even_when_starving_or_named_again() {
-        let t0 = Instant::now();
-        let mut book = AddressBook::new(100);
-        for (port, outcome) in [
-            (1, Outcome::WrongTorrent),
-            (2, Outcome::Banned),
-            (3, Outcome::Myself),
-        ] {
-            book.learn(a(port), PeerSource::Dht, t0);
-            assert_eq!(book.due(t0, 10).len(), 1);
-            book.finished(a(port), outcome, t0);
-        }
-        book.starving(t0, Duration::ZERO);
-        for port in 1..=3 {
-            assert!(!book.learn(a(port), PeerSource::Tracker, t0));
-        }
-        assert!(!book.any_due(t0 + Duration::from_secs(86_400)));
-        assert_eq!(book.len(), 0, "not counted as known");
-        assert_eq!(book.entries.len(), 3, "kept, so they are not dialled again");
-    }
-
-    #[test]
-    fn each_outcome_waits_its_own_time() {
-        let t0 = Instant::now();
-        for (outcome, wait) in [
-            (Outcome::Ended { lasted: S * 600 }, 30),
-            (Outcome::Ended { lasted: S }, 30),
-            (Outcome::TimedOut, 30),
-            (Outcome::HungUp, 120),
-            (Outcome::Useless, 600),
-            (Outcome::Full, 10),
-            (Outcome::Local, 10),
-        ] {
-            let mut book = AddressBook::new(10);
-            book.learn(a(1), PeerSource::Pex, t0);
-            book.due(t0, 1);
-            book.finished(a(1), outcome, t0);
-            assert!(!book.any_due(t0 + S * (wait - 1)), "{outcome:?}");
-            assert!(book.any_due(t0 + S * wait), "{outcome:?}");
-        }
-    }
-
-    #[test]
-    fn never_tried_addresses_go_first_and_dialling_ones_are_not_due() {
-        let t0 = Instant::now();
-        let mut book = AddressBook::new(10);
-        book.learn(a(1), PeerSource::Tracker, t0);
-        book.due(t0, 1);
-        book.finished(a(1), Outcome::Full, t0);
-        book.learn(a(2), PeerSource::Tracker, t0 + S * 20);
-        let due = book.due(t0 + S * 20, 1);
-        assert_eq!(due[0].0, a(2));
-        assert_eq!(book.due(t0 + S * 20, 5).len(), 1, "a(2) is being dialled");
-    }
-
-    #[test]
-    fn incoming_addresses_are_counted_not_dialled_and_forgotten_after() {
-        let t0 = Instant::now();
-        let mut book = AddressBook::new(10);
-        book.incoming(a(9), t0);
-        assert!(!book.any_due(t0));
-        assert_eq!(book.len(), 1);
-        book.incoming_ended(a(9));
-        assert_eq!(book.len(), 0);
-        // Named by a tracker too: kept, and dialable once the connection ended.
-        book.incoming(a(8), t0);
-        book.learn(a(8), PeerSource::Tracker, t0);
-        book.incoming_ended(a(8));
-        assert_eq!(book.due(t0, 5), [(a(8), PeerSource::Tracker, None)]);
-    }
-
-    #[test]
-    fn the_book_is_bounded_and_drops_what_is_least_worth_keeping() {
-        let t0 = Instant::now();
-        let mut book = AddressBook::new(3);
-        book.learn(a(1), PeerSource::Tracker, t0);
-        book.learn(a(2), PeerSource::Tracker, t0);
-        book.learn(a(3), PeerSource::Tracker, t0);
-        // a(1) connected, a(2) failed: a(2) goes first.
-        let due = book.due(t0, 2);
-        assert_eq!(due.len(), 2);
-        book.connected(a(1));
-        book.finished(a(2), Outcome::Refused, t0);
-        assert!(book.learn(a(4), PeerSource::Pex, t0));
-        assert_eq!(book.len(), 3);
-        assert!(
-            book.learn(a(2), PeerSource::Pex, t0 + S),
-            "a(2) was the one dropped"
-        );
-        assert_eq!(book.len(), 3);
-        // Only connected or dialling entries left: a new address does not fit.
-        let mut full = AddressBook::new(1);
-        full.learn(a(1), PeerSource::Tracker, t0);
-        full.due(t0, 1);
-        assert!(!full.learn(a(2), PeerSource::Tracker, t0));
-    }
-
-    #[test]
-    fn known_counts_by_source() {
-        let t0 = Instant::now();
-        let mut book = AddressBook::new(10);
-        book.learn(a(1), PeerSource::Tracker, t0);
-        book.learn(a(1), PeerSource::Dht, t0);
-        book.learn(a(2), PeerSource::Dht, t0);
-        let counts = book.known_by_source();
-        let known = |s| counts.iter().find(|c| c.source == s).unwrap().known;
-        assert_eq!(known(PeerSource::Tracker), 1);
-        assert_eq!(known(PeerSource::Dht), 2);
-        assert_eq!(known(PeerSource::Pex), 0);
-    }
-}
+mod tests;

@@ -35,8 +35,8 @@ enum Event {
     /// A dial (and the connection it made, if any) ended; how it got as far as a BitTorrent
     /// handshake (transport, encrypted or not).
     Dialled(Outcome, Option<Worked>),
-    /// An incoming connection ended.
-    IncomingEnded,
+    /// An incoming connection ended; where its peer said it listens, and how it ended.
+    IncomingEnded(Option<(SocketAddr, Outcome)>),
 }
 
 /// Runs the connector until shutdown.
@@ -80,9 +80,12 @@ pub(crate) async fn run(
                 book.incoming(addr, Instant::now());
                 let (shared, events) = (shared.clone(), events_tx.clone());
                 let accept = async move {
-                    let _ = peer::accept(shared, conn).await;
+                    let started = Instant::now();
+                    let mut listen = None;
+                    let ran = peer::accept(shared, conn, |l| listen = Some(l)).await;
                     drop(slot);
-                    let _ = events.send((addr, Event::IncomingEnded));
+                    let listen = listen.map(|l| (l, ended(ran, started)));
+                    let _ = events.send((addr, Event::IncomingEnded(listen)));
                 };
                 tokio::spawn(accept.in_current_span());
             }
@@ -101,7 +104,13 @@ pub(crate) async fn run(
                             book.set_worked(addr, w);
                         }
                     }
-                    Event::IncomingEnded => book.incoming_ended(addr),
+                    Event::IncomingEnded(listen) => {
+                        book.incoming_ended(addr);
+                        if let Some((listen, outcome)) = listen {
+                            book.listens(listen, outcome, Instant::now());
+                        }
+                        shared.known.send_replace(BookStats::of(&book));
+                    }
                 }
             }
             _ = shared.idle.awake(), if slept => tick.reset(),

@@ -21,16 +21,20 @@ pub enum PeerSource {
     Incoming,
     /// `--peer` on the command line (and peers a magnet's metadata fetch already found).
     Manual,
+    /// A peer that connected to us named the port it listens on (extended handshake `p`,
+    /// BEP 10): dialled there once its connection ended, as when a sleeping torrent wakes.
+    Handshake,
 }
 
 impl PeerSource {
-    pub const ALL: [PeerSource; 6] = [
+    pub const ALL: [PeerSource; 7] = [
         PeerSource::Tracker,
         PeerSource::Dht,
         PeerSource::Pex,
         PeerSource::Lsd,
         PeerSource::Incoming,
         PeerSource::Manual,
+        PeerSource::Handshake,
     ];
 
     /// The word `btfs status` prints.
@@ -42,6 +46,7 @@ impl PeerSource {
             PeerSource::Lsd => "lsd",
             PeerSource::Incoming => "incoming",
             PeerSource::Manual => "manual",
+            PeerSource::Handshake => "handshake",
         }
     }
 

@@ -62,6 +62,10 @@ pub struct DiskStats {
     pub errors: u64,
     /// Pieces found corrupt on disk (discarded and fetched again).
     pub bad_pieces: u64,
+    /// Verified pieces not written for want of room: the budget was full of pieces that may
+    /// not go (being read, or in some torrent's readers' windows). Kept in memory only.
+    #[serde(default)]
+    pub refused: u64,
 }
 
 /// A disk cache just opened: the store and the pieces it holds that fit this torrent.
@@ -97,6 +101,7 @@ pub(crate) struct Disk {
     /// Failed writes or reads, and pieces that failed their check on load.
     errors: AtomicU64,
     bad_pieces: AtomicU64,
+    refused: AtomicU64,
     /// The last write's error, until a write succeeds again: what the user is told, once
     /// (`alerts`), while the disk is full or unwritable.
     failing: watch::Sender<Option<String>>,
@@ -181,6 +186,7 @@ impl Disk {
             budget,
             errors: AtomicU64::new(0),
             bad_pieces: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             failing: watch::channel(None).0,
             written,
             loads: Semaphore::new(MAX_LOADS),
@@ -214,6 +220,11 @@ impl Disk {
         }
     }
 
+    /// A write was refused for want of room (see [`DiskStats::refused`]).
+    pub(crate) fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A load finished (a bad piece was deleted).
     pub(crate) fn loaded(&self, bad: bool) {
         if bad {
@@ -233,6 +244,7 @@ impl Disk {
             dir_used: self.dir_used.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             bad_pieces: self.bad_pieces.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
         }
     }
 

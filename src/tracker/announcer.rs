@@ -5,7 +5,9 @@
 //! BEP 12: the URLs are shuffled once, tried in order until one answers, and the one that
 //! answered moves to the front. Each tracker gets `started` the first time it is told about
 //! us, `completed` once when nothing is left (checked at re-announce time), and `stopped` at
-//! shutdown if it accepted `started`. Shutdown never waits more than [`STOP_TIMEOUT`].
+//! shutdown if it accepted `started`, or if shutdown cut a `started` short (the tracker may
+//! have counted us before its answer was lost; a `stopped` it did not need is harmless).
+//! Shutdown never waits more than [`STOP_TIMEOUT`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -217,6 +219,8 @@ struct Tracker {
     index: usize,
     /// It accepted `started`, so it is owed `stopped`.
     started: bool,
+    /// A `started` to it is in flight: if shutdown drops it, the tracker is owed `stopped`.
+    starting: bool,
     /// The last announce failed (failures are logged on the change only).
     failing: bool,
     warning: Option<String>,
@@ -228,6 +232,7 @@ impl Tracker {
             url,
             index,
             started: false,
+            starting: false,
             failing: false,
             warning: None,
         }
@@ -354,9 +359,9 @@ async fn run_tier(
     owed(trackers)
 }
 
-/// The trackers that heard `started` and so are owed `stopped`.
+/// The trackers that heard `started`, or may have, and so are owed `stopped`.
 fn owed(mut trackers: Vec<Tracker>) -> Vec<Tracker> {
-    trackers.retain(|t| t.started);
+    trackers.retain(|t| t.started || t.starting);
     trackers
 }
 
@@ -377,7 +382,10 @@ async fn announce_tier(
         } else {
             Event::None
         };
-        match announce(&t.url, &ctx.request(progress, event), &ctx.clients).await {
+        t.starting = event == Event::Started;
+        let answer = announce(&t.url, &ctx.request(progress, event), &ctx.clients).await;
+        t.starting = false;
+        match answer {
             Ok(resp) => {
                 t.started = true;
                 t.note_success(ctx, &resp);
@@ -397,7 +405,8 @@ pub(super) fn retry_delay(failures: u32) -> Duration {
         .min(RETRY_MAX)
 }
 
-/// Tells every tracker that accepted `started` that we leave, concurrently, giving up on
+/// Tells every tracker that accepted `started` (or may have) that we leave, concurrently,
+/// giving up on
 /// whatever has not answered after [`STOP_TIMEOUT`].
 async fn send_stopped(ctx: &Arc<Ctx>, trackers: Vec<Tracker>) {
     if trackers.is_empty() {

@@ -294,6 +294,7 @@ fn sum(mountpoint: PathBuf, parts: Vec<(String, Report)>, left_out: &[String]) -
             o.dir_used = o.dir_used.max(d.dir_used);
             o.errors += d.errors;
             o.bad_pieces += d.bad_pieces;
+            o.refused += d.refused;
         }
         out.trackers.extend(r.trackers);
         out.web_seeds.extend(r.web_seeds);
@@ -416,6 +417,7 @@ mod tests {
             dir_used: 700,
             errors: 1,
             bad_pieces: 0,
+            refused: 3,
         };
         let mut parts = vec![
             ("a".to_string(), report("a", 2, 3, 10)),
@@ -436,6 +438,10 @@ mod tests {
         assert_eq!(
             (d.used, d.budget, d.dir_used, d.errors),
             (500, 1000, 700, 2)
+        );
+        assert_eq!(
+            d.refused, 6,
+            "writes refused for want of room, every torrent's"
         );
         assert_eq!(r.torrents[1].disk_cache_used_bytes, Some(300));
         assert_eq!(r.dht_nodes, Some(7), "one DHT node, counted once");
@@ -458,6 +464,7 @@ mod tests {
             text.contains("\ndisk_cache_dir_used_bytes: 700\n"),
             "{text}"
         );
+        assert!(text.contains("\ndisk_cache_refused_pieces: 6\n"), "{text}");
         assert!(text.contains("  disk_cache_used_bytes: 300\n"), "{text}");
         let json = serde_json::to_value(&r).expect("serializes");
         assert_eq!(json["torrents"][1]["folder"], "a (2)");

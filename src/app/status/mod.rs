@@ -44,7 +44,7 @@ pub struct Report {
     /// Connected peers whose connection is RC4-encrypted (`--encryption`).
     pub encrypted_peers: usize,
     pub known_peers: usize,
-    /// The same per source (tracker, dht, pex, incoming, manual).
+    /// The same per source (tracker, dht, pex, lsd, incoming, manual, handshake).
     pub peer_sources: Vec<SourceCount>,
     /// Connected peers by transport.
     #[serde(default)]
@@ -296,6 +296,7 @@ impl Report {
             line("disk_cache_budget_bytes", &d.budget);
             line("disk_cache_errors", &d.errors);
             line("disk_cache_bad_pieces", &d.bad_pieces);
+            line("disk_cache_refused_pieces", &d.refused);
         }
         line("rerequested_blocks", &self.rerequested_blocks);
         for r in &self.readers {

@@ -24,6 +24,9 @@ pub(super) struct Extensions {
     pub(super) their_reqq: Option<u32>,
     /// Peer exchange; `None` for private torrents (BEP 27).
     pub(super) pex: Option<PeerPex>,
+    /// Where a peer that connected to us listens, from its first extended handshake naming a
+    /// port: one address per connection, whatever later handshakes say.
+    pub(super) their_listen: Option<SocketAddr>,
 }
 
 /// `reqq` we announce: requests we queue from one peer. Past about two seconds of its upload
@@ -39,6 +42,7 @@ impl Extensions {
             their_ut_metadata: None,
             their_reqq: None,
             pex: (!private).then(PeerPex::new),
+            their_listen: None,
         }
     }
 }
@@ -77,8 +81,10 @@ impl Peer {
                 if let Some(pex) = &mut self.ext.pex {
                     pex.on_handshake(hs.ut_pex, hs.yourip);
                 }
-                if let (false, Some(port)) = (self.outgoing, hs.port) {
+                let port = hs.port.filter(|&p| p != 0);
+                if let (false, None, Some(port)) = (self.outgoing, self.ext.their_listen, port) {
                     let listen = SocketAddr::new(self.addr.ip(), port);
+                    self.ext.their_listen = Some(listen);
                     self.shared.lock().peers.set_listen(self.id, listen);
                 }
             }

@@ -42,11 +42,26 @@ pub(crate) async fn dialled(
     admitted: impl FnOnce(),
 ) -> Result<(), PeerError> {
     let ours = Handshake::new(shared.torrent.info_hash.0, shared.peer_id);
-    connected(shared, stream, addr, source, &ours, &theirs, admitted).await
+    connected(
+        shared,
+        stream,
+        addr,
+        source,
+        &ours,
+        &theirs,
+        admitted,
+        |_| {},
+    )
+    .await
 }
 
 /// Runs a connection the host routed to us (their handshake read, for our torrent) to the end.
-pub(crate) async fn accept(shared: Arc<Shared>, conn: Incoming) -> Result<(), PeerError> {
+/// `listens` is told, once the connection ended, where the peer said it accepts connections.
+pub(crate) async fn accept(
+    shared: Arc<Shared>,
+    conn: Incoming,
+    listens: impl FnOnce(SocketAddr),
+) -> Result<(), PeerError> {
     let Incoming {
         mut stream,
         addr,
@@ -68,11 +83,14 @@ pub(crate) async fn accept(shared: Arc<Shared>, conn: Incoming) -> Result<(), Pe
         &ours,
         &theirs,
         || {},
+        listens,
     )
     .await
 }
 
-/// After both handshakes: admits the peer and runs its loop until it ends.
+/// After both handshakes: admits the peer and runs its loop until it ends; then tells
+/// `listens` the address an incoming peer's extended handshake named, if any.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn connected(
     shared: Arc<Shared>,
     stream: PeerStream,
@@ -81,6 +99,7 @@ pub(super) async fn connected(
     ours: &Handshake,
     theirs: &Handshake,
     admitted: impl FnOnce(),
+    listens: impl FnOnce(SocketAddr),
 ) -> Result<(), PeerError> {
     if theirs.peer_id == shared.peer_id {
         return Err(PeerError::SelfConnection);
@@ -135,6 +154,9 @@ pub(super) async fn connected(
     let mut peer = Peer::new(shared, id, addr, outgoing, out, ext);
     let result = peer.run(stream, cmd_rx, inbox, have).await;
     peer.leave();
+    if let Some(listen) = peer.ext.their_listen {
+        listens(listen);
+    }
     tracing::debug!(%addr, ?result, "peer disconnected");
     result
 }

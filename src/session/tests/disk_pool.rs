@@ -146,3 +146,63 @@ async fn a_torrent_being_read_takes_disk_from_another_but_not_its_readers_window
     stop(sa).await;
     stop(sb).await;
 }
+
+/// B's reader wants every piece of B, and B fills the whole disk budget: A's writes find
+/// nothing they may evict. They are refused, counted in A's status, and B keeps its pieces.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_refused_for_want_of_room_is_counted() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let disk = DiskCacheConfig::new(tmp.path().to_owned(), 4 * u64::from(PIECE));
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
+    let host = host_for(&config).await;
+    let (ca, cb) = (
+        content(53, PIECE, &[256 * KIB]),
+        content(54, PIECE, &[256 * KIB]),
+    );
+    let pa = FakePeer::start(ip(2), ca.clone(), Behavior::Honest).await;
+    let pb = FakePeer::start(ip(3), cb.clone(), Behavior::Honest).await;
+    let sa = start_in(&disk, &host, &ca, &pa).await;
+    let b_config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        peers: vec![pb.addr],
+        cache_bytes: 512 * KIB,
+        disk_cache: Some(disk.clone()),
+        readahead_bytes: 256 * KIB,
+        max_readahead_bytes: 256 * KIB,
+        background: Background::Off,
+        ..Config::default()
+    };
+    let sb = Session::start(cb.torrent.clone(), b_config, &host)
+        .await
+        .expect("session starts");
+    // B's reader wants all of B; B's own writes fill the budget.
+    let hb = sb.open_reader(0);
+    check_read(&sb, &cb, hb, 0, 0, CHUNK).await;
+    within("B's pieces fill the disk", async {
+        while disk_used(&sb) < 4 * u64::from(PIECE) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let b_disk = on_disk(&sb);
+    assert_eq!(sa.stats().disk.expect("disk stats").refused, 0);
+
+    let ha = sa.open_reader(0);
+    check_read(&sa, &ca, ha, 0, 0, CHUNK).await;
+    within("A's writes refused", async {
+        while sa.stats().disk.expect("disk stats").refused == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(on_disk(&sb), b_disk, "B's wanted pieces stay");
+    assert_eq!(disk_used(&sa), 0);
+    assert_eq!(sb.stats().disk.expect("disk stats").refused, 0);
+    sa.close_reader(ha);
+    sb.close_reader(hb);
+    stop(sa).await;
+    stop(sb).await;
+}

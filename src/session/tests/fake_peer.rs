@@ -162,6 +162,8 @@ pub(super) struct FakePeer {
     pub addr: SocketAddr,
     counters: watch::Receiver<Counters>,
     task: JoinHandle<()>,
+    /// What a connection it makes itself (`connect_in`) serves with.
+    conn: Conn,
 }
 
 impl FakePeer {
@@ -183,27 +185,42 @@ impl FakePeer {
         let n = FAKES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut peer_id = *b"-FAKE01-fakefakefake";
         peer_id[8..12].copy_from_slice(&n.to_be_bytes());
+        // Shared by all connections: a liar that reconnects does not lie twice per piece.
+        let conn = Conn {
+            content,
+            behavior,
+            peer_id,
+            counters: tx,
+            poisoned: Arc::new(std::sync::Mutex::new(HashSet::new())),
+        };
+        let template = conn.clone();
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
-            // Shared by all connections: a liar that reconnects does not lie twice per piece.
-            let poisoned = Arc::new(std::sync::Mutex::new(HashSet::new()));
             while let Ok((stream, _)) = listener.accept().await {
                 while conns.try_join_next().is_some() {}
-                let conn = Conn {
-                    content: content.clone(),
-                    behavior,
-                    peer_id,
-                    counters: tx.clone(),
-                    poisoned: poisoned.clone(),
-                };
-                conns.spawn(conn.serve(stream));
+                conns.spawn(conn.clone().serve(stream));
             }
         });
         FakePeer {
             addr,
             counters,
             task,
+            conn: template,
         }
+    }
+
+    /// Connects to the session listening at `to`, from its own IP, speaks first, names the
+    /// port it listens on in an extended handshake and serves as it does when dialled
+    /// (`Behavior::Honest` only). The connection ends when the session hangs up.
+    pub async fn connect_in(&self, to: SocketAddr) {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::from((self.addr.ip(), 0)))
+            .expect("bind");
+        let stream = socket.connect(to).await.expect("connect to the session");
+        let conn = self.conn.clone();
+        let listen = self.addr.port();
+        tokio::spawn(async move { conn.serve_as_dialler(stream, listen).await });
     }
 
     pub fn ip(&self) -> std::net::IpAddr {
@@ -287,6 +304,7 @@ fn block_of(content: &Content, r: BlockRef) -> Option<Bytes> {
     ))
 }
 
+#[derive(Clone)]
 struct Conn {
     content: Arc<Content>,
     behavior: Behavior,
@@ -302,6 +320,36 @@ impl Conn {
         // write failing because it did).
         let _ = self.converse(stream).await;
         self.counters.send_modify(|c| c.closed += 1);
+    }
+
+    /// A connection it made: its handshake first, then an extended handshake naming `listen`,
+    /// then as `converse`.
+    async fn serve_as_dialler(self, stream: TcpStream, listen: u16) {
+        self.counters.send_modify(|c| c.connections += 1);
+        let _ = self.converse_dialled(stream, listen).await;
+        self.counters.send_modify(|c| c.closed += 1);
+    }
+
+    async fn converse_dialled(&self, mut stream: TcpStream, listen: u16) -> Result<(), WireError> {
+        let torrent = &self.content.torrent;
+        write_handshake(
+            &mut stream,
+            &Handshake::new(torrent.info_hash.0, self.peer_id),
+        )
+        .await?;
+        read_handshake(&mut stream).await?;
+        let hs = ExtendedHandshake {
+            port: Some(listen),
+            ..ExtendedHandshake::default()
+        };
+        let msg = Message::Extended {
+            id: 0,
+            payload: hs.encode().into(),
+        };
+        let (rd, wr) = stream.into_split();
+        let mut writer = MessageWriter::new(wr);
+        writer.send(&msg).await?;
+        self.honest(MessageReader::new(rd, 1 << 20), writer).await
     }
 
     async fn converse(&self, mut stream: TcpStream) -> Result<(), WireError> {
@@ -362,6 +410,24 @@ impl Conn {
         if let Behavior::Queue(reqq) = self.behavior {
             return self.queue(reader, writer, n, reqq).await;
         }
+        self.honest(reader, writer).await
+    }
+
+    /// A seeder's side of a connection once the handshakes are done.
+    async fn honest(
+        &self,
+        mut reader: MessageReader<OwnedReadHalf>,
+        mut writer: MessageWriter<OwnedWriteHalf>,
+    ) -> Result<(), WireError> {
+        let n = self.content.torrent.info.geometry.piece_count();
+        let opening = [
+            if self.behavior.fast() {
+                Message::HaveAll
+            } else {
+                Message::Bitfield(Bytes::copy_from_slice(Bitfield::full(n).as_bytes()))
+            },
+            Message::Unchoke,
+        ];
         writer.send_many(&opening).await?;
         let mut interested = false;
         let mut choking = false;

@@ -2,11 +2,12 @@
 //! with no read for that long drops its peer and dials nobody; the next read wakes it, dials
 //! the peer it knew again and returns the right bytes.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::fake_peer::{Behavior, FakePeer};
 use super::{BIG_CACHE, KIB, check_read, content, eventually, host_for, ip, stop};
-use crate::session::{Background, Config, Session};
+use crate::session::{Background, Config, PeerSource, Session};
 
 #[tokio::test]
 async fn an_idle_torrent_sleeps_and_a_read_wakes_it_with_right_bytes() {
@@ -50,5 +51,46 @@ async fn an_idle_torrent_sleeps_and_a_read_wakes_it_with_right_bytes() {
     // Its periodic tasks waited through the sleep without ticking and run again: with no
     // read for a while it falls asleep once more.
     eventually(&session, "asleep again", |s| s.asleep && s.peers == 0).await;
+    stop(session).await;
+}
+
+/// A seeder that found us (it connected in, from a port where nobody listens) and named its
+/// listening port in its extended handshake is dialled there when a read wakes the torrent:
+/// the only way back to it, since nothing else told us its address.
+#[tokio::test]
+async fn a_peer_that_connected_in_is_dialled_at_its_port_after_sleep() {
+    let c = content(62, 32 * 1024, &[2048 * KIB]);
+    let peer = FakePeer::start(ip(3), c.clone(), Behavior::Honest).await;
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cache_bytes: BIG_CACHE,
+        background: Background::Off,
+        readahead_bytes: 128 * KIB,
+        idle_after: Some(Duration::from_secs(1)),
+        ..Config::default()
+    };
+    let host = host_for(&config).await;
+    let session = Session::start(c.torrent.clone(), config, &host)
+        .await
+        .expect("session starts");
+    peer.connect_in(SocketAddr::from(([127, 0, 0, 1], session.listen_port())))
+        .await;
+    let h = session.open_reader(0);
+    check_read(&session, &c, h, 0, 0, 64 * 1024).await;
+    assert_eq!(peer.counters().connections, 1, "only the one it made");
+
+    eventually(&session, "asleep, no peers", |s| s.asleep && s.peers == 0).await;
+    check_read(&session, &c, h, 0, 1024 * KIB, 64 * 1024).await;
+    peer.wait_for("dialled at its listening port", |c| c.connections >= 2)
+        .await;
+    eventually(&session, "connected, credited to its handshake", |s| {
+        let by = s
+            .by_source
+            .iter()
+            .find(|c| c.source == PeerSource::Handshake);
+        by.is_some_and(|c| c.known == 1 && c.connected == 1)
+    })
+    .await;
+    session.close_reader(h);
     stop(session).await;
 }

@@ -201,6 +201,11 @@ impl Books {
         (dirs, std::mem::take(&mut self.left))
     }
 
+    /// Whether a member left since the last call (or `members`).
+    pub(crate) fn take_left(&mut self) -> bool {
+        std::mem::take(&mut self.left)
+    }
+
     /// Whether `t` is its directory's member now.
     pub(crate) fn is_member(&self, t: Ticket) -> bool {
         self.member(t).is_some()

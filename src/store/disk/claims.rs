@@ -5,6 +5,11 @@
 //! be taken belongs to a process that is gone, and is removed (under that lock, so a new
 //! process taking the same id never loses its own). On a filesystem without `flock` no list
 //! can be told live, and every directory is taken as this process's.
+//!
+//! A join appends one line to the list (a library of a thousand torrents writes a thousand
+//! lines at mount, not a thousand lists); a leave writes the list anew, to a temp file renamed
+//! over it. A reader may see a line being appended cut short: it names a directory whose join
+//! holds that directory's lock (see `pool.rs`), so no reader acts on it meanwhile.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -22,6 +27,9 @@ pub(super) struct Claims {
     id: String,
     /// Held for the pool's life: our list is live while it is.
     _lock: Option<File>,
+    /// Bytes written to the list, over its life.
+    #[cfg(test)]
+    written: std::sync::atomic::AtomicU64,
 }
 
 impl Claims {
@@ -50,6 +58,8 @@ impl Claims {
                 dir,
                 id,
                 _lock: lock,
+                #[cfg(test)]
+                written: Default::default(),
             };
             claims.publish(&[])?;
             return Ok(claims);
@@ -59,16 +69,43 @@ impl Claims {
 
     /// Says that this process mounts `dirs` (and no other).
     pub(super) fn publish(&self, dirs: &[Hash]) -> io::Result<()> {
-        let list = self.dir.join(format!("{}.list", self.id));
+        let list = self.list();
         let tmp = self.dir.join(format!("{}.list.tmp", self.id));
         let mut text = String::with_capacity(dirs.len() * 41);
         for d in dirs {
             text.push_str(&hex(d));
             text.push('\n');
         }
+        self.count(text.len());
         File::create(&tmp)
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .and_then(|()| fs::rename(&tmp, &list))
+    }
+
+    /// Says that this process mounts `dir` too, with one write at the end of the list.
+    pub(super) fn add(&self, dir: &Hash) -> io::Result<()> {
+        let line = format!("{}\n", hex(dir));
+        self.count(line.len());
+        (OpenOptions::new().append(true).open(self.list()))
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+    }
+
+    fn list(&self) -> PathBuf {
+        self.dir.join(format!("{}.list", self.id))
+    }
+
+    #[cfg(test)]
+    fn count(&self, bytes: usize) {
+        (self.written).fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    #[cfg(not(test))]
+    fn count(&self, _bytes: usize) {}
+
+    /// Bytes written to the list so far.
+    #[cfg(test)]
+    pub(super) fn written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The directories other live processes list. A dead process's list is removed.

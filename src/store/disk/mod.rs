@@ -75,6 +75,9 @@ pub struct Put {
     /// False: the piece would fit only by evicting what may not go (pieces being read, other
     /// torrents' readers' windows), so it was not written and nothing was evicted.
     pub stored: bool,
+    /// Not stored for want of room: every piece that could have gone may not (the reason
+    /// `stored` is false, but for a store that left its pool).
+    pub refused: bool,
     /// This store's pieces evicted for it, least recently used first. (Other stores' pieces
     /// that went are theirs to take: [`DiskStore::take_evicted`].)
     pub evicted: Vec<u32>,
@@ -164,7 +167,10 @@ impl DiskStore {
                 piece,
                 "disk cache full of pieces that may not go; piece not cached"
             );
-            return Ok(Put::default());
+            return Ok(Put {
+                refused: true,
+                ..Put::default()
+            });
         };
         let written = (self.pool.delete(&made.victims)).and_then(|()| self.write(piece, data));
         match written {
@@ -172,6 +178,7 @@ impl DiskStore {
                 (self.pool.books()).stored(self.ticket.dir, piece, len as u32, stamp);
                 Ok(Put {
                     stored: true,
+                    refused: false,
                     evicted: made.own,
                 })
             }

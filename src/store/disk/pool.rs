@@ -152,7 +152,7 @@ impl DiskPool {
         let alone = !self.inner.claims.others().contains(&info_hash);
         let files = scan(&dir, Some(piece_length), alone)?;
         let (ticket, gauge) = self.books().join(info_hash, files, wake);
-        let published = self.publish(false);
+        let published = self.publish_join(&info_hash);
         drop(lock);
         published?;
         let evicted = (self.books().make_room(Some(ticket), 0, true)).unwrap_or_default();
@@ -192,6 +192,28 @@ impl DiskPool {
 
     pub(super) fn io(&self) -> MutexGuard<'_, ()> {
         crate::sync::lock(&self.inner.io)
+    }
+
+    /// Lists `dir`, a member now, as ours for other processes: one line appended, or the
+    /// whole list if a member left since it was last written (or the append failed: the list
+    /// was removed behind our back). Call with `io` held.
+    fn publish_join(&self, dir: &[u8; 20]) -> Result<()> {
+        if self.books().take_left() {
+            return self.publish(false);
+        }
+        match self.inner.claims.add(dir) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, "disk cache: appending to our mounts list failed");
+                self.publish(false)
+            }
+        }
+    }
+
+    /// Bytes written to our list of directories so far.
+    #[cfg(test)]
+    pub(super) fn claims_written(&self) -> u64 {
+        self.inner.claims.written()
     }
 
     /// Lists the members' directories as ours for other processes (`claims.rs`); with

@@ -362,12 +362,44 @@ async fn tiers_run_concurrently_and_shutdown_never_hangs() {
     h.wait_status(|st| st[1].last.is_some()).await;
 
     h.stop.send(true).unwrap();
-    // Only the tracker that accepted `started` hears `stopped`; it does not answer
-    // either, and the announcer gives up after the stop budget.
+    // Both hear `stopped` (the silent one may have counted our `started`); neither answers,
+    // and the announcer gives up after the stop budget.
     let (q, _answers_stream) = answers.next().await;
+    assert_eq!(q["event"], "stopped");
+    let (q, _silent_stream) = silent.next().await;
     assert_eq!(q["event"], "stopped");
     tokio::time::advance(STOP_TIMEOUT).await;
     within(h.handle).await.unwrap();
+}
+
+/// Shutdown while a tracker has our `started` and not yet answered: the request is dropped,
+/// but the tracker may have counted us, so it is told `stopped`. A tracker whose `started`
+/// failed is not.
+#[tokio::test(start_paused = true)]
+async fn a_started_cut_short_by_shutdown_is_followed_by_stopped() {
+    let _freeze = Freeze::new().await;
+    let slow = FakeHttp::new().await;
+    let refusing = FakeHttp::new().await;
+    let h = start(vec![vec![slow.url.clone()], vec![refusing.url.clone()]], 5);
+    let (q, _slow_stream) = slow.next().await;
+    assert_eq!(q["event"], "started");
+    let (q, s) = refusing.next().await;
+    assert_eq!(q["event"], "started");
+    reply(s, b"d14:failure reason4:nopee").await;
+    h.wait_status(|st| st[1].last.is_some()).await;
+
+    h.stop.send(true).unwrap();
+    let (q, s) = slow.next().await;
+    assert_eq!(q["event"], "stopped");
+    assert_eq!(q["numwant"], "0");
+    reply(s, b"").await;
+    within(h.handle).await.unwrap();
+    // The refusing tracker was never owed `stopped`: no connection after its failure.
+    let refused_again = tokio::time::timeout(Duration::ZERO, refusing.listener.accept()).await;
+    assert!(
+        refused_again.is_err(),
+        "stopped sent to a tracker that refused started"
+    );
 }
 
 #[test]

@@ -26,6 +26,7 @@ fn put_get_round_trip() {
         store.put(3, &piece(7, 100)).expect("put"),
         Put {
             stored: true,
+            refused: false,
             evicted: vec![]
         }
     );

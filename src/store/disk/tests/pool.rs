@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use crate::store::disk::claims::Claims;
 use crate::store::disk::{DiskPool, DiskStore, Put};
 
 const PIECE: usize = 100;
@@ -46,6 +47,7 @@ fn bytes_under(root: &Path) -> u64 {
 fn stored() -> Put {
     Put {
         stored: true,
+        refused: false,
         evicted: Vec::new(),
     }
 }
@@ -86,7 +88,11 @@ fn another_torrents_readers_window_is_its_floor() {
     }
     // All of b's pieces are what its readers want: a's write is refused, nothing goes.
     b.floor().protect(std::iter::once(0..3).collect());
-    assert_eq!(a.put(0, &piece(10)).expect("put"), Put::default());
+    let refused = Put {
+        refused: true,
+        ..Put::default()
+    };
+    assert_eq!(a.put(0, &piece(10)).expect("put"), refused);
     assert_eq!(b.pieces(), [0, 1, 2]);
     assert_eq!(bytes_under(tmp.path()), 3 * PIECE as u64);
     // b's reader moves on from piece 2: that one goes, though older ones are b's too.
@@ -226,4 +232,49 @@ fn a_write_that_fails_after_making_room_still_tells_what_went() {
     assert_eq!(a.take_evicted(), [0]);
     assert_eq!(a.pieces(), [1]);
     assert_eq!(pool.used(), PIECE as u64);
+}
+
+/// A thousand torrents joining at mount write a thousand lines to the list other processes
+/// read, not a thousand lists; what they read stays right through leaves and joins again.
+#[test]
+fn each_join_adds_one_line_to_the_list_and_a_leave_takes_its_line_out() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pool = DiskPool::open(tmp.path(), 1 << 20).expect("open");
+    let hash = |i: u16| {
+        let mut h = [0; 20];
+        h[..2].copy_from_slice(&i.to_be_bytes());
+        h
+    };
+    let join_n = |i: u16| {
+        let wake = Arc::new(Notify::new());
+        pool.join(hash(i), PIECE as u32, wake).expect("join")
+    };
+    let mut stores: Vec<DiskStore> = (0..1000).map(join_n).collect();
+    let line = 41;
+    assert_eq!(pool.claims_written(), 1000 * line, "one line per join");
+    let other = Claims::open(tmp.path()).expect("another process's claims");
+    let seen = other.others();
+    assert_eq!(seen.len(), 1000);
+    assert!((0..1000).all(|i| seen.contains(&hash(i))));
+
+    stores.swap_remove(7).leave().expect("leave");
+    let seen = other.others();
+    assert_eq!(seen.len(), 999);
+    assert!(!seen.contains(&hash(7)));
+    stores.push(join_n(7));
+    stores.push(join_n(1000));
+    let seen = other.others();
+    assert_eq!(seen.len(), 1001);
+    assert!(seen.contains(&hash(7)) && seen.contains(&hash(1000)));
+
+    // Our list removed behind our back: the next join writes it whole again.
+    let lists: Vec<_> = (fs::read_dir(tmp.path().join(".btfs-mounts")).expect("read"))
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "list"))
+        .collect();
+    for list in &lists {
+        fs::remove_file(list).expect("remove");
+    }
+    stores.push(join_n(1001));
+    assert_eq!(other.others().len(), 1002);
 }
