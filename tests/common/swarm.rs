@@ -127,13 +127,34 @@ pub struct Swarm {
 }
 
 /// What `swarm.py leech` reported.
-#[derive(Debug)]
 pub struct LeechOutcome {
     pub status: ExitStatus,
     pub complete: bool,
     pub hash_failures: u64,
     pub stdout: String,
     pub stderr: String,
+}
+
+/// Leads with a crash of the leecher (a signal: libtorrent's own fault, or a packet of ours
+/// it could not take), so a failure says it and is not read as a slow download.
+impl std::fmt::Debug for LeechOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = self.status.signal() {
+            writeln!(
+                f,
+                "THE LEECHER CRASHED: python3-libtorrent was killed by signal {sig} ({})",
+                self.status
+            )?;
+        }
+        f.debug_struct("LeechOutcome")
+            .field("status", &format_args!("{}", self.status))
+            .field("complete", &self.complete)
+            .field("hash_failures", &self.hash_failures)
+            .field("stdout", &self.stdout)
+            .field("stderr", &self.stderr)
+            .finish()
+    }
 }
 
 impl Swarm {
