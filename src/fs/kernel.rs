@@ -219,18 +219,16 @@ impl Mounted {
 /// newest if several are stacked there.
 fn fuse_mount_dev(info: &str, mountpoint: &Path) -> Option<u64> {
     let want = mountinfo_escape(mountpoint);
-    (info.lines())
-        .filter_map(|line| {
-            // "id parent major:minor root mountpoint options... - fstype source super-options"
-            let fields: Vec<&str> = line.split(' ').collect();
-            let fstype = fields.iter().skip_while(|f| **f != "-").nth(1)?;
-            if fields.get(4) != Some(&want.as_str()) || !fstype.starts_with("fuse") {
-                return None;
-            }
-            let (major, minor) = fields.get(2)?.split_once(':')?;
-            Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
-        })
-        .last()
+    (info.lines().rev()).find_map(|line| {
+        // "id parent major:minor root mountpoint options... - fstype source super-options"
+        let fields: Vec<&str> = line.split(' ').collect();
+        let fstype = fields.iter().skip_while(|f| **f != "-").nth(1)?;
+        if fields.get(4) != Some(&want.as_str()) || !fstype.starts_with("fuse") {
+            return None;
+        }
+        let (major, minor) = fields.get(2)?.split_once(':')?;
+        Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
+    })
 }
 
 /// A path as /proc/self/mountinfo writes it: space, tab, newline and backslash in octal.
