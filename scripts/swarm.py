@@ -79,6 +79,7 @@ import base64
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import sys
@@ -298,6 +299,35 @@ def apply_upload_limit(L, ses, limit):
                         "rate_limit_ip_overhead": False})
 
 
+class AlertWait:
+    """Waits for a session's alerts without session.wait_for_alert, which crashes the process
+    now and then. The binding turns the alert that call returns (a pointer to the front of the
+    queue libtorrent's thread keeps appending to) into a Python object after the lock is
+    released; when the queue grows meanwhile, libtorrent moves it to new storage and frees
+    the old, and the conversion reads the freed alert's type: SIGSEGV in
+    libtorrent.cpython-*.so ("segfault at fffffffffffffff8" in dmesg), a seeder or leecher
+    gone in the middle of a test. Here libtorrent writes a byte to a pipe when the queue stops
+    being empty (set_alert_fd) and we wait on the pipe; pop_alerts hands over a whole queue,
+    which libtorrent no longer touches, so it is safe."""
+
+    def __init__(self, ses):
+        self.r, w = os.pipe()
+        # libtorrent writes from its own thread, holding the alert lock: never block there.
+        os.set_blocking(w, False)
+        os.set_blocking(self.r, False)
+        # Both ends stay open until the process exits: the session may outlive this object.
+        ses.set_alert_fd(w)
+
+    def wait(self, ms):
+        """Returns once an alert may be waiting, or after `ms` milliseconds."""
+        select.select([self.r], [], [], ms / 1000)
+        try:
+            while os.read(self.r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+
 class Stop:
     def __init__(self):
         self.flag = False
@@ -388,8 +418,9 @@ def seed(args):
     announced = not has_trackers or args.no_wait_announce
     ready = False
     rc = 0
+    alerts = AlertWait(ses)
     while not stop.flag:
-        ses.wait_for_alert(250)
+        alerts.wait(250)
         for a in ses.pop_alerts():
             if isinstance(a, L.torrent_checked_alert):
                 checked = True
@@ -461,7 +492,7 @@ def endpoint(ip, port):
     return ("[%s]:%d" if ":" in str(ip) else "%s:%d") % (ip, port)
 
 
-def wait_dht_nodes(ses, stop, deadline):
+def wait_dht_nodes(ses, alerts, stop, deadline):
     """Waits until the session's DHT routing table has a node (or stop/deadline)."""
     while not stop.flag and time.monotonic() < deadline:
         with warnings.catch_warnings():
@@ -472,7 +503,7 @@ def wait_dht_nodes(ses, stop, deadline):
         if nodes > 0:
             log("DHT routing table: %d nodes" % nodes)
             return
-        ses.wait_for_alert(100)
+        alerts.wait(100)
         ses.pop_alerts()
     log("DHT routing table still empty")
 
@@ -486,6 +517,7 @@ def leech(args):
         ses = dht_session(L, args.bind, args.port or 0, args.dht_node, args.transport)
     else:
         ses = L.session(base_settings(args.bind, args.port or 0, args.transport))
+    alerts = AlertWait(ses)
     apply_encryption(L, ses, args.encryption)
     atp = L.add_torrent_params()
     atp.ti = L.torrent_info(args.torrent)
@@ -500,7 +532,7 @@ def leech(args):
     h.replace_trackers([])  # peers come from --peer (and the DHT, and PEX) only
     if args.dht_node:
         # A lookup before the routing table has a node finds nothing: start after one.
-        wait_dht_nodes(ses, stop, time.monotonic() + args.timeout)
+        wait_dht_nodes(ses, alerts, stop, time.monotonic() + args.timeout)
     h.resume()
     for p in args.peer:
         h.connect_peer(parse_peer(p))
@@ -512,7 +544,7 @@ def leech(args):
     connected = set()
     first_payload = None  # (time, bytes) when payload was first seen: the rate's start
     while not stop.flag and time.monotonic() < deadline:
-        ses.wait_for_alert(250)
+        alerts.wait(250)
         if first_payload is None:
             got = h.status().total_payload_download
             if got > 0:
@@ -585,8 +617,9 @@ def pex_hub(args):
     ready = False
     last_connect = 0.0
     rc = 0
+    alerts = AlertWait(ses)
     while not stop.flag:
-        ses.wait_for_alert(250)
+        alerts.wait(250)
         for a in ses.pop_alerts():
             if isinstance(a, (L.peer_connect_alert, L.incoming_connection_alert,
                               L.peer_disconnected_alert, L.peer_error_alert,
