@@ -19,8 +19,11 @@ Subcommands:
        [--ready-file F] [--work-dir D] [--seed-mode] [--no-wait-announce]
        [--dht-node IP:PORT ...] [--keep-redundant] [--transport tcp|utp|both]
        [--encryption enabled|forced|disabled] [--lsd]
-      seeds until SIGTERM/SIGINT; writes F once it is a seed and (unless
-      --no-wait-announce, or the torrent has no trackers) a tracker answered.
+      seeds until SIGTERM/SIGINT; writes F ("IP:PORT", where it listens) once it is a seed
+      and (unless --no-wait-announce, or the torrent has no trackers) a tracker answered.
+      --port 0: any free port, the one it got written to F. A port taken is an error
+      (listen_failed_alert, exit 1), never a quiet move to another port (in every
+      subcommand that uses libtorrent).
       With --dht-node: also a DHT node (see "DHT mode" below) announcing the torrent.
       With --lsd: also local service discovery (BEP 14): announces the torrent on the
       multicast group 239.192.152.143:6771 (at start, then every 5 minutes) and connects to
@@ -39,8 +42,8 @@ Subcommands:
       downloads from the given peers only; prints a JSON summary on stdout ("payload_rate":
       payload bytes/s from the first payload seen to the end, once any arrived).
       Exit 0 when complete, 2 on timeout, 3 once N hash failures were seen.
-      --port: listen there (default: any free port); then --peer is optional, for a leecher
-      that only waits to be dialled. --ready-file: written once it listens.
+      --port: listen there (0: any free port, the default); given, --peer is optional, for a leecher
+      that only waits to be dialled. --ready-file: "IP:PORT" written once it listens.
       With --dht-node (then --peer is optional): also from the peers its DHT lookups find,
       and the summary gains "peers": every address it connected to.
       With --pex: also from the peers they name in PEX messages (BEP 11); the summary
@@ -76,6 +79,7 @@ import base64
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import sys
@@ -223,6 +227,11 @@ def base_settings(bind, port, transport="tcp"):
         "announce_to_all_trackers": True,
         "announce_to_all_tiers": True,
         "stop_tracker_timeout": 1,
+        # On a port taken, libtorrent would quietly listen on the next one (or any): the
+        # address a test was given would then be someone else's. Fail instead (the caller
+        # sees listen_failed_alert); --port 0 asks for any free port, reported in --ready-file.
+        "max_retry_port_bind": 0,
+        "listen_system_port_fallback": False,
         "unchoke_slots_limit": -1,
         "alert_mask": 0x7FFFFFFF,
         "user_agent": "btfs-test-swarm",
@@ -288,6 +297,35 @@ def apply_upload_limit(L, ses, limit):
     # a download can get the rate asked for.
     ses.apply_settings({"upload_rate_limit": limit, "tick_interval": 20,
                         "rate_limit_ip_overhead": False})
+
+
+class AlertWait:
+    """Waits for a session's alerts without session.wait_for_alert, which crashes the process
+    now and then. The binding turns the alert that call returns (a pointer to the front of the
+    queue libtorrent's thread keeps appending to) into a Python object after the lock is
+    released; when the queue grows meanwhile, libtorrent moves it to new storage and frees
+    the old, and the conversion reads the freed alert's type: SIGSEGV in
+    libtorrent.cpython-*.so ("segfault at fffffffffffffff8" in dmesg), a seeder or leecher
+    gone in the middle of a test. Here libtorrent writes a byte to a pipe when the queue stops
+    being empty (set_alert_fd) and we wait on the pipe; pop_alerts hands over a whole queue,
+    which libtorrent no longer touches, so it is safe."""
+
+    def __init__(self, ses):
+        self.r, w = os.pipe()
+        # libtorrent writes from its own thread, holding the alert lock: never block there.
+        os.set_blocking(w, False)
+        os.set_blocking(self.r, False)
+        # Both ends stay open until the process exits: the session may outlive this object.
+        ses.set_alert_fd(w)
+
+    def wait(self, ms):
+        """Returns once an alert may be waiting, or after `ms` milliseconds."""
+        select.select([self.r], [], [], ms / 1000)
+        try:
+            while os.read(self.r, 4096):
+                pass
+        except BlockingIOError:
+            pass
 
 
 class Stop:
@@ -380,8 +418,9 @@ def seed(args):
     announced = not has_trackers or args.no_wait_announce
     ready = False
     rc = 0
+    alerts = AlertWait(ses)
     while not stop.flag:
-        ses.wait_for_alert(250)
+        alerts.wait(250)
         for a in ses.pop_alerts():
             if isinstance(a, L.torrent_checked_alert):
                 checked = True
@@ -425,7 +464,7 @@ def seed(args):
             for p in args.peer:
                 h.connect_peer(parse_peer(p))
                 log("connecting to %s" % p)
-            write_ready(args)
+            write_ready(args, ses.listen_port())
             log("ready")
     del h
     del ses  # sends "stopped" to the trackers, bounded by stop_tracker_timeout
@@ -435,13 +474,14 @@ def seed(args):
     return rc
 
 
-def write_ready(args):
-    """Writes "IP:PORT" to --ready-file, if given, at once (a rename): a reader never sees
-    it half written."""
+def write_ready(args, port):
+    """Writes "IP:PORT" (where it listens: `port`, the one --port asked for or, for --port 0,
+    the one it got) to --ready-file, if given, at once (a rename): a reader never sees it
+    half written."""
     if args.ready_file:
         tmp = args.ready_file + ".tmp"
         with open(tmp, "w") as f:
-            f.write(endpoint(args.bind, args.port) + "\n")
+            f.write(endpoint(args.bind, port) + "\n")
         os.rename(tmp, args.ready_file)
 
 
@@ -456,7 +496,7 @@ def endpoint(ip, port):
     return ("[%s]:%d" if ":" in str(ip) else "%s:%d") % (ip, port)
 
 
-def wait_dht_nodes(ses, stop, deadline):
+def wait_dht_nodes(ses, alerts, stop, deadline):
     """Waits until the session's DHT routing table has a node (or stop/deadline)."""
     while not stop.flag and time.monotonic() < deadline:
         with warnings.catch_warnings():
@@ -467,7 +507,7 @@ def wait_dht_nodes(ses, stop, deadline):
         if nodes > 0:
             log("DHT routing table: %d nodes" % nodes)
             return
-        ses.wait_for_alert(100)
+        alerts.wait(100)
         ses.pop_alerts()
     log("DHT routing table still empty")
 
@@ -475,12 +515,13 @@ def wait_dht_nodes(ses, stop, deadline):
 def leech(args):
     L = lt()
     stop = Stop()
-    if not args.peer and not args.dht_node and not args.port:
+    if not args.peer and not args.dht_node and args.port is None:
         sys.exit("swarm.py leech: give --peer, --dht-node or --port")
     if args.dht_node:
-        ses = dht_session(L, args.bind, args.port, args.dht_node, args.transport)
+        ses = dht_session(L, args.bind, args.port or 0, args.dht_node, args.transport)
     else:
-        ses = L.session(base_settings(args.bind, args.port, args.transport))
+        ses = L.session(base_settings(args.bind, args.port or 0, args.transport))
+    alerts = AlertWait(ses)
     apply_encryption(L, ses, args.encryption)
     atp = L.add_torrent_params()
     atp.ti = L.torrent_info(args.torrent)
@@ -495,7 +536,7 @@ def leech(args):
     h.replace_trackers([])  # peers come from --peer (and the DHT, and PEX) only
     if args.dht_node:
         # A lookup before the routing table has a node finds nothing: start after one.
-        wait_dht_nodes(ses, stop, time.monotonic() + args.timeout)
+        wait_dht_nodes(ses, alerts, stop, time.monotonic() + args.timeout)
     h.resume()
     for p in args.peer:
         h.connect_peer(parse_peer(p))
@@ -507,7 +548,7 @@ def leech(args):
     connected = set()
     first_payload = None  # (time, bytes) when payload was first seen: the rate's start
     while not stop.flag and time.monotonic() < deadline:
-        ses.wait_for_alert(250)
+        alerts.wait(250)
         if first_payload is None:
             got = h.status().total_payload_download
             if got > 0:
@@ -529,7 +570,7 @@ def leech(args):
             elif isinstance(a, L.listen_succeeded_alert):
                 log("listening: %s" % a.message())
                 if a.socket_type == L.socket_type_t.tcp:
-                    write_ready(args)
+                    write_ready(args, a.port)
             if isinstance(a, L.listen_failed_alert) and a.socket_type == L.socket_type_t.tcp:
                 stop.flag = True
         st = h.status()
@@ -580,8 +621,9 @@ def pex_hub(args):
     ready = False
     last_connect = 0.0
     rc = 0
+    alerts = AlertWait(ses)
     while not stop.flag:
-        ses.wait_for_alert(250)
+        alerts.wait(250)
         for a in ses.pop_alerts():
             if isinstance(a, (L.peer_connect_alert, L.incoming_connection_alert,
                               L.peer_disconnected_alert, L.peer_error_alert,
@@ -599,7 +641,7 @@ def pex_hub(args):
             last_connect = time.monotonic()
         if not ready and want <= connected:
             ready = True
-            write_ready(args)
+            write_ready(args, ses.listen_port())
             log("ready: connected to %s" % sorted(want))
     st = h.status()
     log("downloaded %d bytes" % st.total_payload_download)
@@ -715,7 +757,7 @@ def transmission_seed(args):
                     raise RuntimeError("transmission: %s" % t["errorString"])
                 if t["percentDone"] >= 1 and t["status"] == TR_STATUS_SEED:
                     ready = True
-                    write_ready(args)
+                    write_ready(args, args.port)
                     log("ready: seeding")
             time.sleep(0.1)
     except Exception as e:  # logged, then the daemon is ended all the same
@@ -838,8 +880,8 @@ def main():
                    help="IP:PORT of a DHT node: also find peers through the DHT")
     s.add_argument("--pex", action="store_true",
                    help="also connect to peers named in PEX messages")
-    s.add_argument("--port", type=int, default=0,
-                   help="listen port (default: any); with it, --peer is optional")
+    s.add_argument("--port", type=int,
+                   help="listen port (0 or unset: any); with it, --peer is optional")
     s.add_argument("--ready-file", help="written once it listens")
     add_encryption_arg(s)
     s.set_defaults(fn=leech)

@@ -351,8 +351,7 @@ fn hostile_names_mount_as_safe_names_inside_the_mount() {
         let out = btfs_output(&["info", &path.display().to_string()]);
         assert!(out.status.success(), "{torrent}: {out:?}");
         let m = mount_btfs(&path, &[]);
-        let mut found = Vec::new();
-        walk(m.path(), m.path(), &mut found);
+        let found = walk(m.path());
         for name in *names {
             assert!(
                 found.iter().any(|f| f == name),
@@ -371,17 +370,27 @@ fn hostile_names_mount_as_safe_names_inside_the_mount() {
     }
 }
 
-/// Every regular file below `dir`, as a path relative to `root`; nothing is followed out of it.
-fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-    for entry in fs::read_dir(dir).expect("readdir") {
-        let entry = entry.expect("entry");
-        let kind = entry.file_type().expect("file type");
-        if kind.is_dir() {
-            walk(root, &entry.path(), out);
-        } else {
-            assert!(kind.is_file(), "{:?} is neither file nor dir", entry.path());
-            let rel = entry.path().strip_prefix(root).expect("inside").to_owned();
-            out.push(rel.to_string_lossy().into_owned());
+/// Every regular file below `root`, as a path relative to it, listed by `find` (which follows
+/// no link out of it). In a process of its own: a directory this test process held open would
+/// be copied into every child another test forks meanwhile (until its exec), and such a copy
+/// keeps the mount busy at `fusermount3 -u`.
+fn walk(root: &Path) -> Vec<String> {
+    let out = Command::new("find")
+        .arg(root)
+        .args(["-mindepth", "1", "-printf", "%y %P\\0"])
+        .output()
+        .expect("run find");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "find {root:?}: {err}");
+    let mut files = Vec::new();
+    for entry in out.stdout.split(|&b| b == 0).filter(|e| !e.is_empty()) {
+        let (kind, rel) = entry.split_at(2);
+        let rel = String::from_utf8_lossy(rel).into_owned();
+        match kind {
+            b"f " => files.push(rel),
+            b"d " => {}
+            _ => panic!("{rel:?} is neither file nor dir ({kind:?})"),
         }
     }
+    files
 }

@@ -362,6 +362,23 @@ fn fusermount_with_readers_blocked_and_peers_connected_tears_everything_down() {
     assert_torn_down(m, &mut cats, port);
 }
 
+/// Nothing of btfs's own keeps an idle mount busy: a `fusermount3 -u` as soon as the mount is
+/// listed (its first requests may still be in flight) unmounts it, and btfs exits cleanly.
+/// Several times, as a holder of btfs's would be there for a moment only.
+#[test]
+fn fusermount_right_after_mounting_unmounts() {
+    let torrent = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lt_multi_v1.torrent");
+    for attempt in 1..=10 {
+        let mut m = mount_btfs(&torrent, &[]);
+        let status = m.unmount_in_place();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "attempt {attempt}: {status:?}\n{}",
+            m.stderr()
+        );
+    }
+}
+
 #[test]
 fn a_killed_btfs_leaves_a_dead_mount_that_fusermount_clears_and_a_clear_message() {
     let swarm = Swarm::start(SwarmOptions::multi(vec![Tracker::Http], 1));

@@ -67,7 +67,7 @@ fn torrent_status(m: &Mount, name: &str) -> Option<serde_json::Value> {
 fn assert_files_read(m: &Mount, folder: &str, swarm: &Swarm, files: &[(PathBuf, u64)]) {
     let (parent, _) = folder_files(swarm);
     assert_tree_matches(&m.path().join(folder), &parent, files, HANG, || {
-        format!("{folder}\n{}", m.stderr())
+        format!("{folder}\n{}\nthe swarm:\n{}", m.stderr(), swarm.logs())
     });
 }
 

@@ -106,16 +106,18 @@ fn two_mounts_of_one_torrent_find_each_other() {
         // first mount's: then it is an incoming one here.
         let found = wait_lsd_peer(&second, mounted, |(_, k)| k >= 1, "the second mount");
         eprintln!("the second mount learnt of the first by LSD {found:?} after it was mounted");
-        while second.status_u64("peers") == 0 {
-            assert!(
-                mounted.elapsed() < FOUND,
-                "not connected\n{}",
-                second.stderr()
-            );
-            sleep(Duration::from_millis(10));
-        }
+        wait_connected(&second, mounted);
         assert_all_files_match(&second, &swarm);
     });
+}
+
+/// Waits until `m` has a peer connected (the mount it found by LSD), at most [`FOUND`] from
+/// `since`.
+fn wait_connected(m: &Mount, since: Instant) {
+    while m.status_u64("peers") == 0 {
+        assert!(since.elapsed() < FOUND, "not connected\n{}", m.stderr());
+        sleep(Duration::from_millis(10));
+    }
 }
 
 /// Lets the IPv6 group reach every process of the namespace through `lo`, as a LAN's
@@ -154,14 +156,7 @@ fn two_mounts_find_each_other_over_ipv6() {
             "the first mount found on [::1]:{port}\n{}",
             second.stderr()
         );
-        while second.status_u64("peers") == 0 {
-            assert!(
-                mounted.elapsed() < FOUND,
-                "not connected\n{}",
-                second.stderr()
-            );
-            sleep(Duration::from_millis(10));
-        }
+        wait_connected(&second, mounted);
         assert_all_files_match(&second, &swarm);
     });
 }

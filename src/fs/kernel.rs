@@ -111,14 +111,14 @@ pub fn mount<B: Backend, T: Tree>(
             result
         })
         .map_err(|e| mount_error(&mountpoint, e))?;
-    // The mount root's device names the connection; stat is answered by the session threads.
-    let conn = match std::fs::metadata(&mountpoint) {
-        Ok(meta) => Some(meta.dev()),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot stat the new mount");
-            None
-        }
-    };
+    // The mount's device names the connection. Read from mountinfo, not by a stat of the
+    // mountpoint: that waits for the session threads to answer, and while it waits the mount
+    // is busy, so a `fusermount3 -u` just after mounting would fail.
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let conn = fuse_mount_dev(&info, &mountpoint);
+    if conn.is_none() {
+        tracing::warn!("the new mount is not in /proc/self/mountinfo");
+    }
     if let Some(dev) = conn
         && opts.read_ahead_kb > 0
     {
@@ -153,12 +153,7 @@ impl Mounted {
         let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
             return true;
         };
-        let want = mountinfo_escape(&self.mountpoint);
-        info.lines().any(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let fstype = fields.iter().skip_while(|f| **f != "-").nth(1);
-            fields.get(4) == Some(&want.as_str()) && fstype.is_some_and(|t| t.starts_with("fuse"))
-        })
+        fuse_mount_dev(&info, &self.mountpoint).is_some()
     }
 
     /// Unmounts and waits for the session threads (blocking, normally milliseconds; in async
@@ -218,6 +213,22 @@ impl Mounted {
             tracing::warn!("FUSE session thread panicked");
         }
     }
+}
+
+/// The device number (`st_dev`) of the FUSE mount at `mountpoint` in a mountinfo text, the
+/// newest if several are stacked there.
+fn fuse_mount_dev(info: &str, mountpoint: &Path) -> Option<u64> {
+    let want = mountinfo_escape(mountpoint);
+    (info.lines().rev()).find_map(|line| {
+        // "id parent major:minor root mountpoint options... - fstype source super-options"
+        let fields: Vec<&str> = line.split(' ').collect();
+        let fstype = fields.iter().skip_while(|f| **f != "-").nth(1)?;
+        if fields.get(4) != Some(&want.as_str()) || !fstype.starts_with("fuse") {
+            return None;
+        }
+        let (major, minor) = fields.get(2)?.split_once(':')?;
+        Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
+    })
 }
 
 /// A path as /proc/self/mountinfo writes it: space, tab, newline and backslash in octal.
@@ -440,6 +451,19 @@ mod tests {
         assert_eq!(clean_fsname("btfs:a,b\\c\nd"), "btfs:a_b_c_d");
         assert_eq!(clean_fsname("btfs:ok name"), "btfs:ok name");
         assert_eq!(clean_fsname(&"é".repeat(300)).chars().count(), 200);
+    }
+
+    #[test]
+    fn the_mount_device_is_read_from_mountinfo() {
+        let info = "\
+            22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/root rw\n\
+            40 22 0:39 / /tmp/a\\040b rw,nosuid - fuse btfs:x rw,user_id=0\n\
+            41 22 0:41 / /tmp/c rw - tmpfs tmpfs rw\n\
+            42 40 0:44 / /tmp/a\\040b rw,nosuid - fuse btfs:y rw,user_id=0\n";
+        let dev = fuse_mount_dev(info, Path::new("/tmp/a b"));
+        assert_eq!(dev, Some(libc::makedev(0, 44)), "the newest of the two");
+        assert_eq!(fuse_mount_dev(info, Path::new("/tmp/c")), None, "not FUSE");
+        assert_eq!(fuse_mount_dev(info, Path::new("/tmp/a")), None);
     }
 
     #[test]

@@ -109,6 +109,8 @@ struct Proc {
     name: String,
     child: Child,
     log: PathBuf,
+    /// How it ended, once `exited` reaped it.
+    status: Option<ExitStatus>,
 }
 
 impl Proc {
@@ -124,22 +126,56 @@ impl Proc {
             name: name.to_string(),
             child,
             log,
+            status: None,
         }
     }
 
     fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
     }
 
+    /// Its log, headed by its name and whether it still runs: a helper that ended early (a
+    /// seeder gone in the middle of a test) says so in the test's failure output.
     fn log_text(&self) -> String {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
         format!(
-            "--- {} (pid {}) {:?}\n{}",
+            "--- {} (pid {}, {}) {:?}\n{}",
             self.name,
             self.child.id(),
+            match self.status {
+                Some(status) => format!("EXITED: {status}"),
+                None => run_state(self.child.id()),
+            },
             self.log,
             text
         )
+    }
+}
+
+/// "running", or how a child of ours ended: one not reaped yet is a zombie in /proc that keeps
+/// its wait status; "exited" if it was reaped.
+fn run_state(pid: u32) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return "exited".into();
+    };
+    // "pid (comm) state ppid ... exit_code" (field 52): fields counted after the comm's ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    if fields.get(1) != Some(&std::process::id().to_string().as_str()) {
+        // Reaped, and the PID since taken by a process not ours.
+        return "exited".into();
+    }
+    match (fields.first(), fields.get(49).and_then(|c| c.parse().ok())) {
+        (Some(&"Z"), Some(code)) => format!("EXITED: {}", ExitStatus::from_raw(code)),
+        (Some(&"Z"), None) => "EXITED".into(),
+        _ => "running".into(),
     }
 }
 

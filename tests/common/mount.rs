@@ -218,13 +218,22 @@ impl Mount {
     /// `unmount`, keeping the (now empty) mountpoint directory until drop, so a test can look
     /// at what is left there.
     pub fn unmount_in_place(&mut self) -> Option<ExitStatus> {
-        let _ = Command::new("fusermount3")
+        let umount = Command::new("fusermount3")
             .arg("-u")
             .arg(&self.mnt)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+            .output();
+        // Who keeps it busy, looked at right away: a holder may be gone by the deadline.
+        let refused = match &umount {
+            Ok(o) if o.status.success() => None,
+            Ok(o) => Some(format!(
+                "`fusermount3 -u` failed ({}): {}files open in the mount:\n{}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr),
+                holders(&self.mnt)
+            )),
+            Err(e) => Some(format!("`fusermount3 -u` did not run: {e}")),
+        };
         let deadline = Instant::now() + EXIT_AFTER_UNMOUNT;
         if wait_until(&mut self.child, deadline) {
             self.child.try_wait().ok().flatten()
@@ -232,9 +241,10 @@ impl Mount {
             // Printed with the failing test's output: where the process is stuck.
             eprintln!(
                 "pid {} has not exited {EXIT_AFTER_UNMOUNT:?} after `fusermount3 -u` (still \
-                 mounted: {}); its threads wait in:\n{}\nits stderr:\n{}",
+                 mounted: {}); {}its threads wait in:\n{}\nits stderr:\n{}",
                 self.pid(),
                 self.is_mounted(),
+                refused.map(|r| r + "\n").unwrap_or_default(),
                 thread_waits(self.pid()),
                 self.stderr()
             );
@@ -315,6 +325,35 @@ fn thread_waits(pid: u32) -> String {
             read("comm").trim(),
             read("wchan").trim()
         ));
+    }
+    out
+}
+
+/// `pid (comm): file` for every process's open file, working or root directory under `mnt`
+/// (from /proc, without touching the mount): what keeps an unmount busy.
+fn holders(mnt: &Path) -> String {
+    let mut out = String::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return "(no /proc)".into();
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let dir = p.path();
+        let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let fds = fs::read_dir(dir.join("fd")).into_iter().flatten().flatten();
+        let links = (fds.map(|f| f.path()))
+            .chain(["cwd", "root"].map(|l| dir.join(l)))
+            .filter_map(|l| Some((fs::read_link(&l).ok()?, l)));
+        for (target, link) in links.filter(|(target, _)| target.starts_with(mnt)) {
+            let comm = comm.trim();
+            out.push_str(&format!("  {pid} ({comm}): {link:?} -> {target:?}\n"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("  (none found)\n");
     }
     out
 }

@@ -14,7 +14,8 @@ use super::{POLL, Proc, free_port, run, swarm_cmd, terminate_all};
 
 /// Seeders hash their data before they are ready; generous so slow CI still passes.
 const READY_DEADLINE: Duration = Duration::from_secs(180);
-/// Tries at a process whose free port another test may have taken in the meantime.
+/// Tries at a process whose port another test may have taken in the meantime (libtorrent's
+/// peers take any free TCP port and the same UDP one, which may be taken: they exit then).
 const PORT_TRIES: usize = 3;
 
 /// What the data looks like (see `swarm.py make-data`).
@@ -126,13 +127,34 @@ pub struct Swarm {
 }
 
 /// What `swarm.py leech` reported.
-#[derive(Debug)]
 pub struct LeechOutcome {
     pub status: ExitStatus,
     pub complete: bool,
     pub hash_failures: u64,
     pub stdout: String,
     pub stderr: String,
+}
+
+/// Leads with a crash of the leecher (a signal: libtorrent's own fault, or a packet of ours
+/// it could not take), so a failure says it and is not read as a slow download.
+impl std::fmt::Debug for LeechOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = self.status.signal() {
+            writeln!(
+                f,
+                "THE LEECHER CRASHED: python3-libtorrent was killed by signal {sig} ({})",
+                self.status
+            )?;
+        }
+        f.debug_struct("LeechOutcome")
+            .field("status", &format_args!("{}", self.status))
+            .field("complete", &self.complete)
+            .field("hash_failures", &self.hash_failures)
+            .field("stdout", &self.stdout)
+            .field("stderr", &self.stderr)
+            .finish()
+    }
 }
 
 impl Swarm {
@@ -273,13 +295,18 @@ impl Swarm {
         );
     }
 
-    /// Starts seeder `i` (1-based) on 127.0.i.1.
+    /// Starts seeder `i` (1-based) on 127.0.i.1, on a port it picks itself (bound, never
+    /// raced for): its address is known once it is ready (`seeder_ready`).
     fn spawn_seeder(&self, i: usize) -> (SocketAddr, Option<Proc>) {
-        let ip = Ipv4Addr::new(127, 0, i as u8, 1);
-        self.spawn_seeder_at(i, free_port(ip))
+        self.spawn_seeder_at(i, 0)
     }
 
-    /// Starts seeder `i` (1-based) on 127.0.i.1:`port`.
+    /// Where seeder `i` (1-based) listens, once it is ready: what it wrote to its ready file.
+    fn seeder_ready(&self, i: usize) -> Option<SocketAddr> {
+        ready_addr(&self.dir.path().join(format!("seeder{i}.ready")))
+    }
+
+    /// Starts seeder `i` (1-based) on 127.0.i.1:`port` (0: any).
     fn spawn_seeder_at(&self, i: usize, port: u16) -> (SocketAddr, Option<Proc>) {
         let ip = Ipv4Addr::new(127, 0, i as u8, 1);
         // Seeders added later (`add_seeder`) are honest.
@@ -325,10 +352,10 @@ impl Swarm {
     fn wait_seeders_ready(&mut self) {
         let deadline = Instant::now() + READY_DEADLINE;
         for idx in 0..self.seeders.len() {
-            let ready = self.dir.path().join(format!("seeder{}.ready", idx + 1));
             let mut tries = 1;
             loop {
-                if ready.exists() {
+                if let Some(addr) = self.seeder_ready(idx + 1) {
+                    self.seeders[idx].0 = addr;
                     break;
                 }
                 let exited = match &mut self.seeders[idx].1 {
@@ -336,8 +363,13 @@ impl Swarm {
                     None => true,
                 };
                 if exited && tries < PORT_TRIES {
-                    // Most likely its port was taken between free_port and its bind.
+                    // Most likely the UDP port next to its TCP one was taken (its log says).
                     tries += 1;
+                    eprintln!(
+                        "seeder {} exited before it was ready; again:\n{}",
+                        idx + 1,
+                        self.logs()
+                    );
                     self.seeders[idx] = self.spawn_seeder(idx + 1);
                     continue;
                 }
@@ -475,9 +507,8 @@ impl Swarm {
         let addr = self.seeders[index].0;
         assert!(self.seeders[index].1.is_none(), "seeder {index} is running");
         self.seeders[index] = self.spawn_seeder_at(index + 1, addr.port());
-        let ready = self.dir.path().join(format!("seeder{}.ready", index + 1));
         let deadline = Instant::now() + READY_DEADLINE;
-        while !ready.exists() {
+        while self.seeder_ready(index + 1).is_none() {
             let exited = self.seeders[index]
                 .1
                 .as_mut()
@@ -498,23 +529,24 @@ impl Swarm {
         let i = self.seeders.len() + 1;
         assert!(i <= 254, "one 127.0.x.1 address per seeder");
         let seeder = self.spawn_seeder(i);
-        let addr = seeder.0;
         self.seeders.push(seeder);
-        let ready = self.dir.path().join(format!("seeder{i}.ready"));
         let deadline = Instant::now() + READY_DEADLINE;
-        while !ready.exists() {
+        loop {
+            if let Some(addr) = self.seeder_ready(i) {
+                self.seeders[i - 1].0 = addr;
+                return addr;
+            }
             let exited = self.seeders[i - 1]
                 .1
                 .as_mut()
                 .is_none_or(|p| p.exited().is_some());
             assert!(
                 !exited && Instant::now() < deadline,
-                "seeder {i} never became ready at {addr}:\n{}",
+                "seeder {i} never became ready:\n{}",
                 self.logs()
             );
             sleep(POLL);
         }
-        addr
     }
 
     /// Starts a libtorrent leecher on `ip` with nothing of the torrent (an empty download
@@ -527,13 +559,12 @@ impl Swarm {
         let out = self.dir.path().join(format!("leecher{n}"));
         fs::create_dir_all(&out).unwrap_or_else(|e| panic!("mkdir {out:?}: {e}"));
         for attempt in 1..=PORT_TRIES {
-            let port = free_port(ip);
             let mut cmd = swarm_cmd();
             cmd.arg("leech")
                 .arg(&self.torrent)
                 .arg(&out)
                 .args(["--bind", &ip.to_string()])
-                .args(["--port", &port.to_string()])
+                .args(["--port", "0"])
                 .args(["--timeout", "3600"])
                 .arg("--ready-file")
                 .arg(&ready);
@@ -544,14 +575,14 @@ impl Swarm {
             let mut p = Proc::spawn(&format!("leecher{n}"), &mut cmd, log);
             let deadline = Instant::now() + READY_DEADLINE;
             loop {
-                if ready.exists() {
+                if let Some(addr) = ready_addr(&ready) {
                     self.others.push(p);
-                    return SocketAddr::from((ip, port));
+                    return addr;
                 }
                 if p.exited().is_some() || Instant::now() >= deadline {
-                    let text = p.log_text();
                     terminate_all(&mut [&mut p.child]);
-                    // Most likely its port was taken between free_port and its bind.
+                    let text = p.log_text();
+                    // Most likely the UDP port next to its TCP one was taken (its log says).
                     assert!(attempt < PORT_TRIES, "leecher never listened:\n{text}");
                     break;
                 }
@@ -619,12 +650,11 @@ impl Swarm {
         let n = self.others.len();
         let ready = self.dir.path().join(format!("pex-hub{n}.ready"));
         let log = self.dir.path().join(format!("pex-hub{n}.log"));
-        let port = free_port(ip);
         let mut cmd = swarm_cmd();
         cmd.arg("pex-hub")
             .arg(&self.torrent)
             .args(["--bind", &ip.to_string()])
-            .args(["--port", &port.to_string()])
+            .args(["--port", "0"])
             .arg("--ready-file")
             .arg(&ready);
         for p in peers {
@@ -633,7 +663,10 @@ impl Swarm {
         self.others
             .push(Proc::spawn(&format!("pex-hub{n}"), &mut cmd, log));
         let deadline = Instant::now() + READY_DEADLINE;
-        while !ready.exists() {
+        loop {
+            if let Some(addr) = ready_addr(&ready) {
+                return addr;
+            }
             let exited = self.others[n].exited().is_some();
             assert!(
                 !exited && Instant::now() < deadline,
@@ -642,7 +675,6 @@ impl Swarm {
             );
             sleep(POLL);
         }
-        SocketAddr::from((ip, port))
     }
 
     /// Downloads the torrent with libtorrent from `peers` only, bound to `bind`, into a
@@ -752,6 +784,14 @@ impl Drop for Swarm {
         terminate_all(&mut children);
         // `dir` (a TempDir) is removed when the fields drop, after this.
     }
+}
+
+/// The "IP:PORT" a swarm.py process wrote to its ready file (at once, by a rename), once it
+/// has.
+fn ready_addr(path: &Path) -> Option<SocketAddr> {
+    let text = fs::read_to_string(path).ok()?;
+    let addr = text.trim().parse();
+    Some(addr.unwrap_or_else(|e| panic!("{path:?} holds {text:?}: {e}")))
 }
 
 fn percent_encode_hex(hex: &str) -> String {

@@ -38,6 +38,42 @@ fn a_refusing_peer_backs_off_and_is_given_up() {
     assert!(book.any_due(t + STARVING_MAX_WAIT));
 }
 
+/// A seeder that closes each connection just after the handshakes (or during them) is
+/// still dialled again within [`STARVING_MAX_WAIT`] while a read starves, however often it
+/// did so: none of these outcomes drops or buries the address.
+#[test]
+fn a_peer_that_hangs_up_at_once_is_redialled_while_a_read_starves() {
+    let quick = Outcome::Ended {
+        lasted: Duration::from_millis(90),
+    };
+    for outcome in [quick, Outcome::HungUp, Outcome::Refused, Outcome::TimedOut] {
+        let t0 = Instant::now();
+        let mut book = AddressBook::new(10);
+        book.learn(a(1), PeerSource::Tracker, t0);
+        let mut t = t0;
+        for attempt in 0..20 {
+            assert_eq!(book.due(t, 10).len(), 1, "{outcome:?}, attempt {attempt}");
+            book.finished(a(1), outcome, t);
+            let ended = t;
+            // The connector's tick, once a second while the read starves.
+            loop {
+                t += S;
+                book.starving(t, STARVING_MAX_WAIT);
+                if book.any_due(t) {
+                    break;
+                }
+                // The first tick after the end starts the wait.
+                assert!(
+                    t - ended <= STARVING_MAX_WAIT,
+                    "{outcome:?}, attempt {attempt}: not due {:?} after",
+                    t - ended
+                );
+            }
+        }
+        assert_eq!(book.len(), 1, "{outcome:?}: still known");
+    }
+}
+
 #[test]
 fn an_ipv4_mapped_address_is_the_ipv4_address() {
     let t0 = Instant::now();
