@@ -8,41 +8,18 @@ mod common;
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::library::{assert_folder_reads, status_json, two_swarms};
+use common::library::{
+    assert_folder_reads, status_json, torrent_states, two_swarms, wait_for_states,
+};
 use common::{Layout, MOUNT_ARGS, Mount, btfs, run};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
-/// Each torrent's (state, peers), in folder order.
-fn states(report: &serde_json::Value) -> Vec<(String, u64)> {
-    (report["torrents"]
-        .as_array()
-        .expect("a torrents list")
-        .iter())
-    .map(|t| {
-        let state = t["state"].as_str().expect("a state").to_string();
-        (state, t["peers"].as_u64().expect("peers"))
-    })
-    .collect()
-}
-
 /// Polls the status until `cond` holds for the torrents' (state, peers).
 fn wait_for(m: &Mount, what: &str, cond: impl Fn(&[(String, u64)]) -> bool) {
-    let start = Instant::now();
-    loop {
-        let report = status_json(m);
-        if cond(&states(&report)) {
-            return;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what}: not after {DEADLINE:?}: {report:#}\n{}",
-            m.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_states(m, what, DEADLINE, cond)
 }
 
 #[test]
@@ -83,7 +60,11 @@ fn idle_torrents_sleep_and_a_read_wakes_one_with_right_bytes() {
         "{report:#}"
     );
     assert_eq!(torrents[1]["downloaded_bytes"].as_u64(), Some(0));
-    assert_eq!(states(&report)[1], ("asleep".to_string(), 0), "{report:#}");
+    assert_eq!(
+        torrent_states(&report)[1],
+        ("asleep".to_string(), 0),
+        "{report:#}"
+    );
     // And it sleeps again once reads stop.
     wait_for(&m, "the first asleep again", |t| {
         t[0].0 == "asleep" && t[0].1 == 0

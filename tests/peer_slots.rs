@@ -7,9 +7,11 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::library::{assert_folder_reads, mount_library, status_json};
+use common::library::{
+    assert_folder_reads, mount_library, status_json, torrent_states, wait_for_states,
+};
 use common::{Layout, Mount, Swarm, SwarmOptions, Tracker};
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -20,34 +22,13 @@ const FOLDERS: [&str; 3] = ["single.bin", "single.bin (2)", "single.bin (3)"];
 /// Each torrent's (state, peers), in folder order, and the process's peers.
 fn peers(m: &Mount) -> (Vec<(String, u64)>, u64, serde_json::Value) {
     let report = status_json(m);
-    let torrents = (report["torrents"]
-        .as_array()
-        .expect("a torrents list")
-        .iter())
-    .map(|t| {
-        let state = t["state"].as_str().expect("a state").to_string();
-        (state, t["peers"].as_u64().expect("peers"))
-    })
-    .collect();
     let total = report["peers"].as_u64().expect("the process's peers");
-    (torrents, total, report)
+    (torrent_states(&report), total, report)
 }
 
 /// Polls until `cond` holds for the torrents' (state, peers).
 fn wait_for(m: &Mount, what: &str, cond: impl Fn(&[(String, u64)]) -> bool) {
-    let start = Instant::now();
-    loop {
-        let (torrents, _, report) = peers(m);
-        if cond(&torrents) {
-            return;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what}: not after {DEADLINE:?}: {report:#}\n{}",
-            m.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_states(m, what, DEADLINE, cond)
 }
 
 /// Three one-file torrents of three seeders each, started at once; the first two's seeders

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{
     Layout, MOUNT_ARGS, Mount, Swarm, SwarmOptions, Tracker, assert_tree_matches, btfs,
@@ -81,6 +81,42 @@ pub fn status_json(m: &Mount) -> serde_json::Value {
         .args(["status", "--json"])
         .arg(m.path()));
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"))
+}
+
+/// Each torrent's (state, peers) in a library's status report, in folder order.
+pub fn torrent_states(report: &serde_json::Value) -> Vec<(String, u64)> {
+    (report["torrents"]
+        .as_array()
+        .expect("a torrents list")
+        .iter())
+    .map(|t| {
+        let state = t["state"].as_str().expect("a state").to_string();
+        (state, t["peers"].as_u64().expect("peers"))
+    })
+    .collect()
+}
+
+/// Polls `btfs status` until `cond` holds for the torrents' (state, peers); fails with the
+/// report and the mount's log after `deadline` (a hang detector, not a timing check).
+pub fn wait_for_states(
+    m: &Mount,
+    what: &str,
+    deadline: Duration,
+    cond: impl Fn(&[(String, u64)]) -> bool,
+) {
+    let start = Instant::now();
+    loop {
+        let report = status_json(m);
+        if cond(&torrent_states(&report)) {
+            return;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "{what}: not after {deadline:?}: {report:#}\n{}",
+            m.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Two one-seeder swarms, `(layout, size, seed)` each, started at once (each seeder hashes its

@@ -374,14 +374,7 @@ impl Conn {
         }
         let mut reader = MessageReader::new(rd, 1 << 20);
         let n = torrent.info.geometry.piece_count();
-        let opening = [
-            if self.behavior.fast() {
-                Message::HaveAll
-            } else {
-                Message::Bitfield(Bytes::copy_from_slice(Bitfield::full(n).as_bytes()))
-            },
-            Message::Unchoke,
-        ];
+        let opening = self.opening(n);
         if let Behavior::Abuse(abuse) = self.behavior {
             self.abuse(abuse, &mut wr, &opening, n).await?;
             loop {
@@ -413,6 +406,17 @@ impl Conn {
         self.honest(reader, writer).await
     }
 
+    /// What a seeder says first: it has every piece (`HaveAll` with the Fast extension), and
+    /// it unchokes.
+    fn opening(&self, n: u32) -> [Message; 2] {
+        let have = if self.behavior.fast() {
+            Message::HaveAll
+        } else {
+            Message::Bitfield(Bytes::copy_from_slice(Bitfield::full(n).as_bytes()))
+        };
+        [have, Message::Unchoke]
+    }
+
     /// A seeder's side of a connection once the handshakes are done.
     async fn honest(
         &self,
@@ -420,14 +424,7 @@ impl Conn {
         mut writer: MessageWriter<OwnedWriteHalf>,
     ) -> Result<(), WireError> {
         let n = self.content.torrent.info.geometry.piece_count();
-        let opening = [
-            if self.behavior.fast() {
-                Message::HaveAll
-            } else {
-                Message::Bitfield(Bytes::copy_from_slice(Bitfield::full(n).as_bytes()))
-            },
-            Message::Unchoke,
-        ];
+        let opening = self.opening(n);
         writer.send_many(&opening).await?;
         let mut interested = false;
         let mut choking = false;
