@@ -9,19 +9,25 @@ use super::fake_peer::{Behavior, FakePeer};
 use super::{BIG_CACHE, KIB, check_read, content, eventually, host_for, ip, stop};
 use crate::session::{Background, Config, PeerSource, Session};
 
-#[tokio::test]
-async fn an_idle_torrent_sleeps_and_a_read_wakes_it_with_right_bytes() {
-    let c = content(61, 32 * 1024, &[2048 * KIB]);
-    let peer = FakePeer::start(ip(2), c.clone(), Behavior::Honest).await;
-    let config = Config {
+/// A session that falls asleep after a second with no read, knowing `peers`, with nothing
+/// fetched but what reads ask for.
+fn sleepy(peers: Vec<SocketAddr>) -> Config {
+    Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        peers: vec![peer.addr],
+        peers,
         cache_bytes: BIG_CACHE,
         background: Background::Off,
         readahead_bytes: 128 * KIB,
         idle_after: Some(Duration::from_secs(1)),
         ..Config::default()
-    };
+    }
+}
+
+#[tokio::test]
+async fn an_idle_torrent_sleeps_and_a_read_wakes_it_with_right_bytes() {
+    let c = content(61, 32 * 1024, &[2048 * KIB]);
+    let peer = FakePeer::start(ip(2), c.clone(), Behavior::Honest).await;
+    let config = sleepy(vec![peer.addr]);
     let host = host_for(&config).await;
     let session = Session::start(c.torrent.clone(), config, &host)
         .await
@@ -61,14 +67,7 @@ async fn an_idle_torrent_sleeps_and_a_read_wakes_it_with_right_bytes() {
 async fn a_peer_that_connected_in_is_dialled_at_its_port_after_sleep() {
     let c = content(62, 32 * 1024, &[2048 * KIB]);
     let peer = FakePeer::start(ip(3), c.clone(), Behavior::Honest).await;
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        cache_bytes: BIG_CACHE,
-        background: Background::Off,
-        readahead_bytes: 128 * KIB,
-        idle_after: Some(Duration::from_secs(1)),
-        ..Config::default()
-    };
+    let config = sleepy(Vec::new());
     let host = host_for(&config).await;
     let session = Session::start(c.torrent.clone(), config, &host)
         .await
