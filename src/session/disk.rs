@@ -220,6 +220,12 @@ impl Disk {
         }
     }
 
+    /// Bytes queued for the writer and not written yet.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     /// A write was refused for want of room (see [`DiskStats::refused`]).
     pub(crate) fn refused(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);

@@ -125,7 +125,7 @@ async fn a_torrent_being_read_takes_disk_from_another_but_not_its_readers_window
     // A's writes (behind its reads) go on until A holds what B's window leaves.
     within("A's writes", async {
         while disk_used(&sa) + disk_used(&sb) < DISK - u64::from(PIECE) {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
     })
     .await;
@@ -147,8 +147,9 @@ async fn a_torrent_being_read_takes_disk_from_another_but_not_its_readers_window
     stop(sb).await;
 }
 
-/// B's reader wants every piece of B, and B fills the whole disk budget: A's writes find
-/// nothing they may evict. They are refused, counted in A's status, and B keeps its pieces.
+/// B's reader, in B's first piece, wants every piece of B, and B fills the whole disk budget:
+/// A's writes find nothing they may evict. They are refused, counted in A's status, and B
+/// keeps its pieces.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_refused_for_want_of_room_is_counted() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -178,11 +179,16 @@ async fn a_write_refused_for_want_of_room_is_counted() {
     let sb = Session::start(cb.torrent.clone(), b_config, &host)
         .await
         .expect("session starts");
-    // B's reader wants all of B; B's own writes fill the budget.
+    // B's reader stands in its first piece, so its window is all of B; B's own writes fill
+    // the budget (wait for the last, whatever order B's pieces verified in).
     let hb = sb.open_reader(0);
-    check_read(&sb, &cb, hb, 0, 0, CHUNK).await;
+    check_read(&sb, &cb, hb, 0, 0, PIECE / 2).await;
+    let disk_b = sb.shared.disk.as_ref().expect("a disk cache");
     within("B's pieces fill the disk", async {
-        while disk_used(&sb) < 4 * u64::from(PIECE) {
+        while sb.stats().verified_pieces < 8
+            || disk_b.queued() > 0
+            || disk_used(&sb) < 4 * u64::from(PIECE)
+        {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     })
