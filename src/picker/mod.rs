@@ -74,6 +74,11 @@ pub struct Received {
     pub cancel: Vec<(PeerId, Block)>,
 }
 
+/// A block is spread to a peer only if, at the two peers' download rates (when both are
+/// known, `set_rate`), it would arrive at least this much sooner there: on fast links a copy
+/// saves a millisecond or two and is often already on its way when the cancel reaches the
+/// first peer (a duplicate received for nothing); on slow ones a block is tens of ms.
+const SPREAD_MIN_GAIN_SECS: f64 = 0.03;
 /// At most this many peers are asked for one block at once (endgame on urgent pieces).
 const MAX_REQUESTERS: usize = 3;
 /// An urgent block queued at a peer is asked of an idler peer too when that peer has at least
@@ -153,6 +158,8 @@ pub struct Picker {
     late: HashSet<Block>,
     /// Blocks asked of another peer because the first was late.
     rerequests: u64,
+    /// Each peer's download rate in bytes/s, as its session last said (`set_rate`).
+    rates: HashMap<PeerId, f64>,
     /// Readahead pieces memory could not keep (`piece_not_kept`): not asked for again until
     /// their reader is within [`NEAR`] of them, so a full cache does not fetch the same piece
     /// over and over. Always Missing, always in a readahead window with a deadline of `NEAR` or
@@ -186,6 +193,7 @@ impl Picker {
             exclusive: HashMap::new(),
             late: HashSet::new(),
             rerequests: 0,
+            rates: HashMap::new(),
             deferred: HashSet::new(),
             geometry,
         }
@@ -217,10 +225,17 @@ impl Picker {
         self.add_availability(p, 1);
     }
 
+    /// How fast `peer` delivers now (bytes/s; 0 for not yet known): endgame weighs a copy
+    /// by it (`SPREAD_MIN_GAIN_SECS`).
+    pub fn set_rate(&mut self, peer: PeerId, bytes_per_sec: f64) {
+        self.rates.insert(peer, bytes_per_sec);
+    }
+
     /// The peer disconnected: `has` is its last bitfield. Its requests are released for others.
     pub fn peer_gone(&mut self, peer: PeerId, has: &Bitfield) {
         self.peer_choked(peer);
         self.in_flight.remove(&peer);
+        self.rates.remove(&peer);
         if self.seeds.remove(&peer) {
             return;
         }

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use super::{
-    Block, MAX_REQUESTERS, NEAR, Partial, PeerId, Picker, PieceState, ReaderId, SPREAD_MARGIN, Slot,
+    Block, MAX_REQUESTERS, NEAR, Partial, PeerId, Picker, PieceState, ReaderId, SPREAD_MARGIN,
+    SPREAD_MIN_GAIN_SECS, Slot,
 };
 use crate::bitfield::Bitfield;
 use crate::piece::{BLOCK_SIZE, PieceIndex};
@@ -356,7 +357,18 @@ impl Picker {
 
     /// Requests the free blocks of `p`, lowest first, from `peer`; starts `p` if Missing.
     fn take_free(&mut self, p: PieceIndex, peer: PeerId, out: &mut Vec<Block>, max: usize) {
-        if out.len() >= max || !self.claim(p, peer) {
+        if out.len() >= max {
+            return;
+        }
+        // Most pieces a pick walks past have nothing free: say so before any map is touched.
+        match self.state[p.as_usize()] {
+            PieceState::Have | PieceState::Verifying => return,
+            PieceState::Partial if self.partial.get(&p).is_none_or(|part| part.free == 0) => {
+                return;
+            }
+            _ => {}
+        }
+        if !self.claim(p, peer) {
             return;
         }
         match self.state[p.as_usize()] {
@@ -421,7 +433,7 @@ impl Picker {
         }
         // Each requested urgent block with the fewest blocks ahead of it at any of its peers.
         let mut seen: HashMap<PeerId, usize> = HashMap::new();
-        let mut candidates: Vec<(usize, Block)> = Vec::new();
+        let mut candidates: Vec<(usize, PeerId, Block)> = Vec::new();
         for &(_, p) in urgent {
             let Some(part) = self.partial.get(&p) else {
                 continue;
@@ -431,10 +443,12 @@ impl Picker {
                 let Slot::Requested(peers) = slot else {
                     continue;
                 };
-                let mut depth = usize::MAX;
+                let (mut depth, mut at) = (usize::MAX, peer);
                 for q in peers {
                     let ahead = seen.entry(*q).or_default();
-                    depth = depth.min(*ahead);
+                    if *ahead < depth {
+                        (depth, at) = (*ahead, *q);
+                    }
                     *ahead += 1;
                 }
                 if spreadable && peers.len() < MAX_REQUESTERS && !peers.contains(&peer) {
@@ -442,15 +456,18 @@ impl Picker {
                         piece: p,
                         block: i as u32,
                     };
-                    candidates.push((depth, b));
+                    candidates.push((depth, at, b));
                 }
             }
         }
         // Deepest first: those would arrive last.
-        candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        for (depth, b) in candidates {
+        candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)));
+        for (depth, at, b) in candidates {
             if out.len() >= max || mine + SPREAD_MARGIN > depth {
                 break;
+            }
+            if !self.spread_pays(peer, mine, at, depth) {
+                continue;
             }
             let Some(Slot::Requested(peers)) = self
                 .partial
@@ -469,8 +486,24 @@ impl Picker {
 
     /// Endgame on an urgent piece: asks `peer` too for blocks in flight from other peers that
     /// are late with them (`mark_late`); one more peer per lateness mark.
+    /// Whether a block `depth` blocks deep at `at` would arrive [`SPREAD_MIN_GAIN_SECS`]
+    /// sooner from `peer`, which has `mine` in flight, at the rates they deliver at. With
+    /// `peer`'s rate not known yet (a new peer), as if it were instant: no copy is made of a
+    /// block due from `at` sooner than the gain. With `at`'s not known, the depth rule alone.
+    fn spread_pays(&self, peer: PeerId, mine: usize, at: PeerId, depth: usize) -> bool {
+        let rate = |q: &PeerId| self.rates.get(q).copied().filter(|&r| r > 0.0);
+        let Some(there) = rate(&at) else {
+            return true;
+        };
+        let block = f64::from(BLOCK_SIZE);
+        let wait_there = depth as f64 * block / there;
+        let wait_here =
+            rate(&peer).map_or(0.0, |here| (mine + SPREAD_MARGIN) as f64 * block / here);
+        wait_there - wait_here >= SPREAD_MIN_GAIN_SECS
+    }
+
     fn take_duplicates(&mut self, p: PieceIndex, peer: PeerId, out: &mut Vec<Block>, max: usize) {
-        if self.exclusive.contains_key(&p) {
+        if self.late.is_empty() || out.len() >= max || self.exclusive.contains_key(&p) {
             return;
         }
         let Some(part) = self.partial.get_mut(&p) else {

@@ -395,6 +395,35 @@ fn an_idle_peer_takes_the_urgent_blocks_queued_deepest_elsewhere() {
     assert_eq!(r.cancel, vec![(A, blk(&p, 0, 5))]);
 }
 
+/// At the peers' rates, the same spread saves tens of ms on slow links, and is made, but a
+/// millisecond on fast ones, where the copy would mostly be a duplicate received for nothing.
+#[test]
+fn an_urgent_block_is_spread_only_where_it_arrives_much_sooner() {
+    for (rate, spread) in [(100e3, true), (40e6, false)] {
+        let mut p = picker(2, 8);
+        p.set_reader(R1, want(0..1, 1..2));
+        p.set_rate(A, rate);
+        p.set_rate(B, rate);
+        assert_eq!(p.pick(A, &all(&p), 6).len(), 6);
+        let want = if spread {
+            vec![(0, 6), (0, 7), (0, 5), (1, 0)]
+        } else {
+            vec![(0, 6), (0, 7), (1, 0), (1, 1)]
+        };
+        assert_eq!(pairs(&p.pick(B, &all(&p), 4)), want, "at {rate} B/s");
+        assert_eq!(p.rerequests(), u64::from(spread));
+    }
+    // A new peer (no rate yet) takes no copy of a block a fast peer has due in a millisecond.
+    let mut p = picker(2, 8);
+    p.set_reader(R1, want(0..1, 1..2));
+    p.set_rate(A, 40e6);
+    assert_eq!(p.pick(A, &all(&p), 6).len(), 6);
+    assert_eq!(
+        pairs(&p.pick(B, &all(&p), 4)),
+        vec![(0, 6), (0, 7), (1, 0), (1, 1)]
+    );
+}
+
 #[test]
 fn peers_with_even_queues_trade_no_urgent_blocks() {
     let mut p = picker(1, 6);

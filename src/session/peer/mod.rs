@@ -336,7 +336,7 @@ impl Peer {
         self.shared
             .downloaded
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.rates.received(data.len());
+        self.rates.received(data.len(), Instant::now());
         let complete =
             self.shared
                 .lock()
@@ -425,6 +425,7 @@ impl Peer {
             let pickable = self.requests.pickable(&self.has);
             let mut st = self.shared.lock();
             let readers = st.picker.has_readers();
+            st.picker.set_rate(self.id, self.rates.down_now(now));
             let mut target = self.requests.target(self.rates.down_for_queue(), readers);
             if let Some(reqq) = self.ext.their_reqq {
                 target = target.min(reqq as usize);
@@ -472,7 +473,7 @@ impl Peer {
                 payload: payload.into(),
             });
         }
-        self.rates.tick();
+        self.rates.tick(Instant::now());
         let written = self.requests_written.load(Ordering::Relaxed);
         self.requests.written(written, Instant::now());
         if self.choked && self.interested {
