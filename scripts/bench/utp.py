@@ -14,6 +14,8 @@ Then, per client, the same file from TCP-only seeders:
 """
 
 import os
+import signal
+import subprocess
 import sys
 import time
 
@@ -34,6 +36,12 @@ TOOLS = []
 def add_options(p):
     p.add_argument("--utp-size", type=parse_size, default=128 * MiB,
                    help="the uTP part's file size (128M)")
+    p.add_argument("--perf-dir", default=None,
+                   help="profile each sequential read with `perf record -g` of the client, "
+                        "one file per read here (METRIC-N.data)")
+    p.add_argument("--perf-event", action="append", default=[],
+                   help="with --perf-dir: record this event (perf's -e) instead of cpu-clock; "
+                        "repeatable")
 
 
 def check(args, p):
@@ -48,18 +56,41 @@ def ttfb(bench, client, swarm):
     bench.measure(client, "utp_ttfb", fn, swarm, ready_metric=None)
 
 
+def start_perf(bench, client, metric, pid):
+    """`perf record -g` of `pid` into --perf-dir, if asked for."""
+    d = bench.args.perf_dir
+    if not d:
+        return None
+    os.makedirs(d, exist_ok=True)
+    n = len([f for f in os.listdir(d) if f.startswith("%s-%s-" % (client, metric))])
+    out = os.path.join(d, "%s-%s-%d.data" % (client, metric, n))
+    events = [a for e in bench.args.perf_event for a in ("-e", e)]
+    proc = subprocess.Popen(["perf", "record", "-q", "-g"] + events + ["-p", str(pid), "-o", out],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)  # perf attaches
+    return proc
+
+
+def stop_perf(proc):
+    if proc is not None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
 def seq(bench, client, swarm, sha1, size, rate_metric, cpu_metric):
     """A cold sequential read on a fresh mount: its rate (if `rate_metric`) and the client's
     CPU time per MB."""
     def fn(m):
         def body(progress):
             fd = os.open(m.path, os.O_RDONLY)
+            perf = start_perf(bench, client, cpu_metric, m.proc.pid)
             try:
                 cpu0, t0 = cpu_secs(m.proc.pid), time.monotonic()
                 digest = read_all(fd, size, progress)
                 secs, cpu1 = time.monotonic() - t0, cpu_secs(m.proc.pid)
             finally:
                 os.close(fd)
+                stop_perf(perf)
             return secs, digest, cpu0, cpu1
         secs, digest, cpu0, cpu1 = guarded(m, bench.args.read_timeout, body)
         if digest != sha1:
@@ -73,7 +104,7 @@ def seq(bench, client, swarm, sha1, size, rate_metric, cpu_metric):
         if st:
             bench.notes[client].append("%s: %s" % (cpu_metric, ", ".join(
                 "%s=%s" % (k, st[k]) for k in sorted(st)
-                if k in ("downloaded_bytes", "hash_failures"))))
+                if k in ("downloaded_bytes", "hash_failures", "rerequested_blocks"))))
     bench.measure(client, rate_metric or cpu_metric, fn, swarm, ready_metric=None)
 
 
