@@ -69,6 +69,9 @@ pub(crate) enum Outcome {
     Full,
     /// We dropped it to make room: it had nothing we wanted, or kept us choked.
     Useless,
+    /// The peer behind it is connected to us already, over another connection (it connected
+    /// in from another port, say): tried again in a minute or so, as that one may end.
+    Duplicate,
     /// Our side failed (out of file descriptors): not the address's fault.
     Local,
 }
@@ -84,6 +87,7 @@ impl Outcome {
             Outcome::TimedOut => Some(doubling(30)),
             Outcome::HungUp => Some(doubling(120)),
             Outcome::Useless => Some(doubling(600).min(Duration::from_secs(3600))),
+            Outcome::Duplicate => Some(doubling(60).min(Duration::from_secs(30 * 60))),
             Outcome::Full | Outcome::Local => Some(Duration::from_secs(10)),
             Outcome::WrongTorrent | Outcome::Banned | Outcome::Myself => None,
         }

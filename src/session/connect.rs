@@ -237,8 +237,8 @@ fn ended(ran: Result<(), peer::PeerError>, started: Instant) -> Outcome {
         Err(peer::PeerError::Handshake(HandshakeError::WrongTorrent)) => Outcome::WrongTorrent,
         Err(peer::PeerError::Handshake(HandshakeError::Wire(_))) => Outcome::HungUp,
         Err(peer::PeerError::SelfConnection) => Outcome::Myself,
-        // Reached already over another connection: this address is no peer of its own.
-        Err(peer::PeerError::Duplicate) => Outcome::Useless,
+        // Reached already over another connection, which may end before this address does.
+        Err(peer::PeerError::Duplicate) => Outcome::Duplicate,
         Err(peer::PeerError::Banned) => Outcome::Banned,
         Err(peer::PeerError::Full) => Outcome::Full,
         Err(peer::PeerError::Useless | peer::PeerError::Idle) => Outcome::Useless,

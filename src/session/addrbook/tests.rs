@@ -119,6 +119,7 @@ fn each_outcome_waits_its_own_time() {
         (Outcome::TimedOut, 30),
         (Outcome::HungUp, 120),
         (Outcome::Useless, 600),
+        (Outcome::Duplicate, 60),
         (Outcome::Full, 10),
         (Outcome::Local, 10),
     ] {
@@ -129,6 +130,21 @@ fn each_outcome_waits_its_own_time() {
         assert!(!book.any_due(t0 + S * (wait - 1)), "{outcome:?}");
         assert!(book.any_due(t0 + S * wait), "{outcome:?}");
     }
+}
+
+/// A peer reached over another connection is no failure of its address: however often that
+/// repeats, the address is dialled again (within half an hour), for when that connection ends.
+#[test]
+fn a_duplicate_is_retried_and_never_given_up() {
+    let mut t = Instant::now();
+    let mut book = AddressBook::new(10);
+    book.learn(a(1), PeerSource::Tracker, t);
+    for _ in 0..3 * MAX_FAILURES {
+        assert_eq!(book.due(t, 1).len(), 1);
+        book.finished(a(1), Outcome::Duplicate, t);
+        t += S * 30 * 60;
+    }
+    assert_eq!(book.due(t, 1).len(), 1);
 }
 
 #[test]
