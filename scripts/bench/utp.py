@@ -104,7 +104,7 @@ def seq(bench, client, swarm, sha1, size, rate_metric, cpu_metric):
         if st:
             bench.notes[client].append("%s: %s" % (cpu_metric, ", ".join(
                 "%s=%s" % (k, st[k]) for k in sorted(st)
-                if k in ("downloaded_bytes", "hash_failures", "rerequested_blocks"))))
+                if k in ("downloaded_bytes", "hash_failures", "rerequested_blocks", "wasted_bytes"))))
     bench.measure(client, rate_metric or cpu_metric, fn, swarm, ready_metric=None)
 
 

@@ -199,8 +199,11 @@ pub struct Stats {
     pub hash_failures: u64,
     /// Our plaintext handshakes a peer hung up on, not retried encrypted (see `--encryption`).
     pub refused_plaintext: u64,
-    /// Blocks a read waited on that were asked of a second peer because the first was late.
+    /// Urgent blocks asked of a second peer (endgame: the first was late with them, or had
+    /// them queued deep).
     pub rerequests: u64,
+    /// Of `downloaded`, bytes of copies another source had delivered first.
+    pub wasted: u64,
     pub banned: usize,
     pub trackers: Vec<TrackerStatus>,
     /// Good nodes in the DHT routing tables; `None` without DHT.
@@ -291,6 +294,7 @@ impl Session {
             downloaded: AtomicU64::new(0),
             uploaded: AtomicU64::new(0),
             hash_failures: AtomicU64::new(0),
+            wasted: AtomicU64::new(0),
             refused_plaintext: AtomicU64::new(0),
             down_limit,
             up_limit,
@@ -385,6 +389,7 @@ impl Session {
             hash_failures: s.hash_failures.load(Ordering::Relaxed),
             refused_plaintext: s.refused_plaintext.load(Ordering::Relaxed),
             rerequests: st.picker.rerequests(),
+            wasted: s.wasted.load(Ordering::Relaxed),
             banned: st.peers.banned().len(),
             trackers,
             dht_nodes,

@@ -57,6 +57,9 @@ pub(crate) struct Shared {
     pub(crate) downloaded: AtomicU64,
     pub(crate) uploaded: AtomicU64,
     pub(crate) hash_failures: AtomicU64,
+    /// Of `downloaded`, the bytes of blocks another source had delivered first (endgame copies
+    /// whose cancel came too late).
+    pub(crate) wasted: AtomicU64,
     /// Our plaintext handshakes a peer hung up on, not retried encrypted: such peers most
     /// likely require encryption.
     pub(crate) refused_plaintext: AtomicU64,

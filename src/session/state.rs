@@ -33,6 +33,14 @@ use crate::store::Store;
 /// Peers we upload to at once (one of them the optimistic unchoke).
 const UPLOAD_SLOTS: usize = 8;
 
+/// What became of a block that arrived (`State::block_arrived`).
+pub(crate) struct Arrived {
+    /// False for a copy of a block another source delivered first: wasted bytes.
+    pub(crate) new: bool,
+    /// The piece it completed, to verify.
+    pub(crate) complete: Option<Assembly>,
+}
+
 pub(crate) struct State {
     /// The background policy and the files being watched; `scope`, where it last said
     /// background fetching may go.
@@ -250,19 +258,25 @@ impl State {
         begin: u32,
         data: &[u8],
         from: impl Into<Sender>,
-    ) -> Option<Assembly> {
+    ) -> Arrived {
         let r = self.picker.block_received(peer, block);
         for (other, b) in r.cancel {
             self.peers.send(other, PeerCmd::Cancel(b));
         }
         if !r.new {
-            return None;
+            return Arrived {
+                new: false,
+                complete: None,
+            };
         }
         let g = self.picker.geometry();
         let complete = (self.assembling).put(g, block, begin, data, from.into(), r.piece_complete);
         // Buffers of pieces being put together count against the memory budget.
         self.residency.reserve(self.assembling.bytes());
-        complete
+        Arrived {
+            new: true,
+            complete,
+        }
     }
 
     /// A peer's connection ended: its pieces stop counting, its requests go to others.

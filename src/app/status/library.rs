@@ -246,6 +246,7 @@ fn sum(mountpoint: PathBuf, parts: Vec<(String, Report)>, left_out: &[String]) -
         dht_nodes_v6: first.and_then(|r| r.dht_nodes_v6),
         disk_cache: None,
         rerequested_blocks: 0,
+        wasted_bytes: 0,
         trackers: Vec::new(),
         web_seeds: Vec::new(),
         readers: Vec::new(),
@@ -286,6 +287,7 @@ fn sum(mountpoint: PathBuf, parts: Vec<(String, Report)>, left_out: &[String]) -
         out.refused_plaintext += r.refused_plaintext;
         out.banned_peers += r.banned_peers;
         out.rerequested_blocks += r.rerequested_blocks;
+        out.wasted_bytes += r.wasted_bytes;
         if let Some(d) = r.disk_cache {
             let o = out.disk_cache.get_or_insert(DiskStats::default());
             o.used += d.used;
@@ -394,6 +396,7 @@ mod tests {
             dht_nodes_v6: Some(0),
             disk_cache: None,
             rerequested_blocks: 0,
+            wasted_bytes: 0,
             trackers: Vec::new(),
             web_seeds: Vec::new(),
             readers: vec![ReaderReport {

@@ -76,8 +76,12 @@ pub struct Report {
     pub dht_nodes_v6: Option<usize>,
     /// The disk cache (`--cache-dir`); `None` without one.
     pub disk_cache: Option<DiskStats>,
-    /// Blocks a read waited on that were asked of a second peer because the first was late.
+    /// Urgent blocks asked of a second peer (endgame: the first was late with them, or had
+    /// them queued deep).
     pub rerequested_blocks: u64,
+    /// Of `downloaded_bytes`, bytes of copies another source had delivered first.
+    #[serde(default)]
+    pub wasted_bytes: u64,
     pub trackers: Vec<TrackerReport>,
     /// The torrent's web seeds (BEP 19), in `url-list` order.
     #[serde(default)]
@@ -208,6 +212,7 @@ impl Report {
             dht_nodes_v6: s.dht_nodes_v6,
             disk_cache: s.disk,
             rerequested_blocks: s.rerequests,
+            wasted_bytes: s.wasted,
             trackers: s
                 .trackers
                 .into_iter()
@@ -299,6 +304,7 @@ impl Report {
             line("disk_cache_refused_pieces", &d.refused);
         }
         line("rerequested_blocks", &self.rerequested_blocks);
+        line("wasted_bytes", &self.wasted_bytes);
         for r in &self.readers {
             let ahead = r.ahead_secs.map_or("-".to_string(), |s| format!("{s:.1}s"));
             let v = format!(

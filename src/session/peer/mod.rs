@@ -337,11 +337,16 @@ impl Peer {
             .downloaded
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         self.rates.received(data.len(), Instant::now());
-        let complete =
+        let arrived =
             self.shared
                 .lock()
                 .block_arrived(self.id, block, begin, &data, self.addr.ip());
-        if let Some(asm) = complete {
+        if !arrived.new {
+            self.shared
+                .wasted
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        if let Some(asm) = arrived.complete {
             verify::check(self.shared.clone(), p, asm);
         }
         self.refill();

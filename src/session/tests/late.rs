@@ -1,5 +1,6 @@
 //! A read waiting on a peer that is slow but not stalled gets its blocks from another peer
-//! too: the first copy wins. Checked by the session's count of re-requests, not by timing.
+//! too: the first copy wins, the other is counted as wasted. Checked by the session's counts
+//! of re-requests and wasted bytes, not by timing.
 
 use std::time::Duration;
 
@@ -41,5 +42,12 @@ async fn a_block_late_at_a_slow_peer_is_also_asked_of_a_fast_one() {
     );
     assert_eq!(stats.hash_failures, 0);
     assert_eq!(stats.banned, 0, "slow is not bad");
+    // The slow peer sends its own copy anyway (it answers every request it read, cancelled or
+    // not): received, not used, and counted as wasted.
+    let stats = eventually(&session, "the slow copy counted as wasted", |s| {
+        s.wasted > 0
+    })
+    .await;
+    assert!(stats.wasted < stats.downloaded, "{stats:?}");
     stop(session).await;
 }

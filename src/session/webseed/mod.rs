@@ -464,12 +464,17 @@ fn deliver(ctx: &Ctx, cut: &mut Cutter, bytes: &[u8], downloaded: bool) {
     let shared = &ctx.shared;
     let g = &shared.geometry;
     let mut complete = Vec::new();
+    let mut wasted = 0;
     {
         let mut st = shared.lock();
         cut.feed(bytes, |b, data| {
             let (begin, _) = g.block(b.piece, b.block);
             let from = Sender::WebSeed(ctx.id);
-            if let Some(asm) = st.block_arrived(ctx.id, b, begin, data, from) {
+            let arrived = st.block_arrived(ctx.id, b, begin, data, from);
+            if !arrived.new {
+                wasted += data.len() as u64;
+            }
+            if let Some(asm) = arrived.complete {
                 complete.push((b.piece, asm));
             }
         });
@@ -479,6 +484,7 @@ fn deliver(ctx: &Ctx, cut: &mut Cutter, bytes: &[u8], downloaded: bool) {
     }
     if downloaded {
         (shared.downloaded).fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        (shared.wasted).fetch_add(wasted, std::sync::atomic::Ordering::Relaxed);
     }
     for (p, asm) in complete {
         verify::check(shared.clone(), p, asm);
