@@ -61,6 +61,9 @@ pub struct TorrentReport {
     /// Its pieces in the disk cache (`--cache-dir`, whose budget the torrents share).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_cache_used_bytes: Option<u64>,
+    /// Its verified pieces the disk cache had no room for (kept in memory only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_cache_refused_pieces: Option<u64>,
     pub warnings: Vec<String>,
 }
 
@@ -84,6 +87,7 @@ impl TorrentReport {
             cache_used_bytes: r.cache_used_bytes,
             cache_budget_bytes: r.cache_budget_bytes,
             disk_cache_used_bytes: r.disk_cache.map(|d| d.used),
+            disk_cache_refused_pieces: r.disk_cache.map(|d| d.refused),
             warnings: r.warnings.clone(),
         }
     }
@@ -348,6 +352,9 @@ pub(super) fn torrents_text(torrents: &[TorrentReport], out: &mut String) {
         if let Some(d) = t.disk_cache_used_bytes {
             line("disk_cache_used_bytes", &d);
         }
+        if let Some(n) = t.disk_cache_refused_pieces {
+            line("disk_cache_refused_pieces", &n);
+        }
         for w in &t.warnings {
             line("warning", w);
         }
@@ -468,7 +475,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\ndisk_cache_refused_pieces: 6\n"), "{text}");
-        assert!(text.contains("  disk_cache_used_bytes: 300\n"), "{text}");
+        assert!(
+            text.contains("  disk_cache_used_bytes: 300\n  disk_cache_refused_pieces: 3\n"),
+            "each torrent's own refused writes: {text}"
+        );
         let json = serde_json::to_value(&r).expect("serializes");
         assert_eq!(json["torrents"][1]["folder"], "a (2)");
         let back: Report = serde_json::from_value(json).expect("reads back");
