@@ -74,10 +74,10 @@ pub struct Received {
     pub cancel: Vec<(PeerId, Block)>,
 }
 
-/// A block is spread to a peer only if, at the two peers' download rates (when both are
-/// known, `set_rate`), it would arrive at least this much sooner there: on fast links a copy
-/// saves a millisecond or two and is often already on its way when the cancel reaches the
-/// first peer (a duplicate received for nothing); on slow ones a block is tens of ms.
+/// A block is spread to a peer only if, at the two peers' download rates (`set_rate`; when
+/// the deep peer's is known), it would arrive at least this much sooner there: on fast links
+/// a copy saves a millisecond or two and is often already on its way when the cancel reaches
+/// the first peer (a duplicate received for nothing); on slow ones a block is tens of ms.
 const SPREAD_MIN_GAIN_SECS: f64 = 0.03;
 /// At most this many peers are asked for one block at once (endgame on urgent pieces).
 const MAX_REQUESTERS: usize = 3;
@@ -156,7 +156,7 @@ pub struct Picker {
     /// Requested blocks of urgent pieces that their peer is late with (`mark_late`): only
     /// these are asked of a second peer (endgame).
     late: HashSet<Block>,
-    /// Blocks asked of another peer because the first was late.
+    /// Blocks asked of another peer too: the first was late, or had them queued deep.
     rerequests: u64,
     /// Each peer's download rate in bytes/s, as its session last said (`set_rate`).
     rates: HashMap<PeerId, f64>,
@@ -419,7 +419,7 @@ impl Picker {
         requested && self.is_urgent(b.piece) && self.late.insert(b)
     }
 
-    /// Blocks asked of a second peer because the first was late, since the start.
+    /// Blocks asked of a second peer (late, or queued deep at the first), since the start.
     pub fn rerequests(&self) -> u64 {
         self.rerequests
     }

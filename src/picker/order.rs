@@ -404,7 +404,8 @@ impl Picker {
     /// Endgame by queue depth on the urgent pieces (`urgent`, in deadline order): once every
     /// urgent block `peer` could take is requested, it also takes those queued deepest at the
     /// peers they were asked of, when it would deliver them sooner: fewer blocks in flight
-    /// here than ahead of them there, by [`SPREAD_MARGIN`]. A peer serves its requests in
+    /// here than ahead of them there, by [`SPREAD_MARGIN`], and at the two peers' rates by
+    /// [`SPREAD_MIN_GAIN_SECS`] (`spread_pays`). A peer serves its requests in
     /// order, so without this the peer with the longest queue holds a read's last block while
     /// the others idle; the first copy to arrive wins and the other is cancelled, usually
     /// before it was sent. Depth counts only urgent blocks (requested in this order), so it
@@ -484,8 +485,6 @@ impl Picker {
         }
     }
 
-    /// Endgame on an urgent piece: asks `peer` too for blocks in flight from other peers that
-    /// are late with them (`mark_late`); one more peer per lateness mark.
     /// Whether a block `depth` blocks deep at `at` would arrive [`SPREAD_MIN_GAIN_SECS`]
     /// sooner from `peer`, which has `mine` in flight, at the rates they deliver at. With
     /// `peer`'s rate not known yet (a new peer), as if it were instant: no copy is made of a
@@ -502,6 +501,8 @@ impl Picker {
         wait_there - wait_here >= SPREAD_MIN_GAIN_SECS
     }
 
+    /// Endgame on an urgent piece: asks `peer` too for blocks in flight from other peers that
+    /// are late with them (`mark_late`); one more peer per lateness mark.
     fn take_duplicates(&mut self, p: PieceIndex, peer: PeerId, out: &mut Vec<Block>, max: usize) {
         if self.late.is_empty() || out.len() >= max || self.exclusive.contains_key(&p) {
             return;
