@@ -4,6 +4,8 @@
 //! of another's reader's window; the torrent that lost pieces stops announcing them and reads
 //! right again; the two never hold more on disk together than the budget.
 
+use std::sync::Arc;
+
 use super::fake_peer::{Behavior, Content, FakePeer};
 use super::{check_read, content, host_for, ip, stop, within};
 use crate::session::{Background, Config, DiskCacheConfig, Host, Session};
@@ -27,6 +29,36 @@ async fn start_in(disk: &DiskCacheConfig, host: &Host, c: &Content, peer: &FakeP
     Session::start(c.torrent.clone(), config, host)
         .await
         .expect("session starts")
+}
+
+/// Two torrents' contents, each with an honest fake seeder, and one disk budget for both.
+struct Pair {
+    _tmp: tempfile::TempDir,
+    disk: DiskCacheConfig,
+    host: Host,
+    a: (Arc<Content>, FakePeer),
+    b: (Arc<Content>, FakePeer),
+}
+
+/// `budget` bytes of disk, and contents of one file each, from `(seed, size)`.
+async fn pair(budget: u64, [(sa, la), (sb, lb)]: [(u64, u64); 2]) -> Pair {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let disk = DiskCacheConfig::new(tmp.path().to_owned(), budget);
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
+    let host = host_for(&config).await;
+    let (ca, cb) = (content(sa, PIECE, &[la]), content(sb, PIECE, &[lb]));
+    let pa = FakePeer::start(ip(2), ca.clone(), Behavior::Honest).await;
+    let pb = FakePeer::start(ip(3), cb.clone(), Behavior::Honest).await;
+    Pair {
+        _tmp: tmp,
+        disk,
+        host,
+        a: (ca, pa),
+        b: (cb, pb),
+    }
 }
 
 /// The pieces of `s` its disk store holds now (the pool's view, not yet the session's).
@@ -70,19 +102,13 @@ async fn announces_what_it_holds(s: &Session) {
 /// what it lost and reads it right again from its seeder.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_torrent_being_read_takes_disk_from_another_but_not_its_readers_window() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let disk = DiskCacheConfig::new(tmp.path().to_owned(), DISK);
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Config::default()
-    };
-    let host = host_for(&config).await;
-    let (ca, cb) = (
-        content(51, PIECE, &[2048 * KIB]),
-        content(52, PIECE, &[512 * KIB]),
-    );
-    let pa = FakePeer::start(ip(2), ca.clone(), Behavior::Honest).await;
-    let pb = FakePeer::start(ip(3), cb.clone(), Behavior::Honest).await;
+    let Pair {
+        _tmp,
+        disk,
+        host,
+        a: (ca, pa),
+        b: (cb, pb),
+    } = pair(DISK, [(51, 2048 * KIB), (52, 512 * KIB)]).await;
     let sa = start_in(&disk, &host, &ca, &pa).await;
     let sb = start_in(&disk, &host, &cb, &pb).await;
     let pool = || sb.stats().disk.expect("disk stats");
@@ -152,19 +178,13 @@ async fn a_torrent_being_read_takes_disk_from_another_but_not_its_readers_window
 /// keeps its pieces.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_refused_for_want_of_room_is_counted() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let disk = DiskCacheConfig::new(tmp.path().to_owned(), 4 * u64::from(PIECE));
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Config::default()
-    };
-    let host = host_for(&config).await;
-    let (ca, cb) = (
-        content(53, PIECE, &[256 * KIB]),
-        content(54, PIECE, &[256 * KIB]),
-    );
-    let pa = FakePeer::start(ip(2), ca.clone(), Behavior::Honest).await;
-    let pb = FakePeer::start(ip(3), cb.clone(), Behavior::Honest).await;
+    let Pair {
+        _tmp,
+        disk,
+        host,
+        a: (ca, pa),
+        b: (cb, pb),
+    } = pair(4 * u64::from(PIECE), [(53, 256 * KIB), (54, 256 * KIB)]).await;
     let sa = start_in(&disk, &host, &ca, &pa).await;
     let b_config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
