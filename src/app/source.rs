@@ -188,7 +188,8 @@ async fn download(url: &str) -> Result<Torrent, SourceError> {
         url: url.to_string(),
         reason,
     };
-    let client = reqwest::Client::builder()
+    let client = crate::net::tls::client_builder()
+        .map_err(fail)?
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(60))
         .user_agent(concat!("btfs/", env!("CARGO_PKG_VERSION")))

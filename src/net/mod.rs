@@ -8,6 +8,7 @@
 mod recv_batch;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 pub mod udp;
 pub mod utp;
 

@@ -48,7 +48,7 @@ impl Clients {
     /// [`Clients::new`] with `hosts` resolved to the addresses given.
     pub(super) fn with_hosts(hosts: HashMap<String, Vec<IpAddr>>) -> Result<Self, TrackerError> {
         let over = |family: Family| {
-            let mut b = http_builder().dns_resolver(Arc::new(OneFamily(family)));
+            let mut b = http_builder()?.dns_resolver(Arc::new(OneFamily(family)));
             for (name, ips) in &hosts {
                 let addrs: Vec<SocketAddr> = (ips.iter())
                     .filter(|ip| Family::of_ip(**ip) == family)
@@ -59,7 +59,7 @@ impl Clients {
             build(b)
         };
         Ok(Self {
-            http: build(http_builder())?,
+            http: build(http_builder()?)?,
             http_over: [over(Family::V4)?, over(Family::V6)?],
             hosts,
             udp_connections: Mutex::new(HashMap::new()),
@@ -89,15 +89,15 @@ impl Clients {
 }
 
 /// How every tracker HTTP client is set up.
-fn http_builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .user_agent(concat!("btfs/", env!("CARGO_PKG_VERSION")))
+fn http_builder() -> Result<reqwest::ClientBuilder, TrackerError> {
+    let b = crate::net::tls::client_builder().map_err(TrackerError::Request)?;
+    Ok(b.user_agent(concat!("btfs/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(20))
         // Announces are minutes apart and trackers (opentracker among them) close the
         // connection after each reply: a pooled connection would be stale, and reusing one
         // fails with "connection closed before message completed".
-        .pool_max_idle_per_host(0)
+        .pool_max_idle_per_host(0))
 }
 
 fn build(b: reqwest::ClientBuilder) -> Result<reqwest::Client, TrackerError> {

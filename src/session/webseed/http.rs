@@ -48,7 +48,8 @@ pub(crate) enum FetchError {
 
 /// The client a session's web seeds share: keep-alive connections are pooled per host.
 pub(crate) fn client(connect: Duration, read: Duration) -> Result<reqwest::Client, FetchError> {
-    reqwest::Client::builder()
+    crate::net::tls::client_builder()
+        .map_err(FetchError::Request)?
         .user_agent(concat!("btfs/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(connect)
         // Per read, not per request: a large range on a slow server may take long, but a
