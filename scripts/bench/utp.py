@@ -5,7 +5,9 @@ The swarm: one file of --utp-size bytes, three libtorrent seeders on 127.0.{1,2,
 off (`swarm.py seed --transport utp`) behind opentracker. Then the same file from TCP-only
 seeders, for the CPU uTP costs per byte. Per client and per run:
   utp_ttfb   fresh mount; open the file and read 1 byte: mount ready -> byte returned
-  utp_seq    fresh mount; read the whole file in 1 MiB chunks with sha1 (checked); MB/s
+  utp_seq    fresh mount, once the client has used no CPU for 0.2 s (its startup done: ours
+             sets up TLS for its tracker clients, ~60 ms of CPU); read the whole file in 1
+             MiB chunks with sha1 (checked); MB/s
   utp_cpu    the client's CPU time (utime + stime, /proc/PID/stat) over that read, per MB
 Then, per client, the same file from TCP-only seeders:
   utp_tcp_cpu   the same read's CPU time per MB over TCP
@@ -24,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from harness import MiB
 from harness.cli import run_alone
 from harness.measure import file_sha1, first_byte, guarded, read_all
-from harness.procs import MetricFailed, cpu_secs, log
+from harness.procs import MetricFailed, cpu_secs, log, settle
 from harness.report import parse_size
 from harness.swarm import SEEDER_IPS, Swarm, make_data
 
@@ -78,10 +80,11 @@ def stop_perf(proc):
 
 
 def seq(bench, client, swarm, sha1, size, rate_metric, cpu_metric):
-    """A cold sequential read on a fresh mount: its rate (if `rate_metric`) and the client's
-    CPU time per MB."""
+    """A cold sequential read on a fresh mount, once the client has settled: its rate (if
+    `rate_metric`) and the client's CPU time per MB."""
     def fn(m):
         def body(progress):
+            settle(m.proc.pid)
             fd = os.open(m.path, os.O_RDONLY)
             perf = start_perf(bench, client, cpu_metric, m.proc.pid)
             try:

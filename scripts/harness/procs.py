@@ -120,6 +120,21 @@ def vm_hwm(pid):
     return None
 
 
+def settle(pid, quiet=0.2, longest=3.0):
+    """Waits until a process has used no CPU for `quiet` seconds (at most `longest`): its
+    startup work (for ours: the TLS context the trackers' HTTP clients share, the first
+    announce) is then out of a CPU window that should hold the work of one read only."""
+    deadline = time.monotonic() + longest
+    last, since = cpu_secs(pid), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = cpu_secs(pid)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+
+
 def cpu_secs(pid):
     """CPU time (user + system, /proc/PID/stat) a live process has used, in seconds; None if
     unknown. Its resolution is the kernel's clock tick (10 ms)."""
