@@ -47,13 +47,15 @@
 //!   across them) and `disk` (files, re-verified on load; one torrent's member of a disk
 //!   `pool` for the whole `--cache-dir`, whose `books` count every torrent's pieces, those of
 //!   torrents not mounted first out); neither knows where else a piece lives.
-//! - Discovery: [`tracker`] (`http`, `udp`, and the `announcer` task), [`dht`] (the
+//! - Discovery: [`tracker`] (`http`, over `plain` hyper for http:// with no TLS set-up; `udp`;
+//!   and the `announcer` task), [`dht`] (the
 //!   Mainline DHT node: KRPC, routing table, lookups, saved state) and [`lsd`] (local service
 //!   discovery, BEP 14: `message` parsed and formatted, `policy` of when to announce and what to
 //!   take in, multicast `socket`s).
 //! - [`net`]: the UDP ports the DHT and uTP share (`udp`: one socket per address, datagrams
 //!   told apart by their first byte) and uTP on them (`utp`, the `librqbit-utp` crate, one
-//!   endpoint over both families); `Family`, IPv4 or IPv6.
+//!   endpoint over both families); `Family`, IPv4 or IPv6; `tls`: the one TLS context every
+//!   HTTP client shares, built at the first https need.
 //! - [`wire`]: peer messages, pure encode/decode (`message`, `handshake`, `extension`) and
 //!   their tokio framing (`conn`, with the handshake exchange); `mse`: protocol encryption
 //!   (Diffie-Hellman, RC4) under them, over any byte stream.

@@ -330,7 +330,6 @@ fn run(cli: Cli) -> Result<()> {
                 None
             };
             init_logging(cli.verbose);
-            btfs::net::tls::prepare();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("btfs")

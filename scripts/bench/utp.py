@@ -5,9 +5,8 @@ The swarm: one file of --utp-size bytes, three libtorrent seeders on 127.0.{1,2,
 off (`swarm.py seed --transport utp`) behind opentracker. Then the same file from TCP-only
 seeders, for the CPU uTP costs per byte. Per client and per run:
   utp_ttfb   fresh mount; open the file and read 1 byte: mount ready -> byte returned
-  utp_seq    fresh mount, once the client has used no CPU for 0.2 s (its startup done: ours
-             sets up TLS for its tracker clients, ~60 ms of CPU); read the whole file in 1
-             MiB chunks with sha1 (checked); MB/s
+  utp_seq    fresh mount, once the client has used no CPU for 0.2 s (its startup work done);
+             read the whole file in 1 MiB chunks with sha1 (checked); MB/s
   utp_cpu    the client's CPU time (utime + stime, /proc/PID/stat) over that read, per MB
 Then, per client, the same file from TCP-only seeders:
   utp_tcp_cpu   the same read's CPU time per MB over TCP

@@ -122,8 +122,8 @@ def vm_hwm(pid):
 
 def settle(pid, quiet=0.2, longest=3.0):
     """Waits until a process has used no CPU for `quiet` seconds (at most `longest`): its
-    startup work (for ours: the TLS context the trackers' HTTP clients share, the first
-    announce) is then out of a CPU window that should hold the work of one read only."""
+    startup work (a TLS context, say, which costs tens of ms) is then out of a CPU window that
+    should hold the work of one read only."""
     deadline = time.monotonic() + longest
     last, since = cpu_secs(pid), time.monotonic()
     while time.monotonic() < deadline:

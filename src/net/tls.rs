@@ -2,22 +2,12 @@
 //! torrent's URL).
 //!
 //! Why one: building a TLS context loads and parses the system's root certificates, about
-//! 50 ms of CPU. reqwest builds one per client, and a mount built four (three for trackers,
+//! 60 ms of CPU. reqwest builds one per client, and a mount built four (three for trackers,
 //! one for web seeds) before it could mount: 150-200 ms of a 256 MiB torrent's mount time.
+//! Now it is built at the first https need (http:// trackers need none: `tracker::plain`),
+//! on the blocking pool, never on the way to the mount.
 
 use std::sync::OnceLock;
-
-/// Builds the shared context on a thread of its own, so that the first announce finds it
-/// ready or nearly: a mount need not wait for it, and its first peers should not either. Call
-/// it after any fork (a thread does not survive one).
-pub fn prepare() {
-    let spawned = std::thread::Builder::new()
-        .name("btfs-tls".into())
-        .spawn(|| drop(connector()));
-    if let Err(e) = spawned {
-        tracing::debug!("no thread to set up TLS ahead: {e}");
-    }
-}
 
 /// A reqwest builder on the shared TLS context; the context is built at the first call.
 pub fn client_builder() -> Result<reqwest::ClientBuilder, String> {

@@ -145,37 +145,29 @@ pub(super) fn spawn_inner(
             by_tier.push(tier);
         }
     }
-    let (status, status_rx) = watch::channel(status);
-    let task = async move {
-        // Off the caller's path: the first build loads the system's root certificates
-        // (tens of ms of CPU), which a mount should not wait for.
-        let built = tokio::task::spawn_blocking(Clients::shared).await;
-        let clients = match built {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return no_clients(&status, e.to_string()),
-            Err(e) => return no_clients(&status, format!("cannot set up HTTP clients: {e}")),
-        };
-        let ctx = Arc::new(Ctx {
-            params,
-            progress,
-            peers_tx,
-            more,
-            status,
-            clients,
-        });
-        run(ctx, by_tier, shutdown).await
-    };
-    (tokio::spawn(task.in_current_span()), status_rx)
-}
-
-/// No announce can be made: every tracker says why.
-fn no_clients(status: &watch::Sender<Vec<TrackerStatus>>, why: String) {
-    warn!(error = %why, "cannot announce to trackers");
-    status.send_modify(|st| {
-        for s in st.iter_mut() {
-            s.last = Some(Err(why.clone()));
+    let clients = match Clients::shared() {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "cannot announce to trackers");
+            for s in &mut status {
+                s.last = Some(Err(e.to_string()));
+            }
+            return (tokio::spawn(async {}), watch::channel(status).1);
         }
+    };
+    let (status, status_rx) = watch::channel(status);
+    let ctx = Arc::new(Ctx {
+        params,
+        progress,
+        peers_tx,
+        more,
+        status,
+        clients,
     });
+    (
+        tokio::spawn(run(ctx, by_tier, shutdown).in_current_span()),
+        status_rx,
+    )
 }
 
 struct Ctx {

@@ -1,4 +1,4 @@
-//! What all announces of a process share: the HTTP clients and the UDP connection ids.
+//! What all announces of a process share: the reqwest clients and the UDP connection ids.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -13,14 +13,15 @@ use crate::net::Family;
 /// How long a UDP connection id may be reused (BEP 15: one minute after receiving it).
 const UDP_CONNECTION_TTL: Duration = Duration::from_secs(60);
 
-/// State shared by all announces of a process: the HTTP clients (connection pool, TLS setup)
-/// and the UDP connection ids.
+/// State shared by all announces of a process: the reqwest clients (connection pool, TLS
+/// setup) and the UDP connection ids.
 #[derive(Debug)]
 pub struct Clients {
-    pub(super) http: reqwest::Client,
-    /// The same, resolving host names to one family's addresses only (IPv4, IPv6): to reach
-    /// a tracker over each family.
-    http_over: [reqwest::Client; 2],
+    /// For https:// trackers and http:// ones that redirect (the rest go by `plain`), built
+    /// at the first such announce: a TLS context costs tens of ms of CPU to build. Index 0
+    /// resolves host names to any family, 1 to IPv4 only, 2 to IPv6 only (to reach a tracker
+    /// over each family).
+    reqwest: tokio::sync::OnceCell<[reqwest::Client; 3]>,
     /// Host names resolved to these addresses instead of by the system (tests).
     pub(super) hosts: HashMap<String, Vec<IpAddr>>,
     /// Guards each tracker's UDP connection id and when it came; never held across `.await`.
@@ -32,10 +33,8 @@ impl Clients {
         Self::with_hosts(HashMap::new())
     }
 
-    /// The process's one set, built at its first use and then shared by every announcer: each
-    /// HTTP client holds a TLS context with the system's root certificates, too much to build
-    /// per torrent (and again at each wake) in a library of a thousand; and a tracker's UDP
-    /// connection id serves all torrents announced to it.
+    /// The process's one set, shared by every announcer: a tracker's UDP connection id serves
+    /// all torrents announced to it, and the reqwest clients, once built, serve them all.
     pub fn shared() -> Result<Arc<Clients>, TrackerError> {
         static SHARED: OnceLock<Arc<Clients>> = OnceLock::new();
         if let Some(c) = SHARED.get() {
@@ -47,28 +46,30 @@ impl Clients {
 
     /// [`Clients::new`] with `hosts` resolved to the addresses given.
     pub(super) fn with_hosts(hosts: HashMap<String, Vec<IpAddr>>) -> Result<Self, TrackerError> {
-        let over = |family: Family| {
-            let mut b = http_builder()?.dns_resolver(Arc::new(OneFamily(family)));
-            for (name, ips) in &hosts {
-                let addrs: Vec<SocketAddr> = (ips.iter())
-                    .filter(|ip| Family::of_ip(**ip) == family)
-                    .map(|ip| SocketAddr::new(*ip, 0))
-                    .collect();
-                b = b.resolve_to_addrs(name, &addrs);
-            }
-            build(b)
-        };
         Ok(Self {
-            http: build(http_builder()?)?,
-            http_over: [over(Family::V4)?, over(Family::V6)?],
+            reqwest: tokio::sync::OnceCell::new(),
             hosts,
             udp_connections: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The HTTP client that reaches host names over `family` only.
-    pub(super) fn http_over(&self, family: Family) -> &reqwest::Client {
-        &self.http_over[family.index()]
+    /// The reqwest client that resolves host names to `family` only (any, if `None`); the
+    /// set is built at the first call, on the blocking pool.
+    pub(super) async fn reqwest(
+        &self,
+        family: Option<Family>,
+    ) -> Result<&reqwest::Client, TrackerError> {
+        let set = (self.reqwest)
+            .get_or_try_init(|| {
+                let hosts = self.hosts.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || build_set(&hosts))
+                        .await
+                        .map_err(|e| TrackerError::Request(format!("HTTP client set-up: {e}")))?
+                }
+            })
+            .await?;
+        Ok(&set[family.map_or(0, |f| 1 + f.index())])
     }
 
     /// The connection id for `addr` if it is still within its lifetime.
@@ -86,6 +87,28 @@ impl Clients {
             None => map.remove(&addr),
         };
     }
+}
+
+/// The three reqwest clients: any family, IPv4 only, IPv6 only; `hosts` overrides the
+/// resolver in each.
+fn build_set(hosts: &HashMap<String, Vec<IpAddr>>) -> Result<[reqwest::Client; 3], TrackerError> {
+    let over = |family: Family| {
+        let mut b = http_builder()?.dns_resolver(Arc::new(OneFamily(family)));
+        for (name, ips) in hosts {
+            let addrs: Vec<SocketAddr> = (ips.iter())
+                .filter(|ip| Family::of_ip(**ip) == family)
+                .map(|ip| SocketAddr::new(*ip, 0))
+                .collect();
+            b = b.resolve_to_addrs(name, &addrs);
+        }
+        build(b)
+    };
+    let mut any = http_builder()?;
+    for (name, ips) in hosts {
+        let addrs: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, 0)).collect();
+        any = any.resolve_to_addrs(name, &addrs);
+    }
+    Ok([build(any)?, over(Family::V4)?, over(Family::V6)?])
 }
 
 /// How every tracker HTTP client is set up.

@@ -1,15 +1,15 @@
 //! HTTP(S) tracker announces: the BEP 3 request URL, and the GET whose body `reply` decodes.
 
+use std::net::SocketAddr;
+
 use url::Url;
 
 use super::clients::Clients;
 use super::families::{self, announce_both};
+use super::plain::{self, MAX_REPLY};
 use super::reply::parse_reply;
 use super::types::{AnnounceRequest, AnnounceResponse, Event, TrackerError};
 use crate::net::Family;
-
-/// Tracker replies are a few kilobytes; anything this large is not a tracker reply.
-pub(super) const MAX_REPLY: usize = 1 << 20;
 
 /// Announces to the tracker at `base`: a host name over each family we listen on that it has
 /// an address of (see `families.rs`), an IP address as it is.
@@ -18,12 +18,26 @@ pub(super) async fn announce_by_family(
     base: &Url,
     req: &AnnounceRequest,
 ) -> Result<AnnounceResponse, TrackerError> {
-    let Some(url::Host::Domain(host)) = base.host() else {
-        return announce(&clients.http, base, req).await;
-    };
     let port = base.port_or_known_default().unwrap_or(80);
+    let host = match base.host() {
+        Some(url::Host::Domain(host)) => host,
+        Some(url::Host::Ipv4(ip)) => {
+            return announce(clients, vec![SocketAddr::from((ip, port))], None, base, req).await;
+        }
+        Some(url::Host::Ipv6(ip)) => {
+            return announce(clients, vec![SocketAddr::from((ip, port))], None, base, req).await;
+        }
+        None => return Err(TrackerError::InvalidUrl(format!("{base}: no host"))),
+    };
     let addrs = families::resolve(clients, host, port).await?;
-    let over = |f: Family| announce(clients.http_over(f), base, req);
+    let over = |f: Family| {
+        let of_f = addrs
+            .iter()
+            .filter(|a| Family::of(a) == f)
+            .copied()
+            .collect();
+        announce(clients, of_f, Some(f), base, req)
+    };
     match req.families.pick(&addrs)[..] {
         [a] => over(Family::of(&a)).await,
         [_, _] => announce_both(over(Family::V4), over(Family::V6)).await,
@@ -31,13 +45,25 @@ pub(super) async fn announce_by_family(
     }
 }
 
-/// One announce with `client`.
+/// One announce. http:// goes by a plain GET to `addrs` (the tracker's, of one family or as
+/// given); https://, and an http:// tracker that redirects, by reqwest, which resolves the
+/// host itself, over `family` only if one is given.
 pub(super) async fn announce(
-    client: &reqwest::Client,
+    clients: &Clients,
+    addrs: Vec<SocketAddr>,
+    family: Option<Family>,
     base: &Url,
     req: &AnnounceRequest,
 ) -> Result<AnnounceResponse, TrackerError> {
     let url = announce_url(base, req);
+    if base.scheme() == "http" {
+        let parsed = Url::parse(&url).map_err(|e| TrackerError::InvalidUrl(format!("{e}")))?;
+        match plain::get(&parsed, &addrs).await? {
+            plain::Got::Reply(status, body) => return judge(status.as_u16(), &body),
+            plain::Got::Redirect => tracing::debug!(tracker = %base, "redirected; following"),
+        }
+    }
+    let client = clients.reqwest(family).await?;
     let mut resp = client.get(&url).send().await.map_err(request_error)?;
     let status = resp.status();
     let mut body = Vec::new();
@@ -49,15 +75,20 @@ pub(super) async fn announce(
         }
         body.extend_from_slice(&chunk);
     }
-    if !status.is_success() {
+    judge(status.as_u16(), &body)
+}
+
+/// The announce's answer from the reply's status and body.
+fn judge(status: u16, body: &[u8]) -> Result<AnnounceResponse, TrackerError> {
+    if !(200..300).contains(&status) {
         // Some trackers explain a refusal with an error status; their reason helps the user
         // more than the bare number.
-        return Err(match parse_reply(&body) {
+        return Err(match parse_reply(body) {
             Err(TrackerError::Failure(reason)) => TrackerError::Failure(reason),
-            _ => TrackerError::Http(status.as_u16()),
+            _ => TrackerError::Http(status),
         });
     }
-    parse_reply(&body)
+    parse_reply(body)
 }
 
 fn request_error(e: reqwest::Error) -> TrackerError {

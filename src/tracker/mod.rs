@@ -8,11 +8,13 @@
 //! - `mod.rs`: [`announce`], which picks the protocol by the URL's scheme.
 //! - `udp`: BEP 15 (connect, then announce), with the connection ids kept in [`Clients`].
 //! - `http`: BEP 3 requests over HTTP(S). Both reach a tracker through `families`.
+//! - `plain`: an http:// announce as one GET by hyper, with no TLS context to build.
 //! - `reply`: the bencoded reply of an HTTP tracker, compact (BEP 23) or dictionary peers,
 //!   `peers6` (BEP 7); read with serde_bencode after `crate::bencode` checked it.
 //! - `families`: over IPv4 and IPv6: the tracker's addresses of the families we listen on
 //!   ([`Families`]), both announced to at once, the answers merged.
-//! - `clients`: [`Clients`], what all announces share: the HTTP clients, UDP connection ids.
+//! - `clients`: [`Clients`], what all announces share: the reqwest clients (https, redirects;
+//!   built at their first use), UDP connection ids.
 //! - `types`: [`AnnounceRequest`], [`AnnounceResponse`], [`TrackerError`], interval bounds,
 //!   [`Families`] (which of a tracker's addresses to reach).
 //! - `tests/`: dispatch and shared helpers (`mod.rs`), the announcer against scripted
@@ -27,6 +29,7 @@ pub mod announcer;
 mod clients;
 mod families;
 mod http;
+mod plain;
 mod reply;
 #[cfg(test)]
 mod tests;

@@ -46,8 +46,37 @@ pub(crate) enum FetchError {
     Request(String),
 }
 
-/// The client a session's web seeds share: keep-alive connections are pooled per host.
-pub(crate) fn client(connect: Duration, read: Duration) -> Result<reqwest::Client, FetchError> {
+/// The client a session's web seeds share: keep-alive connections are pooled per host. Built
+/// at the first request, on the blocking pool: its TLS context costs tens of ms of CPU, which
+/// the mount should not wait for.
+pub(crate) struct Client {
+    cell: tokio::sync::OnceCell<reqwest::Client>,
+    connect: Duration,
+    read: Duration,
+}
+
+impl Client {
+    pub(crate) fn new(connect: Duration, read: Duration) -> Client {
+        Client {
+            cell: tokio::sync::OnceCell::new(),
+            connect,
+            read,
+        }
+    }
+
+    async fn client(&self) -> Result<&reqwest::Client, FetchError> {
+        let (connect, read) = (self.connect, self.read);
+        (self.cell)
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || build(connect, read))
+                    .await
+                    .map_err(|e| FetchError::Request(format!("HTTP client set-up: {e}")))?
+            })
+            .await
+    }
+}
+
+fn build(connect: Duration, read: Duration) -> Result<reqwest::Client, FetchError> {
     crate::net::tls::client_builder()
         .map_err(FetchError::Request)?
         .user_agent(concat!("btfs/", env!("CARGO_PKG_VERSION")))
@@ -71,12 +100,14 @@ pub(crate) struct RangeBody {
 /// Asks `url` for `seg` of a file of `file_len` bytes; `Ok` once the headers say the server
 /// sends exactly that.
 pub(crate) async fn get(
-    client: &reqwest::Client,
+    client: &Client,
     url: Url,
     seg: &Segment,
     file_len: u64,
 ) -> Result<RangeBody, FetchError> {
     let resp = client
+        .client()
+        .await?
         .get(url)
         .header(RANGE, seg.range_header())
         .send()

@@ -94,13 +94,7 @@ pub(crate) fn spawn_all(shared: &Arc<Shared>) {
         tracing::info!(count = urls.len(), "web seeds not used (--no-web-seeds)");
         return;
     }
-    let client = match http::client(cfg.connect_timeout, cfg.read_timeout) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!("web seeds not used: {e}");
-            return;
-        }
-    };
+    let client = Arc::new(http::Client::new(cfg.connect_timeout, cfg.read_timeout));
     if urls.len() > MAX_WEB_SEEDS {
         tracing::info!(
             count = urls.len(),
@@ -112,7 +106,7 @@ pub(crate) fn spawn_all(shared: &Arc<Shared>) {
     }
 }
 
-fn spawn_one(shared: &Arc<Shared>, client: &reqwest::Client, url: &str) {
+fn spawn_one(shared: &Arc<Shared>, client: &Arc<http::Client>, url: &str) {
     let cfg = &shared.config.web_seeds;
     let mut health = Health::new(cfg.first_backoff, cfg.max_backoff);
     let base = Url::parse(url)
@@ -163,7 +157,7 @@ struct Ctx {
     shared: Arc<Shared>,
     id: PeerId,
     base: Url,
-    client: reqwest::Client,
+    client: Arc<http::Client>,
 }
 
 /// One web seed's task state.

@@ -7,7 +7,8 @@ use std::time::Duration;
 use url::Url;
 
 use crate::bencode::Encoder;
-use crate::tracker::http::{MAX_REPLY, announce, announce_url, percent_encode};
+use crate::tracker::http::{announce_by_family, announce_url, percent_encode};
+use crate::tracker::plain::MAX_REPLY;
 use crate::tracker::reply::parse_reply;
 use crate::tracker::{AnnounceRequest, Clients, Event, MIN_INTERVAL, TrackerError};
 
@@ -277,6 +278,20 @@ async fn serve_once(response: Vec<u8>) -> (Url, tokio::task::JoinHandle<String>)
 
 /// [`serve_once`] on `addr`.
 async fn serve_once_on(addr: &str, response: Vec<u8>) -> (Url, tokio::task::JoinHandle<String>) {
+    let (url, task) = serve_on(addr, response, 1).await;
+    (
+        url,
+        tokio::spawn(async move { task.await.unwrap().remove(0) }),
+    )
+}
+
+/// Serves `response` to `times` connections in turn on `addr`; the task returns their
+/// request heads.
+async fn serve_on(
+    addr: &str,
+    response: Vec<u8>,
+    times: usize,
+) -> (Url, tokio::task::JoinHandle<Vec<String>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let url = Url::parse(&format!(
@@ -284,16 +299,20 @@ async fn serve_once_on(addr: &str, response: Vec<u8>) -> (Url, tokio::task::Join
         listener.local_addr().unwrap()
     ));
     let task = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut buf).await.unwrap();
-            assert!(n > 0);
-            head.extend_from_slice(&buf[..n]);
+        let mut heads = Vec::new();
+        for _ in 0..times {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                head.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(&response).await.unwrap();
+            heads.push(String::from_utf8(head).unwrap());
         }
-        s.write_all(&response).await.unwrap();
-        String::from_utf8(head).unwrap()
+        heads
     });
     (url.unwrap(), task)
 }
@@ -313,7 +332,7 @@ async fn announces_over_http_with_our_user_agent() {
     let clients = Clients::new().unwrap();
     let body = b"d8:intervali60e5:peers6:\x01\x02\x03\x04\x1a\xe1e";
     let (url, server) = serve_once(response("200 OK", body)).await;
-    let r = announce(&clients.http, &url, &request(Event::Started))
+    let r = announce_by_family(&clients, &url, &request(Event::Started))
         .await
         .unwrap();
     assert_eq!(r.peers, vec!["1.2.3.4:6881".parse::<SocketAddr>().unwrap()]);
@@ -321,20 +340,43 @@ async fn announces_over_http_with_our_user_agent() {
     assert!(head.starts_with("GET /ann?x=1&info_hash=%00%01"), "{head}");
     let ua = format!("user-agent: btfs/{}\r\n", env!("CARGO_PKG_VERSION"));
     assert!(head.to_lowercase().contains(&ua), "{head}");
+    let host = format!("host: {}\r\n", url.authority());
+    assert!(head.to_lowercase().contains(&host), "{head}");
+}
+
+/// An http:// announce goes by a plain GET; a tracker that redirects is followed (by reqwest,
+/// which could follow it to https too) and its answer taken.
+#[tokio::test]
+async fn a_redirecting_tracker_is_followed() {
+    let clients = Clients::new().unwrap();
+    let body = b"d8:intervali60e5:peers6:\x01\x02\x03\x04\x1a\xe1e";
+    let (target, second) = serve_once(response("200 OK", body)).await;
+    let moved = format!(
+        "HTTP/1.1 302 Found\r\nLocation: {target}&moved=1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    // Asked twice: by the plain GET, then by reqwest, which follows it.
+    let (url, first) = serve_on("127.0.0.1:0", moved.into_bytes(), 2).await;
+    let r = announce_by_family(&clients, &url, &request(Event::Started))
+        .await
+        .unwrap();
+    assert_eq!(r.peers, vec!["1.2.3.4:6881".parse::<SocketAddr>().unwrap()]);
+    assert_eq!(first.await.unwrap().len(), 2);
+    let head = second.await.unwrap();
+    assert!(head.starts_with("GET /ann?x=1&moved=1 HTTP/1.1"), "{head}");
 }
 
 #[tokio::test]
 async fn error_statuses_keep_the_trackers_reason_when_it_gives_one() {
     let clients = Clients::new().unwrap();
     let (url, _server) = serve_once(response("404 Not Found", b"<html>no</html>")).await;
-    let e = announce(&clients.http, &url, &request(Event::None))
+    let e = announce_by_family(&clients, &url, &request(Event::None))
         .await
         .unwrap_err();
     assert!(matches!(e, TrackerError::Http(404)), "{e}");
 
     let body = b"d14:failure reason11:bad passkeye";
     let (url, _server) = serve_once(response("403 Forbidden", body)).await;
-    let e = announce(&clients.http, &url, &request(Event::None))
+    let e = announce_by_family(&clients, &url, &request(Event::None))
         .await
         .unwrap_err();
     assert!(
@@ -343,7 +385,7 @@ async fn error_statuses_keep_the_trackers_reason_when_it_gives_one() {
     );
 
     let (url, _server) = serve_once(response("200 OK", &vec![b'x'; MAX_REPLY + 1])).await;
-    let e = announce(&clients.http, &url, &request(Event::None))
+    let e = announce_by_family(&clients, &url, &request(Event::None))
         .await
         .unwrap_err();
     assert!(matches!(e, TrackerError::Malformed(_)), "{e}");
@@ -399,7 +441,7 @@ async fn refused_connection_names_the_cause() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         Url::parse(&format!("http://{}/announce", l.local_addr().unwrap())).unwrap()
     };
-    let e = announce(&clients.http, &url, &request(Event::None))
+    let e = announce_by_family(&clients, &url, &request(Event::None))
         .await
         .unwrap_err();
     let text = e.to_string();
