@@ -95,16 +95,7 @@ fn request_error(e: reqwest::Error) -> TrackerError {
     if e.is_timeout() {
         return TrackerError::Timeout;
     }
-    // reqwest's own message is generic ("error sending request"); the cause is in the chain.
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(&e);
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    TrackerError::Request(text)
+    TrackerError::Request(plain::with_causes(&e.without_url()))
 }
 
 /// The tracker URL with the announce parameters appended to its query (it may already carry

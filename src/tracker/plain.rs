@@ -124,12 +124,18 @@ async fn connect(addrs: &[SocketAddr]) -> Result<TcpStream, TrackerError> {
 }
 
 fn request_error(what: &str, e: hyper::Error) -> TrackerError {
-    let mut text = format!("{what}: {e}");
-    let mut cause = std::error::Error::source(&e);
+    TrackerError::Request(format!("{what}: {}", with_causes(&e)))
+}
+
+/// An error's message followed by its causes': the top one alone is often generic ("error
+/// sending request"), and the cause ("connection refused") is what a user needs.
+pub(super) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
     while let Some(c) = cause {
         text.push_str(": ");
         text.push_str(&c.to_string());
         cause = c.source();
     }
-    TrackerError::Request(text)
+    text
 }
