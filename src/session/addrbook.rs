@@ -14,8 +14,10 @@
 //! addresses being dialled or connected are never dropped.
 //!
 //! A peer that connected to us is known by its outgoing port, where nobody listens; the port
-//! its extended handshake names is learnt when the connection ends ([`AddressBook::listens`]),
-//! one per connection, and waits the backoff of how it ended, as a dialled one would. Its IP
+//! its extended handshake names is learnt as soon as it comes ([`AddressBook::listening`]):
+//! not dialled while the connection lasts, even when a tracker or PEX names it too. When the
+//! connection ends ([`AddressBook::listens`]) it waits the backoff of how it ended, as a
+//! dialled one would; one claim per connection. Its IP
 //! is the one it connected from, so a peer can only have us dial itself, and at most
 //! [`CLAIMS_PER_IP`] such addresses of one IP are kept.
 
@@ -108,6 +110,9 @@ enum Status {
     Idle,
     Dialing,
     Connected,
+    /// The address a peer connected to us from another port said it listens at: not dialled
+    /// while that connection lasts (it would be a second connection to the same peer).
+    ConnectedIn,
     /// Given up on after too many failures; tried again only while a read starves.
     GivenUp,
     /// Never dialled again (another torrent, banned, ourselves).
@@ -134,7 +139,7 @@ impl Entry {
     /// connected addresses are never dropped (`None`).
     fn drop_rank(&self) -> Option<(u8, u32)> {
         let class = match self.status {
-            Status::Dialing | Status::Connected => return None,
+            Status::Dialing | Status::Connected | Status::ConnectedIn => return None,
             Status::GivenUp => 3,
             Status::Idle if self.failures > 0 => 2,
             Status::Idle => 1,
@@ -229,25 +234,45 @@ impl AddressBook {
         }
     }
 
-    /// An incoming connection's peer said it listens at `addr` (its extended handshake `p`, at
-    /// the IP it connected from) and the connection ended with `outcome`: the address is
-    /// dialable after the backoff of that outcome, unless already connected or being dialled.
+    /// The peer of an incoming connection, still open, said it listens at `addr` (its
+    /// extended handshake `p`, at the IP it connected from): the address is known, and not
+    /// dialled while the connection lasts, unless it is dead.
+    pub(crate) fn listening(&mut self, addr: SocketAddr, now: Instant) {
+        let Some(addr) = self.claim(addr, now) else {
+            return;
+        };
+        if let Some(e) = self.entries.get_mut(&addr)
+            && matches!(e.status, Status::Idle | Status::GivenUp)
+        {
+            e.status = Status::ConnectedIn;
+        }
+    }
+
+    /// An incoming connection's peer said it listens at `addr` (see [`Self::listening`]) and
+    /// the connection ended with `outcome`: the address is dialable after the backoff of that
+    /// outcome, unless connected otherwise or being dialled.
     pub(crate) fn listens(&mut self, addr: SocketAddr, outcome: Outcome, now: Instant) {
+        let Some(addr) = self.claim(addr, now) else {
+            return;
+        };
+        if (self.entries.get(&addr))
+            .is_some_and(|e| matches!(e.status, Status::Idle | Status::ConnectedIn))
+        {
+            self.finished(addr, outcome, now);
+        }
+    }
+
+    /// A listen address a peer claimed, in the book (as its canonical form), unless port 0.
+    fn claim(&mut self, addr: SocketAddr, now: Instant) -> Option<SocketAddr> {
         let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
         if addr.port() == 0 {
-            return;
+            return None;
         }
         if !self.entries.contains_key(&addr) {
             self.forget_old_claims(addr);
         }
         self.learn(addr, PeerSource::Handshake, now);
-        if self
-            .entries
-            .get(&addr)
-            .is_some_and(|e| e.status == Status::Idle)
-        {
-            self.finished(addr, outcome, now);
-        }
+        Some(addr)
     }
 
     /// Keeps room for one more address of `addr`'s IP known only from a handshake (dead ones

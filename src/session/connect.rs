@@ -35,6 +35,8 @@ enum Event {
     /// A dial (and the connection it made, if any) ended; how it got as far as a BitTorrent
     /// handshake (transport, encrypted or not).
     Dialled(Outcome, Option<Worked>),
+    /// The peer of an incoming connection, still open, said it listens here.
+    IncomingListens(SocketAddr),
     /// An incoming connection ended; where its peer said it listens, and how it ended.
     IncomingEnded(Option<(SocketAddr, Outcome)>),
 }
@@ -82,7 +84,11 @@ pub(crate) async fn run(
                 let accept = async move {
                     let started = Instant::now();
                     let mut listen = None;
-                    let ran = peer::accept(shared, conn, |l| listen = Some(l)).await;
+                    let said = |l| {
+                        listen = Some(l);
+                        let _ = events.send((addr, Event::IncomingListens(l)));
+                    };
+                    let ran = peer::accept(shared, conn, said).await;
                     drop(slot);
                     let listen = listen.map(|l| (l, ended(ran, started)));
                     let _ = events.send((addr, Event::IncomingEnded(listen)));
@@ -104,6 +110,7 @@ pub(crate) async fn run(
                             book.set_worked(addr, w);
                         }
                     }
+                    Event::IncomingListens(listen) => book.listening(listen, Instant::now()),
                     Event::IncomingEnded(listen) => {
                         book.incoming_ended(addr);
                         if let Some((listen, outcome)) = listen {

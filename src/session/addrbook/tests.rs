@@ -234,6 +234,47 @@ fn an_incoming_peers_listening_port_is_dialled_after_its_backoff() {
     assert!(!book.any_due(t0 + S * 86_400));
 }
 
+/// While a peer is connected to us, the address it said it listens at is not dialled (that
+/// would be a second connection to it); when the connection ends, the address waits the
+/// backoff of how it ended. An address we are connected to by our own dial is left as it is.
+#[test]
+fn an_incoming_peers_listening_port_is_not_dialled_while_it_is_connected() {
+    let t0 = Instant::now();
+    let mut book = AddressBook::new(10);
+    book.learn(a(6881), PeerSource::Tracker, t0);
+    book.incoming(a(40_000), t0);
+    book.listening(a(6881), t0);
+    book.starving(t0, Duration::ZERO);
+    assert!(
+        !book.any_due(t0 + S * 86_400),
+        "connected, from another port"
+    );
+    book.incoming_ended(a(40_000));
+    book.listens(a(6881), Outcome::Ended { lasted: S * 10 }, t0 + S);
+    assert!(
+        !book.any_due(t0 + S * 30),
+        "waits as a dialled peer that ended"
+    );
+    assert_eq!(
+        book.due(t0 + S * 31, 5),
+        [(a(6881), PeerSource::Tracker, None)]
+    );
+
+    // Our own dial connected to it: an incoming connection from the peer ending (a
+    // duplicate, say) does not make it dialable.
+    let mut book = AddressBook::new(10);
+    book.learn(a(7000), PeerSource::Tracker, t0);
+    assert_eq!(book.due(t0, 5).len(), 1);
+    book.connected(a(7000));
+    book.listening(a(7000), t0);
+    book.listens(a(7000), Outcome::Ended { lasted: S }, t0);
+    book.starving(t0, Duration::ZERO);
+    assert!(
+        !book.any_due(t0 + S * 86_400),
+        "still connected by our dial"
+    );
+}
+
 #[test]
 fn a_peer_naming_many_ports_keeps_only_a_few() {
     let t0 = Instant::now();
