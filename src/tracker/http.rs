@@ -46,8 +46,9 @@ pub(super) async fn announce_by_family(
 }
 
 /// One announce. http:// goes by a plain GET to `addrs` (the tracker's, of one family or as
-/// given); https://, and an http:// tracker that redirects, by reqwest, which resolves the
-/// host itself, over `family` only if one is given.
+/// given); https://, an http:// tracker that redirects, and every announce when the
+/// environment names an HTTP proxy, by reqwest, which resolves the host itself, over
+/// `family` only if one is given.
 pub(super) async fn announce(
     clients: &Clients,
     addrs: Vec<SocketAddr>,
@@ -56,7 +57,7 @@ pub(super) async fn announce(
     req: &AnnounceRequest,
 ) -> Result<AnnounceResponse, TrackerError> {
     let url = announce_url(base, req);
-    if base.scheme() == "http" {
+    if base.scheme() == "http" && !plain::proxied() {
         let parsed = Url::parse(&url).map_err(|e| TrackerError::InvalidUrl(format!("{e}")))?;
         match plain::get(&parsed, &addrs).await? {
             plain::Got::Reply(status, body) => return judge(status.as_u16(), &body),

@@ -4,9 +4,11 @@
 //! Why: a reqwest client cannot be built without a TLS context, and building one loads the
 //! system's root certificates, about 60 ms of CPU that the first announce of every mount
 //! waited for. Most trackers are http:// (or UDP) and need none of it. An https:// tracker,
-//! and an http:// one that redirects, go through reqwest (`clients`), which follows redirects.
+//! an http:// one that redirects, and any announce while the environment names an HTTP
+//! proxy go through reqwest (`clients`), which follows redirects and uses the proxy.
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +26,17 @@ pub(super) const MAX_REPLY: usize = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// As long as reqwest's whole-request timeout for trackers.
 const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Whether the environment names a proxy for http:// (reqwest's clients honour it, as curl
+/// does; the plain GET does not, so it steps aside).
+pub(super) fn proxied() -> bool {
+    static PROXIED: OnceLock<bool> = OnceLock::new();
+    *PROXIED.get_or_init(|| {
+        ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
+            .iter()
+            .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()))
+    })
+}
 
 /// What a plain GET came back with.
 #[derive(Debug)]
