@@ -92,23 +92,25 @@ impl Clients {
 /// The three reqwest clients: any family, IPv4 only, IPv6 only; `hosts` overrides the
 /// resolver in each.
 fn build_set(hosts: &HashMap<String, Vec<IpAddr>>) -> Result<[reqwest::Client; 3], TrackerError> {
-    let over = |family: Family| {
-        let mut b = http_builder()?.dns_resolver(Arc::new(OneFamily(family)));
+    let client = |family: Option<Family>| {
+        let mut b = http_builder()?;
+        if let Some(f) = family {
+            b = b.dns_resolver(Arc::new(OneFamily(f)));
+        }
         for (name, ips) in hosts {
             let addrs: Vec<SocketAddr> = (ips.iter())
-                .filter(|ip| Family::of_ip(**ip) == family)
+                .filter(|ip| family.is_none_or(|f| Family::of_ip(**ip) == f))
                 .map(|ip| SocketAddr::new(*ip, 0))
                 .collect();
             b = b.resolve_to_addrs(name, &addrs);
         }
         build(b)
     };
-    let mut any = http_builder()?;
-    for (name, ips) in hosts {
-        let addrs: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, 0)).collect();
-        any = any.resolve_to_addrs(name, &addrs);
-    }
-    Ok([build(any)?, over(Family::V4)?, over(Family::V6)?])
+    Ok([
+        client(None)?,
+        client(Some(Family::V4))?,
+        client(Some(Family::V6))?,
+    ])
 }
 
 /// How every tracker HTTP client is set up.
