@@ -42,6 +42,9 @@ pub(super) struct Seen {
     pub requests: Vec<(String, Option<String>, u16)>,
     /// Body bytes of the file data sent.
     pub bytes: u64,
+    /// Requests read and not yet answered in full, now and at most.
+    pub in_flight: usize,
+    pub most_in_flight: usize,
 }
 
 impl Seen {
@@ -131,6 +134,8 @@ async fn serve(stream: TcpStream, content: Arc<Content>, state: Arc<Mutex<(Scrip
             let mut st = state.lock().unwrap();
             st.1.requests.push((path, range, answer.status));
             st.1.bytes += answer.body.len() as u64;
+            st.1.in_flight += 1;
+            st.1.most_in_flight = st.1.most_in_flight.max(st.1.in_flight);
             if script.cut_next && answer.status == 206 {
                 st.0.cut_next = false;
             }
@@ -146,6 +151,7 @@ async fn serve(stream: TcpStream, content: Arc<Content>, state: Arc<Mutex<(Scrip
         }
         head.push_str("\r\n");
         if wr.write_all(head.as_bytes()).await.is_err() {
+            state.lock().unwrap().1.in_flight -= 1;
             return;
         }
         if script.stall && answer.status == 206 {
@@ -157,7 +163,9 @@ async fn serve(stream: TcpStream, content: Arc<Content>, state: Arc<Mutex<(Scrip
         } else {
             &answer.body[..]
         };
-        if wr.write_all(body).await.is_err() || cut {
+        let sent = wr.write_all(body).await;
+        state.lock().unwrap().1.in_flight -= 1;
+        if sent.is_err() || cut {
             return;
         }
     }

@@ -89,8 +89,10 @@ async fn a_web_seed_alone_serves_every_file_over_few_connections() {
         "BEP 19 multi-file layout: {:?}",
         seen.requests
     );
-    // Keep-alive: at most one connection per request in flight, each used again.
-    assert!(seen.connections <= quick().max_requests, "{seen:?}");
+    // Never more requests at once than allowed, and keep-alive: connections are used again.
+    // (Not "connections <= max_requests": hyper's pool may open a connection for a request
+    // just as another connection turns idle, and then keeps both.)
+    assert!(seen.most_in_flight <= quick().max_requests, "{seen:?}");
     assert!(seen.requests.len() > seen.connections, "{seen:?}");
     stop(session).await;
 }
