@@ -9,6 +9,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -176,17 +177,21 @@ fn read_timeout_fails_a_read_that_cannot_progress_and_the_mount_stays_usable() {
 }
 
 /// `cat`s blocked reading a file nobody seeds yet.
+/// `cat`s with SIGINT at its default action, terminate: a shell without job control that
+/// starts the suite in the background (`cmd &` in a script) hands its children SIGINT ignored.
 fn blocked_cats(file: &Path, n: usize) -> Vec<Reaped> {
     (0..n)
         .map(|_| {
-            Reaped(
-                Command::new("cat")
-                    .arg(file)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("cat"),
-            )
+            let mut cat = Command::new("cat");
+            cat.arg(file).stdout(Stdio::null()).stderr(Stdio::piped());
+            // SAFETY: between fork and exec only `signal`, which is async-signal-safe.
+            unsafe {
+                cat.pre_exec(|| {
+                    libc::signal(libc::SIGINT, libc::SIG_DFL);
+                    Ok(())
+                });
+            }
+            Reaped(cat.spawn().expect("cat"))
         })
         .collect()
 }
