@@ -53,8 +53,9 @@
 //!   discovery, BEP 14: `message` parsed and formatted, `policy` of when to announce and what to
 //!   take in, multicast `socket`s).
 //! - [`net`]: the UDP ports the DHT and uTP share (`udp`: one socket per address, datagrams
-//!   told apart by their first byte) and uTP on them (`utp`, the `librqbit-utp` crate, one
-//!   endpoint over both families); `Family`, IPv4 or IPv6; `tls`: the one TLS context every
+//!   told apart by their first byte; `recv_batch`, `recvmmsg`; `rcvbuf`, the kernel buffer
+//!   and its drops) and uTP on them (`utp`, the `librqbit-utp` crate, one endpoint over both
+//!   families); `Family`, IPv4 or IPv6; `tls`: the one TLS context every
 //!   HTTP client shares, built at the first https need.
 //! - [`wire`]: peer messages, pure encode/decode (`message`, `handshake`, `extension`) and
 //!   their tokio framing (`conn`, with the handshake exchange); `mse`: protocol encryption

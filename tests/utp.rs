@@ -87,6 +87,10 @@ fn with_no_tcp_a_utp_only_swarm_reads_right() {
     let swarm = utp_only_swarm(2);
     let m = mount_btfs(swarm.torrent(), &["--no-tcp"]);
     assert_all_files_match(&m, &swarm);
+    // Datagrams the kernel dropped on our UDP port are counted for the user (a number, not
+    // "off": the port is there).
+    let s = m.status();
+    assert!(s["udp_drops"].parse::<u64>().is_ok(), "{s:?}");
 }
 
 #[test]

@@ -1,10 +1,12 @@
 //! The process's UDP port and what runs on it: [`udp`] owns the socket and hands each
 //! datagram to its protocol (the DHT or uTP); [`utp`] is uTP (BEP 29) on it. Below both the
-//! DHT and the session, knowing neither. [`tls`]: the TLS context the HTTP clients share.
+//! DHT and the session, knowing neither. `rcvbuf`: the UDP port's kernel receive buffer, its
+//! size and its drops. [`tls`]: the TLS context the HTTP clients share.
 //!
 //! IPv4 and IPv6 each have sockets of their own (an IPv6 socket is bound IPv6-only), so an
 //! address's [`Family`] says which socket it is reached through.
 
+mod rcvbuf;
 mod recv_batch;
 #[cfg(test)]
 mod tests;

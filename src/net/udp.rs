@@ -40,9 +40,6 @@ const UTP_HEADER: usize = 20;
 /// thousands a second in bursts; the DHT a few.
 pub(super) const UTP_QUEUE: usize = 8192;
 const DHT_QUEUE: usize = 1024;
-/// The kernel's receive buffer asked for: bursts of uTP data must not overflow it while the
-/// receive task is busy (Linux caps it at `net.core.rmem_max`).
-const RECV_BUFFER: usize = 4 * 1024 * 1024;
 
 /// The protocols that share the port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +98,23 @@ struct Inner {
     /// The reader's id as `reader` holds it ([`NO_READER`] for none), read without a lock on
     /// every datagram the reader takes.
     reader_id: AtomicU64,
+    /// The kernel receive buffer granted, in bytes.
+    recv_buffer: usize,
+}
+
+/// Says once per process that the system caps the receive buffer below what uTP wants.
+fn small_buffer(granted: usize) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        tracing::info!(
+            "the UDP receive buffer is {} KiB (net.core.rmem_max); uTP peers sending fast may \
+             overflow it and slow down (status: udp_drops). To allow {} MiB: sysctl -w \
+             net.core.rmem_max={}",
+            granted / 1024,
+            super::rcvbuf::WANTED >> 20,
+            super::rcvbuf::WANTED
+        );
+    });
 }
 
 const NO_READER: u64 = u64::MAX;
@@ -114,10 +128,18 @@ impl UdpPort {
 
     /// Takes over a bound socket and starts receiving. Call within a tokio runtime.
     pub fn new(socket: UdpSocket) -> UdpPort {
-        let sock = socket2::SockRef::from(&socket);
-        if let Err(e) = sock.set_recv_buffer_size(RECV_BUFFER) {
-            tracing::debug!("cannot enlarge the UDP receive buffer: {e}");
-        }
+        let recv_buffer = match super::rcvbuf::enlarge(&socket, super::rcvbuf::WANTED) {
+            Ok(granted) => {
+                if granted < super::rcvbuf::WANTED {
+                    small_buffer(granted);
+                }
+                granted
+            }
+            Err(e) => {
+                tracing::debug!("cannot enlarge the UDP receive buffer: {e}");
+                0
+            }
+        };
         let socket = Arc::new(socket);
         let routes = Routes::default();
         let (reader, reader_rx) = watch::channel(None);
@@ -129,8 +151,20 @@ impl UdpPort {
                 next_channel: Default::default(),
                 reader,
                 reader_id: AtomicU64::new(NO_READER),
+                recv_buffer,
             }),
         }
+    }
+
+    /// Datagrams the kernel dropped on this port (its receive buffer was full); `None` where
+    /// the kernel does not say. Each one a uTP peer sent slows that peer down.
+    pub fn drops(&self) -> Option<u64> {
+        super::rcvbuf::drops(&*self.inner.socket)
+    }
+
+    /// The kernel receive buffer granted, in bytes (0 if unknown).
+    pub fn recv_buffer(&self) -> usize {
+        self.inner.recv_buffer
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {

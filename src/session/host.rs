@@ -187,6 +187,15 @@ impl Host {
         (self.inner.udp.iter()).find(|p| p.local_addr().is_ok_and(|a| Family::of(&a) == family))
     }
 
+    /// Datagrams the kernel dropped on our UDP ports, their receive buffers full (see
+    /// `net::rcvbuf`); `None` without UDP or where the kernel does not say.
+    pub fn udp_drops(&self) -> Option<u64> {
+        (self.inner.udp.iter()).fold(None, |sum, p| match (sum, p.drops()) {
+            (sum, None) => sum,
+            (sum, Some(d)) => Some(sum.unwrap_or(0) + d),
+        })
+    }
+
     /// The addresses listened on, with the port number.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.inner.addrs

@@ -211,6 +211,9 @@ pub struct Stats {
     /// Of them, in the IPv4 and in the IPv6 table (BEP 32).
     pub dht_nodes_v4: Option<usize>,
     pub dht_nodes_v6: Option<usize>,
+    /// Datagrams the kernel dropped on the process's UDP ports (a full receive buffer slows
+    /// uTP peers down); `None` without UDP.
+    pub udp_drops: Option<u64>,
     /// Each open file's reader, in the order they were opened.
     pub readers: Vec<ReaderStatus>,
     /// How long the oldest read still waiting for its pieces has waited.
@@ -395,6 +398,7 @@ impl Session {
             dht_nodes,
             dht_nodes_v4: dht_of(crate::net::Family::V4),
             dht_nodes_v6: dht_of(crate::net::Family::V6),
+            udp_drops: self._host.udp_drops(),
             readers: (st.readers).status(&s.torrent.info.files, &s.geometry, |p| st.picker.have(p)),
             longest_wait: st.readers.longest_wait(),
             disk_failing: s.disk.as_ref().and_then(disk::Disk::failing),

@@ -74,6 +74,10 @@ pub struct Report {
     pub dht_nodes_v4: Option<usize>,
     #[serde(default)]
     pub dht_nodes_v6: Option<usize>,
+    /// Datagrams the kernel dropped on the UDP port, its receive buffer full: each slows a
+    /// uTP peer down (`net.core.rmem_max` caps the buffer). `None` without UDP.
+    #[serde(default)]
+    pub udp_drops: Option<u64>,
     /// The disk cache (`--cache-dir`); `None` without one.
     pub disk_cache: Option<DiskStats>,
     /// Urgent blocks asked of a second peer (endgame: the first was late with them, or had
@@ -210,6 +214,7 @@ impl Report {
             dht_nodes: s.dht_nodes,
             dht_nodes_v4: s.dht_nodes_v4,
             dht_nodes_v6: s.dht_nodes_v6,
+            udp_drops: s.udp_drops,
             disk_cache: s.disk,
             rerequested_blocks: s.rerequests,
             wasted_bytes: s.wasted,
@@ -295,6 +300,10 @@ impl Report {
         line("dht_nodes", &off(self.dht_nodes));
         line("dht_nodes_v4", &off(self.dht_nodes_v4));
         line("dht_nodes_v6", &off(self.dht_nodes_v6));
+        line(
+            "udp_drops",
+            &self.udp_drops.map_or("off".into(), |n| n.to_string()),
+        );
         if let Some(d) = &self.disk_cache {
             line("disk_cache_used_bytes", &d.used);
             line("disk_cache_dir_used_bytes", &d.dir_used);
