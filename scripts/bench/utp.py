@@ -78,6 +78,39 @@ def stop_perf(proc):
         proc.wait(timeout=30)
 
 
+def udp_counters():
+    """The UDP counters of /proc/net/snmp (this network namespace: every process of the
+    bench): a sequential read's datagrams, and those dropped because a receive buffer was
+    full, which sends a uTP sender into loss recovery."""
+    try:
+        with open("/proc/net/snmp") as f:
+            rows = [line.split()[1:] for line in f if line.startswith("Udp:")]
+        return dict(zip(rows[0], map(int, rows[1])))
+    except (OSError, IndexError, ValueError):
+        return {}
+
+
+def own_udp_drops(pid):
+    """Datagrams the kernel dropped on the UDP sockets of process `pid` (the `drops` column of
+    /proc/net/udp and udp6), or None if unreadable."""
+    try:
+        inodes = set()
+        for fd in os.listdir("/proc/%d/fd" % pid):
+            link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+        drops = 0
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            with open(table) as f:
+                for line in list(f)[1:]:
+                    cols = line.split()
+                    if len(cols) > 12 and cols[9] in inodes:
+                        drops += int(cols[-1])
+        return drops
+    except (OSError, ValueError):
+        return None
+
+
 def seq(bench, client, swarm, sha1, size, rate_metric, cpu_metric):
     """A cold sequential read on a fresh mount, once the client has settled: its rate (if
     `rate_metric`) and the client's CPU time per MB."""
@@ -87,14 +120,16 @@ def seq(bench, client, swarm, sha1, size, rate_metric, cpu_metric):
             fd = os.open(m.path, os.O_RDONLY)
             perf = start_perf(bench, client, cpu_metric, m.proc.pid)
             try:
+                udp0 = udp_counters()
                 cpu0, t0 = cpu_secs(m.proc.pid), time.monotonic()
                 digest = read_all(fd, size, progress)
                 secs, cpu1 = time.monotonic() - t0, cpu_secs(m.proc.pid)
+                udp = {k: v - udp0.get(k, 0) for k, v in udp_counters().items()}
             finally:
                 os.close(fd)
                 stop_perf(perf)
-            return secs, digest, cpu0, cpu1
-        secs, digest, cpu0, cpu1 = guarded(m, bench.args.read_timeout, body)
+            return secs, digest, cpu0, cpu1, udp
+        secs, digest, cpu0, cpu1, udp = guarded(m, bench.args.read_timeout, body)
         if digest != sha1:
             raise MetricFailed("sequential read: sha1 %s, want %s" % (digest, sha1))
         if cpu0 is None or cpu1 is None:
@@ -106,7 +141,11 @@ def seq(bench, client, swarm, sha1, size, rate_metric, cpu_metric):
         if st:
             bench.notes[client].append("%s: %s" % (cpu_metric, ", ".join(
                 "%s=%s" % (k, st[k]) for k in sorted(st)
-                if k in ("downloaded_bytes", "hash_failures", "rerequested_blocks", "wasted_bytes"))))
+                if k in ("downloaded_bytes", "hash_failures", "rerequested_blocks", "wasted_bytes"))
+                + "; %.1f MB/s; UDP datagrams in %d, dropped for a full buffer %d (by %s's "
+                "sockets: %s since it started)" % (
+                    size / secs / 1e6, udp.get("InDatagrams", 0), udp.get("RcvbufErrors", 0),
+                    client, own_udp_drops(m.proc.pid))))
     bench.measure(client, rate_metric or cpu_metric, fn, swarm, ready_metric=None)
 
 
