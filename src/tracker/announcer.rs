@@ -145,16 +145,7 @@ pub(super) fn spawn_inner(
             by_tier.push(tier);
         }
     }
-    let clients = match Clients::shared() {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(error = %e, "cannot announce to trackers");
-            for s in &mut status {
-                s.last = Some(Err(e.to_string()));
-            }
-            return (tokio::spawn(async {}), watch::channel(status).1);
-        }
-    };
+    let clients = Clients::shared();
     let (status, status_rx) = watch::channel(status);
     let ctx = Arc::new(Ctx {
         params,

@@ -15,7 +15,7 @@ const UDP_CONNECTION_TTL: Duration = Duration::from_secs(60);
 
 /// State shared by all announces of a process: the reqwest clients (connection pool, TLS
 /// setup) and the UDP connection ids.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Clients {
     /// For https:// trackers and http:// ones that redirect (the rest go by `plain`), built
     /// at the first such announce: a TLS context costs tens of ms of CPU to build. Index 0
@@ -29,28 +29,25 @@ pub struct Clients {
 }
 
 impl Clients {
-    pub fn new() -> Result<Self, TrackerError> {
-        Self::with_hosts(HashMap::new())
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// The process's one set, shared by every announcer: a tracker's UDP connection id serves
     /// all torrents announced to it, and the reqwest clients, once built, serve them all.
-    pub fn shared() -> Result<Arc<Clients>, TrackerError> {
+    pub fn shared() -> Arc<Clients> {
         static SHARED: OnceLock<Arc<Clients>> = OnceLock::new();
-        if let Some(c) = SHARED.get() {
-            return Ok(c.clone());
-        }
-        let built = Arc::new(Self::new()?);
-        Ok(SHARED.get_or_init(|| built).clone())
+        SHARED.get_or_init(|| Arc::new(Self::new())).clone()
     }
 
     /// [`Clients::new`] with `hosts` resolved to the addresses given.
-    pub(super) fn with_hosts(hosts: HashMap<String, Vec<IpAddr>>) -> Result<Self, TrackerError> {
-        Ok(Self {
+    #[cfg(test)]
+    pub(super) fn with_hosts(hosts: HashMap<String, Vec<IpAddr>>) -> Self {
+        Self {
             reqwest: tokio::sync::OnceCell::new(),
             hosts,
             udp_connections: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// The reqwest client that resolves host names to `family` only (any, if `None`); the
@@ -59,16 +56,9 @@ impl Clients {
         &self,
         family: Option<Family>,
     ) -> Result<&reqwest::Client, TrackerError> {
-        let set = (self.reqwest)
-            .get_or_try_init(|| {
-                let hosts = self.hosts.clone();
-                async move {
-                    tokio::task::spawn_blocking(move || build_set(&hosts))
-                        .await
-                        .map_err(|e| TrackerError::Request(format!("HTTP client set-up: {e}")))?
-                }
-            })
-            .await?;
+        let hosts = self.hosts.clone();
+        let build = move || build_set(&hosts);
+        let set = crate::net::tls::built_once(&self.reqwest, build, TrackerError::Request).await?;
         Ok(&set[family.map_or(0, |f| 1 + f.index())])
     }
 

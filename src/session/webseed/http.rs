@@ -66,13 +66,8 @@ impl Client {
 
     async fn client(&self) -> Result<&reqwest::Client, FetchError> {
         let (connect, read) = (self.connect, self.read);
-        (self.cell)
-            .get_or_try_init(|| async move {
-                tokio::task::spawn_blocking(move || build(connect, read))
-                    .await
-                    .map_err(|e| FetchError::Request(format!("HTTP client set-up: {e}")))?
-            })
-            .await
+        let build = move || build(connect, read);
+        crate::net::tls::built_once(&self.cell, build, FetchError::Request).await
     }
 }
 

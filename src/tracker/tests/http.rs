@@ -329,7 +329,7 @@ fn response(status: &str, body: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn announces_over_http_with_our_user_agent() {
-    let clients = Clients::new().unwrap();
+    let clients = Clients::new();
     let body = b"d8:intervali60e5:peers6:\x01\x02\x03\x04\x1a\xe1e";
     let (url, server) = serve_once(response("200 OK", body)).await;
     let r = announce_by_family(&clients, &url, &request(Event::Started))
@@ -348,7 +348,7 @@ async fn announces_over_http_with_our_user_agent() {
 /// which could follow it to https too) and its answer taken.
 #[tokio::test]
 async fn a_redirecting_tracker_is_followed() {
-    let clients = Clients::new().unwrap();
+    let clients = Clients::new();
     let body = b"d8:intervali60e5:peers6:\x01\x02\x03\x04\x1a\xe1e";
     let (target, second) = serve_once(response("200 OK", body)).await;
     let moved = format!(
@@ -367,7 +367,7 @@ async fn a_redirecting_tracker_is_followed() {
 
 #[tokio::test]
 async fn error_statuses_keep_the_trackers_reason_when_it_gives_one() {
-    let clients = Clients::new().unwrap();
+    let clients = Clients::new();
     let (url, _server) = serve_once(response("404 Not Found", b"<html>no</html>")).await;
     let e = announce_by_family(&clients, &url, &request(Event::None))
         .await
@@ -416,7 +416,7 @@ async fn a_tracker_with_both_families_is_announced_to_over_each() {
             IpAddr::from(Ipv6Addr::LOCALHOST),
         ],
     )]);
-    let clients = Clients::with_hosts(hosts).unwrap();
+    let clients = Clients::with_hosts(hosts);
     let url = format!("http://tracker.test:{port}/ann?x=1");
     let r = crate::tracker::announce(&url, &request(Event::Started), &clients)
         .await
@@ -436,7 +436,7 @@ async fn a_tracker_with_both_families_is_announced_to_over_each() {
 
 #[tokio::test]
 async fn refused_connection_names_the_cause() {
-    let clients = Clients::new().unwrap();
+    let clients = Clients::new();
     let url = {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         Url::parse(&format!("http://{}/announce", l.local_addr().unwrap())).unwrap()

@@ -62,7 +62,7 @@ fn request() -> AnnounceRequest {
 
 #[tokio::test]
 async fn dispatch_refuses_unknown_schemes_and_bad_urls() {
-    let clients = Clients::new().unwrap();
+    let clients = Clients::new();
     let err = announce("wss://tracker.example/announce", &request(), &clients)
         .await
         .unwrap_err();
@@ -85,7 +85,7 @@ fn intervals_are_clamped() {
 
 #[tokio::test(start_paused = true)]
 async fn udp_connection_ids_expire_after_a_minute() {
-    let clients = Clients::new().unwrap();
+    let clients = Clients::new();
     let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
     clients.set_udp_connection(addr, Some(42));
     tokio::time::advance(Duration::from_secs(59)).await;

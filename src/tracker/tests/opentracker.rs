@@ -164,7 +164,7 @@ async fn two_peers_meet(ot: &OpenTracker, clients: &Clients, scheme: &str, hash:
 async fn peers_meet_over_http_and_udp_and_unlisted_hashes_are_refused() {
     let (http_hash, udp_hash) = ([0x11; 20], [0x22; 20]);
     let mut ot = OpenTracker::start(&[http_hash, udp_hash]);
-    let clients = Clients::new().unwrap();
+    let clients = Clients::new();
     ot.wait_ready(&clients, http_hash).await;
 
     two_peers_meet(&ot, &clients, "http", http_hash).await;

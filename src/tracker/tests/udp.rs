@@ -197,7 +197,7 @@ fn spawn_announce(
 async fn retransmits_ignores_strays_and_reuses_connection_ids() {
     let _freeze = Freeze::new().await;
     let tracker = FakeTracker::new().await;
-    let clients = Arc::new(Clients::new().unwrap());
+    let clients = Arc::new(Clients::new());
 
     let task = spawn_announce(&tracker.url, &clients);
     // The first connect request is lost: the client sends it again after 2 s.
@@ -244,7 +244,7 @@ async fn retransmits_ignores_strays_and_reuses_connection_ids() {
 async fn error_action_is_a_failure_and_forgets_the_connection() {
     let _freeze = Freeze::new().await;
     let tracker = FakeTracker::new().await;
-    let clients = Arc::new(Clients::new().unwrap());
+    let clients = Arc::new(Clients::new());
 
     let task = spawn_announce(&tracker.url, &clients);
     tracker.accept_connect(5).await;
@@ -273,7 +273,7 @@ async fn error_action_is_a_failure_and_forgets_the_connection() {
 async fn gives_up_after_the_last_retransmission() {
     let _freeze = Freeze::new().await;
     let tracker = FakeTracker::new().await;
-    let clients = Arc::new(Clients::new().unwrap());
+    let clients = Arc::new(Clients::new());
     let task = spawn_announce(&tracker.url, &clients);
     for wait in [2, 4, 8, 16] {
         let (p, _) = tracker.recv().await;
@@ -289,7 +289,7 @@ async fn gives_up_after_the_last_retransmission() {
 #[tokio::test]
 async fn short_reply_to_our_transaction_is_malformed() {
     let tracker = FakeTracker::new().await;
-    let clients = Arc::new(Clients::new().unwrap());
+    let clients = Arc::new(Clients::new());
     // Also resolves a host name (from /etc/hosts; its IPv6 address, if any, is nobody's).
     let port = tracker.sock.local_addr().unwrap().port();
     let task = spawn_announce(&format!("udp://localhost:{port}"), &clients);
@@ -311,7 +311,7 @@ async fn closed_port_fails_at_once() {
         let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         s.local_addr().unwrap().port()
     };
-    let clients = Clients::new().unwrap();
+    let clients = Clients::new();
     let url = format!("udp://127.0.0.1:{port}/announce");
     let e = within(crate::tracker::announce(&url, &request(), &clients))
         .await
@@ -326,7 +326,7 @@ async fn closed_port_fails_at_once() {
 #[tokio::test]
 async fn a_tracker_reached_over_ipv6_answers_with_ipv6_peers() {
     let tracker = FakeTracker::on("[::1]:0").await;
-    let clients = Arc::new(Clients::new().unwrap());
+    let clients = Arc::new(Clients::new());
     let task = spawn_announce(&tracker.url, &clients);
     let mut peers = vec![0x20, 0x01, 0x0d, 0xb8];
     peers.extend_from_slice(&[0; 11]);
@@ -352,7 +352,7 @@ async fn both_families_of_a_tracker_are_announced_to_and_their_peers_merged() {
     )]);
     let url = format!("udp://tracker.test:{port}/announce");
     let announce = |req: AnnounceRequest| {
-        let (url, clients) = (url.clone(), Clients::with_hosts(hosts.clone()).unwrap());
+        let (url, clients) = (url.clone(), Clients::with_hosts(hosts.clone()));
         tokio::spawn(async move { crate::tracker::announce(&url, &req, &clients).await })
     };
     let mut peer6 = vec![0x20, 0x01, 0x0d, 0xb8];
@@ -399,7 +399,7 @@ async fn both_families_of_a_tracker_are_announced_to_and_their_peers_merged() {
 
 #[tokio::test]
 async fn url_without_port_fails_cleanly() {
-    let clients = Clients::new().unwrap();
+    let clients = Clients::new();
     let e = crate::tracker::announce("udp://127.0.0.1/announce", &request(), &clients)
         .await
         .unwrap_err();
