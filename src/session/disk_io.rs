@@ -5,14 +5,13 @@
 //!   time, on the blocking pool; what the disk evicts for them is no longer held. When it
 //!   ends (at shutdown, after the queue), the store leaves the process's disk pool. A piece
 //!   refused for want of room (the budget full of pieces being read) is counted, and said
-//!   once when refusals start, not per piece ([`RefusalNote`]).
+//!   once per pool when refusals start, not per piece (`store::disk::refusals`).
 //! - Loads: the file is read on the blocking pool and its SHA1 checked on EVERY load (the disk
 //!   is not trusted: another process or a fault may have changed it), then it goes into memory.
 //!   A piece that fails is deleted and no longer held, so peers are asked for it; its bytes are
 //!   never served.
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use bytes::Bytes;
 use sha1::{Digest, Sha1};
@@ -22,6 +21,7 @@ use tracing::Instrument;
 use super::disk::WriterEnd;
 use super::{Shared, State};
 use crate::piece::PieceIndex;
+use crate::store::disk::Say;
 use crate::store::{DiskStore, DiskStoreError};
 
 /// Writes queued pieces one at a time. At shutdown it takes no new pieces, writes those
@@ -36,7 +36,6 @@ pub(crate) async fn write_loop(shared: Weak<Shared>, end: WriterEnd) {
         return;
     };
     let mut closing = false;
-    let mut note = RefusalNote::default();
     loop {
         if !closing && *shutdown.borrow_and_update() {
             closing = true;
@@ -55,7 +54,7 @@ pub(crate) async fn write_loop(shared: Weak<Shared>, end: WriterEnd) {
             }
         };
         let Some((p, data)) = next else { break };
-        if !write_one(&shared, &store, p, data, &mut note).await {
+        if !write_one(&shared, &store, p, data).await {
             break;
         }
     }
@@ -73,11 +72,10 @@ async fn write_one(
     store: &Arc<DiskStore>,
     p: PieceIndex,
     data: Bytes,
-    note: &mut RefusalNote,
 ) -> bool {
     let len = data.len() as u64;
-    let store = store.clone();
-    let put = tokio::task::spawn_blocking(move || store.put(p.get(), &data)).await;
+    let writer = store.clone();
+    let put = tokio::task::spawn_blocking(move || writer.put(p.get(), &data)).await;
     let Some(shared) = shared.upgrade() else {
         return false;
     };
@@ -93,7 +91,7 @@ async fn write_one(
         if put.refused {
             disk.refused();
         }
-        match note.observe(put.refused, std::time::Instant::now()) {
+        match store.note_refusal(put.refused) {
             Some(Say::Refusing) => tracing::warn!(
                 budget = disk.stats().budget,
                 "disk cache full of pieces being read: new pieces are kept in memory only \
@@ -113,44 +111,6 @@ async fn write_one(
         shared.lock().disk_written(p, &evicted);
     }
     true
-}
-
-/// The least time between two warnings that writes are refused.
-const SAY_REFUSED_EVERY: Duration = Duration::from_secs(600);
-
-/// What to tell the user of refused writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Say {
-    Refusing,
-    StoringAgain,
-}
-
-/// Refused writes said once, not per piece: when they start (at most once per
-/// [`SAY_REFUSED_EVERY`]), and, if that was said, when a write is stored again.
-#[derive(Debug, Default)]
-struct RefusalNote {
-    refusing: bool,
-    /// Said since refusals started this time.
-    said: bool,
-    last_said: Option<std::time::Instant>,
-}
-
-impl RefusalNote {
-    fn observe(&mut self, refused: bool, now: std::time::Instant) -> Option<Say> {
-        if refused == self.refusing {
-            return None;
-        }
-        self.refusing = refused;
-        if !refused {
-            return std::mem::take(&mut self.said).then_some(Say::StoringAgain);
-        }
-        if self.last_said.is_some_and(|t| now - t < SAY_REFUSED_EVERY) {
-            return None;
-        }
-        self.said = true;
-        self.last_said = Some(now);
-        Some(Say::Refusing)
-    }
 }
 
 /// For a read: starts loading each of `pieces` that memory lacks and the disk holds. Returns
@@ -260,27 +220,4 @@ async fn run_load(shared: Arc<Shared>, p: PieceIndex) {
         let _ = w.send(data.clone());
     }
     shared.verified.send_modify(|g| *g += 1);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refusals_are_said_when_they_start_not_per_piece_nor_more_often_than_the_pause() {
-        let t0 = std::time::Instant::now();
-        let s = Duration::from_secs(1);
-        let mut note = RefusalNote::default();
-        assert_eq!(note.observe(false, t0), None);
-        assert_eq!(note.observe(true, t0), Some(Say::Refusing));
-        assert_eq!(note.observe(true, t0 + s), None, "the next piece refused");
-        assert_eq!(note.observe(false, t0 + s), Some(Say::StoringAgain));
-        // Flapping: not said again within the pause, nor its end.
-        assert_eq!(note.observe(true, t0 + 2 * s), None);
-        assert_eq!(note.observe(false, t0 + 3 * s), None);
-        assert_eq!(
-            note.observe(true, t0 + SAY_REFUSED_EVERY),
-            Some(Say::Refusing)
-        );
-    }
 }

@@ -10,7 +10,7 @@
 //!   itself and that session takes the news under its own lock (`memory.rs`). The sleep lock
 //!   (`idle.rs`) is taken before a state lock, never under one.
 //! - The leaves: the disk pool's I/O lock (`store::disk`, taken only on the blocking pool,
-//!   with its books under it), the host's
+//!   with its books under it) and its note of refused writes (`store::disk::refusals`), the host's
 //!   routes (`host.rs`), each rate limit's bucket (`ratelimit.rs`, a tokio mutex held while a
 //!   task waits for its tokens: the wait is the point), the DHT node's state (`dht/`), the UDP
 //!   trackers' connection ids (`tracker/`), the peer slots a library's sessions share

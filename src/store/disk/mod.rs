@@ -26,6 +26,7 @@
 mod books;
 mod claims;
 mod pool;
+mod refusals;
 #[cfg(test)]
 mod tests;
 
@@ -41,6 +42,7 @@ use tokio::sync::Notify;
 
 use books::{Hash, Ticket};
 pub use pool::DiskPool;
+pub use refusals::Say;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskStoreError {
@@ -137,6 +139,12 @@ impl DiskStore {
             piece_length,
             gauge,
         }
+    }
+
+    /// A write of this store was refused (`true`) or stored: whether to say so now, said
+    /// once for the whole pool (`refusals`).
+    pub fn note_refusal(&self, refused: bool) -> Option<Say> {
+        self.pool.note_refusal(refused)
     }
 
     /// Store a verified piece, evicting the pool's least recently used pieces that may go

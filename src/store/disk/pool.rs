@@ -42,6 +42,7 @@ use tokio::sync::Notify;
 
 use super::books::{Books, Found, Victim};
 use super::claims::Claims;
+use super::refusals::{RefusalNote, Say};
 use super::{
     DiskStore, DiskStoreError, Result, file_name, hex, io_err, parse_hex, parse_name,
     remove_if_present,
@@ -59,6 +60,8 @@ struct Inner {
     io: Mutex<()>,
     /// Our list of the directories we mount, for other processes; written under `io`.
     claims: Claims,
+    /// Whether refused writes were said, for the whole pool; a leaf lock, taken alone.
+    refusals: Mutex<RefusalNote>,
 }
 
 impl std::fmt::Debug for DiskPool {
@@ -91,6 +94,7 @@ impl DiskPool {
                 books: Mutex::new(Books::new(budget)),
                 io: Mutex::new(()),
                 claims,
+                refusals: Mutex::new(RefusalNote::default()),
             }),
         };
         let io = pool.io();
@@ -188,6 +192,11 @@ impl DiskPool {
 
     pub(super) fn books(&self) -> MutexGuard<'_, Books> {
         crate::sync::lock(&self.inner.books)
+    }
+
+    /// A member's write was refused or stored: what to tell the user, for the whole pool.
+    pub(super) fn note_refusal(&self, refused: bool) -> Option<Say> {
+        crate::sync::lock(&self.inner.refusals).observe(refused, std::time::Instant::now())
     }
 
     pub(super) fn io(&self) -> MutexGuard<'_, ()> {

@@ -278,3 +278,22 @@ fn each_join_adds_one_line_to_the_list_and_a_leave_takes_its_line_out() {
     stores.push(join_n(1001));
     assert_eq!(other.others().len(), 1002);
 }
+
+#[test]
+fn refused_writes_are_said_once_for_the_pool_not_per_torrent() {
+    use crate::store::disk::Say;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pool = DiskPool::open(tmp.path(), PIECE as u64).expect("open");
+    let (a, b) = (join(&pool, 1), join(&pool, 2));
+    assert_eq!(a.note_refusal(true), Some(Say::Refusing));
+    assert_eq!(b.note_refusal(true), None, "already said, by a's refusal");
+    assert_eq!(b.note_refusal(false), Some(Say::StoringAgain));
+    assert_eq!(a.note_refusal(false), None);
+    // Another pool says its own.
+    let other = tempfile::tempdir().expect("tempdir");
+    let c = join(
+        &DiskPool::open(other.path(), PIECE as u64).expect("open"),
+        3,
+    );
+    assert_eq!(c.note_refusal(true), Some(Say::Refusing));
+}
