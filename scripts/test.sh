@@ -13,6 +13,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --release -- -D warnings
+echo "== cargo doc (no broken links)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --release --quiet
 # Release build: the integration tests hash and move hundreds of MiB through the mount.
 echo "== cargo test"
 log=$(mktemp)

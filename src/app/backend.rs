@@ -1,4 +1,4 @@
-//! The [`fs::Backend`]s of a mount: how the FUSE layer's file ids reach sessions. One torrent
+//! The [`crate::fs::Backend`]s of a mount: how the FUSE layer's file ids reach sessions. One torrent
 //! ([`SessionBackend`]): file ids of the table map to the torrent's file indices (padding files
 //! are hidden, so the two numberings differ). A library ([`LibraryBackend`]): each file id maps
 //! to a torrent and its file, and each reader handle remembers its torrent.

@@ -24,7 +24,7 @@ pub const EARLY_FLOOR: Duration = Duration::from_secs(60);
 /// Repeats `get_peers` (announcing `port`, when given) for a torrent until `shutdown`:
 /// every [`REANNOUNCE`] once a lookup found peers, and after 30 s, 60 s, 120 s, 120 s ...
 /// while lookups find none (a fresh DHT is still filling its table), sooner when `more` says
-/// the session needs peers (see [`EARLY_FLOOR`]). Peers go to `peers_tx`; the loop also ends
+/// the session needs peers (see `EARLY_FLOOR`). Peers go to `peers_tx`; the loop also ends
 /// when that channel closes.
 pub fn spawn_announce_loop(
     dht: Dht,

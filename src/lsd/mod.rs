@@ -1,6 +1,6 @@
 //! Local Service Discovery (BEP 14): peers of a torrent on the local network, found with no
 //! tracker and no DHT. Each client multicasts a `BT-SEARCH` announce naming its torrents and
-//! its port (`message`) to 239.192.152.143:6771 (and [ff15::efc0:988f]:6771 on IPv6); whoever
+//! its port (`message`) to 239.192.152.143:6771 (and `[ff15::efc0:988f]:6771` on IPv6); whoever
 //! serves one of them learns a peer: the sender's address with the announced port.
 //!
 //! One task serves every torrent of a process: a session registers its info-hash, its port

@@ -16,7 +16,7 @@
 //!   budget, by at most what readers protect, and later inserts evict back under it.
 //! - A piece is protected while a reader of its own torrent wants it: the inserting torrent
 //!   asks its picker (`protected`), the others' wants are what they last published
-//!   ([`Books::protect`]). Those windows are each torrent's floor: no other torrent's insert
+//!   (`Books::protect`). Those windows are each torrent's floor: no other torrent's insert
 //!   evicts them.
 //!
 //! # Locks

@@ -106,7 +106,7 @@ pub(crate) fn req1(s: &[u8; KEY_LEN]) -> [u8; 20] {
 }
 
 /// `HASH('req2', SKEY)`: how an encrypted connection names its torrent without showing the
-/// info-hash (it comes xor'ed with [`req3`]).
+/// info-hash (it comes xor'ed with `req3`).
 pub fn req2(skey: &[u8; 20]) -> [u8; 20] {
     hash(&[b"req2", skey])
 }
