@@ -98,8 +98,6 @@ struct Inner {
     /// The reader's id as `reader` holds it ([`NO_READER`] for none), read without a lock on
     /// every datagram the reader takes.
     reader_id: AtomicU64,
-    /// The kernel receive buffer granted, in bytes.
-    recv_buffer: usize,
 }
 
 /// Says once per process that the system caps the receive buffer below what uTP wants.
@@ -128,18 +126,11 @@ impl UdpPort {
 
     /// Takes over a bound socket and starts receiving. Call within a tokio runtime.
     pub fn new(socket: UdpSocket) -> UdpPort {
-        let recv_buffer = match super::rcvbuf::enlarge(&socket, super::rcvbuf::WANTED) {
-            Ok(granted) => {
-                if granted < super::rcvbuf::WANTED {
-                    small_buffer(granted);
-                }
-                granted
-            }
-            Err(e) => {
-                tracing::debug!("cannot enlarge the UDP receive buffer: {e}");
-                0
-            }
-        };
+        match super::rcvbuf::enlarge(&socket, super::rcvbuf::WANTED) {
+            Ok(granted) if granted < super::rcvbuf::WANTED => small_buffer(granted),
+            Ok(_) => {}
+            Err(e) => tracing::debug!("cannot enlarge the UDP receive buffer: {e}"),
+        }
         let socket = Arc::new(socket);
         let routes = Routes::default();
         let (reader, reader_rx) = watch::channel(None);
@@ -151,7 +142,6 @@ impl UdpPort {
                 next_channel: Default::default(),
                 reader,
                 reader_id: AtomicU64::new(NO_READER),
-                recv_buffer,
             }),
         }
     }
@@ -160,11 +150,6 @@ impl UdpPort {
     /// the kernel does not say. Each one a uTP peer sent slows that peer down.
     pub fn drops(&self) -> Option<u64> {
         super::rcvbuf::drops(&*self.inner.socket)
-    }
-
-    /// The kernel receive buffer granted, in bytes (0 if unknown).
-    pub fn recv_buffer(&self) -> usize {
-        self.inner.recv_buffer
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
