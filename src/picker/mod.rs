@@ -31,7 +31,9 @@ mod order;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::bitfield::Bitfield;
 use crate::piece::{Geometry, PieceIndex};
@@ -129,7 +131,7 @@ pub struct Picker {
     /// changes no count (it counts in `seeds`), so a seed connecting costs O(1), not O(pieces).
     availability: Vec<u32>,
     /// Peers counted as seeds (they had every piece when they said what they have).
-    seeds: HashSet<PeerId>,
+    seeds: FxHashSet<PeerId>,
     /// The Missing pieces by (availability, index): the background order, rarest first, kept
     /// as availability changes so that starting a piece never scans the whole torrent.
     rarity: BTreeSet<(u32, PieceIndex)>,
@@ -139,10 +141,10 @@ pub struct Picker {
     /// found to have nothing we need stays so while this is unchanged (`interest`).
     regained: u64,
     /// Blocks each peer has been asked for and not yet delivered.
-    in_flight: HashMap<PeerId, BTreeSet<Block>>,
-    readers: HashMap<ReaderId, ReaderWant>,
+    in_flight: FxHashMap<PeerId, BTreeSet<Block>>,
+    readers: FxHashMap<ReaderId, ReaderWant>,
     /// The soonest deadline of each reader-wanted piece, over all readers.
-    deadlines: HashMap<PieceIndex, Deadline>,
+    deadlines: FxHashMap<PieceIndex, Deadline>,
     /// `deadlines` sorted by (deadline, index): the reader part of the pick order.
     deadline_order: Vec<(Deadline, PieceIndex)>,
     background: bool,
@@ -152,19 +154,19 @@ pub struct Picker {
     scope: Option<Vec<std::ops::Range<u32>>>,
     /// Pieces that failed their check, fetched again from one peer only ("parole"), so the
     /// next verdict names a single sender; the peer is set by the first pick.
-    exclusive: HashMap<PieceIndex, Option<PeerId>>,
+    exclusive: FxHashMap<PieceIndex, Option<PeerId>>,
     /// Requested blocks of urgent pieces that their peer is late with (`mark_late`): only
     /// these are asked of a second peer (endgame).
-    late: HashSet<Block>,
+    late: FxHashSet<Block>,
     /// Blocks asked of another peer too: the first was late, or had them queued deep.
     rerequests: u64,
     /// Each peer's download rate in bytes/s, as its session last said (`set_rate`).
-    rates: HashMap<PeerId, f64>,
+    rates: FxHashMap<PeerId, f64>,
     /// Readahead pieces memory could not keep (`piece_not_kept`): not asked for again until
     /// their reader is within [`NEAR`] of them, so a full cache does not fetch the same piece
     /// over and over. Always Missing, always in a readahead window with a deadline of `NEAR` or
     /// more.
-    deferred: HashSet<PieceIndex>,
+    deferred: FxHashSet<PieceIndex>,
 }
 
 /// How close (milliseconds at its rate) a reader must be to a deferred piece to fetch it again.
@@ -180,21 +182,21 @@ impl Picker {
             have: Bitfield::new(n),
             needed: Words::full(n),
             availability: vec![0; n as usize],
-            seeds: HashSet::new(),
+            seeds: FxHashSet::default(),
             rarity: geometry.pieces().map(|p| (0, p)).collect(),
             needed_count: n,
             regained: 0,
-            in_flight: HashMap::new(),
-            readers: HashMap::new(),
-            deadlines: HashMap::new(),
+            in_flight: FxHashMap::default(),
+            readers: FxHashMap::default(),
+            deadlines: FxHashMap::default(),
             deadline_order: Vec::new(),
             background: true,
             scope: None,
-            exclusive: HashMap::new(),
-            late: HashSet::new(),
+            exclusive: FxHashMap::default(),
+            late: FxHashSet::default(),
             rerequests: 0,
-            rates: HashMap::new(),
-            deferred: HashSet::new(),
+            rates: FxHashMap::default(),
+            deferred: FxHashSet::default(),
             geometry,
         }
     }

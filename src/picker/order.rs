@@ -1,7 +1,8 @@
 //! The pick order: reader deadlines, then background rarest-first, and `pick` itself.
 
-use std::collections::HashMap;
 use std::ops::Range;
+
+use rustc_hash::FxHashMap;
 
 use super::{
     Block, MAX_REQUESTERS, NEAR, Partial, PeerId, Picker, PieceState, ReaderId, SPREAD_MARGIN,
@@ -433,7 +434,7 @@ impl Picker {
             return;
         }
         // Each requested urgent block with the fewest blocks ahead of it at any of its peers.
-        let mut seen: HashMap<PeerId, usize> = HashMap::new();
+        let mut seen: FxHashMap<PeerId, usize> = FxHashMap::default();
         let mut candidates: Vec<(usize, PeerId, Block)> = Vec::new();
         for &(_, p) in urgent {
             let Some(part) = self.partial.get(&p) else {

@@ -2,8 +2,8 @@
 //! fast its blocks come, which answers we still accept late, what it rejected, and whether it
 //! has stalled. Pure bookkeeping with the time passed in; the peer task acts on the verdicts.
 
+use rustc_hash::FxHashMap;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -83,7 +83,7 @@ pub(super) enum Stall {
 pub(super) struct Requests {
     /// Our requests in flight, with when they were written to the socket (or, until then,
     /// the last time we looked: a request still queued behind our own writes is not late).
-    in_flight: HashMap<Block, Instant>,
+    in_flight: FxHashMap<Block, Instant>,
     /// Requests queued in all, and the position in that sequence of each one in flight, to
     /// tell from the writer's count which have reached the socket.
     queued: u64,
@@ -95,7 +95,7 @@ pub(super) struct Requests {
     min_block: Option<Duration>,
     /// Requests the picker took as late, with when they were sent: each request is reported
     /// once (a block asked again later is a new request).
-    reported_late: HashMap<Block, Instant>,
+    reported_late: FxHashMap<Block, Instant>,
     last_block: Instant,
     /// When we sent the most recently sent request the peer has answered.
     newest_answered: Option<Instant>,
@@ -122,12 +122,12 @@ pub(super) struct Requests {
 impl Requests {
     pub(super) fn new(now: Instant) -> Self {
         Self {
-            in_flight: HashMap::new(),
+            in_flight: FxHashMap::default(),
             queued: 0,
             unwritten: std::collections::VecDeque::new(),
             avg_block: None,
             min_block: None,
-            reported_late: HashMap::new(),
+            reported_late: FxHashMap::default(),
             last_block: now,
             newest_answered: None,
             stalls: 0,
