@@ -1,8 +1,7 @@
 //! The pick order: reader deadlines, then background rarest-first, and `pick` itself.
 
-use std::ops::Range;
-
 use rustc_hash::FxHashMap;
+use std::ops::Range;
 
 use super::{
     Block, MAX_REQUESTERS, NEAR, Partial, PeerId, Picker, PieceState, ReaderId, SPREAD_MARGIN,
@@ -278,14 +277,26 @@ impl Picker {
         let order = std::mem::take(&mut self.deadline_order);
         let urgent = order.partition_point(|(d, _)| d.is_urgent());
         let has = |p: PieceIndex| peer_has.get(p.get());
+        // Each walk ends once the peer's room is filled: a sequential reader's window is long,
+        // and a pick runs for every block a peer delivers.
+        let full = |out: &Vec<Block>| out.len() >= max_blocks;
         for &(_, p) in order[..urgent].iter().filter(|(_, p)| has(*p)) {
+            if full(&out) {
+                break;
+            }
             self.take_free(p, peer, &mut out, max_blocks);
         }
         for &(_, p) in order[..urgent].iter().filter(|(_, p)| has(*p)) {
+            if full(&out) || self.late.is_empty() {
+                break;
+            }
             self.take_duplicates(p, peer, &mut out, max_blocks);
         }
         self.take_spread(&order[..urgent], peer, peer_has, &mut out, max_blocks);
         for &(_, p) in order[urgent..].iter().filter(|(_, p)| has(*p)) {
+            if full(&out) {
+                break;
+            }
             if !self.deferred.contains(&p) {
                 self.take_free(p, peer, &mut out, max_blocks);
             }
