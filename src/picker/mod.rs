@@ -15,10 +15,9 @@
 //!   it Partial. Whether it is wanted is not a state: reader windows and background fetching
 //!   decide that at pick time.
 //!
-//! Alongside: every requested block is listed in the in-flight set of each peer it was asked of,
-//! and nowhere else; the `have`/`needed` bitsets and the `rarity` index mirror the states exactly (kept in
-//! `set_state`, the only place a state changes). `model_tests` checks all of this after every
-//! step of a random walk.
+//! Alongside: every requested block is in the in-flight set of each peer it was asked of, and
+//! nowhere else; the `have`/`needed` bitsets and the `rarity` index mirror the states (kept in
+//! `set_state`, the only place a state changes). `model_tests` checks it all along random walks.
 //!
 //! # Order
 //! One comparator, `OrderKey` in `order.rs` (the prose is beside it): pieces a reader waits on
