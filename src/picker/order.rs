@@ -1,7 +1,8 @@
 //! The pick order: reader deadlines, then background rarest-first, and `pick` itself.
 
-use rustc_hash::FxHashMap;
 use std::ops::Range;
+
+use rustc_hash::FxHashMap;
 
 use super::{
     Block, MAX_REQUESTERS, NEAR, Partial, PeerId, Picker, PieceState, ReaderId, SPREAD_MARGIN,

@@ -2,10 +2,10 @@
 //! fast its blocks come, which answers we still accept late, what it rejected, and whether it
 //! has stalled. Pure bookkeeping with the time passed in; the peer task acts on the verdicts.
 
-use rustc_hash::FxHashMap;
 use std::borrow::Cow;
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
 use tokio::time::Instant;
 
 use crate::bitfield::Bitfield;
