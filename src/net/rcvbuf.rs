@@ -22,11 +22,12 @@ const SO_RCVBUFFORCE: libc::c_int = 33;
 /// returns the size the kernel grants (it reports twice what it was asked, its bookkeeping
 /// overhead included; this is that value halved, comparable to `wanted`).
 pub fn enlarge(socket: &impl AsFd, wanted: usize) -> io::Result<usize> {
+    let sock = socket2::SockRef::from(socket);
     let value = libc::c_int::try_from(wanted).unwrap_or(libc::c_int::MAX);
     if set_int(socket, SO_RCVBUFFORCE, value).is_err() {
-        set_int(socket, libc::SO_RCVBUF, value)?;
+        sock.set_recv_buffer_size(wanted)?;
     }
-    let granted = socket2::SockRef::from(socket).recv_buffer_size()?;
+    let granted = sock.recv_buffer_size()?;
     Ok(granted / 2)
 }
 
@@ -50,6 +51,7 @@ pub fn drops(socket: &impl AsFd) -> Option<u64> {
     (r == 0 && len as usize >= (drops + 1) * 4).then(|| u64::from(info[drops]))
 }
 
+/// A `SOL_SOCKET` option socket2 does not offer.
 fn set_int(socket: &impl AsFd, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: the option reads a c_int from a live local of that size.
     let r = unsafe {
@@ -84,7 +86,9 @@ mod tests {
         assert!(granted <= WANTED + 4096, "{granted}");
 
         // A small buffer (the kernel's floor) fills at once.
-        set_int(&socket, libc::SO_RCVBUF, 1).unwrap();
+        socket2::SockRef::from(&socket)
+            .set_recv_buffer_size(1)
+            .unwrap();
         assert_eq!(drops(&socket), Some(0));
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = socket.local_addr().unwrap();
