@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use super::*;
+use super::super::*;
 use crate::app::source::ResolveOptions;
 use crate::app::status::LibraryLive;
 
