@@ -131,20 +131,70 @@ pub struct UtpStreamReadHalf {
     shared: Arc<UserRxShared>,
 }
 
+/// Where a read copies payload to: the caller's slices, or tokio's `ReadBuf`.
+trait ReadSink {
+    /// Copies as much of `data` as fits (at least one byte while [`ReadSink::is_full`] is
+    /// false); returns how much.
+    fn put(&mut self, data: &[u8]) -> usize;
+    fn is_full(&self) -> bool;
+}
+
+impl ReadSink for &mut [IoSliceMut<'_>] {
+    fn put(&mut self, data: &[u8]) -> usize {
+        while self.first().is_some_and(|b| b.is_empty()) {
+            let bufs = std::mem::take(self);
+            *self = &mut bufs[1..];
+        }
+        let Some(current) = self.first_mut() else {
+            return 0;
+        };
+        let len = current.len().min(data.len());
+        current[..len].copy_from_slice(&data[..len]);
+        current.advance(len);
+        len
+    }
+
+    fn is_full(&self) -> bool {
+        self.iter().all(|b| b.is_empty())
+    }
+}
+
+/// Writes straight into the unfilled part, initialised or not: `initialize_unfilled` would
+/// zero all of a reader's spare capacity (`read_buf` into a `BytesMut`) on every read.
+impl ReadSink for tokio::io::ReadBuf<'_> {
+    fn put(&mut self, data: &[u8]) -> usize {
+        let len = self.remaining().min(data.len());
+        self.put_slice(&data[..len]);
+        len
+    }
+
+    fn is_full(&self) -> bool {
+        self.remaining() == 0
+    }
+}
+
 impl UtpStreamReadHalf {
     pub fn poll_read_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         mut bufs: &mut [IoSliceMut<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        self.poll_read_into(cx, &mut bufs)
+    }
+
+    /// Copies the payload waiting into `out` until it is full or nothing more waits.
+    fn poll_read_into(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut dyn ReadSink,
+    ) -> Poll<std::io::Result<usize>> {
+        if out.is_full() {
+            return Poll::Ready(Ok(0));
+        }
         let mut written = 0usize;
         let mut dispatcher_dead = false;
 
-        while let Some(current_buf) = bufs.first_mut() {
-            if current_buf.is_empty() {
-                bufs = &mut bufs[1..];
-                continue;
-            }
+        while !out.is_full() {
             // If there was a previous message we haven't read till the end, do it.
             if let Some(current) = self.current.as_mut() {
                 let payload = &current.payload[current.offset..];
@@ -154,10 +204,7 @@ impl UtpStreamReadHalf {
                     )));
                 }
 
-                let len = current_buf.len().min(payload.len());
-                current_buf[..len].copy_from_slice(&payload[..len]);
-                current_buf.advance(len);
-
+                let len = out.put(payload);
                 written += len;
                 current.offset += len;
                 if current.offset == current.payload.len() {
@@ -245,9 +292,7 @@ impl AsyncRead for UtpStreamReadHalf {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let mut iovecs = [IoSliceMut::new(buf.initialize_unfilled())];
-        let len = std::task::ready!(self.poll_read_vectored(cx, &mut iovecs)?);
-        buf.advance(len);
+        std::task::ready!(self.poll_read_into(cx, buf)?);
         Poll::Ready(Ok(()))
     }
 }
@@ -914,6 +959,43 @@ mod tests {
         let mut buf = [0u8; 1024];
         let sz = read.read(&mut buf).await.unwrap();
         assert_eq!(std::str::from_utf8(&buf[..sz]), Ok("helloworldtest"));
+    }
+
+    /// Reads cut payloads wherever the caller's buffer ends, into uninitialised spare
+    /// capacity (`read_buf`) as into slices (`read_vectored`, empty slices skipped).
+    #[tokio::test]
+    async fn test_reads_cross_payload_boundaries() {
+        use tokio::io::AsyncReadExt;
+        let (mut user_rx, mut read) = user_rx(100);
+        for (seq, payload) in [(0, &b"hello"[..]), (1, b"world"), (2, b"test")] {
+            user_rx.add_remove_test(msg(seq, payload), 0).await.unwrap();
+        }
+        poll_fn(|cx| {
+            assert_eq!(user_rx.flush(cx).unwrap(), 14);
+            Poll::Ready(())
+        })
+        .await;
+
+        let mut small = Vec::with_capacity(3);
+        assert_eq!(read.read_buf(&mut small).await.unwrap(), 3);
+        assert_eq!(&small[..], b"hel");
+
+        let (mut a, mut b) = ([0u8; 4], [0u8; 20]);
+        let mut bufs = [
+            std::io::IoSliceMut::new(&mut []),
+            std::io::IoSliceMut::new(&mut a),
+            std::io::IoSliceMut::new(&mut b),
+        ];
+        let n = poll_fn(|cx| std::pin::Pin::new(&mut read).poll_read_vectored(cx, &mut bufs))
+            .await
+            .unwrap();
+        assert_eq!(n, 11);
+        assert_eq!(&a, b"lowo");
+        assert_eq!(&b[..7], b"rldtest");
+
+        // A read into no room is not a wait.
+        let mut none = [0u8; 0];
+        assert_eq!(read.read(&mut none).await.unwrap(), 0);
     }
 
     #[test]
