@@ -7,7 +7,8 @@ in_enc_policy forced, allowed_enc_level rc4) behind opentracker, as in the `file
 clients run with their defaults (ours: --encryption allow, so its plaintext handshake is hung
 up on and it dials again encrypted). Per client and per run:
   enc_ttfb   fresh mount; open the file and read 1 byte; mount ready -> byte returned
-  enc_seq    fresh mount; the whole file in 1 MiB reads with sha1 (checked); MB/s
+  enc_seq    fresh mount, once the client has settled (no CPU for 0.2 s); the whole file in
+             1 MiB reads with sha1 (checked); MB/s
   enc_cpu    the client's CPU time over that read (utime + stime, /proc/PID/stat), per MB
 Then a second swarm of the same file whose seeders take plaintext (libtorrent's default
 policy), for ours only:
@@ -17,14 +18,13 @@ policy), for ours only:
 
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from harness import MiB
 from harness.cli import run_alone
-from harness.measure import file_sha1, first_byte, guarded, read_all
-from harness.procs import MetricFailed, cpu_secs, log
+from harness.measure import cold_read, file_sha1, first_byte
+from harness.procs import MetricFailed, log
 from harness.report import parse_size
 from harness.swarm import SEEDER_IPS, Swarm, make_data
 
@@ -50,22 +50,12 @@ def ttfb(bench, client, swarm):
 
 
 def seq(bench, client, swarm, sha1, rate_metric, cpu_metric):
-    """A fresh mount's sequential read: its rate (if `rate_metric`) and CPU time per MB."""
+    """A fresh mount's sequential read, once the client has settled: its rate (if
+    `rate_metric`) and CPU time per MB."""
     size = bench.enc_size
 
     def fn(m):
-        def body(progress):
-            fd = os.open(m.path, os.O_RDONLY)
-            try:
-                c0, t0 = cpu_secs(m.proc.pid), time.monotonic()
-                digest = read_all(fd, size, progress)
-                secs, c1 = time.monotonic() - t0, cpu_secs(m.proc.pid)
-            finally:
-                os.close(fd)
-            if c0 is None or c1 is None:
-                raise MetricFailed("no CPU time for pid %d" % m.proc.pid)
-            return secs, c1 - c0, digest
-        secs, cpu, digest = guarded(m, bench.args.read_timeout, body)
+        secs, cpu, digest, _ = cold_read(bench.args, client, m, size, cpu_metric)
         if digest != sha1:
             raise MetricFailed("sequential read: sha1 %s, want %s" % (digest, sha1))
         if rate_metric:

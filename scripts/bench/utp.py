@@ -15,17 +15,14 @@ Then, per client, the same file from TCP-only seeders:
 """
 
 import os
-import signal
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from harness import MiB
 from harness.cli import run_alone
-from harness.measure import file_sha1, first_byte, guarded, read_all
-from harness.procs import MetricFailed, cpu_secs, log, settle
+from harness.measure import cold_read, file_sha1, first_byte
+from harness.procs import MetricFailed, log
 from harness.report import parse_size
 from harness.swarm import SEEDER_IPS, Swarm, make_data
 
@@ -37,12 +34,6 @@ TOOLS = []
 def add_options(p):
     p.add_argument("--utp-size", type=parse_size, default=128 * MiB,
                    help="the uTP part's file size (128M)")
-    p.add_argument("--perf-dir", default=None,
-                   help="profile each sequential read with `perf record -g` of the client, "
-                        "one file per read here (METRIC-N.data)")
-    p.add_argument("--perf-event", action="append", default=[],
-                   help="with --perf-dir: record this event (perf's -e) instead of cpu-clock; "
-                        "repeatable")
 
 
 def check(args, p):
@@ -55,27 +46,6 @@ def ttfb(bench, client, swarm):
         bench.record(client, "utp_ttfb",
                      first_byte(m, bench.args.read_timeout) - m.ready_at)
     bench.measure(client, "utp_ttfb", fn, swarm, ready_metric=None)
-
-
-def start_perf(bench, client, metric, pid):
-    """`perf record -g` of `pid` into --perf-dir, if asked for."""
-    d = bench.args.perf_dir
-    if not d:
-        return None
-    os.makedirs(d, exist_ok=True)
-    n = len([f for f in os.listdir(d) if f.startswith("%s-%s-" % (client, metric))])
-    out = os.path.join(d, "%s-%s-%d.data" % (client, metric, n))
-    events = [a for e in bench.args.perf_event for a in ("-e", e)]
-    proc = subprocess.Popen(["perf", "record", "-q", "-g"] + events + ["-p", str(pid), "-o", out],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.3)  # perf attaches
-    return proc
-
-
-def stop_perf(proc):
-    if proc is not None:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
 
 
 def udp_counters():
@@ -115,28 +85,13 @@ def seq(bench, client, swarm, sha1, size, rate_metric, cpu_metric):
     """A cold sequential read on a fresh mount, once the client has settled: its rate (if
     `rate_metric`) and the client's CPU time per MB."""
     def fn(m):
-        def body(progress):
-            settle(m.proc.pid)
-            fd = os.open(m.path, os.O_RDONLY)
-            perf = start_perf(bench, client, cpu_metric, m.proc.pid)
-            try:
-                udp0 = udp_counters()
-                cpu0, t0 = cpu_secs(m.proc.pid), time.monotonic()
-                digest = read_all(fd, size, progress)
-                secs, cpu1 = time.monotonic() - t0, cpu_secs(m.proc.pid)
-                udp = {k: v - udp0.get(k, 0) for k, v in udp_counters().items()}
-            finally:
-                os.close(fd)
-                stop_perf(perf)
-            return secs, digest, cpu0, cpu1, udp
-        secs, digest, cpu0, cpu1, udp = guarded(m, bench.args.read_timeout, body)
+        secs, cpu, digest, udp = cold_read(bench.args, client, m, size, cpu_metric,
+                                           probe=udp_counters)
         if digest != sha1:
             raise MetricFailed("sequential read: sha1 %s, want %s" % (digest, sha1))
-        if cpu0 is None or cpu1 is None:
-            raise MetricFailed("no CPU time for pid %d" % m.proc.pid)
         if rate_metric:
             bench.record(client, rate_metric, size / secs / 1e6)
-        bench.record(client, cpu_metric, (cpu1 - cpu0) / (size / 1e6) * 1000)
+        bench.record(client, cpu_metric, cpu / (size / 1e6) * 1000)
         st = m.status()
         if st:
             bench.notes[client].append("%s: %s" % (cpu_metric, ", ".join(

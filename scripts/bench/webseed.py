@@ -6,7 +6,8 @@ keep-alive), named in the torrent's url-list (BEP 19); no tracker, no peer. For 
 yardstick, the same file from a plain TCP swarm: three libtorrent seeders behind opentracker,
 as in the `file` part. Per client and per run, each on a fresh mount:
   ws_ttfb    open the file and os.read 1 byte; mount ready -> byte returned
-  ws_seq     read the whole file in 1 MiB chunks with sha1 (checked); MB/s
+  ws_seq     once the client has settled (no CPU for 0.2 s), read the whole file in 1 MiB
+             chunks with sha1 (checked); MB/s
   ws_cpu     the client's CPU time (utime + stime of its process, /proc/PID/stat) over that
              read, in ms per MB read
   tcp_seq    the same read from the TCP swarm; tcp_cpu its CPU time, ms per MB
@@ -15,13 +16,12 @@ Targets: ws_seq at least Debian's rate; ours' ws_cpu within 1.5x of ours' tcp_cp
 
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from harness import MiB
 from harness.cli import run_alone
-from harness.measure import file_sha1, first_byte, guarded, read_all
+from harness.measure import cold_read, file_sha1, first_byte
 from harness.mount import Target
 from harness.procs import MetricFailed, log
 from harness.report import parse_size
@@ -43,14 +43,6 @@ def check(args, p):
         p.error("--webseed-size >= 2M")
 
 
-def cpu_secs(pid):
-    """utime + stime of a process (all its threads), in seconds."""
-    with open("/proc/%d/stat" % pid) as f:
-        # Fields after the command name (which may hold spaces); utime, stime: 14th, 15th.
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def ttfb(bench, client, target):
     def fn(m):
         bench.record(client, "ws_ttfb", first_byte(m, bench.args.read_timeout) - m.ready_at)
@@ -58,18 +50,10 @@ def ttfb(bench, client, target):
 
 
 def seq_cpu(bench, client, target, sha1, size, rate_key, cpu_key):
-    """Fresh mount; the whole file read with sha1: MB/s and the client's CPU ms per MB."""
+    """Fresh mount; once the client has settled, the whole file read with sha1: MB/s and the
+    client's CPU ms per MB."""
     def fn(m):
-        def body(progress):
-            fd = os.open(m.path, os.O_RDONLY)
-            try:
-                c0, t0 = cpu_secs(m.proc.pid), time.monotonic()
-                digest = read_all(fd, size, progress)
-                t1, c1 = time.monotonic(), cpu_secs(m.proc.pid)
-            finally:
-                os.close(fd)
-            return t1 - t0, c1 - c0, digest
-        secs, cpu, digest = guarded(m, bench.args.read_timeout, body)
+        secs, cpu, digest, _ = cold_read(bench.args, client, m, size, cpu_key)
         if digest != sha1:
             raise MetricFailed("%s read: sha1 %s, want %s" % (rate_key, digest, sha1))
         bench.record(client, rate_key, size / secs / 1e6)

@@ -63,6 +63,13 @@ def parser(doc, parts):
                         "its first request, which slows whichever client reads it first)")
     p.add_argument("--rust-log", help="RUST_LOG for ours (e.g. btfs=debug)")
     p.add_argument("--log-dir", help="keep every client's stderr here")
+    p.add_argument("--perf-dir", default=None,
+                   help="profile each read whose CPU is measured (the utp, encryption and "
+                        "webseed parts) with `perf record -g` of the client, one file per read "
+                        "here (CLIENT-METRIC-N.data)")
+    p.add_argument("--perf-event", action="append", default=[],
+                   help="with --perf-dir: record this event (perf's -e) instead of cpu-clock; "
+                        "repeatable")
     for part in parts:
         part.add_options(p)
     if len(parts) > 1:

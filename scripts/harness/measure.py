@@ -6,13 +6,14 @@ killed (which fails the blocked read) and the mount lazily unmounted."""
 
 import hashlib
 import os
+import signal
 import subprocess
 import threading
 import time
 
 from harness import DEBIAN, OURS, MiB
 from harness.mount import READY_TIMEOUT, Client, Mount
-from harness.procs import MetricFailed, free_port, log, tail
+from harness.procs import MetricFailed, cpu_secs, free_port, log, settle, tail
 
 
 def make_clients(args):
@@ -181,6 +182,52 @@ def read_all(fd, size, progress):
     if got != size:
         raise MetricFailed("read %d bytes, want %d" % (got, size))
     return h.hexdigest()
+
+
+def start_perf(args, client, metric, pid):
+    """`perf record -g` of `pid` into --perf-dir, if given."""
+    d = args.perf_dir
+    if not d:
+        return None
+    os.makedirs(d, exist_ok=True)
+    n = len([f for f in os.listdir(d) if f.startswith("%s-%s-" % (client, metric))])
+    out = os.path.join(d, "%s-%s-%d.data" % (client, metric, n))
+    events = [a for e in args.perf_event for a in ("-e", e)]
+    proc = subprocess.Popen(["perf", "record", "-q", "-g"] + events + ["-p", str(pid), "-o", out],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)  # perf attaches
+    return proc
+
+
+def stop_perf(proc):
+    if proc is not None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+def cold_read(args, client, m, size, metric, probe=None):
+    """The whole of mount `m`'s file in 1 MiB reads with sha1, guarded, once the client has
+    settled (its startup work is not the read's): (seconds, the client's CPU seconds over
+    the read, sha1, and what `probe()`, a dict of counters, grew by over it). The one way
+    the parts measure CPU per byte, so that their ratios compare; profiled into --perf-dir
+    if given."""
+    def body(progress):
+        settle(m.proc.pid)
+        fd = os.open(m.path, os.O_RDONLY)
+        perf = start_perf(args, client, metric, m.proc.pid)
+        try:
+            before = probe() if probe else {}
+            cpu0, t0 = cpu_secs(m.proc.pid), time.monotonic()
+            digest = read_all(fd, size, progress)
+            secs, cpu1 = time.monotonic() - t0, cpu_secs(m.proc.pid)
+            grew = {k: v - before.get(k, 0) for k, v in probe().items()} if probe else {}
+        finally:
+            os.close(fd)
+            stop_perf(perf)
+        if cpu0 is None or cpu1 is None:
+            raise MetricFailed("no CPU time for pid %d" % m.proc.pid)
+        return secs, cpu1 - cpu0, digest, grew
+    return guarded(m, args.read_timeout, body)
 
 
 def watch_rchar(proc, progress):
