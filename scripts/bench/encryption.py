@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from harness import MiB
 from harness.cli import run_alone
 from harness.measure import cold_read, file_sha1, first_byte
-from harness.procs import MetricFailed, log
+from harness.procs import log
 from harness.report import parse_size
 from harness.swarm import SEEDER_IPS, Swarm, make_data
 
@@ -55,12 +55,7 @@ def seq(bench, client, swarm, sha1, rate_metric, cpu_metric):
     size = bench.enc_size
 
     def fn(m):
-        secs, cpu, digest, _ = cold_read(bench.args, client, m, size, cpu_metric)
-        if digest != sha1:
-            raise MetricFailed("sequential read: sha1 %s, want %s" % (digest, sha1))
-        if rate_metric:
-            bench.record(client, rate_metric, size / secs / 1e6)
-        bench.record(client, cpu_metric, cpu / (size / 1e6) * 1000)
+        cold_read(bench, client, m, size, sha1, rate_metric, cpu_metric)
         st = m.status()
         if st:
             bench.notes[client].append("%s: %s" % (cpu_metric, ", ".join(

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from harness import MiB
 from harness.cli import run_alone
 from harness.measure import cold_read, file_sha1, first_byte
-from harness.procs import MetricFailed, log
+from harness.procs import log
 from harness.report import parse_size
 from harness.swarm import SEEDER_IPS, Swarm, make_data
 
@@ -85,13 +85,8 @@ def seq(bench, client, swarm, sha1, size, rate_metric, cpu_metric):
     """A cold sequential read on a fresh mount, once the client has settled: its rate (if
     `rate_metric`) and the client's CPU time per MB."""
     def fn(m):
-        secs, cpu, digest, udp = cold_read(bench.args, client, m, size, cpu_metric,
-                                           probe=udp_counters)
-        if digest != sha1:
-            raise MetricFailed("sequential read: sha1 %s, want %s" % (digest, sha1))
-        if rate_metric:
-            bench.record(client, rate_metric, size / secs / 1e6)
-        bench.record(client, cpu_metric, cpu / (size / 1e6) * 1000)
+        secs, udp = cold_read(bench, client, m, size, sha1, rate_metric, cpu_metric,
+                              probe=udp_counters)
         st = m.status()
         if st:
             bench.notes[client].append("%s: %s" % (cpu_metric, ", ".join(

@@ -205,16 +205,19 @@ def stop_perf(proc):
         proc.wait(timeout=30)
 
 
-def cold_read(args, client, m, size, metric, probe=None):
-    """The whole of mount `m`'s file in 1 MiB reads with sha1, guarded, once the client has
-    settled (its startup work is not the read's): (seconds, the client's CPU seconds over
-    the read, sha1, and what `probe()`, a dict of counters, grew by over it). The one way
-    the parts measure CPU per byte, so that their ratios compare; profiled into --perf-dir
-    if given."""
+def cold_read(bench, client, m, size, sha1, rate_metric, cpu_metric, probe=None):
+    """The whole of mount `m`'s file in 1 MiB reads, guarded, once the client has settled
+    (its startup work is not the read's); the sha1 must be `sha1`. Records its MB/s as
+    `rate_metric` (if given) and the client's CPU ms per MB over the read as `cpu_metric`,
+    and returns (seconds, what `probe()`, a dict of counters, grew by over the read). The one
+    way the parts measure CPU per byte, so that their ratios compare; profiled into
+    --perf-dir if given."""
+    args = bench.args
+
     def body(progress):
         settle(m.proc.pid)
         fd = os.open(m.path, os.O_RDONLY)
-        perf = start_perf(args, client, metric, m.proc.pid)
+        perf = start_perf(args, client, cpu_metric, m.proc.pid)
         try:
             before = probe() if probe else {}
             cpu0, t0 = cpu_secs(m.proc.pid), time.monotonic()
@@ -227,7 +230,13 @@ def cold_read(args, client, m, size, metric, probe=None):
         if cpu0 is None or cpu1 is None:
             raise MetricFailed("no CPU time for pid %d" % m.proc.pid)
         return secs, cpu1 - cpu0, digest, grew
-    return guarded(m, args.read_timeout, body)
+    secs, cpu, digest, grew = guarded(m, args.read_timeout, body)
+    if digest != sha1:
+        raise MetricFailed("sequential read: sha1 %s, want %s" % (digest, sha1))
+    if rate_metric:
+        bench.record(client, rate_metric, size / secs / 1e6)
+    bench.record(client, cpu_metric, cpu / (size / 1e6) * 1000)
+    return secs, grew
 
 
 def watch_rchar(proc, progress):
