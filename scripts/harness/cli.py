@@ -65,11 +65,14 @@ def parser(doc, parts):
     p.add_argument("--log-dir", help="keep every client's stderr here")
     p.add_argument("--perf-dir", default=None,
                    help="profile each read whose CPU is measured (the utp, encryption and "
-                        "webseed parts) with `perf record -g` of the client, one file per read "
+                        "webseed parts) with `perf record` of the client, one file per read "
                         "here (CLIENT-METRIC-N.data)")
     p.add_argument("--perf-event", action="append", default=[],
                    help="with --perf-dir: record this event (perf's -e) instead of cpu-clock; "
                         "repeatable")
+    p.add_argument("--perf-call-graph", default="fp",
+                   help="with --perf-dir: perf's --call-graph (fp; dwarf also walks through "
+                        "libc, whose frames have no frame pointers)")
     for part in parts:
         part.add_options(p)
     if len(parts) > 1:

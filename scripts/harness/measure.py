@@ -185,7 +185,7 @@ def read_all(fd, size, progress):
 
 
 def start_perf(args, client, metric, pid):
-    """`perf record -g` of `pid` into --perf-dir, if given."""
+    """`perf record` of `pid` (with call graphs) into --perf-dir, if given."""
     d = args.perf_dir
     if not d:
         return None
@@ -193,7 +193,8 @@ def start_perf(args, client, metric, pid):
     n = len([f for f in os.listdir(d) if f.startswith("%s-%s-" % (client, metric))])
     out = os.path.join(d, "%s-%s-%d.data" % (client, metric, n))
     events = [a for e in args.perf_event for a in ("-e", e)]
-    proc = subprocess.Popen(["perf", "record", "-q", "-g"] + events + ["-p", str(pid), "-o", out],
+    cmd = ["perf", "record", "-q", "--call-graph", args.perf_call_graph] + events
+    proc = subprocess.Popen(cmd + ["-p", str(pid), "-o", out],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.3)  # perf attaches
     return proc
