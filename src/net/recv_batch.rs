@@ -6,23 +6,104 @@
 //! slots hold any uTP packet (peers size them to the path MTU, at most 1,500 bytes on
 //! Ethernet) and any KRPC message (under 1,500 bytes); the loopback's MTU is 64 KiB, but
 //! peers do not probe past Ethernet's.
+//!
+//! A datagram is handed on as a slice of the buffer it was received into ([`Bytes`]), not
+//! copied out: at uTP's rates a copy and an allocation per datagram cost more CPU than the
+//! rest of the uTP stack's own work on it. A slice keeps its whole buffer alive until the
+//! payload is read, so the buffers come from a [`Pool`] that bounds how many may be pinned
+//! at once ([`PINNED_MAX`]); past it (readers far behind) datagrams are copied out of a spare
+//! buffer, as they all were before.
 
 use std::io;
 use std::mem::{MaybeUninit, size_of};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use bytes::Bytes;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
+
+use crate::sync::lock;
 
 /// Datagrams one call takes at most.
 pub const BATCH: usize = 32;
 /// Room for each datagram.
 const SLOT: usize = 4096;
+/// Bytes of one call's buffer.
+const BUFFER: usize = BATCH * SLOT;
+/// Buffers that may exist at once (in use, pinned by datagrams not yet read, or free):
+/// 8 MiB. Readers that keep up pin a few; more than this means they are far behind, and
+/// copying then costs nothing that matters. A buffer once made is kept for reuse (a new one
+/// costs a zeroing and its page faults).
+pub const PINNED_MAX: usize = 64;
+
+/// The buffers of one reader's calls, shared with the [`Bytes`] that slice them.
+#[derive(Default)]
+pub struct Pool {
+    free: std::sync::Mutex<Vec<Box<[u8]>>>,
+    /// Buffers made: taken, pinned or free.
+    live: AtomicUsize,
+}
+
+impl Pool {
+    /// A buffer to receive into: a free one, else a new one while fewer than
+    /// [`PINNED_MAX`] exist.
+    fn take(&self) -> Option<Box<[u8]>> {
+        if let Some(buf) = lock(&self.free).pop() {
+            return Some(buf);
+        }
+        let live = self.live.fetch_add(1, Ordering::Relaxed);
+        if live >= PINNED_MAX {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        // Zeroed once; a buffer is reused as it is (the kernel overwrites what it fills).
+        Some(vec![0u8; BUFFER].into_boxed_slice())
+    }
+
+    fn give_back(&self, buf: Box<[u8]>) {
+        lock(&self.free).push(buf);
+    }
+
+    /// Buffers that exist now.
+    #[cfg(test)]
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+}
+
+/// A received buffer as the datagrams sliced from it own it: back to its pool when the last
+/// of them is dropped.
+struct Pinned {
+    buf: Option<Box<[u8]>>,
+    pool: Arc<Pool>,
+}
+
+impl AsRef<[u8]> for Pinned {
+    fn as_ref(&self) -> &[u8] {
+        self.buf.as_deref().unwrap_or_default()
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            self.pool.give_back(buf);
+        }
+    }
+}
 
 /// The slots of one `recvmmsg` and what it put in them.
 pub struct RecvBatch {
-    bufs: Box<[u8]>,
+    pool: Arc<Pool>,
+    /// The buffer of the next call, if one was free (else `spare`'s turn).
+    next: Option<Box<[u8]>>,
+    /// The last call's buffer, shared: its datagrams are slices of it.
+    shared: Option<Bytes>,
+    /// The buffer for calls while the pool has none to give; its datagrams are copied.
+    spare: Box<[u8]>,
     addrs: Box<[libc::sockaddr_storage]>,
     /// Per slot of the last call: its length, or `None` if it was cut or has no address.
     got: Vec<Option<(usize, SocketAddr)>>,
@@ -31,11 +112,20 @@ pub struct RecvBatch {
 impl RecvBatch {
     pub fn new() -> RecvBatch {
         RecvBatch {
-            bufs: vec![0u8; BATCH * SLOT].into_boxed_slice(),
+            pool: Arc::default(),
+            next: None,
+            shared: None,
+            spare: vec![0u8; BUFFER].into_boxed_slice(),
             // SAFETY: an all-zero sockaddr_storage is a valid (AF_UNSPEC) value.
             addrs: vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH].into_boxed_slice(),
             got: Vec::with_capacity(BATCH),
         }
+    }
+
+    /// The pool its buffers come from.
+    #[cfg(test)]
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
     }
 
     /// Takes up to `max` (at most [`BATCH`]) datagrams waiting on `socket` without waiting;
@@ -49,6 +139,10 @@ impl RecvBatch {
     /// readiness event, which the clearing leaves alone (tokio clears only the event it saw).
     pub fn recv(&mut self, socket: &UdpSocket, max: usize) -> io::Result<usize> {
         let n = max.clamp(1, BATCH);
+        self.shared = None;
+        if self.next.is_none() {
+            self.next = self.pool.take();
+        }
         let mut short = 0;
         let r = socket.try_io(Interest::READABLE, || {
             let got = self.recv_raw(socket.as_raw_fd(), n)?;
@@ -58,18 +152,28 @@ impl RecvBatch {
             }
             Ok(got)
         });
-        match r {
+        let r = match r {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => Ok(short),
             r => r,
+        };
+        if matches!(r, Ok(got) if got > 0)
+            && let Some(buf) = self.next.take()
+        {
+            self.shared = Some(Bytes::from_owner(Pinned {
+                buf: Some(buf),
+                pool: self.pool.clone(),
+            }));
         }
+        r
     }
 
     fn recv_raw(&mut self, fd: std::os::fd::RawFd, n: usize) -> io::Result<usize> {
+        let bufs = self.next.as_deref_mut().unwrap_or(&mut self.spare);
         // SAFETY (zeroed): iovec and mmsghdr are plain C structs, valid all zero.
         let mut iovs: [libc::iovec; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
         for (i, (iov, hdr)) in iovs.iter_mut().zip(hdrs.iter_mut()).enumerate().take(n) {
-            iov.iov_base = self.bufs[i * SLOT..].as_mut_ptr().cast();
+            iov.iov_base = bufs[i * SLOT..].as_mut_ptr().cast();
             iov.iov_len = SLOT;
             hdr.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
             hdr.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -106,7 +210,19 @@ impl RecvBatch {
     /// The `i`th datagram of the last call and its sender; `None` if it was dropped.
     pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
         let (len, from) = (*self.got.get(i)?)?;
-        Some((&self.bufs[i * SLOT..i * SLOT + len], from))
+        let bufs = self.shared.as_deref().unwrap_or(&self.spare);
+        Some((&bufs[i * SLOT..i * SLOT + len], from))
+    }
+
+    /// The `i`th datagram as [`RecvBatch::get`] has it, as its own [`Bytes`]: a slice of the
+    /// call's buffer, or a copy when the call went to the spare buffer.
+    pub fn take(&self, i: usize) -> Option<(Bytes, SocketAddr)> {
+        let (len, from) = (*self.got.get(i)?)?;
+        let range = i * SLOT..i * SLOT + len;
+        Some(match &self.shared {
+            Some(shared) => (shared.slice(range), from),
+            None => (Bytes::copy_from_slice(&self.spare[range]), from),
+        })
     }
 }
 
@@ -151,6 +267,52 @@ mod tests {
             .await
             .expect("hang")
             .unwrap();
+    }
+
+    /// One call's worth of what waits on `socket` (waiting for some).
+    async fn recv_some(batch: &mut RecvBatch, socket: &UdpSocket) -> usize {
+        loop {
+            wait_readable(socket).await;
+            match batch.recv(socket, BATCH) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r.unwrap(),
+            }
+        }
+    }
+
+    /// What a reader holds on to pins at most [`PINNED_MAX`] buffers: past them datagrams
+    /// still come whole (copied), and once the held ones are dropped their buffers are
+    /// reused, none made anew.
+    #[tokio::test]
+    async fn held_datagrams_pin_a_bounded_number_of_buffers() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let at = socket.local_addr().unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut batch = RecvBatch::new();
+        let mut held = Vec::new();
+        for i in 0..PINNED_MAX + 10 {
+            let want: Vec<u8> = (0..100 + i).map(|j| (j * 7 + i) as u8).collect();
+            peer.send_to(&want, at).await.unwrap();
+            assert_eq!(recv_some(&mut batch, &socket).await, 1);
+            let (data, from) = batch.take(0).unwrap();
+            assert_eq!(from, peer.local_addr().unwrap());
+            held.push((data, want));
+        }
+        assert_eq!(
+            batch.pool().live(),
+            PINNED_MAX,
+            "a buffer per held call, up to the cap"
+        );
+        for (data, want) in &held {
+            assert_eq!(data[..], want[..], "every datagram whole, shared or copied");
+        }
+        held.clear();
+        for i in 0..PINNED_MAX + 10 {
+            peer.send_to(&[i as u8; 50], at).await.unwrap();
+            assert_eq!(recv_some(&mut batch, &socket).await, 1);
+            assert_eq!(batch.take(0).unwrap().0[..], [i as u8; 50]);
+        }
+        assert_eq!(batch.pool().live(), PINNED_MAX, "freed buffers reused");
     }
 
     /// Datagrams come whole, in order, with their senders, several per call; one too big for

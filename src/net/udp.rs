@@ -263,7 +263,7 @@ impl Channel {
         &self,
         cx: &mut Context<'_>,
         max: usize,
-        on: &mut dyn FnMut(&[u8], SocketAddr),
+        on: &mut dyn FnMut(Bytes, SocketAddr),
     ) -> Poll<io::Result<usize>> {
         let max = max.max(1);
         if self.port.inner.reader_id.load(Ordering::Acquire) != self.id {
@@ -292,12 +292,15 @@ impl Channel {
                     continue;
                 }
             };
-            for (packet, from) in (0..n).filter_map(|i| batch.get(i)) {
-                if classify(packet) == Some(self.protocol) {
+            for i in 0..n {
+                let Some((packet, from)) = batch.get(i) else {
+                    continue;
+                };
+                if classify(packet) != Some(self.protocol) {
+                    route(&self.port.inner.routes, packet, from);
+                } else if let Some((packet, from)) = batch.take(i) {
                     on(packet, from);
                     handed += 1;
-                } else {
-                    route(&self.port.inner.routes, packet, from);
                 }
             }
             if handed == max {
@@ -317,13 +320,13 @@ impl Channel {
         cx: &mut Context<'_>,
         max: usize,
         mut handed: usize,
-        on: &mut dyn FnMut(&[u8], SocketAddr),
+        on: &mut dyn FnMut(Bytes, SocketAddr),
     ) -> Poll<io::Result<usize>> {
         let mut rx = lock(&self.rx);
         while handed < max {
             match rx.poll_recv(cx) {
                 Poll::Ready(Some(d)) => {
-                    on(&d.data, d.from);
+                    on(d.data, d.from);
                     handed += 1;
                 }
                 Poll::Ready(None) if handed == 0 => {

@@ -108,7 +108,7 @@ impl Transport for UtpTransport {
         cx: &mut Context<'_>,
         _buf: &mut [u8],
         max: usize,
-        on: &mut dyn FnMut(&[u8], SocketAddr),
+        on: &mut dyn FnMut(bytes::Bytes, SocketAddr),
     ) -> Poll<io::Result<usize>> {
         let n = self.channels.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);

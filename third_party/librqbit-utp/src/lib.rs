@@ -46,4 +46,6 @@ pub use stream_rx::UtpStreamReadHalf;
 pub use stream_tx::UtpStreamWriteHalf;
 pub use traits::Transport;
 
-type Payload = Vec<u8>;
+/// A packet's payload: a slice of the datagram as the transport received it, shared rather
+/// than copied out (see `Transport::poll_recv_batch`).
+type Payload = bytes::Bytes;

@@ -32,12 +32,19 @@ impl UtpMessage {
     pub fn new_test(header: UtpHeader, payload: &[u8]) -> Self {
         UtpMessage {
             header,
-            data: payload.to_owned(),
+            data: bytes::Bytes::copy_from_slice(payload),
         }
     }
 
+    /// The packet in `buf`, its payload copied out.
+    #[cfg(test)]
     pub fn deserialize(buf: &[u8]) -> Option<Self> {
-        let (header, hsize) = UtpHeader::deserialize(buf)?;
+        Self::deserialize_shared(bytes::Bytes::copy_from_slice(buf))
+    }
+
+    /// The packet in `buf`, its payload a slice of `buf` (no copy).
+    pub fn deserialize_shared(buf: bytes::Bytes) -> Option<Self> {
+        let (header, hsize) = UtpHeader::deserialize(&buf)?;
 
         let payload_size = buf.len() - hsize;
 
@@ -58,7 +65,7 @@ impl UtpMessage {
 
         Some(Self {
             header,
-            data: buf[hsize..].to_owned(),
+            data: buf.slice(hsize..),
         })
     }
 

@@ -468,10 +468,11 @@ impl<T: Transport, E: UtpEnvironment> Dispatcher<T, E> {
             stream_set.poll(cx);
             let mut received = 0;
             while received < RECV_BATCH && deferred.is_empty() {
-                let mut on = |packet: &[u8], addr: SocketAddr| {
-                    let Some(message) = UtpMessage::deserialize(packet) else {
+                let mut on = |packet: bytes::Bytes, addr: SocketAddr| {
+                    let len = packet.len();
+                    let Some(message) = UtpMessage::deserialize_shared(packet) else {
                         trace!(
-                            len = packet.len(),
+                            len,
                             ?addr,
                             "error deserializing and validating UTP message"
                         );

@@ -45,7 +45,7 @@ enum OoqMessage {
 
 impl Default for OoqMessage {
     fn default() -> Self {
-        OoqMessage::Payload(Vec::new())
+        OoqMessage::Payload(Payload::new())
     }
 }
 
@@ -814,7 +814,7 @@ mod tests {
         let msg = msg(0, b"a");
 
         // fill RX
-        user_rx.enqueue_test(UserRxMessage::Payload(b"a".to_vec()));
+        user_rx.enqueue_test(UserRxMessage::Payload(crate::Payload::from_static(b"a")));
 
         assert!(user_rx.shared.is_full_test());
 

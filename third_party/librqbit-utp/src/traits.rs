@@ -25,19 +25,22 @@ pub trait Transport: PollSendToVectored + Send + Sync + Unpin + 'static {
     /// Up to `max` (at least 1) of the datagrams waiting, each handed to `on` with its sender:
     /// `Ready(Ok(n))` with `n >= 1` handed, or pending once none waits (`cx` is woken once one
     /// does). A transport that can take several datagrams in one system call (`recvmmsg`)
-    /// should; this default takes them one at a time with `poll_recv_from`, through `buf`.
+    /// should; this default takes them one at a time with `poll_recv_from`, through `buf`,
+    /// and copies each out. A packet's payload is a slice of the datagram handed over, so a
+    /// transport that receives into shared buffers (and bounds what they may pin) spares the
+    /// copy.
     fn poll_recv_batch(
         &self,
         cx: &mut Context<'_>,
         buf: &mut [u8],
         max: usize,
-        on: &mut dyn FnMut(&[u8], SocketAddr),
+        on: &mut dyn FnMut(bytes::Bytes, SocketAddr),
     ) -> Poll<std::io::Result<usize>> {
         let mut n = 0;
         while n < max {
             match self.poll_recv_from(cx, buf) {
                 Poll::Ready(Ok((len, addr))) => {
-                    on(&buf[..len], addr);
+                    on(bytes::Bytes::copy_from_slice(&buf[..len]), addr);
                     n += 1;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
