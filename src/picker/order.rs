@@ -435,14 +435,16 @@ impl Picker {
             return;
         }
         let mut mine = self.in_flight(peer);
-        // No block is deeper at its peer than that peer's whole queue: when no other queue is
-        // that much longer than ours (a steady stream), there is nothing to take.
-        let deepest = (self.in_flight.iter())
-            .filter(|(q, _)| **q != peer)
-            .map(|(_, set)| set.len())
-            .max()
-            .unwrap_or(0);
-        if mine + SPREAD_MARGIN > deepest {
+        // No block is deeper at its peer than that peer's whole queue, and the deeper a block
+        // the more a copy gains: when no other queue, taken whole, is long enough or slow
+        // enough to pay (a steady stream, fast peers), no block in it will, and the walk
+        // below (which a pick runs for every block a peer delivers) is spared.
+        let worth_a_look = (self.in_flight.iter()).any(|(&q, set)| {
+            q != peer
+                && mine + SPREAD_MARGIN <= set.len()
+                && self.spread_pays(peer, mine, q, set.len())
+        });
+        if !worth_a_look {
             return;
         }
         // Each requested urgent block with the fewest blocks ahead of it at any of its peers.
