@@ -12,6 +12,14 @@ Then, per client, the same file from TCP-only seeders:
   utp_tcp_cpu   the same read's CPU time per MB over TCP
   utp_cpu_frac = utp_cpu / utp_tcp_cpu (target for ours: at most 150 %; Debian's, libtorrent's
                  own uTP, is the yardstick of what the protocol costs)
+Then, per client, once more over TCP with each seeder capped to a third of that client's
+median uTP rate (no target; what uTP itself costs, apart from the rate): uTP runs at about
+half TCP's rate here, and the work every byte gets (FUSE, SHA1, assembly) costs more per byte
+at a lower rate, where each wake-up carries fewer bytes; users' swarms run both at the
+network's rate.
+  utp_same_seq    that read's MB/s (should come out near the uTP rate)
+  utp_same_cpu    its CPU time per MB
+  utp_same_frac = utp_cpu / utp_same_cpu
 """
 
 import os
@@ -23,7 +31,7 @@ from harness import MiB
 from harness.cli import run_alone
 from harness.measure import cold_read, file_sha1, first_byte
 from harness.procs import log
-from harness.report import parse_size
+from harness.report import median, parse_size
 from harness.swarm import SEEDER_IPS, Swarm, make_data
 
 NAME = "utp"
@@ -123,6 +131,18 @@ def run(bench):
         seq(bench, client, tcp, sha1, size, None, "utp_tcp_cpu")
         bench.log_results(client, "utp_tcp")
     tcp.stop()
+    for client in bench.clients:
+        rate = median(bench.results[client].get("utp_seq", []))
+        if not rate:
+            continue
+        capped = Swarm(bench.procs, bench.work, "utp-same-" + client, data, file,
+                       args.piece_length, args.seed_mode, transport="tcp",
+                       upload_limit=rate * 1e6 / len(SEEDER_IPS))
+        log("TCP swarm capped at %s's uTP rate (%.1f MB/s in all) ready" % (client, rate))
+        for r in range(args.runs):
+            log("run %d/%d: %s: TCP sequential at the uTP rate" % (r + 1, args.runs, client))
+            seq(bench, client, capped, sha1, size, "utp_same_seq", "utp_same_cpu")
+        capped.stop()
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ METRICS = [
     ("utp_cpu", "uTP-only swarm: CPU per MB read", "ms/MB", "lower", None),
     ("utp_tcp_cpu", "its file over TCP: CPU per MB read", "ms/MB", "lower", None),
     ("utp_cpu_frac", "CPU per byte, uTP / TCP", "%", "lower", "cpu_frac"),
+    ("utp_same_seq", "over TCP at its uTP rate: sequential", "MB/s", "higher", None),
+    ("utp_same_cpu", "over TCP at its uTP rate: CPU per MB", "ms/MB", "lower", None),
+    ("utp_same_frac", "CPU per byte, uTP / TCP at one rate", "%", "lower", None),
 ]
 TMPFS_TARGET = 0.70
 CPU_TARGET = 1.5
@@ -83,10 +86,11 @@ def rows(bench, budget):
     for key, label, unit, better, target in METRICS:
         runs = {}
         for c in ("ours", "debian"):
-            if key in ("warm_frac", "enc_cpu_frac", "utp_cpu_frac"):
+            if key in ("warm_frac", "enc_cpu_frac", "utp_cpu_frac", "utp_same_frac"):
                 num_, den = {"warm_frac": ("warm_cat", "tmpfs_cat"),
                              "enc_cpu_frac": ("enc_cpu", "plain_cpu"),
-                             "utp_cpu_frac": ("utp_cpu", "utp_tcp_cpu")}[key]
+                             "utp_cpu_frac": ("utp_cpu", "utp_tcp_cpu"),
+                             "utp_same_frac": ("utp_cpu", "utp_same_cpu")}[key]
                 w = median(bench.results[c].get(num_, []))
                 t = median(bench.results[c].get(den, []))
                 if not t:  # no reference

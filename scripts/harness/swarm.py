@@ -49,10 +49,10 @@ def wait_ready_files(seeders, deadline, fail):
 class Swarm:
     """opentracker + three seeders of one single-file torrent of `file` (in `data`), speaking
     `transport` (tcp, utp: uTP only, or both); `encryption`: the seeders' policy (swarm.py seed
-    --encryption; forced: RC4 only)."""
+    --encryption; forced: RC4 only); `upload_limit`: each seeder's cap, bytes per second."""
 
     def __init__(self, procs, work, tag, data, file, piece_length, seed_mode, transport="tcp",
-                 encryption="enabled"):
+                 encryption="enabled", upload_limit=None):
         self.procs, self.work, self.tag = procs, work, tag
         self.file = file
         self.name = os.path.basename(self.file)
@@ -73,6 +73,8 @@ class Swarm:
             if seed_mode:
                 argv.append("--seed-mode")
             argv += ["--encryption", encryption]
+            if upload_limit:
+                argv += ["--upload-limit", str(int(upload_limit))]
             p = procs.spawn(argv, os.path.join(work, "seeder-%s%d.log" % (tag, i)))
             self.seeders.append((p, ready))
         deadline = time.monotonic() + SWARM_TIMEOUT
