@@ -48,6 +48,12 @@ METRICS = [
     ("utp_same_cpu", "over TCP at its uTP rate: CPU per MB", "ms/MB", "lower", None),
     ("utp_same_frac", "CPU per byte, uTP / TCP at one rate", "%", "lower", None),
 ]
+# The rows that are one metric's median over another's, in per cent: key -> (numerator,
+# denominator).
+FRACTIONS = {"warm_frac": ("warm_cat", "tmpfs_cat"),
+             "enc_cpu_frac": ("enc_cpu", "plain_cpu"),
+             "utp_cpu_frac": ("utp_cpu", "utp_tcp_cpu"),
+             "utp_same_frac": ("utp_cpu", "utp_same_cpu")}
 TMPFS_TARGET = 0.70
 CPU_TARGET = 1.5
 TARGETS = {"half": "<= 1/2 debian", "rate": ">= debian", "tmpfs": ">= 70% tmpfs",
@@ -86,11 +92,8 @@ def rows(bench, budget):
     for key, label, unit, better, target in METRICS:
         runs = {}
         for c in ("ours", "debian"):
-            if key in ("warm_frac", "enc_cpu_frac", "utp_cpu_frac", "utp_same_frac"):
-                num_, den = {"warm_frac": ("warm_cat", "tmpfs_cat"),
-                             "enc_cpu_frac": ("enc_cpu", "plain_cpu"),
-                             "utp_cpu_frac": ("utp_cpu", "utp_tcp_cpu"),
-                             "utp_same_frac": ("utp_cpu", "utp_same_cpu")}[key]
+            if key in FRACTIONS:
+                num_, den = FRACTIONS[key]
                 w = median(bench.results[c].get(num_, []))
                 t = median(bench.results[c].get(den, []))
                 if not t:  # no reference

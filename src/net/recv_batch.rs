@@ -129,7 +129,7 @@ impl RecvBatch {
     }
 
     /// Takes up to `max` (at most [`BATCH`]) datagrams waiting on `socket` without waiting;
-    /// how many (including dropped ones, see [`RecvBatch::get`]). `WouldBlock` when none
+    /// how many (including dropped ones, see [`RecvBatch::take`]). `WouldBlock` when none
     /// waits. The socket's tokio readiness is cleared once it is empty, so that a
     /// `poll_recv_ready` after it waits.
     ///
@@ -207,15 +207,8 @@ impl RecvBatch {
         Ok(got)
     }
 
-    /// The `i`th datagram of the last call and its sender; `None` if it was dropped.
-    pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
-        let (len, from) = (*self.got.get(i)?)?;
-        let bufs = self.shared.as_deref().unwrap_or(&self.spare);
-        Some((&bufs[i * SLOT..i * SLOT + len], from))
-    }
-
-    /// The `i`th datagram as [`RecvBatch::get`] has it, as its own [`Bytes`]: a slice of the
-    /// call's buffer, or a copy when the call went to the spare buffer.
+    /// The `i`th datagram of the last call and its sender; `None` if it was dropped. A slice
+    /// of the call's buffer, or a copy when the call went to the spare buffer.
     pub fn take(&self, i: usize) -> Option<(Bytes, SocketAddr)> {
         let (len, from) = (*self.got.get(i)?)?;
         let range = i * SLOT..i * SLOT + len;
@@ -349,7 +342,7 @@ mod tests {
                 };
                 calls += 1;
                 for i in 0..n {
-                    got.push(batch.get(i).map(|(d, from)| (d.to_vec(), from)));
+                    got.push(batch.take(i).map(|(d, from)| (d.to_vec(), from)));
                 }
             }
             assert!(

@@ -292,15 +292,12 @@ impl Channel {
                     continue;
                 }
             };
-            for i in 0..n {
-                let Some((packet, from)) = batch.get(i) else {
-                    continue;
-                };
-                if classify(packet) != Some(self.protocol) {
-                    route(&self.port.inner.routes, packet, from);
-                } else if let Some((packet, from)) = batch.take(i) {
+            for (packet, from) in (0..n).filter_map(|i| batch.take(i)) {
+                if classify(&packet) == Some(self.protocol) {
                     on(packet, from);
                     handed += 1;
+                } else {
+                    route(&self.port.inner.routes, &packet, from);
                 }
             }
             if handed == max {
