@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::Family;
 use super::udp::{Channel, Protocol, UdpPort};
 
-pub use librqbit_utp::UtpStream;
+pub use librqbit_utp::{UtpStream, WakeThreshold};
 
 /// A connection that asked for no answer for this long is dead. The crate's 10 s would end one
 /// that merely waits on a slow peer; TCP would wait minutes. The peer task has its own timeouts.

@@ -117,6 +117,24 @@ pub struct MessageReader<R> {
     max_frame: u32,
     /// Shared count of read-buffer bytes held, by every reader given it (see `with_gauge`).
     gauge: Option<Gauge>,
+    want: Option<WantHint>,
+}
+
+/// Told before each read how many more bytes the reader needs to finish the frame it is on, so
+/// that a transport which queues small packets (uTP) can wake it once per frame rather than
+/// once per packet. A hint only: a read still returns whatever the stream has.
+pub struct WantHint(Box<dyn Fn(usize) + Send + Sync>);
+
+impl WantHint {
+    pub fn new(f: impl Fn(usize) + Send + Sync + 'static) -> Self {
+        Self(Box::new(f))
+    }
+}
+
+impl std::fmt::Debug for WantHint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WantHint")
+    }
 }
 
 /// This reader's share of a shared byte count; taken out again when dropped.
@@ -153,7 +171,14 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             buf: BytesMut::with_capacity(READ_CHUNK),
             max_frame,
             gauge: None,
+            want: None,
         }
+    }
+
+    /// Tells `want` before each read how many bytes the frame being read still lacks.
+    pub fn with_want_hint(mut self, want: WantHint) -> Self {
+        self.want = Some(want);
+        self
     }
 
     /// Keeps `gauge` up to date with the capacity of this reader's buffer (added to it, and
@@ -201,6 +226,9 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             // The only await point: `read_buf` is cancel-safe and everything read is in `buf`.
             self.buf.reserve(missing.max(READ_CHUNK));
             self.update_gauge();
+            if let Some(want) = &self.want {
+                (want.0)(missing);
+            }
             if self.inner.read_buf(&mut self.buf).await? == 0 {
                 return Err(if self.buf.is_empty() {
                     WireError::Closed

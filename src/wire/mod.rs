@@ -27,8 +27,8 @@ pub mod mse;
 mod tests;
 
 pub use conn::{
-    HandshakeError, MessageReader, MessageWriter, Role, exchange_handshakes, read_handshake,
-    write_handshake,
+    HandshakeError, MessageReader, MessageWriter, Role, WantHint, exchange_handshakes,
+    read_handshake, write_handshake,
 };
 pub use handshake::new_peer_id;
 pub use message::{BlockRef, Handshake, Message, PROTOCOL};

@@ -150,11 +150,15 @@ impl Peer {
         inbox: Inbox,
         have: Bitfield,
     ) -> Result<(), PeerError> {
+        let want = stream.want_hint();
         let (rd, wr) = stream.into_halves();
         // A frame is at most a block plus its header, or our bitfield, whichever is larger.
         let max_frame = (BLOCK_SIZE + 13).max(have.as_bytes().len() as u32 + 1) + 1024;
         let mut reader =
             MessageReader::new(rd, max_frame).with_gauge(self.shared.read_buffers.clone());
+        if let Some(want) = want {
+            reader = reader.with_want_hint(want);
+        }
         let drained = self.upload.drained();
         let counters = Counters {
             drained: drained.clone(),

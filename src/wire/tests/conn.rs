@@ -294,3 +294,41 @@ async fn loopback_handshake_then_messages() {
     assert_eq!(msg, Message::Interested);
     assert!(matches!(end, WireError::Closed));
 }
+
+#[tokio::test]
+async fn want_hint_is_told_what_the_frame_still_lacks() {
+    use std::sync::{Arc, Mutex};
+    let piece = Message::Piece {
+        index: 3,
+        begin: 0,
+        data: Bytes::from(vec![9u8; 1000]),
+    };
+    let wire = wire_of(&[piece.clone(), Message::Interested]);
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+    let log = told.clone();
+    let mut reader =
+        MessageReader::new(rx, MAX).with_want_hint(crate::wire::WantHint::new(move |n| {
+            log.lock().unwrap().push(n)
+        }));
+    // A length prefix and 100 bytes of the piece's 1,009-byte frame, then the rest of it.
+    let read = tokio::spawn(async move { (reader.next().await.unwrap(), reader) });
+    tx.write_all(&wire[..104]).await.unwrap();
+    // A guard against a hang, not a timing: the reader needs no more than its next poll.
+    let asked = async {
+        while told.lock().unwrap().last() != Some(&(4 + 1009 - 104)) {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), asked)
+        .await
+        .expect("never asked for the rest of the frame");
+    tx.write_all(&wire[104..]).await.unwrap();
+    let (got, mut reader) = read.await.unwrap();
+    assert_eq!(got, piece);
+    assert_eq!(reader.next().await.unwrap(), Message::Interested);
+    let told = told.lock().unwrap().clone();
+    // First a length prefix is all it knows it needs, then exactly the piece's remainder.
+    assert_eq!(told[0], 4);
+    assert!(told.contains(&(4 + 1009 - 104)), "{told:?}");
+}

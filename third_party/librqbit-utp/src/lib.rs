@@ -42,7 +42,7 @@ pub use socket::{
     UtpSocketUdpOpts,
 };
 pub use stream::UtpStream;
-pub use stream_rx::UtpStreamReadHalf;
+pub use stream_rx::{UtpStreamReadHalf, WakeThreshold};
 pub use stream_tx::UtpStreamWriteHalf;
 pub use traits::Transport;
 

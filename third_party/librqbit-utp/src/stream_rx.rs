@@ -12,7 +12,10 @@ use std::{
     io::IoSliceMut,
     num::NonZeroUsize,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Poll, Waker},
 };
 
@@ -78,9 +81,12 @@ mod msgq {
             }
         }
 
-        #[cfg(test)]
         pub fn len_bytes(&self) -> usize {
             self.len_bytes
+        }
+
+        pub fn capacity(&self) -> usize {
+            self.capacity
         }
 
         pub fn window(&self) -> usize {
@@ -286,6 +292,38 @@ impl UtpStreamReadHalf {
     }
 }
 
+impl UtpStreamReadHalf {
+    /// A handle on how much queued payload is worth waking this reader for.
+    pub fn wake_threshold(&self) -> WakeThreshold {
+        WakeThreshold(self.shared.clone())
+    }
+}
+
+/// How many bytes must be queued before a waiting reader is woken, for readers that know how
+/// much they need (a framed protocol waiting on the rest of a message): at high rates a
+/// wakeup for every batch of packets costs the reader more than the bytes it hands over.
+/// Reads are unaffected (they take whatever is queued); only wakeups wait. End of stream and
+/// errors always wake, and so does a queue half the receive window full, so that a threshold
+/// larger than the sender can send never stalls the stream.
+#[derive(Clone)]
+pub struct WakeThreshold(Arc<UserRxShared>);
+
+impl WakeThreshold {
+    /// The reader's next wait ends once `bytes` are queued; 0 or 1: once any is (the default).
+    /// Set it before the read that may wait.
+    pub fn set(&self, bytes: usize) {
+        self.0.wake_at.store(bytes, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for WakeThreshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("WakeThreshold")
+            .field(&self.0.wake_at.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
 impl AsyncRead for UtpStreamReadHalf {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -312,6 +350,9 @@ struct UserRxSharedLocked {
 
 struct UserRxShared {
     locked: Mutex<UserRxSharedLocked>,
+    /// See [`WakeThreshold`]. Set by the reader before it registers its waker under `locked`,
+    /// read by the dispatcher under `locked`: the lock orders the two.
+    wake_at: AtomicUsize,
 }
 
 impl Drop for UtpStreamReadHalf {
@@ -359,6 +400,7 @@ impl UserRx {
                 reader_dropped: false,
                 vsock_closed: false,
             }),
+            wake_at: AtomicUsize::new(0),
         });
         let read_half = UtpStreamReadHalf {
             current: None,
@@ -424,6 +466,7 @@ impl UserRx {
         // Flush as many items as possible from the beginning of out of order queue to the user RX
         let mut flushed_bytes = 0;
         let mut flushed_packets = 0;
+        let mut flushed_eof = false;
 
         while let Some(len) = self.ooq.send_front_if_fits(remaining_rx_window, |msg| {
             let mut g = self.shared.locked.lock();
@@ -431,6 +474,7 @@ impl UserRx {
                 debug_every_ms!(5000, "reader is dead, could not send UtpMesage to it");
                 return Err(msg);
             }
+            flushed_eof |= matches!(msg, OoqMessage::Eof);
             g.queue.try_push_back(msg).unwrap();
             Ok(())
         }) {
@@ -439,8 +483,17 @@ impl UserRx {
             flushed_packets += 1;
         }
 
-        if flushed_bytes > 0 {
-            let waker = self.shared.locked.lock().reader_waker.take();
+        if flushed_packets > 0 {
+            let mut g = self.shared.locked.lock();
+            let wake_at = (self.shared.wake_at.load(Ordering::Relaxed))
+                .min(g.queue.capacity() / 2)
+                .max(1);
+            let waker = if flushed_eof || g.queue.len_bytes() >= wake_at {
+                g.reader_waker.take()
+            } else {
+                None
+            };
+            drop(g);
             if let Some(w) = waker {
                 w.wake();
             }
@@ -996,6 +1049,83 @@ mod tests {
         // A read into no room is not a wait.
         let mut none = [0u8; 0];
         assert_eq!(read.read(&mut none).await.unwrap(), 0);
+    }
+
+    /// Counts its wakeups.
+    #[derive(Default)]
+    struct CountWakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountWakes {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn test_wake_threshold() {
+        use std::{
+            pin::Pin,
+            sync::{Arc, atomic::Ordering},
+            task::{Context, Waker},
+        };
+        use tokio::io::{AsyncRead, ReadBuf};
+
+        let (mut user_rx, mut read) = user_rx(100);
+        let wakes = Arc::new(CountWakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut buf = [0u8; 64];
+        let mut wait = |read: &mut UtpStreamReadHalf| {
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(read).poll_read(&mut cx, &mut rb) {
+                Poll::Pending => None,
+                Poll::Ready(r) => Some(r.map(|()| rb.filled().to_vec()).unwrap()),
+            }
+        };
+        let flush = |user_rx: &mut UserRx| {
+            let waker = Waker::noop();
+            user_rx.flush(&mut Context::from_waker(waker)).unwrap();
+        };
+        let woken = || wakes.0.load(Ordering::Relaxed);
+
+        // Waiting for 8 bytes: 5 queued do not wake the reader, 10 do, once.
+        read.wake_threshold().set(8);
+        assert_eq!(wait(&mut read), None);
+        user_rx.add_remove_test(msg(0, b"hello"), 0).await.unwrap();
+        flush(&mut user_rx);
+        assert_eq!(woken(), 0);
+        user_rx.add_remove_test(msg(1, b"world"), 0).await.unwrap();
+        flush(&mut user_rx);
+        assert_eq!(woken(), 1);
+        assert_eq!(wait(&mut read).unwrap(), b"helloworld");
+
+        // More than half the window (100) cannot hold it back past half: a sender that is
+        // out of window would never send the rest.
+        read.wake_threshold().set(1000);
+        assert_eq!(wait(&mut read), None);
+        user_rx.add_remove_test(msg(2, &[7; 40]), 0).await.unwrap();
+        flush(&mut user_rx);
+        assert_eq!(woken(), 1);
+        user_rx.add_remove_test(msg(3, &[8; 10]), 0).await.unwrap();
+        flush(&mut user_rx);
+        assert_eq!(woken(), 2);
+        assert_eq!(wait(&mut read).unwrap().len(), 50);
+
+        // The end of the stream wakes it whatever it waits for.
+        read.wake_threshold().set(8);
+        assert_eq!(wait(&mut read), None);
+        let fin = UtpMessage::new_test(
+            crate::raw::UtpHeader {
+                htype: crate::raw::Type::ST_FIN,
+                seq_nr: 4.into(),
+                ..Default::default()
+            },
+            b"",
+        );
+        user_rx.add_remove_test(fin, 0).await.unwrap();
+        flush(&mut user_rx);
+        assert_eq!(woken(), 3);
+        assert_eq!(wait(&mut read).unwrap(), b"");
     }
 
     #[test]
