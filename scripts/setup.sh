@@ -10,6 +10,7 @@ PACKAGES=(
     opentracker        # the tracker of the test swarm
     transmission-daemon # swarm.py transmission-seed: a second independent client (encryption)
     mktorrent          # a second, independent torrent maker
+    openssl            # bench: RC4 alone (openssl speed), the floor of encryption's CPU
     btfs               # Debian's btfs (C++/libtorrent), a reference to compare against
     ffmpeg mpv         # streaming demos and benchmarks
     libssl-dev pkg-config # reqwest's native-tls links the system OpenSSL

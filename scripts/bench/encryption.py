@@ -14,9 +14,16 @@ Then a second swarm of the same file whose seeders take plaintext (libtorrent's 
 policy), for ours only:
   plain_cpu  the same read's CPU time per MB over plain TCP
   enc_cpu_frac = enc_cpu / plain_cpu (target: at most 150 %)
+and, to tell what part of that gap any client must pay, RC4's own cost:
+  rc4_cpu    OpenSSL's RC4 keystream over 16 KiB buffers (`openssl speed -evp rc4`: its
+             hand-written assembly, the fastest we know), CPU ms per MB
+  enc_floor_frac = (plain_cpu + rc4_cpu) / plain_cpu: what enc_cpu_frac would be if
+             decrypting cost only the keystream and everything else cost what plain TCP does
 """
 
 import os
+import shutil
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -60,8 +67,26 @@ def seq(bench, client, swarm, sha1, rate_metric, cpu_metric):
         if st:
             bench.notes[client].append("%s: %s" % (cpu_metric, ", ".join(
                 "%s=%s" % (k, st[k]) for k in sorted(st)
-                if k in ("peers", "encrypted_peers", "refused_plaintext", "downloaded_bytes"))))
+                if k in ("peers", "encrypted_peers", "refused_plaintext", "downloaded_bytes",
+                         "wasted_bytes", "rerequested_blocks", "hash_failures"))))
     bench.measure(client, rate_metric or cpu_metric, fn, swarm)
+
+
+def rc4_reference(bench):
+    """Records OpenSSL's RC4 keystream cost (CPU ms per MB, its `speed` divides by user CPU
+    time) as ours' rc4_cpu; skipped, with a note, where `openssl` or its RC4 is missing."""
+    if not shutil.which("openssl"):
+        bench.notes["ours"].append("rc4_cpu: no openssl command")
+        return
+    out = subprocess.run(["openssl", "speed", "-provider", "legacy", "-provider", "default",
+                          "-evp", "rc4", "-bytes", "16384", "-seconds", "1", "-mr"],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True).stdout
+    # -mr: "+F:<n>:RC4:<bytes per second>"
+    rates = [float(l.rsplit(":", 1)[1]) for l in out.splitlines() if l.startswith("+F:")]
+    if not rates or rates[0] <= 0:
+        bench.notes["ours"].append("rc4_cpu: openssl has no RC4 here")
+        return
+    bench.record("ours", "rc4_cpu", 1e9 / rates[0])
 
 
 def run(bench):
@@ -88,6 +113,7 @@ def run(bench):
     for r in range(args.runs):
         log("run %d/%d: ours: sequential over plain TCP" % (r + 1, args.runs))
         seq(bench, "ours", swarm, sha1, None, "plain_cpu")
+        rc4_reference(bench)
         bench.log_results("ours", "plain")
     swarm.stop()
 

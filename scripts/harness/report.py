@@ -39,6 +39,8 @@ METRICS = [
     ("enc_cpu", "encrypted swarm: CPU per MB read", "ms/MB", "lower", None),
     ("plain_cpu", "plain swarm: CPU per MB read", "ms/MB", "lower", None),
     ("enc_cpu_frac", "CPU per byte, encrypted / plain", "%", "lower", "cpu_frac"),
+    ("rc4_cpu", "RC4 alone (OpenSSL's asm): CPU per MB", "ms/MB", "lower", None),
+    ("enc_floor_frac", "(plain + RC4 alone) / plain", "%", "lower", None),
     ("utp_ttfb", "uTP-only swarm: first byte, cold", "s", "lower", None),
     ("utp_seq", "uTP-only swarm: sequential + sha1", "MB/s", "higher", "rate"),
     ("utp_cpu", "uTP-only swarm: CPU per MB read", "ms/MB", "lower", None),
@@ -49,9 +51,10 @@ METRICS = [
     ("utp_same_frac", "CPU per byte, uTP / TCP at one rate", "%", "lower", None),
 ]
 # The rows that are one metric's median over another's, in per cent: key -> (numerator,
-# denominator).
+# denominator); a numerator that is a tuple is the sum of its metrics' medians.
 FRACTIONS = {"warm_frac": ("warm_cat", "tmpfs_cat"),
              "enc_cpu_frac": ("enc_cpu", "plain_cpu"),
+             "enc_floor_frac": (("plain_cpu", "rc4_cpu"), "plain_cpu"),
              "utp_cpu_frac": ("utp_cpu", "utp_tcp_cpu"),
              "utp_same_frac": ("utp_cpu", "utp_same_cpu")}
 TMPFS_TARGET = 0.70
@@ -80,6 +83,13 @@ def median(vs):
     return statistics.median(ok) if ok else None
 
 
+def median_sum(results, keys):
+    """The median of metric `keys`, or the sum of the medians of a tuple of them; None if
+    any is missing."""
+    ms = [median(results.get(k, [])) for k in (keys if isinstance(keys, tuple) else (keys,))]
+    return None if None in ms else sum(ms)
+
+
 def human(n):
     for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if n >= 1 << shift and n % (1 << shift) == 0:
@@ -94,7 +104,7 @@ def rows(bench, budget):
         for c in ("ours", "debian"):
             if key in FRACTIONS:
                 num_, den = FRACTIONS[key]
-                w = median(bench.results[c].get(num_, []))
+                w = median_sum(bench.results[c], num_)
                 t = median(bench.results[c].get(den, []))
                 if not t:  # no reference
                     runs[c] = []
