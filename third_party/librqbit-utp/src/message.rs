@@ -42,8 +42,10 @@ impl UtpMessage {
         Self::deserialize_shared(bytes::Bytes::copy_from_slice(buf))
     }
 
-    /// The packet in `buf`, its payload a slice of `buf` (no copy).
-    pub fn deserialize_shared(buf: bytes::Bytes) -> Option<Self> {
+    /// The packet in `buf`, its payload a slice of `buf` (no copy; `buf` is advanced past the
+    /// header rather than sliced, which would count a reference more and then one less on
+    /// the buffer it shares, two atomic operations per packet).
+    pub fn deserialize_shared(mut buf: bytes::Bytes) -> Option<Self> {
         let (header, hsize) = UtpHeader::deserialize(&buf)?;
 
         let payload_size = buf.len() - hsize;
@@ -63,10 +65,8 @@ impl UtpMessage {
             }
         }
 
-        Some(Self {
-            header,
-            data: buf.slice(hsize..),
-        })
+        bytes::Buf::advance(&mut buf, hsize);
+        Some(Self { header, data: buf })
     }
 
     pub fn payload(&self) -> &[u8] {
