@@ -339,6 +339,22 @@ class Stop:
         self.flag = True
 
 
+def log_utp_counters(ses):
+    """Logs the session's uTP counters (libtorrent's session stats): how its uTP sockets
+    fared, e.g. timeouts against fast retransmits on a lossy path."""
+    L = lt()
+    names = sorted(m.name for m in L.session_stats_metrics() if m.name.startswith("utp.utp_"))
+    ses.post_session_stats()
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        for a in ses.pop_alerts():
+            if isinstance(a, L.session_stats_alert):
+                log("uTP counters: " + " ".join(
+                    "%s=%d" % (n[8:], a.values.get(n, 0)) for n in names))
+                return
+        time.sleep(0.05)
+
+
 def corrupt_in_place(ti, save_path):
     """Flips one byte in every 16 KiB block of the torrent's data under save_path."""
     fs = ti.files()
@@ -466,6 +482,8 @@ def seed(args):
                 log("connecting to %s" % p)
             write_ready(args, ses.listen_port())
             log("ready")
+    if args.transport != "tcp":
+        log_utp_counters(ses)
     del h
     del ses  # sends "stopped" to the trackers, bounded by stop_tracker_timeout
     if made_work_dir:

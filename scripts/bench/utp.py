@@ -20,6 +20,14 @@ network's rate.
   utp_same_seq    that read's MB/s (should come out near the uTP rate)
   utp_same_cpu    its CPU time per MB
   utp_same_frac = utp_cpu / utp_same_cpu
+Last, the internet as uTP meets it: a file of --utp-lossy-size from three uTP-only seeders
+capped at --utp-lossy-rate each, reached only through scripts/udp_relay.py, which delays each
+datagram --utp-lossy-delay-ms plus up to --utp-lossy-jitter-ms (in order) and loses
+--utp-lossy-loss of them, each way (harness.thinswarm: the tracker knows only the relay's
+addresses):
+  utp_lossy_ttfb   fresh mount; open the file and read 1 byte
+  utp_lossy_seq    fresh mount; the whole file, sha1 checked; MB/s (target: >= Debian's)
+  utp_lossy_cpu    the client's CPU time per MB over that read
 """
 
 import os
@@ -33,6 +41,7 @@ from harness.measure import cold_read, file_sha1, first_byte
 from harness.procs import log
 from harness.report import median, parse_size
 from harness.swarm import SEEDER_IPS, Swarm, make_data
+from harness.thinswarm import ThinSwarm
 
 NAME = "utp"
 HELP = "uTP-only swarm: first byte, sequential, CPU per byte vs TCP"
@@ -42,18 +51,32 @@ TOOLS = []
 def add_options(p):
     p.add_argument("--utp-size", type=parse_size, default=128 * MiB,
                    help="the uTP part's file size (128M)")
+    p.add_argument("--utp-lossy-size", type=parse_size, default=12 * MiB,
+                   help="the lossy path's file size (12M)")
+    p.add_argument("--utp-lossy-rate", type=parse_size, default=MiB,
+                   help="the lossy path's seeders' upload cap, bytes/s each (1M)")
+    p.add_argument("--utp-lossy-delay-ms", type=float, default=25.0,
+                   help="the lossy path's delay each way (25)")
+    p.add_argument("--utp-lossy-jitter-ms", type=float, default=10.0,
+                   help="the lossy path's added 0..J ms per datagram, order kept (10)")
+    p.add_argument("--utp-lossy-loss", type=float, default=0.01,
+                   help="the share of datagrams the lossy path loses each way (0.01)")
 
 
 def check(args, p):
     if args.utp_size < 2 * MiB:
         p.error("--utp-size >= 2M")
+    if args.utp_lossy_size and args.utp_lossy_size < 2 * MiB:
+        p.error("--utp-lossy-size >= 2M (0: no lossy part)")
+    if not 0.0 <= args.utp_lossy_loss < 1.0:
+        p.error("--utp-lossy-loss in [0, 1)")
 
 
-def ttfb(bench, client, swarm):
+def ttfb(bench, client, swarm, metric="utp_ttfb"):
     def fn(m):
-        bench.record(client, "utp_ttfb",
+        bench.record(client, metric,
                      first_byte(m, bench.args.read_timeout) - m.ready_at)
-    bench.measure(client, "utp_ttfb", fn, swarm, ready_metric=None)
+    bench.measure(client, metric, fn, swarm, ready_metric=None)
 
 
 def udp_counters():
@@ -143,6 +166,40 @@ def run(bench):
             log("run %d/%d: %s: TCP sequential at the uTP rate" % (r + 1, args.runs, client))
             seq(bench, client, capped, sha1, size, "utp_same_seq", "utp_same_cpu")
         capped.stop()
+    if args.utp_lossy_size:
+        lossy(bench)
+
+
+def lossy(bench):
+    """The lossy path's part (see the module doc)."""
+    args = bench.args
+    data = os.path.join(bench.work, "utp-lossy-data")
+    file = make_data(data, "single", args.seed + 1, args.utp_lossy_size, "lossy.bin")
+    size, sha1 = os.path.getsize(file), file_sha1(file)
+    swarm = ThinSwarm(bench.procs, bench.work, "utp-lossy", file, args.piece_length,
+                      len(SEEDER_IPS), args.utp_lossy_rate, args.seed_mode, transport="utp")
+    swarm.use_delay(args.utp_lossy_delay_ms, args.utp_lossy_jitter_ms, args.utp_lossy_loss)
+    log("lossy uTP path ready: %s; %g ms each way + 0..%g ms, %g %% lost each way"
+        % (swarm.describe(), args.utp_lossy_delay_ms, args.utp_lossy_jitter_ms,
+           args.utp_lossy_loss * 100))
+    for r, client in bench.order():
+        log("run %d/%d: %s: lossy uTP path, first byte and sequential" % (
+            r + 1, args.runs, client))
+        swarm.keep_announced()
+        ttfb(bench, client, swarm, "utp_lossy_ttfb")
+        before = swarm.relay_stats()
+
+        def fn(m, client=client, before=before):
+            secs, _ = cold_read(bench, client, m, size, sha1, "utp_lossy_seq", "utp_lossy_cpu")
+            now = swarm.relay_stats()
+            bench.notes[client].append(
+                "utp_lossy: %.2f MB/s; the relay carried %s datagrams to the client and lost "
+                "%s, carried %s to the seeders and lost %s" % tuple(
+                    [size / secs / 1e6] + [now.get(k, 0) - before.get(k, 0) for k in (
+                        "to_client", "dropped_to_client", "to_target", "dropped_to_target")]))
+        bench.measure(client, "utp_lossy_seq", fn, swarm, ready_metric=None)
+        bench.log_results(client, "utp_lossy")
+    swarm.stop()
 
 
 if __name__ == "__main__":

@@ -49,6 +49,9 @@ METRICS = [
     ("utp_same_seq", "over TCP at its uTP rate: sequential", "MB/s", "higher", None),
     ("utp_same_cpu", "over TCP at its uTP rate: CPU per MB", "ms/MB", "lower", None),
     ("utp_same_frac", "CPU per byte, uTP / TCP at one rate", "%", "lower", None),
+    ("utp_lossy_ttfb", "lossy uTP path: first byte, cold", "s", "lower", None),
+    ("utp_lossy_seq", "lossy uTP path: sequential + sha1", "MB/s", "higher", "rate"),
+    ("utp_lossy_cpu", "lossy uTP path: CPU per MB read", "ms/MB", "lower", None),
 ]
 # The rows that are one metric's median over another's, in per cent: key -> (numerator,
 # denominator); a numerator that is a tuple is the sum of its metrics' medians.

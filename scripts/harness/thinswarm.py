@@ -6,14 +6,16 @@ Seeder i (from 1) listens on 127.0.i.2, an address no client is told; the relay 
 it. The seeders get a copy of the torrent without its tracker (the info-hash is the same), so
 they announce nothing and learn of no peer to dial; the harness announces each relay address
 to the tracker itself (from that address, as left=0: a seed), so the clients' announces
-return the relay addresses and nothing else. The seeders are TCP only (swarm.py's sessions
-turn uTP off both ways), which the relay needs. Their caps hold on loopback: swarm.py seed
---upload-limit puts every address in libtorrent's global peer class (by default loopback is
-in its "local" class, which no limit applies to); check_rate() measures it. But libtorrent's
-limit saves up to 3 s of unused quota (its bandwidth channel caps the quota at 3x the
-limit), so a seeder idle before a fresh mount sends up to 2.1 MB at once: the relay's link
-holds each seeder to the same cap again (--rate), saving up no more than LINK_SLACK while
-idle. libtorrent's limit stays: it keeps a seeder's backlog in the seeder, where a client's
+return the relay addresses and nothing else. The seeders speak TCP only (swarm.py's sessions
+turn uTP off both ways) behind scripts/delay_relay.py, or with transport="utp", uTP only
+behind scripts/udp_relay.py, which also loses datagrams and varies their delay (use_delay's
+`loss` and `jitter_ms`); a client's TCP dial of a relay address is refused. Their caps hold
+on loopback: swarm.py seed --upload-limit puts every address in libtorrent's global peer
+class (by default loopback is in its "local" class, which no limit applies to); check_rate()
+measures it. But libtorrent's limit saves up to 3 s of unused quota (its bandwidth channel
+caps the quota at 3x the limit), so a seeder idle before a fresh mount sends up to 2.1 MB at
+once: the TCP relay's link holds each seeder to the same cap again (--rate), saving up no
+more than LINK_SLACK while idle (the UDP relay has no link). libtorrent's limit stays: it keeps a seeder's backlog in the seeder, where a client's
 cancel still reaches it, rather than in the link.
 """
 
@@ -32,6 +34,7 @@ from harness.swarm import SWARM, SWARM_TIMEOUT, Swarm, make_torrent, seeder_argv
     wait_ready_files
 
 RELAY = os.path.join(REPO, "scripts", "delay_relay.py")
+UDP_RELAY = os.path.join(REPO, "scripts", "udp_relay.py")
 # opentracker forgets a peer that has not announced for about its interval (30 min).
 REANNOUNCE_SECS = 600.0
 # Seconds of its rate a relay link lets through at once after an idle spell: enough to
@@ -52,8 +55,9 @@ class ThinSwarm(Swarm):
     bytes/s, and a relay in front of them (start it with use_delay)."""
 
     def __init__(self, procs, work, tag, file, piece_length, seeders, upload_limit,
-                 seed_mode):
+                 seed_mode, transport="tcp"):
         self.procs, self.work, self.tag = procs, work, tag
+        self.transport = transport
         self.file = file
         self.name = os.path.basename(file)
         self.count, self.upload_limit = seeders, upload_limit
@@ -76,7 +80,7 @@ class ThinSwarm(Swarm):
             ip = seeder_ip(i)
             port = free_port(ip)
             ready = os.path.join(work, "seeder-%s%d.ready" % (tag, i))
-            argv = seeder_argv(seed_torrent, data, ip, port, ready) + [
+            argv = seeder_argv(seed_torrent, data, ip, port, ready, transport) + [
                 "--upload-limit", str(upload_limit)]
             if seed_mode:
                 argv.append("--seed-mode")
@@ -91,17 +95,23 @@ class ThinSwarm(Swarm):
         self.announced_at = None
         self.peer_id = b"-BR0001-" + bytes(random.Random(1).randrange(256) for _ in range(12))
 
-    def use_delay(self, delay_ms):
-        """(Re)starts the relay, now delaying each direction by `delay_ms`; the same
-        addresses, so the tracker's entries stay right."""
+    def use_delay(self, delay_ms, jitter_ms=0.0, loss=0.0):
+        """(Re)starts the relay, now delaying each direction by `delay_ms` (uTP: plus up to
+        `jitter_ms`, and losing a `loss` share of datagrams each way); the same addresses, so
+        the tracker's entries stay right."""
         if self.relay is not None:
             self.procs.stop(self.relay)
         ready = os.path.join(self.work, "relay-%s.ready" % self.tag)
         if os.path.exists(ready):
             os.unlink(ready)
         logp = os.path.join(self.work, "relay-%s.log" % self.tag)
-        argv = [PYTHON, RELAY, "--delay-ms", str(delay_ms), "--ready-file", ready,
-                "--rate", str(self.upload_limit), "--slack-ms", str(LINK_SLACK * 1000)]
+        if self.transport == "utp":
+            argv = [PYTHON, UDP_RELAY, "--delay-ms", str(delay_ms), "--jitter-ms",
+                    str(jitter_ms), "--loss", str(loss), "--ready-file", ready,
+                    "--stats-file", os.path.join(self.work, "relay-%s.json" % self.tag)]
+        else:
+            argv = [PYTHON, RELAY, "--delay-ms", str(delay_ms), "--ready-file", ready,
+                    "--rate", str(self.upload_limit), "--slack-ms", str(LINK_SLACK * 1000)]
         for (lip, lport), (tip, tport) in self.routes:
             argv += ["--route", "%s:%d=%s:%d" % (lip, lport, tip, tport)]
         self.relay = self.procs.spawn(argv, logp)
@@ -180,7 +190,19 @@ class ThinSwarm(Swarm):
             self.relay = None
         super().stop()
 
+    def relay_stats(self):
+        """The UDP relay's datagram counters (udp_relay.py --stats-file), {} for TCP."""
+        try:
+            with open(os.path.join(self.work, "relay-%s.json" % self.tag)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
     def describe(self):
+        if self.transport == "utp":
+            return ("%d seeders capped at %.0f kB/s each (%.2f MB/s in all; libtorrent's "
+                    "limit), uTP only" % (self.count, self.upload_limit / 1e3,
+                                          self.count * self.upload_limit / 1e6))
         return ("%d seeders capped at %.0f kB/s each (%.2f MB/s in all; libtorrent's limit and "
                 "the relay's link), TCP only" % (self.count, self.upload_limit / 1e3,
                                                  self.count * self.upload_limit / 1e6))
