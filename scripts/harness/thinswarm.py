@@ -15,8 +15,9 @@ class (by default loopback is in its "local" class, which no limit applies to); 
 measures it. But libtorrent's limit saves up to 3 s of unused quota (its bandwidth channel
 caps the quota at 3x the limit), so a seeder idle before a fresh mount sends up to 2.1 MB at
 once: the TCP relay's link holds each seeder to the same cap again (--rate), saving up no
-more than LINK_SLACK while idle (the UDP relay has no link). libtorrent's limit stays: it keeps a seeder's backlog in the seeder, where a client's
-cancel still reaches it, rather than in the link.
+more than LINK_SLACK while idle (the UDP relay has no link). libtorrent's limit stays: it
+keeps a seeder's backlog in the seeder, where a client's cancel still reaches it, rather than
+in the link.
 """
 
 import json
@@ -58,6 +59,7 @@ class ThinSwarm(Swarm):
                  seed_mode, transport="tcp"):
         self.procs, self.work, self.tag = procs, work, tag
         self.transport = transport
+        self.stats_file = os.path.join(work, "relay-%s.json" % tag)  # udp_relay.py's counters
         self.file = file
         self.name = os.path.basename(file)
         self.count, self.upload_limit = seeders, upload_limit
@@ -108,7 +110,7 @@ class ThinSwarm(Swarm):
         if self.transport == "utp":
             argv = [PYTHON, UDP_RELAY, "--delay-ms", str(delay_ms), "--jitter-ms",
                     str(jitter_ms), "--loss", str(loss), "--ready-file", ready,
-                    "--stats-file", os.path.join(self.work, "relay-%s.json" % self.tag)]
+                    "--stats-file", self.stats_file]
         else:
             argv = [PYTHON, RELAY, "--delay-ms", str(delay_ms), "--ready-file", ready,
                     "--rate", str(self.upload_limit), "--slack-ms", str(LINK_SLACK * 1000)]
@@ -193,16 +195,14 @@ class ThinSwarm(Swarm):
     def relay_stats(self):
         """The UDP relay's datagram counters (udp_relay.py --stats-file), {} for TCP."""
         try:
-            with open(os.path.join(self.work, "relay-%s.json" % self.tag)) as f:
+            with open(self.stats_file) as f:
                 return json.load(f)
         except (OSError, ValueError):
             return {}
 
     def describe(self):
-        if self.transport == "utp":
-            return ("%d seeders capped at %.0f kB/s each (%.2f MB/s in all; libtorrent's "
-                    "limit), uTP only" % (self.count, self.upload_limit / 1e3,
-                                          self.count * self.upload_limit / 1e6))
-        return ("%d seeders capped at %.0f kB/s each (%.2f MB/s in all; libtorrent's limit and "
-                "the relay's link), TCP only" % (self.count, self.upload_limit / 1e3,
-                                                 self.count * self.upload_limit / 1e6))
+        how = ("libtorrent's limit), uTP only" if self.transport == "utp"
+               else "libtorrent's limit and the relay's link), TCP only")
+        return ("%d seeders capped at %.0f kB/s each (%.2f MB/s in all; %s"
+                % (self.count, self.upload_limit / 1e3, self.count * self.upload_limit / 1e6,
+                   how))
