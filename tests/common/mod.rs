@@ -51,6 +51,9 @@ unsafe extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }
 const SIGTERM: i32 = 15;
+/// Freezes a process where it is (`Swarm::freeze_seeder`); SIGCONT lets it go on.
+pub const SIGSTOP: i32 = 19;
+const SIGCONT: i32 = 18;
 
 /// Sends `sig` to one PID; never a name, never a group. The PID must be of a process the test
 /// started and has not reaped yet, so it cannot have been reused by another process.
@@ -63,7 +66,9 @@ pub fn signal(pid: u32, sig: i32) {
 }
 
 fn sigterm(child: &Child) {
-    // The Child is still un-waited, so its PID is still its own.
+    // The Child is still un-waited, so its PID is still its own. A frozen one (SIGSTOP)
+    // would handle SIGTERM only once it runs again.
+    signal(child.id(), SIGCONT);
     signal(child.id(), SIGTERM);
 }
 

@@ -501,6 +501,15 @@ impl Swarm {
         }
     }
 
+    /// Freezes the seeder at `index` in `seeders()` (SIGSTOP): a peer that vanished without
+    /// a word, as one behind a NAT that forgot us or a laptop put to sleep does. It sends
+    /// nothing more, not even a reset; it is ended (let go first) with the swarm.
+    pub fn freeze_seeder(&mut self, index: usize) {
+        let p = self.seeders[index].1.as_ref();
+        let p = p.unwrap_or_else(|| panic!("seeder {index} is not running"));
+        super::signal(p.child.id(), super::SIGSTOP);
+    }
+
     /// Starts the seeder at `index` (stopped by `stop_seeder`) again at the same address and
     /// waits until it is a seed (and, with a live tracker, announced).
     pub fn restart_seeder(&mut self, index: usize) {
