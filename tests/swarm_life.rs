@@ -1,7 +1,7 @@
 //! Life in a public swarm, end to end: the real `btfs` binary, libtorrent peers behind
 //! opentracker on loopback, ordinary tools reading the mount. A crowd of peers with nothing we
 //! need holds every slot before the seeders are known; seeders leave and new ones arrive while
-//! a file is read. Deadlines are hang detectors only.
+//! a file is read; one vanishes without a word. Deadlines are hang detectors only.
 
 mod common;
 
@@ -231,4 +231,11 @@ fn seeders_leaving_and_arriving_during_a_long_read() {
         sha1_file(&swarm.data_parent().join(&rel)),
         "every byte right"
     );
+}
+
+/// A TCP seeder that vanishes mid-read (its connection stays open, its requests unanswered),
+/// behind a crowd of addresses that answer nothing (`common::vanish`).
+#[test]
+fn a_tcp_seeder_that_vanishes_mid_read_behind_silent_peers_is_read_around() {
+    common::vanish::read_around_a_vanishing_seeder("tcp");
 }

@@ -4,15 +4,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::netns::Background;
 use common::{
-    Layout, Swarm, SwarmOptions, Tracker, assert_all_files_match, free_port, mount_btfs, python,
-    sha1_file,
+    Swarm, SwarmOptions, Tracker, assert_all_files_match, free_port, mount_btfs, python, sha1_file,
 };
 
 fn swarm(transport: &'static str, seeders: usize) -> Swarm {
@@ -265,66 +263,9 @@ fn encrypted_utp_across_a_slow_lossy_path_reads_right() {
     assert_ne!(s["encrypted_peers"], "0", "{s:?}");
 }
 
-/// Where users meet uTP peers: most addresses a tracker or the DHT hands out answer nothing
-/// (behind a NAT, long gone), and a peer that was sending can vanish mid-transfer without a
-/// word. Forty silent addresses (a UDP socket that reads nothing, a TCP listener that never
-/// speaks) are listed before two capped uTP-only seeders; a quarter of the way into the
-/// read, one seeder freezes: no FIN, no reset, its requests unanswered. The read goes on
-/// from the other, and every byte is right.
+/// Where users meet uTP peers: most addresses answer nothing, and a seeder that was sending
+/// vanishes mid-read without a word (`common::vanish`).
 #[test]
 fn a_utp_seeder_that_vanishes_mid_read_behind_silent_peers_is_read_around() {
-    const MIB: usize = 1024 * 1024;
-    let size = 4 * MIB;
-    let mut swarm = Swarm::start(SwarmOptions {
-        layout: Layout::Single,
-        size: size as u64,
-        piece_length: 64 * 1024,
-        seeders: 2,
-        trackers: vec![],
-        transport: "utp",
-        upload_limit: Some(512 * 1024),
-        ..SwarmOptions::default()
-    });
-    let ip = Ipv4Addr::new(127, 0, 99, 1);
-    let mut silent = Vec::new();
-    // Only what is read, at most 1 MiB ahead: the seeder freezes with most still to come.
-    // A stall ends the read with EIO (the test fails) instead of hanging it.
-    let mut args: Vec<String> = ["--background", "off", "--max-readahead", "1M"]
-        .into_iter()
-        .chain(["--read-timeout", "120"])
-        .map(String::from)
-        .collect();
-    for _ in 0..40 {
-        let port = free_port(ip);
-        let udp = UdpSocket::bind((ip, port)).expect("bind a silent UDP socket");
-        let tcp = TcpListener::bind((ip, port)).expect("bind a silent TCP listener");
-        silent.push((udp, tcp));
-        args.extend(["--peer".to_string(), format!("{ip}:{port}")]);
-    }
-    for seeder in swarm.seeders() {
-        args.extend(["--peer".to_string(), seeder.to_string()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let m = mount_btfs(swarm.torrent(), &args);
-    let (rel, _) = swarm.files().pop().expect("one file");
-    let mut file = std::fs::File::open(m.path().join(&rel)).expect("open");
-    let mut got = vec![0u8; size];
-    let why = |e: std::io::Error| format!("{e}: {:?}\n{}", m.status(), m.stderr());
-    file.read_exact(&mut got[..MIB])
-        .unwrap_or_else(|e| panic!("{}", why(e)));
-    eventually("both seeders are connected", || {
-        m.status_u64("peers_utp") >= 2
-    });
-    swarm.freeze_seeder(0);
-    file.read_exact(&mut got[MIB..])
-        .unwrap_or_else(|e| panic!("{}", why(e)));
-    let want = std::fs::read(swarm.data_parent().join(&rel)).expect("the seeded file");
-    assert!(got == want, "wrong bytes read: {:?}", m.status());
-    let s = m.status();
-    assert_eq!(s["hash_failures"], "0", "{s:?}");
-    assert_eq!(
-        s["peers_tcp"], "0",
-        "the silent listeners are no peers: {s:?}"
-    );
-    drop(silent);
+    common::vanish::read_around_a_vanishing_seeder("utp");
 }

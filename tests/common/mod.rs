@@ -24,6 +24,7 @@ pub mod library;
 mod mount;
 pub mod netns;
 mod swarm;
+pub mod vanish;
 mod web;
 
 #[allow(unused_imports)]
