@@ -422,6 +422,27 @@ mod tests {
     }
 
     #[test]
+    fn the_summary_line_says_what_peers_speak_and_the_dht_families() {
+        let mut r = report("a", 3, 1, 4);
+        let plain = r.summary_line();
+        assert!(plain.starts_with("peers 3/4 | down"), "{plain}");
+        assert!(plain.ends_with("| DHT: 7 nodes"), "{plain}");
+        (r.utp_peers, r.encrypted_peers) = (2, 1);
+        r.dht_nodes_v6 = Some(3);
+        r.dht_nodes = Some(10);
+        let line = r.summary_line();
+        assert!(
+            line.starts_with("peers 3/4 (2 uTP, 1 encrypted) | down"),
+            "{line}"
+        );
+        assert!(line.ends_with("| DHT: 10 nodes (3 IPv6)"), "{line}");
+        r.utp_peers = 0;
+        assert!(r.summary_line().starts_with("peers 3/4 (1 encrypted) | "));
+        r.dht_nodes = None;
+        assert!(!r.summary_line().contains("DHT"));
+    }
+
+    #[test]
     fn the_library_report_sums_the_torrents_and_lists_each() {
         let disk = |used| DiskStats {
             used,

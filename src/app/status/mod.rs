@@ -340,11 +340,15 @@ impl Report {
         out
     }
 
-    /// `peers 3/5 | down 12.3 MiB/s up 0 B/s | 120/1024 pieces | cache 30.0 MiB/256.0 MiB`
+    /// `peers 3/5 (2 uTP, 1 encrypted) | down 12.3 MiB/s up 0 B/s | 120/1024 pieces | cache
+    /// 30.0 MiB/256.0 MiB | DHT: 80 nodes (12 IPv6)`
     pub fn summary_line(&self) -> String {
-        let dht = self
-            .dht_nodes
-            .map_or(String::new(), |n| format!(" | DHT: {n} nodes"));
+        // IPv6 nodes named only when there are any: most machines have none to reach.
+        let dht = match (self.dht_nodes, self.dht_nodes_v6) {
+            (None, _) => String::new(),
+            (Some(n), Some(v6)) if v6 > 0 => format!(" | DHT: {n} nodes ({v6} IPv6)"),
+            (Some(n), _) => format!(" | DHT: {n} nodes"),
+        };
         // The budget is the directory's: what it counts there, torrents not mounted included.
         let disk = self.disk_cache.map_or(String::new(), |d| {
             format!(
@@ -353,9 +357,15 @@ impl Report {
                 format_bytes(d.budget)
             )
         });
-        let utp = match self.utp_peers {
-            0 => String::new(),
-            n => format!(" ({n} uTP)"),
+        // What connected peers speak, when it is not plain TCP.
+        let kinds: Vec<String> = [(self.utp_peers, "uTP"), (self.encrypted_peers, "encrypted")]
+            .into_iter()
+            .filter(|&(n, _)| n > 0)
+            .map(|(n, kind)| format!("{n} {kind}"))
+            .collect();
+        let kinds = match kinds.is_empty() {
+            true => String::new(),
+            false => format!(" ({})", kinds.join(", ")),
         };
         let web = if self.web_seeds.is_empty() {
             String::new()
@@ -364,7 +374,7 @@ impl Report {
             format!(" | web seeds {}/{}", active.count(), self.web_seeds.len())
         };
         format!(
-            "peers {}/{}{utp}{web} | down {}/s up {}/s | {}/{} pieces | cache {}/{}{disk}{dht}",
+            "peers {}/{}{kinds}{web} | down {}/s up {}/s | {}/{} pieces | cache {}/{}{disk}{dht}",
             self.peers,
             self.known_peers,
             format_bytes(self.download_rate),
