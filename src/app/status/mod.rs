@@ -363,9 +363,10 @@ impl Report {
             .filter(|&(n, _)| n > 0)
             .map(|(n, kind)| format!("{n} {kind}"))
             .collect();
-        let kinds = match kinds.is_empty() {
-            true => String::new(),
-            false => format!(" ({})", kinds.join(", ")),
+        let kinds = if kinds.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", kinds.join(", "))
         };
         let web = if self.web_seeds.is_empty() {
             String::new()
