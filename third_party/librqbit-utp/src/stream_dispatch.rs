@@ -1311,11 +1311,11 @@ impl<T: Transport, Env: UtpEnvironment> VirtualSocket<T, Env> {
                         "forcing immediate ACK"
                     );
 
+                    // Once this batch is processed, not per packet: libtorrent counts an
+                    // ACK with an unchanged ack_nr as a duplicate and each packet its SACK
+                    // newly covers as another, so per-packet ACKs after a loss doubled its
+                    // count and made it resend packets that had arrived (README.md).
                     self.force_immediate_ack("out of order or filled gap");
-
-                    // Send right away so that we send an ACK per segment. This is necessary so that
-                    // the reciever gets duplicate ACKs as soon as possible to repair loss.
-                    self.send_ack(cx)?;
                 }
             }
             ST_STATE => {}
